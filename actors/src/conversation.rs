@@ -1,0 +1,715 @@
+//! The conversation actor: one per active conversation (group or one-to-one).
+//!
+//! It holds the membership in memory, serialises every change to the conversation (sends,
+//! recalls, membership changes) and fans each stored message out to the members' sessions.
+//!
+//! Ordering: appends are pipelined to the store (which assigns `seq` in submission order and
+//! commits in groups). Results may come back in any order, so they wait in `ready`, keyed by `seq`,
+//! and are released strictly in `seq` order into `jobs`, a FIFO of fan-outs. A job is delivered in
+//! chunks of `fanout_chunk` members (500); between chunks the actor yields to its mailbox so other
+//! work interleaves, and the next job starts only when the previous one is done, so every device
+//! sees a conversation's messages in `seq` order. The sending device gets its acknowledgement at
+//! the point in that order where the message event would have been.
+//!
+//! Idle actors stop after `idle_timeout` and are re-created on demand by the [`Directory`].
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use bytestring::ByteString;
+use serde_json::value::RawValue;
+use tokio::sync::oneshot;
+
+use crate::engine::Core;
+use crate::error::{Error, ErrorCode, Result};
+use crate::model::{self, Body, ConvKind, Message, ReplyRef, Role};
+use crate::proto;
+use crate::error::StoreError;
+use crate::store::{MemberChange, NewMessage, StoreResult};
+
+/// A store write, boxed so the actor can hand it to [`ConversationActor::store_write`].
+type StoreFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = StoreResult<T>> + Send>>;
+
+/// Where a request came from, so its acknowledgement can be queued on that connection in order.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    pub user: Arc<str>,
+    pub conn_id: u64,
+    pub req_id: Box<RawValue>,
+}
+
+/// Append a message. Replies once the message is durable and its fan-out has begun.
+#[derive(Debug, Clone)]
+pub struct Submit {
+    /// `None` for system messages sent by the server itself.
+    pub sender: Option<Arc<str>>,
+    pub client_msg_id: Option<String>,
+    pub body: Body,
+    pub reply_to: Option<u64>,
+    pub origin: Option<Origin>,
+}
+
+impl actix::Message for Submit {
+    type Result = Result<Message>;
+}
+
+/// Recall a message.
+#[derive(Debug, Clone)]
+pub struct Recall {
+    pub by: Arc<str>,
+    pub seq: u64,
+}
+
+impl actix::Message for Recall {
+    type Result = Result<Message>;
+}
+
+/// What a membership request does.
+#[derive(Debug, Clone)]
+pub enum MembershipOp {
+    Add(Vec<String>),
+    Remove(Vec<String>),
+    Leave,
+}
+
+/// Change a group's membership. Replies with the system message recording it.
+#[derive(Debug, Clone)]
+pub struct Membership {
+    pub by: Arc<str>,
+    pub op: MembershipOp,
+}
+
+impl actix::Message for Membership {
+    type Result = Result<Message>;
+}
+
+/// Internal: deliver the next chunk of the head fan-out job.
+struct FanoutTick;
+
+impl actix::Message for FanoutTick {
+    type Result = ();
+}
+
+/// How the actor knows its members before it has loaded.
+#[derive(Debug, Clone)]
+pub enum Init {
+    /// A one-to-one conversation between these users (created on first message if needed).
+    Direct(String, String),
+    /// An existing conversation, loaded from the store.
+    Load,
+}
+
+/// A stored message waiting for its turn to be fanned out.
+struct Ready {
+    message: Message,
+    origin: Option<Origin>,
+    /// Recipients, as of when the message was submitted.
+    members: Arc<Vec<Arc<str>>>,
+    /// Frames sent to the same recipients right after the message (e.g. `membership`).
+    extra: Vec<ByteString>,
+    reply: Option<oneshot::Sender<Result<Message>>>,
+}
+
+/// A fan-out in progress.
+struct Job {
+    frames: Vec<ByteString>,
+    members: Arc<Vec<Arc<str>>>,
+    next: usize,
+    /// For the message event only: the sending device, which gets the ack instead.
+    skip: Option<(Arc<str>, u64)>,
+    /// Deliver only to this connection of the member(s) (acknowledgements).
+    only_conn: Option<u64>,
+    started: Instant,
+    /// The first frame is a message event (counted as deliveries, timed as a fan-out).
+    delivery: bool,
+}
+
+enum State {
+    Loading,
+    Ready,
+    Failed(Error),
+}
+
+pub struct ConversationActor {
+    core: Arc<Core>,
+    conv_id: Arc<str>,
+    kind: ConvKind,
+    init: Init,
+    state: State,
+    /// Members and their roles (one-to-one participants have role `member`).
+    roles: HashMap<Arc<str>, Role>,
+    /// The same members as a list, shared with fan-out jobs; replaced, never mutated.
+    members: Arc<Vec<Arc<str>>>,
+    /// The next `seq` to fan out.
+    next_fanout: u64,
+    /// Appends sent to the store and not yet answered.
+    inflight: usize,
+    ready: BTreeMap<u64, Ready>,
+    jobs: VecDeque<Job>,
+    tick_scheduled: bool,
+    last_active: Instant,
+    /// Resolves once the store has been handed the latest write (see [`Self::store_write`]).
+    handed_over: Option<oneshot::Receiver<()>>,
+}
+
+impl ConversationActor {
+    pub fn new(core: Arc<Core>, conv_id: Arc<str>, kind: ConvKind, init: Init) -> Self {
+        Self {
+            core,
+            conv_id,
+            kind,
+            init,
+            state: State::Loading,
+            roles: HashMap::new(),
+            members: Arc::new(Vec::new()),
+            next_fanout: 1,
+            inflight: 0,
+            ready: BTreeMap::new(),
+            jobs: VecDeque::new(),
+            tick_scheduled: false,
+            last_active: Instant::now(),
+            handed_over: None,
+        }
+    }
+
+    fn group_id(&self) -> &str {
+        self.conv_id.strip_prefix("g_").unwrap_or("")
+    }
+
+    fn set_members(&mut self, roles: HashMap<Arc<str>, Role>) {
+        self.members = Arc::new(roles.keys().cloned().collect());
+        self.roles = roles;
+    }
+
+    fn check_ready(&self) -> Result<()> {
+        match &self.state {
+            State::Ready => Ok(()),
+            State::Failed(e) => Err(e.clone()),
+            State::Loading => Err(Error::new(ErrorCode::Unavailable, "conversation is loading")),
+        }
+    }
+
+    /// Loads membership and the last `seq`; blocks the mailbox until done.
+    fn load(&mut self, ctx: &mut Context<Self>) {
+        let store = self.core.store.clone();
+        let conv_id = self.conv_id.clone();
+        let kind = self.kind;
+        let init = self.init.clone();
+        let fut = async move {
+            let conv = store.conversation(&conv_id).await?;
+            let last_seq = conv.as_ref().map(|c| c.last_seq).unwrap_or(0);
+            let mut roles = HashMap::new();
+            match kind {
+                ConvKind::Group => {
+                    let gid = conv_id.strip_prefix("g_").unwrap_or("");
+                    if store.group(gid).await?.is_none() {
+                        return Err(Error::not_found("no such group"));
+                    }
+                    for m in store.members(gid).await? {
+                        roles.insert(Arc::<str>::from(m.user_id), m.role);
+                    }
+                }
+                ConvKind::Direct => {
+                    let users = match (&conv, init) {
+                        (Some(c), _) => c.members.clone(),
+                        (None, Init::Direct(a, b)) => vec![a, b],
+                        (None, Init::Load) => return Err(Error::not_found("no such conversation")),
+                    };
+                    for u in users {
+                        roles.insert(Arc::<str>::from(u), Role::Member);
+                    }
+                }
+            }
+            Ok::<_, Error>((last_seq, roles))
+        };
+        ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok((last_seq, roles)) => {
+                act.next_fanout = last_seq + 1;
+                act.set_members(roles);
+                act.state = State::Ready;
+            }
+            Err(e) => {
+                if e.code != ErrorCode::NotFound {
+                    tracing::warn!(conv_id = %act.conv_id, error = %e, "conversation load failed");
+                }
+                act.state = State::Failed(e);
+                // Answer what is already queued with this error, then make room for a fresh
+                // attempt (the group may be created, or the store may come back).
+                ctx.run_later(Duration::from_millis(500), |_, ctx| ctx.stop());
+            }
+        }));
+    }
+
+    /// Runs a store write that assigns a `seq` (an append, a membership change) on a task of its
+    /// own, handing it to the store only after every such write started before it. The store
+    /// assigns `seq`s in the order it is handed appends, and actix polls a context's spawned
+    /// futures in no fixed order, so without this chain pipelined sends could be stored out of
+    /// the order they were made. Handing over is the write future's first poll.
+    fn store_write<T: Send + 'static>(&mut self, write: StoreFuture<T>) -> oneshot::Receiver<StoreResult<T>> {
+        let (handed_tx, handed_rx) = oneshot::channel();
+        let prev = self.handed_over.replace(handed_rx);
+        let (out_tx, out_rx) = oneshot::channel();
+        actix::spawn(async move {
+            if let Some(prev) = prev {
+                let _ = prev.await;
+            }
+            let mut write = write;
+            let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+            let _ = handed_tx.send(());
+            let out = match first {
+                Poll::Ready(out) => out,
+                Poll::Pending => write.await,
+            };
+            let _ = out_tx.send(out);
+        });
+        out_rx
+    }
+
+    /// Sends an append to the store and routes its result into the ordered fan-out.
+    fn append(
+        &mut self,
+        ctx: &mut Context<Self>,
+        msg: NewMessage,
+        origin: Option<Origin>,
+        members: Arc<Vec<Arc<str>>>,
+        reply: oneshot::Sender<Result<Message>>,
+    ) {
+        self.inflight += 1;
+        let store = self.core.store.clone();
+        let stored = self.store_write(Box::pin(async move { store.append(msg).await }));
+        let fut = async move { stored.await.unwrap_or_else(|_| Err(StoreError::Unavailable("store task ended".into()))) };
+        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
+            act.inflight -= 1;
+            match res {
+                Ok(a) if a.duplicate => {
+                    act.core.metrics.messages_duplicate.fetch_add(1, Relaxed);
+                    if let Some(o) = &origin {
+                        let ack = proto::encode_result(&o.req_id, &proto::SendResult { message: &a.message });
+                        act.core.registry.send_to_conn(&o.user, o.conn_id, &ack);
+                    }
+                    let _ = reply.send(Ok(a.message));
+                }
+                Ok(a) => {
+                    act.core.metrics.messages_in.fetch_add(1, Relaxed);
+                    act.ready.insert(a.message.seq, Ready { message: a.message, origin, members, extra: Vec::new(), reply: Some(reply) });
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                }
+            }
+            act.release(ctx);
+        }));
+    }
+
+    /// Moves stored messages, in `seq` order, from `ready` to the fan-out queue.
+    fn release(&mut self, ctx: &mut Context<Self>) {
+        while let Some((&head, _)) = self.ready.first_key_value() {
+            // With nothing in flight, no missing seq can still arrive: don't wait for it.
+            if head != self.next_fanout && self.inflight > 0 {
+                break;
+            }
+            if head != self.next_fanout {
+                tracing::warn!(conv_id = %self.conv_id, expected = self.next_fanout, got = head, "seq gap in fan-out");
+            }
+            let Some(r) = self.ready.remove(&head) else { break };
+            self.next_fanout = head + 1;
+            self.enqueue_message(r);
+        }
+        self.pump(ctx);
+    }
+
+    fn enqueue_message(&mut self, r: Ready) {
+        let Ready { message, origin, members, extra, reply } = r;
+        let mut frames = vec![proto::encode_event("message", &message)];
+        frames.extend(extra);
+        let skip = origin.map(|o| {
+            // The sending device gets its ack where the event would have been: after every
+            // earlier message of this conversation (jobs run in order), before later ones.
+            let ack = proto::encode_result(&o.req_id, &proto::SendResult { message: &message });
+            self.jobs.push_back(Job {
+                frames: vec![ack],
+                members: Arc::new(vec![o.user.clone()]),
+                next: 0,
+                skip: None,
+                only_conn: Some(o.conn_id),
+                started: Instant::now(),
+                delivery: false,
+            });
+            (o.user, o.conn_id)
+        });
+        if let Some(tx) = reply {
+            let _ = tx.send(Ok(message));
+        }
+        self.jobs.push_back(Job { frames, members, next: 0, skip, only_conn: None, started: Instant::now(), delivery: true });
+        self.core.metrics.fanout_queue_depth.fetch_add(1, Relaxed);
+    }
+
+    /// Delivers jobs until one chunk's worth of members has been served, then yields to the
+    /// mailbox (a `FanoutTick` continues).
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        let mut budget = self.core.limits.fanout_chunk.max(1);
+        let registry = &self.core.registry;
+        while budget > 0 {
+            let Some(job) = self.jobs.front_mut() else { break };
+            let end = (job.next + budget).min(job.members.len());
+            let users = &job.members[job.next..end];
+            budget -= users.len().max(1).min(budget);
+            for (i, frame) in job.frames.iter().enumerate() {
+                let n = match (job.only_conn, i) {
+                    (Some(conn), _) => users.iter().filter(|u| registry.send_to_conn(u, conn, frame)).count(),
+                    (None, 0) => registry.fan_out(users, frame, job.skip.as_ref().map(|(u, c)| (&**u, *c))),
+                    (None, _) => registry.fan_out(users, frame, None),
+                };
+                if i == 0 && job.delivery {
+                    self.core.metrics.deliveries_out.fetch_add(n as u64, Relaxed);
+                }
+            }
+            job.next = end;
+            if job.next >= job.members.len() {
+                if job.delivery {
+                    self.core.metrics.fanout_seconds.observe(job.started.elapsed());
+                    self.core.metrics.fanout_queue_depth.fetch_sub(1, Relaxed);
+                }
+                self.jobs.pop_front();
+            }
+        }
+        if !self.jobs.is_empty() && !self.tick_scheduled {
+            self.tick_scheduled = true;
+            ctx.notify(FanoutTick);
+        }
+    }
+
+    fn check_member(&self, user: &str) -> Result<Role> {
+        self.roles.get(user).copied().ok_or_else(Error::not_member)
+    }
+}
+
+impl Actor for ConversationActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.core.limits.conversation_mailbox);
+        self.core.metrics.conversation_actors.fetch_add(1, Relaxed);
+        self.load(ctx);
+        let check = self.core.limits.idle_timeout.min(Duration::from_secs(10)).max(Duration::from_millis(100));
+        ctx.run_interval(check, |act, ctx| {
+            let idle = act.last_active.elapsed() >= act.core.limits.idle_timeout;
+            if idle && act.inflight == 0 && act.ready.is_empty() && act.jobs.is_empty() {
+                ctx.stop();
+            }
+        });
+    }
+
+    fn stopped(&mut self, ctx: &mut Self::Context) {
+        self.core.metrics.conversation_actors.fetch_sub(1, Relaxed);
+        self.core.metrics.fanout_queue_depth.fetch_sub(self.jobs.iter().filter(|j| j.delivery).count() as i64, Relaxed);
+        self.core.directory.remove(&self.conv_id, &ctx.address());
+    }
+}
+
+impl Handler<FanoutTick> for ConversationActor {
+    type Result = ();
+    fn handle(&mut self, _: FanoutTick, ctx: &mut Context<Self>) {
+        self.tick_scheduled = false;
+        self.pump(ctx);
+    }
+}
+
+impl Handler<Submit> for ConversationActor {
+    type Result = ResponseFuture<Result<Message>>;
+
+    fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) -> Self::Result {
+        self.last_active = Instant::now();
+        let (tx, rx) = oneshot::channel();
+        let respond = Box::pin(async move { rx.await.unwrap_or_else(|_| Err(Error::internal("conversation stopped"))) });
+        if let Err(e) = self.check_ready() {
+            return Box::pin(async move { Err(e) });
+        }
+        if let Some(sender) = &msg.sender {
+            if let Err(e) = self.check_member(sender) {
+                return Box::pin(async move { Err(e) });
+            }
+        }
+        let direct_members = match self.kind {
+            ConvKind::Direct => {
+                let mut it = self.members.iter();
+                let a = it.next().map(|s| s.to_string()).unwrap_or_default();
+                let b = it.next().map(|s| s.to_string()).unwrap_or_else(|| a.clone());
+                Some((a, b))
+            }
+            ConvKind::Group => None,
+        };
+        let new = NewMessage {
+            conv_id: self.conv_id.to_string(),
+            direct_members,
+            sender: msg.sender.as_ref().map(|s| s.to_string()),
+            client_msg_id: msg.client_msg_id,
+            body: msg.body,
+            reply_to: None,
+            ts: now_ms(),
+        };
+        let members = self.members.clone();
+        match msg.reply_to {
+            None => self.append(ctx, new, msg.origin, members, tx),
+            Some(seq) => {
+                // Quoting needs the replied-to message: hold the mailbox so order is kept.
+                let store = self.core.store.clone();
+                let conv_id = self.conv_id.clone();
+                let origin = msg.origin;
+                let fut = async move { store.message(&conv_id, seq).await };
+                ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
+                    Ok(Some(m)) => {
+                        let mut new = new;
+                        new.reply_to = Some(ReplyRef { seq, sender: m.sender.clone(), quote: m.body.summary() });
+                        act.append(ctx, new, origin, members, tx);
+                    }
+                    Ok(None) => {
+                        let _ = tx.send(Err(Error::not_found(format!("reply_to: no message with seq {seq}"))));
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into()));
+                    }
+                }));
+            }
+        }
+        respond
+    }
+}
+
+impl Handler<Recall> for ConversationActor {
+    type Result = ResponseActFuture<Self, Result<Message>>;
+
+    fn handle(&mut self, msg: Recall, _ctx: &mut Context<Self>) -> Self::Result {
+        self.last_active = Instant::now();
+        let checked = self.check_ready().and_then(|_| self.check_member(&msg.by));
+        let role = match checked {
+            Ok(r) => r,
+            Err(e) => return Box::pin(actix::fut::ready(Err(e))),
+        };
+        let store = self.core.store.clone();
+        let conv_id = self.conv_id.clone();
+        let is_group = self.kind == ConvKind::Group;
+        let window = self.core.limits.recall_window;
+        let by = msg.by.clone();
+        let fut = async move {
+            let m = store.message(&conv_id, msg.seq).await?.ok_or_else(|| Error::not_found(format!("no message with seq {}", msg.seq)))?;
+            if m.is_recalled() {
+                return Ok((m, false));
+            }
+            let own = m.sender.as_deref() == Some(&*by);
+            let manager = is_group && role.can_manage();
+            if !manager {
+                if !own {
+                    return Err(Error::forbidden("only the sender, or a group's owner or admins, may recall a message"));
+                }
+                let age = now_ms().saturating_sub(m.ts);
+                if age > window.as_millis() as i64 {
+                    return Err(Error::new(ErrorCode::RecallWindowExpired, format!("messages can be recalled by their sender for {} seconds", window.as_secs())));
+                }
+            }
+            let m = store.recall(&conv_id, msg.seq, &by).await?;
+            Ok((m, true))
+        };
+        Box::pin(fut.into_actor(self).map(|res: Result<(Message, bool)>, act, ctx| {
+            let (m, changed) = res?;
+            if changed {
+                act.jobs.push_back(Job {
+                    frames: vec![proto::encode_event("recall", &m)],
+                    members: act.members.clone(),
+                    next: 0,
+                    skip: None,
+                    only_conn: None,
+                    started: Instant::now(),
+                    delivery: false,
+                });
+                act.pump(ctx);
+            }
+            Ok(m)
+        }))
+    }
+}
+
+impl Handler<Membership> for ConversationActor {
+    type Result = ResponseFuture<Result<Message>>;
+
+    fn handle(&mut self, msg: Membership, ctx: &mut Context<Self>) -> Self::Result {
+        self.last_active = Instant::now();
+        let (tx, rx) = oneshot::channel();
+        let respond = Box::pin(async move { rx.await.unwrap_or_else(|_| Err(Error::internal("conversation stopped"))) });
+        let fail = |e: Error| -> Self::Result { Box::pin(async move { Err(e) }) };
+        if let Err(e) = self.check_ready() {
+            return fail(e);
+        }
+        if self.kind != ConvKind::Group {
+            return fail(Error::invalid("not a group conversation"));
+        }
+        let role = match self.check_member(&msg.by) {
+            Ok(r) => r,
+            Err(e) => return fail(e),
+        };
+        let by = msg.by.to_string();
+        let (add, remove, event) = match msg.op {
+            MembershipOp::Add(users) => {
+                if !role.can_manage() {
+                    return fail(Error::forbidden("only the owner or admins may add members"));
+                }
+                let mut new: Vec<String> = users.into_iter().filter(|u| !self.roles.contains_key(u.as_str())).collect();
+                new.sort();
+                new.dedup();
+                if self.roles.len() + new.len() > self.core.limits.max_group_members {
+                    return fail(Error::invalid(format!("a group has at most {} members", self.core.limits.max_group_members)));
+                }
+                if new.is_empty() {
+                    return fail(Error::new(ErrorCode::Conflict, "every user given is already a member"));
+                }
+                (new, Vec::new(), "members_added")
+            }
+            MembershipOp::Remove(users) => {
+                if !role.can_manage() {
+                    return fail(Error::forbidden("only the owner or admins may remove members"));
+                }
+                let mut gone = Vec::new();
+                for u in users {
+                    match self.roles.get(u.as_str()) {
+                        None => {}
+                        Some(Role::Owner) => return fail(Error::forbidden("the owner cannot be removed")),
+                        Some(Role::Admin) if role != Role::Owner => return fail(Error::forbidden("only the owner may remove an admin")),
+                        Some(_) => gone.push(u),
+                    }
+                }
+                gone.sort();
+                gone.dedup();
+                if gone.is_empty() {
+                    return fail(Error::not_found("none of the users given is a member"));
+                }
+                (Vec::new(), gone, "members_removed")
+            }
+            MembershipOp::Leave => {
+                if role == Role::Owner {
+                    return fail(Error::new(ErrorCode::OwnerCannotLeave, "the owner cannot leave the group"));
+                }
+                (Vec::new(), vec![by.clone()], "member_left")
+            }
+        };
+        let body = Body::System {
+            event: event.into(),
+            data: serde_json::json!({ "by": by, "added": add, "removed": remove }),
+        };
+        let change = MemberChange {
+            group_id: self.group_id().to_string(),
+            add: add.iter().map(|u| (u.clone(), Role::Member)).collect(),
+            remove: remove.clone(),
+            ts: now_ms(),
+            system_body: body,
+        };
+        let store = self.core.store.clone();
+        let stored = self.store_write(Box::pin(async move { store.change_members(change).await }));
+        let fut = async move { stored.await.unwrap_or_else(|_| Err(StoreError::Unavailable("store task ended".into()))) };
+        self.inflight += 1;
+        // Membership changes hold the mailbox: the next message is checked and fanned out
+        // against the new membership.
+        ctx.wait(fut.into_actor(self).map(move |res, act, ctx| {
+            act.inflight -= 1;
+            match res {
+                Ok(m) => {
+                    // Everyone who was or is a member hears about the change.
+                    let mut recipients: Vec<Arc<str>> = act.members.iter().cloned().collect();
+                    let mut roles = act.roles.clone();
+                    for u in &add {
+                        let u: Arc<str> = Arc::from(u.as_str());
+                        roles.insert(u.clone(), Role::Member);
+                        recipients.push(u);
+                    }
+                    for u in &remove {
+                        roles.remove(u.as_str());
+                    }
+                    act.set_members(roles);
+                    let membership = proto::encode_event(
+                        "membership",
+                        &proto::MembershipEvent { group_id: act.group_id(), conv_id: &act.conv_id, seq: m.seq, added: &add, removed: &remove },
+                    );
+                    act.core.metrics.messages_in.fetch_add(1, Relaxed);
+                    act.ready.insert(m.seq, Ready { message: m, origin: None, members: Arc::new(recipients), extra: vec![membership], reply: Some(tx) });
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e.into()));
+                }
+            }
+            act.release(ctx);
+        }));
+        respond
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Live conversation actors by conversation id, and the arbiters they run on.
+pub struct Directory {
+    map: Mutex<HashMap<Arc<str>, Addr<ConversationActor>>>,
+    arbiters: Vec<ArbiterHandle>,
+}
+
+impl Directory {
+    /// `arbiters` are the threads conversation actors run on (chosen by conversation id).
+    pub fn new(arbiters: Vec<ArbiterHandle>) -> Self {
+        Self { map: Mutex::new(HashMap::new()), arbiters }
+    }
+
+    /// The live actor for `conv_id`, starting one if needed.
+    pub fn get(&self, core: &Arc<Core>, conv_id: &str, init: Init) -> Result<Addr<ConversationActor>> {
+        let kind = model::conv_kind(conv_id)?;
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(addr) = map.get(conv_id) {
+            if addr.connected() {
+                return Ok(addr.clone());
+            }
+        }
+        let id: Arc<str> = Arc::from(conv_id);
+        let actor = ConversationActor::new(core.clone(), id.clone(), kind, init);
+        let addr = if self.arbiters.is_empty() {
+            actor.start()
+        } else {
+            let mut h: usize = 0;
+            for b in conv_id.bytes() {
+                h = h.wrapping_mul(31).wrapping_add(b as usize);
+            }
+            let arbiter = &self.arbiters[h % self.arbiters.len()];
+            ConversationActor::start_in_arbiter(arbiter, move |_| actor)
+        };
+        map.insert(id, addr.clone());
+        Ok(addr)
+    }
+
+    /// Forgets the actor of `conv_id` (used when a conversation is created, so an actor that
+    /// failed to load it a moment ago is not reused).
+    pub fn evict(&self, conv_id: &str) {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(conv_id);
+    }
+
+    /// Forgets `addr` as the actor of `conv_id` if it still is (it was found stopping).
+    pub fn forget(&self, conv_id: &str, addr: &Addr<ConversationActor>) {
+        self.remove(conv_id, addr)
+    }
+
+    fn remove(&self, conv_id: &str, addr: &Addr<ConversationActor>) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(conv_id) == Some(addr) {
+            map.remove(conv_id);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}

@@ -1,0 +1,548 @@
+//! The domain operations, shared by every transport.
+//!
+//! [`Engine`] is what the WebSocket session (and the HTTP API) call: one method per operation,
+//! each checking the rules and then either asking the conversation actor (for anything that
+//! changes a conversation's order: send, recall, membership) or the store (reads, read cursors,
+//! flags). [`Engine::dispatch`] maps a parsed [`proto::Op`] to its method and encodes the reply.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::{Addr, MailboxError};
+use bytestring::ByteString;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::conversation::{self, ConversationActor, Directory, Init, Membership, MembershipOp, Origin, Recall, Submit};
+use crate::error::{Error, ErrorCode, Result};
+use crate::metrics::Metrics;
+use crate::model::{self, Body, ConvKind, Group, Member, Message, Role, UserConvState};
+use crate::proto::{self, ConversationItem, Op};
+use crate::registry::Registry;
+use crate::store::{HistoryQuery, NewGroup, Store};
+
+/// Limits and timings of the chat rules (from `[chat]` and `[groups]` in the configuration).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_text_chars: usize,
+    pub recall_window: Duration,
+    pub max_group_members: usize,
+    /// Members served per fan-out step before the actor yields (500 by design).
+    pub fanout_chunk: usize,
+    /// An idle conversation actor stops after this long.
+    pub idle_timeout: Duration,
+    /// Mailbox capacity of a conversation actor; senders wait when it is full.
+    pub conversation_mailbox: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_text_chars: 5000,
+            recall_window: Duration::from_secs(120),
+            max_group_members: 10_000,
+            fanout_chunk: 500,
+            idle_timeout: Duration::from_secs(300),
+            conversation_mailbox: 1024,
+        }
+    }
+}
+
+/// What every actor shares: the store, the local bus, metrics, limits and the actor directory.
+pub struct Core {
+    pub store: Arc<dyn Store>,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    pub directory: Directory,
+}
+
+/// Who is asking.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub user: Arc<str>,
+    pub device: Arc<str>,
+    /// The WebSocket connection, when the request came over one.
+    pub conn_id: Option<u64>,
+}
+
+/// The domain operations. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    core: Arc<Core>,
+}
+
+const DEFAULT_PAGE: usize = 50;
+
+fn page(limit: Option<usize>) -> Result<usize> {
+    match limit {
+        None => Ok(DEFAULT_PAGE),
+        Some(n) if (1..=model::MAX_PAGE).contains(&n) => Ok(n),
+        Some(_) => Err(Error::invalid(format!("limit must be 1 to {}", model::MAX_PAGE))),
+    }
+}
+
+fn mailbox(e: MailboxError) -> Error {
+    match e {
+        MailboxError::Closed => Error::new(ErrorCode::Unavailable, "conversation actor stopped; retry"),
+        MailboxError::Timeout => Error::new(ErrorCode::Unavailable, "conversation actor timed out"),
+    }
+}
+
+#[derive(Serialize)]
+struct HistoryResult {
+    messages: Vec<Message>,
+    last_seq: u64,
+    has_more: bool,
+}
+
+#[derive(Serialize)]
+struct ConversationsResult {
+    conversations: Vec<ConversationItem>,
+    next_since: u64,
+    has_more: bool,
+}
+
+#[derive(Serialize)]
+struct ReadResult {
+    read_seq: u64,
+}
+
+#[derive(Serialize)]
+struct ReadCountResult {
+    seq: u64,
+    read: u64,
+    total: u64,
+}
+
+#[derive(Serialize)]
+struct GroupResult {
+    group: Group,
+}
+
+#[derive(Serialize)]
+struct MembersResult {
+    members: Vec<Member>,
+}
+
+#[derive(Serialize)]
+struct MessageResult {
+    message: Message,
+}
+
+#[derive(Serialize)]
+struct Pong {
+    ts: i64,
+}
+
+impl Engine {
+    pub fn new(store: Arc<dyn Store>, registry: Arc<Registry>, metrics: Arc<Metrics>, limits: Limits, directory: Directory) -> Self {
+        Self { core: Arc::new(Core { store, registry, metrics, limits, directory }) }
+    }
+
+    pub fn core(&self) -> &Arc<Core> {
+        &self.core
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.core.store
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.core.registry
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.core.metrics
+    }
+
+    fn actor(&self, conv_id: &str, init: Init) -> Result<Addr<ConversationActor>> {
+        self.core.directory.get(&self.core, conv_id, init)
+    }
+
+    /// The caller's active row in a conversation, or the right error.
+    async fn access(&self, user: &str, conv_id: &str) -> Result<UserConvState> {
+        model::conv_kind(conv_id)?;
+        match self.core.store.user_conv(user, conv_id).await? {
+            Some(s) if s.active => Ok(s),
+            Some(_) => Err(Error::not_member()),
+            None => match self.core.store.conversation(conv_id).await? {
+                Some(_) => Err(Error::not_member()),
+                None => Err(Error::not_found("no such conversation")),
+            },
+        }
+    }
+
+    /// Sends a message. The conversation actor is asked synchronously (before this returns), so
+    /// requests from one connection reach it in the order they were made.
+    pub fn send(&self, caller: &Caller, req: proto::SendReq, origin: Option<Origin>) -> impl std::future::Future<Output = Result<Message>> + 'static {
+        let prepared = self.prepare_send(caller, req, origin);
+        let engine = self.clone();
+        async move {
+            let (conv_id, init, submit, addr, first) = prepared?;
+            match first.await {
+                // The actor stopped (idle) between lookup and send: retry on a fresh one.
+                Err(MailboxError::Closed) => {
+                    engine.core.directory.forget(&conv_id, &addr);
+                    engine.call(&conv_id, init, submit).await
+                }
+                other => other.map_err(mailbox)?,
+            }
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn prepare_send(
+        &self,
+        caller: &Caller,
+        req: proto::SendReq,
+        origin: Option<Origin>,
+    ) -> Result<(String, Init, Submit, Addr<ConversationActor>, actix::dev::Request<ConversationActor, Submit>)> {
+        model::validate_id("client_msg_id", &req.client_msg_id)?;
+        let body = req.body?;
+        body.validate_client(self.core.limits.max_text_chars)?;
+        let (conv_id, init) = match (req.conv_id, req.to) {
+            (Some(c), None) => {
+                model::conv_kind(&c)?;
+                (c, Init::Load)
+            }
+            (None, Some(to)) => {
+                model::validate_id("to", &to)?;
+                (model::direct_conv_id(&caller.user, &to), Init::Direct(caller.user.to_string(), to))
+            }
+            _ => return Err(Error::invalid("exactly one of conv_id and to is required")),
+        };
+        let submit = Submit { sender: Some(caller.user.clone()), client_msg_id: Some(req.client_msg_id), body, reply_to: req.reply_to, origin };
+        let addr = self.actor(&conv_id, init.clone())?;
+        let first = addr.send(submit.clone());
+        Ok((conv_id, init, submit, addr, first))
+    }
+
+    /// Sends a system message (server-generated) into a conversation.
+    pub async fn send_system(&self, conv_id: &str, event: &str, data: serde_json::Value) -> Result<Message> {
+        let submit = Submit { sender: None, client_msg_id: None, body: Body::System { event: event.into(), data }, reply_to: None, origin: None };
+        self.call(conv_id, Init::Load, submit).await
+    }
+
+    /// Asks a conversation actor, retrying on a fresh actor if the one found was stopping.
+    async fn call<M>(&self, conv_id: &str, init: Init, msg: M) -> Result<Message>
+    where
+        M: actix::Message<Result = Result<Message>> + Clone + Send + 'static,
+        ConversationActor: actix::Handler<M>,
+    {
+        for _ in 0..4 {
+            let addr = self.actor(conv_id, init.clone())?;
+            match addr.send(msg.clone()).await {
+                Ok(r) => return r,
+                Err(MailboxError::Closed) => self.core.directory.forget(conv_id, &addr),
+                Err(e) => return Err(mailbox(e)),
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Err(mailbox(MailboxError::Closed))
+    }
+
+    pub async fn history(&self, caller: &Caller, req: proto::HistoryReq) -> Result<impl Serialize> {
+        let limit = page(req.limit)?;
+        self.access(&caller.user, &req.conv_id).await?;
+        let q = match (req.before, req.after) {
+            (None, None) => HistoryQuery::Latest { limit },
+            (Some(seq), None) => HistoryQuery::Before { seq, limit },
+            (None, Some(seq)) => HistoryQuery::After { seq, limit },
+            (Some(_), Some(_)) => return Err(Error::invalid("give at most one of before and after")),
+        };
+        let messages = self.core.store.history(&req.conv_id, Some(&caller.user), q).await?;
+        let last_seq = self.core.store.conversation(&req.conv_id).await?.map(|c| c.last_seq).unwrap_or(0);
+        let has_more = match q {
+            HistoryQuery::After { seq, .. } => messages.last().map(|m| m.seq).unwrap_or(seq) < last_seq,
+            HistoryQuery::Before { seq, .. } => messages.first().map(|m| m.seq).unwrap_or(seq.min(last_seq + 1)) > 1,
+            HistoryQuery::Latest { .. } => messages.first().map(|m| m.seq > 1).unwrap_or(false),
+        };
+        Ok(HistoryResult { messages, last_seq, has_more })
+    }
+
+    pub async fn conversations(&self, caller: &Caller, req: proto::ConversationsReq) -> Result<impl Serialize> {
+        let limit = page(req.limit)?;
+        // One more than asked, so `has_more` is exact.
+        let mut views = self.core.store.list_conversations(&caller.user, req.since, limit + 1).await?;
+        let has_more = views.len() > limit;
+        views.truncate(limit);
+        let next_since = views.iter().map(|v| v.cursor()).max().unwrap_or(req.since);
+        Ok(ConversationsResult { conversations: views.into_iter().map(ConversationItem::from).collect(), next_since, has_more })
+    }
+
+    pub async fn conversation(&self, caller: &Caller, conv_id: &str) -> Result<ConversationItem> {
+        model::conv_kind(conv_id)?;
+        match self.core.store.conversation_view(&caller.user, conv_id).await? {
+            Some(v) => Ok(v.into()),
+            None => Err(Error::not_found("no such conversation")),
+        }
+    }
+
+    /// Moves the caller's read cursor forward and tells their other devices and, one-to-one,
+    /// the other participant (a read receipt).
+    pub async fn read(&self, caller: &Caller, req: proto::ReadReq) -> Result<impl Serialize> {
+        let state = self.access(&caller.user, &req.conv_id).await?;
+        self.settle_hidden(&caller.user, &req.conv_id, &state).await?;
+        let Some(new) = self.core.store.mark_read(&caller.user, &req.conv_id, req.seq).await? else {
+            return Ok(ReadResult { read_seq: state.read_seq });
+        };
+        let frame = proto::encode_event("read", &proto::ReadEvent { conv_id: &req.conv_id, user_id: &caller.user, read_seq: new.read_seq });
+        self.core.registry.send_to_user(&caller.user, &frame, caller.conn_id);
+        if model::conv_kind(&req.conv_id)? == ConvKind::Direct {
+            if let Some(conv) = self.core.store.conversation(&req.conv_id).await? {
+                for peer in conv.members.iter().filter(|m| **m != *caller.user) {
+                    self.core.registry.send_to_user(peer, &frame, None);
+                }
+            }
+        }
+        Ok(ReadResult { read_seq: new.read_seq })
+    }
+
+    /// Whether the row is flagged hidden but something newer than the hiding has happened in the
+    /// conversation (which shows it again; see `ConversationItem`).
+    async fn hiding_ended(&self, conv_id: &str, state: &UserConvState) -> Result<bool> {
+        if !state.hidden {
+            return Ok(false);
+        }
+        Ok(self.core.store.conversation(conv_id).await?.is_some_and(|c| c.ver >= state.ver))
+    }
+
+    /// The store keeps one `ver` per row, and `hidden` holds while the row's `ver` is newer than
+    /// the conversation's. Before a write that bumps the row (a read, a deletion), a hiding that a
+    /// newer message already ended is cleared for good, or the bump would bring it back.
+    async fn settle_hidden(&self, user: &str, conv_id: &str, state: &UserConvState) -> Result<()> {
+        if self.hiding_ended(conv_id, state).await? {
+            let patch = model::FlagsPatch { hidden: Some(false), ..Default::default() };
+            self.core.store.set_flags(user, conv_id, patch).await?;
+        }
+        Ok(())
+    }
+
+    /// How many members other than the sender have read up to `seq`.
+    pub async fn read_count(&self, caller: &Caller, req: proto::SeqReq) -> Result<impl Serialize> {
+        self.access(&caller.user, &req.conv_id).await?;
+        let msg = self.core.store.message(&req.conv_id, req.seq).await?.ok_or_else(|| Error::not_found("no such message"))?;
+        let cursors = self.core.store.read_cursors(&req.conv_id).await?;
+        let others = cursors.iter().filter(|(u, _)| Some(u.as_str()) != msg.sender.as_deref());
+        let (mut read, mut total) = (0, 0);
+        for (_, r) in others {
+            total += 1;
+            if *r >= req.seq {
+                read += 1;
+            }
+        }
+        Ok(ReadCountResult { seq: req.seq, read, total })
+    }
+
+    pub async fn recall(&self, caller: &Caller, req: proto::SeqReq) -> Result<Message> {
+        model::conv_kind(&req.conv_id)?;
+        self.call(&req.conv_id, Init::Load, Recall { by: caller.user.clone(), seq: req.seq }).await
+    }
+
+    pub async fn delete(&self, caller: &Caller, req: proto::DeleteReq) -> Result<impl Serialize> {
+        if req.seqs.is_empty() || req.seqs.len() > model::MAX_PAGE {
+            return Err(Error::invalid(format!("seqs must hold 1 to {} entries", model::MAX_PAGE)));
+        }
+        let state = self.access(&caller.user, &req.conv_id).await?;
+        // Count and announce each existing message once (seqs are contiguous from 1).
+        let last_seq = self.core.store.conversation(&req.conv_id).await?.map(|c| c.last_seq).unwrap_or(0);
+        let mut seqs = req.seqs;
+        seqs.sort_unstable();
+        seqs.dedup();
+        seqs.retain(|s| (1..=last_seq).contains(s));
+        if !seqs.is_empty() {
+            self.settle_hidden(&caller.user, &req.conv_id, &state).await?;
+            self.core.store.delete_for_user(&caller.user, &req.conv_id, &seqs).await?;
+            let frame = proto::encode_event("deleted", &proto::DeletedEvent { conv_id: &req.conv_id, seqs: &seqs });
+            self.core.registry.send_to_user(&caller.user, &frame, caller.conn_id);
+        }
+        Ok(serde_json::json!({ "deleted": seqs.len() }))
+    }
+
+    pub async fn changes(&self, caller: &Caller, req: proto::ChangesReq) -> Result<impl Serialize> {
+        self.access(&caller.user, &req.conv_id).await?;
+        Ok(self.core.store.changes(&caller.user, &req.conv_id, req.since).await?)
+    }
+
+    pub async fn set_flags(&self, caller: &Caller, req: proto::SetFlagsReq) -> Result<ConversationItem> {
+        model::conv_kind(&req.conv_id)?;
+        let mut patch = req.patch();
+        if patch.pinned.is_none() && patch.muted.is_none() && patch.hidden.is_none() {
+            return Err(Error::invalid("give at least one of pinned, muted, hidden"));
+        }
+        let Some(state) = self.core.store.user_conv(&caller.user, &req.conv_id).await? else {
+            return Err(Error::not_found("no such conversation"));
+        };
+        if patch.hidden.is_none() && self.hiding_ended(&req.conv_id, &state).await? {
+            patch.hidden = Some(false);
+        }
+        self.core.store.set_flags(&caller.user, &req.conv_id, patch).await?;
+        let item = self.conversation(caller, &req.conv_id).await?;
+        let frame = proto::encode_event("conversation", &item);
+        self.core.registry.send_to_user(&caller.user, &frame, caller.conn_id);
+        Ok(item)
+    }
+
+    pub async fn group_create(&self, caller: &Caller, req: proto::GroupCreateReq) -> Result<Group> {
+        let name = req.name.trim().to_string();
+        if name.is_empty() || name.chars().count() > 128 {
+            return Err(Error::invalid("name must be 1 to 128 characters"));
+        }
+        let id = match req.group_id {
+            Some(id) => {
+                model::validate_id("group_id", &id)?;
+                id
+            }
+            None => random_id(),
+        };
+        for m in &req.members {
+            model::validate_id("members[]", m)?;
+        }
+        let mut members: Vec<String> = req.members.into_iter().filter(|m| **m != *caller.user).collect();
+        members.sort();
+        members.dedup();
+        if members.len() + 1 > self.core.limits.max_group_members {
+            return Err(Error::invalid(format!("a group has at most {} members", self.core.limits.max_group_members)));
+        }
+        let body = Body::System { event: "group_created".into(), data: serde_json::json!({ "by": &*caller.user, "name": name, "members": members }) };
+        let new = NewGroup { id: id.clone(), name, owner: caller.user.to_string(), members: members.clone(), ts: conversation::now_ms(), system_body: body };
+        let (group, msg) = self.core.store.create_group(new).await.map_err(|e| match Error::from(e) {
+            e if e.code == ErrorCode::Conflict => Error::new(ErrorCode::Conflict, "a group with this id exists"),
+            e => e,
+        })?;
+        self.core.directory.evict(&model::group_conv_id(&id));
+        // The creator has seen their own announcement: it must not count as unread for them.
+        // (Best effort: the group exists either way.)
+        if let Err(e) = self.core.store.mark_read(&caller.user, &model::group_conv_id(&id), msg.seq).await {
+            tracing::warn!(error = %e, "could not move the group creator's read cursor");
+        }
+        // No actor exists yet for a new group: deliver the first message directly.
+        let mut everyone: Vec<Arc<str>> = members.iter().map(|m| Arc::from(m.as_str())).collect();
+        everyone.push(caller.user.clone());
+        let frame = proto::encode_event("message", &msg);
+        let conv_id = model::group_conv_id(&id);
+        let membership = proto::encode_event("membership", &proto::MembershipEvent { group_id: &id, conv_id: &conv_id, seq: msg.seq, added: &members, removed: &[] });
+        let n = self.core.registry.fan_out(&everyone, &frame, None);
+        self.core.metrics.deliveries_out.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        self.core.registry.fan_out(&everyone, &membership, None);
+        Ok(group)
+    }
+
+    async fn membership(&self, caller: &Caller, group_id: &str, op: MembershipOp) -> Result<Message> {
+        model::validate_id("group_id", group_id)?;
+        let conv_id = model::group_conv_id(group_id);
+        let leaving = matches!(op, MembershipOp::Leave);
+        let m = self.call(&conv_id, Init::Load, Membership { by: caller.user.clone(), op }).await?;
+        // Whoever made the change has seen its system message.
+        if !leaving {
+            if let Err(e) = self.core.store.mark_read(&caller.user, &conv_id, m.seq).await {
+                tracing::warn!(error = %e, "could not move the manager's read cursor");
+            }
+        }
+        Ok(m)
+    }
+
+    fn check_users(users: &[String]) -> Result<()> {
+        if users.is_empty() || users.len() > 1000 {
+            return Err(Error::invalid("members must hold 1 to 1000 user ids"));
+        }
+        users.iter().try_for_each(|u| model::validate_id("members[]", u))
+    }
+
+    pub async fn group_add(&self, caller: &Caller, req: proto::GroupMembersReq) -> Result<Message> {
+        Self::check_users(&req.members)?;
+        self.membership(caller, &req.group_id, MembershipOp::Add(req.members)).await
+    }
+
+    pub async fn group_remove(&self, caller: &Caller, req: proto::GroupMembersReq) -> Result<Message> {
+        Self::check_users(&req.members)?;
+        self.membership(caller, &req.group_id, MembershipOp::Remove(req.members)).await
+    }
+
+    pub async fn group_leave(&self, caller: &Caller, group_id: &str) -> Result<Message> {
+        self.membership(caller, group_id, MembershipOp::Leave).await
+    }
+
+    async fn group_access(&self, caller: &Caller, group_id: &str) -> Result<()> {
+        model::validate_id("group_id", group_id)?;
+        let conv_id = model::group_conv_id(group_id);
+        if self.core.store.group(group_id).await?.is_none() {
+            return Err(Error::not_found("no such group"));
+        }
+        self.access(&caller.user, &conv_id).await.map(|_| ())
+    }
+
+    pub async fn group_members(&self, caller: &Caller, group_id: &str) -> Result<Vec<Member>> {
+        self.group_access(caller, group_id).await?;
+        let mut members = self.core.store.members(group_id).await?;
+        members.sort_by(|a, b| role_rank(a.role).cmp(&role_rank(b.role)).then_with(|| a.user_id.cmp(&b.user_id)));
+        Ok(members)
+    }
+
+    pub async fn group_info(&self, caller: &Caller, group_id: &str) -> Result<Group> {
+        self.group_access(caller, group_id).await?;
+        self.core.store.group(group_id).await?.ok_or_else(|| Error::not_found("no such group"))
+    }
+
+    /// Runs one request and encodes its reply. Returns `None` when the reply was already queued
+    /// on the connection by the conversation actor (a successful WebSocket `send`).
+    pub async fn dispatch(&self, caller: Caller, id: Box<RawValue>, op: Op) -> Option<ByteString> {
+        let metrics = self.core.metrics.clone();
+        let enc = |id: &RawValue, r: Result<_>| -> Option<ByteString> {
+            Some(match r {
+                Ok(v) => v,
+                Err(e) => {
+                    metrics.request_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    proto::encode_error(Some(id), &e)
+                }
+            })
+        };
+        fn ok<T: Serialize>(id: &RawValue, r: Result<T>) -> Result<ByteString> {
+            r.map(|v| proto::encode_result(id, &v))
+        }
+        match op {
+            Op::Ping(_) => enc(&id, ok(&id, Ok(Pong { ts: conversation::now_ms() }))),
+            Op::Send(req) => {
+                let origin = caller.conn_id.map(|conn_id| Origin { user: caller.user.clone(), conn_id, req_id: id.clone() });
+                let has_origin = origin.is_some();
+                match self.send(&caller, req, origin).await {
+                    Ok(_) if has_origin => None,
+                    Ok(m) => enc(&id, ok(&id, Ok(MessageResult { message: m }))),
+                    Err(e) => enc(&id, Err(e)),
+                }
+            }
+            Op::History(req) => enc(&id, ok(&id, self.history(&caller, req).await)),
+            Op::Conversations(req) => enc(&id, ok(&id, self.conversations(&caller, req).await)),
+            Op::Conversation(req) => enc(&id, ok(&id, self.conversation(&caller, &req.conv_id).await)),
+            Op::Read(req) => enc(&id, ok(&id, self.read(&caller, req).await)),
+            Op::ReadCount(req) => enc(&id, ok(&id, self.read_count(&caller, req).await)),
+            Op::Recall(req) => enc(&id, ok(&id, self.recall(&caller, req).await.map(|message| MessageResult { message }))),
+            Op::Delete(req) => enc(&id, ok(&id, self.delete(&caller, req).await)),
+            Op::Changes(req) => enc(&id, ok(&id, self.changes(&caller, req).await)),
+            Op::SetFlags(req) => enc(&id, ok(&id, self.set_flags(&caller, req).await)),
+            Op::GroupCreate(req) => enc(&id, ok(&id, self.group_create(&caller, req).await.map(|group| GroupResult { group }))),
+            Op::GroupAdd(req) => enc(&id, ok(&id, self.group_add(&caller, req).await.map(|message| MessageResult { message }))),
+            Op::GroupRemove(req) => enc(&id, ok(&id, self.group_remove(&caller, req).await.map(|message| MessageResult { message }))),
+            Op::GroupLeave(req) => enc(&id, ok(&id, self.group_leave(&caller, &req.group_id).await.map(|message| MessageResult { message }))),
+            Op::GroupMembers(req) => enc(&id, ok(&id, self.group_members(&caller, &req.group_id).await.map(|members| MembersResult { members }))),
+            Op::GroupInfo(req) => enc(&id, ok(&id, self.group_info(&caller, &req.group_id).await.map(|group| GroupResult { group }))),
+        }
+    }
+}
+
+fn role_rank(r: Role) -> u8 {
+    match r {
+        Role::Owner => 0,
+        Role::Admin => 1,
+        Role::Member => 2,
+    }
+}
+
+/// A random 16-hex-digit id (from the standard library's randomly seeded hasher).
+pub fn random_id() -> String {
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_i64(conversation::now_ms());
+    format!("{:016x}", h.finish())
+}

@@ -1,0 +1,152 @@
+//! Counters, gauges and histograms an operator watches, rendered as Prometheus text by `/metrics`.
+//!
+//! Plain atomics: recording is a relaxed `fetch_add`, cheap enough for per-delivery paths.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// A fixed-bucket histogram of durations in seconds.
+pub struct Histogram {
+    bounds: &'static [f64],
+    buckets: Vec<AtomicU64>,
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+/// Bucket bounds (seconds) for latencies from 50 µs to 5 s.
+pub const LATENCY_BOUNDS: &[f64] = &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
+        Self { bounds, buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(), count: AtomicU64::new(0), sum_micros: AtomicU64::new(0) }
+    }
+
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = self.bounds.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (b, n) in self.bounds.iter().zip(&self.buckets) {
+            cumulative += n.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_micros.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// Every metric of a node. One instance, shared by `Arc`.
+pub struct Metrics {
+    /// Open WebSocket sessions.
+    pub connections: AtomicI64,
+    /// Sessions ever accepted.
+    pub connections_total: AtomicU64,
+    /// Sessions closed because their outgoing queue was full (slow consumers).
+    pub slow_consumers_dropped: AtomicU64,
+    /// Messages accepted and stored (duplicates not counted).
+    pub messages_in: AtomicU64,
+    /// Re-sends answered from the store without storing anything.
+    pub messages_duplicate: AtomicU64,
+    /// Frames queued to sessions: message events, acks, receipts and other events.
+    pub frames_out: AtomicU64,
+    /// Message events queued to sessions (one per device per message).
+    pub deliveries_out: AtomicU64,
+    /// Requests answered with an error.
+    pub request_errors: AtomicU64,
+    /// Conversation actors alive.
+    pub conversation_actors: AtomicI64,
+    /// Fan-out jobs waiting in conversation actors (messages not yet fully delivered).
+    pub fanout_queue_depth: AtomicI64,
+    /// Store operations waiting for the writer.
+    pub store_queue_depth: AtomicI64,
+    /// Time from a message being stored to its last delivery being queued.
+    pub fanout_seconds: Histogram,
+    /// Time of a store write (from enqueue to durable commit).
+    pub store_write_seconds: Histogram,
+    /// Write operations committed (divide by `store_commits` for the group-commit batch size).
+    pub store_batch_ops: AtomicU64,
+    /// Number of store commits.
+    pub store_commits: AtomicU64,
+    /// Database commands sent by a networked store (MongoDB command monitoring), by kind: writes
+    /// (insert, update, delete, findAndModify, commitTransaction, abortTransaction), reads (find,
+    /// aggregate, getMore, count, distinct) and other (ping, createIndexes, ...).
+    pub db_commands_write: AtomicU64,
+    pub db_commands_read: AtomicU64,
+    pub db_commands_other: AtomicU64,
+    /// Database commands that failed (error reply or no reply).
+    pub db_command_failures: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            connections: AtomicI64::new(0),
+            connections_total: AtomicU64::new(0),
+            slow_consumers_dropped: AtomicU64::new(0),
+            messages_in: AtomicU64::new(0),
+            messages_duplicate: AtomicU64::new(0),
+            frames_out: AtomicU64::new(0),
+            deliveries_out: AtomicU64::new(0),
+            request_errors: AtomicU64::new(0),
+            conversation_actors: AtomicI64::new(0),
+            fanout_queue_depth: AtomicI64::new(0),
+            store_queue_depth: AtomicI64::new(0),
+            fanout_seconds: Histogram::new(LATENCY_BOUNDS),
+            store_write_seconds: Histogram::new(LATENCY_BOUNDS),
+            store_batch_ops: AtomicU64::new(0),
+            store_commits: AtomicU64::new(0),
+            db_commands_write: AtomicU64::new(0),
+            db_commands_read: AtomicU64::new(0),
+            db_commands_other: AtomicU64::new(0),
+            db_command_failures: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Metrics {
+    /// Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let mut gauge = |name: &str, help: &str, kind: &str, v: String| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
+        };
+        gauge("confab_connections", "Open WebSocket sessions.", "gauge", self.connections.load(Relaxed).to_string());
+        gauge("confab_connections_total", "WebSocket sessions accepted.", "counter", self.connections_total.load(Relaxed).to_string());
+        gauge("confab_slow_consumers_dropped_total", "Sessions closed because their outgoing queue was full.", "counter", self.slow_consumers_dropped.load(Relaxed).to_string());
+        gauge("confab_messages_in_total", "Messages stored.", "counter", self.messages_in.load(Relaxed).to_string());
+        gauge("confab_messages_duplicate_total", "Re-sends answered without storing.", "counter", self.messages_duplicate.load(Relaxed).to_string());
+        gauge("confab_frames_out_total", "Frames queued to sessions.", "counter", self.frames_out.load(Relaxed).to_string());
+        gauge("confab_deliveries_out_total", "Message events queued to sessions.", "counter", self.deliveries_out.load(Relaxed).to_string());
+        gauge("confab_request_errors_total", "Requests answered with an error.", "counter", self.request_errors.load(Relaxed).to_string());
+        gauge("confab_conversation_actors", "Conversation actors alive.", "gauge", self.conversation_actors.load(Relaxed).to_string());
+        gauge("confab_fanout_queue_depth", "Messages waiting for fan-out in conversation actors.", "gauge", self.fanout_queue_depth.load(Relaxed).to_string());
+        gauge("confab_store_queue_depth", "Store operations waiting for the writer.", "gauge", self.store_queue_depth.load(Relaxed).to_string());
+        gauge("confab_store_commits_total", "Store commits (each may hold many operations).", "counter", self.store_commits.load(Relaxed).to_string());
+        gauge("confab_store_ops_committed_total", "Store write operations committed.", "counter", self.store_batch_ops.load(Relaxed).to_string());
+        let _ = writeln!(
+            out,
+            "# HELP confab_store_db_commands_total Database commands sent by the store (MongoDB command monitoring).\n# TYPE confab_store_db_commands_total counter"
+        );
+        for (kind, v) in [("write", &self.db_commands_write), ("read", &self.db_commands_read), ("other", &self.db_commands_other)] {
+            let _ = writeln!(out, "confab_store_db_commands_total{{kind=\"{kind}\"}} {}", v.load(Relaxed));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP confab_store_db_command_failures_total Database commands that failed.\n# TYPE confab_store_db_command_failures_total counter\nconfab_store_db_command_failures_total {}",
+            self.db_command_failures.load(Relaxed)
+        );
+        self.fanout_seconds.render(&mut out, "confab_fanout_seconds", "Time from a message being stored to its last delivery being queued.");
+        self.store_write_seconds.render(&mut out, "confab_store_write_seconds", "Store write latency from enqueue to durable commit.");
+        out
+    }
+}

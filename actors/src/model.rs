@@ -1,0 +1,453 @@
+//! Domain types: ids, message bodies and their validation, conversations, groups.
+//!
+//! These are plain serde types with no I/O. The same structs are stored by the storage adapters and
+//! sent on the wire, so their JSON shape is part of the protocol (`docs/protocol.md`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Longest user id, device id, group id or `client_msg_id`.
+pub const MAX_ID_LEN: usize = 64;
+/// Longest URL in a media body.
+pub const MAX_URL_LEN: usize = 2048;
+/// Longest file name, group name, language tag and similar short strings.
+pub const MAX_NAME_LEN: usize = 256;
+/// Largest encoded `custom` payload.
+pub const MAX_CUSTOM_BYTES: usize = 16 * 1024;
+/// Largest page of history or of conversations.
+pub const MAX_PAGE: usize = 100;
+/// Characters kept in a reply's quote.
+pub const QUOTE_CHARS: usize = 80;
+
+/// Checks an id: 1..=64 characters from `[A-Za-z0-9_.@:-]`.
+pub fn validate_id(kind: &str, id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(Error::invalid(format!("{kind} must be 1 to {MAX_ID_LEN} characters")));
+    }
+    if !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@' | b':')) {
+        return Err(Error::invalid(format!("{kind} may only contain letters, digits and _ - . @ :")));
+    }
+    Ok(())
+}
+
+/// The kind of a conversation, visible in its id prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConvKind {
+    /// One-to-one; id `d_<32 hex>` derived from the two user ids.
+    Direct,
+    /// A group's conversation; id `g_<group id>`.
+    Group,
+}
+
+/// The conversation id of a one-to-one chat: `d_` + the first 32 hex digits of the FNV-1a-128 hash
+/// of the two user ids, sorted and joined with a NUL byte. The same pair always gives the same id.
+pub fn direct_conv_id(a: &str, b: &str) -> String {
+    let (x, y) = if a <= b { (a, b) } else { (b, a) };
+    // FNV-1a 128-bit: stable across versions and platforms, no dependency needed.
+    const OFFSET: u128 = 0x6c62272e07bb014262b821756295c58d;
+    const PRIME: u128 = 0x0000000001000000000000000000013B;
+    let mut h = OFFSET;
+    for byte in x.bytes().chain(std::iter::once(0u8)).chain(y.bytes()) {
+        h ^= u128::from(byte);
+        h = h.wrapping_mul(PRIME);
+    }
+    format!("d_{h:032x}")
+}
+
+/// The conversation id of a group.
+pub fn group_conv_id(group_id: &str) -> String {
+    format!("g_{group_id}")
+}
+
+/// The kind of a conversation id, or an error if it is not one.
+pub fn conv_kind(conv_id: &str) -> Result<ConvKind> {
+    if let Some(hex) = conv_id.strip_prefix("d_") {
+        if hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(ConvKind::Direct);
+        }
+    } else if let Some(g) = conv_id.strip_prefix("g_") {
+        if validate_id("group id", g).is_ok() {
+            return Ok(ConvKind::Group);
+        }
+    }
+    Err(Error::invalid("conv_id is not a conversation id"))
+}
+
+/// Every body `type` (including the server-only ones).
+pub const BODY_TYPES: &[&str] = &["text", "image", "audio", "video", "file", "code", "location", "custom", "system", "recalled"];
+
+/// A message's content, tagged by `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Body {
+    Text { text: String },
+    Image {
+        url: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        width: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        height: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
+    },
+    Audio {
+        url: String,
+        duration_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
+    },
+    Video {
+        url: String,
+        duration_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        width: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        height: Option<u32>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        size: Option<u64>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        thumbnail_url: Option<String>,
+    },
+    File {
+        url: String,
+        name: String,
+        size: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mime: Option<String>,
+    },
+    Code {
+        code: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lang: Option<String>,
+    },
+    Location {
+        lat: f64,
+        lng: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        address: Option<String>,
+    },
+    /// App-defined JSON; `summary` is what conversation lists and quotes show.
+    Custom {
+        data: serde_json::Value,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        summary: Option<String>,
+    },
+    /// Server-generated (group created, members added, ...). Clients cannot send it.
+    System {
+        event: String,
+        #[serde(default)]
+        data: serde_json::Value,
+    },
+    /// What a recalled message turns into, in events and in history.
+    Recalled { by: String },
+}
+
+fn check_url(field: &str, url: &str) -> Result<()> {
+    if url.is_empty() || url.len() > MAX_URL_LEN {
+        return Err(Error::body(format!("{field} must be 1 to {MAX_URL_LEN} bytes")));
+    }
+    if url.chars().any(char::is_whitespace) {
+        return Err(Error::body(format!("{field} must not contain whitespace")));
+    }
+    Ok(())
+}
+
+fn check_short(field: &str, s: &Option<String>) -> Result<()> {
+    match s {
+        Some(v) if v.chars().count() > MAX_NAME_LEN => {
+            Err(Error::body(format!("{field} must be at most {MAX_NAME_LEN} characters")))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn check_text(field: &str, s: &str, max_chars: usize) -> Result<()> {
+    if s.trim().is_empty() {
+        return Err(Error::body(format!("{field} must not be empty")));
+    }
+    if s.chars().count() > max_chars {
+        return Err(Error::body(format!("{field} must be at most {max_chars} characters")));
+    }
+    Ok(())
+}
+
+impl Body {
+    /// The wire name of this body's type.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Body::Text { .. } => "text",
+            Body::Image { .. } => "image",
+            Body::Audio { .. } => "audio",
+            Body::Video { .. } => "video",
+            Body::File { .. } => "file",
+            Body::Code { .. } => "code",
+            Body::Location { .. } => "location",
+            Body::Custom { .. } => "custom",
+            Body::System { .. } => "system",
+            Body::Recalled { .. } => "recalled",
+        }
+    }
+
+    /// Validates a body a client wants to send. `system` and `recalled` are server-only.
+    pub fn validate_client(&self, max_text_chars: usize) -> Result<()> {
+        match self {
+            Body::Text { text } => check_text("text", text, max_text_chars),
+            Body::Image { url, .. } => check_url("url", url),
+            Body::Audio { url, duration_ms, .. } => {
+                check_url("url", url)?;
+                if *duration_ms == 0 {
+                    return Err(Error::body("duration_ms must be positive"));
+                }
+                Ok(())
+            }
+            Body::Video { url, thumbnail_url, .. } => {
+                check_url("url", url)?;
+                if let Some(t) = thumbnail_url {
+                    check_url("thumbnail_url", t)?;
+                }
+                Ok(())
+            }
+            Body::File { url, name, mime, .. } => {
+                check_url("url", url)?;
+                check_text("name", name, MAX_NAME_LEN)?;
+                check_short("mime", mime)
+            }
+            Body::Code { code, lang } => {
+                check_text("code", code, max_text_chars)?;
+                check_short("lang", lang)
+            }
+            Body::Location { lat, lng, name, address } => {
+                if !lat.is_finite() || !(-90.0..=90.0).contains(lat) {
+                    return Err(Error::body("lat must be between -90 and 90"));
+                }
+                if !lng.is_finite() || !(-180.0..=180.0).contains(lng) {
+                    return Err(Error::body("lng must be between -180 and 180"));
+                }
+                check_short("name", name)?;
+                check_short("address", address)
+            }
+            Body::Custom { data, summary } => {
+                let encoded = serde_json::to_vec(data).map_err(|e| Error::body(e.to_string()))?;
+                if encoded.len() > MAX_CUSTOM_BYTES {
+                    return Err(Error::body(format!("custom data must be at most {MAX_CUSTOM_BYTES} bytes")));
+                }
+                check_short("summary", summary)
+            }
+            Body::System { .. } | Body::Recalled { .. } => {
+                Err(Error::body(format!("clients cannot send {} messages", self.type_name())))
+            }
+        }
+    }
+
+    /// A short plain-text rendering for quotes and conversation lists.
+    pub fn summary(&self) -> String {
+        let s = match self {
+            Body::Text { text } => text.clone(),
+            Body::Code { code, .. } => code.clone(),
+            Body::Image { .. } => "[image]".into(),
+            Body::Audio { .. } => "[audio]".into(),
+            Body::Video { .. } => "[video]".into(),
+            Body::File { name, .. } => format!("[file] {name}"),
+            Body::Location { name, .. } => format!("[location] {}", name.as_deref().unwrap_or("")),
+            Body::Custom { summary, .. } => summary.clone().unwrap_or_else(|| "[custom]".into()),
+            Body::System { event, .. } => format!("[{event}]"),
+            Body::Recalled { .. } => "[recalled]".into(),
+        };
+        s.chars().take(QUOTE_CHARS).collect()
+    }
+}
+
+/// What a reply points at, with a short quote so clients can render it without a fetch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplyRef {
+    pub seq: u64,
+    pub sender: Option<String>,
+    pub quote: String,
+}
+
+/// A stored message. `seq` is contiguous per conversation, starting at 1.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    pub conv_id: String,
+    pub seq: u64,
+    /// The sending user; `None` for system messages.
+    pub sender: Option<String>,
+    /// The sender's idempotency key; `None` for system messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<String>,
+    pub body: Body,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<ReplyRef>,
+    /// Server time of storing, milliseconds since the Unix epoch.
+    pub ts: i64,
+    /// Store-wide change version of the message's last change (insert or recall).
+    pub ver: u64,
+}
+
+impl Message {
+    pub fn is_recalled(&self) -> bool {
+        matches!(self.body, Body::Recalled { .. })
+    }
+}
+
+/// A member's role in a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Owner,
+    Admin,
+    Member,
+}
+
+impl Role {
+    pub fn can_manage(self) -> bool {
+        matches!(self, Role::Owner | Role::Admin)
+    }
+}
+
+/// A group's profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Group {
+    pub id: String,
+    pub name: String,
+    pub owner: String,
+    pub created_at: i64,
+    pub member_count: u64,
+}
+
+/// One member of a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub user_id: String,
+    pub role: Role,
+    pub joined_at: i64,
+}
+
+/// Shared state of a conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Conversation {
+    pub conv_id: String,
+    pub kind: ConvKind,
+    /// For direct conversations, the two user ids, sorted (one id for a note-to-self).
+    /// Empty for groups (see the group's members).
+    pub members: Vec<String>,
+    /// For group conversations, the group id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    /// Highest `seq` stored; 0 when empty.
+    pub last_seq: u64,
+    /// Store-wide change version of the last change to the conversation (message or recall).
+    pub ver: u64,
+}
+
+/// One user's own state in one conversation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct UserConvState {
+    /// Highest `seq` the user has read; only ever moves forward.
+    pub read_seq: u64,
+    pub pinned: bool,
+    pub muted: bool,
+    /// Set by the user to hide the conversation. Stored as set; clients see it as hidden only
+    /// while nothing newer happened in the conversation (`conv.ver <= state.ver`), so a new
+    /// message un-hides it without a write per member.
+    pub hidden: bool,
+    /// False once the user left or was removed from the group.
+    pub active: bool,
+    /// Store-wide change version of the last change to this row.
+    pub ver: u64,
+}
+
+/// A row of a user's conversation list: shared state, the user's own state and the last message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConversationView {
+    pub conv: Conversation,
+    pub state: UserConvState,
+    pub last_message: Option<Message>,
+}
+
+impl ConversationView {
+    /// The list cursor: the later of the conversation's and the user's row version.
+    pub fn cursor(&self) -> u64 {
+        self.conv.ver.max(self.state.ver)
+    }
+
+    /// Unread count, derived from the read cursor (never a stored counter).
+    pub fn unread(&self) -> u64 {
+        if self.state.active {
+            self.conv.last_seq.saturating_sub(self.state.read_seq)
+        } else {
+            0
+        }
+    }
+}
+
+/// Changes flags of a user's conversation row; `None` leaves a flag as it is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FlagsPatch {
+    #[serde(default)]
+    pub pinned: Option<bool>,
+    #[serde(default)]
+    pub muted: Option<bool>,
+    #[serde(default)]
+    pub hidden: Option<bool>,
+}
+
+/// What changed in a conversation for one user since a version.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Changes {
+    /// Seqs of messages recalled after `since` (fetch them with history to get the marker).
+    pub recalled: Vec<u64>,
+    /// Seqs the user deleted for themselves after `since`.
+    pub deleted: Vec<u64>,
+    /// The version to pass as `since` next time.
+    pub ver: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn direct_ids_are_symmetric_and_distinct() {
+        assert_eq!(direct_conv_id("alice", "bob"), direct_conv_id("bob", "alice"));
+        assert_ne!(direct_conv_id("alice", "bob"), direct_conv_id("alice", "bobb"));
+        assert_ne!(direct_conv_id("ab", "c"), direct_conv_id("a", "bc"));
+        assert_eq!(conv_kind(&direct_conv_id("a", "b")).ok(), Some(ConvKind::Direct));
+        assert_eq!(conv_kind("g_team-1").ok(), Some(ConvKind::Group));
+        assert!(conv_kind("x_1").is_err());
+        assert!(conv_kind("d_zz").is_err());
+    }
+
+    #[test]
+    fn bodies_validate() {
+        let ok = |j: &str| serde_json::from_str::<Body>(j).map_err(|e| e.to_string()).and_then(|b| b.validate_client(10).map_err(|e| e.to_string()));
+        assert!(ok(r#"{"type":"text","text":"hi"}"#).is_ok());
+        assert!(ok(r#"{"type":"text","text":"   "}"#).is_err());
+        assert!(ok(r#"{"type":"text","text":"12345678901"}"#).is_err());
+        assert!(ok(r#"{"type":"text"}"#).is_err());
+        assert!(ok(r#"{"type":"text","text":"a","x":1}"#).is_err());
+        assert!(ok(r#"{"type":"image","url":"https://x/y.png","width":3}"#).is_ok());
+        assert!(ok(r#"{"type":"audio","url":"u","duration_ms":0}"#).is_err());
+        assert!(ok(r#"{"type":"location","lat":91,"lng":0}"#).is_err());
+        assert!(ok(r#"{"type":"system","event":"x"}"#).is_err());
+        assert!(ok(r#"{"type":"file","url":"u","name":"a.pdf","size":3}"#).is_ok());
+        assert!(ok(r#"{"type":"custom","data":{"k":[1,2]}}"#).is_ok());
+        assert!(ok(r#"{"type":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn body_types_lists_every_type() {
+        for t in BODY_TYPES {
+            // A known type with its fields missing fails on a field, not on the type.
+            let e = serde_json::from_value::<Body>(serde_json::json!({ "type": t, "zz": 1 })).unwrap_err().to_string();
+            assert!(!e.contains("unknown variant"), "{t}: {e}");
+        }
+        let e = serde_json::from_value::<Body>(serde_json::json!({ "type": "nope" })).unwrap_err().to_string();
+        assert!(e.contains("unknown variant"), "{e}");
+        assert!(e.contains(&BODY_TYPES.join("`, `")), "BODY_TYPES is out of step with Body: {e}");
+    }
+}

@@ -1,0 +1,364 @@
+//! The WebSocket wire format: request envelopes, one request type per operation, replies and events.
+//!
+//! Frames are JSON text. A request is `{"id": <string|number>, "op": "<name>", "data": {...}}`.
+//! A reply echoes the id with either `"result"` or `"error": {"code", "message"}`. A server event is
+//! `{"event": "<name>", "data": {...}}`. `docs/protocol.md` is the reference for every shape here.
+
+use bytestring::ByteString;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::error::{Error, ErrorCode};
+use crate::model::{Body, ConvKind, ConversationView, FlagsPatch, Message, BODY_TYPES};
+
+/// The outer shape of every request frame.
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(default)]
+    op: Option<String>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+/// A parsed request: its id (raw JSON, echoed verbatim) and its operation.
+pub struct Request {
+    pub id: Box<RawValue>,
+    pub op: Op,
+}
+
+/// A request that could not be parsed: the id if one was readable, and the error.
+pub struct BadRequest {
+    pub id: Option<Box<RawValue>>,
+    pub error: Error,
+}
+
+macro_rules! ops {
+    ($( $name:literal => $variant:ident($ty:ty) ),* $(,)?) => {
+        /// Every operation a client can ask for, one variant per request type.
+        #[derive(Debug)]
+        pub enum Op { $( $variant($ty), )* }
+
+        /// The operation names, for documentation and `unknown_op` messages.
+        pub const OP_NAMES: &[&str] = &[$( $name ),*];
+
+        impl Op {
+            fn parse(op: &str, data: &str) -> Result<Op, Error> {
+                match op {
+                    $( $name => serde_json::from_str::<$ty>(data).map(Op::$variant).map_err(|e| Error::invalid(format!("invalid {} request: {e}", $name))), )*
+                    other => Err(Error::new(ErrorCode::UnknownOp, format!("unknown op {other:?}"))),
+                }
+            }
+
+            pub fn name(&self) -> &'static str {
+                match self { $( Op::$variant(_) => $name, )* }
+            }
+        }
+    };
+}
+
+ops! {
+    "ping" => Ping(Empty),
+    "send" => Send(SendReq),
+    "history" => History(HistoryReq),
+    "conversations" => Conversations(ConversationsReq),
+    "conversation" => Conversation(ConvReq),
+    "read" => Read(ReadReq),
+    "read_count" => ReadCount(SeqReq),
+    "recall" => Recall(SeqReq),
+    "delete" => Delete(DeleteReq),
+    "changes" => Changes(ChangesReq),
+    "set_flags" => SetFlags(SetFlagsReq),
+    "group_create" => GroupCreate(GroupCreateReq),
+    "group_add" => GroupAdd(GroupMembersReq),
+    "group_remove" => GroupRemove(GroupMembersReq),
+    "group_leave" => GroupLeave(GroupReq),
+    "group_members" => GroupMembers(GroupReq),
+    "group_info" => GroupInfo(GroupReq),
+}
+
+/// Parses one text frame.
+pub fn parse_request(text: &str) -> Result<Request, BadRequest> {
+    let env: Envelope<'_> = serde_json::from_str(text).map_err(|e| BadRequest {
+        id: None,
+        error: Error::new(ErrorCode::MalformedFrame, format!("frame is not a JSON request object: {e}")),
+    })?;
+    let id = match env.id {
+        Some(raw) if raw.get().starts_with('"') || raw.get().starts_with(|c: char| c == '-' || c.is_ascii_digit()) => {
+            raw.to_owned()
+        }
+        _ => {
+            return Err(BadRequest { id: None, error: Error::invalid("`id` (a string or a number) is required") });
+        }
+    };
+    let Some(op) = env.op else {
+        return Err(BadRequest { id: Some(id), error: Error::new(ErrorCode::MalformedFrame, "`op` is required") });
+    };
+    let data = env.data.map(RawValue::get).unwrap_or("{}");
+    match Op::parse(&op, data) {
+        Ok(op) => Ok(Request { id, op }),
+        Err(error) => Err(BadRequest { id: Some(id), error }),
+    }
+}
+
+// ---- request types ----
+
+/// No fields.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Empty {}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendReq {
+    /// An existing conversation. Exactly one of `conv_id` and `to` is required.
+    #[serde(default)]
+    pub conv_id: Option<String>,
+    /// A user id: sends in the one-to-one conversation with that user, creating it if needed.
+    #[serde(default)]
+    pub to: Option<String>,
+    /// The sender's idempotency key (1..=64 id characters).
+    pub client_msg_id: String,
+    /// The body, or why it is not a valid body of its type (`invalid_body`). A body that is not
+    /// of any known type fails the whole request (`invalid_request`).
+    #[serde(deserialize_with = "client_body")]
+    pub body: Result<Body, Error>,
+    /// The `seq` of a message in the same conversation this one replies to.
+    #[serde(default)]
+    pub reply_to: Option<u64>,
+}
+
+/// Reads a message body: a known `type` whose fields are missing, unknown or of the wrong type is
+/// an invalid body; anything else is not a body at all.
+fn client_body<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Result<Body, Error>, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    match Body::deserialize(&v) {
+        Ok(body) => Ok(Ok(body)),
+        Err(e) if v.get("type").and_then(|t| t.as_str()).is_some_and(|t| BODY_TYPES.contains(&t)) => {
+            Ok(Err(Error::body(format!("invalid {} body: {e}", v["type"].as_str().unwrap_or("")))))
+        }
+        Err(e) => Err(serde::de::Error::custom(format!("body: {e}"))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryReq {
+    pub conv_id: String,
+    #[serde(default)]
+    pub before: Option<u64>,
+    #[serde(default)]
+    pub after: Option<u64>,
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConversationsReq {
+    #[serde(default)]
+    pub since: u64,
+    #[serde(default)]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConvReq {
+    pub conv_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadReq {
+    pub conv_id: String,
+    pub seq: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SeqReq {
+    pub conv_id: String,
+    pub seq: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteReq {
+    pub conv_id: String,
+    pub seqs: Vec<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChangesReq {
+    pub conv_id: String,
+    #[serde(default)]
+    pub since: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetFlagsReq {
+    pub conv_id: String,
+    #[serde(default)]
+    pub pinned: Option<bool>,
+    #[serde(default)]
+    pub muted: Option<bool>,
+    #[serde(default)]
+    pub hidden: Option<bool>,
+}
+
+impl SetFlagsReq {
+    pub fn patch(&self) -> FlagsPatch {
+        FlagsPatch { pinned: self.pinned, muted: self.muted, hidden: self.hidden }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupCreateReq {
+    /// Optional; a random id is generated when absent.
+    #[serde(default)]
+    pub group_id: Option<String>,
+    pub name: String,
+    #[serde(default)]
+    pub members: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupMembersReq {
+    pub group_id: String,
+    pub members: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupReq {
+    pub group_id: String,
+}
+
+// ---- replies and events ----
+
+/// A row of the conversation list as clients see it.
+#[derive(Debug, Serialize)]
+pub struct ConversationItem {
+    pub conv_id: String,
+    pub kind: ConvKind,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    pub last_seq: u64,
+    pub last_message: Option<Message>,
+    pub read_seq: u64,
+    pub unread: u64,
+    pub pinned: bool,
+    pub muted: bool,
+    pub hidden: bool,
+    pub active: bool,
+    /// Pass the largest `cursor` seen as `since` to get only what changed.
+    pub cursor: u64,
+}
+
+impl From<ConversationView> for ConversationItem {
+    fn from(v: ConversationView) -> Self {
+        let cursor = v.cursor();
+        let unread = v.unread();
+        // Hidden lasts until something newer happens in the conversation than the hiding.
+        // A row change in the same write as a message (the sender's own send, a membership
+        // change) has the message's `ver`: that message is what ends the hiding.
+        let hidden = v.state.hidden && v.conv.ver < v.state.ver;
+        ConversationItem {
+            conv_id: v.conv.conv_id,
+            kind: v.conv.kind,
+            members: v.conv.members,
+            group_id: v.conv.group_id,
+            last_seq: v.conv.last_seq,
+            last_message: v.last_message,
+            read_seq: v.state.read_seq,
+            unread,
+            pinned: v.state.pinned,
+            muted: v.state.muted,
+            hidden,
+            active: v.state.active,
+            cursor,
+        }
+    }
+}
+
+fn push_json<T: Serialize + ?Sized>(out: &mut String, v: &T) {
+    match serde_json::to_string(v) {
+        Ok(s) => out.push_str(&s),
+        // Our own types always serialize; keep the frame valid JSON regardless.
+        Err(_) => out.push_str("null"),
+    }
+}
+
+/// `{"id":…,"result":…}`
+pub fn encode_result<T: Serialize + ?Sized>(id: &RawValue, result: &T) -> ByteString {
+    let mut s = String::with_capacity(128);
+    s.push_str("{\"id\":");
+    s.push_str(id.get());
+    s.push_str(",\"result\":");
+    push_json(&mut s, result);
+    s.push('}');
+    ByteString::from(s)
+}
+
+/// `{"id":…,"error":{"code":…,"message":…}}`; `id` is `null` when the request had none.
+pub fn encode_error(id: Option<&RawValue>, err: &Error) -> ByteString {
+    let mut s = String::with_capacity(128);
+    s.push_str("{\"id\":");
+    s.push_str(id.map(RawValue::get).unwrap_or("null"));
+    s.push_str(",\"error\":");
+    push_json(&mut s, err);
+    s.push('}');
+    ByteString::from(s)
+}
+
+/// `{"event":"<name>","data":…}`
+pub fn encode_event<T: Serialize + ?Sized>(name: &str, data: &T) -> ByteString {
+    let mut s = String::with_capacity(256);
+    s.push_str("{\"event\":\"");
+    s.push_str(name);
+    s.push_str("\",\"data\":");
+    push_json(&mut s, data);
+    s.push('}');
+    ByteString::from(s)
+}
+
+/// The reply to `send`.
+#[derive(Debug, Serialize)]
+pub struct SendResult<'a> {
+    pub message: &'a Message,
+}
+
+/// Event `read`: a user's read cursor moved (sent to the reader's other devices and, in one-to-one
+/// conversations, to the other participant as a read receipt).
+#[derive(Debug, Serialize)]
+pub struct ReadEvent<'a> {
+    pub conv_id: &'a str,
+    pub user_id: &'a str,
+    pub read_seq: u64,
+}
+
+/// Event `deleted`: the user deleted messages for themselves (sent to all their devices).
+#[derive(Debug, Serialize)]
+pub struct DeletedEvent<'a> {
+    pub conv_id: &'a str,
+    pub seqs: &'a [u64],
+}
+
+/// Event `membership`: a group's membership changed.
+#[derive(Debug, Serialize)]
+pub struct MembershipEvent<'a> {
+    pub group_id: &'a str,
+    pub conv_id: &'a str,
+    /// The system message recording the change.
+    pub seq: u64,
+    pub added: &'a [String],
+    pub removed: &'a [String],
+}

@@ -1,0 +1,163 @@
+//! The storage contract. Actors call these traits; adapters in the `confab` crate implement them
+//! (the embedded store today; MongoDB for clusters).
+//!
+//! Rules every implementation keeps (the conformance suite in `tests/integration/store.rs` checks them):
+//! - An operation either happens whole or not at all. An `Err` means nothing was written.
+//! - A method returns only after its writes are durable (committed with fsync or the equivalent).
+//! - `seq` is contiguous per conversation from 1. `ver` is a store-wide version, strictly increasing
+//!   with every write, used for "what changed since" cursors.
+//! - Reads never block writers for long; implementations must not block the async runtime
+//!   (use `spawn_blocking` or a dedicated thread for synchronous engines).
+
+use async_trait::async_trait;
+
+use crate::error::StoreError;
+use crate::model::{
+    Body, Changes, Conversation, ConversationView, FlagsPatch, Group, Member, Message, ReplyRef, Role,
+    UserConvState,
+};
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A message to append.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub conv_id: String,
+    /// Set for one-to-one conversations: the two participants. If the conversation does not exist
+    /// yet it is created, with an active row for each participant. `None` for groups, whose
+    /// conversation must already exist (`NotFound` otherwise).
+    pub direct_members: Option<(String, String)>,
+    /// `None` for system messages.
+    pub sender: Option<String>,
+    /// Idempotency key, unique per sender across all conversations.
+    pub client_msg_id: Option<String>,
+    pub body: Body,
+    pub reply_to: Option<ReplyRef>,
+    /// Server time in ms, chosen by the caller.
+    pub ts: i64,
+}
+
+/// The result of an append.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    /// The stored message: the new one, or the one stored earlier under the same
+    /// `(sender, client_msg_id)`.
+    pub message: Message,
+    /// True when `(sender, client_msg_id)` was already stored: nothing new was written.
+    pub duplicate: bool,
+}
+
+/// Which page of history to read. Results are always in ascending `seq` order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HistoryQuery {
+    /// The `limit` newest messages.
+    Latest { limit: usize },
+    /// The `limit` messages immediately before `seq` (exclusive).
+    Before { seq: u64, limit: usize },
+    /// The `limit` messages immediately after `seq` (exclusive). Gap fill is `After`.
+    After { seq: u64, limit: usize },
+}
+
+/// A group to create.
+#[derive(Debug, Clone)]
+pub struct NewGroup {
+    pub id: String,
+    pub name: String,
+    pub owner: String,
+    /// Other initial members (role `member`); the owner is added with role `owner`. May repeat or
+    /// contain the owner: implementations de-duplicate.
+    pub members: Vec<String>,
+    pub ts: i64,
+    /// Body of the first message (seq 1), a system message announcing the group.
+    pub system_body: Body,
+}
+
+/// A change of a group's membership, recorded together with a system message.
+#[derive(Debug, Clone)]
+pub struct MemberChange {
+    pub group_id: String,
+    /// Users to add with a role. Users already active are left as they are.
+    pub add: Vec<(String, Role)>,
+    /// Users to remove; their conversation row turns inactive (kept, so they can see they left).
+    pub remove: Vec<String>,
+    pub ts: i64,
+    /// The system message that records the change in the conversation.
+    pub system_body: Body,
+}
+
+/// Everything the engine stores. One trait object (`Arc<dyn Store>`) is shared by all actors.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Succeeds when the store answers; drives `/readyz`.
+    async fn ping(&self) -> StoreResult<()>;
+
+    // ---- messages ----
+
+    /// Appends a message: de-duplicates on `(sender, client_msg_id)`, assigns the next `seq` and a
+    /// new `ver`, updates the conversation's `last_seq` and `ver`, and advances the sender's read
+    /// cursor to the new `seq` (sending implies having read). Durable before it returns.
+    /// Callers do not rely on appends submitted together finishing in submission order: the
+    /// conversation actor re-orders results by `seq` before fanning out.
+    async fn append(&self, msg: NewMessage) -> StoreResult<Appended>;
+
+    /// One message, or `None`.
+    async fn message(&self, conv_id: &str, seq: u64) -> StoreResult<Option<Message>>;
+
+    /// A page of history, ascending. When `for_user` is set, messages that user deleted for
+    /// themselves are left out (so a page may hold fewer than `limit`).
+    async fn history(&self, conv_id: &str, for_user: Option<&str>, q: HistoryQuery) -> StoreResult<Vec<Message>>;
+
+    /// Replaces a message's body with `Body::Recalled { by }` and gives it a new `ver` (also the
+    /// conversation's `ver`). Recalling an already recalled message changes nothing and returns it.
+    /// `NotFound` if there is no such message.
+    async fn recall(&self, conv_id: &str, seq: u64, by: &str) -> StoreResult<Message>;
+
+    // ---- conversations ----
+
+    async fn conversation(&self, conv_id: &str) -> StoreResult<Option<Conversation>>;
+
+    /// The user's row in a conversation, or `None` if they never were a participant.
+    async fn user_conv(&self, user: &str, conv_id: &str) -> StoreResult<Option<UserConvState>>;
+
+    /// One row of the user's conversation list, or `None`.
+    async fn conversation_view(&self, user: &str, conv_id: &str) -> StoreResult<Option<ConversationView>>;
+
+    /// The user's conversations whose `cursor()` is greater than `since`, ascending by cursor, at
+    /// most `limit`. Includes hidden and inactive rows (clients filter).
+    async fn list_conversations(&self, user: &str, since: u64, limit: usize) -> StoreResult<Vec<ConversationView>>;
+
+    /// Moves the user's read cursor forward to `min(seq, last_seq)`. Returns the new state, or
+    /// `None` when the cursor was already there or beyond (nothing written). `NotFound` if the user
+    /// has no row in the conversation.
+    async fn mark_read(&self, user: &str, conv_id: &str, seq: u64) -> StoreResult<Option<UserConvState>>;
+
+    /// Changes the user's flags (new `ver`). `NotFound` if the user has no row.
+    async fn set_flags(&self, user: &str, conv_id: &str, patch: FlagsPatch) -> StoreResult<UserConvState>;
+
+    /// Hides messages for one user (delete-for-me); seqs that do not exist are ignored. Bumps the
+    /// user's row `ver` and returns the new state. `NotFound` if the user has no row.
+    async fn delete_for_user(&self, user: &str, conv_id: &str, seqs: &[u64]) -> StoreResult<UserConvState>;
+
+    /// Recalls in the conversation and the user's own deletions with a `ver` after `since`.
+    async fn changes(&self, user: &str, conv_id: &str, since: u64) -> StoreResult<Changes>;
+
+    /// `(user, read_seq)` of every active participant.
+    async fn read_cursors(&self, conv_id: &str) -> StoreResult<Vec<(String, u64)>>;
+
+    // ---- groups ----
+
+    /// Creates the group, its members, its conversation `g_<id>`, an active row per member and the
+    /// first (system) message, atomically. `Conflict` if the id is taken. Returns the group and
+    /// the system message.
+    async fn create_group(&self, g: NewGroup) -> StoreResult<(Group, Message)>;
+
+    async fn group(&self, group_id: &str) -> StoreResult<Option<Group>>;
+
+    /// Active members, in no particular order.
+    async fn members(&self, group_id: &str) -> StoreResult<Vec<Member>>;
+
+    /// Applies a membership change and appends its system message atomically. Added users get an
+    /// active row whose read cursor sits just before the system message. Returns the system message.
+    /// `NotFound` if the group does not exist.
+    async fn change_members(&self, c: MemberChange) -> StoreResult<Message>;
+}

@@ -1,0 +1,258 @@
+//! The systems under test, each started fresh for every run as child processes on 127.0.0.1
+//! (port 0, the address read from the process's "… listening on ADDR" line) and killed when the
+//! [`Running`] handle drops, whatever happened in between.
+//!
+//! - `confab`: `target/release/confab` with `CONFAB__*` settings, a fresh data directory,
+//!   persistence on (every message fsynced before its acknowledgement).
+//! - `relay`: `target/release/confab-relay`.
+//! - `socketio`: `node bench/peers/socketio/server.js`, one process, in-memory adapter.
+//! - `socketio-2node`: two such processes joined by `@socket.io/redis-adapter` through a
+//!   `redis-server` started here on a spare port. CPU and memory are summed over all three.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context as _};
+
+use crate::wire::{Dialect, Wire};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum System {
+    Confab,
+    Relay,
+    SocketIo,
+    SocketIo2,
+}
+
+impl System {
+    pub const ALL: [System; 4] = [System::Relay, System::SocketIo, System::SocketIo2, System::Confab];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Confab => "confab",
+            System::Relay => "relay",
+            System::SocketIo => "socketio",
+            System::SocketIo2 => "socketio-2node",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<System> {
+        System::ALL.into_iter().find(|x| x.name() == s)
+    }
+
+    pub fn wire(self) -> Wire {
+        match self {
+            System::Confab => Wire::Confab,
+            System::Relay => Wire::Relay,
+            System::SocketIo | System::SocketIo2 => Wire::SocketIo,
+        }
+    }
+}
+
+/// Where the programs are and where logs go.
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub confab_bin: PathBuf,
+    pub relay_bin: PathBuf,
+    pub socketio_dir: PathBuf,
+    pub node: String,
+    pub redis_server: String,
+    /// Per-run server logs (stderr), and confab's data directories.
+    pub work_dir: PathBuf,
+    /// confab's token secret for the run (the generator mints tokens with it).
+    pub secret: String,
+}
+
+/// Settings a scenario needs from the server.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    /// The largest group the scenario creates.
+    pub max_members: usize,
+}
+
+/// A started system. Dropping it kills every process and removes its data.
+pub struct Running {
+    pub system: System,
+    /// The nodes' WebSocket addresses (two for `socketio-2node`).
+    pub addrs: Vec<SocketAddr>,
+    /// Every process of the system, for CPU and memory.
+    pub pids: Vec<u32>,
+    pub dialect: Dialect,
+    children: Vec<Child>,
+    data_dir: Option<PathBuf>,
+}
+
+impl Running {
+    /// Processes that exited while they should be serving.
+    pub fn dead(&mut self) -> Vec<String> {
+        self.children
+            .iter_mut()
+            .filter_map(|c| match c.try_wait() {
+                Ok(Some(status)) => Some(format!("pid {} exited: {status}", c.id())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(d) = &self.data_dir {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// Kills the child if starting the system fails half-way.
+struct Guard(Vec<Child>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Spawns `cmd` and waits for the stdout line `<prefix> ADDR`.
+fn spawn_listening(mut cmd: Command, prefix: &'static str, log: &Path) -> anyhow::Result<(Child, SocketAddr)> {
+    let err = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(err);
+    let mut child = cmd.spawn().with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Keeps draining stdout for the life of the child so it never blocks on a full pipe.
+        let mut tx = Some(tx);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix(prefix) {
+                if let Some(t) = tx.take() {
+                    let _ = t.send(rest.trim().to_string());
+                }
+            }
+        }
+    });
+    let addr = match rx.recv_timeout(START_TIMEOUT) {
+        Ok(a) => a,
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            let tail = std::fs::read_to_string(log).unwrap_or_default();
+            let tail: String =
+                tail.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+            bail!("{:?} did not print `{prefix} ADDR` (log {}):\n{tail}", cmd.get_program(), log.display());
+        }
+    };
+    let addr = addr.parse().with_context(|| format!("bad address {addr:?}"))?;
+    Ok((child, addr))
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn wait_port(port: u16) -> anyhow::Result<()> {
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("nothing listens on 127.0.0.1:{port}")
+}
+
+/// Starts `system` for one run; `tag` names its logs.
+pub fn start(system: System, env: &Env, tuning: Tuning, tag: &str) -> anyhow::Result<Running> {
+    std::fs::create_dir_all(&env.work_dir)?;
+    let log = |what: &str| env.work_dir.join(format!("{tag}.{what}.log"));
+    let dialect = Dialect { wire: system.wire(), secret: env.secret.clone() };
+    let mut guard = Guard(Vec::new());
+    let mut addrs = Vec::new();
+    let mut data_dir = None;
+    match system {
+        System::Confab => {
+            let dir = std::env::temp_dir().join(format!("confab-bench-{}-{tag}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            let mut cmd = Command::new(&env.confab_bin);
+            cmd.arg("serve")
+                .env("CONFAB__SERVER__BIND", "127.0.0.1:0")
+                .env("CONFAB__SERVER__MAX_FRAME_BYTES", "1048576")
+                .env("CONFAB__STORAGE__PATH", &dir)
+                .env("CONFAB__AUTH__SECRET", &env.secret)
+                .env("CONFAB__GROUPS__MAX_MEMBERS", (tuning.max_members + 1).max(10_000).to_string())
+                .env("CONFAB__SESSION__OUTBOUND_QUEUE", "4096")
+                .env("CONFAB__SESSION__MAX_INFLIGHT_REQUESTS", "1024")
+                .env("CONFAB__LOG__LEVEL", "warn")
+                .env_remove("RUST_LOG");
+            data_dir = Some(dir);
+            let (child, addr) = spawn_listening(cmd, "confab listening on", &log("confab"))?;
+            guard.0.push(child);
+            addrs.push(addr);
+        }
+        System::Relay => {
+            let mut cmd = Command::new(&env.relay_bin);
+            cmd.args(["--bind", "127.0.0.1:0"]);
+            let (child, addr) = spawn_listening(cmd, "relay listening on", &log("relay"))?;
+            guard.0.push(child);
+            addrs.push(addr);
+        }
+        System::SocketIo | System::SocketIo2 => {
+            let script = env.socketio_dir.join("server.js");
+            if !env.socketio_dir.join("node_modules").join("socket.io").exists() {
+                bail!(
+                    "{} has no node_modules: run `npm install` there (scripts/bench does)",
+                    env.socketio_dir.display()
+                );
+            }
+            let mut redis_url = None;
+            if system == System::SocketIo2 {
+                let port = free_port()?;
+                let mut cmd = Command::new(&env.redis_server);
+                cmd.args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--protected-mode",
+                    "no",
+                ])
+                .args(["--daemonize", "no", "--logfile"])
+                .arg(log("redis"))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+                guard.0.push(cmd.spawn().with_context(|| format!("starting {}", env.redis_server))?);
+                wait_port(port)?;
+                redis_url = Some(format!("redis://127.0.0.1:{port}"));
+            }
+            let nodes = if system == System::SocketIo2 { 2 } else { 1 };
+            for i in 0..nodes {
+                let mut cmd = Command::new(&env.node);
+                cmd.arg(&script).env("PORT", "0").env("HOST", "127.0.0.1");
+                if let Some(u) = &redis_url {
+                    cmd.env("REDIS_URL", u);
+                }
+                let (child, addr) = spawn_listening(cmd, "socketio listening on", &log(&format!("node{i}")))?;
+                guard.0.push(child);
+                addrs.push(addr);
+            }
+        }
+    }
+    let children = std::mem::take(&mut guard.0);
+    let pids = children.iter().map(Child::id).collect();
+    Ok(Running { system, addrs, pids, dialect, children, data_dir })
+}

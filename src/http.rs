@@ -1,0 +1,97 @@
+//! HTTP routes: health, readiness, metrics and the WebSocket upgrade. Handlers stay thin: they
+//! extract, call the engine, and map errors through the one error table.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use confab_actors::engine::Engine;
+use confab_actors::error::{Error, ErrorCode};
+use confab_actors::session::{SessionConfig, WsSession};
+
+use crate::auth;
+
+/// What every worker shares.
+pub struct AppState {
+    pub engine: Engine,
+    pub session: SessionConfig,
+    pub secret: String,
+}
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route("/metrics", web::get().to(metrics))
+        .route("/ws", web::get().to(ws));
+}
+
+/// The JSON error body every HTTP error uses: `{"error": {"code", "message"}}`.
+pub fn error_response(e: &Error) -> HttpResponse {
+    let status = StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    HttpResponse::build(status).json(serde_json::json!({ "error": e }))
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain").body("ok\n")
+}
+
+async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+    match state.engine.store().ping().await {
+        Ok(()) => HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })),
+        Err(e) => error_response(&Error::new(ErrorCode::Unavailable, e.to_string())),
+    }
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.engine.metrics().render())
+}
+
+/// The token from `Authorization: Bearer …`, or `?token=` for browsers.
+fn token(req: &HttpRequest) -> Option<String> {
+    if let Some(h) = req.headers().get("authorization").and_then(|v| v.to_str().ok()) {
+        return h.strip_prefix("Bearer ").map(|t| t.trim().to_string());
+    }
+    web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
+        .ok()
+        .and_then(|q| q.get("token").cloned())
+}
+
+async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, actix_web::Error> {
+    let claims = match token(&req) {
+        None => return Ok(error_response(&Error::new(ErrorCode::Unauthorized, "an access token is required"))),
+        Some(t) => match auth::verify(&state.secret, &t) {
+            Ok(c) => c,
+            Err(e) => return Ok(error_response(&e)),
+        },
+    };
+    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    // Frames up to 4x the limit are read and answered `frame_too_large`; beyond, the
+    // connection is closed (1009) without buffering more.
+    let hard_limit = state.session.max_frame_bytes.saturating_mul(4);
+    let stream = stream.max_frame_size(hard_limit).aggregate_continuations().max_continuation_size(hard_limit);
+    let actor = WsSession::new(state.engine.clone(), claims.sub.into(), claims.dev.into(), state.session.clone(), session, stream);
+    actix::Actor::start(actor);
+    Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use confab_actors::error::ERROR_TABLE;
+    use confab_actors::proto::OP_NAMES;
+
+    const PROTOCOL: &str = include_str!("../docs/protocol.md");
+
+    #[test]
+    fn protocol_doc_lists_every_error_code_with_its_status() {
+        for row in ERROR_TABLE {
+            let line = format!("| `{}` | {} |", row.name, row.http_status);
+            assert!(PROTOCOL.contains(&line), "docs/protocol.md lacks the row for {}", row.name);
+        }
+    }
+
+    #[test]
+    fn protocol_doc_describes_every_op() {
+        for op in OP_NAMES {
+            assert!(PROTOCOL.contains(&format!("`{op}`")), "docs/protocol.md does not describe op {op}");
+        }
+    }
+}

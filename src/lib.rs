@@ -1,0 +1,14 @@
+//! # confab: the server
+//!
+//! The transports and adapters around `confab-actors` (the domain and actors):
+//! - [`config`]: the typed configuration, layered defaults < file < `CONFAB__…` environment.
+//! - [`auth`]: HS256 access tokens.
+//! - [`store`]: storage adapters implementing `confab_actors::store::Store` (embedded today).
+//! - [`http`]: HTTP routes: `/healthz`, `/readyz`, `/metrics`, and the `/ws` upgrade.
+//! - [`server`]: assembling and running a node.
+
+pub mod auth;
+pub mod config;
+pub mod http;
+pub mod server;
+pub mod store;

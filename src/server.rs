@@ -1,0 +1,125 @@
+//! Assembling and running a node: the store, the bus, the actors and the HTTP server.
+//!
+//! [`serve`] takes an already bound listener (so tests run on `127.0.0.1:0`) and runs until the
+//! server is stopped. Singletons (registry, conversation arbiters, engine) are created here once,
+//! outside `HttpServer::new`, whose factory runs once per worker.
+
+use std::net::TcpListener;
+use std::sync::Arc;
+
+use actix::Arbiter;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context as _;
+
+use confab_actors::conversation::Directory;
+use confab_actors::engine::Engine;
+use confab_actors::metrics::Metrics;
+use confab_actors::registry::Registry;
+use confab_actors::store::Store;
+
+use crate::config::Config;
+use crate::http::{self, AppState};
+use crate::store::{EmbeddedStore, MongoOptions, MongoStore};
+
+/// Opens the configured store (`storage.backend`). The MongoDB store runs its driver on a runtime
+/// of its own, so it may be opened from any runtime (here: actix's, inside [`serve`]).
+pub async fn open_store(cfg: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<dyn Store>> {
+    if cfg.storage.backend == "mongodb" {
+        let opts = MongoOptions::from_config(&cfg.storage.mongodb);
+        let store = MongoStore::open(opts, metrics)
+            .await
+            .with_context(|| format!("opening the MongoDB store (database {:?})", cfg.storage.mongodb.database))?;
+        return Ok(Arc::new(store));
+    }
+    let store = EmbeddedStore::open(&cfg.storage.path, metrics)
+        .with_context(|| format!("opening the embedded store at {}", cfg.storage.path.display()))?;
+    Ok(Arc::new(store))
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Runs a node on `listener` until it is stopped (signal, or `on_start`'s handle).
+/// Must be called inside an actix `System`.
+pub async fn serve(cfg: Config, listener: TcpListener, on_start: impl FnOnce(actix_web::dev::ServerHandle)) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::default());
+    let store = open_store(&cfg, metrics.clone()).await?;
+    let registry = Arc::new(Registry::new(metrics.clone()));
+    let n_arbiters = if cfg.groups.arbiters == 0 { cores() } else { cfg.groups.arbiters };
+    let arbiters: Vec<Arbiter> = (0..n_arbiters).map(|_| Arbiter::new()).collect();
+    let directory = Directory::new(arbiters.iter().map(|a| a.handle()).collect());
+    let engine = Engine::new(store, registry, metrics, cfg.limits(), directory);
+    let state = web::Data::new(AppState { engine, session: cfg.session_config(), secret: cfg.auth.secret.clone() });
+    let workers = if cfg.server.workers == 0 { cores() } else { cfg.server.workers };
+    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
+        .workers(workers)
+        .shutdown_timeout(cfg.server.shutdown_timeout_secs)
+        .listen(listener)?
+        .run();
+    on_start(server.handle());
+    let result = server.await;
+    for a in arbiters {
+        a.stop();
+        let _ = a.join();
+    }
+    result.map_err(Into::into)
+}
+
+/// A node running on its own thread with its own actix system (for tests and embedding).
+pub struct RunningNode {
+    pub addr: std::net::SocketAddr,
+    handle: actix_web::dev::ServerHandle,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl RunningNode {
+    /// Binds `cfg.server.bind` (port 0 is fine) and starts the node on a new thread.
+    pub fn start(cfg: Config) -> anyhow::Result<RunningNode> {
+        let listener = TcpListener::bind(cfg.bind_addr()?)?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let sys = actix::System::new();
+            let tx2 = tx.clone();
+            let result = sys.block_on(serve(cfg, listener, move |h| {
+                let _ = tx2.send(Ok(h));
+            }));
+            if let Err(e) = &result {
+                let _ = tx.send(Err(anyhow::anyhow!("{e:#}")));
+            }
+            result
+        });
+        let handle = rx.recv().context("node thread ended before starting")??;
+        Ok(RunningNode { addr, handle, thread: Some(thread) })
+    }
+
+    /// Stops the node and waits for its thread (and its store) to finish.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let handle = self.handle.clone();
+        // `stop` only needs a runtime to be polled on; a tiny one will do. It runs on a thread of
+        // its own because we may be called from inside an async runtime (a test dropping its
+        // node), where blocking on a second runtime panics.
+        let stopper = std::thread::spawn(move || {
+            if let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                rt.block_on(handle.stop(false));
+            }
+        });
+        let _ = stopper.join();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for RunningNode {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.shutdown();
+        }
+    }
+}

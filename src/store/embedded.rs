@@ -1,0 +1,284 @@
+//! The embedded store: one [redb](https://docs.rs/redb) file, `<dir>/confab.redb`, crash-safe
+//! (copy-on-write B-trees, every commit fsynced with `Durability::Immediate`).
+//!
+//! # Table layout
+//!
+//! Values marked JSON are the `confab_actors::model` structs encoded with serde_json. Tuple keys
+//! sort element by element, which gives the orderings the queries need.
+//!
+//! | table           | key                         | value                     | used for                              |
+//! |-----------------|-----------------------------|---------------------------|---------------------------------------|
+//! | `meta`          | `"ver"`                     | `u64`                     | store-wide version, +1 per mutation   |
+//! | `conversations` | `conv_id`                   | `Conversation` JSON       | `last_seq`, `ver`                     |
+//! | `messages`      | `(conv_id, seq)`            | `Message` JSON            | history ranges by `seq`               |
+//! | `dedupe`        | `(sender, client_msg_id)`   | `(conv_id, seq)`          | idempotent appends                    |
+//! | `user_convs`    | `(user, conv_id)`           | `UserConvState` JSON      | read cursor, flags; a user's list     |
+//! | `conv_users`    | `(conv_id, user)`           | `()`                      | participants of a conversation        |
+//! | `recalls`       | `(conv_id, ver)`            | `seq`                     | `changes`: recalls after a version    |
+//! | `deletions`     | `(user, conv_id, seq)`      | `ver`                     | delete-for-me filter and `changes`    |
+//! | `groups`        | `group_id`                  | `Group` JSON              | group profile, `member_count`         |
+//! | `members`       | `(group_id, user)`          | `Member` JSON             | active members                        |
+//!
+//! Every mutating operation takes exactly one new `ver` from `meta` and stamps it on everything it
+//! changes, so `ver` is strictly increasing in commit order and usable as a "changed since" cursor.
+//!
+//! # Group commit
+//!
+//! All writes go through one dedicated writer thread (see `writer`). An async caller boxes its
+//! operation (a closure over the `WriteTransaction`) with a oneshot reply channel and sends it over
+//! a bounded `tokio::sync::mpsc` channel (capacity 4096). The thread takes one operation, drains up
+//! to 1024 queued ones, runs them in arrival order in ONE transaction, commits, and only then answers
+//! every caller: no result is sent before its data is durable, and `seq`s are assigned in the order
+//! appends were submitted. An operation that fails with a domain error (`NotFound`, `Conflict`)
+//! checks before writing, so it writes nothing and the batch goes on. If an operation fails with
+//! `Unavailable` (I/O, corrupt data) or panics, or the commit fails, the transaction is aborted and
+//! every operation of the batch gets `Unavailable`; the thread carries on with the next batch.
+//!
+//! Reads run on `tokio::task::spawn_blocking` in a redb `ReadTransaction` (an MVCC snapshot of the
+//! last commit) and never wait for the writer.
+
+mod ops;
+mod reads;
+mod tables;
+mod writer;
+
+use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use confab_actors::error::StoreError;
+use confab_actors::metrics::Metrics;
+use confab_actors::model::{
+    Changes, Conversation, ConversationView, FlagsPatch, Group, Member, Message, UserConvState,
+};
+use confab_actors::store::{Appended, HistoryQuery, MemberChange, NewGroup, NewMessage, Store, StoreResult};
+use redb::{Database, ReadTransaction, WriteTransaction};
+use tokio::sync::mpsc;
+
+use tables::unavailable;
+use writer::BoxedJob;
+
+/// The file name of the database inside the data directory.
+pub const DB_FILE: &str = "confab.redb";
+
+/// The embedded, persistent store. See the module documentation for its design.
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    metrics: Arc<Metrics>,
+    /// The writer's queue; `None` once closed.
+    queue: Mutex<Option<mpsc::Sender<BoxedJob>>>,
+    /// The writer thread; taken by `close` or `Drop` to join it.
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Decrements the queue-depth gauge unless the job reached the writer's queue (the writer then
+/// decrements it when it picks the job up). Covers cancelled futures and a closed queue.
+struct QueuedGuard<'a> {
+    metrics: &'a Metrics,
+    armed: bool,
+}
+
+impl Drop for QueuedGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.metrics.store_queue_depth.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store in `dir`, creating the directory if missing, and starts the
+    /// writer thread.
+    pub fn open(dir: &Path, metrics: Arc<Metrics>) -> Result<EmbeddedStore, StoreError> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join(DB_FILE);
+        let db = Database::create(&path)
+            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+        // Create every table up front so read transactions can always open them.
+        let txn = db.begin_write().map_err(unavailable)?;
+        {
+            txn.open_table(tables::META).map_err(unavailable)?;
+            txn.open_table(tables::CONVS).map_err(unavailable)?;
+            txn.open_table(tables::MESSAGES).map_err(unavailable)?;
+            txn.open_table(tables::DEDUPE).map_err(unavailable)?;
+            txn.open_table(tables::USER_CONVS).map_err(unavailable)?;
+            txn.open_table(tables::CONV_USERS).map_err(unavailable)?;
+            txn.open_table(tables::RECALLS).map_err(unavailable)?;
+            txn.open_table(tables::DELETIONS).map_err(unavailable)?;
+            txn.open_table(tables::GROUPS).map_err(unavailable)?;
+            txn.open_table(tables::MEMBERS).map_err(unavailable)?;
+        }
+        txn.commit().map_err(unavailable)?;
+
+        let db = Arc::new(db);
+        let (tx, rx) = mpsc::channel(writer::QUEUE_CAPACITY);
+        let thread = writer::spawn(db.clone(), rx, metrics.clone())
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the store writer: {e}")))?;
+        Ok(EmbeddedStore { db, metrics, queue: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) })
+    }
+
+    /// Stops accepting writes, lets the writer finish what is queued and waits for its thread to
+    /// end. Later writes fail with `Unavailable`; reads keep working until the store is dropped
+    /// (which releases the file).
+    pub async fn close(&self) {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = handle {
+            let joined = tokio::task::spawn_blocking(move || handle.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                tracing::error!("the store writer thread ended abnormally");
+            }
+        }
+    }
+
+    /// Queues a write operation for the writer thread and waits until it is committed.
+    async fn write<T, F>(&self, op: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> StoreResult<T> + Send + 'static,
+    {
+        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(queue) = queue else {
+            return Err(StoreError::Unavailable("the store is closed".into()));
+        };
+        let (job, reply) = writer::job(op);
+        self.metrics.store_queue_depth.fetch_add(1, Relaxed);
+        let mut guard = QueuedGuard { metrics: &self.metrics, armed: true };
+        if queue.send(job).await.is_err() {
+            return Err(StoreError::Unavailable("the store writer has stopped".into()));
+        }
+        guard.armed = false;
+        drop(guard);
+        drop(queue);
+        reply.await.map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?
+    }
+
+    /// Runs a read on a blocking thread in its own read transaction.
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&ReadTransaction) -> StoreResult<T> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_read().map_err(unavailable)?;
+            f(&txn)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("store read task failed: {e}")))?
+    }
+}
+
+impl Drop for EmbeddedStore {
+    /// Closes the queue and joins the writer thread, so that the database file is released once
+    /// the store is gone. The writer only has to finish what is queued, so this is short.
+    fn drop(&mut self) {
+        self.queue.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(handle) = self.thread.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
+            if handle.join().is_err() {
+                tracing::error!("the store writer thread panicked");
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    async fn ping(&self) -> StoreResult<()> {
+        let open = self.queue.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|q| !q.is_closed());
+        if !open {
+            return Err(StoreError::Unavailable("the store writer is not running".into()));
+        }
+        self.read(|txn| {
+            txn.open_table(tables::META).map_err(unavailable)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn append(&self, msg: NewMessage) -> StoreResult<Appended> {
+        self.write(move |txn| ops::append(txn, msg)).await
+    }
+
+    async fn message(&self, conv_id: &str, seq: u64) -> StoreResult<Option<Message>> {
+        let conv_id = conv_id.to_owned();
+        self.read(move |txn| reads::message(txn, &conv_id, seq)).await
+    }
+
+    async fn history(&self, conv_id: &str, for_user: Option<&str>, q: HistoryQuery) -> StoreResult<Vec<Message>> {
+        let conv_id = conv_id.to_owned();
+        let for_user = for_user.map(str::to_owned);
+        self.read(move |txn| reads::history(txn, &conv_id, for_user.as_deref(), q)).await
+    }
+
+    async fn recall(&self, conv_id: &str, seq: u64, by: &str) -> StoreResult<Message> {
+        let (conv_id, by) = (conv_id.to_owned(), by.to_owned());
+        self.write(move |txn| ops::recall(txn, &conv_id, seq, &by)).await
+    }
+
+    async fn conversation(&self, conv_id: &str) -> StoreResult<Option<Conversation>> {
+        let conv_id = conv_id.to_owned();
+        self.read(move |txn| reads::conversation(txn, &conv_id)).await
+    }
+
+    async fn user_conv(&self, user: &str, conv_id: &str) -> StoreResult<Option<UserConvState>> {
+        let (user, conv_id) = (user.to_owned(), conv_id.to_owned());
+        self.read(move |txn| reads::user_conv(txn, &user, &conv_id)).await
+    }
+
+    async fn conversation_view(&self, user: &str, conv_id: &str) -> StoreResult<Option<ConversationView>> {
+        let (user, conv_id) = (user.to_owned(), conv_id.to_owned());
+        self.read(move |txn| reads::conversation_view(txn, &user, &conv_id)).await
+    }
+
+    async fn list_conversations(&self, user: &str, since: u64, limit: usize) -> StoreResult<Vec<ConversationView>> {
+        let user = user.to_owned();
+        self.read(move |txn| reads::list_conversations(txn, &user, since, limit)).await
+    }
+
+    async fn mark_read(&self, user: &str, conv_id: &str, seq: u64) -> StoreResult<Option<UserConvState>> {
+        let (user, conv_id) = (user.to_owned(), conv_id.to_owned());
+        self.write(move |txn| ops::mark_read(txn, &user, &conv_id, seq)).await
+    }
+
+    async fn set_flags(&self, user: &str, conv_id: &str, patch: FlagsPatch) -> StoreResult<UserConvState> {
+        let (user, conv_id) = (user.to_owned(), conv_id.to_owned());
+        self.write(move |txn| ops::set_flags(txn, &user, &conv_id, patch)).await
+    }
+
+    async fn delete_for_user(&self, user: &str, conv_id: &str, seqs: &[u64]) -> StoreResult<UserConvState> {
+        let (user, conv_id, seqs) = (user.to_owned(), conv_id.to_owned(), seqs.to_vec());
+        self.write(move |txn| ops::delete_for_user(txn, &user, &conv_id, &seqs)).await
+    }
+
+    async fn changes(&self, user: &str, conv_id: &str, since: u64) -> StoreResult<Changes> {
+        let (user, conv_id) = (user.to_owned(), conv_id.to_owned());
+        self.read(move |txn| reads::changes(txn, &user, &conv_id, since)).await
+    }
+
+    async fn read_cursors(&self, conv_id: &str) -> StoreResult<Vec<(String, u64)>> {
+        let conv_id = conv_id.to_owned();
+        self.read(move |txn| reads::read_cursors(txn, &conv_id)).await
+    }
+
+    async fn create_group(&self, g: NewGroup) -> StoreResult<(Group, Message)> {
+        self.write(move |txn| ops::create_group(txn, g)).await
+    }
+
+    async fn group(&self, group_id: &str) -> StoreResult<Option<Group>> {
+        let group_id = group_id.to_owned();
+        self.read(move |txn| reads::group(txn, &group_id)).await
+    }
+
+    async fn members(&self, group_id: &str) -> StoreResult<Vec<Member>> {
+        let group_id = group_id.to_owned();
+        self.read(move |txn| reads::members(txn, &group_id)).await
+    }
+
+    async fn change_members(&self, c: MemberChange) -> StoreResult<Message> {
+        self.write(move |txn| ops::change_members(txn, c)).await
+    }
+}

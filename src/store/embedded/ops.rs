@@ -1,0 +1,344 @@
+//! Write operations. Each runs on the writer thread inside the batch's `WriteTransaction`.
+//!
+//! Rule: every operation checks everything that can fail with a domain error (`NotFound`,
+//! `Conflict`) before its first write, so such an error leaves the shared transaction untouched.
+//! Only `Unavailable` (I/O, corrupt data) can happen after a write; the writer then aborts the
+//! whole batch.
+
+use confab_actors::error::StoreError;
+use confab_actors::model::{
+    group_conv_id, Body, ConvKind, Conversation, FlagsPatch, Group, Member, Message, Role, UserConvState,
+};
+use confab_actors::store::{Appended, MemberChange, NewGroup, NewMessage, StoreResult};
+use redb::{ReadableTable, Table, WriteTransaction};
+
+use super::tables::{
+    get_json, next_ver, not_found, put_json, unavailable, CONVS, CONV_USERS, DEDUPE, DELETIONS, GROUPS, MEMBERS,
+    MESSAGES, META, RECALLS, USER_CONVS,
+};
+
+type JsonTable<'t, K> = Table<'t, K, &'static [u8]>;
+
+/// Inserts or replaces a user's row and records them as a participant of the conversation.
+fn put_row(
+    rows: &mut JsonTable<'_, (&'static str, &'static str)>,
+    conv_users: &mut Table<'_, (&'static str, &'static str), ()>,
+    user: &str,
+    conv_id: &str,
+    state: &UserConvState,
+) -> StoreResult<()> {
+    put_json(rows, (user, conv_id), state)?;
+    conv_users.insert((conv_id, user), ()).map_err(unavailable)?;
+    Ok(())
+}
+
+fn row_or_not_found(
+    rows: &JsonTable<'_, (&'static str, &'static str)>,
+    user: &str,
+    conv_id: &str,
+) -> StoreResult<UserConvState> {
+    get_json(rows, (user, conv_id))?.ok_or_else(|| not_found(format!("{user} has no row in {conv_id}")))
+}
+
+pub(super) fn append(txn: &WriteTransaction, m: NewMessage) -> StoreResult<Appended> {
+    let mut dedupe = txn.open_table(DEDUPE).map_err(unavailable)?;
+    let mut messages = txn.open_table(MESSAGES).map_err(unavailable)?;
+
+    // 1. De-duplicate: a re-send returns the stored message and writes nothing.
+    if let (Some(sender), Some(cmid)) = (&m.sender, &m.client_msg_id) {
+        let hit = dedupe.get((sender.as_str(), cmid.as_str())).map_err(unavailable)?;
+        if let Some(guard) = hit {
+            let (conv_id, seq) = guard.value();
+            let stored: Option<Message> = get_json(&messages, (conv_id, seq))?;
+            return match stored {
+                Some(message) => Ok(Appended { message, duplicate: true }),
+                None => Err(StoreError::Unavailable(format!("dedupe entry points at missing message {conv_id}/{seq}"))),
+            };
+        }
+    }
+
+    // 2. Find or create the conversation (checks only; writes come after).
+    let mut convs = txn.open_table(CONVS).map_err(unavailable)?;
+    let existing: Option<Conversation> = get_json(&convs, m.conv_id.as_str())?;
+    let participants: Vec<String> = match &m.direct_members {
+        Some((a, b)) => {
+            let mut p = vec![a.clone(), b.clone()];
+            p.sort();
+            p.dedup();
+            p
+        }
+        None => Vec::new(),
+    };
+    let mut conv = match existing {
+        Some(c) => c,
+        None if m.direct_members.is_some() => Conversation {
+            conv_id: m.conv_id.clone(),
+            kind: ConvKind::Direct,
+            members: participants.clone(),
+            group_id: None,
+            last_seq: 0,
+            ver: 0,
+        },
+        None => return Err(not_found(format!("conversation {}", m.conv_id))),
+    };
+
+    // 3. Write.
+    let mut meta = txn.open_table(META).map_err(unavailable)?;
+    let mut rows = txn.open_table(USER_CONVS).map_err(unavailable)?;
+    let mut conv_users = txn.open_table(CONV_USERS).map_err(unavailable)?;
+    let ver = next_ver(&mut meta)?;
+    let seq = conv.last_seq + 1;
+    let conv_id = m.conv_id.as_str();
+
+    for user in &participants {
+        let present = rows.get((user.as_str(), conv_id)).map_err(unavailable)?.is_some();
+        if !present {
+            let state = UserConvState { active: true, ver, ..UserConvState::default() };
+            put_row(&mut rows, &mut conv_users, user, conv_id, &state)?;
+        }
+    }
+    if let Some(sender) = &m.sender {
+        let row: Option<UserConvState> = get_json(&rows, (sender.as_str(), conv_id))?;
+        if let Some(mut state) = row {
+            state.read_seq = state.read_seq.max(seq);
+            state.ver = ver;
+            put_json(&mut rows, (sender.as_str(), conv_id), &state)?;
+        }
+    }
+
+    let message = Message {
+        conv_id: m.conv_id.clone(),
+        seq,
+        sender: m.sender.clone(),
+        client_msg_id: m.client_msg_id.clone(),
+        body: m.body,
+        reply_to: m.reply_to,
+        ts: m.ts,
+        ver,
+    };
+    put_json(&mut messages, (conv_id, seq), &message)?;
+    if let (Some(sender), Some(cmid)) = (&m.sender, &m.client_msg_id) {
+        dedupe.insert((sender.as_str(), cmid.as_str()), (conv_id, seq)).map_err(unavailable)?;
+    }
+    conv.last_seq = seq;
+    conv.ver = ver;
+    put_json(&mut convs, conv_id, &conv)?;
+    Ok(Appended { message, duplicate: false })
+}
+
+pub(super) fn recall(txn: &WriteTransaction, conv_id: &str, seq: u64, by: &str) -> StoreResult<Message> {
+    let mut messages = txn.open_table(MESSAGES).map_err(unavailable)?;
+    let mut message: Message =
+        get_json(&messages, (conv_id, seq))?.ok_or_else(|| not_found(format!("message {conv_id}/{seq}")))?;
+    if message.is_recalled() {
+        return Ok(message);
+    }
+    let mut convs = txn.open_table(CONVS).map_err(unavailable)?;
+    let mut conv: Conversation = get_json(&convs, conv_id)?
+        .ok_or_else(|| StoreError::Unavailable(format!("message {conv_id}/{seq} has no conversation")))?;
+    let mut meta = txn.open_table(META).map_err(unavailable)?;
+    let ver = next_ver(&mut meta)?;
+    message.body = Body::Recalled { by: by.to_owned() };
+    message.ver = ver;
+    conv.ver = ver;
+    put_json(&mut messages, (conv_id, seq), &message)?;
+    put_json(&mut convs, conv_id, &conv)?;
+    let mut recalls = txn.open_table(RECALLS).map_err(unavailable)?;
+    recalls.insert((conv_id, ver), seq).map_err(unavailable)?;
+    Ok(message)
+}
+
+pub(super) fn mark_read(
+    txn: &WriteTransaction,
+    user: &str,
+    conv_id: &str,
+    seq: u64,
+) -> StoreResult<Option<UserConvState>> {
+    let mut rows = txn.open_table(USER_CONVS).map_err(unavailable)?;
+    let mut state = row_or_not_found(&rows, user, conv_id)?;
+    let convs = txn.open_table(CONVS).map_err(unavailable)?;
+    let conv: Conversation = get_json(&convs, conv_id)?.ok_or_else(|| not_found(format!("conversation {conv_id}")))?;
+    let target = seq.min(conv.last_seq);
+    if target <= state.read_seq {
+        return Ok(None);
+    }
+    let mut meta = txn.open_table(META).map_err(unavailable)?;
+    state.read_seq = target;
+    state.ver = next_ver(&mut meta)?;
+    put_json(&mut rows, (user, conv_id), &state)?;
+    Ok(Some(state))
+}
+
+pub(super) fn set_flags(
+    txn: &WriteTransaction,
+    user: &str,
+    conv_id: &str,
+    patch: FlagsPatch,
+) -> StoreResult<UserConvState> {
+    let mut rows = txn.open_table(USER_CONVS).map_err(unavailable)?;
+    let mut state = row_or_not_found(&rows, user, conv_id)?;
+    let mut meta = txn.open_table(META).map_err(unavailable)?;
+    if let Some(v) = patch.pinned {
+        state.pinned = v;
+    }
+    if let Some(v) = patch.muted {
+        state.muted = v;
+    }
+    if let Some(v) = patch.hidden {
+        state.hidden = v;
+    }
+    state.ver = next_ver(&mut meta)?;
+    put_json(&mut rows, (user, conv_id), &state)?;
+    Ok(state)
+}
+
+pub(super) fn delete_for_user(
+    txn: &WriteTransaction,
+    user: &str,
+    conv_id: &str,
+    seqs: &[u64],
+) -> StoreResult<UserConvState> {
+    let mut rows = txn.open_table(USER_CONVS).map_err(unavailable)?;
+    let mut state = row_or_not_found(&rows, user, conv_id)?;
+    let messages = txn.open_table(MESSAGES).map_err(unavailable)?;
+    let mut deletions = txn.open_table(DELETIONS).map_err(unavailable)?;
+    let mut meta = txn.open_table(META).map_err(unavailable)?;
+    let ver = next_ver(&mut meta)?;
+    for &seq in seqs {
+        let exists = messages.get((conv_id, seq)).map_err(unavailable)?.is_some();
+        if !exists {
+            continue;
+        }
+        let already = deletions.get((user, conv_id, seq)).map_err(unavailable)?.is_some();
+        if !already {
+            deletions.insert((user, conv_id, seq), ver).map_err(unavailable)?;
+        }
+    }
+    state.ver = ver;
+    put_json(&mut rows, (user, conv_id), &state)?;
+    Ok(state)
+}
+
+pub(super) fn create_group(txn: &WriteTransaction, g: NewGroup) -> StoreResult<(Group, Message)> {
+    let mut groups = txn.open_table(GROUPS).map_err(unavailable)?;
+    let mut convs = txn.open_table(CONVS).map_err(unavailable)?;
+    let conv_id = group_conv_id(&g.id);
+    if groups.get(g.id.as_str()).map_err(unavailable)?.is_some() {
+        return Err(StoreError::Conflict(format!("group {} already exists", g.id)));
+    }
+    if convs.get(conv_id.as_str()).map_err(unavailable)?.is_some() {
+        return Err(StoreError::Conflict(format!("conversation {conv_id} already exists")));
+    }
+
+    let mut users: Vec<(String, Role)> = vec![(g.owner.clone(), Role::Owner)];
+    for u in &g.members {
+        if !users.iter().any(|(x, _)| x == u) {
+            users.push((u.clone(), Role::Member));
+        }
+    }
+
+    let mut meta = txn.open_table(META).map_err(unavailable)?;
+    let mut members = txn.open_table(MEMBERS).map_err(unavailable)?;
+    let mut rows = txn.open_table(USER_CONVS).map_err(unavailable)?;
+    let mut conv_users = txn.open_table(CONV_USERS).map_err(unavailable)?;
+    let mut messages = txn.open_table(MESSAGES).map_err(unavailable)?;
+    let ver = next_ver(&mut meta)?;
+
+    for (user, role) in &users {
+        let member = Member { user_id: user.clone(), role: *role, joined_at: g.ts };
+        put_json(&mut members, (g.id.as_str(), user.as_str()), &member)?;
+        let state = UserConvState { active: true, ver, ..UserConvState::default() };
+        put_row(&mut rows, &mut conv_users, user, &conv_id, &state)?;
+    }
+    let group =
+        Group { id: g.id.clone(), name: g.name, owner: g.owner, created_at: g.ts, member_count: users.len() as u64 };
+    put_json(&mut groups, g.id.as_str(), &group)?;
+    let message = Message {
+        conv_id: conv_id.clone(),
+        seq: 1,
+        sender: None,
+        client_msg_id: None,
+        body: g.system_body,
+        reply_to: None,
+        ts: g.ts,
+        ver,
+    };
+    put_json(&mut messages, (conv_id.as_str(), 1u64), &message)?;
+    let conv = Conversation {
+        conv_id: conv_id.clone(),
+        kind: ConvKind::Group,
+        members: Vec::new(),
+        group_id: Some(g.id),
+        last_seq: 1,
+        ver,
+    };
+    put_json(&mut convs, conv_id.as_str(), &conv)?;
+    Ok((group, message))
+}
+
+pub(super) fn change_members(txn: &WriteTransaction, c: MemberChange) -> StoreResult<Message> {
+    let mut groups = txn.open_table(GROUPS).map_err(unavailable)?;
+    let mut group: Group =
+        get_json(&groups, c.group_id.as_str())?.ok_or_else(|| not_found(format!("group {}", c.group_id)))?;
+    let conv_id = group_conv_id(&c.group_id);
+    let mut convs = txn.open_table(CONVS).map_err(unavailable)?;
+    let mut conv: Conversation = get_json(&convs, conv_id.as_str())?
+        .ok_or_else(|| StoreError::Unavailable(format!("group {} has no conversation", c.group_id)))?;
+
+    let mut meta = txn.open_table(META).map_err(unavailable)?;
+    let mut members = txn.open_table(MEMBERS).map_err(unavailable)?;
+    let mut rows = txn.open_table(USER_CONVS).map_err(unavailable)?;
+    let mut conv_users = txn.open_table(CONV_USERS).map_err(unavailable)?;
+    let mut messages = txn.open_table(MESSAGES).map_err(unavailable)?;
+    let ver = next_ver(&mut meta)?;
+    let seq = conv.last_seq + 1;
+    let gid = c.group_id.as_str();
+    let conv_key = conv_id.as_str();
+    let mut count = group.member_count;
+
+    for (user, role) in &c.add {
+        if members.get((gid, user.as_str())).map_err(unavailable)?.is_some() {
+            continue;
+        }
+        let member = Member { user_id: user.clone(), role: *role, joined_at: c.ts };
+        put_json(&mut members, (gid, user.as_str()), &member)?;
+        count += 1;
+        let mut state: UserConvState = get_json(&rows, (user.as_str(), conv_key))?.unwrap_or_default();
+        state.active = true;
+        state.read_seq = state.read_seq.max(seq - 1);
+        state.ver = ver;
+        put_row(&mut rows, &mut conv_users, user, conv_key, &state)?;
+    }
+    for user in &c.remove {
+        let was_member = members.remove((gid, user.as_str())).map_err(unavailable)?.is_some();
+        if was_member {
+            count = count.saturating_sub(1);
+        }
+        let row: Option<UserConvState> = get_json(&rows, (user.as_str(), conv_key))?;
+        if let Some(mut state) = row {
+            if state.active {
+                state.active = false;
+                state.ver = ver;
+                put_json(&mut rows, (user.as_str(), conv_key), &state)?;
+            }
+        }
+    }
+
+    let message = Message {
+        conv_id: conv_id.clone(),
+        seq,
+        sender: None,
+        client_msg_id: None,
+        body: c.system_body,
+        reply_to: None,
+        ts: c.ts,
+        ver,
+    };
+    put_json(&mut messages, (conv_key, seq), &message)?;
+    conv.last_seq = seq;
+    conv.ver = ver;
+    put_json(&mut convs, conv_key, &conv)?;
+    group.member_count = count;
+    put_json(&mut groups, gid, &group)?;
+    Ok(message)
+}

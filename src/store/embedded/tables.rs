@@ -1,0 +1,89 @@
+//! Table definitions, the value codec and small helpers shared by reads and write operations.
+
+use std::borrow::Borrow;
+use std::fmt::Display;
+
+use confab_actors::error::StoreError;
+use confab_actors::store::StoreResult;
+use redb::{Key, ReadableTable, Table, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// `"ver"` → the store-wide version counter (last `ver` handed out; 0 on a fresh store).
+pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// `conv_id` → `Conversation` (JSON).
+pub(super) const CONVS: TableDefinition<&str, &[u8]> = TableDefinition::new("conversations");
+/// `(conv_id, seq)` → `Message` (JSON). Ordered by `seq` within a conversation.
+pub(super) const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+/// `(sender, client_msg_id)` → `(conv_id, seq)` of the stored message.
+pub(super) const DEDUPE: TableDefinition<(&str, &str), (&str, u64)> = TableDefinition::new("dedupe");
+/// `(user, conv_id)` → `UserConvState` (JSON). A prefix scan on `user` lists their conversations.
+pub(super) const USER_CONVS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("user_convs");
+/// `(conv_id, user)` → `()`: every user who ever had a row in the conversation.
+pub(super) const CONV_USERS: TableDefinition<(&str, &str), ()> = TableDefinition::new("conv_users");
+/// `(conv_id, ver)` → `seq` of the message recalled at that version.
+pub(super) const RECALLS: TableDefinition<(&str, u64), u64> = TableDefinition::new("recalls");
+/// `(user, conv_id, seq)` → `ver` at which the user deleted that message for themselves.
+pub(super) const DELETIONS: TableDefinition<(&str, &str, u64), u64> = TableDefinition::new("deletions");
+/// `group_id` → `Group` (JSON).
+pub(super) const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
+/// `(group_id, user)` → `Member` (JSON), active members only.
+pub(super) const MEMBERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("members");
+
+/// The key of the version counter in [`META`].
+pub(super) const VER_KEY: &str = "ver";
+
+/// Maps an engine or codec error to `Unavailable`.
+pub(super) fn unavailable(e: impl Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+pub(super) fn not_found(what: impl Display) -> StoreError {
+    StoreError::NotFound(what.to_string())
+}
+
+pub(super) fn encode<T: Serialize>(v: &T) -> StoreResult<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Unavailable(format!("cannot encode a record: {e}")))
+}
+
+pub(super) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> StoreResult<T> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Unavailable(format!("corrupt record: {e}")))
+}
+
+/// Reads and decodes one JSON value.
+pub(super) fn get_json<'k, K, T>(
+    table: &impl ReadableTable<K, &'static [u8]>,
+    key: impl Borrow<K::SelfType<'k>>,
+) -> StoreResult<Option<T>>
+where
+    K: Key + 'static,
+    T: DeserializeOwned,
+{
+    match table.get(key).map_err(unavailable)? {
+        Some(guard) => decode(guard.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Encodes and writes one JSON value.
+pub(super) fn put_json<'k, K, T>(
+    table: &mut Table<'_, K, &'static [u8]>,
+    key: impl Borrow<K::SelfType<'k>>,
+    value: &T,
+) -> StoreResult<()>
+where
+    K: Key + 'static,
+    T: Serialize,
+{
+    let bytes = encode(value)?;
+    table.insert(key, bytes.as_slice()).map_err(unavailable)?;
+    Ok(())
+}
+
+/// Hands out the next store-wide version.
+pub(super) fn next_ver(meta: &mut Table<'_, &'static str, u64>) -> StoreResult<u64> {
+    let current = meta.get(VER_KEY).map_err(unavailable)?.map(|g| g.value()).unwrap_or(0);
+    let next = current + 1;
+    meta.insert(VER_KEY, next).map_err(unavailable)?;
+    Ok(next)
+}

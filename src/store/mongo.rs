@@ -1,0 +1,349 @@
+//! The MongoDB store: several confab nodes share one MongoDB 6+ replica set (transactions are
+//! required). `docs/storage.md` describes the collections, fields and indexes, how `seq` stays
+//! contiguous with several writers, and what a message costs in commands.
+//!
+//! # Runtime
+//!
+//! A `mongodb::Client` belongs to the tokio runtime that created it (its connection pool and
+//! monitors are tasks there), while a node calls the store from many actix threads, each with a
+//! current-thread runtime of its own. So the store owns a small multi-thread runtime
+//! (`confab-mongo`, 2 threads): the client, the writer task and every read run there, and the
+//! [`Store`] methods, called from any runtime, hand their work over and await the answer.
+//!
+//! # Writes
+//!
+//! Every write goes through one writer task per node (group commit, see `writer`): it drains the
+//! queue and commits the whole batch in one transaction (write concern majority, journaled), then
+//! answers. Reads run directly, with read concern majority, and never wait for the writer.
+//!
+//! # When MongoDB is unreachable
+//!
+//! An operation waits at most `server_selection_timeout_ms` for a server (and `op_timeout_ms` in
+//! all) and fails with `StoreError::Unavailable`; for the next second every operation and `ping`
+//! fail at once (a breaker), then the next one tries again. Once MongoDB answers, everything works
+//! again; nothing needs a restart. Start-up does not need MongoDB either: the indexes are created
+//! by the first operation that reaches it, and until then writes and `ping` fail.
+
+mod append;
+mod conn;
+mod docs;
+mod migrate;
+mod ops;
+mod reads;
+mod tx;
+mod writer;
+
+use std::future::Future;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use confab_actors::error::StoreError;
+use confab_actors::metrics::Metrics;
+use confab_actors::model::{
+    Changes, Conversation, ConversationView, FlagsPatch, Group, Member, Message, UserConvState,
+};
+use confab_actors::store::{Appended, HistoryQuery, MemberChange, NewGroup, NewMessage, Store, StoreResult};
+use tokio::sync::{mpsc, oneshot};
+
+use conn::{Conn, Reach};
+use tx::Answer;
+use writer::{Job, Op};
+
+pub use migrate::{migrate_from_embedded, MigrationReport};
+
+/// How to reach MongoDB (from `[storage.mongodb]`).
+#[derive(Debug, Clone)]
+pub struct MongoOptions {
+    /// A `mongodb://` connection string.
+    pub uri: String,
+    pub database: String,
+    pub connect_timeout: Duration,
+    pub server_selection_timeout: Duration,
+    /// Longest time for one read or one write batch.
+    pub op_timeout: Duration,
+}
+
+impl MongoOptions {
+    /// Options with the default timeouts (3 s, 3 s, 10 s).
+    pub fn new(uri: impl Into<String>, database: impl Into<String>) -> MongoOptions {
+        MongoOptions {
+            uri: uri.into(),
+            database: database.into(),
+            connect_timeout: Duration::from_secs(3),
+            server_selection_timeout: Duration::from_secs(3),
+            op_timeout: Duration::from_secs(10),
+        }
+    }
+
+    pub fn from_config(c: &crate::config::MongoDb) -> MongoOptions {
+        MongoOptions {
+            uri: c.uri.clone(),
+            database: c.database.clone(),
+            connect_timeout: Duration::from_millis(c.connect_timeout_ms),
+            server_selection_timeout: Duration::from_millis(c.server_selection_timeout_ms),
+            op_timeout: Duration::from_millis(c.op_timeout_ms),
+        }
+    }
+}
+
+/// Shuts its runtime down without blocking when dropped (a runtime may not be dropped inside
+/// another one's async context, where stores are usually dropped).
+struct OwnedRuntime(Option<tokio::runtime::Runtime>);
+
+impl Drop for OwnedRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Decrements the queue-depth gauge unless the job reached the writer's queue.
+struct QueuedGuard<'a> {
+    metrics: &'a Metrics,
+    armed: bool,
+}
+
+impl Drop for QueuedGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.metrics.store_queue_depth.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+/// The MongoDB store. See the module documentation.
+pub struct MongoStore {
+    conn: Arc<Conn>,
+    queue: Mutex<Option<mpsc::Sender<Job>>>,
+    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    handle: tokio::runtime::Handle,
+    /// Declared last: dropped after everything that uses it.
+    _rt: OwnedRuntime,
+}
+
+fn unexpected() -> StoreError {
+    StoreError::Unavailable("internal: unexpected answer from the store writer".into())
+}
+
+impl MongoStore {
+    /// Connects, creates the indexes if MongoDB answers (else later, on first use), and starts the
+    /// writer. Fails on an unusable URI or when MongoDB refuses the set-up (authentication,
+    /// conflicting indexes); an unreachable MongoDB is not an error here.
+    pub async fn open(opts: MongoOptions, metrics: Arc<Metrics>) -> StoreResult<MongoStore> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("confab-mongo")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Unavailable(format!("cannot start the MongoDB runtime: {e}")))?;
+        let handle = rt.handle().clone();
+        let rt = OwnedRuntime(Some(rt));
+        let task_failed =
+            |e: tokio::task::JoinError| StoreError::Unavailable(format!("MongoDB set-up task failed: {e}"));
+        let conn = handle.spawn(async move { Conn::connect(&opts, metrics).await }).await.map_err(task_failed)??;
+        let conn = Arc::new(conn);
+
+        let c = conn.clone();
+        let prepared = handle.spawn(async move { tokio::time::timeout(c.op_timeout, c.ensure_ready()).await }).await;
+        match prepared.map_err(task_failed)? {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if conn.check_breaker().is_ok() => return Err(e),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "MongoDB is unreachable; starting anyway (not ready until it answers)")
+            }
+            Err(_) => tracing::warn!("MongoDB did not answer in time; starting anyway (not ready until it answers)"),
+        }
+
+        let (tx, rx) = mpsc::channel(writer::QUEUE_CAPACITY);
+        let writer = handle.spawn(writer::run(conn.clone(), rx));
+        Ok(MongoStore { conn, queue: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)), handle, _rt: rt })
+    }
+
+    /// Stops accepting writes and waits until the writer has committed what is queued. Later writes
+    /// fail with `Unavailable`; reads keep working until the store is dropped.
+    pub async fn close(&self) {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(w) = writer {
+            if w.await.is_err() {
+                tracing::error!("the MongoDB store writer ended abnormally");
+            }
+        }
+    }
+
+    /// Runs a read on the store's runtime, bounded by `op_timeout`.
+    async fn read<T, F, Fut>(&self, what: &'static str, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(Arc<Conn>) -> Fut,
+        Fut: Future<Output = StoreResult<T>> + Send + 'static,
+    {
+        self.conn.check_breaker()?;
+        let conn = self.conn.clone();
+        let fut = f(conn.clone());
+        let task = self.handle.spawn(async move {
+            match tokio::time::timeout(conn.op_timeout, fut).await {
+                Ok(r) => {
+                    if r.is_ok() {
+                        conn.observe(&r, Reach::Up);
+                    }
+                    r
+                }
+                Err(_) => Err(conn.timed_out(what)),
+            }
+        });
+        task.await.map_err(|e| StoreError::Unavailable(format!("store read task failed: {e}")))?
+    }
+
+    /// Queues a write for the writer and waits until it is committed (or has failed).
+    async fn write(&self, op: Op) -> StoreResult<Answer> {
+        self.conn.check_breaker()?;
+        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(queue) = queue else {
+            return Err(StoreError::Unavailable("the store is closed".into()));
+        };
+        let (reply, answer) = oneshot::channel();
+        let metrics = &self.conn.metrics;
+        metrics.store_queue_depth.fetch_add(1, Relaxed);
+        let mut guard = QueuedGuard { metrics, armed: true };
+        if queue.send(Job { op, reply, enqueued: Instant::now() }).await.is_err() {
+            return Err(StoreError::Unavailable("the store writer has stopped".into()));
+        }
+        guard.armed = false;
+        drop(guard);
+        drop(queue);
+        answer.await.map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?
+    }
+}
+
+impl Drop for MongoStore {
+    /// Closes the queue; the runtime (and with it the writer and the client) shuts down without
+    /// blocking. Nobody waits for an answer any more: every caller holds a reference to the store.
+    fn drop(&mut self) {
+        self.queue.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+    }
+}
+
+#[async_trait]
+impl Store for MongoStore {
+    async fn ping(&self) -> StoreResult<()> {
+        let open = self.queue.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|q| !q.is_closed());
+        if !open {
+            return Err(StoreError::Unavailable("the store writer is not running".into()));
+        }
+        self.read("ping", |c| async move {
+            c.ping().await?;
+            c.ensure_ready().await
+        })
+        .await
+    }
+
+    async fn append(&self, msg: NewMessage) -> StoreResult<Appended> {
+        match self.write(Op::Append(msg)).await? {
+            Answer::Appended(a) => Ok(a),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn message(&self, conv_id: &str, seq: u64) -> StoreResult<Option<Message>> {
+        let conv_id = conv_id.to_owned();
+        self.read("message", move |c| async move { reads::message(&c, &conv_id, seq).await }).await
+    }
+
+    async fn history(&self, conv_id: &str, for_user: Option<&str>, q: HistoryQuery) -> StoreResult<Vec<Message>> {
+        let conv_id = conv_id.to_owned();
+        let for_user = for_user.map(str::to_owned);
+        self.read("history", move |c| async move { reads::history(&c, &conv_id, for_user.as_deref(), q).await }).await
+    }
+
+    async fn recall(&self, conv_id: &str, seq: u64, by: &str) -> StoreResult<Message> {
+        match self.write(Op::Recall { conv_id: conv_id.to_owned(), seq, by: by.to_owned() }).await? {
+            Answer::Message(m) => Ok(m),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn conversation(&self, conv_id: &str) -> StoreResult<Option<Conversation>> {
+        let conv_id = conv_id.to_owned();
+        self.read("conversation", move |c| async move { reads::conversation(&c, &conv_id).await }).await
+    }
+
+    async fn user_conv(&self, user: &str, conv_id: &str) -> StoreResult<Option<UserConvState>> {
+        let (user, conv_id) = (user.to_owned(), conv_id.to_owned());
+        self.read("user_conv", move |c| async move { reads::user_conv(&c, &user, &conv_id).await }).await
+    }
+
+    async fn conversation_view(&self, user: &str, conv_id: &str) -> StoreResult<Option<ConversationView>> {
+        let (user, conv_id) = (user.to_owned(), conv_id.to_owned());
+        self.read("conversation_view", move |c| async move { reads::conversation_view(&c, &user, &conv_id).await })
+            .await
+    }
+
+    async fn list_conversations(&self, user: &str, since: u64, limit: usize) -> StoreResult<Vec<ConversationView>> {
+        let user = user.to_owned();
+        self.read(
+            "list_conversations",
+            move |c| async move { reads::list_conversations(&c, &user, since, limit).await },
+        )
+        .await
+    }
+
+    async fn mark_read(&self, user: &str, conv_id: &str, seq: u64) -> StoreResult<Option<UserConvState>> {
+        match self.write(Op::MarkRead { user: user.to_owned(), conv_id: conv_id.to_owned(), seq }).await? {
+            Answer::MaybeState(s) => Ok(s),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn set_flags(&self, user: &str, conv_id: &str, patch: FlagsPatch) -> StoreResult<UserConvState> {
+        match self.write(Op::SetFlags { user: user.to_owned(), conv_id: conv_id.to_owned(), patch }).await? {
+            Answer::State(s) => Ok(s),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn delete_for_user(&self, user: &str, conv_id: &str, seqs: &[u64]) -> StoreResult<UserConvState> {
+        let op = Op::Delete { user: user.to_owned(), conv_id: conv_id.to_owned(), seqs: seqs.to_vec() };
+        match self.write(op).await? {
+            Answer::State(s) => Ok(s),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn changes(&self, user: &str, conv_id: &str, since: u64) -> StoreResult<Changes> {
+        let (user, conv_id) = (user.to_owned(), conv_id.to_owned());
+        self.read("changes", move |c| async move { reads::changes(&c, &user, &conv_id, since).await }).await
+    }
+
+    async fn read_cursors(&self, conv_id: &str) -> StoreResult<Vec<(String, u64)>> {
+        let conv_id = conv_id.to_owned();
+        self.read("read_cursors", move |c| async move { reads::read_cursors(&c, &conv_id).await }).await
+    }
+
+    async fn create_group(&self, g: NewGroup) -> StoreResult<(Group, Message)> {
+        match self.write(Op::CreateGroup(g)).await? {
+            Answer::Created(g, m) => Ok((g, m)),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn group(&self, group_id: &str) -> StoreResult<Option<Group>> {
+        let group_id = group_id.to_owned();
+        self.read("group", move |c| async move { reads::group(&c, &group_id).await }).await
+    }
+
+    async fn members(&self, group_id: &str) -> StoreResult<Vec<Member>> {
+        let group_id = group_id.to_owned();
+        self.read("members", move |c| async move { reads::members(&c, &group_id).await }).await
+    }
+
+    async fn change_members(&self, c: MemberChange) -> StoreResult<Message> {
+        match self.write(Op::ChangeMembers(c)).await? {
+            Answer::Message(m) => Ok(m),
+            _ => Err(unexpected()),
+        }
+    }
+}

@@ -1,0 +1,212 @@
+//! The connection side: the client and its options, command monitoring into [`Metrics`], the
+//! "MongoDB is down" breaker, error classification and the start-up work (indexes, counters).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use confab_actors::error::StoreError;
+use confab_actors::metrics::Metrics;
+use confab_actors::store::StoreResult;
+use mongodb::bson::{doc, Document};
+use mongodb::error::{Error as MongoError, ErrorKind, WriteFailure};
+use mongodb::event::command::CommandEvent;
+use mongodb::event::EventHandler;
+use mongodb::options::{Acknowledgment, ClientOptions, ReadConcern, WriteConcern};
+use mongodb::{Client, Collection, Database};
+
+use super::docs::{self, CounterDoc, META, VER_ID};
+use super::MongoOptions;
+
+/// How long operations fail at once after MongoDB was found unreachable, before one tries again.
+const BREAKER_COOL_DOWN: Duration = Duration::from_secs(1);
+
+/// Server error code of a unique index violation.
+pub(crate) const DUPLICATE_KEY: i32 = 11000;
+
+/// Everything the reads and the writer share.
+pub(crate) struct Conn {
+    pub client: Client,
+    pub db: Database,
+    pub metrics: Arc<Metrics>,
+    pub op_timeout: Duration,
+    /// Set once every index exists (`ensure_ready` succeeded).
+    ready: AtomicBool,
+    ready_lock: tokio::sync::Mutex<()>,
+    /// Milliseconds after `epoch` until which MongoDB counts as unreachable (0: reachable).
+    down_until_ms: AtomicU64,
+    epoch: Instant,
+}
+
+/// The write concern of every write: acknowledged by a majority of the replica set, journaled.
+pub(crate) fn durable() -> WriteConcern {
+    WriteConcern::builder().w(Acknowledgment::Majority).journal(true).build()
+}
+
+fn count_command(metrics: &Metrics, event: CommandEvent) {
+    match event {
+        CommandEvent::Started(e) => {
+            let counter = match e.command_name.as_str() {
+                "insert" | "update" | "delete" | "findAndModify" | "commitTransaction" | "abortTransaction" => {
+                    &metrics.db_commands_write
+                }
+                "find" | "aggregate" | "getMore" | "count" | "distinct" => &metrics.db_commands_read,
+                _ => &metrics.db_commands_other,
+            };
+            counter.fetch_add(1, Relaxed);
+        }
+        CommandEvent::Failed(_) => {
+            metrics.db_command_failures.fetch_add(1, Relaxed);
+        }
+        _ => {}
+    }
+}
+
+impl Conn {
+    /// Builds the client. Must run on the runtime that will drive it. Fails only on a bad URI or
+    /// bad options; an unreachable server is not an error here.
+    pub async fn connect(opts: &MongoOptions, metrics: Arc<Metrics>) -> StoreResult<Conn> {
+        let mut co = ClientOptions::parse(&opts.uri)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("storage.mongodb.uri is not usable: {e}")))?;
+        co.app_name.get_or_insert_with(|| "confab".to_owned());
+        co.connect_timeout = Some(opts.connect_timeout);
+        co.server_selection_timeout = Some(opts.server_selection_timeout);
+        // Acknowledged means durable, whatever the URI says.
+        co.write_concern = Some(durable());
+        co.read_concern = Some(ReadConcern::majority());
+        let m = metrics.clone();
+        co.command_event_handler = Some(EventHandler::callback(move |ev| count_command(&m, ev)));
+        let client = Client::with_options(co)
+            .map_err(|e| StoreError::Unavailable(format!("cannot create the MongoDB client: {e}")))?;
+        let db = client.database(&opts.database);
+        Ok(Conn {
+            client,
+            db,
+            metrics,
+            op_timeout: opts.op_timeout,
+            ready: AtomicBool::new(false),
+            ready_lock: tokio::sync::Mutex::new(()),
+            down_until_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        })
+    }
+
+    pub fn coll<T: Send + Sync>(&self, name: &str) -> Collection<T> {
+        self.db.collection(name)
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Fails at once while the breaker is open (MongoDB was unreachable a moment ago).
+    pub fn check_breaker(&self) -> StoreResult<()> {
+        let until = self.down_until_ms.load(Relaxed);
+        if until != 0 && self.now_ms() < until {
+            return Err(StoreError::Unavailable("MongoDB is unreachable (retrying shortly)".into()));
+        }
+        Ok(())
+    }
+
+    /// Records the outcome of an operation for the breaker.
+    pub fn observe<T>(&self, r: &StoreResult<T>, reachability: Reach) {
+        match reachability {
+            Reach::Down => {
+                let until = self.now_ms().saturating_add(BREAKER_COOL_DOWN.as_millis() as u64).max(1);
+                self.down_until_ms.store(until, Relaxed);
+            }
+            Reach::Up if r.is_ok() => self.down_until_ms.store(0, Relaxed),
+            Reach::Up => {}
+        }
+    }
+
+    /// Maps a driver error to a store error, opening the breaker when MongoDB could not be reached.
+    pub fn fail(&self, what: &str, e: &MongoError) -> StoreError {
+        if is_unreachable(e) {
+            self.observe::<()>(&Ok(()), Reach::Down);
+        }
+        StoreError::Unavailable(format!("mongodb {what}: {e}"))
+    }
+
+    /// An operation that ran out of time: counts as unreachable.
+    pub fn timed_out(&self, what: &str) -> StoreError {
+        self.observe::<()>(&Ok(()), Reach::Down);
+        StoreError::Unavailable(format!("mongodb {what}: no answer within {} ms", self.op_timeout.as_millis()))
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Relaxed)
+    }
+
+    /// Creates the indexes and the version counter once (idempotent, safe on every node at once).
+    pub async fn ensure_ready(&self) -> StoreResult<()> {
+        if self.is_ready() {
+            return Ok(());
+        }
+        let _guard = self.ready_lock.lock().await;
+        if self.is_ready() {
+            return Ok(());
+        }
+        for (name, models) in docs::indexes() {
+            self.coll::<Document>(name)
+                .create_indexes(models)
+                .await
+                .map_err(|e| self.fail(&format!("creating the indexes of {name}"), &e))?;
+        }
+        // Collections used inside transactions must exist beforehand on older servers.
+        for name in [docs::CONVERSATIONS, docs::GROUPS, META] {
+            if let Err(e) = self.db.create_collection(name).await {
+                // It exists already (NamespaceExists, 48): created earlier or by another node.
+                if !matches!(*e.kind, ErrorKind::Command(ref c) if c.code == 48) {
+                    return Err(self.fail(&format!("creating {name}"), &e));
+                }
+            }
+        }
+        self.coll::<CounterDoc>(META)
+            .update_one(doc! { "_id": VER_ID }, doc! { "$setOnInsert": { "value": 0_i64 } })
+            .upsert(true)
+            .await
+            .map_err(|e| self.fail("creating the version counter", &e))?;
+        self.ready.store(true, Relaxed);
+        Ok(())
+    }
+
+    /// `{ping: 1}`.
+    pub async fn ping(&self) -> StoreResult<()> {
+        self.db.run_command(doc! { "ping": 1 }).await.map_err(|e| self.fail("ping", &e))?;
+        Ok(())
+    }
+}
+
+/// Whether an operation's outcome says anything about MongoDB being reachable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reach {
+    Up,
+    Down,
+}
+
+/// No server could be selected or the connection broke: MongoDB is (for now) unreachable.
+pub(crate) fn is_unreachable(e: &MongoError) -> bool {
+    matches!(*e.kind, ErrorKind::ServerSelection { .. } | ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. })
+}
+
+/// A unique index refused a write.
+pub(crate) fn is_duplicate_key(e: &MongoError) -> bool {
+    match &*e.kind {
+        ErrorKind::InsertMany(m) => m.write_errors.iter().flatten().any(|w| w.code == DUPLICATE_KEY),
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
+        ErrorKind::Command(c) => c.code == DUPLICATE_KEY,
+        _ => false,
+    }
+}
+
+/// The transaction was aborted by a conflict or a transient condition: running it again may work.
+pub(crate) fn is_transient(e: &MongoError) -> bool {
+    e.contains_label(mongodb::error::TRANSIENT_TRANSACTION_ERROR)
+}
+
+pub(crate) fn is_unknown_commit(e: &MongoError) -> bool {
+    e.contains_label(mongodb::error::UNKNOWN_TRANSACTION_COMMIT_RESULT)
+}

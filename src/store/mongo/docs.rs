@@ -1,0 +1,350 @@
+//! The documents stored in MongoDB, their conversions to and from the model types, and the
+//! indexes. `docs/storage.md` describes the same layout for operators; keep the two in step.
+//!
+//! Numbers are stored as BSON `int64` (`u64` values are checked into `i64`). Decoding goes through
+//! serde, which also accepts `int32` for the same fields.
+
+use confab_actors::error::StoreError;
+use confab_actors::model::{Body, ConvKind, Conversation, Group, Member, Message, ReplyRef, Role, UserConvState};
+use confab_actors::store::StoreResult;
+use mongodb::bson::{doc, Document};
+use mongodb::options::IndexOptions;
+use mongodb::IndexModel;
+use serde::{Deserialize, Serialize};
+
+pub(crate) const MESSAGES: &str = "messages";
+pub(crate) const CONVERSATIONS: &str = "conversations";
+pub(crate) const USER_CONVS: &str = "user_convs";
+pub(crate) const DELETIONS: &str = "deletions";
+pub(crate) const GROUPS: &str = "groups";
+pub(crate) const MEMBERS: &str = "members";
+pub(crate) const META: &str = "meta";
+
+/// `_id` of the store-wide version counter in `meta`.
+pub(crate) const VER_ID: &str = "ver";
+
+/// A `u64` as stored (`int64`).
+pub(crate) fn i(v: u64) -> StoreResult<i64> {
+    i64::try_from(v).map_err(|_| StoreError::Unavailable(format!("{v} does not fit in a MongoDB int64")))
+}
+
+/// A `u64` bound for a query: values past `i64::MAX` clamp (nothing stored is that large).
+pub(crate) fn q(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A stored number back to `u64` (negative values mean corrupt data).
+pub(crate) fn u(v: i64) -> StoreResult<u64> {
+    u64::try_from(v).map_err(|_| StoreError::Unavailable(format!("corrupt record: negative number {v}")))
+}
+
+/// `messages`: one document per message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct MessageDoc {
+    pub conv_id: String,
+    pub seq: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_msg_id: Option<String>,
+    /// The `Body` as JSON text. App-defined JSON (`custom` data, `system` data) may hold keys with
+    /// `$` or `.` or nest deeper than BSON's 100 levels; as text it can never make the server refuse
+    /// an insert (which would fail a whole group-commit batch).
+    pub body: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<ReplyDoc>,
+    pub ts: i64,
+    pub ver: i64,
+    /// Set when the message was recalled: the `ver` of the recall (indexed for `changes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recall_ver: Option<i64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ReplyDoc {
+    pub seq: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
+    pub quote: String,
+}
+
+pub(crate) fn body_json(body: &Body) -> StoreResult<String> {
+    serde_json::to_string(body).map_err(|e| StoreError::Unavailable(format!("cannot encode a message body: {e}")))
+}
+
+impl MessageDoc {
+    pub fn from_message(m: &Message) -> StoreResult<MessageDoc> {
+        Ok(MessageDoc {
+            conv_id: m.conv_id.clone(),
+            seq: i(m.seq)?,
+            sender: m.sender.clone(),
+            client_msg_id: m.client_msg_id.clone(),
+            body: body_json(&m.body)?,
+            reply_to: match &m.reply_to {
+                Some(r) => Some(ReplyDoc { seq: i(r.seq)?, sender: r.sender.clone(), quote: r.quote.clone() }),
+                None => None,
+            },
+            ts: m.ts,
+            ver: i(m.ver)?,
+            recall_ver: None,
+        })
+    }
+
+    pub fn into_message(self) -> StoreResult<Message> {
+        let body: Body = serde_json::from_str(&self.body)
+            .map_err(|e| StoreError::Unavailable(format!("corrupt message {}/{}: {e}", self.conv_id, self.seq)))?;
+        let reply_to = match self.reply_to {
+            Some(r) => Some(ReplyRef { seq: u(r.seq)?, sender: r.sender, quote: r.quote }),
+            None => None,
+        };
+        Ok(Message {
+            conv_id: self.conv_id,
+            seq: u(self.seq)?,
+            sender: self.sender,
+            client_msg_id: self.client_msg_id,
+            body,
+            reply_to,
+            ts: self.ts,
+            ver: u(self.ver)?,
+        })
+    }
+}
+
+/// `conversations`: `_id` is the conversation id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ConvDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub kind: ConvKind,
+    #[serde(default)]
+    pub members: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_id: Option<String>,
+    pub last_seq: i64,
+    pub ver: i64,
+}
+
+impl ConvDoc {
+    pub fn from_conv(c: &Conversation) -> StoreResult<ConvDoc> {
+        Ok(ConvDoc {
+            id: c.conv_id.clone(),
+            kind: c.kind,
+            members: c.members.clone(),
+            group_id: c.group_id.clone(),
+            last_seq: i(c.last_seq)?,
+            ver: i(c.ver)?,
+        })
+    }
+
+    pub fn into_conv(self) -> StoreResult<Conversation> {
+        Ok(Conversation {
+            conv_id: self.id,
+            kind: self.kind,
+            members: self.members,
+            group_id: self.group_id,
+            last_seq: u(self.last_seq)?,
+            ver: u(self.ver)?,
+        })
+    }
+}
+
+/// A flag: a BSON boolean, also accepted as the integers 0 and 1 (which some MongoDB-compatible
+/// servers store for booleans set with `$set`).
+fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Flag {
+        Bool(bool),
+        Int(i64),
+    }
+    Ok(match Flag::deserialize(d)? {
+        Flag::Bool(b) => b,
+        Flag::Int(n) => n != 0,
+    })
+}
+
+/// `user_convs`: one user's row in one conversation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct RowDoc {
+    pub user: String,
+    pub conv_id: String,
+    pub read_seq: i64,
+    #[serde(default, deserialize_with = "flag")]
+    pub pinned: bool,
+    #[serde(default, deserialize_with = "flag")]
+    pub muted: bool,
+    #[serde(default, deserialize_with = "flag")]
+    pub hidden: bool,
+    #[serde(deserialize_with = "flag")]
+    pub active: bool,
+    pub ver: i64,
+}
+
+impl RowDoc {
+    pub fn new(user: &str, conv_id: &str, s: &UserConvState) -> StoreResult<RowDoc> {
+        Ok(RowDoc {
+            user: user.to_owned(),
+            conv_id: conv_id.to_owned(),
+            read_seq: i(s.read_seq)?,
+            pinned: s.pinned,
+            muted: s.muted,
+            hidden: s.hidden,
+            active: s.active,
+            ver: i(s.ver)?,
+        })
+    }
+
+    pub fn state(&self) -> StoreResult<UserConvState> {
+        Ok(UserConvState {
+            read_seq: u(self.read_seq)?,
+            pinned: self.pinned,
+            muted: self.muted,
+            hidden: self.hidden,
+            active: self.active,
+            ver: u(self.ver)?,
+        })
+    }
+
+    /// The replacement document of an upsert (everything but `_id`).
+    pub fn to_document(&self) -> StoreResult<Document> {
+        mongodb::bson::to_document(self).map_err(|e| StoreError::Unavailable(format!("cannot encode a row: {e}")))
+    }
+}
+
+/// `deletions`: a message one user deleted for themselves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct DeletionDoc {
+    pub user: String,
+    pub conv_id: String,
+    pub seq: i64,
+    pub ver: i64,
+}
+
+/// `groups`: `_id` is the group id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct GroupDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub name: String,
+    pub owner: String,
+    pub created_at: i64,
+    pub member_count: i64,
+}
+
+impl GroupDoc {
+    pub fn from_group(g: &Group) -> StoreResult<GroupDoc> {
+        Ok(GroupDoc {
+            id: g.id.clone(),
+            name: g.name.clone(),
+            owner: g.owner.clone(),
+            created_at: g.created_at,
+            member_count: i(g.member_count)?,
+        })
+    }
+
+    pub fn into_group(self) -> StoreResult<Group> {
+        Ok(Group {
+            id: self.id,
+            name: self.name,
+            owner: self.owner,
+            created_at: self.created_at,
+            member_count: u(self.member_count)?,
+        })
+    }
+}
+
+/// `members`: one active member of a group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct MemberDoc {
+    pub group_id: String,
+    pub user: String,
+    pub role: Role,
+    pub joined_at: i64,
+}
+
+impl MemberDoc {
+    pub fn into_member(self) -> Member {
+        Member { user_id: self.user, role: self.role, joined_at: self.joined_at }
+    }
+}
+
+/// `meta`: counters. `{_id: "ver", value}` is the last store-wide version handed out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct CounterDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub value: i64,
+}
+
+fn index(keys: Document, name: &str, unique: bool, partial: Option<Document>) -> IndexModel {
+    let options = IndexOptions::builder()
+        .name(name.to_owned())
+        .unique(unique.then_some(true))
+        .partial_filter_expression(partial)
+        .build();
+    IndexModel::builder().keys(keys).options(options).build()
+}
+
+/// Every index, by collection. Created idempotently at start-up (`createIndexes` is a no-op for an
+/// index that exists with the same definition).
+pub(crate) fn indexes() -> Vec<(&'static str, Vec<IndexModel>)> {
+    vec![
+        (
+            MESSAGES,
+            vec![
+                // History ranges, and the guarantee that a seq is never stored twice.
+                index(doc! { "conv_id": 1, "seq": 1 }, "conv_seq", true, None),
+                // Idempotent sends: (sender, client_msg_id) is unique across conversations.
+                index(
+                    doc! { "sender": 1, "client_msg_id": 1 },
+                    "sender_client_msg_id",
+                    true,
+                    Some(doc! { "sender": { "$exists": true }, "client_msg_id": { "$exists": true } }),
+                ),
+                // `changes`: recalls in a conversation after a version.
+                index(
+                    doc! { "conv_id": 1, "recall_ver": 1 },
+                    "conv_recall_ver",
+                    false,
+                    Some(doc! { "recall_ver": { "$exists": true } }),
+                ),
+            ],
+        ),
+        (
+            USER_CONVS,
+            vec![
+                index(doc! { "user": 1, "conv_id": 1 }, "user_conv", true, None),
+                // A user's conversations by update order (rows changed after a cursor).
+                index(doc! { "user": 1, "ver": 1 }, "user_ver", false, None),
+                // A conversation's participants (read cursors).
+                index(doc! { "conv_id": 1, "user": 1 }, "conv_user", false, None),
+            ],
+        ),
+        (DELETIONS, vec![index(doc! { "user": 1, "conv_id": 1, "seq": 1 }, "user_conv_seq", true, None)]),
+        (MEMBERS, vec![index(doc! { "group_id": 1, "user": 1 }, "group_user", true, None)]),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_through_bson() {
+        let m = Message {
+            conv_id: "g_team".into(),
+            seq: 7,
+            sender: Some("alice".into()),
+            client_msg_id: Some("c1".into()),
+            body: Body::Custom { data: serde_json::json!({"$weird.key": [1, 2.5, {"x": null}]}), summary: None },
+            reply_to: Some(ReplyRef { seq: 3, sender: None, quote: "q".into() }),
+            ts: 1_700_000_000_000,
+            ver: 42,
+        };
+        let doc = mongodb::bson::to_document(&MessageDoc::from_message(&m).expect("encode")).expect("bson");
+        let back: MessageDoc = mongodb::bson::from_document(doc).expect("decode");
+        assert_eq!(back.into_message().expect("message"), m);
+        assert!(i(u64::MAX).is_err());
+        assert_eq!(q(u64::MAX), i64::MAX);
+    }
+}

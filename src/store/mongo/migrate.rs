@@ -1,0 +1,274 @@
+//! `confab migrate --to mongodb`: copies a single node's embedded store into MongoDB.
+//!
+//! Run it with the node stopped (the embedded file is locked while a node has it open). It only
+//! adds what is missing and never overwrites: every document is an upsert with `$setOnInsert` on
+//! its natural key, counters move with `$max`, and a group's members are copied only together with
+//! the group itself. So re-running it is harmless, also after nodes have started writing to
+//! MongoDB; changes made to the embedded store after a first run are not carried over to documents
+//! that exist already.
+//!
+//! The version counter is raised first, and messages are copied before their conversations, so an
+//! interrupted run leaves nothing that a later run or a node could trip over.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use confab_actors::metrics::Metrics;
+use confab_actors::model::{Conversation, Group, Member, Message, UserConvState};
+use mongodb::bson::{doc, Bson, Document};
+use redb::{ReadableTable, TableDefinition};
+use serde::Deserialize;
+
+use super::conn::{Conn, DUPLICATE_KEY};
+use super::docs::{
+    i, ConvDoc, GroupDoc, MessageDoc, RowDoc, CONVERSATIONS, DELETIONS, GROUPS, MEMBERS, MESSAGES, META, USER_CONVS,
+    VER_ID,
+};
+use super::MongoOptions;
+
+// The embedded store's tables (see `src/store/embedded/tables.rs`; keep in step).
+const E_META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const E_CONVS: TableDefinition<&str, &[u8]> = TableDefinition::new("conversations");
+const E_MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+const E_USER_CONVS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("user_convs");
+const E_RECALLS: TableDefinition<(&str, u64), u64> = TableDefinition::new("recalls");
+const E_DELETIONS: TableDefinition<(&str, &str, u64), u64> = TableDefinition::new("deletions");
+const E_GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
+const E_MEMBERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("members");
+
+/// Statements per `update` command.
+const CHUNK: usize = 1000;
+
+/// What a migration did, per collection.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// `(collection, documents inserted, documents that were there already, refused)`. Refused
+    /// documents collide with different data under a unique key (a MongoDB database that was not
+    /// filled from this embedded store).
+    pub collections: Vec<(&'static str, u64, u64, u64)>,
+}
+
+impl MigrationReport {
+    pub fn refused(&self) -> u64 {
+        self.collections.iter().map(|c| c.3).sum()
+    }
+}
+
+impl fmt::Display for MigrationReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (name, inserted, existing, refused) in &self.collections {
+            writeln!(f, "{name:<14} {inserted:>10} copied {existing:>10} already there {refused:>6} refused")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Deserialize)]
+struct UpdateReply {
+    #[serde(default)]
+    n: i64,
+    #[serde(default)]
+    upserted: Vec<Document>,
+    #[serde(rename = "writeErrors", default)]
+    write_errors: Vec<Document>,
+}
+
+/// Upserts sent in chunks of unordered statements.
+struct Bulk<'a> {
+    conn: &'a Conn,
+    coll: &'static str,
+    stmts: Vec<Document>,
+    inserted: u64,
+    existing: u64,
+    refused: u64,
+}
+
+impl<'a> Bulk<'a> {
+    fn new(conn: &'a Conn, coll: &'static str) -> Bulk<'a> {
+        Bulk { conn, coll, stmts: Vec::with_capacity(CHUNK), inserted: 0, existing: 0, refused: 0 }
+    }
+
+    /// Inserts `doc` unless a document matching `key` exists.
+    async fn insert_missing(&mut self, key: Document, doc: Document) -> anyhow::Result<()> {
+        self.push(key, doc! { "$setOnInsert": doc }).await
+    }
+
+    async fn push(&mut self, key: Document, update: Document) -> anyhow::Result<()> {
+        self.stmts.push(doc! { "q": key, "u": update, "upsert": true, "multi": false });
+        if self.stmts.len() >= CHUNK {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        if self.stmts.is_empty() {
+            return Ok(());
+        }
+        let stmts = std::mem::take(&mut self.stmts);
+        let count = stmts.len() as u64;
+        let cmd = doc! {
+            "update": self.coll, "updates": stmts, "ordered": false,
+            "writeConcern": { "w": "majority", "j": true },
+        };
+        let reply = self.conn.db.run_command(cmd).await.with_context(|| format!("writing to {}", self.coll))?;
+        let reply: UpdateReply = mongodb::bson::from_document(reply).context("unexpected update reply")?;
+        for e in &reply.write_errors {
+            let code = match e.get("code") {
+                Some(Bson::Int32(c)) => i64::from(*c),
+                Some(Bson::Int64(c)) => *c,
+                _ => 0,
+            };
+            if code != i64::from(DUPLICATE_KEY) {
+                bail!("writing to {}: {e}", self.coll);
+            }
+        }
+        let inserted = reply.upserted.len() as u64;
+        self.inserted += inserted;
+        self.refused += reply.write_errors.len() as u64;
+        self.existing += u64::try_from(reply.n).unwrap_or(0).saturating_sub(inserted).min(count);
+        Ok(())
+    }
+
+    async fn finish(mut self, report: &mut MigrationReport) -> anyhow::Result<()> {
+        self.flush().await?;
+        report.collections.push((self.coll, self.inserted, self.existing, self.refused));
+        Ok(())
+    }
+}
+
+fn json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> anyhow::Result<T> {
+    serde_json::from_slice(bytes).with_context(|| format!("corrupt {what} in the embedded store"))
+}
+
+fn bson_doc<T: serde::Serialize>(v: &T) -> anyhow::Result<Document> {
+    Ok(mongodb::bson::to_document(v)?)
+}
+
+/// Copies the embedded store in `dir` into the MongoDB database of `opts`. Must run on the runtime
+/// that drives it (the command line's).
+pub async fn migrate_from_embedded(dir: &Path, opts: MongoOptions) -> anyhow::Result<MigrationReport> {
+    let path = dir.join(crate::store::embedded::DB_FILE);
+    if !path.is_file() {
+        bail!("there is no embedded store at {}", path.display());
+    }
+    let db = redb::Database::open(&path)
+        .with_context(|| format!("opening {} (is a node still running on it?)", path.display()))?;
+    let conn = Conn::connect(&opts, Arc::new(Metrics::default())).await?;
+    conn.ensure_ready().await.context("preparing the MongoDB database")?;
+    let txn = db.begin_read()?;
+    let mut report = MigrationReport::default();
+
+    // 1. The version counter: everything copied keeps its ver, later writes must be above it.
+    let ver = txn.open_table(E_META)?.get("ver")?.map(|g| g.value()).unwrap_or(0);
+    conn.db
+        .collection::<Document>(META)
+        .update_one(doc! { "_id": VER_ID }, doc! { "$max": { "value": i(ver)? } })
+        .upsert(true)
+        .await
+        .context("raising the version counter")?;
+
+    // 2. Messages (with their recall versions), before the conversations that count them.
+    let mut recalls: HashMap<(String, u64), u64> = HashMap::new();
+    for item in txn.open_table(E_RECALLS)?.iter()? {
+        let (k, seq) = item?;
+        let (conv_id, ver) = k.value();
+        recalls.insert((conv_id.to_owned(), seq.value()), ver);
+    }
+    let mut bulk = Bulk::new(&conn, MESSAGES);
+    for item in txn.open_table(E_MESSAGES)?.iter()? {
+        let (_, v) = item?;
+        let m: Message = json(v.value(), "message")?;
+        let mut d = MessageDoc::from_message(&m)?;
+        if let Some(rv) = recalls.get(&(m.conv_id.clone(), m.seq)) {
+            d.recall_ver = Some(i(*rv)?);
+        }
+        bulk.insert_missing(doc! { "conv_id": &d.conv_id, "seq": d.seq }, bson_doc(&d)?).await?;
+    }
+    bulk.finish(&mut report).await?;
+
+    // 3. Conversations: created if missing; last_seq and ver only ever move forward.
+    let mut bulk = Bulk::new(&conn, CONVERSATIONS);
+    for item in txn.open_table(E_CONVS)?.iter()? {
+        let (_, v) = item?;
+        let c: Conversation = json(v.value(), "conversation")?;
+        let d = ConvDoc::from_conv(&c)?;
+        let mut on_insert = doc! { "kind": mongodb::bson::to_bson(&d.kind)?, "members": &d.members };
+        if let Some(g) = &d.group_id {
+            on_insert.insert("group_id", g);
+        }
+        bulk.push(
+            doc! { "_id": &d.id },
+            doc! { "$setOnInsert": on_insert, "$max": { "last_seq": d.last_seq, "ver": d.ver } },
+        )
+        .await?;
+    }
+    bulk.finish(&mut report).await?;
+
+    // 4. Users' rows.
+    let mut bulk = Bulk::new(&conn, USER_CONVS);
+    for item in txn.open_table(E_USER_CONVS)?.iter()? {
+        let (k, v) = item?;
+        let (user, conv_id) = k.value();
+        let s: UserConvState = json(v.value(), "conversation row")?;
+        let mut row = RowDoc::new(user, conv_id, &s)?.to_document()?;
+        row.remove("user");
+        row.remove("conv_id");
+        bulk.insert_missing(doc! { "user": user, "conv_id": conv_id }, row).await?;
+    }
+    bulk.finish(&mut report).await?;
+
+    // 5. Delete-for-me marks.
+    let mut bulk = Bulk::new(&conn, DELETIONS);
+    for item in txn.open_table(E_DELETIONS)?.iter()? {
+        let (k, v) = item?;
+        let (user, conv_id, seq) = k.value();
+        bulk.insert_missing(doc! { "user": user, "conv_id": conv_id, "seq": i(seq)? }, doc! { "ver": i(v.value())? })
+            .await?;
+    }
+    bulk.finish(&mut report).await?;
+
+    // 6. Groups, each with its members, only if MongoDB does not have the group yet (members
+    //    removed there must not come back). Members first, so a half-done group is redone.
+    let mut groups: Vec<Group> = Vec::new();
+    for item in txn.open_table(E_GROUPS)?.iter()? {
+        let (_, v) = item?;
+        groups.push(json(v.value(), "group")?);
+    }
+    let mut known: std::collections::HashSet<String> = std::collections::HashSet::new();
+    for chunk in groups.chunks(CHUNK) {
+        let ids: Vec<&str> = chunk.iter().map(|g| g.id.as_str()).collect();
+        let mut cursor = conn.db.collection::<Document>(GROUPS).find(doc! { "_id": { "$in": ids } }).await?;
+        while cursor.advance().await? {
+            if let Ok(id) = cursor.current().get_str("_id") {
+                known.insert(id.to_owned());
+            }
+        }
+    }
+    let members = txn.open_table(E_MEMBERS)?;
+    let mut member_bulk = Bulk::new(&conn, MEMBERS);
+    for g in groups.iter().filter(|g| !known.contains(&g.id)) {
+        for item in members.range((g.id.as_str(), "")..)? {
+            let (k, v) = item?;
+            let (gid, user) = k.value();
+            if gid != g.id {
+                break;
+            }
+            let m: Member = json(v.value(), "member")?;
+            let d = doc! { "role": mongodb::bson::to_bson(&m.role)?, "joined_at": m.joined_at };
+            member_bulk.insert_missing(doc! { "group_id": gid, "user": user }, d).await?;
+        }
+    }
+    member_bulk.finish(&mut report).await?;
+    let mut bulk = Bulk::new(&conn, GROUPS);
+    for g in &groups {
+        let mut d = bson_doc(&GroupDoc::from_group(g)?)?;
+        d.remove("_id");
+        bulk.insert_missing(doc! { "_id": &g.id }, d).await?;
+    }
+    bulk.finish(&mut report).await?;
+    Ok(report)
+}

@@ -1,0 +1,335 @@
+//! The write operations other than appends, each inside the batch's transaction. Like on the
+//! embedded store, each checks everything that can fail with a domain error (`NotFound`,
+//! `Conflict`) before its first write, so such an error leaves the transaction untouched and the
+//! rest of the batch commits. The outer `Err` (an [`AttemptError`]) fails or retries the batch.
+
+use std::collections::{BTreeSet, HashMap};
+
+use confab_actors::error::StoreError;
+use confab_actors::model::{
+    group_conv_id, Body, ConvKind, Conversation, FlagsPatch, Group, Member, Message, Role, UserConvState,
+};
+use confab_actors::store::{MemberChange, NewGroup};
+use mongodb::bson::{doc, Document};
+use mongodb::options::ReturnDocument;
+use serde::Deserialize;
+
+use super::docs::{
+    body_json, i, q, u, ConvDoc, DeletionDoc, GroupDoc, MemberDoc, MessageDoc, RowDoc, CONVERSATIONS, DELETIONS,
+    GROUPS, MEMBERS, MESSAGES, USER_CONVS,
+};
+use super::tx::{fatal, stmt, Answer, AttemptError, AttemptResult, Tx};
+
+type OpResult = AttemptResult<Result<Answer, StoreError>>;
+
+fn not_found(what: impl Into<String>) -> OpResult {
+    Ok(Err(StoreError::NotFound(what.into())))
+}
+
+#[derive(Deserialize)]
+struct SeqOnly {
+    seq: i64,
+}
+
+impl Tx<'_> {
+    async fn row(&mut self, user: &str, conv_id: &str) -> AttemptResult<Option<RowDoc>> {
+        self.find_one(USER_CONVS, doc! { "user": user, "conv_id": conv_id }).await
+    }
+
+    async fn set_row(&mut self, user: &str, conv_id: &str, set: Document) -> AttemptResult<()> {
+        self.update(USER_CONVS, vec![stmt(doc! { "user": user, "conv_id": conv_id }, doc! { "$set": set }, false)])
+            .await?;
+        Ok(())
+    }
+
+    pub async fn recall(&mut self, conv_id: &str, seq: u64, by: &str, ver: u64) -> OpResult {
+        let Some(stored) = self.find_one::<MessageDoc>(MESSAGES, doc! { "conv_id": conv_id, "seq": q(seq) }).await?
+        else {
+            return not_found(format!("message {conv_id}/{seq}"));
+        };
+        let mut message = stored.into_message().map_err(fatal)?;
+        if message.is_recalled() {
+            return Ok(Ok(Answer::Message(message)));
+        }
+        let v = i(ver).map_err(fatal)?;
+        // The conversation first: if it is missing, nothing has been written yet.
+        let conv = self
+            .update(CONVERSATIONS, vec![stmt(doc! { "_id": conv_id }, doc! { "$set": { "ver": v } }, false)])
+            .await?;
+        if conv.n == 0 {
+            return Ok(Err(StoreError::Unavailable(format!("message {conv_id}/{seq} has no conversation"))));
+        }
+        message.body = Body::Recalled { by: by.to_owned() };
+        message.ver = ver;
+        let body = body_json(&message.body).map_err(fatal)?;
+        self.update(
+            MESSAGES,
+            vec![stmt(
+                doc! { "conv_id": conv_id, "seq": q(seq) },
+                doc! { "$set": { "body": body, "ver": v, "recall_ver": v } },
+                false,
+            )],
+        )
+        .await?;
+        Ok(Ok(Answer::Message(message)))
+    }
+
+    pub async fn mark_read(&mut self, user: &str, conv_id: &str, seq: u64, ver: u64) -> OpResult {
+        let Some(row) = self.row(user, conv_id).await? else {
+            return not_found(format!("{user} has no row in {conv_id}"));
+        };
+        let Some(conv) = self.find_one::<ConvDoc>(CONVERSATIONS, doc! { "_id": conv_id }).await? else {
+            return not_found(format!("conversation {conv_id}"));
+        };
+        let mut state = row.state().map_err(fatal)?;
+        let target = seq.min(u(conv.last_seq).map_err(fatal)?);
+        if target <= state.read_seq {
+            return Ok(Ok(Answer::MaybeState(None)));
+        }
+        state.read_seq = target;
+        state.ver = ver;
+        self.set_row(user, conv_id, doc! { "read_seq": i(target).map_err(fatal)?, "ver": i(ver).map_err(fatal)? })
+            .await?;
+        Ok(Ok(Answer::MaybeState(Some(state))))
+    }
+
+    pub async fn set_flags(&mut self, user: &str, conv_id: &str, patch: &FlagsPatch, ver: u64) -> OpResult {
+        let mut set = doc! { "ver": i(ver).map_err(fatal)? };
+        for (name, v) in [("pinned", patch.pinned), ("muted", patch.muted), ("hidden", patch.hidden)] {
+            if let Some(v) = v {
+                set.insert(name, v);
+            }
+        }
+        let updated = self
+            .conn
+            .coll::<RowDoc>(USER_CONVS)
+            .find_one_and_update(doc! { "user": user, "conv_id": conv_id }, doc! { "$set": set })
+            .return_document(ReturnDocument::After)
+            .session(&mut self.session)
+            .await
+            .map_err(|e| self.err("set_flags", e))?;
+        match updated {
+            Some(row) => Ok(Ok(Answer::State(row.state().map_err(fatal)?))),
+            None => not_found(format!("{user} has no row in {conv_id}")),
+        }
+    }
+
+    pub async fn delete_for_user(&mut self, user: &str, conv_id: &str, seqs: &[u64], ver: u64) -> OpResult {
+        let Some(row) = self.row(user, conv_id).await? else {
+            return not_found(format!("{user} has no row in {conv_id}"));
+        };
+        let wanted: Vec<i64> = seqs.iter().map(|&s| q(s)).collect::<BTreeSet<_>>().into_iter().collect();
+        let v = i(ver).map_err(fatal)?;
+        if !wanted.is_empty() {
+            let existing: Vec<SeqOnly> =
+                self.find_all(MESSAGES, doc! { "conv_id": conv_id, "seq": { "$in": &wanted } }).await?;
+            let done: Vec<SeqOnly> =
+                self.find_all(DELETIONS, doc! { "user": user, "conv_id": conv_id, "seq": { "$in": &wanted } }).await?;
+            let done: BTreeSet<i64> = done.into_iter().map(|d| d.seq).collect();
+            let new: BTreeSet<i64> = existing.into_iter().map(|m| m.seq).filter(|s| !done.contains(s)).collect();
+            let docs: Vec<DeletionDoc> = new
+                .into_iter()
+                .map(|seq| DeletionDoc { user: user.to_owned(), conv_id: conv_id.to_owned(), seq, ver: v })
+                .collect();
+            self.insert(DELETIONS, &docs).await?;
+        }
+        self.set_row(user, conv_id, doc! { "ver": v }).await?;
+        let mut state = row.state().map_err(fatal)?;
+        state.ver = ver;
+        Ok(Ok(Answer::State(state)))
+    }
+
+    pub async fn create_group(&mut self, g: &NewGroup, ver: u64) -> OpResult {
+        let conv_id = group_conv_id(&g.id);
+        if self.find_one::<GroupDoc>(GROUPS, doc! { "_id": &g.id }).await?.is_some() {
+            return Ok(Err(StoreError::Conflict(format!("group {} already exists", g.id))));
+        }
+        if self.find_one::<ConvDoc>(CONVERSATIONS, doc! { "_id": &conv_id }).await?.is_some() {
+            return Ok(Err(StoreError::Conflict(format!("conversation {conv_id} already exists"))));
+        }
+        let mut users: Vec<(String, Role)> = vec![(g.owner.clone(), Role::Owner)];
+        for m in &g.members {
+            if !users.iter().any(|(x, _)| x == m) {
+                users.push((m.clone(), Role::Member));
+            }
+        }
+        let members: Vec<MemberDoc> = users
+            .iter()
+            .map(|(user, role)| MemberDoc { group_id: g.id.clone(), user: user.clone(), role: *role, joined_at: g.ts })
+            .collect();
+        let state = UserConvState { active: true, ver, ..UserConvState::default() };
+        let mut rows = Vec::with_capacity(users.len());
+        for (user, _) in &users {
+            let row = RowDoc::new(user, &conv_id, &state).map_err(fatal)?.to_document().map_err(fatal)?;
+            rows.push(stmt(doc! { "user": user, "conv_id": &conv_id }, row, true));
+        }
+        let group = Group {
+            id: g.id.clone(),
+            name: g.name.clone(),
+            owner: g.owner.clone(),
+            created_at: g.ts,
+            member_count: users.len() as u64,
+        };
+        let message = Message {
+            conv_id: conv_id.clone(),
+            seq: 1,
+            sender: None,
+            client_msg_id: None,
+            body: g.system_body.clone(),
+            reply_to: None,
+            ts: g.ts,
+            ver,
+        };
+        let conv = Conversation {
+            conv_id: conv_id.clone(),
+            kind: ConvKind::Group,
+            members: Vec::new(),
+            group_id: Some(g.id.clone()),
+            last_seq: 1,
+            ver,
+        };
+        self.insert(MEMBERS, &members).await?;
+        self.update(USER_CONVS, rows).await?;
+        self.insert(GROUPS, &[GroupDoc::from_group(&group).map_err(fatal)?]).await?;
+        self.insert(MESSAGES, &[MessageDoc::from_message(&message).map_err(fatal)?]).await?;
+        self.insert(CONVERSATIONS, &[ConvDoc::from_conv(&conv).map_err(fatal)?]).await?;
+        self.overlay.insert(conv_id, 1);
+        Ok(Ok(Answer::Created(group, message)))
+    }
+
+    pub async fn change_members(&mut self, c: &MemberChange, ver: u64) -> OpResult {
+        let Some(group) = self.find_one::<GroupDoc>(GROUPS, doc! { "_id": &c.group_id }).await? else {
+            return not_found(format!("group {}", c.group_id));
+        };
+        let conv_id = group_conv_id(&c.group_id);
+        let Some(conv) = self.find_one::<ConvDoc>(CONVERSATIONS, doc! { "_id": &conv_id }).await? else {
+            return Ok(Err(StoreError::Unavailable(format!("group {} has no conversation", c.group_id))));
+        };
+        let last_seq = u(conv.last_seq).map_err(fatal)?;
+        let seq = last_seq + 1;
+        let users: Vec<&str> = c
+            .add
+            .iter()
+            .map(|(x, _)| x.as_str())
+            .chain(c.remove.iter().map(String::as_str))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let found: Vec<MemberDoc> =
+            self.find_all(MEMBERS, doc! { "group_id": &c.group_id, "user": { "$in": &users } }).await?;
+        let before_members: HashMap<String, MemberDoc> = found.into_iter().map(|m| (m.user.clone(), m)).collect();
+        let found: Vec<RowDoc> =
+            self.find_all(USER_CONVS, doc! { "conv_id": &conv_id, "user": { "$in": &users } }).await?;
+        let mut before_rows: HashMap<String, UserConvState> = HashMap::new();
+        for r in found {
+            before_rows.insert(r.user.clone(), r.state().map_err(fatal)?);
+        }
+
+        // Apply the change in memory, in the embedded store's order: adds, then removes.
+        let mut members: HashMap<String, Option<Member>> = users
+            .iter()
+            .map(|x| ((*x).to_owned(), before_members.get(*x).cloned().map(MemberDoc::into_member)))
+            .collect();
+        let mut rows: HashMap<String, Option<UserConvState>> =
+            users.iter().map(|x| ((*x).to_owned(), before_rows.get(*x).cloned())).collect();
+        let mut count = u(group.member_count).map_err(fatal)?;
+        for (user, role) in &c.add {
+            let slot = members.entry(user.clone()).or_default();
+            if slot.is_some() {
+                continue;
+            }
+            *slot = Some(Member { user_id: user.clone(), role: *role, joined_at: c.ts });
+            count += 1;
+            let row = rows.entry(user.clone()).or_default();
+            let mut state = row.clone().unwrap_or_default();
+            state.active = true;
+            state.read_seq = state.read_seq.max(seq - 1);
+            state.ver = ver;
+            *row = Some(state);
+        }
+        for user in &c.remove {
+            if members.entry(user.clone()).or_default().take().is_some() {
+                count = count.saturating_sub(1);
+            }
+            if let Some(Some(state)) = rows.get_mut(user) {
+                if state.active {
+                    state.active = false;
+                    state.ver = ver;
+                }
+            }
+        }
+
+        // Write what changed.
+        let mut inserts: Vec<MemberDoc> = Vec::new();
+        let mut deletes: Vec<&str> = Vec::new();
+        for user in &users {
+            let after = members.get(*user).cloned().flatten();
+            match (before_members.contains_key(*user), after) {
+                (false, Some(m)) => inserts.push(MemberDoc {
+                    group_id: c.group_id.clone(),
+                    user: m.user_id,
+                    role: m.role,
+                    joined_at: m.joined_at,
+                }),
+                (true, None) => deletes.push(user),
+                _ => {}
+            }
+        }
+        let mut row_stmts = Vec::new();
+        for user in &users {
+            let after = rows.get(*user).cloned().flatten();
+            if let Some(state) = after {
+                if before_rows.get(*user) != Some(&state) {
+                    let row = RowDoc::new(user, &conv_id, &state).map_err(fatal)?.to_document().map_err(fatal)?;
+                    row_stmts.push(stmt(doc! { "user": *user, "conv_id": &conv_id }, row, true));
+                }
+            }
+        }
+        let message = Message {
+            conv_id: conv_id.clone(),
+            seq,
+            sender: None,
+            client_msg_id: None,
+            body: c.system_body.clone(),
+            reply_to: None,
+            ts: c.ts,
+            ver,
+        };
+        let v = i(ver).map_err(fatal)?;
+        let moved = self
+            .update(
+                CONVERSATIONS,
+                vec![stmt(
+                    doc! { "_id": &conv_id, "last_seq": conv.last_seq },
+                    doc! { "$set": { "last_seq": i(seq).map_err(fatal)?, "ver": v } },
+                    false,
+                )],
+            )
+            .await?;
+        if moved.n_modified != 1 {
+            return Err(AttemptError::Stale(vec![conv_id]));
+        }
+        self.insert(MEMBERS, &inserts).await?;
+        if !deletes.is_empty() {
+            self.conn
+                .coll::<Document>(MEMBERS)
+                .delete_many(doc! { "group_id": &c.group_id, "user": { "$in": &deletes } })
+                .session(&mut self.session)
+                .await
+                .map_err(|e| self.err("delete from members", e))?;
+        }
+        self.update(USER_CONVS, row_stmts).await?;
+        self.insert(MESSAGES, &[MessageDoc::from_message(&message).map_err(fatal)?]).await?;
+        self.update(
+            GROUPS,
+            vec![stmt(
+                doc! { "_id": &c.group_id },
+                doc! { "$set": { "member_count": i(count).map_err(fatal)? } },
+                false,
+            )],
+        )
+        .await?;
+        self.overlay.insert(conv_id, seq);
+        Ok(Ok(Answer::Message(message)))
+    }
+}

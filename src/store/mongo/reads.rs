@@ -1,0 +1,241 @@
+//! Reads. Each runs outside any transaction with read concern "majority" (only what is
+//! acknowledged, and so can never be rolled back, is ever shown) and never waits for the writer.
+
+use std::collections::{HashMap, HashSet};
+
+use confab_actors::model::{Changes, Conversation, ConversationView, Group, Member, Message, UserConvState};
+use confab_actors::store::{HistoryQuery, StoreResult};
+use futures_util::TryStreamExt;
+use mongodb::bson::{doc, Document};
+use mongodb::Cursor;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use super::conn::Conn;
+use super::docs::{
+    q, u, ConvDoc, GroupDoc, MemberDoc, MessageDoc, RowDoc, CONVERSATIONS, DELETIONS, GROUPS, MEMBERS, MESSAGES,
+    USER_CONVS,
+};
+
+fn limit_of(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+pub(crate) async fn collect<T: DeserializeOwned + Send + Sync>(c: &Conn, cursor: Cursor<T>) -> StoreResult<Vec<T>> {
+    cursor.try_collect().await.map_err(|e| c.fail("reading a cursor", &e))
+}
+
+pub(crate) async fn find_all<T: DeserializeOwned + Send + Sync>(
+    c: &Conn,
+    coll: &str,
+    filter: Document,
+    sort: Option<Document>,
+) -> StoreResult<Vec<T>> {
+    let collection = c.coll::<T>(coll);
+    let mut find = collection.find(filter);
+    if let Some(sort) = sort {
+        find = find.sort(sort);
+    }
+    let cursor = find.await.map_err(|e| c.fail(&format!("find in {coll}"), &e))?;
+    collect(c, cursor).await
+}
+
+pub(crate) async fn find_one<T: DeserializeOwned + Send + Sync>(
+    c: &Conn,
+    coll: &str,
+    filter: Document,
+) -> StoreResult<Option<T>> {
+    c.coll::<T>(coll).find_one(filter).await.map_err(|e| c.fail(&format!("find in {coll}"), &e))
+}
+
+pub(crate) async fn message(c: &Conn, conv_id: &str, seq: u64) -> StoreResult<Option<Message>> {
+    let d: Option<MessageDoc> = find_one(c, MESSAGES, doc! { "conv_id": conv_id, "seq": q(seq) }).await?;
+    d.map(MessageDoc::into_message).transpose()
+}
+
+#[derive(Deserialize)]
+struct SeqOnly {
+    seq: i64,
+}
+
+/// The seqs among `seqs` that `user` deleted for themselves in the conversation.
+async fn deleted_among(c: &Conn, user: &str, conv_id: &str, seqs: &[i64]) -> StoreResult<HashSet<i64>> {
+    let filter = doc! { "user": user, "conv_id": conv_id, "seq": { "$in": seqs } };
+    let cursor = c
+        .coll::<SeqOnly>(DELETIONS)
+        .find(filter)
+        .projection(doc! { "_id": 0, "seq": 1 })
+        .await
+        .map_err(|e| c.fail("find in deletions", &e))?;
+    Ok(collect(c, cursor).await?.into_iter().map(|d| d.seq).collect())
+}
+
+pub(crate) async fn history(
+    c: &Conn,
+    conv_id: &str,
+    for_user: Option<&str>,
+    hq: HistoryQuery,
+) -> StoreResult<Vec<Message>> {
+    // MongoDB reads `limit 0` as "no limit".
+    let (filter, ascending, limit) = match hq {
+        HistoryQuery::Latest { limit } => (doc! { "conv_id": conv_id }, false, limit),
+        HistoryQuery::Before { seq, limit } => (doc! { "conv_id": conv_id, "seq": { "$lt": q(seq) } }, false, limit),
+        HistoryQuery::After { seq, limit } => (doc! { "conv_id": conv_id, "seq": { "$gt": q(seq) } }, true, limit),
+    };
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let cursor = c
+        .coll::<MessageDoc>(MESSAGES)
+        .find(filter)
+        .sort(doc! { "seq": if ascending { 1 } else { -1 } })
+        .limit(limit_of(limit))
+        .await
+        .map_err(|e| c.fail("find in messages", &e))?;
+    let mut docs = collect(c, cursor).await?;
+    if !ascending {
+        docs.reverse();
+    }
+    if let Some(user) = for_user {
+        if !docs.is_empty() {
+            let seqs: Vec<i64> = docs.iter().map(|d| d.seq).collect();
+            let deleted = deleted_among(c, user, conv_id, &seqs).await?;
+            docs.retain(|d| !deleted.contains(&d.seq));
+        }
+    }
+    docs.into_iter().map(MessageDoc::into_message).collect()
+}
+
+pub(crate) async fn conversation(c: &Conn, conv_id: &str) -> StoreResult<Option<Conversation>> {
+    let d: Option<ConvDoc> = find_one(c, CONVERSATIONS, doc! { "_id": conv_id }).await?;
+    d.map(ConvDoc::into_conv).transpose()
+}
+
+pub(crate) async fn user_conv(c: &Conn, user: &str, conv_id: &str) -> StoreResult<Option<UserConvState>> {
+    let d: Option<RowDoc> = find_one(c, USER_CONVS, doc! { "user": user, "conv_id": conv_id }).await?;
+    d.map(|r| r.state()).transpose()
+}
+
+pub(crate) async fn conversation_view(c: &Conn, user: &str, conv_id: &str) -> StoreResult<Option<ConversationView>> {
+    let Some(state) = user_conv(c, user, conv_id).await? else {
+        return Ok(None);
+    };
+    let Some(conv) = conversation(c, conv_id).await? else {
+        return Ok(None);
+    };
+    let last_message = if conv.last_seq == 0 { None } else { message(c, conv_id, conv.last_seq).await? };
+    Ok(Some(ConversationView { conv, state, last_message }))
+}
+
+/// Reads all of the user's rows (index `user_conv`), then only the conversations that changed
+/// after `since` or whose row did, orders by cursor and loads the last messages of the page in one
+/// query.
+pub(crate) async fn list_conversations(
+    c: &Conn,
+    user: &str,
+    since: u64,
+    limit: usize,
+) -> StoreResult<Vec<ConversationView>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<RowDoc> = find_all(c, USER_CONVS, doc! { "user": user }, None).await?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let all: Vec<&str> = rows.iter().map(|r| r.conv_id.as_str()).collect();
+    let changed: Vec<&str> = rows.iter().filter(|r| r.ver > q(since)).map(|r| r.conv_id.as_str()).collect();
+    let filter = doc! {
+        "_id": { "$in": &all },
+        "$or": [ { "ver": { "$gt": q(since) } }, { "_id": { "$in": &changed } } ],
+    };
+    let convs: Vec<ConvDoc> = find_all(c, CONVERSATIONS, filter, None).await?;
+    let mut convs: HashMap<String, Conversation> =
+        convs.into_iter().map(|d| d.into_conv().map(|cv| (cv.conv_id.clone(), cv))).collect::<StoreResult<_>>()?;
+    let mut page: Vec<(u64, Conversation, UserConvState)> = Vec::new();
+    for row in &rows {
+        let Some(conv) = convs.remove(&row.conv_id) else { continue };
+        let state = row.state()?;
+        let cursor = conv.ver.max(state.ver);
+        if cursor > since {
+            page.push((cursor, conv, state));
+        }
+    }
+    page.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.conv_id.cmp(&b.1.conv_id)));
+    page.truncate(limit);
+
+    let wanted: Vec<Document> = page
+        .iter()
+        .filter(|(_, conv, _)| conv.last_seq > 0)
+        .map(|(_, conv, _)| doc! { "conv_id": &conv.conv_id, "seq": q(conv.last_seq) })
+        .collect();
+    let mut last: HashMap<String, Message> = HashMap::new();
+    if !wanted.is_empty() {
+        let docs: Vec<MessageDoc> = find_all(c, MESSAGES, doc! { "$or": wanted }, None).await?;
+        for d in docs {
+            let m = d.into_message()?;
+            last.insert(m.conv_id.clone(), m);
+        }
+    }
+    Ok(page
+        .into_iter()
+        .map(|(_, conv, state)| {
+            let last_message = last.remove(&conv.conv_id).filter(|m| m.seq == conv.last_seq);
+            ConversationView { conv, state, last_message }
+        })
+        .collect())
+}
+
+#[derive(Deserialize)]
+struct Recalled {
+    seq: i64,
+    recall_ver: i64,
+}
+
+#[derive(Deserialize)]
+struct Deleted {
+    seq: i64,
+    ver: i64,
+}
+
+pub(crate) async fn changes(c: &Conn, user: &str, conv_id: &str, since: u64) -> StoreResult<Changes> {
+    let mut out = Changes { recalled: Vec::new(), deleted: Vec::new(), ver: since };
+    let cursor = c
+        .coll::<Recalled>(MESSAGES)
+        .find(doc! { "conv_id": conv_id, "recall_ver": { "$gt": q(since) } })
+        .projection(doc! { "_id": 0, "seq": 1, "recall_ver": 1 })
+        .sort(doc! { "recall_ver": 1 })
+        .await
+        .map_err(|e| c.fail("find in messages", &e))?;
+    for r in collect(c, cursor).await? {
+        out.recalled.push(u(r.seq)?);
+        out.ver = out.ver.max(u(r.recall_ver)?);
+    }
+    let cursor = c
+        .coll::<Deleted>(DELETIONS)
+        .find(doc! { "user": user, "conv_id": conv_id, "ver": { "$gt": q(since) } })
+        .projection(doc! { "_id": 0, "seq": 1, "ver": 1 })
+        .sort(doc! { "seq": 1 })
+        .await
+        .map_err(|e| c.fail("find in deletions", &e))?;
+    for d in collect(c, cursor).await? {
+        out.deleted.push(u(d.seq)?);
+        out.ver = out.ver.max(u(d.ver)?);
+    }
+    Ok(out)
+}
+
+pub(crate) async fn read_cursors(c: &Conn, conv_id: &str) -> StoreResult<Vec<(String, u64)>> {
+    let rows: Vec<RowDoc> = find_all(c, USER_CONVS, doc! { "conv_id": conv_id, "active": true }, None).await?;
+    rows.into_iter().map(|r| Ok((r.user, u(r.read_seq)?))).collect()
+}
+
+pub(crate) async fn group(c: &Conn, group_id: &str) -> StoreResult<Option<Group>> {
+    let d: Option<GroupDoc> = find_one(c, GROUPS, doc! { "_id": group_id }).await?;
+    d.map(GroupDoc::into_group).transpose()
+}
+
+pub(crate) async fn members(c: &Conn, group_id: &str) -> StoreResult<Vec<Member>> {
+    let docs: Vec<MemberDoc> = find_all(c, MEMBERS, doc! { "group_id": group_id }, None).await?;
+    Ok(docs.into_iter().map(MemberDoc::into_member).collect())
+}

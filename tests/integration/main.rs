@@ -1,0 +1,12 @@
+//! confab's integration tests: one binary, one module per feature.
+//! Servers run in-process on 127.0.0.1:0; clients are real WebSocket clients.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+mod store;
+mod store_mongo;
+mod ws_chat;
+mod ws_errors;
+mod ws_groups;
+mod ws_node;
+mod ws_persistence;

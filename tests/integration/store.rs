@@ -1,0 +1,863 @@
+//! The storage conformance suite.
+//!
+//! Every `check_*` function takes an `Arc<dyn Store>` on an empty store and panics when the store
+//! breaks the contract in `confab_actors::store`, so the same checks can run against every adapter
+//! (the embedded store and MongoDB). `mod embedded` runs each check on a fresh `EmbeddedStore` in a
+//! temporary directory, plus the checks that only make sense for it (persistence across a reopen,
+//! closing, metrics, submission order). `mod mongodb` runs each check on a `MongoStore` over a
+//! fresh database (see `store_mongo.rs` for the MongoDB-only checks and for how the tests find a
+//! MongoDB: `CONFAB_TEST_MONGODB_URI`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use confab_actors::error::StoreError;
+use confab_actors::model::{direct_conv_id, group_conv_id, Body, ConvKind, FlagsPatch, Message, Role};
+use confab_actors::store::{HistoryQuery, MemberChange, NewGroup, NewMessage, Store};
+
+pub type DynStore = Arc<dyn Store>;
+
+const TS: i64 = 1_700_000_000_000;
+
+fn text(s: &str) -> Body {
+    Body::Text { text: s.to_owned() }
+}
+
+fn system(event: &str) -> Body {
+    Body::System { event: event.to_owned(), data: serde_json::json!({ "event": event }) }
+}
+
+/// A direct message from `from` to `to`.
+fn direct(from: &str, to: &str, cmid: Option<&str>, body: &str) -> NewMessage {
+    NewMessage {
+        conv_id: direct_conv_id(from, to),
+        direct_members: Some((from.to_owned(), to.to_owned())),
+        sender: Some(from.to_owned()),
+        client_msg_id: cmid.map(str::to_owned),
+        body: text(body),
+        reply_to: None,
+        ts: TS,
+    }
+}
+
+/// A message from `from` to group `group_id`.
+fn to_group(group_id: &str, from: &str, body: &str) -> NewMessage {
+    NewMessage {
+        conv_id: group_conv_id(group_id),
+        direct_members: None,
+        sender: Some(from.to_owned()),
+        client_msg_id: None,
+        body: text(body),
+        reply_to: None,
+        ts: TS,
+    }
+}
+
+fn new_group(id: &str, owner: &str, members: &[&str]) -> NewGroup {
+    NewGroup {
+        id: id.to_owned(),
+        name: format!("group {id}"),
+        owner: owner.to_owned(),
+        members: members.iter().map(|m| (*m).to_owned()).collect(),
+        ts: TS,
+        system_body: system("group_created"),
+    }
+}
+
+fn change(group_id: &str, add: &[(&str, Role)], remove: &[&str], ts: i64) -> MemberChange {
+    MemberChange {
+        group_id: group_id.to_owned(),
+        add: add.iter().map(|(u, r)| ((*u).to_owned(), *r)).collect(),
+        remove: remove.iter().map(|u| (*u).to_owned()).collect(),
+        ts,
+        system_body: system("members_changed"),
+    }
+}
+
+fn seqs(msgs: &[Message]) -> Vec<u64> {
+    msgs.iter().map(|m| m.seq).collect()
+}
+
+fn body_text(m: &Message) -> &str {
+    match &m.body {
+        Body::Text { text } => text,
+        other => panic!("expected a text body, got {other:?}"),
+    }
+}
+
+fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
+    v.sort();
+    v
+}
+
+async fn send(s: &DynStore, m: NewMessage) -> Message {
+    let a = s.append(m).await.expect("append");
+    assert!(!a.duplicate, "a new message must not be reported as a duplicate");
+    a.message
+}
+
+/// 200 concurrent appends to one conversation get exactly the seqs 1..=200, and history matches.
+pub async fn check_concurrent_appends_are_contiguous(s: DynStore) {
+    let conv = direct_conv_id("alice", "bob");
+    let mut handles = Vec::new();
+    for i in 0..200 {
+        let s = s.clone();
+        let (from, to) = if i % 2 == 0 { ("alice", "bob") } else { ("bob", "alice") };
+        let m = direct(from, to, Some(&format!("c{i}")), &format!("m{i}"));
+        handles.push(tokio::spawn(async move { s.append(m).await }));
+    }
+    let mut by_seq: BTreeMap<u64, (String, u64)> = BTreeMap::new();
+    for (i, h) in handles.into_iter().enumerate() {
+        let a = h.await.expect("join").expect("append");
+        assert!(!a.duplicate);
+        assert_eq!(a.message.conv_id, conv);
+        assert_eq!(body_text(&a.message), format!("m{i}"));
+        let prev = by_seq.insert(a.message.seq, (format!("m{i}"), a.message.ver));
+        assert!(prev.is_none(), "seq {} assigned twice", a.message.seq);
+    }
+    assert_eq!(by_seq.keys().copied().collect::<Vec<_>>(), (1..=200).collect::<Vec<u64>>());
+    let vers: BTreeSet<u64> = by_seq.values().map(|v| v.1).collect();
+    assert_eq!(vers.len(), 200, "every append gets its own ver");
+
+    let hist = s.history(&conv, None, HistoryQuery::After { seq: 0, limit: 500 }).await.expect("history");
+    assert_eq!(seqs(&hist), (1..=200).collect::<Vec<u64>>());
+    for m in &hist {
+        let (body, ver) = &by_seq[&m.seq];
+        assert_eq!(body_text(m), body, "history body of seq {}", m.seq);
+        assert_eq!(m.ver, *ver, "history ver of seq {}", m.seq);
+    }
+    let c = s.conversation(&conv).await.expect("conversation").expect("conversation exists");
+    assert_eq!(c.last_seq, 200);
+    assert_eq!(Some(&c.ver), vers.iter().max(), "the conversation carries the ver of its last change");
+    let cursors = sorted(s.read_cursors(&conv).await.expect("read_cursors"));
+    assert_eq!(cursors.len(), 2, "one row per participant even with racing first messages: {cursors:?}");
+}
+
+/// A re-send with the same `(sender, client_msg_id)` returns the original and stores nothing.
+pub async fn check_dedupe(s: DynStore) {
+    let conv = direct_conv_id("alice", "bob");
+    let first = send(&s, direct("alice", "bob", Some("k1"), "hello")).await;
+    assert_eq!(first.seq, 1);
+    assert_eq!(first.client_msg_id.as_deref(), Some("k1"));
+    let conv_before = s.conversation(&conv).await.expect("conversation").expect("exists");
+
+    let again = s.append(direct("alice", "bob", Some("k1"), "changed")).await.expect("append");
+    assert!(again.duplicate);
+    assert_eq!(again.message, first, "the duplicate answer is the stored original");
+    let conv_after = s.conversation(&conv).await.expect("conversation").expect("exists");
+    assert_eq!(conv_after, conv_before, "a duplicate writes nothing");
+    let hist = s.history(&conv, None, HistoryQuery::Latest { limit: 10 }).await.expect("history");
+    assert_eq!(hist, vec![first.clone()]);
+
+    // The key is per sender.
+    let other = send(&s, direct("bob", "alice", Some("k1"), "bob's")).await;
+    assert_eq!(other.seq, 2);
+
+    // The key is unique per sender across conversations: the original comes back, nothing is created.
+    let cross = s.append(direct("alice", "carol", Some("k1"), "elsewhere")).await.expect("append");
+    assert!(cross.duplicate);
+    assert_eq!(cross.message, first);
+    assert!(s.conversation(&direct_conv_id("alice", "carol")).await.expect("conversation").is_none());
+    assert!(s.user_conv("carol", &direct_conv_id("alice", "carol")).await.expect("user_conv").is_none());
+
+    // Without a client_msg_id nothing is de-duplicated.
+    assert_eq!(send(&s, direct("alice", "bob", None, "x")).await.seq, 3);
+    assert_eq!(send(&s, direct("alice", "bob", None, "x")).await.seq, 4);
+}
+
+/// The first direct message creates the conversation and both participants' rows.
+pub async fn check_direct_auto_creation(s: DynStore) {
+    let conv = direct_conv_id("bob", "alice");
+    assert!(s.conversation(&conv).await.expect("conversation").is_none());
+    assert!(s.user_conv("alice", &conv).await.expect("user_conv").is_none());
+    assert!(s.conversation_view("alice", &conv).await.expect("view").is_none());
+
+    let m = send(&s, direct("bob", "alice", None, "hi")).await;
+    assert_eq!((m.seq, m.sender.as_deref()), (1, Some("bob")));
+    assert!(m.ver > 0);
+    let c = s.conversation(&conv).await.expect("conversation").expect("created");
+    assert_eq!(c.conv_id, conv);
+    assert_eq!(c.kind, ConvKind::Direct);
+    assert_eq!(c.members, vec!["alice".to_owned(), "bob".to_owned()], "members are sorted");
+    assert_eq!(c.group_id, None);
+    assert_eq!((c.last_seq, c.ver), (1, m.ver));
+
+    let bob = s.user_conv("bob", &conv).await.expect("user_conv").expect("sender row");
+    assert!(bob.active);
+    assert_eq!(bob.read_seq, 1, "sending implies having read");
+    assert_eq!(bob.ver, m.ver);
+    let alice = s.user_conv("alice", &conv).await.expect("user_conv").expect("recipient row");
+    assert!(alice.active);
+    assert_eq!(alice.read_seq, 0);
+    assert!(!alice.pinned && !alice.muted && !alice.hidden);
+
+    let view = s.conversation_view("alice", &conv).await.expect("view").expect("exists");
+    assert_eq!(view.unread(), 1);
+    assert_eq!(view.last_message.as_ref(), Some(&m));
+    assert_eq!(view.conv, c);
+    let bob_view = s.conversation_view("bob", &conv).await.expect("view").expect("exists");
+    assert_eq!(bob_view.unread(), 0);
+    assert_eq!(
+        sorted(s.read_cursors(&conv).await.expect("read_cursors")),
+        vec![("alice".to_owned(), 0), ("bob".to_owned(), 1)]
+    );
+
+    // The reply goes to the same conversation and creates nothing new.
+    let r = send(&s, direct("alice", "bob", None, "hello")).await;
+    assert_eq!((r.conv_id.as_str(), r.seq), (conv.as_str(), 2));
+    assert_eq!(s.user_conv("alice", &conv).await.expect("user_conv").expect("row").read_seq, 2);
+    assert_eq!(s.user_conv("bob", &conv).await.expect("user_conv").expect("row").read_seq, 1);
+
+    // A note to self has one participant.
+    let note = direct_conv_id("carol", "carol");
+    send(&s, direct("carol", "carol", None, "memo")).await;
+    let c = s.conversation(&note).await.expect("conversation").expect("created");
+    assert_eq!(c.members, vec!["carol".to_owned()]);
+    assert_eq!(s.read_cursors(&note).await.expect("read_cursors"), vec![("carol".to_owned(), 1)]);
+}
+
+/// Operations on things that do not exist fail with `NotFound` and create nothing.
+pub async fn check_not_found(s: DynStore) {
+    let err = s.append(to_group("nope", "alice", "hi")).await.expect_err("group must exist");
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    assert!(s.conversation(&group_conv_id("nope")).await.expect("conversation").is_none());
+    assert!(s.user_conv("alice", &group_conv_id("nope")).await.expect("user_conv").is_none());
+
+    let mut m = direct("alice", "bob", None, "hi");
+    m.direct_members = None;
+    let err = s.append(m).await.expect_err("no direct_members, no conversation");
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    assert!(s.conversation(&direct_conv_id("alice", "bob")).await.expect("conversation").is_none());
+
+    let conv = direct_conv_id("alice", "bob");
+    send(&s, direct("alice", "bob", None, "hi")).await;
+    let err = s.recall(&conv, 2, "alice").await.expect_err("no seq 2");
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    let err = s.recall("g_missing", 1, "alice").await.expect_err("no conversation");
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    let err = s.mark_read("carol", &conv, 1).await.expect_err("carol has no row");
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    let err = s.set_flags("carol", &conv, FlagsPatch::default()).await.expect_err("carol has no row");
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    let err = s.delete_for_user("carol", &conv, &[1]).await.expect_err("carol has no row");
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    let err = s.change_members(change("nope", &[("bob", Role::Member)], &[], TS)).await.expect_err("no group");
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    assert!(s.group("nope").await.expect("group").is_none());
+    assert!(s.members("nope").await.expect("members").is_empty());
+    assert!(s.message(&conv, 2).await.expect("message").is_none());
+    assert!(s.history("g_missing", None, HistoryQuery::Latest { limit: 10 }).await.expect("history").is_empty());
+    assert!(s.read_cursors("g_missing").await.expect("read_cursors").is_empty());
+    // The failed operations did not disturb the conversation.
+    let c = s.conversation(&conv).await.expect("conversation").expect("exists");
+    assert_eq!(c.last_seq, 1);
+}
+
+/// Latest / Before / After pages are ascending, exclusive and limited.
+pub async fn check_history_paging(s: DynStore) {
+    let conv = direct_conv_id("alice", "bob");
+    let mut sent = Vec::new();
+    for i in 1..=10 {
+        sent.push(send(&s, direct("alice", "bob", None, &format!("m{i}"))).await);
+    }
+    let h = |q| {
+        let s = s.clone();
+        let conv = conv.clone();
+        async move { s.history(&conv, None, q).await.expect("history") }
+    };
+    let latest = h(HistoryQuery::Latest { limit: 3 }).await;
+    assert_eq!(seqs(&latest), vec![8, 9, 10]);
+    assert_eq!(latest, sent[7..10].to_vec(), "history returns the stored messages");
+    assert_eq!(seqs(&h(HistoryQuery::Latest { limit: 100 }).await), (1..=10).collect::<Vec<u64>>());
+    assert!(h(HistoryQuery::Latest { limit: 0 }).await.is_empty());
+    assert_eq!(seqs(&h(HistoryQuery::Before { seq: 8, limit: 3 }).await), vec![5, 6, 7]);
+    assert_eq!(seqs(&h(HistoryQuery::Before { seq: 3, limit: 5 }).await), vec![1, 2]);
+    assert!(h(HistoryQuery::Before { seq: 1, limit: 5 }).await.is_empty());
+    assert_eq!(seqs(&h(HistoryQuery::Before { seq: 100, limit: 2 }).await), vec![9, 10]);
+    assert_eq!(seqs(&h(HistoryQuery::After { seq: 7, limit: 2 }).await), vec![8, 9]);
+    assert_eq!(seqs(&h(HistoryQuery::After { seq: 0, limit: 3 }).await), vec![1, 2, 3]);
+    assert_eq!(seqs(&h(HistoryQuery::After { seq: 9, limit: 5 }).await), vec![10]);
+    assert!(h(HistoryQuery::After { seq: 10, limit: 5 }).await.is_empty());
+    assert!(h(HistoryQuery::After { seq: 3, limit: 0 }).await.is_empty());
+    // Paging backwards from the latest page walks the whole conversation exactly once.
+    let mut all = Vec::new();
+    let mut page = h(HistoryQuery::Latest { limit: 4 }).await;
+    while let Some(first) = page.first().map(|m| m.seq) {
+        all.splice(0..0, seqs(&page));
+        page = h(HistoryQuery::Before { seq: first, limit: 4 }).await;
+    }
+    assert_eq!(all, (1..=10).collect::<Vec<u64>>());
+    // Other conversations do not leak in.
+    send(&s, direct("alice", "carol", None, "other")).await;
+    assert_eq!(seqs(&h(HistoryQuery::After { seq: 0, limit: 100 }).await), (1..=10).collect::<Vec<u64>>());
+}
+
+/// Delete-for-me hides messages from that user only and shows up in `changes`.
+pub async fn check_delete_for_user_and_changes(s: DynStore) {
+    let conv = direct_conv_id("alice", "bob");
+    for i in 1..=5 {
+        send(&s, direct("alice", "bob", None, &format!("m{i}"))).await;
+    }
+    let before = s.user_conv("bob", &conv).await.expect("user_conv").expect("row");
+    let st = s.delete_for_user("bob", &conv, &[2, 4, 99]).await.expect("delete");
+    assert!(st.ver > before.ver, "deleting bumps the row ver");
+    assert_eq!(st.read_seq, before.read_seq);
+    assert_eq!(s.user_conv("bob", &conv).await.expect("user_conv"), Some(st.clone()));
+
+    let latest = |user: Option<&'static str>, limit| {
+        let s = s.clone();
+        let conv = conv.clone();
+        async move { seqs(&s.history(&conv, user, HistoryQuery::Latest { limit }).await.expect("history")) }
+    };
+    assert_eq!(latest(Some("bob"), 10).await, vec![1, 3, 5]);
+    assert_eq!(latest(Some("bob"), 2).await, vec![5], "a page may hold fewer than limit");
+    assert_eq!(latest(Some("alice"), 10).await, vec![1, 2, 3, 4, 5]);
+    assert_eq!(latest(None, 10).await, vec![1, 2, 3, 4, 5]);
+    let after = s.history(&conv, Some("bob"), HistoryQuery::After { seq: 1, limit: 3 }).await.expect("history");
+    assert_eq!(seqs(&after), vec![3]);
+
+    let ch = s.changes("bob", &conv, 0).await.expect("changes");
+    assert_eq!(sorted(ch.deleted.clone()), vec![2, 4]);
+    assert!(ch.recalled.is_empty());
+    assert_eq!(ch.ver, st.ver);
+    let ch = s.changes("bob", &conv, st.ver).await.expect("changes");
+    assert!(ch.deleted.is_empty() && ch.recalled.is_empty());
+    assert_eq!(ch.ver, st.ver, "with nothing new, ver stays at since");
+    let ch = s.changes("alice", &conv, 0).await.expect("changes");
+    assert!(ch.deleted.is_empty() && ch.recalled.is_empty(), "deletions are per user");
+    assert_eq!(ch.ver, 0);
+
+    let st2 = s.delete_for_user("bob", &conv, &[3]).await.expect("delete");
+    assert!(st2.ver > st.ver);
+    let ch = s.changes("bob", &conv, st.ver).await.expect("changes");
+    assert_eq!(ch.deleted, vec![3]);
+    assert_eq!(ch.ver, st2.ver);
+    assert_eq!(latest(Some("bob"), 10).await, vec![1, 5]);
+
+    // Deleting nothing still succeeds and bumps the row.
+    let st3 = s.delete_for_user("bob", &conv, &[]).await.expect("delete");
+    assert!(st3.ver > st2.ver);
+}
+
+/// Recall replaces the body, bumps message and conversation ver, and shows up in `changes`.
+pub async fn check_recall_and_changes(s: DynStore) {
+    let conv = direct_conv_id("alice", "bob");
+    for i in 1..=3 {
+        send(&s, direct("alice", "bob", Some(&format!("r{i}")), &format!("m{i}"))).await;
+    }
+    let since = s.conversation(&conv).await.expect("conversation").expect("exists").ver;
+    let r = s.recall(&conv, 2, "alice").await.expect("recall");
+    assert_eq!(r.seq, 2);
+    assert_eq!(r.body, Body::Recalled { by: "alice".to_owned() });
+    assert_eq!(r.sender.as_deref(), Some("alice"));
+    assert!(r.ver > since);
+    assert!(r.is_recalled());
+    assert_eq!(s.message(&conv, 2).await.expect("message"), Some(r.clone()));
+    let c = s.conversation(&conv).await.expect("conversation").expect("exists");
+    assert_eq!(c.ver, r.ver, "the conversation ver follows the recall");
+    assert_eq!(c.last_seq, 3, "a recall is not a new message");
+
+    let ch = s.changes("bob", &conv, since).await.expect("changes");
+    assert_eq!(ch.recalled, vec![2]);
+    assert!(ch.deleted.is_empty());
+    assert_eq!(ch.ver, r.ver);
+    let ch = s.changes("alice", &conv, 0).await.expect("changes");
+    assert_eq!(ch.recalled, vec![2], "recalls are visible to every participant");
+    assert!(s.changes("bob", &conv, r.ver).await.expect("changes").recalled.is_empty());
+
+    // Recalling again changes nothing.
+    let again = s.recall(&conv, 2, "bob").await.expect("recall");
+    assert_eq!(again, r);
+    assert_eq!(s.conversation(&conv).await.expect("conversation").expect("exists").ver, r.ver);
+
+    // The recall moves the conversation past list cursors.
+    let listed = s.list_conversations("bob", since, 10).await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].conv.conv_id, conv);
+
+    // Recalling the last message shows in the list's last message.
+    let r3 = s.recall(&conv, 3, "alice").await.expect("recall");
+    let view = s.conversation_view("bob", &conv).await.expect("view").expect("exists");
+    assert_eq!(view.last_message, Some(r3.clone()));
+    let ch = s.changes("bob", &conv, since).await.expect("changes");
+    assert_eq!(sorted(ch.recalled), vec![2, 3]);
+    assert_eq!(ch.ver, r3.ver);
+    // A deduplicated re-send of a recalled message returns it recalled.
+    let dup = s.append(direct("alice", "bob", Some("r3"), "m3")).await.expect("append");
+    assert!(dup.duplicate);
+    assert_eq!(dup.message, r3);
+}
+
+/// The read cursor only moves forward and never past the last message.
+pub async fn check_mark_read(s: DynStore) {
+    let conv = direct_conv_id("alice", "bob");
+    for i in 1..=5 {
+        send(&s, direct("alice", "bob", None, &format!("m{i}"))).await;
+    }
+    let before = s.user_conv("bob", &conv).await.expect("user_conv").expect("row");
+    assert_eq!(before.read_seq, 0);
+    let st = s.mark_read("bob", &conv, 3).await.expect("mark_read").expect("moved");
+    assert_eq!(st.read_seq, 3);
+    assert!(st.ver > before.ver);
+    assert_eq!(s.user_conv("bob", &conv).await.expect("user_conv"), Some(st.clone()));
+    assert_eq!(s.mark_read("bob", &conv, 2).await.expect("mark_read"), None, "never backwards");
+    assert_eq!(s.mark_read("bob", &conv, 3).await.expect("mark_read"), None, "unchanged");
+    assert_eq!(s.user_conv("bob", &conv).await.expect("user_conv"), Some(st.clone()), "nothing written");
+    let capped = s.mark_read("bob", &conv, 100).await.expect("mark_read").expect("moved");
+    assert_eq!(capped.read_seq, 5, "capped at last_seq");
+    assert!(capped.ver > st.ver);
+    assert_eq!(s.mark_read("bob", &conv, 100).await.expect("mark_read"), None);
+    assert_eq!(s.mark_read("alice", &conv, 5).await.expect("mark_read"), None, "the sender has read all");
+    let view = s.conversation_view("bob", &conv).await.expect("view").expect("exists");
+    assert_eq!(view.unread(), 0);
+    assert_eq!(
+        sorted(s.read_cursors(&conv).await.expect("read_cursors")),
+        vec![("alice".to_owned(), 5), ("bob".to_owned(), 5)]
+    );
+    // A new message makes it unread again.
+    send(&s, direct("alice", "bob", None, "m6")).await;
+    let view = s.conversation_view("bob", &conv).await.expect("view").expect("exists");
+    assert_eq!(view.unread(), 1);
+}
+
+/// Flags change one at a time, each with a new ver, for one user only.
+pub async fn check_set_flags(s: DynStore) {
+    let conv = direct_conv_id("alice", "bob");
+    send(&s, direct("alice", "bob", None, "hi")).await;
+    let before = s.user_conv("bob", &conv).await.expect("user_conv").expect("row");
+    let alice_before = s.user_conv("alice", &conv).await.expect("user_conv").expect("row");
+
+    let st =
+        s.set_flags("bob", &conv, FlagsPatch { pinned: Some(true), ..FlagsPatch::default() }).await.expect("set_flags");
+    assert!(st.pinned && !st.muted && !st.hidden);
+    assert!(st.ver > before.ver);
+    assert_eq!(st.read_seq, before.read_seq);
+    assert!(st.active);
+
+    let st2 =
+        s.set_flags("bob", &conv, FlagsPatch { muted: Some(true), ..FlagsPatch::default() }).await.expect("set_flags");
+    assert!(st2.pinned && st2.muted && !st2.hidden, "unset fields are left alone");
+    assert!(st2.ver > st.ver);
+
+    let st3 = s
+        .set_flags("bob", &conv, FlagsPatch { pinned: Some(false), hidden: Some(true), muted: None })
+        .await
+        .expect("set_flags");
+    assert!(!st3.pinned && st3.muted && st3.hidden);
+    assert_eq!(s.user_conv("bob", &conv).await.expect("user_conv"), Some(st3.clone()));
+    assert_eq!(s.user_conv("alice", &conv).await.expect("user_conv"), Some(alice_before), "other rows untouched");
+
+    let listed = s.list_conversations("bob", st2.ver, 10).await.expect("list");
+    assert_eq!(listed.len(), 1, "a flag change moves the row past the cursor");
+    assert!(listed[0].state.hidden, "hidden rows are listed (clients filter)");
+}
+
+/// Cursor paging over the conversation list sees every conversation exactly once, and a change
+/// moves a conversation past the cursor.
+pub async fn check_list_conversations_paging(s: DynStore) {
+    let peers: Vec<String> = (1..=5).map(|i| format!("u{i}")).collect();
+    for p in &peers {
+        send(&s, direct("alice", p, None, "hi")).await;
+    }
+    let expected: BTreeSet<String> = peers.iter().map(|p| direct_conv_id("alice", p)).collect();
+
+    let mut since = 0;
+    let mut seen: Vec<String> = Vec::new();
+    for _ in 0..10 {
+        let page = s.list_conversations("alice", since, 2).await.expect("list");
+        assert!(page.len() <= 2, "limit respected");
+        if page.is_empty() {
+            break;
+        }
+        let cursors: Vec<u64> = page.iter().map(|v| v.cursor()).collect();
+        assert!(cursors.iter().all(|c| *c > since), "every row is after the cursor");
+        assert!(cursors.windows(2).all(|w| w[0] < w[1]), "ascending by cursor: {cursors:?}");
+        for v in &page {
+            assert_eq!(v.last_message.as_ref().map(|m| m.seq), Some(1));
+            assert_eq!(v.state.read_seq, 1);
+            assert_eq!(v.conv.kind, ConvKind::Direct);
+        }
+        seen.extend(page.iter().map(|v| v.conv.conv_id.clone()));
+        since = cursors.iter().copied().max().unwrap_or(since);
+    }
+    assert_eq!(seen.len(), 5, "each conversation exactly once: {seen:?}");
+    assert_eq!(seen.iter().cloned().collect::<BTreeSet<_>>(), expected);
+    assert_eq!(s.list_conversations("alice", 0, 100).await.expect("list").len(), 5);
+    assert!(s.list_conversations("alice", since, 10).await.expect("list").is_empty());
+    assert!(s.list_conversations("alice", 0, 0).await.expect("list").is_empty());
+    assert_eq!(s.list_conversations("u1", 0, 10).await.expect("list").len(), 1, "lists are per user");
+    assert!(s.list_conversations("nobody", 0, 10).await.expect("list").is_empty());
+
+    // A new message moves its conversation past the cursor.
+    let conv1 = direct_conv_id("alice", "u1");
+    let m = send(&s, direct("u1", "alice", None, "again")).await;
+    let page = s.list_conversations("alice", since, 10).await.expect("list");
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].conv.conv_id, conv1);
+    assert_eq!(page[0].last_message.as_ref(), Some(&m));
+    assert_eq!(page[0].unread(), 1);
+    assert_eq!(page[0].cursor(), m.ver);
+    assert!(s.list_conversations("alice", m.ver, 10).await.expect("list").is_empty());
+
+    // An own-row change (read cursor) does too.
+    s.mark_read("alice", &conv1, 2).await.expect("mark_read").expect("moved");
+    let page = s.list_conversations("alice", m.ver, 10).await.expect("list");
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].conv.conv_id, conv1);
+    assert_eq!(page[0].unread(), 0);
+}
+
+/// Creating a group writes the group, its members, its conversation, the rows and message 1.
+pub async fn check_create_group(s: DynStore) {
+    let (g, m) = s.create_group(new_group("g1", "alice", &["bob", "alice", "carol", "bob"])).await.expect("create");
+    assert_eq!(g.id, "g1");
+    assert_eq!(g.name, "group g1");
+    assert_eq!(g.owner, "alice");
+    assert_eq!(g.created_at, TS);
+    assert_eq!(g.member_count, 3, "members are de-duplicated");
+    let conv = group_conv_id("g1");
+    assert_eq!(m.conv_id, conv);
+    assert_eq!(m.seq, 1);
+    assert_eq!(m.sender, None);
+    assert_eq!(m.client_msg_id, None);
+    assert_eq!(m.body, system("group_created"));
+    assert!(m.ver > 0);
+    assert_eq!(s.group("g1").await.expect("group"), Some(g.clone()));
+    assert_eq!(s.message(&conv, 1).await.expect("message"), Some(m.clone()));
+
+    let c = s.conversation(&conv).await.expect("conversation").expect("created");
+    assert_eq!(c.kind, ConvKind::Group);
+    assert!(c.members.is_empty());
+    assert_eq!(c.group_id.as_deref(), Some("g1"));
+    assert_eq!((c.last_seq, c.ver), (1, m.ver));
+
+    let mut members = s.members("g1").await.expect("members");
+    members.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+    let roles: Vec<(&str, Role, i64)> = members.iter().map(|m| (m.user_id.as_str(), m.role, m.joined_at)).collect();
+    assert_eq!(roles, vec![("alice", Role::Owner, TS), ("bob", Role::Member, TS), ("carol", Role::Member, TS)]);
+
+    for u in ["alice", "bob", "carol"] {
+        let row = s.user_conv(u, &conv).await.expect("user_conv").expect("row");
+        assert!(row.active, "{u} active");
+        assert_eq!(row.read_seq, 0, "{u} sees the system message as unread");
+        let view = s.conversation_view(u, &conv).await.expect("view").expect("exists");
+        assert_eq!(view.unread(), 1);
+        assert_eq!(view.last_message.as_ref(), Some(&m));
+        assert_eq!(s.list_conversations(u, 0, 10).await.expect("list").len(), 1);
+    }
+    assert_eq!(
+        sorted(s.read_cursors(&conv).await.expect("read_cursors")),
+        vec![("alice".to_owned(), 0), ("bob".to_owned(), 0), ("carol".to_owned(), 0)]
+    );
+
+    // The id is taken: Conflict, and nothing changes.
+    let err = s.create_group(new_group("g1", "dave", &["erin"])).await.expect_err("id taken");
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(s.group("g1").await.expect("group"), Some(g));
+    assert_eq!(s.members("g1").await.expect("members").len(), 3);
+    assert!(s.user_conv("dave", &conv).await.expect("user_conv").is_none());
+    assert!(s.user_conv("erin", &conv).await.expect("user_conv").is_none());
+    assert_eq!(s.conversation(&conv).await.expect("conversation"), Some(c));
+
+    // A group of one (owner only) works, and members can now post.
+    let (solo, _) = s.create_group(new_group("solo", "zoe", &[])).await.expect("create");
+    assert_eq!(solo.member_count, 1);
+    let posted = send(&s, to_group("g1", "bob", "hello group")).await;
+    assert_eq!(posted.seq, 2);
+    assert_eq!(s.user_conv("bob", &conv).await.expect("user_conv").expect("row").read_seq, 2);
+    assert_eq!(s.user_conv("carol", &conv).await.expect("user_conv").expect("row").read_seq, 0);
+}
+
+/// Adding, removing and re-adding members.
+pub async fn check_change_members(s: DynStore) {
+    let conv = group_conv_id("g2");
+    let (_, m1) = s.create_group(new_group("g2", "alice", &["bob", "carol"])).await.expect("create");
+
+    let m2 = s
+        .change_members(change("g2", &[("dave", Role::Member), ("bob", Role::Admin)], &[], TS + 1))
+        .await
+        .expect("add");
+    assert_eq!((m2.seq, m2.sender.as_deref(), m2.conv_id.as_str()), (2, None, conv.as_str()));
+    assert_eq!(m2.body, system("members_changed"));
+    assert_eq!(m2.ts, TS + 1);
+    assert!(m2.ver > m1.ver);
+    assert_eq!(s.message(&conv, 2).await.expect("message"), Some(m2.clone()));
+    assert_eq!(s.group("g2").await.expect("group").expect("exists").member_count, 4);
+    let members = s.members("g2").await.expect("members");
+    let role =
+        |members: &[confab_actors::model::Member], u: &str| members.iter().find(|m| m.user_id == u).map(|m| m.role);
+    assert_eq!(role(&members, "bob"), Some(Role::Member), "active members are left as they are");
+    assert_eq!(role(&members, "dave"), Some(Role::Member));
+    assert_eq!(members.iter().find(|m| m.user_id == "dave").map(|m| m.joined_at), Some(TS + 1));
+    let dave = s.user_conv("dave", &conv).await.expect("user_conv").expect("row");
+    assert!(dave.active);
+    assert_eq!(dave.read_seq, 1, "an added user's cursor sits just before the system message");
+    assert_eq!(dave.ver, m2.ver);
+    assert_eq!(s.conversation_view("dave", &conv).await.expect("view").expect("exists").unread(), 1);
+    assert_eq!(s.read_cursors(&conv).await.expect("read_cursors").len(), 4);
+
+    let m3 = s.change_members(change("g2", &[], &["carol"], TS + 2)).await.expect("remove");
+    assert_eq!(m3.seq, 3);
+    let carol = s.user_conv("carol", &conv).await.expect("user_conv").expect("row kept");
+    assert!(!carol.active);
+    assert_eq!(carol.ver, m3.ver);
+    assert_eq!(s.group("g2").await.expect("group").expect("exists").member_count, 3);
+    let members = s.members("g2").await.expect("members");
+    assert_eq!(role(&members, "carol"), None);
+    assert_eq!(members.len(), 3);
+    let cursors = sorted(s.read_cursors(&conv).await.expect("read_cursors"));
+    assert_eq!(cursors.iter().map(|c| c.0.as_str()).collect::<Vec<_>>(), vec!["alice", "bob", "dave"]);
+    let carol_view = s.conversation_view("carol", &conv).await.expect("view").expect("row kept");
+    assert!(!carol_view.state.active);
+    assert_eq!(carol_view.unread(), 0);
+    assert!(
+        s.list_conversations("carol", m2.ver, 10).await.expect("list").iter().any(|v| v.conv.conv_id == conv),
+        "the removal moves the row past the cursor so the user sees they left"
+    );
+
+    let m4 = s.change_members(change("g2", &[("carol", Role::Admin)], &[], TS + 3)).await.expect("re-add");
+    assert_eq!(m4.seq, 4);
+    let carol = s.user_conv("carol", &conv).await.expect("user_conv").expect("row");
+    assert!(carol.active);
+    assert_eq!(carol.read_seq, 3);
+    assert_eq!(carol.ver, m4.ver);
+    let members = s.members("g2").await.expect("members");
+    assert_eq!(role(&members, "carol"), Some(Role::Admin));
+    assert_eq!(s.group("g2").await.expect("group").expect("exists").member_count, 4);
+    let c = s.conversation(&conv).await.expect("conversation").expect("exists");
+    assert_eq!((c.last_seq, c.ver), (4, m4.ver));
+
+    // Removing a non-member changes no count but still records the message.
+    let m5 = s.change_members(change("g2", &[], &["zed"], TS + 4)).await.expect("remove nobody");
+    assert_eq!(m5.seq, 5);
+    assert_eq!(s.group("g2").await.expect("group").expect("exists").member_count, 4);
+    assert!(s.user_conv("zed", &conv).await.expect("user_conv").is_none());
+
+    // Add and remove in one change.
+    let m6 = s.change_members(change("g2", &[("erin", Role::Member)], &["dave"], TS + 5)).await.expect("swap");
+    assert_eq!(m6.seq, 6);
+    let cursors = sorted(s.read_cursors(&conv).await.expect("read_cursors"));
+    assert_eq!(
+        cursors,
+        vec![("alice".to_owned(), 0), ("bob".to_owned(), 0), ("carol".to_owned(), 3), ("erin".to_owned(), 5)]
+    );
+    assert_eq!(s.group("g2").await.expect("group").expect("exists").member_count, 4);
+    assert_eq!(send(&s, to_group("g2", "erin", "hi all")).await.seq, 7);
+    let hist = s.history(&conv, None, HistoryQuery::Latest { limit: 100 }).await.expect("history");
+    assert_eq!(seqs(&hist), (1..=7).collect::<Vec<u64>>());
+}
+
+/// Every write gets a strictly larger `ver` than the one before it.
+pub async fn check_ver_increases(s: DynStore) {
+    let conv = direct_conv_id("alice", "bob");
+    let mut vers = Vec::new();
+    vers.push(send(&s, direct("alice", "bob", None, "1")).await.ver);
+    vers.push(send(&s, direct("bob", "alice", None, "2")).await.ver);
+    vers.push(s.mark_read("alice", &conv, 2).await.expect("mark_read").expect("moved").ver);
+    vers.push(s.set_flags("bob", &conv, FlagsPatch::default()).await.expect("flags").ver);
+    vers.push(s.delete_for_user("bob", &conv, &[1]).await.expect("delete").ver);
+    vers.push(s.recall(&conv, 1, "alice").await.expect("recall").ver);
+    vers.push(s.create_group(new_group("gv", "alice", &["bob"])).await.expect("create").1.ver);
+    vers.push(s.change_members(change("gv", &[("carol", Role::Member)], &[], TS)).await.expect("change").ver);
+    vers.push(send(&s, to_group("gv", "carol", "3")).await.ver);
+    assert!(vers.windows(2).all(|w| w[0] < w[1]), "vers: {vers:?}");
+}
+
+/// Writes everything `check_persisted_read` expects to find after a restart.
+pub async fn check_persisted_write(s: DynStore) {
+    let conv = direct_conv_id("alice", "bob");
+    for i in 1..=3 {
+        send(&s, direct("alice", "bob", Some(&format!("p{i}")), &format!("m{i}"))).await;
+    }
+    s.recall(&conv, 2, "alice").await.expect("recall");
+    s.delete_for_user("bob", &conv, &[3]).await.expect("delete");
+    s.mark_read("bob", &conv, 1).await.expect("mark_read").expect("moved");
+    s.set_flags("bob", &conv, FlagsPatch { pinned: Some(true), ..FlagsPatch::default() }).await.expect("flags");
+    s.create_group(new_group("gp", "alice", &["bob"])).await.expect("create");
+    s.change_members(change("gp", &[("carol", Role::Admin)], &[], TS)).await.expect("change");
+}
+
+/// Checks what `check_persisted_write` wrote, on a store opened afresh.
+pub async fn check_persisted_read(s: DynStore) {
+    s.ping().await.expect("ping");
+    let conv = direct_conv_id("alice", "bob");
+    let c = s.conversation(&conv).await.expect("conversation").expect("persisted");
+    assert_eq!(c.last_seq, 3);
+    assert_eq!(c.members, vec!["alice".to_owned(), "bob".to_owned()]);
+    let hist = s.history(&conv, None, HistoryQuery::Latest { limit: 10 }).await.expect("history");
+    assert_eq!(seqs(&hist), vec![1, 2, 3]);
+    assert_eq!(body_text(&hist[0]), "m1");
+    assert_eq!(hist[1].body, Body::Recalled { by: "alice".to_owned() });
+    let bob_hist = s.history(&conv, Some("bob"), HistoryQuery::Latest { limit: 10 }).await.expect("history");
+    assert_eq!(seqs(&bob_hist), vec![1, 2]);
+    let bob = s.user_conv("bob", &conv).await.expect("user_conv").expect("row");
+    assert_eq!(bob.read_seq, 1);
+    assert!(bob.pinned && bob.active);
+    let ch = s.changes("bob", &conv, 0).await.expect("changes");
+    assert_eq!((ch.recalled.clone(), ch.deleted.clone()), (vec![2], vec![3]));
+
+    let dup = s.append(direct("alice", "bob", Some("p1"), "again")).await.expect("append");
+    assert!(dup.duplicate, "the dedupe index survives a restart");
+    assert_eq!(dup.message.seq, 1);
+
+    let g = s.group("gp").await.expect("group").expect("persisted");
+    assert_eq!(g.member_count, 3);
+    assert_eq!(s.members("gp").await.expect("members").len(), 3);
+    let gc = s.conversation(&group_conv_id("gp")).await.expect("conversation").expect("persisted");
+    assert_eq!(gc.last_seq, 2);
+    assert_eq!(s.user_conv("carol", &group_conv_id("gp")).await.expect("user_conv").expect("row").read_seq, 1);
+    let bob_list = s.list_conversations("bob", 0, 10).await.expect("list");
+    assert_eq!(bob_list.len(), 2);
+    let max_ver = bob_list.iter().map(|v| v.cursor()).max().unwrap_or(0).max(gc.ver);
+
+    // Counters continue where they were.
+    let next = send(&s, direct("bob", "alice", None, "after restart")).await;
+    assert_eq!(next.seq, 4);
+    assert!(next.ver > max_ver, "ver continues after a restart: {} <= {max_ver}", next.ver);
+}
+
+/// Runs every generic check on a fresh embedded store, plus the embedded-only checks.
+mod embedded {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use confab::store::EmbeddedStore;
+    use confab_actors::metrics::Metrics;
+
+    use super::*;
+
+    fn open(dir: &std::path::Path) -> EmbeddedStore {
+        EmbeddedStore::open(dir, Arc::new(Metrics::default())).expect("open the embedded store")
+    }
+
+    macro_rules! conformance {
+        ($($check:ident),* $(,)?) => {$(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let store: DynStore = Arc::new(open(dir.path()));
+                super::$check(store).await;
+            }
+        )*};
+    }
+
+    conformance!(
+        check_concurrent_appends_are_contiguous,
+        check_dedupe,
+        check_direct_auto_creation,
+        check_not_found,
+        check_history_paging,
+        check_delete_for_user_and_changes,
+        check_recall_and_changes,
+        check_mark_read,
+        check_set_flags,
+        check_list_conversations_paging,
+        check_create_group,
+        check_change_members,
+        check_ver_increases,
+    );
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn persistence_across_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("nested").join("data");
+        let store: DynStore = Arc::new(open(&path));
+        store.ping().await.expect("ping");
+        check_persisted_write(store.clone()).await;
+        // While it is open, the file is locked.
+        assert!(EmbeddedStore::open(&path, Arc::new(Metrics::default())).is_err(), "the file is held while open");
+        drop(store);
+        assert!(path.join("confab.redb").is_file());
+        // Dropping joined the writer and released the file.
+        let reopened: DynStore = Arc::new(open(&path));
+        check_persisted_read(reopened.clone()).await;
+        drop(reopened);
+        let again: DynStore = Arc::new(open(&path));
+        let conv = direct_conv_id("alice", "bob");
+        assert_eq!(again.conversation(&conv).await.expect("conversation").expect("exists").last_seq, 4);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn close_stops_writes_but_not_reads() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(open(dir.path()));
+        let m = store.append(direct("alice", "bob", None, "hi")).await.expect("append").message;
+        store.close().await;
+        let err = store.append(direct("alice", "bob", None, "late")).await.expect_err("closed");
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert!(store.ping().await.is_err(), "a closed store is not ready");
+        assert_eq!(store.message(&m.conv_id, 1).await.expect("read after close"), Some(m));
+        store.close().await; // idempotent
+    }
+
+    /// Appends submitted one after another (without waiting for each answer) get seqs in
+    /// submission order: the writer runs operations in arrival order.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pipelined_appends_keep_submission_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store: DynStore = Arc::new(open(dir.path()));
+        // join_all polls small sets in order, so the sends reach the queue in order.
+        let futs = (0..20).map(|i| store.append(direct("alice", "bob", None, &format!("m{i}"))));
+        let results = futures_util::future::join_all(futs).await;
+        for (i, r) in results.into_iter().enumerate() {
+            let m = r.expect("append").message;
+            assert_eq!(m.seq, i as u64 + 1);
+            assert_eq!(body_text(&m), format!("m{i}"));
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_are_group_committed_and_measured() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let metrics = Arc::new(Metrics::default());
+        let store: DynStore = Arc::new(EmbeddedStore::open(dir.path(), metrics.clone()).expect("open"));
+        let mut handles = Vec::new();
+        for i in 0..200 {
+            let s = store.clone();
+            handles.push(tokio::spawn(async move { s.append(direct("alice", "bob", None, &format!("m{i}"))).await }));
+        }
+        for h in handles {
+            h.await.expect("join").expect("append");
+        }
+        let err = store.append(to_group("missing", "alice", "x")).await.expect_err("no group");
+        assert!(matches!(err, StoreError::NotFound(_)));
+        // Reads do not go through the writer.
+        store.history(&direct_conv_id("alice", "bob"), None, HistoryQuery::Latest { limit: 5 }).await.expect("history");
+
+        let commits = metrics.store_commits.load(Relaxed);
+        assert_eq!(metrics.store_batch_ops.load(Relaxed), 201, "every write op is counted once");
+        assert!((1..=201).contains(&commits), "commits: {commits}");
+        assert_eq!(metrics.store_queue_depth.load(Relaxed), 0);
+        let text = metrics.render();
+        assert!(text.contains("confab_store_write_seconds_count 201"), "{text}");
+        eprintln!("200 concurrent appends took {commits} commits");
+    }
+}
+
+/// Runs every generic check on a `MongoStore` over a fresh database (skipped without MongoDB).
+mod mongodb {
+    macro_rules! conformance {
+        ($($check:ident),* $(,)?) => {$(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let Some(store) = crate::store_mongo::fresh().await else { return };
+                super::$check(store).await;
+            }
+        )*};
+    }
+
+    conformance!(
+        check_concurrent_appends_are_contiguous,
+        check_dedupe,
+        check_direct_auto_creation,
+        check_not_found,
+        check_history_paging,
+        check_delete_for_user_and_changes,
+        check_recall_and_changes,
+        check_mark_read,
+        check_set_flags,
+        check_list_conversations_paging,
+        check_create_group,
+        check_change_members,
+        check_ver_increases,
+    );
+}

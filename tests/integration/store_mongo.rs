@@ -1,0 +1,582 @@
+//! The MongoDB store beyond the conformance suite (which `store.rs` runs on it too): persistence
+//! across a reopen, several nodes on one database, group-commit cost in driver commands, an
+//! unreachable MongoDB (fast `unavailable`, `ping` and `/readyz` failing, recovery on its own),
+//! and `confab migrate`.
+//!
+//! They need `CONFAB_TEST_MONGODB_URI` (set by `scripts/test`, which starts nx-27017). Without it
+//! each test prints "skipped: CONFAB_TEST_MONGODB_URI not set" and passes, unless
+//! `CONFAB_REQUIRE_SERVICES=1`, which makes it fail. Every test uses a fresh database.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use confab::store::{EmbeddedStore, MongoOptions, MongoStore};
+use confab_actors::error::StoreError;
+use confab_actors::metrics::Metrics;
+use confab_actors::model::{direct_conv_id, group_conv_id, Body, Role};
+use confab_actors::store::{HistoryQuery, NewGroup, NewMessage, Store};
+use serde_json::json;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::common::{text, TestNode};
+use crate::store::{check_persisted_read, check_persisted_write, DynStore};
+
+/// The MongoDB to test against, or `None` (after saying so) when there is none.
+pub fn test_uri() -> Option<String> {
+    match std::env::var("CONFAB_TEST_MONGODB_URI") {
+        Ok(uri) if !uri.is_empty() => Some(uri),
+        _ => {
+            if std::env::var("CONFAB_REQUIRE_SERVICES").as_deref() == Ok("1") {
+                panic!("CONFAB_TEST_MONGODB_URI is not set but CONFAB_REQUIRE_SERVICES=1");
+            }
+            eprintln!("skipped: CONFAB_TEST_MONGODB_URI not set");
+            None
+        }
+    }
+}
+
+/// A database name no other test uses.
+pub fn fresh_db() -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("confab_test_{}_{}_{}", std::process::id(), nanos % 1_000_000_000, N.fetch_add(1, Relaxed))
+}
+
+pub fn options(uri: &str, db: &str) -> MongoOptions {
+    let mut o = MongoOptions::new(uri, db);
+    o.server_selection_timeout = Duration::from_millis(1500);
+    o.connect_timeout = Duration::from_millis(1500);
+    o.op_timeout = Duration::from_secs(20);
+    o
+}
+
+pub async fn open(uri: &str, db: &str, metrics: Arc<Metrics>) -> MongoStore {
+    MongoStore::open(options(uri, db), metrics).await.expect("open the MongoDB store")
+}
+
+/// A fresh store on a fresh database, or `None` when there is no MongoDB to test against.
+pub async fn fresh() -> Option<DynStore> {
+    let uri = test_uri()?;
+    Some(Arc::new(open(&uri, &fresh_db(), Arc::new(Metrics::default())).await))
+}
+
+const TS: i64 = 1_700_000_000_000;
+
+fn direct(from: &str, to: &str, cmid: Option<&str>, body: &str) -> NewMessage {
+    NewMessage {
+        conv_id: direct_conv_id(from, to),
+        direct_members: Some((from.to_owned(), to.to_owned())),
+        sender: Some(from.to_owned()),
+        client_msg_id: cmid.map(str::to_owned),
+        body: Body::Text { text: body.to_owned() },
+        reply_to: None,
+        ts: TS,
+    }
+}
+
+fn to_group(group_id: &str, from: &str, body: &str) -> NewMessage {
+    NewMessage {
+        conv_id: group_conv_id(group_id),
+        direct_members: None,
+        sender: Some(from.to_owned()),
+        client_msg_id: None,
+        body: Body::Text { text: body.to_owned() },
+        reply_to: None,
+        ts: TS,
+    }
+}
+
+fn seqs_of(store: &DynStore, conv: &str) -> impl std::future::Future<Output = Vec<u64>> {
+    let store = store.clone();
+    let conv = conv.to_owned();
+    async move {
+        let h = store.history(&conv, None, HistoryQuery::After { seq: 0, limit: 100 }).await.expect("history");
+        let mut out: Vec<u64> = h.iter().map(|m| m.seq).collect();
+        let mut after = out.last().copied().unwrap_or(0);
+        loop {
+            let page =
+                store.history(&conv, None, HistoryQuery::After { seq: after, limit: 100 }).await.expect("history");
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            out.extend(page.iter().map(|m| m.seq));
+        }
+        out
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistence_across_reopen() {
+    let Some(uri) = test_uri() else { return };
+    let db = fresh_db();
+    let first = open(&uri, &db, Arc::new(Metrics::default())).await;
+    first.ping().await.expect("ping");
+    let first: DynStore = Arc::new(first);
+    check_persisted_write(first.clone()).await;
+    drop(first);
+    let reopened: DynStore = Arc::new(open(&uri, &db, Arc::new(Metrics::default())).await);
+    check_persisted_read(reopened).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_stops_writes_but_not_reads() {
+    let Some(uri) = test_uri() else { return };
+    let store = open(&uri, &fresh_db(), Arc::new(Metrics::default())).await;
+    let m = store.append(direct("alice", "bob", None, "hi")).await.expect("append").message;
+    store.close().await;
+    let err = store.append(direct("alice", "bob", None, "late")).await.expect_err("closed");
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(store.ping().await.is_err(), "a closed store is not ready");
+    assert_eq!(store.message(&m.conv_id, 1).await.expect("read after close"), Some(m));
+    store.close().await;
+}
+
+/// Appends submitted one after another (without waiting) get seqs in submission order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_appends_keep_submission_order() {
+    let Some(store) = fresh().await else { return };
+    let futs = (0..20).map(|i| store.append(direct("alice", "bob", None, &format!("m{i}"))));
+    for (i, r) in futures_util::future::join_all(futs).await.into_iter().enumerate() {
+        let m = r.expect("append").message;
+        assert_eq!(m.seq, i as u64 + 1);
+    }
+}
+
+/// Two nodes (two stores) on one database writing to the same conversations: each node's cached
+/// `last_seq` goes stale, is detected, and seqs stay contiguous with no duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_share_conversations() {
+    let Some(uri) = test_uri() else { return };
+    let db = fresh_db();
+    let a: DynStore = Arc::new(open(&uri, &db, Arc::new(Metrics::default())).await);
+    let b: DynStore = Arc::new(open(&uri, &db, Arc::new(Metrics::default())).await);
+    let conv = direct_conv_id("alice", "bob");
+
+    // Strictly alternating: every append after the first finds the other node moved the seq.
+    let mut vers = Vec::new();
+    for i in 0..10 {
+        let (node, from, to) = if i % 2 == 0 { (&a, "alice", "bob") } else { (&b, "bob", "alice") };
+        let m = node.append(direct(from, to, Some(&format!("alt{i}")), "x")).await.expect("append").message;
+        assert_eq!(m.seq, i + 1, "alternating append {i}");
+        vers.push(m.ver);
+    }
+    assert!(vers.windows(2).all(|w| w[0] < w[1]), "ver grows across nodes: {vers:?}");
+
+    // A group created on one node and written from both.
+    let (_, first) = b
+        .create_group(NewGroup {
+            id: "g".into(),
+            name: "g".into(),
+            owner: "alice".into(),
+            members: vec!["bob".into()],
+            ts: TS,
+            system_body: Body::System { event: "group_created".into(), data: json!({}) },
+        })
+        .await
+        .expect("create");
+    assert_eq!(first.seq, 1);
+    assert_eq!(a.append(to_group("g", "alice", "1")).await.expect("append").message.seq, 2);
+    assert_eq!(b.append(to_group("g", "bob", "2")).await.expect("append").message.seq, 3);
+    assert_eq!(a.append(to_group("g", "alice", "3")).await.expect("append").message.seq, 4);
+
+    // Bursts of pipelined appends, each node in turn: every burst starts on a stale cache.
+    // (Both nodes committing at the same instant is a real replica set's business: nx-27017 runs
+    // transactions as SQLite savepoints on one connection and cannot interleave two of them.)
+    for burst in 0..4 {
+        let node = if burst % 2 == 0 { &a } else { &b };
+        let futs = (0..10).map(|i| node.append(direct("alice", "bob", Some(&format!("b{burst}-{i}")), "p")));
+        let results = futures_util::future::join_all(futs).await;
+        let got: Vec<u64> = results.into_iter().map(|r| r.expect("append").message.seq).collect();
+        let first = 11 + burst * 10;
+        assert_eq!(got, (first..first + 10).collect::<Vec<u64>>(), "burst {burst}");
+    }
+    assert_eq!(seqs_of(&a, &conv).await, (1..=50).collect::<Vec<u64>>());
+    let c = b.conversation(&conv).await.expect("conversation").expect("exists");
+    assert_eq!(c.last_seq, 50);
+    // The dedupe index is shared: a re-send through the other node is recognised.
+    let again = b.append(direct("alice", "bob", Some("alt0"), "x")).await.expect("append");
+    assert!(again.duplicate);
+    assert_eq!(again.message.seq, 1);
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Counts {
+    writes: u64,
+    reads: u64,
+    other: u64,
+}
+
+fn counts(m: &Metrics) -> Counts {
+    Counts {
+        writes: m.db_commands_write.load(Relaxed),
+        reads: m.db_commands_read.load(Relaxed),
+        other: m.db_commands_other.load(Relaxed),
+    }
+}
+
+async fn measure(store: &DynStore, metrics: &Metrics, msgs: Vec<NewMessage>) -> (f64, f64, u64) {
+    let before = counts(metrics);
+    let n = msgs.len();
+    let mut handles = Vec::new();
+    for m in msgs {
+        let s = store.clone();
+        handles.push(tokio::spawn(async move { s.append(m).await }));
+    }
+    for h in handles {
+        let a = h.await.expect("join").expect("append");
+        assert!(!a.duplicate);
+    }
+    let after = counts(metrics);
+    let per = |a: u64, b: u64| (a - b) as f64 / n as f64;
+    (per(after.writes, before.writes), per(after.reads, before.reads), after.other - before.other)
+}
+
+/// `senders` clients each sending `each` messages one after another (waiting for each answer):
+/// a steady closed-loop load, where a batch holds about one message per sender.
+async fn measure_closed(
+    store: &DynStore,
+    metrics: &Metrics,
+    senders: usize,
+    each: usize,
+    make: impl Fn(usize, usize) -> NewMessage,
+) -> (f64, f64) {
+    let before = counts(metrics);
+    let mut handles = Vec::new();
+    for s in 0..senders {
+        let store = store.clone();
+        let msgs: Vec<NewMessage> = (0..each).map(|i| make(s, i)).collect();
+        handles.push(tokio::spawn(async move {
+            for m in msgs {
+                assert!(!store.append(m).await.expect("append").duplicate);
+            }
+        }));
+    }
+    for h in handles {
+        h.await.expect("join");
+    }
+    let after = counts(metrics);
+    let n = (senders * each) as f64;
+    ((after.writes - before.writes) as f64 / n, (after.reads - before.reads) as f64 / n)
+}
+
+/// Group commit under load costs at most one write command per message and no read, for
+/// one-to-one conversations and for a 500-member group (counted by command monitoring).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_per_message_under_load() {
+    let Some(uri) = test_uri() else { return };
+    let metrics = Arc::new(Metrics::default());
+    let store: DynStore = Arc::new(open(&uri, &fresh_db(), metrics.clone()).await);
+
+    // Unloaded: one message at a time is one whole transaction.
+    store.append(direct("alice", "bob", None, "warm")).await.expect("append");
+    let before = counts(&metrics);
+    for i in 0..5 {
+        store.append(direct("alice", "bob", None, &format!("seq{i}"))).await.expect("append");
+    }
+    let after = counts(&metrics);
+    let (w1, r1) = ((after.writes - before.writes) as f64 / 5.0, (after.reads - before.reads) as f64 / 5.0);
+    eprintln!("one-to-one, one at a time: {w1:.2} writes and {r1:.2} reads per message");
+    assert_eq!(r1, 0.0, "no reads in steady state");
+
+    // One-to-one under load: 400 concurrent sends in one conversation.
+    let msgs = (0..400)
+        .map(|i| {
+            direct(
+                if i % 2 == 0 { "alice" } else { "bob" },
+                if i % 2 == 0 { "bob" } else { "alice" },
+                Some(&format!("l{i}")),
+                "x",
+            )
+        })
+        .collect();
+    let (w, r, other) = measure(&store, &metrics, msgs).await;
+    eprintln!("one-to-one, 400 concurrent: {w:.3} writes and {r:.3} reads per message ({other} other)");
+    assert!(w <= 1.0, "at most one write per message amortised: {w}");
+    assert_eq!(r, 0.0, "no reads in steady state");
+
+    // Steady load: 16 clients in 16 conversations, each waiting for every answer.
+    for p in 0..16 {
+        store.append(direct("dan", &format!("friend{p}"), None, "warm")).await.expect("append");
+    }
+    let (w, r) = measure_closed(&store, &metrics, 16, 25, |s, _| direct("dan", &format!("friend{s}"), None, "x")).await;
+    eprintln!("one-to-one, 16 closed-loop senders: {w:.3} writes and {r:.3} reads per message");
+    assert!(w <= 1.0, "at most one write per message amortised: {w}");
+    assert_eq!(r, 0.0, "no reads in steady state");
+
+    // Many one-to-one conversations at once (each warmed up by its first message).
+    for p in 0..50 {
+        store.append(direct("carol", &format!("peer{p}"), None, "warm")).await.expect("append");
+    }
+    let msgs = (0..400).map(|i| direct("carol", &format!("peer{}", i % 50), None, "x")).collect();
+    let (w, r, _) = measure(&store, &metrics, msgs).await;
+    eprintln!("50 one-to-one conversations, 400 concurrent: {w:.3} writes and {r:.3} reads per message");
+    assert!(w <= 1.0, "at most one write per message amortised: {w}");
+    assert_eq!(r, 0.0, "no reads in steady state");
+
+    // A 500-member group.
+    let members: Vec<String> = (1..500).map(|i| format!("member{i}")).collect();
+    store
+        .create_group(NewGroup {
+            id: "big".into(),
+            name: "big".into(),
+            owner: "owner".into(),
+            members: members.clone(),
+            ts: TS,
+            system_body: Body::System { event: "group_created".into(), data: json!({}) },
+        })
+        .await
+        .expect("create");
+    store.append(to_group("big", "owner", "warm")).await.expect("append");
+    let msgs = (0..400).map(|i| to_group("big", &members[i % members.len()], "x")).collect();
+    let (w, r, _) = measure(&store, &metrics, msgs).await;
+    eprintln!("500-member group, 400 concurrent: {w:.3} writes and {r:.3} reads per message");
+    assert!(w <= 1.0, "at most one write per message amortised: {w}");
+    assert_eq!(r, 0.0, "no reads in steady state");
+    assert_eq!(seqs_of(&store, &group_conv_id("big")).await.len(), 402);
+    let (w, r) = measure_closed(&store, &metrics, 16, 25, |s, _| to_group("big", &members[s], "x")).await;
+    eprintln!("500-member group, 16 closed-loop senders: {w:.3} writes and {r:.3} reads per message");
+    assert!(w <= 1.0, "at most one write per message amortised: {w}");
+    assert_eq!(r, 0.0, "no reads in steady state");
+
+    let text = metrics.render();
+    assert!(text.contains("confab_store_db_commands_total{kind=\"write\"}"), "{text}");
+    eprintln!(
+        "commits {} for {} write operations",
+        metrics.store_commits.load(Relaxed),
+        metrics.store_batch_ops.load(Relaxed)
+    );
+}
+
+/// A TCP forwarder in front of MongoDB that can be cut (every connection dropped, new ones
+/// refused) and restored: an outage without touching the server.
+struct Proxy {
+    addr: SocketAddr,
+    up: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: SocketAddr, up: bool) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let up = Arc::new(AtomicBool::new(up));
+        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let (up2, conns2) = (up.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if !up2.load(Relaxed) {
+                    drop(inbound);
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                conns2.lock().unwrap().push(task);
+            }
+        });
+        Proxy { addr, up, conns, accept }
+    }
+
+    fn uri(&self) -> String {
+        format!("mongodb://{}/?directConnection=true", self.addr)
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Relaxed);
+        for c in self.conns.lock().unwrap().drain(..) {
+            c.abort();
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Relaxed);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.accept.abort();
+    }
+}
+
+fn target_of(uri: &str) -> SocketAddr {
+    let rest = uri.strip_prefix("mongodb://").expect("a mongodb:// URI");
+    let host = rest.split(['/', '?', ',']).next().expect("host");
+    std::net::ToSocketAddrs::to_socket_addrs(host).expect("resolve").next().expect("an address")
+}
+
+async fn wait_ready(store: &MongoStore, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        if store.ping().await.is_ok() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the store did not recover within {within:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// MongoDB unreachable at start-up and later: operations fail quickly with `Unavailable`, nothing
+/// is half-written, `ping` fails, and the store recovers by itself when MongoDB is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_mongodb_fails_fast_and_recovers() {
+    let Some(uri) = test_uri() else { return };
+    let proxy = Proxy::start(target_of(&uri), false).await;
+    let mut opts = MongoOptions::new(proxy.uri(), fresh_db());
+    opts.server_selection_timeout = Duration::from_millis(400);
+    opts.connect_timeout = Duration::from_millis(400);
+    opts.op_timeout = Duration::from_secs(5);
+
+    // Down from the start: the store opens anyway, but is not ready.
+    let t = Instant::now();
+    let store = MongoStore::open(opts, Arc::new(Metrics::default())).await.expect("opens without MongoDB");
+    assert!(t.elapsed() < Duration::from_secs(4), "open took {:?}", t.elapsed());
+    assert!(store.ping().await.is_err(), "not ready without MongoDB");
+    let t = Instant::now();
+    let err = store.append(direct("alice", "bob", Some("m1"), "lost?")).await.expect_err("no MongoDB");
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(t.elapsed() < Duration::from_secs(3), "failing took {:?}", t.elapsed());
+
+    // Back: ready again by itself, and the failed send was not stored.
+    proxy.restore();
+    wait_ready(&store, Duration::from_secs(15)).await;
+    let a = store.append(direct("alice", "bob", Some("m1"), "hello")).await.expect("append");
+    assert!(!a.duplicate, "the failed send stored nothing");
+    assert_eq!(a.message.seq, 1);
+
+    // Down again while running: quick failures, and a moment later immediate ones (breaker).
+    proxy.cut();
+    let t = Instant::now();
+    let err = store.append(direct("alice", "bob", Some("m2"), "during")).await.expect_err("down");
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(t.elapsed() < Duration::from_secs(3), "failing took {:?}", t.elapsed());
+    let t = Instant::now();
+    assert!(store.append(direct("alice", "bob", Some("m3"), "during")).await.is_err());
+    assert!(store.history(&direct_conv_id("alice", "bob"), None, HistoryQuery::Latest { limit: 5 }).await.is_err());
+    assert!(store.ping().await.is_err());
+    assert!(t.elapsed() < Duration::from_secs(3), "repeated failures took {:?}", t.elapsed());
+
+    proxy.restore();
+    wait_ready(&store, Duration::from_secs(15)).await;
+    let b = store.append(direct("bob", "alice", Some("m2"), "after")).await.expect("append");
+    assert_eq!(b.message.seq, 2, "no hole, nothing of the failed sends stored");
+    let hist = store
+        .history(&direct_conv_id("alice", "bob"), None, HistoryQuery::Latest { limit: 10 })
+        .await
+        .expect("history");
+    assert_eq!(hist.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2]);
+}
+
+/// A node on MongoDB: `/readyz` is 503 while MongoDB is unreachable and sends fail
+/// `unavailable`; it turns ready by itself when MongoDB is back, and messages flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_on_mongodb_readiness_and_recovery() {
+    let Some(uri) = test_uri() else { return };
+    let proxy = Proxy::start(target_of(&uri), true).await;
+    let db = fresh_db();
+    let proxied = proxy.uri();
+    let node = TestNode::with(&[
+        ("CONFAB__STORAGE__BACKEND", "mongodb"),
+        ("CONFAB__STORAGE__MONGODB__URI", proxied.as_str()),
+        ("CONFAB__STORAGE__MONGODB__DATABASE", db.as_str()),
+        ("CONFAB__STORAGE__MONGODB__SERVER_SELECTION_TIMEOUT_MS", "400"),
+        ("CONFAB__STORAGE__MONGODB__CONNECT_TIMEOUT_MS", "400"),
+    ]);
+    assert_eq!(node.get("/readyz").await.0, 200);
+    let mut alice = node.connect("alice", "phone").await;
+    let mut bob = node.connect("bob", "phone").await;
+    let m = alice.send_msg(json!({"to": "bob"}), "c1", text("hi")).await;
+    assert_eq!(m["seq"], 1);
+    assert_eq!(bob.next_event("message").await["seq"], 1);
+
+    proxy.cut();
+    let err = alice
+        .expect_err("send", json!({"to": "bob", "client_msg_id": "c2", "body": text("lost")}), "unavailable")
+        .await;
+    assert!(err["message"].as_str().is_some_and(|s| !s.is_empty()));
+    assert_eq!(node.get("/readyz").await.0, 503);
+    bob.no_event_within(200).await;
+
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while node.get("/readyz").await.0 != 200 {
+        assert!(Instant::now() < deadline, "the node did not become ready again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let m = alice.send_msg(json!({"to": "bob"}), "c2", text("again")).await;
+    assert_eq!(m["seq"], 2, "the failed send was not stored");
+    assert_eq!(bob.next_event("message").await["seq"], 2);
+    assert!(node.metric("confab_store_db_command_failures_total").await >= 0.0);
+}
+
+/// `confab migrate`: an embedded store copied into MongoDB reads back the same, keeps its
+/// counters, and a second run changes nothing (even after writes on MongoDB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_from_embedded_is_complete_and_idempotent() {
+    let Some(uri) = test_uri() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let embedded: DynStore = Arc::new(EmbeddedStore::open(dir.path(), Arc::new(Metrics::default())).expect("open"));
+        check_persisted_write(embedded.clone()).await;
+        // Someone removed from a group stays removed after a second migration.
+        embedded
+            .change_members(confab_actors::store::MemberChange {
+                group_id: "gp".into(),
+                add: vec![("dave".into(), Role::Member)],
+                remove: vec![],
+                ts: TS,
+                system_body: Body::System { event: "members_added".into(), data: json!({}) },
+            })
+            .await
+            .expect("add dave");
+    }
+    let db = fresh_db();
+    let report = confab::store::mongo::migrate_from_embedded(dir.path(), options(&uri, &db)).await.expect("migrate");
+    eprintln!("{report}");
+    assert_eq!(report.refused(), 0);
+    let store: DynStore = Arc::new(open(&uri, &db, Arc::new(Metrics::default())).await);
+    // check_persisted_read expects the group before dave joined; remove him on MongoDB.
+    store
+        .change_members(confab_actors::store::MemberChange {
+            group_id: "gp".into(),
+            add: vec![],
+            remove: vec!["dave".into()],
+            ts: TS,
+            system_body: Body::System { event: "members_removed".into(), data: json!({}) },
+        })
+        .await
+        .expect("remove dave");
+    let gp = store.conversation(&group_conv_id("gp")).await.expect("conversation").expect("migrated");
+    assert_eq!(gp.last_seq, 4, "2 migrated changes + seq 3 (dave added) + seq 4 (removed)");
+
+    // A second run adds nothing and overwrites nothing.
+    let again =
+        confab::store::mongo::migrate_from_embedded(dir.path(), options(&uri, &db)).await.expect("migrate again");
+    eprintln!("{again}");
+    assert!(again.collections.iter().all(|(_, inserted, _, refused)| *inserted == 0 && *refused == 0), "{again}");
+    assert!(store.members("gp").await.expect("members").iter().all(|m| m.user_id != "dave"), "removed stays removed");
+    assert_eq!(store.conversation(&group_conv_id("gp")).await.expect("conversation").expect("exists").last_seq, 4);
+
+    // The direct conversation reads back as written.
+    let conv = direct_conv_id("alice", "bob");
+    assert_eq!(store.conversation(&conv).await.expect("conversation").expect("migrated").last_seq, 3);
+    let bob = store.user_conv("bob", &conv).await.expect("user_conv").expect("row");
+    assert!(bob.pinned);
+    assert_eq!(bob.read_seq, 1);
+    let ch = store.changes("bob", &conv, 0).await.expect("changes");
+    assert_eq!((ch.recalled, ch.deleted), (vec![2], vec![3]));
+    let bob_hist = store.history(&conv, Some("bob"), HistoryQuery::Latest { limit: 10 }).await.expect("history");
+    assert_eq!(bob_hist.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2]);
+    let dup = store.append(direct("alice", "bob", Some("p1"), "again")).await.expect("append");
+    assert!(dup.duplicate, "the dedupe keys were migrated");
+    let next = store.append(direct("bob", "alice", None, "after migration")).await.expect("append");
+    assert_eq!(next.message.seq, 4);
+    assert!(next.message.ver > gp.ver, "ver continues above everything migrated");
+}

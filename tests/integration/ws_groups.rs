@@ -1,0 +1,393 @@
+//! Groups over WebSocket: create, add, remove, leave, members, info, permissions, system messages,
+//! read counts, recall by managers, and ordering under concurrent senders.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+
+use crate::common::{text, Client, TestNode};
+
+fn seqs(messages: &Value) -> Vec<u64> {
+    messages.as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect()
+}
+
+/// alice creates group `team` with bob and carol; everyone's creation events are consumed.
+async fn team(node: &TestNode) -> (Client, Client, Client) {
+    let mut alice = node.connect("alice", "phone").await;
+    let mut bob = node.connect("bob", "phone").await;
+    let mut carol = node.connect("carol", "phone").await;
+    alice.expect_ok("group_create", json!({"group_id": "team", "name": "Team", "members": ["bob", "carol"]})).await;
+    for c in [&mut alice, &mut bob, &mut carol] {
+        c.next_event("message").await;
+        c.next_event("membership").await;
+    }
+    (alice, bob, carol)
+}
+
+#[tokio::test]
+async fn create_announces_the_group_to_every_member() {
+    let node = TestNode::start();
+    let mut alice = node.connect("alice", "phone").await;
+    let mut bob = node.connect("bob", "phone").await;
+    let mut bob2 = node.connect("bob", "tablet").await;
+    let mut carol = node.connect("carol", "phone").await;
+    let mut dave = node.connect("dave", "phone").await;
+    let r = alice
+        .expect_ok(
+            "group_create",
+            json!({"group_id": "team", "name": "  Team  ", "members": ["carol", "bob", "bob", "alice"]}),
+        )
+        .await;
+    let g = &r["group"];
+    assert_eq!(
+        (g["id"].as_str(), g["name"].as_str(), g["owner"].as_str()),
+        (Some("team"), Some("Team"), Some("alice"))
+    );
+    assert_eq!(g["member_count"], 3);
+    assert!(g["created_at"].as_i64().unwrap() > 1_600_000_000_000);
+
+    let mut first = None;
+    for c in [&mut bob, &mut bob2, &mut carol, &mut alice] {
+        let m = c.next_event("message").await;
+        assert_eq!((m["conv_id"].as_str(), m["seq"].as_u64()), (Some("g_team"), Some(1)));
+        assert_eq!(m["sender"], Value::Null);
+        assert!(m.get("client_msg_id").is_none());
+        assert_eq!(m["body"]["type"], "system");
+        assert_eq!(m["body"]["event"], "group_created");
+        assert_eq!(m["body"]["data"]["by"], "alice");
+        assert_eq!(m["body"]["data"]["members"], json!(["bob", "carol"]));
+        let ms = c.next_event("membership").await;
+        assert_eq!(
+            ms,
+            json!({"group_id": "team", "conv_id": "g_team", "seq": 1, "added": ["bob", "carol"], "removed": []})
+        );
+        if let Some(f) = &first {
+            assert_eq!(f, &m);
+        }
+        first = Some(m);
+        c.no_event_within(50).await;
+    }
+    dave.no_event_within(100).await;
+
+    let members = bob.expect_ok("group_members", json!({"group_id": "team"})).await;
+    let list: Vec<(String, String)> = members["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["user_id"].as_str().unwrap().to_string(), m["role"].as_str().unwrap().to_string()))
+        .collect();
+    let want: Vec<(String, String)> = [("alice", "owner"), ("bob", "member"), ("carol", "member")]
+        .iter()
+        .map(|(u, r)| (u.to_string(), r.to_string()))
+        .collect();
+    assert_eq!(list, want);
+    assert_eq!(members["members"][0]["joined_at"], g["created_at"]);
+    assert_eq!(carol.expect_ok("group_info", json!({"group_id": "team"})).await["group"], *g);
+
+    // The conversation is in every member's list; the system message is history.
+    let l = bob.expect_ok("conversations", json!({})).await;
+    let item = &l["conversations"][0];
+    assert_eq!(
+        (item["conv_id"].as_str(), item["kind"].as_str(), item["group_id"].as_str()),
+        (Some("g_team"), Some("group"), Some("team"))
+    );
+    assert!(item.get("members").is_none(), "groups list no members in the item: {item}");
+    assert_eq!((item["last_seq"].as_u64(), item["active"].as_bool()), (Some(1), Some(true)));
+    let h = carol.expect_ok("history", json!({"conv_id": "g_team"})).await;
+    assert_eq!(seqs(&h["messages"]), vec![1]);
+
+    // Outsiders see nothing; unknown groups are not found; ids are checked.
+    dave.expect_err("group_info", json!({"group_id": "team"}), "not_member").await;
+    dave.expect_err("group_members", json!({"group_id": "team"}), "not_member").await;
+    dave.expect_err("history", json!({"conv_id": "g_team"}), "not_member").await;
+    dave.expect_err(
+        "send",
+        json!({"conv_id": "g_team", "client_msg_id": "d1", "body": text("let me in")}),
+        "not_member",
+    )
+    .await;
+    bob.expect_err("group_info", json!({"group_id": "nope"}), "not_found").await;
+    bob.expect_err("group_info", json!({"group_id": "bad id"}), "invalid_request").await;
+    assert_eq!(bob.expect_ok("history", json!({"conv_id": "g_team"})).await["last_seq"], 1);
+
+    // The id is taken; names are checked.
+    dave.expect_err("group_create", json!({"group_id": "team", "name": "Mine"}), "conflict").await;
+    dave.expect_err("group_create", json!({"name": "   "}), "invalid_request").await;
+    dave.expect_err("group_create", json!({"name": "x".repeat(129)}), "invalid_request").await;
+    dave.expect_err("group_create", json!({"name": "ok", "members": ["not valid"]}), "invalid_request").await;
+    // A random id when none is given.
+    let g2 = dave.expect_ok("group_create", json!({"name": "Solo"})).await;
+    let id = g2["group"]["id"].as_str().unwrap();
+    assert_eq!(id.len(), 16);
+    assert_eq!(g2["group"]["member_count"], 1);
+    assert_eq!(dave.expect_ok("group_info", json!({"group_id": id})).await["group"], g2["group"]);
+}
+
+#[tokio::test]
+async fn add_remove_leave_with_permissions_and_system_messages() {
+    let node = TestNode::start();
+    let (mut alice, mut bob, mut carol) = team(&node).await;
+    let mut dave = node.connect("dave", "phone").await;
+
+    // Members cannot manage.
+    bob.expect_err("group_add", json!({"group_id": "team", "members": ["dave"]}), "forbidden").await;
+    bob.expect_err("group_remove", json!({"group_id": "team", "members": ["carol"]}), "forbidden").await;
+    dave.expect_err("group_add", json!({"group_id": "team", "members": ["dave"]}), "not_member").await;
+    alice.expect_err("group_add", json!({"group_id": "team", "members": []}), "invalid_request").await;
+    alice.expect_err("group_add", json!({"group_id": "team", "members": ["bob"]}), "conflict").await;
+    alice.expect_err("group_add", json!({"group_id": "ghost", "members": ["bob"]}), "not_found").await;
+    assert_eq!(alice.expect_ok("history", json!({"conv_id": "g_team"})).await["last_seq"], 1);
+    dave.no_event_within(100).await;
+
+    // Owner adds dave: everyone, dave included, gets the system message then the membership event.
+    let r = alice.expect_ok("group_add", json!({"group_id": "team", "members": ["dave"]})).await;
+    let sys = &r["message"];
+    assert_eq!(sys["seq"], 2);
+    assert_eq!(
+        sys["body"],
+        json!({"type": "system", "event": "members_added", "data": {"by": "alice", "added": ["dave"], "removed": []}})
+    );
+    for c in [&mut alice, &mut bob, &mut carol, &mut dave] {
+        assert_eq!(&c.next_event("message").await, sys, "{}", c.user);
+        let ms = c.next_event("membership").await;
+        assert_eq!(ms, json!({"group_id": "team", "conv_id": "g_team", "seq": 2, "added": ["dave"], "removed": []}));
+    }
+    // dave sees the whole history and can write.
+    let h = dave.expect_ok("history", json!({"conv_id": "g_team"})).await;
+    assert_eq!(seqs(&h["messages"]), vec![1, 2]);
+    let m = dave.send_msg(json!({"conv_id": "g_team"}), "d1", text("hello all")).await;
+    assert_eq!(m["seq"], 3);
+    for c in [&mut alice, &mut bob, &mut carol] {
+        assert_eq!(c.next_event("message").await, m);
+    }
+    assert_eq!(alice.expect_ok("group_info", json!({"group_id": "team"})).await["group"]["member_count"], 4);
+
+    // Owner removes carol: carol hears it (she was a member), then is locked out.
+    let r = alice.expect_ok("group_remove", json!({"group_id": "team", "members": ["carol", "nobody"]})).await;
+    let sys = &r["message"];
+    assert_eq!(sys["seq"], 4);
+    assert_eq!(sys["body"]["data"], json!({"by": "alice", "added": [], "removed": ["carol"]}));
+    assert_eq!(sys["body"]["event"], "members_removed");
+    for c in [&mut alice, &mut bob, &mut carol, &mut dave] {
+        assert_eq!(&c.next_event("message").await, sys, "{}", c.user);
+        assert_eq!(c.next_event("membership").await["removed"], json!(["carol"]));
+    }
+    carol
+        .expect_err(
+            "send",
+            json!({"conv_id": "g_team", "client_msg_id": "c1", "body": text("still here?")}),
+            "not_member",
+        )
+        .await;
+    carol.expect_err("history", json!({"conv_id": "g_team"}), "not_member").await;
+    carol.expect_err("read", json!({"conv_id": "g_team", "seq": 4}), "not_member").await;
+    carol.expect_err("group_members", json!({"group_id": "team"}), "not_member").await;
+    let item = carol.expect_ok("conversation", json!({"conv_id": "g_team"})).await;
+    assert_eq!((item["active"].as_bool(), item["unread"].as_u64()), (Some(false), Some(0)));
+    let m = bob.send_msg(json!({"conv_id": "g_team"}), "b1", text("bye carol")).await;
+    assert_eq!(m["seq"], 5);
+    carol.no_event_within(150).await;
+    alice.expect_err("group_remove", json!({"group_id": "team", "members": ["carol"]}), "not_found").await;
+    alice.expect_err("group_remove", json!({"group_id": "team", "members": ["alice"]}), "forbidden").await;
+
+    // Leaving.
+    alice.expect_err("group_leave", json!({"group_id": "team"}), "owner_cannot_leave").await;
+    let r = bob.expect_ok("group_leave", json!({"group_id": "team"})).await;
+    assert_eq!(r["message"]["seq"], 6);
+    assert_eq!(
+        r["message"]["body"],
+        json!({"type": "system", "event": "member_left", "data": {"by": "bob", "added": [], "removed": ["bob"]}})
+    );
+    bob.expect_err("send", json!({"conv_id": "g_team", "client_msg_id": "b2", "body": text("x")}), "not_member").await;
+    bob.expect_err("group_leave", json!({"group_id": "team"}), "not_member").await;
+
+    let members = alice.expect_ok("group_members", json!({"group_id": "team"})).await;
+    let users: Vec<&str> =
+        members["members"].as_array().unwrap().iter().map(|m| m["user_id"].as_str().unwrap()).collect();
+    assert_eq!(users, vec!["alice", "dave"]);
+    assert_eq!(alice.expect_ok("group_info", json!({"group_id": "team"})).await["group"]["member_count"], 2);
+
+    // Every membership change is in history as a system message.
+    let h = alice.expect_ok("history", json!({"conv_id": "g_team"})).await;
+    let events: Vec<Value> = h["messages"].as_array().unwrap().iter().map(|m| m["body"]["event"].clone()).collect();
+    assert_eq!(
+        events,
+        vec![
+            json!("group_created"),
+            json!("members_added"),
+            Value::Null,
+            json!("members_removed"),
+            Value::Null,
+            json!("member_left")
+        ]
+    );
+    assert_eq!(seqs(&h["messages"]), (1..=6).collect::<Vec<_>>());
+
+    // Re-adding a former member makes their row active again.
+    alice.expect_ok("group_add", json!({"group_id": "team", "members": ["carol"]})).await;
+    let item = carol.expect_ok("conversation", json!({"conv_id": "g_team"})).await;
+    assert_eq!(item["active"], true);
+    carol.send_msg(json!({"conv_id": "g_team"}), "c2", text("back")).await;
+}
+
+#[tokio::test]
+async fn read_count_and_recall_by_the_owner() {
+    let node = TestNode::start();
+    let (mut alice, mut bob, mut carol) = team(&node).await;
+    let m = alice.send_msg(json!({"conv_id": "g_team"}), "a1", text("did you read this?")).await;
+    assert_eq!(m["seq"], 2);
+    bob.next_event("message").await;
+    carol.next_event("message").await;
+    let rc = |read: u64| json!({"seq": 2, "read": read, "total": 2});
+    assert_eq!(alice.expect_ok("read_count", json!({"conv_id": "g_team", "seq": 2})).await, rc(0));
+    bob.expect_ok("read", json!({"conv_id": "g_team", "seq": 2})).await;
+    assert_eq!(alice.expect_ok("read_count", json!({"conv_id": "g_team", "seq": 2})).await, rc(1));
+    // Group reads are not receipts for everyone.
+    alice.no_event_within(100).await;
+    carol.no_event_within(10).await;
+    carol.expect_ok("read", json!({"conv_id": "g_team", "seq": 5})).await;
+    assert_eq!(bob.expect_ok("read_count", json!({"conv_id": "g_team", "seq": 2})).await, rc(2));
+    alice.expect_err("read_count", json!({"conv_id": "g_team", "seq": 9}), "not_found").await;
+
+    // bob's message: carol (a member) may not recall it, alice (the owner) may.
+    let b = bob.send_msg(json!({"conv_id": "g_team"}), "b1", text("regret")).await;
+    alice.next_event("message").await;
+    carol.next_event("message").await;
+    carol.expect_err("recall", json!({"conv_id": "g_team", "seq": b["seq"]}), "forbidden").await;
+    let r = alice.expect_ok("recall", json!({"conv_id": "g_team", "seq": b["seq"]})).await;
+    assert_eq!(r["message"]["body"], json!({"type": "recalled", "by": "alice"}));
+    assert_eq!(r["message"]["sender"], "bob");
+    for c in [&mut alice, &mut bob, &mut carol] {
+        assert_eq!(c.next_event("recall").await, r["message"]);
+    }
+    let h = carol.expect_ok("history", json!({"conv_id": "g_team", "after": 2})).await;
+    assert_eq!(h["messages"][0]["body"], json!({"type": "recalled", "by": "alice"}));
+}
+
+/// 4 senders x 50 pipelined messages into one group: every device of every member receives every
+/// message exactly once, in strictly increasing contiguous seq order (acks at their place in it).
+#[tokio::test]
+async fn concurrent_senders_are_delivered_in_seq_order_exactly_once() {
+    const SENDERS: usize = 4;
+    const PER: usize = 50;
+    let node = TestNode::start();
+    let mut owner = node.connect("owner", "phone").await;
+    let names: Vec<String> = (0..SENDERS).map(|i| format!("s{i}")).collect();
+    let mut members = names.clone();
+    members.push("reader".into());
+    owner.expect_ok("group_create", json!({"group_id": "load", "name": "Load", "members": members})).await;
+    owner.next_event("message").await;
+    owner.next_event("membership").await;
+    let mut senders = Vec::new();
+    for n in &names {
+        senders.push(node.connect(n, "phone").await);
+    }
+    let mut readers = [node.connect("reader", "a").await, node.connect("reader", "b").await, owner];
+
+    // Everyone pipelines all their sends at once, concurrently.
+    let tasks: Vec<_> = senders
+        .into_iter()
+        .map(|mut c| {
+            tokio::spawn(async move {
+                let mut keys = Vec::new();
+                for i in 0..PER {
+                    let data = json!({"conv_id": "g_load", "client_msg_id": format!("{}-{i}", c.user), "body": text(&format!("{} {i}", c.user))});
+                    keys.push(c.send_req("send", data).await);
+                }
+                let mut acked = Vec::new();
+                for k in &keys {
+                    let r = c.reply(k).await;
+                    assert!(r.get("error").is_none(), "{r}");
+                    acked.push(r["result"]["message"]["seq"].as_u64().unwrap());
+                }
+                // Wait for the others' messages, then make sure nothing more comes.
+                let want = SENDERS * PER - PER;
+                let count = |c: &crate::common::Client| c.log.iter().filter(|f| f["event"] == "message").count();
+                while count(&c) < want {
+                    c.next_event("message").await;
+                }
+                c.drain_events(100).await;
+                assert_eq!(count(&c), want, "{}: duplicate message events", c.user);
+                (c, acked)
+            })
+        })
+        .collect();
+    let total = (SENDERS * PER) as u64;
+    let mut all_acked = Vec::new();
+    for t in tasks {
+        let (c, acked) = t.await.unwrap();
+        // A sender's own acks are in seq order.
+        assert!(acked.windows(2).all(|w| w[0] < w[1]), "{}: acks out of order {acked:?}", c.user);
+        // Acks and events together: exactly 2..=total+1, in order.
+        let order: Vec<u64> = c
+            .log
+            .iter()
+            .filter(|f| f["event"] == "message" || f["result"]["message"].is_object())
+            .map(|f| {
+                if f["event"] == "message" {
+                    f["data"]["seq"].as_u64().unwrap()
+                } else {
+                    f["result"]["message"]["seq"].as_u64().unwrap()
+                }
+            })
+            .collect();
+        let expect: Vec<u64> = (2..=total + 1).collect();
+        assert_eq!(order, expect, "{}: acks and events not in seq order", c.user);
+        all_acked.extend(acked);
+    }
+    all_acked.sort();
+    assert_eq!(all_acked, (2..=total + 1).collect::<Vec<_>>());
+
+    for r in readers.iter_mut() {
+        let mut got = Vec::new();
+        let mut by_sender: HashMap<String, Vec<String>> = HashMap::new();
+        while got.len() < total as usize {
+            let m = r.next_event("message").await;
+            got.push(m["seq"].as_u64().unwrap());
+            by_sender
+                .entry(m["sender"].as_str().unwrap().into())
+                .or_default()
+                .push(m["client_msg_id"].as_str().unwrap().into());
+        }
+        r.no_event_within(100).await;
+        assert_eq!(got, (2..=total + 1).collect::<Vec<_>>(), "{}/{}", r.user, r.device);
+        // Each sender's messages arrive in the order they were sent.
+        for (s, ids) in by_sender {
+            let want: Vec<String> = (0..PER).map(|i| format!("{s}-{i}")).collect();
+            assert_eq!(ids, want);
+        }
+    }
+    let mut held = 0;
+    loop {
+        let h = readers[0].expect_ok("history", json!({"conv_id": "g_load", "after": held, "limit": 100})).await;
+        for s in seqs(&h["messages"]) {
+            assert_eq!(s, held + 1);
+            held = s;
+        }
+        if !h["has_more"].as_bool().unwrap() {
+            break;
+        }
+    }
+    assert_eq!(held, total + 1);
+}
+
+#[tokio::test]
+async fn groups_hold_at_most_max_members() {
+    let node = TestNode::with(&[("CONFAB__GROUPS__MAX_MEMBERS", "3")]);
+    let mut alice = node.connect("alice", "phone").await;
+    alice
+        .expect_err(
+            "group_create",
+            json!({"group_id": "big", "name": "Big", "members": ["b", "c", "d"]}),
+            "invalid_request",
+        )
+        .await;
+    alice.expect_err("group_info", json!({"group_id": "big"}), "not_found").await;
+    alice.expect_ok("group_create", json!({"group_id": "g", "name": "G", "members": ["b", "c"]})).await;
+    alice.expect_err("group_add", json!({"group_id": "g", "members": ["d"]}), "invalid_request").await;
+    alice.expect_ok("group_remove", json!({"group_id": "g", "members": ["c"]})).await;
+    alice.expect_ok("group_add", json!({"group_id": "g", "members": ["d"]})).await;
+    let m = alice.expect_ok("group_members", json!({"group_id": "g"})).await;
+    assert_eq!(m["members"].as_array().unwrap().len(), 3);
+    assert_eq!(alice.expect_ok("history", json!({"conv_id": "g_g"})).await["last_seq"], 3);
+}
