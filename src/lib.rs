@@ -3,7 +3,7 @@
 //! The transports and adapters around `confab-actors` (the domain and actors):
 //! - [`config`]: the typed configuration, layered defaults < file < `CONFAB__…` environment.
 //! - [`auth`]: HS256 access tokens.
-//! - [`store`]: storage adapters implementing `confab_actors::store::Store` (embedded today).
+//! - [`store`]: storage adapters implementing `confab_actors::store::Store`: embedded (redb) and MongoDB.
 //! - [`http`]: HTTP routes: `/healthz`, `/readyz`, `/metrics`, and the `/ws` upgrade.
 //! - [`server`]: assembling and running a node.
 

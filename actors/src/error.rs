@@ -51,7 +51,7 @@ pub const ERROR_TABLE: &[ErrorRow] = &[
     ErrorRow { code: ErrorCode::OwnerCannotLeave, name: "owner_cannot_leave", http_status: 409, meaning: "A group's owner cannot leave it." },
     ErrorRow { code: ErrorCode::Conflict, name: "conflict", http_status: 409, meaning: "The request conflicts with the current state (for example the group id is taken)." },
     ErrorRow { code: ErrorCode::TooManyRequests, name: "too_many_requests", http_status: 429, meaning: "Too many requests are in flight on this connection (`session.max_inflight_requests`)." },
-    ErrorRow { code: ErrorCode::Unavailable, name: "unavailable", http_status: 503, meaning: "The store could not be reached or failed; nothing was stored. Retry with the same `client_msg_id`." },
+    ErrorRow { code: ErrorCode::Unavailable, name: "unavailable", http_status: 503, meaning: "The store could not be reached or failed; the request was not acknowledged. Retry a send with the same `client_msg_id`: it is never stored twice (on MongoDB a commit whose outcome was lost may already hold it, and the retry returns it)." },
     ErrorRow { code: ErrorCode::Internal, name: "internal", http_status: 500, meaning: "An unexpected server error." },
 ];
 

@@ -2,7 +2,9 @@
 //! (the embedded store today; MongoDB for clusters).
 //!
 //! Rules every implementation keeps (the conformance suite in `tests/integration/store.rs` checks them):
-//! - An operation either happens whole or not at all. An `Err` means nothing was written.
+//! - An operation either happens whole or not at all. An `Err` means nothing was written, with
+//!   one exception on networked databases: a commit whose outcome was lost (the connection died
+//!   mid-commit) may have happened whole. Idempotency keys make retries safe in that case.
 //! - A method returns only after its writes are durable (committed with fsync or the equivalent).
 //! - `seq` is contiguous per conversation from 1. `ver` is a store-wide version, strictly increasing
 //!   with every write, used for "what changed since" cursors.

@@ -41,7 +41,7 @@ pub fn source_ip(i: usize, per_ip: usize) -> Option<Ipv4Addr> {
 pub async fn open(
     dialect: &Dialect,
     addr: SocketAddr,
-    src: Ipv4Addr,
+    src: Option<Ipv4Addr>,
     user: &str,
     room: Option<&str>,
 ) -> anyhow::Result<Ws> {
@@ -53,7 +53,8 @@ pub async fn open(
         // ports across runs.
         sock.set_zero_linger()?;
         if let Some(src) = src {
-            sock.set_reuseaddr(true)?;
+            // No SO_REUSEADDR: with it, Linux's search for a free port slows to milliseconds
+            // per bind past a few thousand sockets on one address.
             sock.bind(SocketAddr::new(src.into(), 0)).with_context(|| format!("binding {src}"))?;
         }
         let tcp = sock.connect(addr).await.with_context(|| format!("connecting to {addr}"))?;

@@ -52,6 +52,17 @@ fn env_pairs(dir: &Path, extra: &[(&str, &str)]) -> Vec<(String, String)> {
         ("CONFAB__SERVER__WORKERS".to_string(), "1".to_string()),
         ("CONFAB__LOG__LEVEL".to_string(), "warn".to_string()),
     ];
+    // `CONFAB_TEST_BACKEND=mongodb` runs the same WebSocket tests on MongoDB (scripts/test does).
+    // The database name derives from the data directory, so a restarted node finds its data.
+    if std::env::var("CONFAB_TEST_BACKEND").as_deref() == Ok("mongodb") {
+        use std::hash::{Hash, Hasher};
+        let uri = std::env::var("CONFAB_TEST_MONGODB_URI").expect("CONFAB_TEST_BACKEND=mongodb needs CONFAB_TEST_MONGODB_URI");
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        dir.hash(&mut h);
+        env.push(("CONFAB__STORAGE__BACKEND".into(), "mongodb".into()));
+        env.push(("CONFAB__STORAGE__MONGODB__URI".into(), uri));
+        env.push(("CONFAB__STORAGE__MONGODB__DATABASE".into(), format!("confab_ws_{:x}", h.finish())));
+    }
     for (k, v) in extra {
         env.retain(|(ek, _)| ek != k);
         env.push((k.to_string(), v.to_string()));
