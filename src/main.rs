@@ -108,7 +108,7 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
     let listener = std::net::TcpListener::bind(cfg.bind_addr()?).with_context(|| format!("binding {}", cfg.server.bind))?;
     let addr = listener.local_addr()?;
     actix::System::new().block_on(async move {
-        confab::server::serve(cfg, listener, move |_| {
+        confab::server::serve(cfg, listener, true, move |_| {
             // One machine-readable line on stdout, so scripts (and tests) can find the port.
             println!("confab listening on {addr}");
             let _ = std::io::stdout().flush();

@@ -40,23 +40,41 @@ fn cores() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
-/// Runs a node on `listener` until it is stopped (signal, or `on_start`'s handle).
-/// Must be called inside an actix `System`.
-pub async fn serve(cfg: Config, listener: TcpListener, on_start: impl FnOnce(actix_web::dev::ServerHandle)) -> anyhow::Result<()> {
+/// Runs a node on `listener` until it is stopped (by SIGINT/SIGTERM when `signals` is true, or
+/// through `on_start`'s handle). Must be called inside an actix `System`.
+pub async fn serve(
+    cfg: Config,
+    listener: TcpListener,
+    signals: bool,
+    on_start: impl FnOnce(actix_web::dev::ServerHandle),
+) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
     let store = open_store(&cfg, metrics.clone()).await?;
     let registry = Arc::new(Registry::new(metrics.clone()));
     let n_arbiters = if cfg.groups.arbiters == 0 { cores() } else { cfg.groups.arbiters };
     let arbiters: Vec<Arbiter> = (0..n_arbiters).map(|_| Arbiter::new()).collect();
     let directory = Directory::new(arbiters.iter().map(|a| a.handle()).collect());
-    let engine = Engine::new(store, registry, metrics, cfg.limits(), directory);
+    let engine = Engine::new(store, registry.clone(), metrics, cfg.limits(), directory);
     let state = web::Data::new(AppState { engine, session: cfg.session_config(), secret: cfg.auth.secret.clone() });
     let workers = if cfg.server.workers == 0 { cores() } else { cfg.server.workers };
     let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
         .workers(workers)
         .shutdown_timeout(cfg.server.shutdown_timeout_secs)
+        .disable_signals()
         .listen(listener)?
         .run();
+    let handle = server.handle();
+    // SIGINT / SIGTERM: close every WebSocket with 1001 first, so the graceful stop does not
+    // wait `shutdown_timeout_secs` for connections that would never end by themselves.
+    actix::spawn(async move {
+        if !signals {
+            return;
+        }
+        shutdown_signal().await;
+        let n = registry.close_all();
+        tracing::info!(sessions = n, "shutting down");
+        handle.stop(true).await;
+    });
     on_start(server.handle());
     let result = server.await;
     for a in arbiters {
@@ -64,6 +82,29 @@ pub async fn serve(cfg: Config, listener: TcpListener, on_start: impl FnOnce(act
         let _ = a.join();
     }
     result.map_err(Into::into)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 /// A node running on its own thread with its own actix system (for tests and embedding).
@@ -82,7 +123,7 @@ impl RunningNode {
         let thread = std::thread::spawn(move || {
             let sys = actix::System::new();
             let tx2 = tx.clone();
-            let result = sys.block_on(serve(cfg, listener, move |h| {
+            let result = sys.block_on(serve(cfg, listener, false, move |h| {
                 let _ = tx2.send(Ok(h));
             }));
             if let Err(e) = &result {

@@ -62,6 +62,9 @@ impl actix::Message for Submit {
 pub struct Recall {
     pub by: Arc<str>,
     pub seq: u64,
+    /// An administrative recall (the HTTP integration API): `by` need not be a member, and
+    /// neither the sender rule nor the recall window applies.
+    pub admin: bool,
 }
 
 impl actix::Message for Recall {
@@ -485,7 +488,7 @@ impl Handler<Recall> for ConversationActor {
 
     fn handle(&mut self, msg: Recall, _ctx: &mut Context<Self>) -> Self::Result {
         self.last_active = Instant::now();
-        let checked = self.check_ready().and_then(|_| self.check_member(&msg.by));
+        let checked = self.check_ready().and_then(|_| if msg.admin { Ok(Role::Owner) } else { self.check_member(&msg.by) });
         let role = match checked {
             Ok(r) => r,
             Err(e) => return Box::pin(actix::fut::ready(Err(e))),
@@ -501,7 +504,7 @@ impl Handler<Recall> for ConversationActor {
                 return Ok((m, false));
             }
             let own = m.sender.as_deref() == Some(&*by);
-            let manager = is_group && role.can_manage();
+            let manager = msg.admin || (is_group && role.can_manage());
             if !manager {
                 if !own {
                     return Err(Error::forbidden("only the sender, or a group's owner or admins, may recall a message"));

@@ -244,15 +244,31 @@ impl Engine {
     }
 
     pub async fn history(&self, caller: &Caller, req: proto::HistoryReq) -> Result<impl Serialize> {
-        let limit = page(req.limit)?;
+        page(req.limit)?;
         self.access(&caller.user, &req.conv_id).await?;
+        self.history_of(Some(&caller.user), req).await
+    }
+
+    /// History as an administrator sees it (the HTTP integration API without `as_user`): no
+    /// membership check and no per-user deletions; the conversation must exist.
+    pub async fn history_admin(&self, req: proto::HistoryReq) -> Result<impl Serialize> {
+        page(req.limit)?;
+        model::conv_kind(&req.conv_id)?;
+        if self.core.store.conversation(&req.conv_id).await?.is_none() {
+            return Err(Error::not_found("no such conversation"));
+        }
+        self.history_of(None, req).await
+    }
+
+    async fn history_of(&self, viewer: Option<&str>, req: proto::HistoryReq) -> Result<HistoryResult> {
+        let limit = page(req.limit)?;
         let q = match (req.before, req.after) {
             (None, None) => HistoryQuery::Latest { limit },
             (Some(seq), None) => HistoryQuery::Before { seq, limit },
             (None, Some(seq)) => HistoryQuery::After { seq, limit },
             (Some(_), Some(_)) => return Err(Error::invalid("give at most one of before and after")),
         };
-        let messages = self.core.store.history(&req.conv_id, Some(&caller.user), q).await?;
+        let messages = self.core.store.history(&req.conv_id, viewer, q).await?;
         let last_seq = self.core.store.conversation(&req.conv_id).await?.map(|c| c.last_seq).unwrap_or(0);
         let has_more = match q {
             HistoryQuery::After { seq, .. } => messages.last().map(|m| m.seq).unwrap_or(seq) < last_seq,
@@ -270,6 +286,26 @@ impl Engine {
         views.truncate(limit);
         let next_since = views.iter().map(|v| v.cursor()).max().unwrap_or(req.since);
         Ok(ConversationsResult { conversations: views.into_iter().map(ConversationItem::from).collect(), next_since, has_more })
+    }
+
+    /// The user's total unread count: the sum over all their conversations (paging through the
+    /// whole list), and how many conversations have unread messages.
+    pub async fn unread_total(&self, user: &str) -> Result<(u64, u64)> {
+        model::validate_id("user", user)?;
+        let (mut total, mut conversations, mut since) = (0u64, 0u64, 0u64);
+        loop {
+            let views = self.core.store.list_conversations(user, since, model::MAX_PAGE).await?;
+            for v in &views {
+                let n = v.unread();
+                total += n;
+                conversations += u64::from(n > 0);
+            }
+            let next = views.iter().map(|v| v.cursor()).max().unwrap_or(since);
+            if views.len() < model::MAX_PAGE || next <= since {
+                return Ok((total, conversations));
+            }
+            since = next;
+        }
     }
 
     pub async fn conversation(&self, caller: &Caller, conv_id: &str) -> Result<ConversationItem> {
@@ -338,7 +374,16 @@ impl Engine {
 
     pub async fn recall(&self, caller: &Caller, req: proto::SeqReq) -> Result<Message> {
         model::conv_kind(&req.conv_id)?;
-        self.call(&req.conv_id, Init::Load, Recall { by: caller.user.clone(), seq: req.seq }).await
+        self.call(&req.conv_id, Init::Load, Recall { by: caller.user.clone(), seq: req.seq, admin: false }).await
+    }
+
+    /// An administrative recall (the HTTP integration API): any message, at any time, recorded
+    /// as recalled by `by` (who need not be a member). Members' devices get the same `recall`
+    /// event as for any recall.
+    pub async fn recall_admin(&self, by: &str, conv_id: &str, seq: u64) -> Result<Message> {
+        model::conv_kind(conv_id)?;
+        model::validate_id("by", by)?;
+        self.call(conv_id, Init::Load, Recall { by: Arc::from(by), seq, admin: true }).await
     }
 
     pub async fn delete(&self, caller: &Caller, req: proto::DeleteReq) -> Result<impl Serialize> {
@@ -484,6 +529,20 @@ impl Engine {
     pub async fn group_info(&self, caller: &Caller, group_id: &str) -> Result<Group> {
         self.group_access(caller, group_id).await?;
         self.core.store.group(group_id).await?.ok_or_else(|| Error::not_found("no such group"))
+    }
+
+    /// A group's profile for an administrator (the HTTP integration API): no membership check.
+    pub async fn group_info_admin(&self, group_id: &str) -> Result<Group> {
+        model::validate_id("group_id", group_id)?;
+        self.core.store.group(group_id).await?.ok_or_else(|| Error::not_found("no such group"))
+    }
+
+    /// A group's members for an administrator (the HTTP integration API): no membership check.
+    pub async fn group_members_admin(&self, group_id: &str) -> Result<Vec<Member>> {
+        self.group_info_admin(group_id).await?;
+        let mut members = self.core.store.members(group_id).await?;
+        members.sort_by(|a, b| role_rank(a.role).cmp(&role_rank(b.role)).then_with(|| a.user_id.cmp(&b.user_id)));
+        Ok(members)
     }
 
     /// Runs one request and encodes its reply. Returns `None` when the reply was already queued

@@ -25,6 +25,11 @@ pub enum ErrorCode {
     TooManyRequests,
     Unavailable,
     Internal,
+    SignatureInvalid,
+    TimestampOutOfRange,
+    NonceReplayed,
+    ScopeMissing,
+    BodyTooLarge,
 }
 
 /// One row of the error table.
@@ -52,6 +57,11 @@ pub const ERROR_TABLE: &[ErrorRow] = &[
     ErrorRow { code: ErrorCode::Conflict, name: "conflict", http_status: 409, meaning: "The request conflicts with the current state (for example the group id is taken)." },
     ErrorRow { code: ErrorCode::TooManyRequests, name: "too_many_requests", http_status: 429, meaning: "Too many requests are in flight on this connection (`session.max_inflight_requests`)." },
     ErrorRow { code: ErrorCode::Unavailable, name: "unavailable", http_status: 503, meaning: "The store could not be reached or failed; the request was not acknowledged. Retry a send with the same `client_msg_id`: it is never stored twice (on MongoDB a commit whose outcome was lost may already hold it, and the retry returns it)." },
+    ErrorRow { code: ErrorCode::SignatureInvalid, name: "signature_invalid", http_status: 401, meaning: "HTTP API: `X-Confab-Signature` is missing, malformed, or not the HMAC-SHA256 of the request with the key's secret." },
+    ErrorRow { code: ErrorCode::TimestampOutOfRange, name: "timestamp_out_of_range", http_status: 401, meaning: "HTTP API: `X-Confab-Timestamp` is missing, not unix seconds, or more than 60 seconds from the server's clock." },
+    ErrorRow { code: ErrorCode::NonceReplayed, name: "nonce_replayed", http_status: 401, meaning: "HTTP API: this key already used this `X-Confab-Nonce` within the last 60 seconds (a replayed request)." },
+    ErrorRow { code: ErrorCode::ScopeMissing, name: "scope_missing", http_status: 403, meaning: "HTTP API: the key is valid but lacks the scope the endpoint needs." },
+    ErrorRow { code: ErrorCode::BodyTooLarge, name: "body_too_large", http_status: 413, meaning: "HTTP API: the request body exceeds `api.max_body_bytes`." },
     ErrorRow { code: ErrorCode::Internal, name: "internal", http_status: 500, meaning: "An unexpected server error." },
 ];
 
@@ -154,6 +164,8 @@ mod tests {
             ErrorCode::InvalidBody, ErrorCode::NotMember, ErrorCode::Forbidden, ErrorCode::NotFound,
             ErrorCode::RecallWindowExpired, ErrorCode::OwnerCannotLeave, ErrorCode::Conflict,
             ErrorCode::TooManyRequests, ErrorCode::Unavailable, ErrorCode::Internal,
+            ErrorCode::SignatureInvalid, ErrorCode::TimestampOutOfRange, ErrorCode::NonceReplayed,
+            ErrorCode::ScopeMissing, ErrorCode::BodyTooLarge,
         ];
         assert_eq!(all.len(), ERROR_TABLE.len());
         for c in all {

@@ -33,10 +33,20 @@ pub enum Outbound {
 #[derive(Default)]
 pub struct KickSignal {
     kicked: AtomicBool,
+    /// Set with `kicked` when the node is shutting down rather than the client being slow.
+    shutdown: AtomicBool,
     notify: Notify,
 }
 
 impl KickSignal {
+    /// Tells the session the node is shutting down.
+    pub fn shut_down(&self) {
+        self.shutdown.store(true, Ordering::Release);
+        self.kick();
+    }
+    pub fn is_shutdown(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
     /// Raises the flag once; later calls are free.
     pub fn kick(&self) {
         if !self.kicked.swap(true, Ordering::AcqRel) {
@@ -137,6 +147,19 @@ impl Registry {
                 shard.remove(user);
             }
         }
+    }
+
+    /// Asks every session to close (node shutdown); returns how many were asked.
+    pub fn close_all(&self) -> usize {
+        let mut n = 0;
+        for shard in &self.shards {
+            let shard = shard.read().unwrap_or_else(|p| p.into_inner());
+            for h in shard.values().flatten() {
+                h.kick.shut_down();
+                n += 1;
+            }
+        }
+        n
     }
 
     /// Devices of a user that are online here: `(conn_id, device)`.

@@ -183,7 +183,11 @@ impl Actor for WsSession {
         }
         let kick = self.kick.clone();
         ctx.spawn(async move { kick.kicked().await }.into_actor(self).map(|_, act, ctx| {
-            act.close_with(ctx, CloseCode::Again, "slow consumer: outgoing queue full");
+            if act.kick.is_shutdown() {
+                act.close_with(ctx, CloseCode::Away, "server shutting down");
+            } else {
+                act.close_with(ctx, CloseCode::Again, "slow consumer: outgoing queue full");
+            }
         }));
         ctx.run_interval(self.cfg.heartbeat_interval, |act, ctx| {
             if act.last_heard.elapsed() > act.cfg.client_timeout {
