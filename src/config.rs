@@ -22,7 +22,53 @@ pub struct Config {
     pub chat: Chat,
     pub groups: Groups,
     pub storage: Storage,
+    pub api: Api,
     pub log: Log,
+}
+
+/// `[api]`: the signed HTTP integration API (`/api/v1`, docs/http-api.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Api {
+    /// The credentials of backends. Empty: every API request is answered 401.
+    #[serde(deserialize_with = "api_keys")]
+    pub keys: Vec<ApiKey>,
+    /// The account that sends system messages to a single user (`from: null, to: USER`).
+    pub system_user: String,
+    /// Largest request body accepted, in bytes (`body_too_large` beyond).
+    pub max_body_bytes: usize,
+    /// Most `(key, nonce)` pairs remembered for replay protection on this node.
+    pub nonce_cache_size: usize,
+}
+
+/// One API credential.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
+    pub id: String,
+    pub secret: String,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+}
+
+/// The API scopes a key may hold. `admin` grants every other one.
+pub const API_SCOPES: &[&str] = &["users", "messages", "conversations", "groups", "admin"];
+
+/// `api.keys` is a list of tables in a file, or a JSON array in one environment variable
+/// (`CONFAB__API__KEYS='[{"id":"…","secret":"…","scopes":["admin"]}]'`).
+fn api_keys<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<ApiKey>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        List(Vec<ApiKey>),
+        Json(String),
+    }
+    match Repr::deserialize(d)? {
+        Repr::List(keys) => Ok(keys),
+        Repr::Json(s) if s.trim().is_empty() => Ok(Vec::new()),
+        Repr::Json(s) => serde_json::from_str(&s)
+            .map_err(|e| serde::de::Error::custom(format!("api.keys: not a JSON array of keys: {e}"))),
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -110,17 +156,26 @@ impl Config {
     }
 
     /// Like [`Config::load`] with an explicit environment (for tests).
-    pub fn load_with_env(file: Option<&Path>, env: impl IntoIterator<Item = (String, String)>) -> Result<Config, ConfigError> {
-        let mut b = config::Config::builder().add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let mut b =
+            config::Config::builder().add_source(config::File::from_str(DEFAULT_TOML, config::FileFormat::Toml));
         if let Some(f) = file {
             if !f.exists() {
                 return Err(ConfigError(format!("--config {}: no such file", f.display())));
             }
             b = b.add_source(config::File::from(f).format(config::FileFormat::Toml));
         }
-        let env: std::collections::HashMap<String, String> = env.into_iter().filter(|(k, _)| k.starts_with("CONFAB__")).collect();
+        let env: std::collections::HashMap<String, String> =
+            env.into_iter().filter(|(k, _)| k.starts_with("CONFAB__")).collect();
         b = b.add_source(
-            config::Environment::with_prefix("CONFAB").prefix_separator("__").separator("__").try_parsing(true).source(Some(env)),
+            config::Environment::with_prefix("CONFAB")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
         );
         let raw = b.build().map_err(|e| ConfigError(e.to_string()))?;
         let cfg: Config = raw.try_deserialize().map_err(|e| ConfigError(e.to_string()))?;
@@ -138,7 +193,9 @@ impl Config {
         range("auth.token_ttl_secs", self.auth.token_ttl_secs, 1, 10 * 365 * 86400)?;
         range("session.heartbeat_interval_secs", self.session.heartbeat_interval_secs, 1, 3600)?;
         if self.session.client_timeout_secs <= self.session.heartbeat_interval_secs {
-            return Err(ConfigError("session.client_timeout_secs must be greater than session.heartbeat_interval_secs".into()));
+            return Err(ConfigError(
+                "session.client_timeout_secs must be greater than session.heartbeat_interval_secs".into(),
+            ));
         }
         range("session.outbound_queue", self.session.outbound_queue, 16, 1 << 20)?;
         range("session.max_inflight_requests", self.session.max_inflight_requests, 1, 10_000)?;
@@ -163,21 +220,57 @@ impl Config {
                 }
             }
             other => {
-                return Err(ConfigError(format!("storage.backend = {other:?} is not supported (use \"embedded\" or \"mongodb\")")));
+                return Err(ConfigError(format!(
+                    "storage.backend = {other:?} is not supported (use \"embedded\" or \"mongodb\")"
+                )));
             }
         }
+        let mut ids = std::collections::HashSet::new();
+        for k in &self.api.keys {
+            if confab_actors::model::validate_id("id", &k.id).is_err() {
+                return Err(ConfigError(format!(
+                    "api.keys: id {:?} must be 1 to 64 characters of [A-Za-z0-9_.@:-]",
+                    k.id
+                )));
+            }
+            if !ids.insert(k.id.as_str()) {
+                return Err(ConfigError(format!("api.keys: id {:?} appears twice", k.id)));
+            }
+            if k.secret.len() < 16 {
+                return Err(ConfigError(format!("api.keys: the secret of key {:?} must be at least 16 bytes", k.id)));
+            }
+            if let Some(s) = k.scopes.iter().find(|s| !API_SCOPES.contains(&s.as_str())) {
+                return Err(ConfigError(format!(
+                    "api.keys: key {:?} has unknown scope {s:?} (known: {})",
+                    k.id,
+                    API_SCOPES.join(", ")
+                )));
+            }
+        }
+        if confab_actors::model::validate_id("user", &self.api.system_user).is_err() {
+            return Err(ConfigError(format!("api.system_user = {:?} is not a valid user id", self.api.system_user)));
+        }
+        range("api.max_body_bytes", self.api.max_body_bytes, 1024, 64 << 20)?;
+        range("api.nonce_cache_size", self.api.nonce_cache_size, 100, 10_000_000)?;
         let db = &self.storage.mongodb.database;
         if db.is_empty() || db.len() > 63 || db.contains(['/', '\\', '.', ' ', '"', '$', '\0']) {
             return Err(ConfigError(format!("storage.mongodb.database = {db:?} is not a valid MongoDB database name")));
         }
         range("storage.mongodb.connect_timeout_ms", self.storage.mongodb.connect_timeout_ms, 100, 600_000)?;
-        range("storage.mongodb.server_selection_timeout_ms", self.storage.mongodb.server_selection_timeout_ms, 100, 600_000)?;
+        range(
+            "storage.mongodb.server_selection_timeout_ms",
+            self.storage.mongodb.server_selection_timeout_ms,
+            100,
+            600_000,
+        )?;
         range("storage.mongodb.op_timeout_ms", self.storage.mongodb.op_timeout_ms, 100, 600_000)?;
         Ok(())
     }
 
     pub fn bind_addr(&self) -> Result<SocketAddr, ConfigError> {
-        self.server.bind.parse().map_err(|_| ConfigError(format!("server.bind = {:?} is not an address like 127.0.0.1:8080", self.server.bind)))
+        self.server.bind.parse().map_err(|_| {
+            ConfigError(format!("server.bind = {:?} is not an address like 127.0.0.1:8080", self.server.bind))
+        })
     }
 
     pub fn limits(&self) -> Limits {
@@ -224,8 +317,15 @@ mod tests {
 
     #[test]
     fn env_overrides() {
-        let c = Config::load_with_env(None, env(&[("CONFAB__SERVER__BIND", "127.0.0.1:9000"), ("CONFAB__STORAGE__PATH", "/tmp/x"), ("CONFAB__SESSION__OUTBOUND_QUEUE", "64")]))
-            .expect("valid");
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("CONFAB__SERVER__BIND", "127.0.0.1:9000"),
+                ("CONFAB__STORAGE__PATH", "/tmp/x"),
+                ("CONFAB__SESSION__OUTBOUND_QUEUE", "64"),
+            ]),
+        )
+        .expect("valid");
         assert_eq!(c.server.bind, "127.0.0.1:9000");
         assert_eq!(c.storage.path, PathBuf::from("/tmp/x"));
         assert_eq!(c.session.outbound_queue, 64);
@@ -235,18 +335,59 @@ mod tests {
     fn mongodb_backend() {
         let c = Config::load_with_env(
             None,
-            env(&[("CONFAB__STORAGE__BACKEND", "mongodb"), ("CONFAB__STORAGE__MONGODB__URI", "mongodb://db1:27017,db2:27017/?replicaSet=rs0")]),
+            env(&[
+                ("CONFAB__STORAGE__BACKEND", "mongodb"),
+                ("CONFAB__STORAGE__MONGODB__URI", "mongodb://db1:27017,db2:27017/?replicaSet=rs0"),
+            ]),
         )
         .expect("valid");
         assert_eq!(c.storage.backend, "mongodb");
         assert_eq!(c.storage.mongodb.database, "confab");
         assert_eq!(c.storage.mongodb.uri, "mongodb://db1:27017,db2:27017/?replicaSet=rs0");
-        let e = Config::load_with_env(None, env(&[("CONFAB__STORAGE__BACKEND", "mongodb"), ("CONFAB__STORAGE__MONGODB__URI", "")])).unwrap_err();
+        let e = Config::load_with_env(
+            None,
+            env(&[("CONFAB__STORAGE__BACKEND", "mongodb"), ("CONFAB__STORAGE__MONGODB__URI", "")]),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("storage.mongodb.uri"), "{e}");
         let e = Config::load_with_env(None, env(&[("CONFAB__STORAGE__MONGODB__DATABASE", "a.b")])).unwrap_err();
         assert!(e.to_string().contains("storage.mongodb.database"), "{e}");
         let e = Config::load_with_env(None, env(&[("CONFAB__STORAGE__BACKEND", "sqlite")])).unwrap_err();
         assert!(e.to_string().contains("storage.backend"), "{e}");
+    }
+
+    #[test]
+    fn api_keys_from_env_or_file() {
+        let c = Config::load_with_env(None, env(&[])).expect("valid");
+        assert!(c.api.keys.is_empty());
+        assert_eq!(c.api.system_user, "system");
+        let c = Config::load_with_env(
+            None,
+            env(&[(
+                "CONFAB__API__KEYS",
+                r#"[{"id":"php","secret":"0123456789abcdef0123","scopes":["messages","groups"]}]"#,
+            )]),
+        )
+        .expect("valid");
+        assert_eq!(c.api.keys.len(), 1);
+        assert_eq!((c.api.keys[0].id.as_str(), c.api.keys[0].scopes.len()), ("php", 2));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[api]\nkeys = [{ id = \"a\", secret = \"0123456789abcdef0123\", scopes = [\"admin\"] }, { id = \"b\", secret = \"0123456789abcdef0124\" }]\n").expect("write");
+        let c = Config::load_with_env(Some(&f), env(&[])).expect("valid");
+        assert_eq!(c.api.keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        let e =
+            Config::load_with_env(None, env(&[("CONFAB__API__KEYS", r#"[{"id":"x","secret":"short","scopes":[]}]"#)]))
+                .unwrap_err();
+        assert!(e.to_string().contains("api.keys"), "{e}");
+        let e = Config::load_with_env(
+            None,
+            env(&[("CONFAB__API__KEYS", r#"[{"id":"x","secret":"0123456789abcdef0123","scopes":["root"]}]"#)]),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown scope"), "{e}");
+        let e = Config::load_with_env(None, env(&[("CONFAB__API__KEYS", "not json")])).unwrap_err();
+        assert!(e.to_string().contains("api.keys"), "{e}");
     }
 
     #[test]

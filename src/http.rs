@@ -1,4 +1,5 @@
-//! HTTP routes: health, readiness, metrics and the WebSocket upgrade. Handlers stay thin: they
+//! HTTP routes: health, readiness, metrics, the WebSocket upgrade and the `/api/v1` integration API
+//! (in [`crate::api`]). Handlers stay thin: they
 //! extract, call the engine, and map errors through the one error table.
 
 use actix_web::http::StatusCode;
@@ -15,13 +16,16 @@ pub struct AppState {
     pub engine: Engine,
     pub session: SessionConfig,
     pub secret: String,
+    /// The signed HTTP integration API (`/api/v1`).
+    pub api: crate::api::ApiState,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
         .route("/metrics", web::get().to(metrics))
-        .route("/ws", web::get().to(ws));
+        .route("/ws", web::get().to(ws))
+        .configure(crate::api::routes);
 }
 
 /// The JSON error body every HTTP error uses: `{"error": {"code", "message"}}`.
@@ -55,7 +59,11 @@ fn token(req: &HttpRequest) -> Option<String> {
         .and_then(|q| q.get("token").cloned())
 }
 
-async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>) -> Result<HttpResponse, actix_web::Error> {
+async fn ws(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, actix_web::Error> {
     let claims = match token(&req) {
         None => return Ok(error_response(&Error::new(ErrorCode::Unauthorized, "an access token is required"))),
         Some(t) => match auth::verify(&state.secret, &t) {
@@ -68,7 +76,14 @@ async fn ws(req: HttpRequest, body: web::Payload, state: web::Data<AppState>) ->
     // connection is closed (1009) without buffering more.
     let hard_limit = state.session.max_frame_bytes.saturating_mul(4);
     let stream = stream.max_frame_size(hard_limit).aggregate_continuations().max_continuation_size(hard_limit);
-    let actor = WsSession::new(state.engine.clone(), claims.sub.into(), claims.dev.into(), state.session.clone(), session, stream);
+    let actor = WsSession::new(
+        state.engine.clone(),
+        claims.sub.into(),
+        claims.dev.into(),
+        state.session.clone(),
+        session,
+        stream,
+    );
     actix::Actor::start(actor);
     Ok(response)
 }

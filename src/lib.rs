@@ -4,9 +4,11 @@
 //! - [`config`]: the typed configuration, layered defaults < file < `CONFAB__…` environment.
 //! - [`auth`]: HS256 access tokens.
 //! - [`store`]: storage adapters implementing `confab_actors::store::Store`: embedded (redb) and MongoDB.
+//! - [`api`]: the signed HTTP integration API under `/api/v1`.
 //! - [`http`]: HTTP routes: `/healthz`, `/readyz`, `/metrics`, and the `/ws` upgrade.
 //! - [`server`]: assembling and running a node.
 
+pub mod api;
 pub mod auth;
 pub mod config;
 pub mod http;

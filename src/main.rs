@@ -35,6 +35,8 @@ enum Command {
         #[arg(long)]
         ttl: Option<u64>,
     },
+    /// Print the OpenAPI 3 description of the HTTP integration API (docs/openapi.json).
+    Openapi,
     /// Copy this node's embedded store (storage.path) into MongoDB. Stop the node first. Only
     /// adds what is missing, never overwrites: re-running it is harmless.
     Migrate {
@@ -67,6 +69,10 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => serve(cfg),
+        Command::Openapi => {
+            print!("{}", confab::api::openapi::json());
+            Ok(())
+        }
         Command::Migrate { to, uri, database } => migrate(cfg, &to, uri, database),
     }
 }

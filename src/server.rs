@@ -55,7 +55,12 @@ pub async fn serve(
     let arbiters: Vec<Arbiter> = (0..n_arbiters).map(|_| Arbiter::new()).collect();
     let directory = Directory::new(arbiters.iter().map(|a| a.handle()).collect());
     let engine = Engine::new(store, registry.clone(), metrics, cfg.limits(), directory);
-    let state = web::Data::new(AppState { engine, session: cfg.session_config(), secret: cfg.auth.secret.clone() });
+    let state = web::Data::new(AppState {
+        engine,
+        session: cfg.session_config(),
+        secret: cfg.auth.secret.clone(),
+        api: crate::api::ApiState::from_config(&cfg),
+    });
     let workers = if cfg.server.workers == 0 { cores() } else { cfg.server.workers };
     let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
         .workers(workers)

@@ -25,10 +25,10 @@ use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
 use crate::engine::Core;
+use crate::error::StoreError;
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::{self, Body, ConvKind, Message, ReplyRef, Role};
 use crate::proto;
-use crate::error::StoreError;
 use crate::store::{MemberChange, NewMessage, StoreResult};
 
 /// A store write, boxed so the actor can hand it to [`ConversationActor::store_write`].
@@ -284,7 +284,8 @@ impl ConversationActor {
         self.inflight += 1;
         let store = self.core.store.clone();
         let stored = self.store_write(Box::pin(async move { store.append(msg).await }));
-        let fut = async move { stored.await.unwrap_or_else(|_| Err(StoreError::Unavailable("store task ended".into()))) };
+        let fut =
+            async move { stored.await.unwrap_or_else(|_| Err(StoreError::Unavailable("store task ended".into()))) };
         ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
             act.inflight -= 1;
             match res {
@@ -298,7 +299,10 @@ impl ConversationActor {
                 }
                 Ok(a) => {
                     act.core.metrics.messages_in.fetch_add(1, Relaxed);
-                    act.ready.insert(a.message.seq, Ready { message: a.message, origin, members, extra: Vec::new(), reply: Some(reply) });
+                    act.ready.insert(
+                        a.message.seq,
+                        Ready { message: a.message, origin, members, extra: Vec::new(), reply: Some(reply) },
+                    );
                 }
                 Err(e) => {
                     let _ = reply.send(Err(e.into()));
@@ -347,7 +351,15 @@ impl ConversationActor {
         if let Some(tx) = reply {
             let _ = tx.send(Ok(message));
         }
-        self.jobs.push_back(Job { frames, members, next: 0, skip, only_conn: None, started: Instant::now(), delivery: true });
+        self.jobs.push_back(Job {
+            frames,
+            members,
+            next: 0,
+            skip,
+            only_conn: None,
+            started: Instant::now(),
+            delivery: true,
+        });
         self.core.metrics.fanout_queue_depth.fetch_add(1, Relaxed);
     }
 
@@ -428,7 +440,8 @@ impl Handler<Submit> for ConversationActor {
     fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) -> Self::Result {
         self.last_active = Instant::now();
         let (tx, rx) = oneshot::channel();
-        let respond = Box::pin(async move { rx.await.unwrap_or_else(|_| Err(Error::internal("conversation stopped"))) });
+        let respond =
+            Box::pin(async move { rx.await.unwrap_or_else(|_| Err(Error::internal("conversation stopped"))) });
         if let Err(e) = self.check_ready() {
             return Box::pin(async move { Err(e) });
         }
@@ -488,7 +501,8 @@ impl Handler<Recall> for ConversationActor {
 
     fn handle(&mut self, msg: Recall, _ctx: &mut Context<Self>) -> Self::Result {
         self.last_active = Instant::now();
-        let checked = self.check_ready().and_then(|_| if msg.admin { Ok(Role::Owner) } else { self.check_member(&msg.by) });
+        let checked =
+            self.check_ready().and_then(|_| if msg.admin { Ok(Role::Owner) } else { self.check_member(&msg.by) });
         let role = match checked {
             Ok(r) => r,
             Err(e) => return Box::pin(actix::fut::ready(Err(e))),
@@ -499,7 +513,10 @@ impl Handler<Recall> for ConversationActor {
         let window = self.core.limits.recall_window;
         let by = msg.by.clone();
         let fut = async move {
-            let m = store.message(&conv_id, msg.seq).await?.ok_or_else(|| Error::not_found(format!("no message with seq {}", msg.seq)))?;
+            let m = store
+                .message(&conv_id, msg.seq)
+                .await?
+                .ok_or_else(|| Error::not_found(format!("no message with seq {}", msg.seq)))?;
             if m.is_recalled() {
                 return Ok((m, false));
             }
@@ -507,11 +524,16 @@ impl Handler<Recall> for ConversationActor {
             let manager = msg.admin || (is_group && role.can_manage());
             if !manager {
                 if !own {
-                    return Err(Error::forbidden("only the sender, or a group's owner or admins, may recall a message"));
+                    return Err(Error::forbidden(
+                        "only the sender, or a group's owner or admins, may recall a message",
+                    ));
                 }
                 let age = now_ms().saturating_sub(m.ts);
                 if age > window.as_millis() as i64 {
-                    return Err(Error::new(ErrorCode::RecallWindowExpired, format!("messages can be recalled by their sender for {} seconds", window.as_secs())));
+                    return Err(Error::new(
+                        ErrorCode::RecallWindowExpired,
+                        format!("messages can be recalled by their sender for {} seconds", window.as_secs()),
+                    ));
                 }
             }
             let m = store.recall(&conv_id, msg.seq, &by).await?;
@@ -542,7 +564,8 @@ impl Handler<Membership> for ConversationActor {
     fn handle(&mut self, msg: Membership, ctx: &mut Context<Self>) -> Self::Result {
         self.last_active = Instant::now();
         let (tx, rx) = oneshot::channel();
-        let respond = Box::pin(async move { rx.await.unwrap_or_else(|_| Err(Error::internal("conversation stopped"))) });
+        let respond =
+            Box::pin(async move { rx.await.unwrap_or_else(|_| Err(Error::internal("conversation stopped"))) });
         let fail = |e: Error| -> Self::Result { Box::pin(async move { Err(e) }) };
         if let Err(e) = self.check_ready() {
             return fail(e);
@@ -564,7 +587,10 @@ impl Handler<Membership> for ConversationActor {
                 new.sort();
                 new.dedup();
                 if self.roles.len() + new.len() > self.core.limits.max_group_members {
-                    return fail(Error::invalid(format!("a group has at most {} members", self.core.limits.max_group_members)));
+                    return fail(Error::invalid(format!(
+                        "a group has at most {} members",
+                        self.core.limits.max_group_members
+                    )));
                 }
                 if new.is_empty() {
                     return fail(Error::new(ErrorCode::Conflict, "every user given is already a member"));
@@ -580,7 +606,9 @@ impl Handler<Membership> for ConversationActor {
                     match self.roles.get(u.as_str()) {
                         None => {}
                         Some(Role::Owner) => return fail(Error::forbidden("the owner cannot be removed")),
-                        Some(Role::Admin) if role != Role::Owner => return fail(Error::forbidden("only the owner may remove an admin")),
+                        Some(Role::Admin) if role != Role::Owner => {
+                            return fail(Error::forbidden("only the owner may remove an admin"))
+                        }
                         Some(_) => gone.push(u),
                     }
                 }
@@ -611,7 +639,8 @@ impl Handler<Membership> for ConversationActor {
         };
         let store = self.core.store.clone();
         let stored = self.store_write(Box::pin(async move { store.change_members(change).await }));
-        let fut = async move { stored.await.unwrap_or_else(|_| Err(StoreError::Unavailable("store task ended".into()))) };
+        let fut =
+            async move { stored.await.unwrap_or_else(|_| Err(StoreError::Unavailable("store task ended".into()))) };
         self.inflight += 1;
         // Membership changes hold the mailbox: the next message is checked and fanned out
         // against the new membership.
@@ -633,10 +662,25 @@ impl Handler<Membership> for ConversationActor {
                     act.set_members(roles);
                     let membership = proto::encode_event(
                         "membership",
-                        &proto::MembershipEvent { group_id: act.group_id(), conv_id: &act.conv_id, seq: m.seq, added: &add, removed: &remove },
+                        &proto::MembershipEvent {
+                            group_id: act.group_id(),
+                            conv_id: &act.conv_id,
+                            seq: m.seq,
+                            added: &add,
+                            removed: &remove,
+                        },
                     );
                     act.core.metrics.messages_in.fetch_add(1, Relaxed);
-                    act.ready.insert(m.seq, Ready { message: m, origin: None, members: Arc::new(recipients), extra: vec![membership], reply: Some(tx) });
+                    act.ready.insert(
+                        m.seq,
+                        Ready {
+                            message: m,
+                            origin: None,
+                            members: Arc::new(recipients),
+                            extra: vec![membership],
+                            reply: Some(tx),
+                        },
+                    );
                 }
                 Err(e) => {
                     let _ = tx.send(Err(e.into()));

@@ -90,18 +90,20 @@ fn mailbox(e: MailboxError) -> Error {
     }
 }
 
-#[derive(Serialize)]
-struct HistoryResult {
-    messages: Vec<Message>,
-    last_seq: u64,
-    has_more: bool,
+/// A page of history (the reply to `history`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct HistoryResult {
+    pub messages: Vec<Message>,
+    pub last_seq: u64,
+    pub has_more: bool,
 }
 
-#[derive(Serialize)]
-struct ConversationsResult {
-    conversations: Vec<ConversationItem>,
-    next_since: u64,
-    has_more: bool,
+/// A page of the conversation list (the reply to `conversations`).
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ConversationsResult {
+    pub conversations: Vec<ConversationItem>,
+    pub next_since: u64,
+    pub has_more: bool,
 }
 
 #[derive(Serialize)]
@@ -137,7 +139,13 @@ struct Pong {
 }
 
 impl Engine {
-    pub fn new(store: Arc<dyn Store>, registry: Arc<Registry>, metrics: Arc<Metrics>, limits: Limits, directory: Directory) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        registry: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        limits: Limits,
+        directory: Directory,
+    ) -> Self {
         Self { core: Arc::new(Core { store, registry, metrics, limits, directory }) }
     }
 
@@ -176,7 +184,12 @@ impl Engine {
 
     /// Sends a message. The conversation actor is asked synchronously (before this returns), so
     /// requests from one connection reach it in the order they were made.
-    pub fn send(&self, caller: &Caller, req: proto::SendReq, origin: Option<Origin>) -> impl std::future::Future<Output = Result<Message>> + 'static {
+    pub fn send(
+        &self,
+        caller: &Caller,
+        req: proto::SendReq,
+        origin: Option<Origin>,
+    ) -> impl std::future::Future<Output = Result<Message>> + 'static {
         let prepared = self.prepare_send(caller, req, origin);
         let engine = self.clone();
         async move {
@@ -213,7 +226,13 @@ impl Engine {
             }
             _ => return Err(Error::invalid("exactly one of conv_id and to is required")),
         };
-        let submit = Submit { sender: Some(caller.user.clone()), client_msg_id: Some(req.client_msg_id), body, reply_to: req.reply_to, origin };
+        let submit = Submit {
+            sender: Some(caller.user.clone()),
+            client_msg_id: Some(req.client_msg_id),
+            body,
+            reply_to: req.reply_to,
+            origin,
+        };
         let addr = self.actor(&conv_id, init.clone())?;
         let first = addr.send(submit.clone());
         Ok((conv_id, init, submit, addr, first))
@@ -221,7 +240,13 @@ impl Engine {
 
     /// Sends a system message (server-generated) into a conversation.
     pub async fn send_system(&self, conv_id: &str, event: &str, data: serde_json::Value) -> Result<Message> {
-        let submit = Submit { sender: None, client_msg_id: None, body: Body::System { event: event.into(), data }, reply_to: None, origin: None };
+        let submit = Submit {
+            sender: None,
+            client_msg_id: None,
+            body: Body::System { event: event.into(), data },
+            reply_to: None,
+            origin: None,
+        };
         self.call(conv_id, Init::Load, submit).await
     }
 
@@ -243,7 +268,7 @@ impl Engine {
         Err(mailbox(MailboxError::Closed))
     }
 
-    pub async fn history(&self, caller: &Caller, req: proto::HistoryReq) -> Result<impl Serialize> {
+    pub async fn history(&self, caller: &Caller, req: proto::HistoryReq) -> Result<HistoryResult> {
         page(req.limit)?;
         self.access(&caller.user, &req.conv_id).await?;
         self.history_of(Some(&caller.user), req).await
@@ -251,7 +276,7 @@ impl Engine {
 
     /// History as an administrator sees it (the HTTP integration API without `as_user`): no
     /// membership check and no per-user deletions; the conversation must exist.
-    pub async fn history_admin(&self, req: proto::HistoryReq) -> Result<impl Serialize> {
+    pub async fn history_admin(&self, req: proto::HistoryReq) -> Result<HistoryResult> {
         page(req.limit)?;
         model::conv_kind(&req.conv_id)?;
         if self.core.store.conversation(&req.conv_id).await?.is_none() {
@@ -278,14 +303,18 @@ impl Engine {
         Ok(HistoryResult { messages, last_seq, has_more })
     }
 
-    pub async fn conversations(&self, caller: &Caller, req: proto::ConversationsReq) -> Result<impl Serialize> {
+    pub async fn conversations(&self, caller: &Caller, req: proto::ConversationsReq) -> Result<ConversationsResult> {
         let limit = page(req.limit)?;
         // One more than asked, so `has_more` is exact.
         let mut views = self.core.store.list_conversations(&caller.user, req.since, limit + 1).await?;
         let has_more = views.len() > limit;
         views.truncate(limit);
         let next_since = views.iter().map(|v| v.cursor()).max().unwrap_or(req.since);
-        Ok(ConversationsResult { conversations: views.into_iter().map(ConversationItem::from).collect(), next_since, has_more })
+        Ok(ConversationsResult {
+            conversations: views.into_iter().map(ConversationItem::from).collect(),
+            next_since,
+            has_more,
+        })
     }
 
     /// The user's total unread count: the sum over all their conversations (paging through the
@@ -324,7 +353,10 @@ impl Engine {
         let Some(new) = self.core.store.mark_read(&caller.user, &req.conv_id, req.seq).await? else {
             return Ok(ReadResult { read_seq: state.read_seq });
         };
-        let frame = proto::encode_event("read", &proto::ReadEvent { conv_id: &req.conv_id, user_id: &caller.user, read_seq: new.read_seq });
+        let frame = proto::encode_event(
+            "read",
+            &proto::ReadEvent { conv_id: &req.conv_id, user_id: &caller.user, read_seq: new.read_seq },
+        );
         self.core.registry.send_to_user(&caller.user, &frame, caller.conn_id);
         if model::conv_kind(&req.conv_id)? == ConvKind::Direct {
             if let Some(conv) = self.core.store.conversation(&req.conv_id).await? {
@@ -359,7 +391,8 @@ impl Engine {
     /// How many members other than the sender have read up to `seq`.
     pub async fn read_count(&self, caller: &Caller, req: proto::SeqReq) -> Result<impl Serialize> {
         self.access(&caller.user, &req.conv_id).await?;
-        let msg = self.core.store.message(&req.conv_id, req.seq).await?.ok_or_else(|| Error::not_found("no such message"))?;
+        let msg =
+            self.core.store.message(&req.conv_id, req.seq).await?.ok_or_else(|| Error::not_found("no such message"))?;
         let cursors = self.core.store.read_cursors(&req.conv_id).await?;
         let others = cursors.iter().filter(|(u, _)| Some(u.as_str()) != msg.sender.as_deref());
         let (mut read, mut total) = (0, 0);
@@ -451,8 +484,18 @@ impl Engine {
         if members.len() + 1 > self.core.limits.max_group_members {
             return Err(Error::invalid(format!("a group has at most {} members", self.core.limits.max_group_members)));
         }
-        let body = Body::System { event: "group_created".into(), data: serde_json::json!({ "by": &*caller.user, "name": name, "members": members }) };
-        let new = NewGroup { id: id.clone(), name, owner: caller.user.to_string(), members: members.clone(), ts: conversation::now_ms(), system_body: body };
+        let body = Body::System {
+            event: "group_created".into(),
+            data: serde_json::json!({ "by": &*caller.user, "name": name, "members": members }),
+        };
+        let new = NewGroup {
+            id: id.clone(),
+            name,
+            owner: caller.user.to_string(),
+            members: members.clone(),
+            ts: conversation::now_ms(),
+            system_body: body,
+        };
         let (group, msg) = self.core.store.create_group(new).await.map_err(|e| match Error::from(e) {
             e if e.code == ErrorCode::Conflict => Error::new(ErrorCode::Conflict, "a group with this id exists"),
             e => e,
@@ -468,7 +511,10 @@ impl Engine {
         everyone.push(caller.user.clone());
         let frame = proto::encode_event("message", &msg);
         let conv_id = model::group_conv_id(&id);
-        let membership = proto::encode_event("membership", &proto::MembershipEvent { group_id: &id, conv_id: &conv_id, seq: msg.seq, added: &members, removed: &[] });
+        let membership = proto::encode_event(
+            "membership",
+            &proto::MembershipEvent { group_id: &id, conv_id: &conv_id, seq: msg.seq, added: &members, removed: &[] },
+        );
         let n = self.core.registry.fan_out(&everyone, &frame, None);
         self.core.metrics.deliveries_out.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         self.core.registry.fan_out(&everyone, &membership, None);
@@ -564,7 +610,8 @@ impl Engine {
         match op {
             Op::Ping(_) => enc(&id, ok(&id, Ok(Pong { ts: conversation::now_ms() }))),
             Op::Send(req) => {
-                let origin = caller.conn_id.map(|conn_id| Origin { user: caller.user.clone(), conn_id, req_id: id.clone() });
+                let origin =
+                    caller.conn_id.map(|conn_id| Origin { user: caller.user.clone(), conn_id, req_id: id.clone() });
                 let has_origin = origin.is_some();
                 match self.send(&caller, req, origin).await {
                     Ok(_) if has_origin => None,
@@ -577,16 +624,32 @@ impl Engine {
             Op::Conversation(req) => enc(&id, ok(&id, self.conversation(&caller, &req.conv_id).await)),
             Op::Read(req) => enc(&id, ok(&id, self.read(&caller, req).await)),
             Op::ReadCount(req) => enc(&id, ok(&id, self.read_count(&caller, req).await)),
-            Op::Recall(req) => enc(&id, ok(&id, self.recall(&caller, req).await.map(|message| MessageResult { message }))),
+            Op::Recall(req) => {
+                enc(&id, ok(&id, self.recall(&caller, req).await.map(|message| MessageResult { message })))
+            }
             Op::Delete(req) => enc(&id, ok(&id, self.delete(&caller, req).await)),
             Op::Changes(req) => enc(&id, ok(&id, self.changes(&caller, req).await)),
             Op::SetFlags(req) => enc(&id, ok(&id, self.set_flags(&caller, req).await)),
-            Op::GroupCreate(req) => enc(&id, ok(&id, self.group_create(&caller, req).await.map(|group| GroupResult { group }))),
-            Op::GroupAdd(req) => enc(&id, ok(&id, self.group_add(&caller, req).await.map(|message| MessageResult { message }))),
-            Op::GroupRemove(req) => enc(&id, ok(&id, self.group_remove(&caller, req).await.map(|message| MessageResult { message }))),
-            Op::GroupLeave(req) => enc(&id, ok(&id, self.group_leave(&caller, &req.group_id).await.map(|message| MessageResult { message }))),
-            Op::GroupMembers(req) => enc(&id, ok(&id, self.group_members(&caller, &req.group_id).await.map(|members| MembersResult { members }))),
-            Op::GroupInfo(req) => enc(&id, ok(&id, self.group_info(&caller, &req.group_id).await.map(|group| GroupResult { group }))),
+            Op::GroupCreate(req) => {
+                enc(&id, ok(&id, self.group_create(&caller, req).await.map(|group| GroupResult { group })))
+            }
+            Op::GroupAdd(req) => {
+                enc(&id, ok(&id, self.group_add(&caller, req).await.map(|message| MessageResult { message })))
+            }
+            Op::GroupRemove(req) => {
+                enc(&id, ok(&id, self.group_remove(&caller, req).await.map(|message| MessageResult { message })))
+            }
+            Op::GroupLeave(req) => enc(
+                &id,
+                ok(&id, self.group_leave(&caller, &req.group_id).await.map(|message| MessageResult { message })),
+            ),
+            Op::GroupMembers(req) => enc(
+                &id,
+                ok(&id, self.group_members(&caller, &req.group_id).await.map(|members| MembersResult { members })),
+            ),
+            Op::GroupInfo(req) => {
+                enc(&id, ok(&id, self.group_info(&caller, &req.group_id).await.map(|group| GroupResult { group })))
+            }
         }
     }
 }

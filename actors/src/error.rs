@@ -42,7 +42,7 @@ pub struct ErrorRow {
 
 /// The single source of truth for error codes. Keep `docs/protocol.md` in step.
 pub const ERROR_TABLE: &[ErrorRow] = &[
-    ErrorRow { code: ErrorCode::Unauthorized, name: "unauthorized", http_status: 401, meaning: "No token, or a token that is malformed or not signed with this server's secret." },
+    ErrorRow { code: ErrorCode::Unauthorized, name: "unauthorized", http_status: 401, meaning: "No token, or a token that is malformed or not signed with this server's secret. HTTP API: no `X-Confab-Key`, an unknown key, or no keys configured." },
     ErrorRow { code: ErrorCode::TokenExpired, name: "token_expired", http_status: 401, meaning: "The token's `exp` is in the past. Mint a new one." },
     ErrorRow { code: ErrorCode::MalformedFrame, name: "malformed_frame", http_status: 400, meaning: "The frame is not a JSON object with an `op` string (or it is a binary frame)." },
     ErrorRow { code: ErrorCode::FrameTooLarge, name: "frame_too_large", http_status: 413, meaning: "The frame exceeds `server.max_frame_bytes`." },
@@ -55,7 +55,7 @@ pub const ERROR_TABLE: &[ErrorRow] = &[
     ErrorRow { code: ErrorCode::RecallWindowExpired, name: "recall_window_expired", http_status: 403, meaning: "The sender's recall window (`chat.recall_window_secs`) has passed." },
     ErrorRow { code: ErrorCode::OwnerCannotLeave, name: "owner_cannot_leave", http_status: 409, meaning: "A group's owner cannot leave it." },
     ErrorRow { code: ErrorCode::Conflict, name: "conflict", http_status: 409, meaning: "The request conflicts with the current state (for example the group id is taken)." },
-    ErrorRow { code: ErrorCode::TooManyRequests, name: "too_many_requests", http_status: 429, meaning: "Too many requests are in flight on this connection (`session.max_inflight_requests`)." },
+    ErrorRow { code: ErrorCode::TooManyRequests, name: "too_many_requests", http_status: 429, meaning: "Too many requests are in flight on this connection (`session.max_inflight_requests`), or (HTTP API) the node's replay-protection nonce cache is full (`api.nonce_cache_size`); retry shortly." },
     ErrorRow { code: ErrorCode::Unavailable, name: "unavailable", http_status: 503, meaning: "The store could not be reached or failed; the request was not acknowledged. Retry a send with the same `client_msg_id`: it is never stored twice (on MongoDB a commit whose outcome was lost may already hold it, and the retry returns it)." },
     ErrorRow { code: ErrorCode::SignatureInvalid, name: "signature_invalid", http_status: 401, meaning: "HTTP API: `X-Confab-Signature` is missing, malformed, or not the HMAC-SHA256 of the request with the key's secret." },
     ErrorRow { code: ErrorCode::TimestampOutOfRange, name: "timestamp_out_of_range", http_status: 401, meaning: "HTTP API: `X-Confab-Timestamp` is missing, not unix seconds, or more than 60 seconds from the server's clock." },
@@ -159,13 +159,27 @@ mod tests {
     #[test]
     fn every_code_has_one_row() {
         let all = [
-            ErrorCode::Unauthorized, ErrorCode::TokenExpired, ErrorCode::MalformedFrame,
-            ErrorCode::FrameTooLarge, ErrorCode::UnknownOp, ErrorCode::InvalidRequest,
-            ErrorCode::InvalidBody, ErrorCode::NotMember, ErrorCode::Forbidden, ErrorCode::NotFound,
-            ErrorCode::RecallWindowExpired, ErrorCode::OwnerCannotLeave, ErrorCode::Conflict,
-            ErrorCode::TooManyRequests, ErrorCode::Unavailable, ErrorCode::Internal,
-            ErrorCode::SignatureInvalid, ErrorCode::TimestampOutOfRange, ErrorCode::NonceReplayed,
-            ErrorCode::ScopeMissing, ErrorCode::BodyTooLarge,
+            ErrorCode::Unauthorized,
+            ErrorCode::TokenExpired,
+            ErrorCode::MalformedFrame,
+            ErrorCode::FrameTooLarge,
+            ErrorCode::UnknownOp,
+            ErrorCode::InvalidRequest,
+            ErrorCode::InvalidBody,
+            ErrorCode::NotMember,
+            ErrorCode::Forbidden,
+            ErrorCode::NotFound,
+            ErrorCode::RecallWindowExpired,
+            ErrorCode::OwnerCannotLeave,
+            ErrorCode::Conflict,
+            ErrorCode::TooManyRequests,
+            ErrorCode::Unavailable,
+            ErrorCode::Internal,
+            ErrorCode::SignatureInvalid,
+            ErrorCode::TimestampOutOfRange,
+            ErrorCode::NonceReplayed,
+            ErrorCode::ScopeMissing,
+            ErrorCode::BodyTooLarge,
         ];
         assert_eq!(all.len(), ERROR_TABLE.len());
         for c in all {

@@ -32,7 +32,7 @@ pub fn validate_id(kind: &str, id: &str) -> Result<()> {
 }
 
 /// The kind of a conversation, visible in its id prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ConvKind {
     /// One-to-one; id `d_<32 hex>` derived from the two user ids.
@@ -79,7 +79,7 @@ pub fn conv_kind(conv_id: &str) -> Result<ConvKind> {
 pub const BODY_TYPES: &[&str] = &["text", "image", "audio", "video", "file", "code", "location", "custom", "system", "recalled"];
 
 /// A message's content, tagged by `type`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Body {
     Text { text: String },
@@ -262,7 +262,7 @@ impl Body {
 }
 
 /// What a reply points at, with a short quote so clients can render it without a fetch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ReplyRef {
     pub seq: u64,
     pub sender: Option<String>,
@@ -270,7 +270,7 @@ pub struct ReplyRef {
 }
 
 /// A stored message. `seq` is contiguous per conversation, starting at 1.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Message {
     pub conv_id: String,
     pub seq: u64,
@@ -295,7 +295,7 @@ impl Message {
 }
 
 /// A member's role in a group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Owner,
@@ -310,7 +310,7 @@ impl Role {
 }
 
 /// A group's profile.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Group {
     pub id: String,
     pub name: String,
@@ -320,7 +320,7 @@ pub struct Group {
 }
 
 /// One member of a group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Member {
     pub user_id: String,
     pub role: Role,

@@ -243,7 +243,7 @@ pub struct GroupReq {
 // ---- replies and events ----
 
 /// A row of the conversation list as clients see it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ConversationItem {
     pub conv_id: String,
     pub kind: ConvKind,

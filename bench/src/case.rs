@@ -44,6 +44,10 @@ impl Mode {
             Mode::Idle => "idle",
         }
     }
+
+    pub fn parse(s: &str) -> Option<Mode> {
+        [Mode::Closed, Mode::Open, Mode::Idle].into_iter().find(|x| x.name() == s)
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde_json::{json, Value};
 
-use crate::case::{Case, Plan, Scenario};
+use crate::case::{Case, Mode, Plan, Scenario};
 use crate::procfs;
 use crate::report;
 use crate::run::{self, Target, BUSY_CORES};
@@ -20,6 +20,7 @@ pub struct Options {
     pub plan: Plan,
     pub systems: Vec<System>,
     pub scenarios: Vec<Scenario>,
+    pub modes: Vec<Mode>,
     pub out: PathBuf,
     pub env: Env,
     /// Before each run, wait up to this long for the machine to be quiet.
@@ -147,7 +148,8 @@ pub fn run_suite(opts: &Options) -> anyhow::Result<()> {
     }
     let mut out = std::fs::File::create(&opts.out).with_context(|| format!("creating {}", opts.out.display()))?;
     let machine = procfs::machine_info();
-    let cases = opts.plan.cases(&opts.scenarios, procfs::nofile_limit());
+    let mut cases = opts.plan.cases(&opts.scenarios, procfs::nofile_limit());
+    cases.retain(|c| opts.modes.contains(&c.mode));
     eprintln!(
         "confab-bench: {} cases x {} systems{}; machine {machine}",
         cases.len(),

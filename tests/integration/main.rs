@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
+mod http_api;
 mod store;
 mod store_mongo;
 mod ws_chat;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{anyhow, Context as _};
 use clap::Parser;
 
-use confab_bench::case::{Plan, Scenario};
+use confab_bench::case::{Mode, Plan, Scenario};
 use confab_bench::suite::{self, Options};
 use confab_bench::systems::{Env, System};
 
@@ -25,6 +25,9 @@ struct Cli {
     /// Scenarios to run, comma-separated (fanout, pairs, idle).
     #[arg(long, value_delimiter = ',', default_value = "fanout,pairs,idle")]
     scenarios: Vec<String>,
+    /// Modes to run, comma-separated (closed, open, idle).
+    #[arg(long, value_delimiter = ',', default_value = "closed,open,idle")]
+    modes: Vec<String>,
     /// Fan-out group sizes (default: 500,5000; quick: 50).
     #[arg(long, value_delimiter = ',')]
     fanout_sizes: Option<Vec<usize>>,
@@ -78,6 +81,7 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|s| Scenario::parse(s).ok_or_else(|| anyhow!("unknown scenario {s:?}")))
         .collect::<Result<Vec<_>, _>>()?;
+    let modes = cli.modes.iter().map(|s| Mode::parse(s).ok_or_else(|| anyhow!("unknown mode {s:?}"))).collect::<Result<Vec<_>, _>>()?;
     let mut plan = if cli.quick { Plan::quick() } else { Plan::full() };
     if let Some(v) = cli.fanout_sizes {
         plan.fanout_sizes = v;
@@ -111,6 +115,7 @@ fn main() -> anyhow::Result<()> {
         plan,
         systems,
         scenarios,
+        modes,
         out: cli.out,
         env,
         wait_quiet: secs(cli.wait_quiet)?,

@@ -1,0 +1,184 @@
+//! The signed HTTP integration API under `/api/v1` (docs/http-api.md).
+//!
+//! One file per resource; handlers stay thin: [`Signed::read`] checks the signature and scope
+//! and returns the body, the handler parses it, calls [`Engine`](confab_actors::engine::Engine)
+//! with a [`Caller`] on device `api`, and maps errors through the one error table.
+
+pub mod auth;
+mod conversations;
+mod groups;
+mod messages;
+pub mod openapi;
+mod users;
+
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use futures_util::StreamExt as _;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use confab_actors::engine::Caller;
+use confab_actors::error::{Error, ErrorCode};
+use confab_actors::model::validate_id;
+
+use crate::config::Config;
+use crate::http::{error_response, AppState};
+
+pub use auth::Scope;
+pub use openapi::ErrorBody;
+
+/// The API's share of the node's state.
+pub struct ApiState {
+    pub verifier: auth::Verifier,
+    pub system_user: String,
+    pub max_body_bytes: usize,
+    pub token_secret: String,
+    pub token_ttl_secs: u64,
+}
+
+impl ApiState {
+    pub fn from_config(cfg: &Config) -> Self {
+        Self {
+            verifier: auth::Verifier::new(&cfg.api.keys, cfg.api.nonce_cache_size),
+            system_user: cfg.api.system_user.clone(),
+            max_body_bytes: cfg.api.max_body_bytes,
+            token_secret: cfg.auth.secret.clone(),
+            token_ttl_secs: cfg.auth.token_ttl_secs,
+        }
+    }
+}
+
+/// An API error: answered as `{"error": {"code", "message"}}` with the table's status.
+#[derive(Debug)]
+pub struct ApiError(pub Error);
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        Self(e)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.0.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+    fn error_response(&self) -> HttpResponse {
+        error_response(&self.0)
+    }
+}
+
+pub type ApiResult = Result<HttpResponse, ApiError>;
+
+/// `200` with a JSON body.
+pub fn ok<T: Serialize>(v: &T) -> ApiResult {
+    Ok(HttpResponse::Ok().json(v))
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// A request whose signature and scope were checked, with its body.
+pub struct Signed {
+    pub body: web::Bytes,
+}
+
+impl Signed {
+    /// Checks the key (before reading anything), reads the body up to `api.max_body_bytes`, then
+    /// checks timestamp, signature, nonce and scope.
+    pub async fn read(
+        req: &HttpRequest,
+        mut payload: web::Payload,
+        state: &AppState,
+        scope: Scope,
+    ) -> Result<Signed, ApiError> {
+        let api = &state.api;
+        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+        let headers = auth::Headers {
+            key: header("x-confab-key"),
+            timestamp: header("x-confab-timestamp"),
+            nonce: header("x-confab-nonce"),
+            signature: header("x-confab-signature"),
+        };
+        api.verifier.key(&headers)?;
+        let too_large =
+            || Error::new(ErrorCode::BodyTooLarge, format!("the body exceeds {} bytes", api.max_body_bytes));
+        let declared = header("content-length").and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > api.max_body_bytes) {
+            return Err(too_large().into());
+        }
+        let mut body = web::BytesMut::new();
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|e| Error::invalid(format!("could not read the body: {e}")))?;
+            if body.len() + chunk.len() > api.max_body_bytes {
+                return Err(too_large().into());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        api.verifier.verify(&headers, req.method().as_str(), path, &body, scope, now_secs())?;
+        Ok(Signed { body: body.freeze() })
+    }
+
+    /// The body as JSON of type `T` (`invalid_request` otherwise).
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_slice(&self.body).map_err(|e| Error::invalid(format!("invalid JSON body: {e}")))
+    }
+}
+
+/// A path segment (`{id}`), checked as an id.
+pub fn path_id(req: &HttpRequest, name: &str) -> Result<String, Error> {
+    let v = req.match_info().get(name).unwrap_or("");
+    validate_id(name, v)?;
+    Ok(v.to_string())
+}
+
+/// A path segment as given (conversation ids are checked by the engine).
+pub fn path_raw(req: &HttpRequest, name: &str) -> String {
+    req.match_info().get(name).unwrap_or("").to_string()
+}
+
+/// The query string as `T` (`invalid_request` otherwise).
+pub fn query<T: DeserializeOwned>(req: &HttpRequest) -> Result<T, Error> {
+    web::Query::<T>::from_query(req.query_string())
+        .map(|q| q.into_inner())
+        .map_err(|e| Error::invalid(format!("invalid query: {e}")))
+}
+
+/// The API acts on behalf of `user`, from device `api`, with no connection of its own, so every
+/// device of the user (and of other members) receives the events.
+pub fn caller(user: &str) -> Result<Caller, Error> {
+    validate_id("user", user)?;
+    Ok(Caller { user: Arc::from(user), device: Arc::from("api"), conn_id: None })
+}
+
+/// Every route under `/api/v1`; anything else there is `not_found` (after the signature check).
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api-docs/openapi.json", web::get().to(openapi::serve));
+    cfg.service(
+        web::scope("/api/v1")
+            .configure(users::routes)
+            .configure(messages::routes)
+            .configure(conversations::routes)
+            .configure(groups::routes)
+            .default_service(web::to(unknown)),
+    );
+}
+
+/// A resource whose other methods answer `not_found` like unknown paths.
+pub fn resource(path: &str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(unknown))
+}
+
+async fn unknown(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
+    Signed::read(&req, payload, &state, Scope::Any).await?;
+    Err(Error::not_found(format!("no such resource: {} {}", req.method(), req.path())).into())
+}

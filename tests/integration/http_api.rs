@@ -1,0 +1,568 @@
+//! The signed HTTP integration API (`/api/v1`, docs/http-api.md): signing and every refusal,
+//! every endpoint, and that writes over HTTP reach WebSocket devices like WebSocket writes do.
+
+use std::net::SocketAddr;
+
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::common::{direct_id, text, Client, TestNode};
+
+const ADMIN_SECRET: &str = "admin-secret-0123456789abcdef";
+const USERS_SECRET: &str = "users-secret-0123456789abcdef";
+
+/// `api.keys` as the environment gives it: `admin` holds every scope, `users` only `users`.
+fn keys() -> String {
+    json!([
+        {"id": "admin", "secret": ADMIN_SECRET, "scopes": ["admin"]},
+        {"id": "users", "secret": USERS_SECRET, "scopes": ["users"]},
+    ])
+    .to_string()
+}
+
+fn node_with(extra: &[(&str, &str)]) -> TestNode {
+    let keys = keys();
+    let mut all = vec![("CONFAB__API__KEYS", keys.as_str())];
+    all.extend_from_slice(extra);
+    TestNode::with(&all)
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The signature as docs/http-api.md defines it, computed independently of the server's code.
+fn signature(secret: &str, method: &str, path: &str, ts: &str, nonce: &str, body: &[u8]) -> String {
+    let s = format!("{method}\n{path}\n{ts}\n{nonce}\n{}", hex(&Sha256::digest(body)));
+    let mut m = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    m.update(s.as_bytes());
+    hex(&m.finalize().into_bytes())
+}
+
+fn nonce() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("n-{}-{}", now(), N.fetch_add(1, Ordering::Relaxed))
+}
+
+/// One request, fully controllable (for the refusal tests).
+struct Req {
+    method: &'static str,
+    path: String,
+    body: Vec<u8>,
+    key: Option<String>,
+    secret: String,
+    ts: String,
+    nonce: String,
+    /// Overrides the computed signature.
+    signature: Option<String>,
+}
+
+impl Req {
+    fn new(method: &'static str, path: &str, body: Option<Value>) -> Req {
+        Req {
+            method,
+            path: path.into(),
+            body: body.map(|b| b.to_string().into_bytes()).unwrap_or_default(),
+            key: Some("admin".into()),
+            secret: ADMIN_SECRET.into(),
+            ts: now().to_string(),
+            nonce: nonce(),
+            signature: None,
+        }
+    }
+
+    fn key(mut self, id: &str, secret: &str) -> Req {
+        self.key = Some(id.into());
+        self.secret = secret.into();
+        self
+    }
+
+    async fn send(&self, addr: SocketAddr) -> (u16, Value) {
+        let sig = self
+            .signature
+            .clone()
+            .unwrap_or_else(|| signature(&self.secret, self.method, &self.path, &self.ts, &self.nonce, &self.body));
+        let client = reqwest::Client::new();
+        let method = reqwest::Method::from_bytes(self.method.as_bytes()).unwrap();
+        let mut rb = client
+            .request(method, format!("http://{addr}{}", self.path))
+            .header("X-Confab-Timestamp", &self.ts)
+            .header("X-Confab-Nonce", &self.nonce)
+            .header("X-Confab-Signature", sig);
+        if let Some(k) = &self.key {
+            rb = rb.header("X-Confab-Key", k);
+        }
+        if !self.body.is_empty() {
+            rb = rb.header("Content-Type", "application/json").body(self.body.clone());
+        }
+        let resp = tokio::time::timeout(crate::common::TIMEOUT, rb.send()).await.expect("HTTP timed out").unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let v = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        (status, v)
+    }
+}
+
+/// A signed request with the admin key that must succeed; returns the JSON.
+async fn ok(node: &TestNode, method: &'static str, path: &str, body: Option<Value>) -> Value {
+    let (status, v) = Req::new(method, path, body.clone()).send(node.addr).await;
+    assert_eq!(status, 200, "{method} {path} {body:?}: {v}");
+    v
+}
+
+/// A signed request with the admin key that must fail with `code` and `status`.
+async fn err(node: &TestNode, method: &'static str, path: &str, body: Option<Value>, status: u16, code: &str) -> Value {
+    refused(Req::new(method, path, body), node, status, code).await
+}
+
+async fn refused(req: Req, node: &TestNode, status: u16, code: &str) -> Value {
+    let (s, v) = req.send(node.addr).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (status, Some(code)), "{} {}: {v}", req.method, req.path);
+    assert!(v["error"]["message"].is_string(), "{v}");
+    v["error"].clone()
+}
+
+#[tokio::test]
+async fn without_keys_everything_is_unauthorized() {
+    let node = TestNode::start();
+    refused(Req::new("GET", "/api/v1/groups/team", None), &node, 401, "unauthorized").await;
+    refused(Req::new("POST", "/api/v1/messages", Some(json!({}))), &node, 401, "unauthorized").await;
+    refused(Req::new("GET", "/api/v1/nothing/here", None), &node, 401, "unauthorized").await;
+    // The rest of the node is unaffected.
+    assert_eq!(node.get("/healthz").await.0, 200);
+}
+
+#[tokio::test]
+async fn refusals_have_their_codes() {
+    let node = node_with(&[]);
+    let path = "/api/v1/users/alice/devices";
+    // Unknown or missing key.
+    refused(Req::new("GET", path, None).key("nobody", ADMIN_SECRET), &node, 401, "unauthorized").await;
+    let mut r = Req::new("GET", path, None);
+    r.key = None;
+    refused(r, &node, 401, "unauthorized").await;
+    // A signature made with another secret, a malformed one, a missing one.
+    refused(Req::new("GET", path, None).key("admin", USERS_SECRET), &node, 401, "signature_invalid").await;
+    let mut r = Req::new("GET", path, None);
+    r.signature = Some("zz".into());
+    refused(r, &node, 401, "signature_invalid").await;
+    let mut r = Req::new("GET", path, None);
+    r.signature = Some(String::new());
+    refused(r, &node, 401, "signature_invalid").await;
+    // Signed for another path, method or body.
+    let mut r = Req::new("GET", path, None);
+    r.signature = Some(signature(ADMIN_SECRET, "GET", "/api/v1/users/bob/devices", &r.ts, &r.nonce, b""));
+    refused(r, &node, 401, "signature_invalid").await;
+    let mut r = Req::new("GET", path, None);
+    r.signature = Some(signature(ADMIN_SECRET, "POST", path, &r.ts, &r.nonce, b""));
+    refused(r, &node, 401, "signature_invalid").await;
+    let mut r = Req::new("POST", "/api/v1/users/alice/tokens", Some(json!({"device": "phone"})));
+    r.signature = Some(signature(ADMIN_SECRET, "POST", &r.path, &r.ts, &r.nonce, br#"{"device":"laptop"}"#));
+    refused(r, &node, 401, "signature_invalid").await;
+    // The query string is signed too.
+    let mut r = Req::new("GET", "/api/v1/users/alice/conversations?limit=5", None);
+    r.signature = Some(signature(ADMIN_SECRET, "GET", "/api/v1/users/alice/conversations", &r.ts, &r.nonce, b""));
+    refused(r, &node, 401, "signature_invalid").await;
+    // Stale, future and malformed timestamps (correctly signed).
+    for ts in [now() - 61, now() + 61] {
+        let mut r = Req::new("GET", path, None);
+        r.ts = ts.to_string();
+        refused(r, &node, 401, "timestamp_out_of_range").await;
+    }
+    let mut r = Req::new("GET", path, None);
+    r.ts = "yesterday".into();
+    refused(r, &node, 401, "timestamp_out_of_range").await;
+    // Slightly off clocks are fine.
+    let mut r = Req::new("GET", path, None);
+    r.ts = (now() - 30).to_string();
+    assert_eq!(r.send(node.addr).await.0, 200);
+    // A replayed request; the same nonce under another key is another pair.
+    let r = Req::new("GET", path, None);
+    assert_eq!(r.send(node.addr).await.0, 200);
+    refused(Req { ..r }, &node, 401, "nonce_replayed").await;
+    let mut r2 = Req::new("GET", path, None).key("users", USERS_SECRET);
+    r2.nonce = "shared-nonce".into();
+    assert_eq!(r2.send(node.addr).await.0, 200);
+    let mut r3 = Req::new("GET", path, None);
+    r3.nonce = "shared-nonce".into();
+    assert_eq!(r3.send(node.addr).await.0, 200);
+    // A bad signature does not use up the nonce.
+    let mut bad = Req::new("GET", path, None);
+    bad.signature = Some("00".repeat(32));
+    refused(bad, &node, 401, "signature_invalid").await;
+    // Missing scope: the `users` key may mint tokens and list devices, nothing else.
+    let users = |m: &'static str, p: &str, b: Option<Value>| Req::new(m, p, b).key("users", USERS_SECRET);
+    assert_eq!(users("GET", path, None).send(node.addr).await.0, 200);
+    assert_eq!(users("POST", "/api/v1/users/alice/tokens", Some(json!({"device": "x"}))).send(node.addr).await.0, 200);
+    let send = json!({"from": "alice", "to": "bob", "client_msg_id": "s1", "body": text("hi")});
+    refused(users("POST", "/api/v1/messages", Some(send)), &node, 403, "scope_missing").await;
+    refused(users("GET", "/api/v1/groups/team", None), &node, 403, "scope_missing").await;
+    refused(users("GET", "/api/v1/users/alice/unread", None), &node, 403, "scope_missing").await;
+    // Unknown resources and methods, after a valid signature.
+    err(&node, "GET", "/api/v1/nothing/here", None, 404, "not_found").await;
+    err(&node, "DELETE", "/api/v1/messages", None, 404, "not_found").await;
+    err(&node, "GET", "/api/v1/groups/nope", None, 404, "not_found").await;
+    refused(Req::new("GET", "/api/v1/nothing/here", None).key("admin", USERS_SECRET), &node, 401, "signature_invalid")
+        .await;
+    // Invalid bodies.
+    let mut r = Req::new("POST", "/api/v1/messages", None);
+    r.body = b"{not json".to_vec();
+    refused(r, &node, 400, "invalid_request").await;
+    err(
+        &node,
+        "POST",
+        "/api/v1/messages",
+        Some(json!({"to": "bob", "client_msg_id": "m", "body": text("x")})),
+        400,
+        "invalid_request",
+    )
+    .await;
+    let bad_body = json!({"from": "alice", "to": "bob", "client_msg_id": "m1", "body": {"type": "text"}});
+    err(&node, "POST", "/api/v1/messages", Some(bad_body), 400, "invalid_body").await;
+    let unknown_type = json!({"from": "alice", "to": "bob", "client_msg_id": "m1", "body": {"type": "hologram"}});
+    err(&node, "POST", "/api/v1/messages", Some(unknown_type), 400, "invalid_request").await;
+    let both = json!({"from": "alice", "to": "bob", "conv_id": "g_x", "client_msg_id": "m1", "body": text("x")});
+    err(&node, "POST", "/api/v1/messages", Some(both), 400, "invalid_request").await;
+    err(&node, "POST", "/api/v1/users/bad%20id/tokens", Some(json!({"device": "x"})), 400, "invalid_request").await;
+    err(&node, "POST", "/api/v1/users/alice/tokens", Some(json!({"device": "x", "extra": 1})), 400, "invalid_request")
+        .await;
+    err(
+        &node,
+        "POST",
+        "/api/v1/users/alice/tokens",
+        Some(json!({"device": "x", "ttl_secs": 0})),
+        400,
+        "invalid_request",
+    )
+    .await;
+    err(&node, "GET", "/api/v1/users/alice/conversations?limit=0", None, 400, "invalid_request").await;
+    err(&node, "GET", "/api/v1/users/alice/conversations?limit=abc", None, 400, "invalid_request").await;
+    err(&node, "POST", "/api/v1/groups", Some(json!({"name": "", "owner": "alice"})), 400, "invalid_request").await;
+    // Oversized bodies, refused before the signature is checked.
+    let big = json!({"from": "alice", "to": "bob", "client_msg_id": "big", "body": text(&"x".repeat(300 * 1024))});
+    err(&node, "POST", "/api/v1/messages", Some(big), 413, "body_too_large").await;
+    // Nothing of all that was stored.
+    let l = ok(&node, "GET", "/api/v1/users/alice/conversations", None).await;
+    assert_eq!(l["conversations"], json!([]));
+}
+
+#[tokio::test]
+async fn tokens_and_devices() {
+    let node = node_with(&[]);
+    let t = ok(&node, "POST", "/api/v1/users/alice/tokens", Some(json!({"device": "laptop", "ttl_secs": 600}))).await;
+    let exp = t["expires_at"].as_u64().unwrap();
+    assert!((now() + 598..=now() + 601).contains(&exp), "{t}");
+    let claims = confab::auth::verify(crate::common::SECRET, t["token"].as_str().unwrap()).unwrap();
+    assert_eq!((claims.sub.as_str(), claims.dev.as_str(), claims.exp), ("alice", "laptop", exp));
+    // The default lifetime is auth.token_ttl_secs.
+    let t2 = ok(&node, "POST", "/api/v1/users/alice/tokens", Some(json!({"device": "phone"}))).await;
+    assert!(t2["expires_at"].as_u64().unwrap() >= now() + 86_390);
+
+    let d = ok(&node, "GET", "/api/v1/users/alice/devices", None).await;
+    assert_eq!(d, json!({"user_id": "alice", "devices": []}));
+    // The minted token opens a WebSocket session, which shows up as an online device.
+    let mut c =
+        Client::try_connect(node.addr, crate::common::Auth::Bearer(t["token"].as_str().unwrap()), None).await.unwrap();
+    let mut phone = node.connect("alice", "phone").await;
+    c.expect_ok("ping", json!({})).await;
+    phone.expect_ok("ping", json!({})).await;
+    let d = ok(&node, "GET", "/api/v1/users/alice/devices", None).await;
+    let mut names: Vec<&str> = d["devices"].as_array().unwrap().iter().map(|x| x["device"].as_str().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["laptop", "phone"]);
+    assert!(d["devices"][0]["conn_id"].is_u64());
+}
+
+#[tokio::test]
+async fn messages_sent_over_http_reach_websocket_devices() {
+    let node = node_with(&[]);
+    let mut bob = node.connect("bob", "phone").await;
+    let mut bob2 = node.connect("bob", "tablet").await;
+    let mut alice = node.connect("alice", "phone").await;
+    let send = json!({"from": "alice", "to": "bob", "client_msg_id": "h1", "body": text("hello from the backend")});
+    let r = ok(&node, "POST", "/api/v1/messages", Some(send.clone())).await;
+    let ab = direct_id("alice", "bob");
+    assert_eq!((r["conv_id"].as_str(), r["seq"].as_u64()), (Some(ab.as_str()), Some(1)));
+    let m = &r["message"];
+    assert_eq!((m["sender"].as_str(), m["client_msg_id"].as_str()), (Some("alice"), Some("h1")));
+    assert_eq!(m["body"], text("hello from the backend"));
+    // Every device of both participants gets the event (the API has no connection of its own).
+    for c in [&mut bob, &mut bob2, &mut alice] {
+        assert_eq!(&c.next_event("message").await, m, "{}/{}", c.user, c.device);
+    }
+    // Idempotent: the same client_msg_id returns the same message.
+    let again = ok(&node, "POST", "/api/v1/messages", Some(send)).await;
+    assert_eq!((again["seq"].as_u64(), &again["message"]), (Some(1), m));
+    // A reply, and a send into an existing conversation by id.
+    let reply = json!({"from": "bob", "conv_id": ab, "client_msg_id": "h2", "body": text("hi"), "reply_to": 1});
+    let r2 = ok(&node, "POST", "/api/v1/messages", Some(reply)).await;
+    assert_eq!(r2["seq"], 2);
+    assert_eq!(r2["message"]["reply_to"]["seq"], 1);
+    for c in [&mut bob, &mut bob2, &mut alice] {
+        assert_eq!(c.next_event("message").await, r2["message"], "{}/{}", c.user, c.device);
+    }
+    // The same rules as over WebSocket: outsiders may not post into a conversation.
+    let intruder = json!({"from": "mallory", "conv_id": ab, "client_msg_id": "x", "body": text("hi")});
+    err(&node, "POST", "/api/v1/messages", Some(intruder), 403, "not_member").await;
+    let reply_missing = json!({"from": "bob", "conv_id": ab, "client_msg_id": "h3", "body": text("?"), "reply_to": 99});
+    err(&node, "POST", "/api/v1/messages", Some(reply_missing), 404, "not_found").await;
+
+    // A system message to one user: the one-to-one conversation with the system account.
+    let sys = json!({"from": null, "to": "bob", "client_msg_id": "welcome-bob", "body": text("Welcome!")});
+    let s = ok(&node, "POST", "/api/v1/messages", Some(sys.clone())).await;
+    assert_eq!(s["conv_id"], direct_id("system", "bob"));
+    assert_eq!((s["seq"].as_u64(), s["message"]["sender"].as_str()), (Some(1), Some("system")));
+    assert_eq!(bob.next_event("message").await, s["message"]);
+    assert_eq!(bob2.next_event("message").await, s["message"]);
+    assert_eq!(ok(&node, "POST", "/api/v1/messages", Some(sys)).await["seq"], 1);
+    // `from` must be given (null for the system).
+    let no_from = json!({"to": "bob", "client_msg_id": "nf", "body": text("?")});
+    err(&node, "POST", "/api/v1/messages", Some(no_from), 400, "invalid_request").await;
+
+    // A system message to a group: sender null, a system body, every member's devices.
+    ok(
+        &node,
+        "POST",
+        "/api/v1/groups",
+        Some(json!({"id": "team", "name": "Team", "owner": "alice", "members": ["bob"]})),
+    )
+    .await;
+    for c in [&mut bob, &mut bob2, &mut alice] {
+        c.next_event("message").await;
+        c.next_event("membership").await;
+    }
+    let body = json!({"type": "system", "event": "maintenance", "data": {"at": "tonight"}});
+    let g = json!({"from": null, "conv_id": "g_team", "client_msg_id": "maint-1", "body": body});
+    let s = ok(&node, "POST", "/api/v1/messages", Some(g)).await;
+    assert_eq!((s["conv_id"].as_str(), s["seq"].as_u64()), (Some("g_team"), Some(2)));
+    assert_eq!((s["message"]["sender"].clone(), s["message"]["body"].clone()), (Value::Null, body.clone()));
+    for c in [&mut bob, &mut bob2, &mut alice] {
+        assert_eq!(c.next_event("message").await, s["message"]);
+    }
+    let g_text = json!({"from": null, "conv_id": "g_team", "client_msg_id": "m", "body": text("x")});
+    err(&node, "POST", "/api/v1/messages", Some(g_text), 400, "invalid_body").await;
+    let g_missing = json!({"from": null, "conv_id": "g_nope", "client_msg_id": "m", "body": body});
+    err(&node, "POST", "/api/v1/messages", Some(g_missing), 404, "not_found").await;
+    // A user's message to the group.
+    let u = json!({"from": "bob", "conv_id": "g_team", "client_msg_id": "b1", "body": text("hey team")});
+    assert_eq!(ok(&node, "POST", "/api/v1/messages", Some(u)).await["seq"], 3);
+    assert_eq!(alice.next_event("message").await["seq"], 3);
+}
+
+#[tokio::test]
+async fn history_conversations_and_unread() {
+    let node = node_with(&[]);
+    let ab = direct_id("alice", "bob");
+    for i in 1..=5 {
+        let from = if i % 2 == 0 { "alice" } else { "bob" };
+        let b = json!({"from": from, "to": if from == "alice" { "bob" } else { "alice" }, "client_msg_id": format!("m{i}"), "body": text(&format!("#{i}"))});
+        ok(&node, "POST", "/api/v1/messages", Some(b)).await;
+    }
+    let c = json!({"from": "carol", "to": "alice", "client_msg_id": "c1", "body": text("from carol")});
+    ok(&node, "POST", "/api/v1/messages", Some(c)).await;
+
+    let seqs =
+        |v: &Value| v["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect::<Vec<_>>();
+    let h = ok(&node, "GET", &format!("/api/v1/conversations/{ab}/messages"), None).await;
+    assert_eq!(
+        (seqs(&h), h["last_seq"].as_u64(), h["has_more"].as_bool()),
+        (vec![1, 2, 3, 4, 5], Some(5), Some(false))
+    );
+    let h = ok(&node, "GET", &format!("/api/v1/conversations/{ab}/messages?before=4&limit=2"), None).await;
+    assert_eq!((seqs(&h), h["has_more"].as_bool()), (vec![2, 3], Some(true)));
+    let h = ok(&node, "GET", &format!("/api/v1/conversations/{ab}/messages?after=3&as_user=alice"), None).await;
+    assert_eq!(seqs(&h), vec![4, 5]);
+    err(&node, "GET", &format!("/api/v1/conversations/{ab}/messages?as_user=carol"), None, 403, "not_member").await;
+    err(&node, "GET", &format!("/api/v1/conversations/{ab}/messages?before=2&after=1"), None, 400, "invalid_request")
+        .await;
+    err(&node, "GET", &format!("/api/v1/conversations/{}/messages", direct_id("x", "y")), None, 404, "not_found").await;
+    err(&node, "GET", "/api/v1/conversations/nonsense/messages", None, 400, "invalid_request").await;
+
+    // Alice's list carries unread counts: her own sends move her cursor (to 4), so 1 from bob;
+    // 1 from carol.
+    let l = ok(&node, "GET", "/api/v1/users/alice/conversations", None).await;
+    let items = l["conversations"].as_array().unwrap();
+    assert_eq!(items.len(), 2);
+    let unread = |conv: &str| items.iter().find(|i| i["conv_id"] == conv).unwrap()["unread"].as_u64().unwrap();
+    assert_eq!((unread(&ab), unread(&direct_id("alice", "carol"))), (1, 1));
+    let page = ok(&node, "GET", "/api/v1/users/alice/conversations?limit=1", None).await;
+    assert_eq!((page["conversations"].as_array().unwrap().len(), page["has_more"].as_bool()), (1, Some(true)));
+    let next = page["next_since"].as_u64().unwrap();
+    let rest = ok(&node, "GET", &format!("/api/v1/users/alice/conversations?since={next}"), None).await;
+    assert_eq!((rest["conversations"].as_array().unwrap().len(), rest["has_more"].as_bool()), (1, Some(false)));
+
+    let u = ok(&node, "GET", "/api/v1/users/alice/unread", None).await;
+    assert_eq!(u, json!({"user_id": "alice", "unread": 2, "conversations": 2}));
+    // Reading over WebSocket moves it.
+    let mut alice = node.connect("alice", "phone").await;
+    alice.expect_ok("read", json!({"conv_id": ab, "seq": 5})).await;
+    let u = ok(&node, "GET", "/api/v1/users/alice/unread", None).await;
+    assert_eq!((u["unread"].as_u64(), u["conversations"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(ok(&node, "GET", "/api/v1/users/nobody/unread", None).await["unread"], 0);
+}
+
+#[tokio::test]
+async fn unread_total_pages_through_many_conversations() {
+    let node = node_with(&[]);
+    for i in 0..120 {
+        let b = json!({"from": format!("u{i}"), "to": "alice", "client_msg_id": "m", "body": text("hi")});
+        ok(&node, "POST", "/api/v1/messages", Some(b)).await;
+    }
+    let u = ok(&node, "GET", "/api/v1/users/alice/unread", None).await;
+    assert_eq!((u["unread"].as_u64(), u["conversations"].as_u64()), (Some(120), Some(120)));
+}
+
+#[tokio::test]
+async fn recall_as_a_user_or_as_the_administrator() {
+    // No recall window for senders: only managers and the API may recall.
+    let node = node_with(&[("CONFAB__CHAT__RECALL_WINDOW_SECS", "0")]);
+    let ab = direct_id("alice", "bob");
+    let mut bob = node.connect("bob", "phone").await;
+    for i in 1..=2 {
+        let b = json!({"from": "alice", "to": "bob", "client_msg_id": format!("m{i}"), "body": text("oops")});
+        ok(&node, "POST", "/api/v1/messages", Some(b)).await;
+        bob.next_event("message").await;
+    }
+    std::thread::sleep(std::time::Duration::from_millis(5));
+    let path = format!("/api/v1/conversations/{ab}/messages/1/recall");
+    err(&node, "POST", &path, Some(json!({"by": "alice"})), 403, "recall_window_expired").await;
+    err(&node, "POST", &path, Some(json!({"by": "bob"})), 403, "forbidden").await;
+    // The administrative recall bypasses the window and membership.
+    let r = ok(&node, "POST", &path, Some(json!({}))).await;
+    assert_eq!(r["message"]["body"], json!({"type": "recalled", "by": "system"}));
+    assert_eq!(bob.next_event("recall").await, r["message"]);
+    // An empty body works too; recalling twice is harmless.
+    let r2 = ok(&node, "POST", &format!("/api/v1/conversations/{ab}/messages/2/recall"), None).await;
+    assert_eq!(r2["message"]["seq"], 2);
+    assert_eq!(ok(&node, "POST", &path, None).await["message"], r["message"]);
+    err(&node, "POST", &format!("/api/v1/conversations/{ab}/messages/9/recall"), None, 404, "not_found").await;
+    err(&node, "POST", &format!("/api/v1/conversations/{ab}/messages/x/recall"), None, 400, "invalid_request").await;
+    let h = ok(&node, "GET", &format!("/api/v1/conversations/{ab}/messages"), None).await;
+    assert_eq!(h["messages"][0]["body"]["type"], "recalled");
+}
+
+#[tokio::test]
+async fn groups_over_http() {
+    let node = node_with(&[]);
+    let mut alice = node.connect("alice", "phone").await;
+    let mut bob = node.connect("bob", "phone").await;
+    let mut dave = node.connect("dave", "phone").await;
+    let g = ok(
+        &node,
+        "POST",
+        "/api/v1/groups",
+        Some(json!({"id": "team", "name": "Team", "owner": "alice", "members": ["bob", "carol"]})),
+    )
+    .await;
+    assert_eq!(
+        (g["group"]["id"].as_str(), g["group"]["owner"].as_str(), g["group"]["member_count"].as_u64()),
+        (Some("team"), Some("alice"), Some(3))
+    );
+    for c in [&mut alice, &mut bob] {
+        assert_eq!(c.next_event("message").await["body"]["event"], "group_created");
+        assert_eq!(c.next_event("membership").await["added"], json!(["bob", "carol"]));
+    }
+    err(
+        &node,
+        "POST",
+        "/api/v1/groups",
+        Some(json!({"id": "team", "name": "Again", "owner": "dave"})),
+        409,
+        "conflict",
+    )
+    .await;
+    err(&node, "POST", "/api/v1/groups", Some(json!({"name": "No owner"})), 400, "invalid_request").await;
+    let random = ok(&node, "POST", "/api/v1/groups", Some(json!({"name": "Solo", "owner": "dave"}))).await;
+    assert_eq!(random["group"]["id"].as_str().unwrap().len(), 16);
+    dave.next_event("message").await;
+    dave.next_event("membership").await;
+
+    assert_eq!(ok(&node, "GET", "/api/v1/groups/team", None).await, g);
+    let m = ok(&node, "GET", "/api/v1/groups/team/members", None).await;
+    let list: Vec<(&str, &str)> = m["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["user_id"].as_str().unwrap(), x["role"].as_str().unwrap()))
+        .collect();
+    assert_eq!(list, [("alice", "owner"), ("bob", "member"), ("carol", "member")]);
+    err(&node, "GET", "/api/v1/groups/nope/members", None, 404, "not_found").await;
+
+    // Add: on behalf of the owner by default; `by` applies the group's rules.
+    let a = ok(&node, "POST", "/api/v1/groups/team/members", Some(json!({"members": ["dave"]}))).await;
+    assert_eq!(a["message"]["body"]["data"]["by"], "alice");
+    for c in [&mut alice, &mut bob, &mut dave] {
+        assert_eq!(c.next_event("membership").await["added"], json!(["dave"]), "{}", c.user);
+    }
+    err(
+        &node,
+        "POST",
+        "/api/v1/groups/team/members",
+        Some(json!({"members": ["erin"], "by": "bob"})),
+        403,
+        "forbidden",
+    )
+    .await;
+    err(&node, "POST", "/api/v1/groups/team/members", Some(json!({"members": []})), 400, "invalid_request").await;
+    err(&node, "POST", "/api/v1/groups/nope/members", Some(json!({"members": ["x"]})), 404, "not_found").await;
+
+    // Remove.
+    let r = ok(&node, "DELETE", "/api/v1/groups/team/members/carol", None).await;
+    assert_eq!(r["message"]["body"]["event"], "members_removed", "{r}");
+    assert_eq!(bob.next_event("membership").await["removed"], json!(["carol"]));
+    err(&node, "DELETE", "/api/v1/groups/team/members/alice", None, 403, "forbidden").await;
+    err(&node, "DELETE", "/api/v1/groups/team/members/dave?by=bob", None, 403, "forbidden").await;
+    let m = ok(&node, "GET", "/api/v1/groups/team/members", None).await;
+    assert_eq!(m["members"].as_array().unwrap().len(), 3);
+    assert_eq!(ok(&node, "GET", "/api/v1/groups/team", None).await["group"]["member_count"], 3);
+
+    // The WebSocket view agrees.
+    let h = dave.expect_ok("history", json!({"conv_id": "g_team"})).await;
+    assert!(h["messages"].as_array().unwrap().len() >= 2, "{h}");
+}
+
+#[tokio::test]
+async fn openapi_description_is_served_and_committed() {
+    let node = TestNode::start();
+    let (status, body) = node.get("/api-docs/openapi.json").await;
+    assert_eq!(status, 200);
+    let served: Value = serde_json::from_str(&body).unwrap();
+    let committed: Value = serde_json::from_str(include_str!("../../docs/openapi.json")).unwrap();
+    assert_eq!(served, committed, "docs/openapi.json is stale: cargo run -q -- openapi > docs/openapi.json");
+    assert!(served["openapi"].as_str().unwrap().starts_with("3."));
+    assert!(served["paths"]["/api/v1/messages"]["post"].is_object());
+}
+
+#[tokio::test]
+async fn oversized_chunked_bodies_are_refused_while_reading() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let node = node_with(&[]);
+    let mut s = tokio::net::TcpStream::connect(node.addr).await.unwrap();
+    let head = format!(
+        "POST /api/v1/messages HTTP/1.1\r\nHost: {}\r\nX-Confab-Key: admin\r\nX-Confab-Timestamp: {}\r\nX-Confab-Nonce: {}\r\n\
+         X-Confab-Signature: 00\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        node.addr,
+        now(),
+        nonce()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "x".repeat(64 * 1024));
+    // The server may answer and close before everything is written.
+    for _ in 0..5 {
+        if s.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+    let _ = s.write_all(b"0\r\n\r\n").await;
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(crate::common::TIMEOUT, s.read_to_end(&mut raw)).await.expect("no answer");
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(raw.starts_with("HTTP/1.1 413"), "{raw}");
+    assert!(raw.contains("\"body_too_large\""), "{raw}");
+}
