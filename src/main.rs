@@ -97,7 +97,10 @@ fn migrate(cfg: Config, to: &str, uri: Option<String>, database: Option<String>)
     print!("{report}");
     println!("migrated {} into MongoDB database {database:?}", cfg.storage.path.display());
     if report.refused() > 0 {
-        anyhow::bail!("{} documents collided with different data already in {database:?} and were not copied", report.refused());
+        anyhow::bail!(
+            "{} documents collided with different data already in {database:?} and were not copied",
+            report.refused()
+        );
     }
     Ok(())
 }
@@ -109,9 +112,12 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     if cfg.uses_default_secret() {
-        tracing::warn!("auth.secret is the built-in development secret: set CONFAB__AUTH__SECRET before exposing this node");
+        tracing::warn!(
+            "auth.secret is the built-in development secret: set CONFAB__AUTH__SECRET before exposing this node"
+        );
     }
-    let listener = std::net::TcpListener::bind(cfg.bind_addr()?).with_context(|| format!("binding {}", cfg.server.bind))?;
+    let listener =
+        std::net::TcpListener::bind(cfg.bind_addr()?).with_context(|| format!("binding {}", cfg.server.bind))?;
     let addr = listener.local_addr()?;
     actix::System::new().block_on(async move {
         confab::server::serve(cfg, listener, true, move |_| {

@@ -9,12 +9,12 @@
 //! - [`store`]: the storage traits every backend implements.
 //! - [`metrics`]: counters and histograms behind `/metrics`.
 
+pub mod conversation;
+pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod model;
-pub mod store;
-pub mod conversation;
-pub mod engine;
 pub mod proto;
 pub mod registry;
 pub mod session;
+pub mod store;

@@ -15,11 +15,17 @@ pub struct Histogram {
 }
 
 /// Bucket bounds (seconds) for latencies from 50 µs to 5 s.
-pub const LATENCY_BOUNDS: &[f64] = &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+pub const LATENCY_BOUNDS: &[f64] =
+    &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
 impl Histogram {
     pub fn new(bounds: &'static [f64]) -> Self {
-        Self { bounds, buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(), count: AtomicU64::new(0), sum_micros: AtomicU64::new(0) }
+        Self {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
     }
 
     pub fn observe(&self, d: Duration) {
@@ -121,23 +127,80 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
         };
         gauge("confab_connections", "Open WebSocket sessions.", "gauge", self.connections.load(Relaxed).to_string());
-        gauge("confab_connections_total", "WebSocket sessions accepted.", "counter", self.connections_total.load(Relaxed).to_string());
-        gauge("confab_slow_consumers_dropped_total", "Sessions closed because their outgoing queue was full.", "counter", self.slow_consumers_dropped.load(Relaxed).to_string());
+        gauge(
+            "confab_connections_total",
+            "WebSocket sessions accepted.",
+            "counter",
+            self.connections_total.load(Relaxed).to_string(),
+        );
+        gauge(
+            "confab_slow_consumers_dropped_total",
+            "Sessions closed because their outgoing queue was full.",
+            "counter",
+            self.slow_consumers_dropped.load(Relaxed).to_string(),
+        );
         gauge("confab_messages_in_total", "Messages stored.", "counter", self.messages_in.load(Relaxed).to_string());
-        gauge("confab_messages_duplicate_total", "Re-sends answered without storing.", "counter", self.messages_duplicate.load(Relaxed).to_string());
-        gauge("confab_frames_out_total", "Frames queued to sessions.", "counter", self.frames_out.load(Relaxed).to_string());
-        gauge("confab_deliveries_out_total", "Message events queued to sessions.", "counter", self.deliveries_out.load(Relaxed).to_string());
-        gauge("confab_request_errors_total", "Requests answered with an error.", "counter", self.request_errors.load(Relaxed).to_string());
-        gauge("confab_conversation_actors", "Conversation actors alive.", "gauge", self.conversation_actors.load(Relaxed).to_string());
-        gauge("confab_fanout_queue_depth", "Messages waiting for fan-out in conversation actors.", "gauge", self.fanout_queue_depth.load(Relaxed).to_string());
-        gauge("confab_store_queue_depth", "Store operations waiting for the writer.", "gauge", self.store_queue_depth.load(Relaxed).to_string());
-        gauge("confab_store_commits_total", "Store commits (each may hold many operations).", "counter", self.store_commits.load(Relaxed).to_string());
-        gauge("confab_store_ops_committed_total", "Store write operations committed.", "counter", self.store_batch_ops.load(Relaxed).to_string());
+        gauge(
+            "confab_messages_duplicate_total",
+            "Re-sends answered without storing.",
+            "counter",
+            self.messages_duplicate.load(Relaxed).to_string(),
+        );
+        gauge(
+            "confab_frames_out_total",
+            "Frames queued to sessions.",
+            "counter",
+            self.frames_out.load(Relaxed).to_string(),
+        );
+        gauge(
+            "confab_deliveries_out_total",
+            "Message events queued to sessions.",
+            "counter",
+            self.deliveries_out.load(Relaxed).to_string(),
+        );
+        gauge(
+            "confab_request_errors_total",
+            "Requests answered with an error.",
+            "counter",
+            self.request_errors.load(Relaxed).to_string(),
+        );
+        gauge(
+            "confab_conversation_actors",
+            "Conversation actors alive.",
+            "gauge",
+            self.conversation_actors.load(Relaxed).to_string(),
+        );
+        gauge(
+            "confab_fanout_queue_depth",
+            "Messages waiting for fan-out in conversation actors.",
+            "gauge",
+            self.fanout_queue_depth.load(Relaxed).to_string(),
+        );
+        gauge(
+            "confab_store_queue_depth",
+            "Store operations waiting for the writer.",
+            "gauge",
+            self.store_queue_depth.load(Relaxed).to_string(),
+        );
+        gauge(
+            "confab_store_commits_total",
+            "Store commits (each may hold many operations).",
+            "counter",
+            self.store_commits.load(Relaxed).to_string(),
+        );
+        gauge(
+            "confab_store_ops_committed_total",
+            "Store write operations committed.",
+            "counter",
+            self.store_batch_ops.load(Relaxed).to_string(),
+        );
         let _ = writeln!(
             out,
             "# HELP confab_store_db_commands_total Database commands sent by the store (MongoDB command monitoring).\n# TYPE confab_store_db_commands_total counter"
         );
-        for (kind, v) in [("write", &self.db_commands_write), ("read", &self.db_commands_read), ("other", &self.db_commands_other)] {
+        for (kind, v) in
+            [("write", &self.db_commands_write), ("read", &self.db_commands_read), ("other", &self.db_commands_other)]
+        {
             let _ = writeln!(out, "confab_store_db_commands_total{{kind=\"{kind}\"}} {}", v.load(Relaxed));
         }
         let _ = writeln!(
@@ -145,8 +208,16 @@ impl Metrics {
             "# HELP confab_store_db_command_failures_total Database commands that failed.\n# TYPE confab_store_db_command_failures_total counter\nconfab_store_db_command_failures_total {}",
             self.db_command_failures.load(Relaxed)
         );
-        self.fanout_seconds.render(&mut out, "confab_fanout_seconds", "Time from a message being stored to its last delivery being queued.");
-        self.store_write_seconds.render(&mut out, "confab_store_write_seconds", "Store write latency from enqueue to durable commit.");
+        self.fanout_seconds.render(
+            &mut out,
+            "confab_fanout_seconds",
+            "Time from a message being stored to its last delivery being queued.",
+        );
+        self.store_write_seconds.render(
+            &mut out,
+            "confab_store_write_seconds",
+            "Store write latency from enqueue to durable commit.",
+        );
         out
     }
 }

@@ -76,13 +76,16 @@ pub fn conv_kind(conv_id: &str) -> Result<ConvKind> {
 }
 
 /// Every body `type` (including the server-only ones).
-pub const BODY_TYPES: &[&str] = &["text", "image", "audio", "video", "file", "code", "location", "custom", "system", "recalled"];
+pub const BODY_TYPES: &[&str] =
+    &["text", "image", "audio", "video", "file", "code", "location", "custom", "system", "recalled"];
 
 /// A message's content, tagged by `type`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Body {
-    Text { text: String },
+    Text {
+        text: String,
+    },
     Image {
         url: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -143,7 +146,9 @@ pub enum Body {
         data: serde_json::Value,
     },
     /// What a recalled message turns into, in events and in history.
-    Recalled { by: String },
+    Recalled {
+        by: String,
+    },
 }
 
 fn check_url(field: &str, url: &str) -> Result<()> {
@@ -424,7 +429,11 @@ mod tests {
 
     #[test]
     fn bodies_validate() {
-        let ok = |j: &str| serde_json::from_str::<Body>(j).map_err(|e| e.to_string()).and_then(|b| b.validate_client(10).map_err(|e| e.to_string()));
+        let ok = |j: &str| {
+            serde_json::from_str::<Body>(j)
+                .map_err(|e| e.to_string())
+                .and_then(|b| b.validate_client(10).map_err(|e| e.to_string()))
+        };
         assert!(ok(r#"{"type":"text","text":"hi"}"#).is_ok());
         assert!(ok(r#"{"type":"text","text":"   "}"#).is_err());
         assert!(ok(r#"{"type":"text","text":"12345678901"}"#).is_err());

@@ -58,7 +58,14 @@ pub struct WsSession {
 }
 
 impl WsSession {
-    pub fn new(engine: Engine, user: Arc<str>, device: Arc<str>, cfg: SessionConfig, ws: actix_ws::Session, stream: AggregatedMessageStream) -> Self {
+    pub fn new(
+        engine: Engine,
+        user: Arc<str>,
+        device: Arc<str>,
+        cfg: SessionConfig,
+        ws: actix_ws::Session,
+        stream: AggregatedMessageStream,
+    ) -> Self {
         let conn_id = next_conn_id();
         let (out_tx, out_rx) = mpsc::channel(cfg.outbound_queue.max(1));
         Self {
@@ -108,7 +115,10 @@ impl WsSession {
 
     fn on_text(&mut self, text: ByteString, ctx: &mut Context<Self>) {
         if text.len() > self.cfg.max_frame_bytes {
-            let e = Error::new(ErrorCode::FrameTooLarge, format!("frames are limited to {} bytes", self.cfg.max_frame_bytes));
+            let e = Error::new(
+                ErrorCode::FrameTooLarge,
+                format!("frames are limited to {} bytes", self.cfg.max_frame_bytes),
+            );
             return self.error(None, e, ctx);
         }
         let req = match proto::parse_request(&text) {
@@ -116,7 +126,10 @@ impl WsSession {
             Err(bad) => return self.error(bad.id.as_deref(), bad.error, ctx),
         };
         if self.inflight >= self.cfg.max_inflight {
-            let e = Error::new(ErrorCode::TooManyRequests, format!("at most {} requests may be in flight", self.cfg.max_inflight));
+            let e = Error::new(
+                ErrorCode::TooManyRequests,
+                format!("at most {} requests may be in flight", self.cfg.max_inflight),
+            );
             return self.error(Some(&req.id), e, ctx);
         }
         self.inflight += 1;
@@ -126,7 +139,11 @@ impl WsSession {
         let fut: std::pin::Pin<Box<dyn std::future::Future<Output = Option<ByteString>>>> = match req.op {
             // Sends reach their conversation actor now, in the order the frames arrived.
             Op::Send(send) => {
-                let origin = crate::conversation::Origin { user: caller.user.clone(), conn_id: self.conn_id, req_id: id.clone() };
+                let origin = crate::conversation::Origin {
+                    user: caller.user.clone(),
+                    conn_id: self.conn_id,
+                    req_id: id.clone(),
+                };
                 let pending = engine.send(&caller, send, Some(origin));
                 let metrics = engine.metrics().clone();
                 Box::pin(async move {
@@ -159,7 +176,12 @@ impl Actor for WsSession {
         m.connections_total.fetch_add(1, Relaxed);
         self.engine.registry().register(
             &self.caller.user,
-            SessionHandle { conn_id: self.conn_id, device: self.caller.device.clone(), tx: self.out_tx.clone(), kick: self.kick.clone() },
+            SessionHandle {
+                conn_id: self.conn_id,
+                device: self.caller.device.clone(),
+                tx: self.out_tx.clone(),
+                kick: self.kick.clone(),
+            },
         );
         if let Some(stream) = self.stream.take() {
             ctx.add_stream(stream);
@@ -216,9 +238,11 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
         self.last_heard = Instant::now();
         match item {
             Ok(AggregatedMessage::Text(text)) => self.on_text(text, ctx),
-            Ok(AggregatedMessage::Binary(_)) => {
-                self.error(None, Error::new(ErrorCode::MalformedFrame, "binary frames are not supported; send JSON text"), ctx)
-            }
+            Ok(AggregatedMessage::Binary(_)) => self.error(
+                None,
+                Error::new(ErrorCode::MalformedFrame, "binary frames are not supported; send JSON text"),
+                ctx,
+            ),
             Ok(AggregatedMessage::Ping(p)) => self.queue(Outbound::Pong(p.to_vec()), ctx),
             Ok(AggregatedMessage::Pong(_)) => {}
             Ok(AggregatedMessage::Close(_)) => ctx.stop(),

@@ -15,8 +15,7 @@ use async_trait::async_trait;
 
 use crate::error::StoreError;
 use crate::model::{
-    Body, Changes, Conversation, ConversationView, FlagsPatch, Group, Member, Message, ReplyRef, Role,
-    UserConvState,
+    Body, Changes, Conversation, ConversationView, FlagsPatch, Group, Member, Message, ReplyRef, Role, UserConvState,
 };
 
 pub type StoreResult<T> = Result<T, StoreError>;

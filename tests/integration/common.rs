@@ -56,7 +56,8 @@ fn env_pairs(dir: &Path, extra: &[(&str, &str)]) -> Vec<(String, String)> {
     // The database name derives from the data directory, so a restarted node finds its data.
     if std::env::var("CONFAB_TEST_BACKEND").as_deref() == Ok("mongodb") {
         use std::hash::{Hash, Hasher};
-        let uri = std::env::var("CONFAB_TEST_MONGODB_URI").expect("CONFAB_TEST_BACKEND=mongodb needs CONFAB_TEST_MONGODB_URI");
+        let uri = std::env::var("CONFAB_TEST_MONGODB_URI")
+            .expect("CONFAB_TEST_BACKEND=mongodb needs CONFAB_TEST_MONGODB_URI");
         let mut h = std::collections::hash_map::DefaultHasher::new();
         dir.hash(&mut h);
         env.push(("CONFAB__STORAGE__BACKEND".into(), "mongodb".into()));
