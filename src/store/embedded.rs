@@ -47,6 +47,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use super::QueuedGuard;
 use async_trait::async_trait;
 use confab_actors::error::StoreError;
 use confab_actors::metrics::Metrics;
@@ -71,21 +72,6 @@ pub struct EmbeddedStore {
     queue: Mutex<Option<mpsc::Sender<BoxedJob>>>,
     /// The writer thread; taken by `close` or `Drop` to join it.
     thread: Mutex<Option<JoinHandle<()>>>,
-}
-
-/// Decrements the queue-depth gauge unless the job reached the writer's queue (the writer then
-/// decrements it when it picks the job up). Covers cancelled futures and a closed queue.
-struct QueuedGuard<'a> {
-    metrics: &'a Metrics,
-    armed: bool,
-}
-
-impl Drop for QueuedGuard<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.metrics.store_queue_depth.fetch_sub(1, Relaxed);
-        }
-    }
 }
 
 impl EmbeddedStore {

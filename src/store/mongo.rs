@@ -38,6 +38,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::QueuedGuard;
 use async_trait::async_trait;
 use confab_actors::error::StoreError;
 use confab_actors::metrics::Metrics;
@@ -96,20 +97,6 @@ impl Drop for OwnedRuntime {
     fn drop(&mut self) {
         if let Some(rt) = self.0.take() {
             rt.shutdown_background();
-        }
-    }
-}
-
-/// Decrements the queue-depth gauge unless the job reached the writer's queue.
-struct QueuedGuard<'a> {
-    metrics: &'a Metrics,
-    armed: bool,
-}
-
-impl Drop for QueuedGuard<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.metrics.store_queue_depth.fetch_sub(1, Relaxed);
         }
     }
 }
