@@ -192,7 +192,11 @@ pub fn run_suite(opts: &Options) -> anyhow::Result<()> {
         "results": opts.out,
         "targets": targets,
     });
-    let summary_path = opts.out.with_file_name("summary.json");
+    // results.jsonl -> summary.json; other names (subsets, profiles) get their own summary.
+    let summary_path = match opts.out.file_stem().and_then(|s| s.to_str()) {
+        Some("results") | None => opts.out.with_file_name("summary.json"),
+        Some(stem) => opts.out.with_file_name(format!("{stem}.summary.json")),
+    };
     std::fs::write(&summary_path, format!("{summary:#}\n"))?;
     println!("\n{}", report::table(&all));
     println!("targets{}:", if opts.quick { " (quick sizes: not the issue's, only a smoke test)" } else { "" });

@@ -81,7 +81,11 @@ fn main() -> anyhow::Result<()> {
         .iter()
         .map(|s| Scenario::parse(s).ok_or_else(|| anyhow!("unknown scenario {s:?}")))
         .collect::<Result<Vec<_>, _>>()?;
-    let modes = cli.modes.iter().map(|s| Mode::parse(s).ok_or_else(|| anyhow!("unknown mode {s:?}"))).collect::<Result<Vec<_>, _>>()?;
+    let modes = cli
+        .modes
+        .iter()
+        .map(|s| Mode::parse(s).ok_or_else(|| anyhow!("unknown mode {s:?}")))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut plan = if cli.quick { Plan::quick() } else { Plan::full() };
     if let Some(v) = cli.fanout_sizes {
         plan.fanout_sizes = v;
