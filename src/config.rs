@@ -24,6 +24,131 @@ pub struct Config {
     pub storage: Storage,
     pub api: Api,
     pub log: Log,
+    pub cluster: Cluster,
+    pub webhooks: Webhooks,
+}
+
+/// `[webhooks]`: signed POSTs of events to backends, and the `before_send` check (docs/webhooks.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhooks {
+    /// Where events go. Empty: no outbox is written and nothing is sent.
+    #[serde(deserialize_with = "webhook_endpoints")]
+    pub endpoints: Vec<WebhookEndpoint>,
+    /// Attempts per event and endpoint before the delivery is marked `failed` (replayable).
+    pub max_attempts: u32,
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Longest wait for an endpoint's answer.
+    pub timeout_ms: u64,
+    /// Deliveries in flight per endpoint.
+    pub max_in_flight: usize,
+    /// How often the dispatcher looks for new events (it also wakes when a delivery finishes).
+    pub poll_interval_ms: u64,
+    /// How long the dispatcher's lease lasts without renewal (one active dispatcher per cluster).
+    pub lease_ttl_ms: u64,
+    pub before_send: BeforeSendConfig,
+}
+
+/// One webhook endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookEndpoint {
+    /// A stable name: the delivery log is kept under it.
+    pub name: String,
+    pub url: String,
+    /// Event kinds to send; empty: all.
+    #[serde(default)]
+    pub events: Vec<String>,
+    /// Sent as `X-Confab-Key`; the receiver looks the secret up by it.
+    pub key_id: String,
+    pub secret: String,
+}
+
+/// `[webhooks.before_send]`: the synchronous check of client messages.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BeforeSendConfig {
+    /// Empty: no check.
+    pub url: String,
+    pub timeout_ms: u64,
+    /// When the check cannot be made (timeout, error): true accepts the message, false refuses it.
+    pub fail_open: bool,
+    pub key_id: String,
+    pub secret: String,
+}
+
+/// Like `api.keys`: a list of tables in a file, or a JSON array in one environment variable.
+fn webhook_endpoints<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<WebhookEndpoint>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        List(Vec<WebhookEndpoint>),
+        Json(String),
+    }
+    match Repr::deserialize(d)? {
+        Repr::List(v) => Ok(v),
+        Repr::Json(s) if s.trim().is_empty() => Ok(Vec::new()),
+        Repr::Json(s) => serde_json::from_str(&s)
+            .map_err(|e| serde::de::Error::custom(format!("webhooks.endpoints: not a JSON array of endpoints: {e}"))),
+    }
+}
+
+fn check_http_url(name: &str, url: &str) -> Result<(), ConfigError> {
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.chars().any(char::is_whitespace) {
+        return Err(ConfigError(format!("{name} = {url:?} must be an http:// or https:// URL")));
+    }
+    Ok(())
+}
+
+impl Webhooks {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        for e in &self.endpoints {
+            if confab_actors::model::validate_id("name", &e.name).is_err() || e.name.contains('/') {
+                return Err(ConfigError(format!(
+                    "webhooks.endpoints: name {:?} must be 1 to 64 characters of [A-Za-z0-9_.@:-]",
+                    e.name
+                )));
+            }
+            if !names.insert(e.name.as_str()) {
+                return Err(ConfigError(format!("webhooks.endpoints: name {:?} appears twice", e.name)));
+            }
+            check_http_url(&format!("webhooks.endpoints[{}].url", e.name), &e.url)?;
+            if e.key_id.is_empty() || e.secret.len() < 16 {
+                return Err(ConfigError(format!(
+                    "webhooks.endpoints[{}]: key_id must be set and secret at least 16 bytes",
+                    e.name
+                )));
+            }
+            let kinds = confab_actors::outbox::EVENT_KINDS;
+            if let Some(k) = e.events.iter().find(|k| !kinds.contains(&k.as_str())) {
+                return Err(ConfigError(format!(
+                    "webhooks.endpoints[{}]: unknown event {k:?} (known: {})",
+                    e.name,
+                    kinds.join(", ")
+                )));
+            }
+        }
+        range("webhooks.max_attempts", self.max_attempts, 1, 1000)?;
+        range("webhooks.backoff_initial_ms", self.backoff_initial_ms, 10, 3_600_000)?;
+        range("webhooks.backoff_max_ms", self.backoff_max_ms, self.backoff_initial_ms, 86_400_000)?;
+        range("webhooks.timeout_ms", self.timeout_ms, 100, 600_000)?;
+        range("webhooks.max_in_flight", self.max_in_flight, 1, 1024)?;
+        range("webhooks.poll_interval_ms", self.poll_interval_ms, 10, 60_000)?;
+        range("webhooks.lease_ttl_ms", self.lease_ttl_ms, 1000, 600_000)?;
+        let b = &self.before_send;
+        if !b.url.is_empty() {
+            check_http_url("webhooks.before_send.url", &b.url)?;
+            range("webhooks.before_send.timeout_ms", b.timeout_ms, 10, 60_000)?;
+            if b.key_id.is_empty() || b.secret.len() < 16 {
+                return Err(ConfigError(
+                    "webhooks.before_send: key_id must be set and secret at least 16 bytes".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// `[api]`: the signed HTTP integration API (`/api/v1`, docs/http-api.md).
@@ -52,7 +177,7 @@ pub struct ApiKey {
 }
 
 /// The API scopes a key may hold. `admin` grants every other one.
-pub const API_SCOPES: &[&str] = &["users", "messages", "conversations", "groups", "admin"];
+pub const API_SCOPES: &[&str] = &["users", "messages", "conversations", "groups", "webhooks", "admin"];
 
 /// `api.keys` is a list of tables in a file, or a JSON array in one environment variable
 /// (`CONFAB__API__KEYS='[{"id":"…","secret":"…","scopes":["admin"]}]'`).
@@ -131,6 +256,45 @@ pub struct MongoDb {
     pub op_timeout_ms: u64,
 }
 
+/// `[cluster]`: several nodes sharing one MongoDB, bridged by Redis (src/cluster).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Cluster {
+    pub enabled: bool,
+    /// This node's id; empty in the file means generated at load (see [`Cluster::generate_node_id`]).
+    pub node_id: String,
+    pub redis_url: String,
+    pub redis_pool_size: u32,
+    /// Longest wait for one Redis call (connecting, pool checkout and reply), in milliseconds.
+    pub redis_timeout_ms: u64,
+    pub heartbeat_ms: u64,
+    pub node_ttl_ms: u64,
+}
+
+impl Cluster {
+    /// `hostname-pid-random`, reduced to the characters a node id may hold.
+    pub fn generate_node_id() -> String {
+        use std::hash::{BuildHasher as _, Hasher as _};
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .unwrap_or_else(|| "node".into());
+        let host: String = host.trim().chars().filter(|c| is_node_id_char(*c)).take(32).collect();
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0),
+        );
+        let host = if host.is_empty() { "node".to_owned() } else { host };
+        format!("{host}-{}-{:06x}", std::process::id(), h.finish() & 0xff_ffff)
+    }
+}
+
+/// Node ids are used in Redis keys, channel names and presence fields.
+pub fn is_node_id_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Log {
@@ -178,8 +342,11 @@ impl Config {
                 .source(Some(env)),
         );
         let raw = b.build().map_err(|e| ConfigError(e.to_string()))?;
-        let cfg: Config = raw.try_deserialize().map_err(|e| ConfigError(e.to_string()))?;
+        let mut cfg: Config = raw.try_deserialize().map_err(|e| ConfigError(e.to_string()))?;
         cfg.validate()?;
+        if cfg.cluster.node_id.is_empty() {
+            cfg.cluster.node_id = Cluster::generate_node_id();
+        }
         Ok(cfg)
     }
 
@@ -252,6 +419,7 @@ impl Config {
         }
         range("api.max_body_bytes", self.api.max_body_bytes, 1024, 64 << 20)?;
         range("api.nonce_cache_size", self.api.nonce_cache_size, 100, 10_000_000)?;
+        self.webhooks.validate()?;
         let db = &self.storage.mongodb.database;
         if db.is_empty() || db.len() > 63 || db.contains(['/', '\\', '.', ' ', '"', '$', '\0']) {
             return Err(ConfigError(format!("storage.mongodb.database = {db:?} is not a valid MongoDB database name")));
@@ -264,6 +432,43 @@ impl Config {
             600_000,
         )?;
         range("storage.mongodb.op_timeout_ms", self.storage.mongodb.op_timeout_ms, 100, 600_000)?;
+        self.validate_cluster()?;
+        Ok(())
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        let id = &c.node_id;
+        if !id.is_empty() && (id.len() > 64 || !id.chars().all(is_node_id_char)) {
+            return Err(ConfigError(format!(
+                "cluster.node_id = {id:?} must be 1 to 64 characters of [A-Za-z0-9_.-] (or empty to generate one)"
+            )));
+        }
+        range("cluster.redis_pool_size", c.redis_pool_size, 1, 1024)?;
+        range("cluster.redis_timeout_ms", c.redis_timeout_ms, 10, 60_000)?;
+        range("cluster.heartbeat_ms", c.heartbeat_ms, 50, 60_000)?;
+        range("cluster.node_ttl_ms", c.node_ttl_ms, 100, 600_000)?;
+        if c.node_ttl_ms < 2 * c.heartbeat_ms {
+            return Err(ConfigError(format!(
+                "cluster.node_ttl_ms = {} must be at least twice cluster.heartbeat_ms = {}",
+                c.node_ttl_ms, c.heartbeat_ms
+            )));
+        }
+        if !c.enabled {
+            return Ok(());
+        }
+        if !c.redis_url.starts_with("redis://") {
+            return Err(ConfigError(format!(
+                "cluster.redis_url = {:?} must start with redis:// (set it when cluster.enabled = true; TLS is not supported)",
+                c.redis_url
+            )));
+        }
+        if self.storage.backend != "mongodb" {
+            return Err(ConfigError(format!(
+                "cluster.enabled = true needs storage.backend = \"mongodb\" (the {:?} store belongs to one node)",
+                self.storage.backend
+            )));
+        }
         Ok(())
     }
 
@@ -388,6 +593,37 @@ mod tests {
         assert!(e.to_string().contains("unknown scope"), "{e}");
         let e = Config::load_with_env(None, env(&[("CONFAB__API__KEYS", "not json")])).unwrap_err();
         assert!(e.to_string().contains("api.keys"), "{e}");
+    }
+
+    #[test]
+    fn cluster_settings() {
+        let c = Config::load_with_env(None, env(&[])).expect("valid");
+        assert!(!c.cluster.enabled);
+        assert!(!c.cluster.node_id.is_empty(), "a node id is generated when none is set");
+        assert!(c.cluster.node_id.chars().all(is_node_id_char), "{}", c.cluster.node_id);
+        assert_eq!((c.cluster.heartbeat_ms, c.cluster.node_ttl_ms), (1000, 5000));
+        let mongo = [
+            ("CONFAB__STORAGE__BACKEND", "mongodb"),
+            ("CONFAB__STORAGE__MONGODB__URI", "mongodb://db:27017/?replicaSet=rs0"),
+            ("CONFAB__CLUSTER__ENABLED", "true"),
+            ("CONFAB__CLUSTER__NODE_ID", "node-1"),
+            ("CONFAB__CLUSTER__REDIS_URL", "redis://redis:6379"),
+            ("CONFAB__CLUSTER__REDIS_POOL_SIZE", "8"),
+        ];
+        let c = Config::load_with_env(None, env(&mongo)).expect("valid");
+        assert_eq!((c.cluster.node_id.as_str(), c.cluster.redis_pool_size), ("node-1", 8));
+        let e = Config::load_with_env(None, env(&mongo[2..])).unwrap_err();
+        assert!(e.to_string().contains("storage.backend = \"mongodb\""), "{e}");
+        let mut bad = mongo.to_vec();
+        bad.push(("CONFAB__CLUSTER__REDIS_URL", ""));
+        let e = Config::load_with_env(None, env(&bad)).unwrap_err();
+        assert!(e.to_string().contains("cluster.redis_url"), "{e}");
+        let e = Config::load_with_env(None, env(&[("CONFAB__CLUSTER__NODE_ID", "a/b")])).unwrap_err();
+        assert!(e.to_string().contains("cluster.node_id"), "{e}");
+        let e = Config::load_with_env(None, env(&[("CONFAB__CLUSTER__NODE_TTL_MS", "1500")])).unwrap_err();
+        assert!(e.to_string().contains("cluster.node_ttl_ms"), "{e}");
+        let e = Config::load_with_env(None, env(&[("CONFAB__CLUSTER__REDIS_POOL_SIZE", "0")])).unwrap_err();
+        assert!(e.to_string().contains("cluster.redis_pool_size"), "{e}");
     }
 
     #[test]

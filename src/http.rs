@@ -2,6 +2,7 @@
 //! (in [`crate::api`]). Handlers stay thin: they
 //! extract, call the engine, and map errors through the one error table.
 
+use actix_web::body::BodyStream;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
@@ -10,6 +11,7 @@ use confab_actors::error::{Error, ErrorCode};
 use confab_actors::session::{SessionConfig, WsSession};
 
 use crate::auth;
+use crate::cluster::Cluster;
 
 /// What every worker shares.
 pub struct AppState {
@@ -38,15 +40,27 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok\n")
 }
 
-async fn readyz(state: web::Data<AppState>) -> HttpResponse {
+/// Ready when the store answers. In a cluster, Redis's state is reported but does not make the
+/// node unready: without Redis a node still serves its own users.
+async fn readyz(state: web::Data<AppState>, cluster: Option<web::Data<Cluster>>) -> HttpResponse {
     match state.engine.store().ping().await {
-        Ok(()) => HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })),
+        Ok(()) => match cluster {
+            None => HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })),
+            Some(c) => HttpResponse::Ok().json(serde_json::json!({
+                "status": "ready",
+                "cluster": { "node_id": c.node_id(), "redis": if c.redis_up() { "up" } else { "down" } },
+            })),
+        },
         Err(e) => error_response(&Error::new(ErrorCode::Unavailable, e.to_string())),
     }
 }
 
-async fn metrics(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.engine.metrics().render())
+async fn metrics(state: web::Data<AppState>, cluster: Option<web::Data<Cluster>>) -> HttpResponse {
+    let mut text = state.engine.metrics().render();
+    if let Some(c) = cluster {
+        text.push_str(&c.metrics().render());
+    }
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(text)
 }
 
 /// The token from `Authorization: Bearer …`, or `?token=` for browsers.
@@ -71,21 +85,25 @@ async fn ws(
             Err(e) => return Ok(error_response(&e)),
         },
     };
-    let (response, session, stream) = actix_ws::handle(&req, body)?;
+    // A disabled user, or a token issued before the user's tokens were revoked, is refused.
+    if let Err(e) = state.engine.check_access(&claims.sub, Some(claims.iat)).await {
+        return Ok(error_response(&e));
+    }
+    // actix-ws does the handshake and reads frames; frames are written by the session's own
+    // outlet, which replaces actix-ws's body (and its sender) as the response body.
+    let (response, ws_sender, stream) = actix_ws::handle(&req, body)?;
+    drop(ws_sender);
     // Frames up to 4x the limit are read and answered `frame_too_large`; beyond, the
     // connection is closed (1009) without buffering more.
     let hard_limit = state.session.max_frame_bytes.saturating_mul(4);
     let stream = stream.max_frame_size(hard_limit).aggregate_continuations().max_continuation_size(hard_limit);
-    let actor = WsSession::new(
-        state.engine.clone(),
-        claims.sub.into(),
-        claims.dev.into(),
-        state.session.clone(),
-        session,
-        stream,
-    );
+    let (actor, outlet) =
+        WsSession::new(state.engine.clone(), claims.sub.into(), claims.dev.into(), state.session.clone(), stream);
     actix::Actor::start(actor);
-    Ok(response)
+    // actix-ws ends the incoming stream when its body is dropped: the outlet keeps that body
+    // (never polled) and drops it when the connection's writing ends.
+    let (head, ws_body) = response.into_parts();
+    Ok(head.set_body(BodyStream::new(outlet.with_guard(ws_body))).map_into_boxed_body())
 }
 
 #[cfg(test)]

@@ -3,14 +3,18 @@
 //! The transports and adapters around `confab-actors` (the domain and actors):
 //! - [`config`]: the typed configuration, layered defaults < file < `CONFAB__…` environment.
 //! - [`auth`]: HS256 access tokens.
+//! - [`cluster`]: the cluster layer in Redis: presence, the node bus, heartbeats.
 //! - [`store`]: storage adapters implementing `confab_actors::store::Store`: embedded (redb) and MongoDB.
 //! - [`api`]: the signed HTTP integration API under `/api/v1`.
 //! - [`http`]: HTTP routes: `/healthz`, `/readyz`, `/metrics`, and the `/ws` upgrade.
+//! - [`webhooks`]: delivering the outbox to backends, and the `before_send` check.
 //! - [`server`]: assembling and running a node.
 
 pub mod api;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod http;
 pub mod server;
 pub mod store;
+pub mod webhooks;

@@ -14,9 +14,11 @@ use anyhow::Context as _;
 use confab_actors::conversation::Directory;
 use confab_actors::engine::Engine;
 use confab_actors::metrics::Metrics;
+use confab_actors::outbox::Outbox;
 use confab_actors::registry::Registry;
 use confab_actors::store::Store;
 
+use crate::cluster::{Cluster, ClusterOptions};
 use crate::config::Config;
 use crate::http::{self, AppState};
 use crate::store::{EmbeddedStore, MongoOptions, MongoStore};
@@ -24,16 +26,23 @@ use crate::store::{EmbeddedStore, MongoOptions, MongoStore};
 /// Opens the configured store (`storage.backend`). The MongoDB store runs its driver on a runtime
 /// of its own, so it may be opened from any runtime (here: actix's, inside [`serve`]).
 pub async fn open_store(cfg: &Config, metrics: Arc<Metrics>) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(open_stores(cfg, metrics).await?.0)
+}
+
+/// Like [`open_store`], also returning the same store as the webhook outbox.
+pub async fn open_stores(cfg: &Config, metrics: Arc<Metrics>) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn Outbox>)> {
     if cfg.storage.backend == "mongodb" {
         let opts = MongoOptions::from_config(&cfg.storage.mongodb);
         let store = MongoStore::open(opts, metrics)
             .await
             .with_context(|| format!("opening the MongoDB store (database {:?})", cfg.storage.mongodb.database))?;
-        return Ok(Arc::new(store));
+        let store = Arc::new(store);
+        return Ok((store.clone(), store));
     }
     let store = EmbeddedStore::open(&cfg.storage.path, metrics)
         .with_context(|| format!("opening the embedded store at {}", cfg.storage.path.display()))?;
-    Ok(Arc::new(store))
+    let store = Arc::new(store);
+    Ok((store.clone(), store))
 }
 
 fn cores() -> usize {
@@ -49,25 +58,33 @@ pub async fn serve(
     on_start: impl FnOnce(actix_web::dev::ServerHandle),
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
-    let store = open_store(&cfg, metrics.clone()).await?;
+    let (store, outbox) = open_stores(&cfg, metrics.clone()).await?;
     let registry = Arc::new(Registry::new(metrics.clone()));
     let n_arbiters = if cfg.groups.arbiters == 0 { cores() } else { cfg.groups.arbiters };
     let arbiters: Vec<Arbiter> = (0..n_arbiters).map(|_| Arbiter::new()).collect();
     let directory = Directory::new(arbiters.iter().map(|a| a.handle()).collect());
     let engine = Engine::new(store, registry.clone(), metrics, cfg.limits(), directory);
-    let state = web::Data::new(AppState {
-        engine,
-        session: cfg.session_config(),
-        secret: cfg.auth.secret.clone(),
-        api: crate::api::ApiState::from_config(&cfg),
-    });
+    crate::webhooks::install(&cfg, &engine, outbox.clone())?;
+    let cluster = start_cluster(&cfg, &engine)?;
+    let api = crate::api::ApiState::from_config(&cfg);
+    let _ = api.outbox.set(outbox);
+    let state =
+        web::Data::new(AppState { engine, session: cfg.session_config(), secret: cfg.auth.secret.clone(), api });
+    let cluster_data = cluster.clone().map(web::Data::new);
     let workers = if cfg.server.workers == 0 { cores() } else { cfg.server.workers };
-    let server = HttpServer::new(move || App::new().app_data(state.clone()).configure(http::routes))
-        .workers(workers)
-        .shutdown_timeout(cfg.server.shutdown_timeout_secs)
-        .disable_signals()
-        .listen(listener)?
-        .run();
+    let server = HttpServer::new(move || {
+        let app = App::new().app_data(state.clone());
+        let app = match &cluster_data {
+            Some(c) => app.app_data(c.clone()),
+            None => app,
+        };
+        app.configure(http::routes)
+    })
+    .workers(workers)
+    .shutdown_timeout(cfg.server.shutdown_timeout_secs)
+    .disable_signals()
+    .listen(listener)?
+    .run();
     let handle = server.handle();
     // SIGINT / SIGTERM: close every WebSocket with 1001 first, so the graceful stop does not
     // wait `shutdown_timeout_secs` for connections that would never end by themselves.
@@ -82,11 +99,32 @@ pub async fn serve(
     });
     on_start(server.handle());
     let result = server.await;
+    if let Some(c) = cluster {
+        c.shutdown().await;
+    }
     for a in arbiters {
         a.stop();
         let _ = a.join();
     }
     result.map_err(Into::into)
+}
+
+/// Starts the cluster layer when `cluster.enabled`: joins the engine to it (presence, cross-node
+/// fan-out, cluster-wide commands) and hands what other nodes send to the engine.
+fn start_cluster(cfg: &Config, engine: &Engine) -> anyhow::Result<Option<Cluster>> {
+    if !cfg.cluster.enabled {
+        return Ok(None);
+    }
+    let (cluster, mut incoming) =
+        Cluster::start(ClusterOptions::from_config(&cfg.cluster)).context("starting the cluster layer")?;
+    engine.set_cluster(Arc::new(crate::cluster::link::Link::new(cluster.clone())));
+    let engine = engine.clone();
+    actix::spawn(async move {
+        while let Some(i) = incoming.recv().await {
+            crate::cluster::link::dispatch(&engine, i);
+        }
+    });
+    Ok(Some(cluster))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -24,12 +24,14 @@ use bytestring::ByteString;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
+use crate::cluster::{PeerCommand, PeerDelivery};
 use crate::engine::Core;
 use crate::error::StoreError;
 use crate::error::{Error, ErrorCode, Result};
-use crate::model::{self, Body, ConvKind, Message, ReplyRef, Role};
+use crate::model::{self, Body, ConvKind, Group, GroupPatch, Message, ReplyRef, Role};
 use crate::proto;
-use crate::store::{MemberChange, NewMessage, StoreResult};
+use crate::registry::RecipientCache;
+use crate::store::{GroupDismiss, GroupUpdate, HistoryQuery, MemberChange, NewMessage, RoleChange, StoreResult};
 
 /// A store write, boxed so the actor can hand it to [`ConversationActor::store_write`].
 type StoreFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = StoreResult<T>> + Send>>;
@@ -77,9 +79,30 @@ pub enum MembershipOp {
     Add(Vec<String>),
     Remove(Vec<String>),
     Leave,
+    /// Change the group's profile (owner or admins). The patch is validated by the caller.
+    Update(GroupPatch),
+    /// Give a member the role `Admin` or `Member` (owner only); `Owner` transfers the ownership
+    /// (the previous owner becomes an admin).
+    SetRole(String, Role),
+    /// Dismiss the group (owner only).
+    Dismiss,
 }
 
-/// Change a group's membership. Replies with the system message recording it.
+/// The error every request to a dismissed group gets.
+pub fn dismissed() -> Error {
+    Error::new(ErrorCode::GroupDismissed, "the group was dismissed")
+}
+
+/// What a stored membership change did, for updating the cached membership.
+enum Applied {
+    Members { add: Vec<String>, remove: Vec<String> },
+    Profile,
+    Roles(Vec<(String, Role)>),
+    Dismissed,
+}
+
+/// Change a group's membership, profile or roles, or dismiss it. Replies with the system message
+/// recording it.
 #[derive(Debug, Clone)]
 pub struct Membership {
     pub by: Arc<str>,
@@ -95,6 +118,39 @@ struct FanoutTick;
 
 impl actix::Message for FanoutTick {
     type Result = ();
+}
+
+/// A message of this conversation that another node stored and fanned out: its frames, for
+/// these recipients' sessions on this node. Released in `seq` order with the local ones.
+#[derive(Debug, Clone)]
+pub struct PeerMessage {
+    pub seq: u64,
+    pub users: Vec<Arc<str>>,
+    pub frames: Vec<ByteString>,
+    /// The message changed the membership: reload it before releasing later messages.
+    pub membership_changed: bool,
+}
+
+impl actix::Message for PeerMessage {
+    type Result = ();
+}
+
+/// Another node changed this group's membership or roles: reload them from the store.
+#[derive(Debug, Clone, Copy)]
+pub struct ReloadMembers;
+
+impl actix::Message for ReloadMembers {
+    type Result = ();
+}
+
+/// How long a gap in `seq` (a message another node stored) may wait for that node's fan-out
+/// before the missing messages are read back from the store.
+const GAP_WAIT: Duration = Duration::from_millis(100);
+
+/// The system events that change a group's membership or roles.
+fn changes_membership(m: &Message) -> bool {
+    matches!(&m.body, Body::System { event, .. } if matches!(event.as_str(),
+        "members_added" | "members_removed" | "member_left" | "roles_changed" | "group_dismissed"))
 }
 
 /// How the actor knows its members before it has loaded.
@@ -117,8 +173,25 @@ struct Ready {
     reply: Option<oneshot::Sender<Result<Message>>>,
 }
 
+/// A message waiting in `ready` for its turn, by where it came from.
+enum Pending {
+    /// Stored by this actor: fanned out to every member, on this node and (in a cluster) others.
+    Local(Ready),
+    /// Stored and fanned out by another node: for this node's sessions of `users` only.
+    Peer { users: Vec<Arc<str>>, frames: Vec<ByteString>, membership_changed: bool },
+    /// Stored by another node whose fan-out did not arrive in time: read back from the store,
+    /// for this node's sessions of the current members only.
+    Fetched(Message),
+}
+
 /// A fan-out in progress.
 struct Job {
+    /// The message's `seq` (0 for frames that are not a message event, such as acks and recalls).
+    seq: u64,
+    /// Deliver on this node only (the message came from another node, or is an ack).
+    local_only: bool,
+    /// The message changed the membership (other nodes reload theirs).
+    membership_changed: bool,
     frames: Vec<ByteString>,
     members: Arc<Vec<Arc<str>>>,
     next: usize,
@@ -151,9 +224,18 @@ pub struct ConversationActor {
     next_fanout: u64,
     /// Appends sent to the store and not yet answered.
     inflight: usize,
-    ready: BTreeMap<u64, Ready>,
+    ready: BTreeMap<u64, Pending>,
+    /// Nothing was released since the actor loaded: a message from another node older than the
+    /// loaded `last_seq` is still new to this node's sessions.
+    fresh: bool,
+    /// A gap fill is scheduled or running.
+    gap_fill: bool,
+    /// The membership is being reloaded; releasing waits for it.
+    reloading: bool,
     jobs: VecDeque<Job>,
     tick_scheduled: bool,
+    /// The recipients' sessions, resolved once for the fan-outs that follow.
+    recipients: RecipientCache,
     last_active: Instant,
     /// Resolves once the store has been handed the latest write (see [`Self::store_write`]).
     handed_over: Option<oneshot::Receiver<()>>,
@@ -172,8 +254,12 @@ impl ConversationActor {
             next_fanout: 1,
             inflight: 0,
             ready: BTreeMap::new(),
+            fresh: true,
+            gap_fill: false,
+            reloading: false,
             jobs: VecDeque::new(),
             tick_scheduled: false,
+            recipients: RecipientCache::default(),
             last_active: Instant::now(),
             handed_over: None,
         }
@@ -209,8 +295,10 @@ impl ConversationActor {
             match kind {
                 ConvKind::Group => {
                     let gid = conv_id.strip_prefix("g_").unwrap_or("");
-                    if store.group(gid).await?.is_none() {
-                        return Err(Error::not_found("no such group"));
+                    match store.group(gid).await? {
+                        None => return Err(Error::not_found("no such group")),
+                        Some(g) if g.dismissed => return Err(dismissed()),
+                        Some(_) => {}
                     }
                     for m in store.members(gid).await? {
                         roles.insert(Arc::<str>::from(m.user_id), m.role);
@@ -236,7 +324,7 @@ impl ConversationActor {
                 act.state = State::Ready;
             }
             Err(e) => {
-                if e.code != ErrorCode::NotFound {
+                if e.code != ErrorCode::NotFound && e.code != ErrorCode::GroupDismissed {
                     tracing::warn!(conv_id = %act.conv_id, error = %e, "conversation load failed");
                 }
                 act.state = State::Failed(e);
@@ -301,7 +389,13 @@ impl ConversationActor {
                     act.core.metrics.messages_in.fetch_add(1, Relaxed);
                     act.ready.insert(
                         a.message.seq,
-                        Ready { message: a.message, origin, members, extra: Vec::new(), reply: Some(reply) },
+                        Pending::Local(Ready {
+                            message: a.message,
+                            origin,
+                            members,
+                            extra: Vec::new(),
+                            reply: Some(reply),
+                        }),
                     );
                 }
                 Err(e) => {
@@ -313,24 +407,159 @@ impl ConversationActor {
     }
 
     /// Moves stored messages, in `seq` order, from `ready` to the fan-out queue.
+    ///
+    /// A missing `seq` is one of this actor's appends still in flight, or (in a cluster) a
+    /// message another node stored: that node's fan-out brings it here as a [`PeerMessage`], and
+    /// if it does not within [`GAP_WAIT`] it is read back from the store (it is committed:
+    /// the store hands out a `seq` only after every lower one is committed).
     fn release(&mut self, ctx: &mut Context<Self>) {
-        while let Some((&head, _)) = self.ready.first_key_value() {
-            // With nothing in flight, no missing seq can still arrive: don't wait for it.
-            if head != self.next_fanout && self.inflight > 0 {
-                break;
-            }
-            if head != self.next_fanout {
+        while !self.reloading {
+            let Some((&head, _)) = self.ready.first_key_value() else { break };
+            if head > self.next_fanout {
+                if self.inflight > 0 {
+                    break;
+                }
+                if self.core.cluster().is_some() {
+                    self.schedule_gap_fill(ctx);
+                    break;
+                }
+                // With nothing in flight, no missing seq can still arrive: don't wait for it.
                 tracing::warn!(conv_id = %self.conv_id, expected = self.next_fanout, got = head, "seq gap in fan-out");
             }
-            let Some(r) = self.ready.remove(&head) else { break };
+            let Some(p) = self.ready.remove(&head) else { break };
+            if head < self.next_fanout {
+                continue;
+            }
             self.next_fanout = head + 1;
-            self.enqueue_message(r);
+            self.fresh = false;
+            match p {
+                Pending::Local(r) => self.enqueue_message(r),
+                Pending::Peer { users, frames, membership_changed } => {
+                    self.enqueue_local(head, frames, Arc::new(users));
+                    if membership_changed {
+                        self.reload_members(ctx);
+                    }
+                }
+                Pending::Fetched(m) => {
+                    let reload = changes_membership(&m);
+                    let frames = vec![proto::encode_event("message", &m)];
+                    self.enqueue_local(head, frames, self.members.clone());
+                    if reload {
+                        self.reload_members(ctx);
+                    }
+                }
+            }
         }
         self.pump(ctx);
     }
 
+    /// Queues a fan-out to this node's sessions only (of a message another node stored).
+    fn enqueue_local(&mut self, seq: u64, frames: Vec<ByteString>, members: Arc<Vec<Arc<str>>>) {
+        self.jobs.push_back(Job {
+            seq,
+            local_only: true,
+            membership_changed: false,
+            frames,
+            members,
+            next: 0,
+            skip: None,
+            only_conn: None,
+            started: Instant::now(),
+            delivery: true,
+        });
+        self.core.metrics.fanout_queue_depth.fetch_add(1, Relaxed);
+    }
+
+    /// After [`GAP_WAIT`], reads the messages missing before the head of `ready` from the store.
+    fn schedule_gap_fill(&mut self, ctx: &mut Context<Self>) {
+        if self.gap_fill {
+            return;
+        }
+        self.gap_fill = true;
+        ctx.run_later(GAP_WAIT, |act, ctx| {
+            let head = match act.ready.first_key_value() {
+                Some((&head, _)) if head > act.next_fanout && act.inflight == 0 => head,
+                _ => {
+                    act.gap_fill = false;
+                    act.release(ctx);
+                    return;
+                }
+            };
+            let from = act.next_fanout;
+            let limit = ((head - from) as usize).min(model::MAX_PAGE);
+            let store = act.core.store.clone();
+            let conv_id = act.conv_id.clone();
+            let read = async move { store.history(&conv_id, None, HistoryQuery::After { seq: from - 1, limit }).await };
+            ctx.spawn(read.into_actor(act).map(move |res, act, ctx| {
+                act.gap_fill = false;
+                match res {
+                    Ok(found) => {
+                        act.core.metrics.gap_fills.fetch_add(1, Relaxed);
+                        let complete = found.len() == limit;
+                        for m in found {
+                            if m.seq >= act.next_fanout && m.seq < head {
+                                act.ready.entry(m.seq).or_insert(Pending::Fetched(m));
+                            }
+                        }
+                        // Seqs the store does not have were never stored: step over them.
+                        if !complete && act.ready.first_key_value().is_some_and(|(&h, _)| h > act.next_fanout) {
+                            tracing::warn!(conv_id = %act.conv_id, from, head, "seq gap not in the store; skipped");
+                            if let Some((&h, _)) = act.ready.first_key_value() {
+                                act.next_fanout = h;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(conv_id = %act.conv_id, error = %e, "gap fill failed; retrying");
+                    }
+                }
+                act.release(ctx);
+            }));
+        });
+    }
+
+    /// Reloads a group's membership from the store; releasing waits until it is done.
+    fn reload_members(&mut self, ctx: &mut Context<Self>) {
+        if self.kind != ConvKind::Group || self.reloading {
+            return;
+        }
+        self.reloading = true;
+        let store = self.core.store.clone();
+        let gid = self.group_id().to_string();
+        let fut = async move {
+            let group = store.group(&gid).await?;
+            let members = store.members(&gid).await?;
+            Ok::<_, StoreError>((group, members))
+        };
+        ctx.wait(fut.into_actor(self).map(|res, act, ctx| {
+            act.reloading = false;
+            match res {
+                Ok((group, members)) => {
+                    if group.as_ref().is_none_or(|g| g.dismissed) {
+                        act.set_members(HashMap::new());
+                        act.state = State::Failed(dismissed());
+                    } else {
+                        act.set_members(members.into_iter().map(|m| (Arc::<str>::from(m.user_id), m.role)).collect());
+                    }
+                }
+                Err(e) => {
+                    // Keep the old membership and try again with the next change.
+                    tracing::warn!(conv_id = %act.conv_id, error = %e, "membership reload failed");
+                }
+            }
+            act.release(ctx);
+        }));
+    }
+
     fn enqueue_message(&mut self, r: Ready) {
         let Ready { message, origin, members, extra, reply } = r;
+        let seq = message.seq;
+        let membership_changed = changes_membership(&message);
+        if membership_changed {
+            if let Some(cluster) = self.core.cluster() {
+                cluster.broadcast(PeerCommand::MembershipChanged { conv_id: self.conv_id.to_string() });
+            }
+        }
         let mut frames = vec![proto::encode_event("message", &message)];
         frames.extend(extra);
         let skip = origin.map(|o| {
@@ -338,6 +567,9 @@ impl ConversationActor {
             // earlier message of this conversation (jobs run in order), before later ones.
             let ack = proto::encode_result(&o.req_id, &proto::SendResult { message: &message });
             self.jobs.push_back(Job {
+                seq: 0,
+                local_only: true,
+                membership_changed: false,
                 frames: vec![ack],
                 members: Arc::new(vec![o.user.clone()]),
                 next: 0,
@@ -352,6 +584,9 @@ impl ConversationActor {
             let _ = tx.send(Ok(message));
         }
         self.jobs.push_back(Job {
+            seq,
+            local_only: false,
+            membership_changed,
             frames,
             members,
             next: 0,
@@ -376,11 +611,30 @@ impl ConversationActor {
             for (i, frame) in job.frames.iter().enumerate() {
                 let n = match (job.only_conn, i) {
                     (Some(conn), _) => users.iter().filter(|u| registry.send_to_conn(u, conn, frame)).count(),
-                    (None, 0) => registry.fan_out(users, frame, job.skip.as_ref().map(|(u, c)| (&**u, *c))),
-                    (None, _) => registry.fan_out(users, frame, None),
+                    // Connection ids are unique on the node: skipping the sender's is enough.
+                    (None, 0) => self.recipients.deliver(
+                        registry,
+                        &job.members,
+                        job.next..end,
+                        frame,
+                        job.skip.as_ref().map(|(_, c)| *c),
+                    ),
+                    (None, _) => self.recipients.deliver(registry, &job.members, job.next..end, frame, None),
                 };
                 if i == 0 && job.delivery {
                     self.core.metrics.deliveries_out.fetch_add(n as u64, Relaxed);
+                }
+            }
+            // The same chunk, for the recipients' sessions on other nodes: the transport
+            // resolves their presence and publishes once per node.
+            if !job.local_only && job.only_conn.is_none() && end > job.next {
+                if let Some(cluster) = self.core.cluster() {
+                    cluster.deliver(PeerDelivery {
+                        ordered: (job.seq > 0).then(|| (self.conv_id.clone(), job.seq)),
+                        users: job.members[job.next..end].to_vec(),
+                        frames: job.frames.clone(),
+                        membership_changed: job.membership_changed,
+                    });
                 }
             }
             job.next = end;
@@ -392,6 +646,9 @@ impl ConversationActor {
                 self.jobs.pop_front();
             }
         }
+        // Writers are woken once the fan-out queue is empty, or every few chunks: frames of
+        // several messages then leave in one write per connection.
+        self.recipients.end_chunk(self.jobs.is_empty());
         if !self.jobs.is_empty() && !self.tick_scheduled {
             self.tick_scheduled = true;
             ctx.notify(FanoutTick);
@@ -413,7 +670,7 @@ impl Actor for ConversationActor {
         let check = self.core.limits.idle_timeout.min(Duration::from_secs(10)).max(Duration::from_millis(100));
         ctx.run_interval(check, |act, ctx| {
             let idle = act.last_active.elapsed() >= act.core.limits.idle_timeout;
-            if idle && act.inflight == 0 && act.ready.is_empty() && act.jobs.is_empty() {
+            if idle && act.inflight == 0 && act.ready.is_empty() && act.jobs.is_empty() && !act.gap_fill {
                 ctx.stop();
             }
         });
@@ -423,6 +680,35 @@ impl Actor for ConversationActor {
         self.core.metrics.conversation_actors.fetch_sub(1, Relaxed);
         self.core.metrics.fanout_queue_depth.fetch_sub(self.jobs.iter().filter(|j| j.delivery).count() as i64, Relaxed);
         self.core.directory.remove(&self.conv_id, &ctx.address());
+    }
+}
+
+impl Handler<PeerMessage> for ConversationActor {
+    type Result = ();
+    fn handle(&mut self, msg: PeerMessage, ctx: &mut Context<Self>) {
+        self.last_active = Instant::now();
+        let PeerMessage { seq, users, frames, membership_changed } = msg;
+        if seq < self.next_fanout {
+            // Already released (read back from the store, or a repeat), unless nothing was
+            // released since loading: then the loaded `last_seq` included it, but this node's
+            // sessions have not seen it yet.
+            if !(self.fresh && self.ready.is_empty() && self.inflight == 0) {
+                self.core.metrics.peer_messages_stale.fetch_add(1, Relaxed);
+                return;
+            }
+            self.next_fanout = seq;
+        }
+        self.ready.entry(seq).or_insert(Pending::Peer { users, frames, membership_changed });
+        self.release(ctx);
+    }
+}
+
+impl Handler<ReloadMembers> for ConversationActor {
+    type Result = ();
+    fn handle(&mut self, _: ReloadMembers, ctx: &mut Context<Self>) {
+        if matches!(self.state, State::Ready) {
+            self.reload_members(ctx);
+        }
     }
 }
 
@@ -543,6 +829,9 @@ impl Handler<Recall> for ConversationActor {
             let (m, changed) = res?;
             if changed {
                 act.jobs.push_back(Job {
+                    seq: 0,
+                    local_only: false,
+                    membership_changed: false,
                     frames: vec![proto::encode_event("recall", &m)],
                     members: act.members.clone(),
                     next: 0,
@@ -578,67 +867,78 @@ impl Handler<Membership> for ConversationActor {
             Err(e) => return fail(e),
         };
         let by = msg.by.to_string();
-        let (add, remove, event) = match msg.op {
-            MembershipOp::Add(users) => {
-                if !role.can_manage() {
-                    return fail(Error::forbidden("only the owner or admins may add members"));
-                }
-                let mut new: Vec<String> = users.into_iter().filter(|u| !self.roles.contains_key(u.as_str())).collect();
-                new.sort();
-                new.dedup();
-                if self.roles.len() + new.len() > self.core.limits.max_group_members {
-                    return fail(Error::invalid(format!(
-                        "a group has at most {} members",
-                        self.core.limits.max_group_members
-                    )));
-                }
-                if new.is_empty() {
-                    return fail(Error::new(ErrorCode::Conflict, "every user given is already a member"));
-                }
-                (new, Vec::new(), "members_added")
-            }
-            MembershipOp::Remove(users) => {
-                if !role.can_manage() {
-                    return fail(Error::forbidden("only the owner or admins may remove members"));
-                }
-                let mut gone = Vec::new();
-                for u in users {
-                    match self.roles.get(u.as_str()) {
-                        None => {}
-                        Some(Role::Owner) => return fail(Error::forbidden("the owner cannot be removed")),
-                        Some(Role::Admin) if role != Role::Owner => {
-                            return fail(Error::forbidden("only the owner may remove an admin"))
-                        }
-                        Some(_) => gone.push(u),
-                    }
-                }
-                gone.sort();
-                gone.dedup();
-                if gone.is_empty() {
-                    return fail(Error::not_found("none of the users given is a member"));
-                }
-                (Vec::new(), gone, "members_removed")
-            }
-            MembershipOp::Leave => {
-                if role == Role::Owner {
-                    return fail(Error::new(ErrorCode::OwnerCannotLeave, "the owner cannot leave the group"));
-                }
-                (Vec::new(), vec![by.clone()], "member_left")
-            }
-        };
-        let body = Body::System {
-            event: event.into(),
-            data: serde_json::json!({ "by": by, "added": add, "removed": remove }),
-        };
-        let change = MemberChange {
-            group_id: self.group_id().to_string(),
-            add: add.iter().map(|u| (u.clone(), Role::Member)).collect(),
-            remove: remove.clone(),
-            ts: now_ms(),
-            system_body: body,
-        };
         let store = self.core.store.clone();
-        let stored = self.store_write(Box::pin(async move { store.change_members(change).await }));
+        let group_id = self.group_id().to_string();
+        let ts = now_ms();
+        let (write, applied): (StoreFuture<(Message, Option<Group>)>, Applied) = match msg.op {
+            MembershipOp::Update(patch) => {
+                if !role.can_manage() {
+                    return fail(Error::forbidden("only the owner or admins may change the group's profile"));
+                }
+                // The fields that changed, and who changed them.
+                let mut data = serde_json::to_value(&patch).unwrap_or_default();
+                if let Some(fields) = data.as_object_mut() {
+                    fields.retain(|_, v| !v.is_null());
+                    fields.insert("by".into(), serde_json::Value::from(by.clone()));
+                }
+                let u = GroupUpdate {
+                    group_id,
+                    patch,
+                    ts,
+                    system_body: Body::System { event: "group_updated".into(), data },
+                };
+                (Box::pin(async move { store.update_group(u).await.map(|(g, m)| (m, Some(g))) }), Applied::Profile)
+            }
+            MembershipOp::SetRole(user, new_role) => {
+                if role != Role::Owner {
+                    return fail(Error::forbidden("only the owner may change roles"));
+                }
+                let Some(&current) = self.roles.get(user.as_str()) else {
+                    return fail(Error::not_found(format!("{user} is not a member of the group")));
+                };
+                if user == by {
+                    return fail(Error::invalid("the owner's role changes only by transferring the ownership"));
+                }
+                if current == new_role {
+                    return fail(Error::new(ErrorCode::Conflict, format!("{user} already has this role")));
+                }
+                let mut roles = vec![(user.clone(), new_role)];
+                if new_role == Role::Owner {
+                    roles.push((by.clone(), Role::Admin));
+                }
+                let listed: Vec<serde_json::Value> =
+                    roles.iter().map(|(u, r)| serde_json::json!({ "user": u, "role": r })).collect();
+                let c = RoleChange {
+                    group_id,
+                    roles: roles.clone(),
+                    ts,
+                    system_body: Body::System {
+                        event: "roles_changed".into(),
+                        data: serde_json::json!({ "by": by, "roles": listed }),
+                    },
+                };
+                (Box::pin(async move { store.set_roles(c).await.map(|(g, m)| (m, Some(g))) }), Applied::Roles(roles))
+            }
+            MembershipOp::Dismiss => {
+                if role != Role::Owner {
+                    return fail(Error::forbidden("only the owner may dismiss the group"));
+                }
+                let d = GroupDismiss {
+                    group_id,
+                    ts,
+                    system_body: Body::System {
+                        event: "group_dismissed".into(),
+                        data: serde_json::json!({ "by": by }),
+                    },
+                };
+                (Box::pin(async move { store.dismiss_group(d).await.map(|(g, m)| (m, Some(g))) }), Applied::Dismissed)
+            }
+            op => match self.member_change(op, by, group_id, ts, role) {
+                Ok(planned) => planned,
+                Err(refused) => return refused,
+            },
+        };
+        let stored = self.store_write(write);
         let fut =
             async move { stored.await.unwrap_or_else(|_| Err(StoreError::Unavailable("store task ended".into()))) };
         self.inflight += 1;
@@ -647,41 +947,7 @@ impl Handler<Membership> for ConversationActor {
         ctx.wait(fut.into_actor(self).map(move |res, act, ctx| {
             act.inflight -= 1;
             match res {
-                Ok(m) => {
-                    // Everyone who was or is a member hears about the change.
-                    let mut recipients: Vec<Arc<str>> = act.members.iter().cloned().collect();
-                    let mut roles = act.roles.clone();
-                    for u in &add {
-                        let u: Arc<str> = Arc::from(u.as_str());
-                        roles.insert(u.clone(), Role::Member);
-                        recipients.push(u);
-                    }
-                    for u in &remove {
-                        roles.remove(u.as_str());
-                    }
-                    act.set_members(roles);
-                    let membership = proto::encode_event(
-                        "membership",
-                        &proto::MembershipEvent {
-                            group_id: act.group_id(),
-                            conv_id: &act.conv_id,
-                            seq: m.seq,
-                            added: &add,
-                            removed: &remove,
-                        },
-                    );
-                    act.core.metrics.messages_in.fetch_add(1, Relaxed);
-                    act.ready.insert(
-                        m.seq,
-                        Ready {
-                            message: m,
-                            origin: None,
-                            members: Arc::new(recipients),
-                            extra: vec![membership],
-                            reply: Some(tx),
-                        },
-                    );
-                }
+                Ok((m, group)) => act.applied(m, group, applied, tx),
                 Err(e) => {
                     let _ = tx.send(Err(e.into()));
                 }
@@ -689,6 +955,158 @@ impl Handler<Membership> for ConversationActor {
             act.release(ctx);
         }));
         respond
+    }
+}
+
+impl ConversationActor {
+    /// Checks an add, remove or leave and prepares its store write.
+    #[allow(clippy::type_complexity)]
+    fn member_change(
+        &self,
+        op: MembershipOp,
+        by: String,
+        group_id: String,
+        ts: i64,
+        role: Role,
+    ) -> std::result::Result<(StoreFuture<(Message, Option<Group>)>, Applied), ResponseFuture<Result<Message>>> {
+        let fail = |e: Error| -> ResponseFuture<Result<Message>> { Box::pin(async move { Err(e) }) };
+        let (add, remove, event) = match op {
+            MembershipOp::Add(users) => {
+                if !role.can_manage() {
+                    return Err(fail(Error::forbidden("only the owner or admins may add members")));
+                }
+                let mut new: Vec<String> = users.into_iter().filter(|u| !self.roles.contains_key(u.as_str())).collect();
+                new.sort();
+                new.dedup();
+                if self.roles.len() + new.len() > self.core.limits.max_group_members {
+                    return Err(fail(Error::invalid(format!(
+                        "a group has at most {} members",
+                        self.core.limits.max_group_members
+                    ))));
+                }
+                if new.is_empty() {
+                    return Err(fail(Error::new(ErrorCode::Conflict, "every user given is already a member")));
+                }
+                (new, Vec::new(), "members_added")
+            }
+            MembershipOp::Remove(users) => {
+                if !role.can_manage() {
+                    return Err(fail(Error::forbidden("only the owner or admins may remove members")));
+                }
+                let mut gone = Vec::new();
+                for u in users {
+                    match self.roles.get(u.as_str()) {
+                        None => {}
+                        Some(Role::Owner) => return Err(fail(Error::forbidden("the owner cannot be removed"))),
+                        Some(Role::Admin) if role != Role::Owner => {
+                            return Err(fail(Error::forbidden("only the owner may remove an admin")))
+                        }
+                        Some(_) => gone.push(u),
+                    }
+                }
+                gone.sort();
+                gone.dedup();
+                if gone.is_empty() {
+                    return Err(fail(Error::not_found("none of the users given is a member")));
+                }
+                (Vec::new(), gone, "members_removed")
+            }
+            MembershipOp::Leave => {
+                if role == Role::Owner {
+                    return Err(fail(Error::new(ErrorCode::OwnerCannotLeave, "the owner cannot leave the group")));
+                }
+                (Vec::new(), vec![by.clone()], "member_left")
+            }
+            MembershipOp::Update(_) | MembershipOp::SetRole(..) | MembershipOp::Dismiss => {
+                return Err(fail(Error::internal("not a membership change")))
+            }
+        };
+        let body = Body::System {
+            event: event.into(),
+            data: serde_json::json!({ "by": by, "added": add, "removed": remove }),
+        };
+        let change = MemberChange {
+            group_id,
+            add: add.iter().map(|u| (u.clone(), Role::Member)).collect(),
+            remove: remove.clone(),
+            ts,
+            system_body: body,
+        };
+        let store = self.core.store.clone();
+        Ok((
+            Box::pin(async move { store.change_members(change).await.map(|m| (m, None)) }),
+            Applied::Members { add, remove },
+        ))
+    }
+
+    /// Updates the cached membership after a stored change and queues its fan-out: everyone who
+    /// was or is a member hears about it.
+    fn applied(&mut self, m: Message, group: Option<Group>, applied: Applied, tx: oneshot::Sender<Result<Message>>) {
+        let mut recipients: Vec<Arc<str>> = self.members.iter().cloned().collect();
+        let group_event = |act: &Self, change: &str| {
+            proto::encode_event(
+                "group",
+                &proto::GroupEvent {
+                    group_id: act.group_id(),
+                    conv_id: &act.conv_id,
+                    seq: m.seq,
+                    change,
+                    group: &group,
+                },
+            )
+        };
+        let extra = match applied {
+            Applied::Members { add, remove } => {
+                let mut roles = self.roles.clone();
+                for u in &add {
+                    let u: Arc<str> = Arc::from(u.as_str());
+                    roles.insert(u.clone(), Role::Member);
+                    recipients.push(u);
+                }
+                for u in &remove {
+                    roles.remove(u.as_str());
+                }
+                self.set_members(roles);
+                proto::encode_event(
+                    "membership",
+                    &proto::MembershipEvent {
+                        group_id: self.group_id(),
+                        conv_id: &self.conv_id,
+                        seq: m.seq,
+                        added: &add,
+                        removed: &remove,
+                    },
+                )
+            }
+            Applied::Profile => group_event(self, "updated"),
+            Applied::Roles(changes) => {
+                let mut roles = self.roles.clone();
+                for (u, r) in changes {
+                    if let Some(slot) = roles.get_mut(u.as_str()) {
+                        *slot = r;
+                    }
+                }
+                self.set_members(roles);
+                group_event(self, "roles")
+            }
+            Applied::Dismissed => {
+                // Nobody is a member any more; every later request gets `group_dismissed`.
+                self.set_members(HashMap::new());
+                self.state = State::Failed(dismissed());
+                group_event(self, "dismissed")
+            }
+        };
+        self.core.metrics.messages_in.fetch_add(1, Relaxed);
+        self.ready.insert(
+            m.seq,
+            Pending::Local(Ready {
+                message: m,
+                origin: None,
+                members: Arc::new(recipients),
+                extra: vec![extra],
+                reply: Some(tx),
+            }),
+        );
     }
 }
 
@@ -732,6 +1150,12 @@ impl Directory {
         };
         map.insert(id, addr.clone());
         Ok(addr)
+    }
+
+    /// The live actor for `conv_id`, if there is one (never starts one).
+    pub fn peek(&self, conv_id: &str) -> Option<Addr<ConversationActor>> {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(conv_id).filter(|a| a.connected()).cloned()
     }
 
     /// Forgets the actor of `conv_id` (used when a conversation is created, so an actor that

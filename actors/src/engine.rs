@@ -14,7 +14,11 @@ use bytestring::ByteString;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::conversation::{self, ConversationActor, Directory, Init, Membership, MembershipOp, Origin, Recall, Submit};
+use crate::cluster::{PeerCommand, PeerDelivery};
+use crate::conversation::{
+    self, ConversationActor, Directory, Init, Membership, MembershipOp, Origin, PeerMessage, Recall, ReloadMembers,
+    Submit,
+};
 use crate::error::{Error, ErrorCode, Result};
 use crate::metrics::Metrics;
 use crate::model::{self, Body, ConvKind, Group, Member, Message, Role, UserConvState};
@@ -56,6 +60,39 @@ pub struct Core {
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
     pub directory: Directory,
+    /// Webhook hooks (outbox for presence events, `before_send`), set once at start-up.
+    pub hooks: std::sync::OnceLock<crate::outbox::Hooks>,
+    /// The cluster transport, set once at start-up when the node runs in a cluster.
+    pub cluster: std::sync::OnceLock<Arc<dyn crate::cluster::Cluster>>,
+}
+
+impl Core {
+    /// The cluster transport, if this node is part of a cluster.
+    pub fn cluster(&self) -> Option<&Arc<dyn crate::cluster::Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Queues a frame (not a message event: no order) on every session of `user`, except
+    /// connection `except_conn` of this node, here and, in a cluster, on the other nodes.
+    pub fn notify_user(&self, user: &Arc<str>, frame: &ByteString, except_conn: Option<u64>) {
+        self.registry.send_to_user(user, frame, except_conn);
+        if let Some(cluster) = self.cluster() {
+            cluster.deliver(PeerDelivery {
+                ordered: None,
+                users: vec![user.clone()],
+                frames: vec![frame.clone()],
+                membership_changed: false,
+            });
+        }
+    }
+
+    /// Closes every session of `user` on every node (disabled, or tokens revoked).
+    pub fn close_user(&self, user: &str, disabled: bool) {
+        self.registry.close_user(user, disabled);
+        if let Some(cluster) = self.cluster() {
+            cluster.broadcast(PeerCommand::CloseUser { user: user.to_owned(), disabled });
+        }
+    }
 }
 
 /// Who is asking.
@@ -133,6 +170,29 @@ struct MessageResult {
     message: Message,
 }
 
+/// The reply to `group_update`, `group_set_role` and `group_dismiss`.
+#[derive(Serialize)]
+struct GroupChangeResult {
+    group: Group,
+    message: Message,
+}
+
+impl From<(Group, Message)> for GroupChangeResult {
+    fn from((group, message): (Group, Message)) -> Self {
+        Self { group, message }
+    }
+}
+
+#[derive(Serialize)]
+struct UsersResult {
+    users: Vec<model::Profile>,
+}
+
+#[derive(Serialize)]
+struct ProfileResult {
+    user: model::Profile,
+}
+
 #[derive(Serialize)]
 struct Pong {
     ts: i64,
@@ -146,7 +206,85 @@ impl Engine {
         limits: Limits,
         directory: Directory,
     ) -> Self {
-        Self { core: Arc::new(Core { store, registry, metrics, limits, directory }) }
+        Self {
+            core: Arc::new(Core {
+                store,
+                registry,
+                metrics,
+                limits,
+                directory,
+                hooks: Default::default(),
+                cluster: Default::default(),
+            }),
+        }
+    }
+
+    /// Frames another node fanned out to users whose sessions are (or were) on this node.
+    /// Message events go through the conversation's actor, which releases them in `seq` order
+    /// with the messages stored here; everything else is queued on the sessions directly.
+    pub fn deliver_from_peer(&self, d: PeerDelivery) {
+        let PeerDelivery { ordered, users, frames, membership_changed } = d;
+        let (users, frames) = match ordered {
+            Some((conv_id, seq)) => match self.actor(&conv_id, Init::Load) {
+                Ok(addr) => match addr.try_send(PeerMessage { seq, users, frames, membership_changed }) {
+                    Ok(()) => return,
+                    // A full mailbox or a stopping actor: deliver now, unordered (clients
+                    // recover any disorder with sync; nothing is lost).
+                    Err(actix::prelude::SendError::Full(m) | actix::prelude::SendError::Closed(m)) => {
+                        (m.users, m.frames)
+                    }
+                },
+                Err(_) => (users, frames),
+            },
+            None => (users, frames),
+        };
+        for f in &frames {
+            self.core.registry.fan_out(&users, f, None);
+        }
+    }
+
+    /// A command another node broadcast.
+    pub fn peer_command(&self, c: PeerCommand) {
+        match c {
+            PeerCommand::CloseUser { user, disabled } => {
+                self.core.registry.close_user(&user, disabled);
+            }
+            PeerCommand::MembershipChanged { conv_id } => {
+                if let Some(addr) = self.core.directory.peek(&conv_id) {
+                    addr.do_send(ReloadMembers);
+                }
+            }
+        }
+    }
+
+    /// Joins this node to a cluster (once; later calls are ignored).
+    pub fn set_cluster(&self, cluster: Arc<dyn crate::cluster::Cluster>) {
+        if self.core.cluster.set(cluster).is_err() {
+            tracing::warn!("the cluster transport was already set");
+        }
+    }
+
+    /// Installs the webhook hooks (once; later calls are ignored).
+    pub fn set_hooks(&self, hooks: crate::outbox::Hooks) {
+        if self.core.hooks.set(hooks).is_err() {
+            tracing::warn!("webhook hooks were already set");
+        }
+    }
+
+    /// A device of `user` connected (`first`: the first one on this node) or disconnected
+    /// (`last`: the last one here). Writes `user.online` / `user.offline` to the outbox when
+    /// webhooks are on; never fails the caller.
+    pub fn presence(&self, user: &str, online: bool) {
+        let Some(outbox) = self.core.hooks.get().and_then(|h| h.outbox.clone()) else {
+            return;
+        };
+        let event = crate::outbox::NewEvent::presence(user, online, crate::conversation::now_ms());
+        let user = user.to_owned();
+        tokio::spawn(async move {
+            if let Err(e) = outbox.push_event(event).await {
+                tracing::warn!(%user, error = %e, "could not record a presence event for webhooks");
+            }
+        });
     }
 
     pub fn core(&self) -> &Arc<Core> {
@@ -190,9 +328,22 @@ impl Engine {
         req: proto::SendReq,
         origin: Option<Origin>,
     ) -> impl std::future::Future<Output = Result<Message>> + 'static {
-        let prepared = self.prepare_send(caller, req, origin);
+        let hook = self.core.hooks.get().and_then(|h| h.before_send.clone());
+        // Without a `before_send` hook the actor is asked right here (keeps a connection's order).
+        let (prepared, checked) = match hook {
+            None => (Some(self.prepare_send(caller, req, origin)), None),
+            Some(hook) => (None, Some((hook, caller.clone(), req, origin))),
+        };
         let engine = self.clone();
         async move {
+            let prepared = match (prepared, checked) {
+                (Some(p), _) => p,
+                (None, Some((hook, caller, req, origin))) => {
+                    let req = engine.before_send(&*hook, &caller, req).await?;
+                    engine.prepare_send(&caller, req, origin)
+                }
+                (None, None) => Err(Error::internal("no send path")),
+            };
             let (conv_id, init, submit, addr, first) = prepared?;
             match first.await {
                 // The actor stopped (idle) between lookup and send: retry on a fresh one.
@@ -201,6 +352,49 @@ impl Engine {
                     engine.call(&conv_id, init, submit).await
                 }
                 other => other.map_err(mailbox)?,
+            }
+        }
+    }
+
+    /// Asks the `before_send` hook about a client message (after validating it) and applies
+    /// its verdict: the request unchanged, with a rewritten (re-validated) body, or
+    /// `message_rejected`.
+    async fn before_send(
+        &self,
+        hook: &dyn crate::outbox::BeforeSend,
+        caller: &Caller,
+        mut req: proto::SendReq,
+    ) -> Result<proto::SendReq> {
+        use crate::outbox::{SendCheck, Verdict};
+        model::validate_id("client_msg_id", &req.client_msg_id)?;
+        let body = req.body.clone()?;
+        body.validate_client(self.core.limits.max_text_chars)?;
+        let conv_id = match (&req.conv_id, &req.to) {
+            (Some(c), None) => {
+                model::conv_kind(c)?;
+                c.clone()
+            }
+            (None, Some(to)) => {
+                model::validate_id("to", to)?;
+                model::direct_conv_id(&caller.user, to)
+            }
+            _ => return Err(Error::invalid("exactly one of conv_id and to is required")),
+        };
+        let check = SendCheck {
+            conv_id,
+            sender: caller.user.to_string(),
+            device: caller.device.to_string(),
+            client_msg_id: req.client_msg_id.clone(),
+            body,
+            reply_to: req.reply_to,
+        };
+        match hook.check(&check).await? {
+            Verdict::Accept => Ok(req),
+            Verdict::Reject(reason) => Err(Error::new(ErrorCode::MessageRejected, reason)),
+            Verdict::Rewrite(body) => {
+                body.validate_client(self.core.limits.max_text_chars)?;
+                req.body = Ok(body);
+                Ok(req)
             }
         }
     }
@@ -240,9 +434,24 @@ impl Engine {
 
     /// Sends a system message (server-generated) into a conversation.
     pub async fn send_system(&self, conv_id: &str, event: &str, data: serde_json::Value) -> Result<Message> {
+        self.send_system_keyed(conv_id, event, data, None).await
+    }
+
+    /// Sends a system message with an idempotency key, unique among system messages: a re-send
+    /// with the same key returns the message stored first.
+    pub async fn send_system_keyed(
+        &self,
+        conv_id: &str,
+        event: &str,
+        data: serde_json::Value,
+        client_msg_id: Option<String>,
+    ) -> Result<Message> {
+        if let Some(k) = &client_msg_id {
+            model::validate_id("client_msg_id", k)?;
+        }
         let submit = Submit {
             sender: None,
-            client_msg_id: None,
+            client_msg_id,
             body: Body::System { event: event.into(), data },
             reply_to: None,
             origin: None,
@@ -357,11 +566,11 @@ impl Engine {
             "read",
             &proto::ReadEvent { conv_id: &req.conv_id, user_id: &caller.user, read_seq: new.read_seq },
         );
-        self.core.registry.send_to_user(&caller.user, &frame, caller.conn_id);
+        self.core.notify_user(&caller.user, &frame, caller.conn_id);
         if model::conv_kind(&req.conv_id)? == ConvKind::Direct {
             if let Some(conv) = self.core.store.conversation(&req.conv_id).await? {
                 for peer in conv.members.iter().filter(|m| **m != *caller.user) {
-                    self.core.registry.send_to_user(peer, &frame, None);
+                    self.core.notify_user(&Arc::from(peer.as_str()), &frame, None);
                 }
             }
         }
@@ -434,7 +643,7 @@ impl Engine {
             self.settle_hidden(&caller.user, &req.conv_id, &state).await?;
             self.core.store.delete_for_user(&caller.user, &req.conv_id, &seqs).await?;
             let frame = proto::encode_event("deleted", &proto::DeletedEvent { conv_id: &req.conv_id, seqs: &seqs });
-            self.core.registry.send_to_user(&caller.user, &frame, caller.conn_id);
+            self.core.notify_user(&caller.user, &frame, caller.conn_id);
         }
         Ok(serde_json::json!({ "deleted": seqs.len() }))
     }
@@ -459,7 +668,7 @@ impl Engine {
         self.core.store.set_flags(&caller.user, &req.conv_id, patch).await?;
         let item = self.conversation(caller, &req.conv_id).await?;
         let frame = proto::encode_event("conversation", &item);
-        self.core.registry.send_to_user(&caller.user, &frame, caller.conn_id);
+        self.core.notify_user(&caller.user, &frame, caller.conn_id);
         Ok(item)
     }
 
@@ -518,13 +727,23 @@ impl Engine {
         let n = self.core.registry.fan_out(&everyone, &frame, None);
         self.core.metrics.deliveries_out.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         self.core.registry.fan_out(&everyone, &membership, None);
+        if let Some(cluster) = self.core.cluster() {
+            for chunk in everyone.chunks(self.core.limits.fanout_chunk.max(1)) {
+                cluster.deliver(PeerDelivery {
+                    ordered: Some((Arc::from(conv_id.as_str()), msg.seq)),
+                    users: chunk.to_vec(),
+                    frames: vec![frame.clone(), membership.clone()],
+                    membership_changed: false,
+                });
+            }
+        }
         Ok(group)
     }
 
     async fn membership(&self, caller: &Caller, group_id: &str, op: MembershipOp) -> Result<Message> {
         model::validate_id("group_id", group_id)?;
         let conv_id = model::group_conv_id(group_id);
-        let leaving = matches!(op, MembershipOp::Leave);
+        let leaving = matches!(op, MembershipOp::Leave | MembershipOp::Dismiss);
         let m = self.call(&conv_id, Init::Load, Membership { by: caller.user.clone(), op }).await?;
         // Whoever made the change has seen its system message.
         if !leaving {
@@ -554,6 +773,97 @@ impl Engine {
 
     pub async fn group_leave(&self, caller: &Caller, group_id: &str) -> Result<Message> {
         self.membership(caller, group_id, MembershipOp::Leave).await
+    }
+
+    /// Changes a group's profile (owner or admins); returns the group and the system message.
+    pub async fn group_update(&self, caller: &Caller, req: proto::GroupUpdateReq) -> Result<(Group, Message)> {
+        let group_id = req.group_id.clone();
+        let mut patch = req.patch();
+        patch.validate()?;
+        let m = self.membership(caller, &group_id, MembershipOp::Update(patch)).await?;
+        Ok((self.group_info_admin(&group_id).await?, m))
+    }
+
+    /// Sets a member's role (owner only); `owner` transfers the ownership.
+    pub async fn group_set_role(&self, caller: &Caller, req: proto::GroupSetRoleReq) -> Result<(Group, Message)> {
+        model::validate_id("user_id", &req.user_id)?;
+        let m = self.membership(caller, &req.group_id, MembershipOp::SetRole(req.user_id, req.role)).await?;
+        Ok((self.group_info_admin(&req.group_id).await?, m))
+    }
+
+    /// Dismisses a group (owner only): members are told and the group refuses everything after.
+    pub async fn group_dismiss(&self, caller: &Caller, group_id: &str) -> Result<(Group, Message)> {
+        let m = self.membership(caller, group_id, MembershipOp::Dismiss).await?;
+        Ok((self.group_info_admin(group_id).await?, m))
+    }
+
+    // ---- users ----
+
+    /// Refuses a user who was disabled, or a token issued (`iat`, unix seconds) before the
+    /// user's tokens were revoked. Users without a record pass.
+    pub async fn check_access(&self, user: &str, iat: Option<u64>) -> Result<()> {
+        let Some(u) = self.core.store.user(user).await? else { return Ok(()) };
+        if u.disabled {
+            return Err(Error::new(ErrorCode::UserDisabled, "this user is disabled"));
+        }
+        if iat.is_some_and(|iat| iat < u.tokens_valid_after) {
+            return Err(Error::new(ErrorCode::TokenRevoked, "this token was revoked; get a new one"));
+        }
+        Ok(())
+    }
+
+    /// Profiles of up to 100 users; users without a profile are left out.
+    pub async fn users_get(&self, ids: &[String]) -> Result<Vec<model::Profile>> {
+        if ids.is_empty() || ids.len() > model::MAX_PROFILE_LOOKUP {
+            return Err(Error::invalid(format!("ids must hold 1 to {} user ids", model::MAX_PROFILE_LOOKUP)));
+        }
+        ids.iter().try_for_each(|u| model::validate_id("ids[]", u))?;
+        let mut ids = ids.to_vec();
+        ids.sort();
+        ids.dedup();
+        let mut users = self.core.store.users(&ids).await?;
+        users.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(users.iter().map(model::User::profile).collect())
+    }
+
+    /// Creates a user's record or changes its profile (validated).
+    pub async fn user_upsert(&self, patch: model::UserPatch) -> Result<model::User> {
+        patch.validate()?;
+        Ok(self.core.store.upsert_user(patch).await?)
+    }
+
+    /// The caller changes their own profile.
+    pub async fn profile_update(&self, caller: &Caller, req: proto::ProfileUpdateReq) -> Result<model::Profile> {
+        if req.nickname.is_none() && req.avatar.is_none() && req.ext.is_none() {
+            return Err(Error::invalid("give at least one of nickname, avatar, ext"));
+        }
+        let patch = model::UserPatch {
+            id: caller.user.to_string(),
+            nickname: req.nickname.map(|n| n.trim().to_string()),
+            avatar: req.avatar,
+            ext: req.ext,
+            ts: conversation::now_ms(),
+        };
+        Ok(self.user_upsert(patch).await?.profile())
+    }
+
+    /// Disables or enables a user. Disabling closes the user's sessions on this node.
+    pub async fn user_set_disabled(&self, user: &str, disabled: bool) -> Result<model::User> {
+        model::validate_id("user", user)?;
+        let u = self.core.store.set_user_disabled(user, disabled, conversation::now_ms()).await?;
+        if disabled {
+            self.core.close_user(user, true);
+        }
+        Ok(u)
+    }
+
+    /// Revokes every token issued to the user so far and closes the user's sessions on this node.
+    pub async fn user_revoke_tokens(&self, user: &str) -> Result<model::User> {
+        model::validate_id("user", user)?;
+        let now = conversation::now_ms();
+        let u = self.core.store.revoke_tokens(user, (now / 1000).max(0) as u64, now).await?;
+        self.core.close_user(user, false);
+        Ok(u)
     }
 
     async fn group_access(&self, caller: &Caller, group_id: &str) -> Result<()> {
@@ -649,6 +959,19 @@ impl Engine {
             ),
             Op::GroupInfo(req) => {
                 enc(&id, ok(&id, self.group_info(&caller, &req.group_id).await.map(|group| GroupResult { group })))
+            }
+            Op::GroupUpdate(req) => {
+                enc(&id, ok(&id, self.group_update(&caller, req).await.map(GroupChangeResult::from)))
+            }
+            Op::GroupSetRole(req) => {
+                enc(&id, ok(&id, self.group_set_role(&caller, req).await.map(GroupChangeResult::from)))
+            }
+            Op::GroupDismiss(req) => {
+                enc(&id, ok(&id, self.group_dismiss(&caller, &req.group_id).await.map(GroupChangeResult::from)))
+            }
+            Op::UsersGet(req) => enc(&id, ok(&id, self.users_get(&req.ids).await.map(|users| UsersResult { users }))),
+            Op::ProfileUpdate(req) => {
+                enc(&id, ok(&id, self.profile_update(&caller, req).await.map(|user| ProfileResult { user })))
             }
         }
     }

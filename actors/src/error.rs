@@ -30,6 +30,10 @@ pub enum ErrorCode {
     NonceReplayed,
     ScopeMissing,
     BodyTooLarge,
+    UserDisabled,
+    TokenRevoked,
+    GroupDismissed,
+    MessageRejected,
 }
 
 /// One row of the error table.
@@ -62,6 +66,10 @@ pub const ERROR_TABLE: &[ErrorRow] = &[
     ErrorRow { code: ErrorCode::NonceReplayed, name: "nonce_replayed", http_status: 401, meaning: "HTTP API: this key already used this `X-Confab-Nonce` within the last 60 seconds (a replayed request)." },
     ErrorRow { code: ErrorCode::ScopeMissing, name: "scope_missing", http_status: 403, meaning: "HTTP API: the key is valid but lacks the scope the endpoint needs." },
     ErrorRow { code: ErrorCode::BodyTooLarge, name: "body_too_large", http_status: 413, meaning: "HTTP API: the request body exceeds `api.max_body_bytes`." },
+    ErrorRow { code: ErrorCode::UserDisabled, name: "user_disabled", http_status: 403, meaning: "The user was disabled (HTTP API `POST /api/v1/users/{id}/disable`): it cannot connect or send, and its open sessions are closed (WebSocket close code 1008, reason `user_disabled`)." },
+    ErrorRow { code: ErrorCode::TokenRevoked, name: "token_revoked", http_status: 401, meaning: "The token was issued (`iat`) before the user's tokens were revoked (`POST /api/v1/users/{id}/tokens/revoke`). Mint a new one." },
+    ErrorRow { code: ErrorCode::GroupDismissed, name: "group_dismissed", http_status: 410, meaning: "The group was dismissed: it refuses sends and further changes." },
+    ErrorRow { code: ErrorCode::MessageRejected, name: "message_rejected", http_status: 422, meaning: "The `before_send` webhook refused the message (the message gives its reason), or it could not be asked and `webhooks.before_send.fail_open` is false." },
     ErrorRow { code: ErrorCode::Internal, name: "internal", http_status: 500, meaning: "An unexpected server error." },
 ];
 
@@ -180,6 +188,10 @@ mod tests {
             ErrorCode::NonceReplayed,
             ErrorCode::ScopeMissing,
             ErrorCode::BodyTooLarge,
+            ErrorCode::UserDisabled,
+            ErrorCode::TokenRevoked,
+            ErrorCode::GroupDismissed,
+            ErrorCode::MessageRejected,
         ];
         assert_eq!(all.len(), ERROR_TABLE.len());
         for c in all {

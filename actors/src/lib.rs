@@ -9,11 +9,13 @@
 //! - [`store`]: the storage traits every backend implements.
 //! - [`metrics`]: counters and histograms behind `/metrics`.
 
+pub mod cluster;
 pub mod conversation;
 pub mod engine;
 pub mod error;
 pub mod metrics;
 pub mod model;
+pub mod outbox;
 pub mod proto;
 pub mod registry;
 pub mod session;

@@ -63,6 +63,10 @@ pub struct Metrics {
     pub messages_in: AtomicU64,
     /// Re-sends answered from the store without storing anything.
     pub messages_duplicate: AtomicU64,
+    /// Gaps in a conversation's `seq` (messages stored by other nodes) read back from the store.
+    pub gap_fills: AtomicU64,
+    /// Messages from other nodes that arrived after they were already fanned out here.
+    pub peer_messages_stale: AtomicU64,
     /// Frames queued to sessions: message events, acks, receipts and other events.
     pub frames_out: AtomicU64,
     /// Message events queued to sessions (one per device per message).
@@ -101,6 +105,8 @@ impl Default for Metrics {
             slow_consumers_dropped: AtomicU64::new(0),
             messages_in: AtomicU64::new(0),
             messages_duplicate: AtomicU64::new(0),
+            gap_fills: AtomicU64::new(0),
+            peer_messages_stale: AtomicU64::new(0),
             frames_out: AtomicU64::new(0),
             deliveries_out: AtomicU64::new(0),
             request_errors: AtomicU64::new(0),
@@ -145,6 +151,18 @@ impl Metrics {
             "Re-sends answered without storing.",
             "counter",
             self.messages_duplicate.load(Relaxed).to_string(),
+        );
+        gauge(
+            "confab_gap_fills_total",
+            "Gaps in a conversation's seq (messages stored by other nodes) read back from the store.",
+            "counter",
+            self.gap_fills.load(Relaxed).to_string(),
+        );
+        gauge(
+            "confab_peer_messages_stale_total",
+            "Messages from other nodes that arrived after they were fanned out here.",
+            "counter",
+            self.peer_messages_stale.load(Relaxed).to_string(),
         );
         gauge(
             "confab_frames_out_total",

@@ -281,7 +281,7 @@ pub struct Message {
     pub seq: u64,
     /// The sending user; `None` for system messages.
     pub sender: Option<String>,
-    /// The sender's idempotency key; `None` for system messages.
+    /// The sender's idempotency key; for system messages, the key the HTTP API was given, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_msg_id: Option<String>,
     pub body: Body,
@@ -322,6 +322,26 @@ pub struct Group {
     pub owner: String,
     pub created_at: i64,
     pub member_count: u64,
+    /// An image URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar: Option<String>,
+    /// The group's notice (announcement).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<String>,
+    /// App-defined JSON object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub ext: Option<serde_json::Value>,
+    /// True once the group was dismissed: it refuses sends and changes (`group_dismissed`).
+    #[serde(default)]
+    pub dismissed: bool,
+}
+
+impl Group {
+    /// A new group's profile (no avatar, notice or ext).
+    pub fn new(id: String, name: String, owner: String, created_at: i64, member_count: u64) -> Group {
+        Group { id, name, owner, created_at, member_count, avatar: None, notice: None, ext: None, dismissed: false }
+    }
 }
 
 /// One member of a group.
@@ -410,6 +430,202 @@ pub struct Changes {
     pub deleted: Vec<u64>,
     /// The version to pass as `since` next time.
     pub ver: u64,
+}
+
+/// Longest nickname, in characters.
+pub const MAX_NICKNAME_CHARS: usize = 64;
+/// Longest group notice, in characters.
+pub const MAX_NOTICE_CHARS: usize = 2048;
+/// Largest encoded `ext` object of a user or a group.
+pub const MAX_EXT_BYTES: usize = 4096;
+/// Most users a profile lookup may ask for.
+pub const MAX_PROFILE_LOOKUP: usize = 100;
+
+/// A user's record. Users never created explicitly have none: they are enabled and have no profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct User {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nickname: Option<String>,
+    /// An image URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar: Option<String>,
+    /// App-defined JSON object (`{}` when unset).
+    #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
+    pub ext: serde_json::Value,
+    /// A disabled user cannot connect or send; their sessions are closed.
+    #[serde(default)]
+    pub disabled: bool,
+    /// Tokens issued (`iat`) before this time, unix seconds, are refused; 0 = none.
+    #[serde(default)]
+    pub tokens_valid_after: u64,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}
+
+impl User {
+    /// A record with no profile, enabled.
+    pub fn new(id: &str, ts: i64) -> User {
+        User {
+            id: id.to_owned(),
+            nickname: None,
+            avatar: None,
+            ext: empty_object(),
+            disabled: false,
+            tokens_valid_after: 0,
+            created_at: ts,
+            updated_at: ts,
+        }
+    }
+
+    /// The public part other users see.
+    pub fn profile(&self) -> Profile {
+        Profile {
+            id: self.id.clone(),
+            nickname: self.nickname.clone(),
+            avatar: self.avatar.clone(),
+            ext: self.ext.clone(),
+            updated_at: self.updated_at,
+        }
+    }
+
+    /// Applies a profile patch (absent fields are kept).
+    pub fn apply(&mut self, p: &UserPatch) {
+        if let Some(n) = &p.nickname {
+            self.nickname = Some(n.clone());
+        }
+        if let Some(a) = &p.avatar {
+            self.avatar = Some(a.clone());
+        }
+        if let Some(e) = &p.ext {
+            self.ext = e.clone();
+        }
+        self.updated_at = p.ts;
+    }
+}
+
+/// A user's public profile (WebSocket `users_get`, `profile_update`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Profile {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nickname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar: Option<String>,
+    #[schema(value_type = Object)]
+    pub ext: serde_json::Value,
+    pub updated_at: i64,
+}
+
+/// Creates a user's record or changes its profile; `None` keeps a field as it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserPatch {
+    pub id: String,
+    pub nickname: Option<String>,
+    pub avatar: Option<String>,
+    pub ext: Option<serde_json::Value>,
+    /// Server time in ms.
+    pub ts: i64,
+}
+
+impl UserPatch {
+    /// Checks the fields: nickname 1 to 64 characters, avatar a URL, ext an object of at most 4 KiB.
+    pub fn validate(&self) -> Result<()> {
+        validate_id("id", &self.id)?;
+        if let Some(n) = &self.nickname {
+            let n = n.trim();
+            if n.is_empty() || n.chars().count() > MAX_NICKNAME_CHARS {
+                return Err(Error::invalid(format!("nickname must be 1 to {MAX_NICKNAME_CHARS} characters")));
+            }
+        }
+        if let Some(a) = &self.avatar {
+            check_url("avatar", a).map_err(|e| Error::invalid(e.message))?;
+        }
+        if let Some(e) = &self.ext {
+            validate_ext(e)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks an `ext` value: a JSON object of at most [`MAX_EXT_BYTES`] encoded.
+pub fn validate_ext(ext: &serde_json::Value) -> Result<()> {
+    if !ext.is_object() {
+        return Err(Error::invalid("ext must be a JSON object"));
+    }
+    let n = serde_json::to_vec(ext).map(|v| v.len()).unwrap_or(usize::MAX);
+    if n > MAX_EXT_BYTES {
+        return Err(Error::invalid(format!("ext must be at most {MAX_EXT_BYTES} bytes encoded")));
+    }
+    Ok(())
+}
+
+/// Changes a group's profile; `None` keeps a field as it is.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GroupPatch {
+    /// 1 to 128 characters.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// An image URL.
+    #[serde(default)]
+    pub avatar: Option<String>,
+    /// At most 2048 characters; an empty string clears it.
+    #[serde(default)]
+    pub notice: Option<String>,
+    /// A JSON object of at most 4096 bytes.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub ext: Option<serde_json::Value>,
+}
+
+impl GroupPatch {
+    /// Checks the fields and that at least one is given; trims the name.
+    pub fn validate(&mut self) -> Result<()> {
+        if self.name.is_none() && self.avatar.is_none() && self.notice.is_none() && self.ext.is_none() {
+            return Err(Error::invalid("give at least one of name, avatar, notice, ext"));
+        }
+        if let Some(n) = &mut self.name {
+            *n = n.trim().to_string();
+            if n.is_empty() || n.chars().count() > 128 {
+                return Err(Error::invalid("name must be 1 to 128 characters"));
+            }
+        }
+        if let Some(a) = &self.avatar {
+            check_url("avatar", a).map_err(|e| Error::invalid(e.message))?;
+        }
+        if let Some(n) = &self.notice {
+            if n.chars().count() > MAX_NOTICE_CHARS {
+                return Err(Error::invalid(format!("notice must be at most {MAX_NOTICE_CHARS} characters")));
+            }
+        }
+        if let Some(e) = &self.ext {
+            validate_ext(e)?;
+        }
+        Ok(())
+    }
+
+    /// Applies the patch to a group's profile.
+    pub fn apply(&self, g: &mut Group) {
+        if let Some(n) = &self.name {
+            g.name = n.clone();
+        }
+        if let Some(a) = &self.avatar {
+            g.avatar = Some(a.clone());
+        }
+        if let Some(n) = &self.notice {
+            g.notice = if n.is_empty() { None } else { Some(n.clone()) };
+        }
+        if let Some(e) = &self.ext {
+            g.ext = Some(e.clone());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::error::{Error, ErrorCode};
-use crate::model::{Body, ConvKind, ConversationView, FlagsPatch, Message, BODY_TYPES};
+use crate::model::{Body, ConvKind, ConversationView, FlagsPatch, Group, GroupPatch, Message, Role, BODY_TYPES};
 
 /// The outer shape of every request frame.
 #[derive(Deserialize)]
@@ -76,6 +76,11 @@ ops! {
     "group_leave" => GroupLeave(GroupReq),
     "group_members" => GroupMembers(GroupReq),
     "group_info" => GroupInfo(GroupReq),
+    "group_update" => GroupUpdate(GroupUpdateReq),
+    "group_set_role" => GroupSetRole(GroupSetRoleReq),
+    "group_dismiss" => GroupDismiss(GroupReq),
+    "users_get" => UsersGet(UsersGetReq),
+    "profile_update" => ProfileUpdate(ProfileUpdateReq),
 }
 
 /// Parses one text frame.
@@ -240,6 +245,53 @@ pub struct GroupReq {
     pub group_id: String,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupUpdateReq {
+    pub group_id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub avatar: Option<String>,
+    #[serde(default)]
+    pub notice: Option<String>,
+    #[serde(default)]
+    pub ext: Option<serde_json::Value>,
+}
+
+impl GroupUpdateReq {
+    pub fn patch(self) -> GroupPatch {
+        GroupPatch { name: self.name, avatar: self.avatar, notice: self.notice, ext: self.ext }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupSetRoleReq {
+    pub group_id: String,
+    pub user_id: String,
+    /// `admin` or `member`; `owner` transfers the ownership.
+    pub role: Role,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsersGetReq {
+    /// 1 to 100 user ids.
+    pub ids: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileUpdateReq {
+    #[serde(default)]
+    pub nickname: Option<String>,
+    #[serde(default)]
+    pub avatar: Option<String>,
+    #[serde(default)]
+    pub ext: Option<serde_json::Value>,
+}
+
 // ---- replies and events ----
 
 /// A row of the conversation list as clients see it.
@@ -361,4 +413,17 @@ pub struct MembershipEvent<'a> {
     pub seq: u64,
     pub added: &'a [String],
     pub removed: &'a [String],
+}
+
+/// Event `group`: a group's profile or roles changed, or it was dismissed.
+#[derive(Debug, Serialize)]
+pub struct GroupEvent<'a> {
+    pub group_id: &'a str,
+    pub conv_id: &'a str,
+    /// The system message recording the change.
+    pub seq: u64,
+    /// `updated`, `roles` or `dismissed`.
+    pub change: &'a str,
+    /// The group's profile after the change.
+    pub group: &'a Option<Group>,
 }

@@ -1,26 +1,32 @@
-//! The WebSocket session actor: one per connected device. It owns its `actix_ws::Session`.
+//! The WebSocket session actor: one per connected device, and its [`Outlet`].
 //!
 //! Incoming frames are parsed here and handed to the [`Engine`]; replies and events reach the
-//! socket through one bounded outgoing queue (`session.outbound_queue` frames) drained by a single
-//! writer future, so frames leave in the order they were queued. When the queue is full the client
+//! socket through one bounded outgoing queue (`session.outbound_queue` frames) drained by the
+//! connection's response body, the [`Outlet`]: each time the connection task polls it, it takes
+//! everything queued, in order, and encodes it into one chunk of WebSocket frames, so frames leave
+//! in the order they were queued and a burst of frames costs one socket write, with no task or
+//! channel between the queue and the socket. When the queue is full the client
 //! is too slow: the session closes with code 1013 ("try again later") and the client recovers with
 //! sync after reconnecting. Heartbeats: the server pings every `heartbeat_interval`; a client
 //! silent for `client_timeout` is disconnected.
 
+use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError};
+use bytes::{BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
-use tokio::sync::mpsc;
 
 use crate::engine::{Caller, Engine};
 use crate::error::{Error, ErrorCode};
 use crate::proto::{self, Op};
-use crate::registry::{KickSignal, Outbound, SessionHandle};
+use crate::registry::{KickSignal, OutQueue, Outbound, QueueError, SessionHandle};
 
 /// Timings and limits of a session (the `[session]` and `[server]` configuration).
 #[derive(Debug, Clone)]
@@ -47,10 +53,10 @@ pub struct WsSession {
     caller: Caller,
     conn_id: u64,
     cfg: SessionConfig,
-    ws: actix_ws::Session,
     stream: Option<AggregatedMessageStream>,
-    out_tx: mpsc::Sender<Outbound>,
-    out_rx: Option<mpsc::Receiver<Outbound>>,
+    out: Arc<OutQueue>,
+    /// The close frame's code and reason, for the outlet once the session stops.
+    closing: Arc<Mutex<Option<CloseReason>>>,
     kick: Arc<KickSignal>,
     last_heard: Instant,
     inflight: usize,
@@ -58,41 +64,44 @@ pub struct WsSession {
 }
 
 impl WsSession {
+    /// A session reading `stream`, and the [`Outlet`] to use as the connection's response body.
     pub fn new(
         engine: Engine,
         user: Arc<str>,
         device: Arc<str>,
         cfg: SessionConfig,
-        ws: actix_ws::Session,
         stream: AggregatedMessageStream,
-    ) -> Self {
+    ) -> (Self, Outlet) {
         let conn_id = next_conn_id();
-        let (out_tx, out_rx) = mpsc::channel(cfg.outbound_queue.max(1));
-        Self {
+        let out = Arc::new(OutQueue::new(cfg.outbound_queue));
+        let closing = Arc::new(Mutex::new(None));
+        let outlet =
+            Outlet { queue: out.clone(), closing: closing.clone(), taken: VecDeque::new(), guard: None, done: false };
+        let session = Self {
             engine,
             caller: Caller { user, device, conn_id: Some(conn_id) },
             conn_id,
             cfg,
-            ws,
             stream: Some(stream),
-            out_tx,
-            out_rx: Some(out_rx),
+            out,
+            closing,
             kick: Arc::new(KickSignal::default()),
             last_heard: Instant::now(),
             inflight: 0,
             close: None,
-        }
+        };
+        (session, outlet)
     }
 
     /// Queues a reply or event on this session; a full queue drops the client.
     fn queue(&mut self, out: Outbound, ctx: &mut Context<Self>) {
-        match self.out_tx.try_send(out) {
+        match self.out.try_send(out) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(QueueError::Full) => {
                 self.engine.metrics().slow_consumers_dropped.fetch_add(1, Relaxed);
                 self.close_with(ctx, CloseCode::Again, "slow consumer: outgoing queue full");
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => ctx.stop(),
+            Err(QueueError::Closed) => ctx.stop(),
         }
     }
 
@@ -174,38 +183,30 @@ impl Actor for WsSession {
         let m = self.engine.metrics();
         m.connections.fetch_add(1, Relaxed);
         m.connections_total.fetch_add(1, Relaxed);
-        self.engine.registry().register(
+        let first = self.engine.registry().register(
             &self.caller.user,
             SessionHandle {
                 conn_id: self.conn_id,
                 device: self.caller.device.clone(),
-                tx: self.out_tx.clone(),
+                tx: self.out.clone(),
                 kick: self.kick.clone(),
             },
         );
+        if first {
+            self.engine.presence(&self.caller.user, true);
+        }
+        if let Some(cluster) = self.engine.core().cluster() {
+            cluster.session_opened(&self.caller.user, &self.caller.device, self.conn_id);
+        }
         if let Some(stream) = self.stream.take() {
             ctx.add_stream(stream);
         }
-        // The single writer: drains the outgoing queue into the socket, in order.
-        if let Some(mut rx) = self.out_rx.take() {
-            let mut ws = self.ws.clone();
-            let writer = async move {
-                while let Some(out) = rx.recv().await {
-                    let sent = match out {
-                        Outbound::Text(t) => ws.text(t).await,
-                        Outbound::Ping => ws.ping(b"").await,
-                        Outbound::Pong(p) => ws.pong(&p).await,
-                    };
-                    if sent.is_err() {
-                        break;
-                    }
-                }
-            };
-            ctx.spawn(writer.into_actor(self).map(|_, _, ctx| ctx.stop()));
-        }
         let kick = self.kick.clone();
         ctx.spawn(async move { kick.kicked().await }.into_actor(self).map(|_, act, ctx| {
-            if act.kick.is_shutdown() {
+            if let Some(why) = act.kick.revoked_reason() {
+                // The user was disabled or its tokens revoked (docs/protocol.md).
+                act.close_with(ctx, CloseCode::Policy, why);
+            } else if act.kick.is_shutdown() {
                 act.close_with(ctx, CloseCode::Away, "server shutting down");
             } else {
                 act.close_with(ctx, CloseCode::Again, "slow consumer: outgoing queue full");
@@ -222,13 +223,16 @@ impl Actor for WsSession {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.engine.registry().unregister(&self.caller.user, self.conn_id);
+        if self.engine.registry().unregister(&self.caller.user, self.conn_id) {
+            self.engine.presence(&self.caller.user, false);
+        }
+        if let Some(cluster) = self.engine.core().cluster() {
+            cluster.session_closed(&self.caller.user, &self.caller.device, self.conn_id);
+        }
         self.engine.metrics().connections.fetch_sub(1, Relaxed);
-        let ws = self.ws.clone();
-        let reason = self.close.take().or(Some(CloseReason { code: CloseCode::Normal, description: None }));
-        actix::spawn(async move {
-            let _ = ws.close(reason).await;
-        });
+        let reason = self.close.take().unwrap_or(CloseReason { code: CloseCode::Normal, description: None });
+        *self.closing.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+        self.out.close();
         tracing::debug!(user = %self.caller.user, conn = self.conn_id, "session stopped");
     }
 }
@@ -256,5 +260,121 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
 
     fn finished(&mut self, ctx: &mut Self::Context) {
         ctx.stop();
+    }
+}
+
+/// Capacity of the outlet's spare queue kept between polls; a larger one (after a burst) is freed.
+const OUTLET_KEEP: usize = 64;
+/// A close frame's payload is at most 125 bytes: the code and up to 123 bytes of reason.
+const MAX_CLOSE_REASON: usize = 123;
+
+/// The response body of a WebSocket connection: the writing half of its session.
+///
+/// Each poll takes everything in the session's outgoing queue and returns it as one chunk of
+/// encoded frames. Once the session has stopped, what is still queued is written, then the close
+/// frame, and the body ends. Dropping the outlet (the connection is gone) closes the queue, so
+/// senders see the session as closed.
+pub struct Outlet {
+    queue: Arc<OutQueue>,
+    closing: Arc<Mutex<Option<CloseReason>>>,
+    /// Frames taken from the queue; its storage is swapped back in on the next take.
+    taken: VecDeque<Outbound>,
+    /// Kept for as long as the connection writes; dropped when the body ends or the connection
+    /// closes (the transport ties the end of the incoming stream to it).
+    guard: Option<Box<dyn std::any::Any>>,
+    done: bool,
+}
+
+impl Outlet {
+    /// Keeps `guard` alive until the body ends or is dropped.
+    pub fn with_guard(mut self, guard: impl std::any::Any) -> Self {
+        self.guard = Some(Box::new(guard));
+        self
+    }
+}
+
+/// Appends one unmasked (server-to-client) frame with FIN set.
+fn put_frame(buf: &mut BytesMut, opcode: u8, payload: &[&[u8]]) {
+    let len: usize = payload.iter().map(|p| p.len()).sum();
+    buf.reserve(len + 10);
+    buf.put_u8(0x80 | opcode);
+    if len < 126 {
+        buf.put_u8(len as u8);
+    } else if len <= usize::from(u16::MAX) {
+        buf.put_u8(126);
+        buf.put_u16(len as u16);
+    } else {
+        buf.put_u8(127);
+        buf.put_u64(len as u64);
+    }
+    for p in payload {
+        buf.put_slice(p);
+    }
+}
+
+fn put_outbound(buf: &mut BytesMut, out: &Outbound) {
+    match out {
+        Outbound::Text(t) => put_frame(buf, 0x1, &[t.as_bytes()]),
+        Outbound::Ping => put_frame(buf, 0x9, &[]),
+        Outbound::Pong(p) => put_frame(buf, 0xA, &[&p[..p.len().min(125)]]),
+    }
+}
+
+fn put_close(buf: &mut BytesMut, reason: Option<CloseReason>) {
+    let Some(reason) = reason else { return put_frame(buf, 0x8, &[]) };
+    let code = u16::from(reason.code).to_be_bytes();
+    let mut why = reason.description.as_deref().unwrap_or("");
+    if why.len() > MAX_CLOSE_REASON {
+        let mut end = MAX_CLOSE_REASON;
+        while !why.is_char_boundary(end) {
+            end -= 1;
+        }
+        why = &why[..end];
+    }
+    put_frame(buf, 0x8, &[&code, why.as_bytes()]);
+}
+
+impl futures_util::Stream for Outlet {
+    type Item = Result<Bytes, std::convert::Infallible>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            this.guard = None;
+            return Poll::Ready(None);
+        }
+        // A close is seen under the same lock as the frames queued before it: they all go first.
+        let closed = this.queue.take_all(&mut this.taken, cx.waker());
+        let size: usize = this
+            .taken
+            .iter()
+            .map(|o| match o {
+                Outbound::Text(t) => t.len() + 10,
+                _ => 140,
+            })
+            .sum();
+        let mut buf = BytesMut::with_capacity(size + if closed { 140 } else { 0 });
+        for out in this.taken.drain(..) {
+            put_outbound(&mut buf, &out);
+        }
+        if this.taken.capacity() > OUTLET_KEEP {
+            this.taken = VecDeque::new();
+        }
+        if closed {
+            let reason = this.closing.lock().unwrap_or_else(|p| p.into_inner()).take();
+            put_close(&mut buf, reason);
+            this.done = true;
+        }
+        if buf.is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(Some(Ok(buf.freeze())))
+        }
+    }
+}
+
+impl Drop for Outlet {
+    fn drop(&mut self) {
+        self.queue.close();
     }
 }

@@ -15,7 +15,8 @@ use async_trait::async_trait;
 
 use crate::error::StoreError;
 use crate::model::{
-    Body, Changes, Conversation, ConversationView, FlagsPatch, Group, Member, Message, ReplyRef, Role, UserConvState,
+    Body, Changes, Conversation, ConversationView, FlagsPatch, Group, GroupPatch, Member, Message, ReplyRef, Role,
+    User, UserConvState, UserPatch,
 };
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -83,6 +84,34 @@ pub struct MemberChange {
     pub remove: Vec<String>,
     pub ts: i64,
     /// The system message that records the change in the conversation.
+    pub system_body: Body,
+}
+
+/// A change of a group's profile, recorded together with a system message.
+#[derive(Debug, Clone)]
+pub struct GroupUpdate {
+    pub group_id: String,
+    pub patch: GroupPatch,
+    pub ts: i64,
+    pub system_body: Body,
+}
+
+/// A change of members' roles, recorded together with a system message.
+#[derive(Debug, Clone)]
+pub struct RoleChange {
+    pub group_id: String,
+    /// `(user, new role)`, applied in order; each user must be an active member. Giving a user
+    /// `Owner` makes them the group's `owner` (the previous owner should be in the list too).
+    pub roles: Vec<(String, Role)>,
+    pub ts: i64,
+    pub system_body: Body,
+}
+
+/// The dismissal of a group, recorded together with a (last) system message.
+#[derive(Debug, Clone)]
+pub struct GroupDismiss {
+    pub group_id: String,
+    pub ts: i64,
     pub system_body: Body,
 }
 
@@ -161,4 +190,36 @@ pub trait Store: Send + Sync + 'static {
     /// active row whose read cursor sits just before the system message. Returns the system message.
     /// `NotFound` if the group does not exist.
     async fn change_members(&self, c: MemberChange) -> StoreResult<Message>;
+
+    /// Applies a profile change and appends its system message atomically. Returns the group as
+    /// changed and the message. `NotFound` if the group does not exist, `Conflict` if dismissed.
+    async fn update_group(&self, u: GroupUpdate) -> StoreResult<(Group, Message)>;
+
+    /// Changes members' roles and appends the system message atomically. `NotFound` if the group
+    /// does not exist or a user is not a member, `Conflict` if dismissed.
+    async fn set_roles(&self, c: RoleChange) -> StoreResult<(Group, Message)>;
+
+    /// Dismisses a group: appends the system message, marks the group `dismissed`, removes every
+    /// member and turns their conversation rows inactive, atomically. `NotFound` if the group
+    /// does not exist, `Conflict` if already dismissed.
+    async fn dismiss_group(&self, d: GroupDismiss) -> StoreResult<(Group, Message)>;
+
+    // ---- users ----
+
+    /// Creates the user's record (enabled, `created_at = ts`) or changes its profile; absent
+    /// fields are kept. Returns the record.
+    async fn upsert_user(&self, p: UserPatch) -> StoreResult<User>;
+
+    /// The user's record, or `None` (never created: enabled, no profile).
+    async fn user(&self, id: &str) -> StoreResult<Option<User>>;
+
+    /// The records of the users given that have one, in no particular order. Callers bound `ids`.
+    async fn users(&self, ids: &[String]) -> StoreResult<Vec<User>>;
+
+    /// Disables or enables a user, creating the record if needed. Returns the record.
+    async fn set_user_disabled(&self, id: &str, disabled: bool, ts: i64) -> StoreResult<User>;
+
+    /// Sets `tokens_valid_after` to `after_secs` (tokens issued before are refused), creating the
+    /// record if needed. Returns the record.
+    async fn revoke_tokens(&self, id: &str, after_secs: u64, ts: i64) -> StoreResult<User>;
 }

@@ -27,6 +27,8 @@ pub enum Scope {
     Messages,
     Conversations,
     Groups,
+    /// The webhook delivery log and replays.
+    Webhooks,
     /// Any valid key (unknown resources under `/api/v1`).
     Any,
 }
@@ -38,6 +40,7 @@ impl Scope {
             Scope::Messages => "messages",
             Scope::Conversations => "conversations",
             Scope::Groups => "groups",
+            Scope::Webhooks => "webhooks",
             Scope::Any => "any",
         }
     }

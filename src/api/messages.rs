@@ -94,7 +94,11 @@ async fn send(req: HttpRequest, payload: web::Payload, state: web::Data<AppState
     let signed = Signed::read(&req, payload, &state, Scope::Messages).await?;
     let r: SendBody = signed.json()?;
     let message = match (&r.from, &r.conv_id) {
-        (Some(from), _) => state.engine.send(&caller(from)?, send_req(&r)?, None).await?,
+        (Some(from), _) => {
+            // A disabled user cannot send, over HTTP either.
+            state.engine.check_access(from, None).await?;
+            state.engine.send(&caller(from)?, send_req(&r)?, None).await?
+        }
         // The system to a group: a `system` message (sender null) through the group's actor.
         (None, Some(conv_id)) => {
             if r.to.is_some() {
@@ -114,7 +118,7 @@ async fn send(req: HttpRequest, payload: web::Payload, state: web::Data<AppState
                     Error::body("a system message to a group has the body {\"type\":\"system\",\"event\":…,\"data\":…}")
                 })?;
             model::validate_id("body.event", &b.event).map_err(|e| Error::body(e.message))?;
-            state.engine.send_system(conv_id, &b.event, b.data).await?
+            state.engine.send_system_keyed(conv_id, &b.event, b.data, Some(r.client_msg_id.clone())).await?
         }
         // The system to one user: the one-to-one conversation of the system account and the user.
         (None, None) => state.engine.send(&caller(&state.api.system_user)?, send_req(&r)?, None).await?,

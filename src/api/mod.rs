@@ -10,6 +10,7 @@ mod groups;
 mod messages;
 pub mod openapi;
 mod users;
+mod webhooks;
 
 use std::sync::Arc;
 
@@ -36,6 +37,8 @@ pub struct ApiState {
     pub max_body_bytes: usize,
     pub token_secret: String,
     pub token_ttl_secs: u64,
+    /// The store's webhook outbox (delivery log and replay), set at start-up.
+    pub outbox: std::sync::OnceLock<Arc<dyn confab_actors::outbox::Outbox>>,
 }
 
 impl ApiState {
@@ -46,6 +49,7 @@ impl ApiState {
             max_body_bytes: cfg.api.max_body_bytes,
             token_secret: cfg.auth.secret.clone(),
             token_ttl_secs: cfg.auth.token_ttl_secs,
+            outbox: std::sync::OnceLock::new(),
         }
     }
 }
@@ -125,6 +129,23 @@ impl Signed {
         }
         let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
         api.verifier.verify(&headers, req.method().as_str(), path, &body, scope, now_secs())?;
+        // In a cluster the nonce must be new to every node, not only to this one. With Redis
+        // down, this node's own cache (checked above) is what remains.
+        if let Some(cluster) = req.app_data::<web::Data<crate::cluster::Cluster>>() {
+            let key = format!("confab:nonce:{}:{}", headers.key.unwrap_or(""), headers.nonce.unwrap_or(""));
+            let ttl = std::time::Duration::from_secs(2 * auth::WINDOW_SECS + 1);
+            match cluster.claim(key, ttl).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(Error::new(
+                        ErrorCode::NonceReplayed,
+                        "this nonce was already used; sign each request with a new one",
+                    )
+                    .into())
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot check the nonce cluster-wide; checked on this node only"),
+            }
+        }
         Ok(Signed { body: body.freeze() })
     }
 
@@ -169,6 +190,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .configure(messages::routes)
             .configure(conversations::routes)
             .configure(groups::routes)
+            .configure(webhooks::routes)
             .default_service(web::to(unknown)),
     );
 }

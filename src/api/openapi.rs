@@ -6,7 +6,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{conversations, groups, messages, users};
+use super::{conversations, groups, messages, users, webhooks};
 
 /// The error body of every failed request.
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -44,6 +44,11 @@ impl Modify for Security {
 #[openapi(
     info(title = "confab HTTP integration API", version = "1", description = "Signed HTTP API for backends: see docs/http-api.md."),
     paths(
+        users::upsert,
+        users::get,
+        users::disable,
+        users::enable,
+        users::revoke_tokens,
         users::mint_token,
         users::devices,
         messages::send,
@@ -56,14 +61,21 @@ impl Modify for Security {
         groups::members,
         groups::add,
         groups::remove,
+        groups::update,
+        groups::dismiss,
+        groups::set_role,
+        webhooks::deliveries,
+        webhooks::event,
+        webhooks::replay,
     ),
     components(schemas(ErrorBody, ErrorDetail)),
     modifiers(&Security),
     tags(
-        (name = "users", description = "Tokens and online devices"),
+        (name = "users", description = "Profiles, access, tokens and online devices"),
         (name = "messages", description = "Send, recall, history"),
         (name = "conversations", description = "Conversation lists and unread counts"),
         (name = "groups", description = "Groups and their members"),
+        (name = "webhooks", description = "The webhook delivery log and replays (docs/webhooks.md)"),
     )
 )]
 pub struct ApiDoc;
@@ -109,6 +121,8 @@ mod tests {
             "/api/v1/groups/{id}",
             "/api/v1/groups/{id}/members",
             "/api/v1/groups/{id}/members/{user}",
+            "/api/v1/webhooks/deliveries",
+            "/api/v1/webhooks/replay",
         ] {
             assert!(doc.contains(&format!("\"{p}\"")), "{p} is not in the OpenAPI description");
         }

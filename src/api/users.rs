@@ -1,17 +1,22 @@
-//! Users: mint access tokens, list online devices, a user's conversations and unread total.
+//! Users: profiles, disable/enable, token revocation, mint access tokens, list online devices.
 
 use actix_web::{web, HttpRequest};
 use serde::{Deserialize, Serialize};
 
 use confab_actors::error::Error;
-use confab_actors::model::validate_id;
+use confab_actors::model::{validate_id, User, UserPatch};
 
 use super::{ok, path_id, resource, ApiResult, ErrorBody, Scope, Signed};
 use crate::auth;
 use crate::http::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/users/{id}/tokens").route(web::post().to(mint_token)))
+    cfg.service(resource("/users").route(web::post().to(upsert)))
+        .service(resource("/users/{id}").route(web::get().to(get)))
+        .service(resource("/users/{id}/disable").route(web::post().to(disable)))
+        .service(resource("/users/{id}/enable").route(web::post().to(enable)))
+        .service(resource("/users/{id}/tokens/revoke").route(web::post().to(revoke_tokens)))
+        .service(resource("/users/{id}/tokens").route(web::post().to(mint_token)))
         .service(resource("/users/{id}/devices").route(web::get().to(devices)));
 }
 
@@ -64,7 +69,11 @@ async fn mint_token(req: HttpRequest, payload: web::Payload, state: web::Data<Ap
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Device {
     device: String,
+    /// Unique on its node.
     conn_id: u64,
+    /// The node the device is connected to (its `cluster.node_id`; absent on a single node).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<String>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -73,7 +82,8 @@ pub struct DevicesRes {
     devices: Vec<Device>,
 }
 
-/// The user's devices connected to this node.
+/// The user's connected devices: on every node of a cluster, else on this node. (With Redis
+/// down, a clustered node answers with its own devices only.)
 #[utoipa::path(get, path = "/api/v1/users/{id}/devices", tag = "users",
     params(("id" = String, Path, description = "The user id")),
     responses(
@@ -85,12 +95,133 @@ pub struct DevicesRes {
 async fn devices(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
     Signed::read(&req, payload, &state, Scope::Users).await?;
     let user = path_id(&req, "id")?;
+    if let Some(cluster) = req.app_data::<web::Data<crate::cluster::Cluster>>() {
+        match cluster.devices(&user).await {
+            Ok(list) => {
+                let devices = list
+                    .into_iter()
+                    .map(|(node, conn_id, device)| Device { device, conn_id, node: Some(node) })
+                    .collect();
+                return ok(&DevicesRes { user_id: user, devices });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot list devices cluster-wide; answering with this node's"),
+        }
+    }
+    let node = req.app_data::<web::Data<crate::cluster::Cluster>>().map(|c| c.node_id().to_owned());
     let devices = state
         .engine
         .registry()
         .devices(&user)
         .into_iter()
-        .map(|(conn_id, d)| Device { device: d.to_string(), conn_id })
+        .map(|(conn_id, d)| Device { device: d.to_string(), conn_id, node: node.clone() })
         .collect();
     ok(&DevicesRes { user_id: user, devices })
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpsertBody {
+    /// The user id.
+    id: String,
+    /// 1 to 64 characters.
+    #[serde(default)]
+    nickname: Option<String>,
+    /// An image URL (at most 2048 bytes, no whitespace).
+    #[serde(default)]
+    avatar: Option<String>,
+    /// A JSON object of at most 4096 bytes encoded.
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    ext: Option<serde_json::Value>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct UserRes {
+    user: User,
+}
+
+/// Creates a user's record or updates its profile; absent fields are kept.
+#[utoipa::path(post, path = "/api/v1/users", tag = "users",
+    request_body = UpsertBody,
+    responses(
+        (status = 200, body = UserRes),
+        (status = 400, description = "invalid_request", body = ErrorBody),
+        (status = 401, description = "unauthorized, timestamp_out_of_range, signature_invalid, nonce_replayed", body = ErrorBody),
+        (status = 403, description = "scope_missing", body = ErrorBody)
+    ),
+    security(("confab_signature" = ["users"])))]
+async fn upsert(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
+    let signed = Signed::read(&req, payload, &state, Scope::Users).await?;
+    let r: UpsertBody = signed.json()?;
+    let patch = UserPatch {
+        id: r.id,
+        nickname: r.nickname.map(|n| n.trim().to_string()),
+        avatar: r.avatar,
+        ext: r.ext,
+        ts: confab_actors::conversation::now_ms(),
+    };
+    ok(&UserRes { user: state.engine.user_upsert(patch).await? })
+}
+
+/// A user's record (`not_found` when the user was never created explicitly).
+#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users",
+    params(("id" = String, Path, description = "The user id")),
+    responses(
+        (status = 200, body = UserRes),
+        (status = 401, description = "unauthorized, timestamp_out_of_range, signature_invalid, nonce_replayed", body = ErrorBody),
+        (status = 403, description = "scope_missing", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody)
+    ),
+    security(("confab_signature" = ["users"])))]
+async fn get(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
+    Signed::read(&req, payload, &state, Scope::Users).await?;
+    let id = path_id(&req, "id")?;
+    let user = state.engine.store().user(&id).await.map_err(Error::from)?;
+    ok(&UserRes { user: user.ok_or_else(|| Error::not_found("no such user"))? })
+}
+
+/// Disables a user: it cannot connect or send, and its sessions are closed (1008 `user_disabled`).
+#[utoipa::path(post, path = "/api/v1/users/{id}/disable", tag = "users",
+    params(("id" = String, Path, description = "The user id")),
+    responses(
+        (status = 200, body = UserRes),
+        (status = 401, description = "unauthorized, timestamp_out_of_range, signature_invalid, nonce_replayed", body = ErrorBody),
+        (status = 403, description = "scope_missing", body = ErrorBody)
+    ),
+    security(("confab_signature" = ["users"])))]
+async fn disable(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
+    Signed::read(&req, payload, &state, Scope::Users).await?;
+    let id = path_id(&req, "id")?;
+    ok(&UserRes { user: state.engine.user_set_disabled(&id, true).await? })
+}
+
+/// Enables a disabled user again.
+#[utoipa::path(post, path = "/api/v1/users/{id}/enable", tag = "users",
+    params(("id" = String, Path, description = "The user id")),
+    responses(
+        (status = 200, body = UserRes),
+        (status = 401, description = "unauthorized, timestamp_out_of_range, signature_invalid, nonce_replayed", body = ErrorBody),
+        (status = 403, description = "scope_missing", body = ErrorBody)
+    ),
+    security(("confab_signature" = ["users"])))]
+async fn enable(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
+    Signed::read(&req, payload, &state, Scope::Users).await?;
+    let id = path_id(&req, "id")?;
+    ok(&UserRes { user: state.engine.user_set_disabled(&id, false).await? })
+}
+
+/// Revokes every token issued to the user until now (their `iat` is before `tokens_valid_after`)
+/// and closes the user's sessions (1008 `token_revoked`).
+#[utoipa::path(post, path = "/api/v1/users/{id}/tokens/revoke", tag = "users",
+    params(("id" = String, Path, description = "The user id")),
+    responses(
+        (status = 200, body = UserRes),
+        (status = 401, description = "unauthorized, timestamp_out_of_range, signature_invalid, nonce_replayed", body = ErrorBody),
+        (status = 403, description = "scope_missing", body = ErrorBody)
+    ),
+    security(("confab_signature" = ["users"])))]
+async fn revoke_tokens(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
+    Signed::read(&req, payload, &state, Scope::Users).await?;
+    let id = path_id(&req, "id")?;
+    ok(&UserRes { user: state.engine.user_revoke_tokens(&id).await? })
 }

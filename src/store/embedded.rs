@@ -18,6 +18,10 @@
 //! | `deletions`     | `(user, conv_id, seq)`      | `ver`                     | delete-for-me filter and `changes`    |
 //! | `groups`        | `group_id`                  | `Group` JSON              | group profile, `member_count`         |
 //! | `members`       | `(group_id, user)`          | `Member` JSON             | active members                        |
+//! | `users`         | `user_id`                   | `User` JSON               | profiles, disabled, token revocation  |
+//!
+//! With webhooks on, changes also write their event to the outbox tables of `outbox` in the same
+//! transaction (`outbox`, `webhook_deliveries`, `webhook_pending`, `webhook_meta`).
 //!
 //! Every mutating operation takes exactly one new `ver` from `meta` and stamps it on everything it
 //! changes, so `ver` is strictly increasing in commit order and usable as a "changed since" cursor.
@@ -37,9 +41,12 @@
 //! Reads run on `tokio::task::spawn_blocking` in a redb `ReadTransaction` (an MVCC snapshot of the
 //! last commit) and never wait for the writer.
 
+mod groups;
 mod ops;
+mod outbox;
 mod reads;
 mod tables;
+mod users;
 mod writer;
 
 use std::path::Path;
@@ -52,9 +59,13 @@ use async_trait::async_trait;
 use confab_actors::error::StoreError;
 use confab_actors::metrics::Metrics;
 use confab_actors::model::{
-    Changes, Conversation, ConversationView, FlagsPatch, Group, Member, Message, UserConvState,
+    Changes, Conversation, ConversationView, FlagsPatch, Group, Member, Message, User, UserConvState, UserPatch,
 };
-use confab_actors::store::{Appended, HistoryQuery, MemberChange, NewGroup, NewMessage, Store, StoreResult};
+use confab_actors::outbox::NewEvent;
+use confab_actors::store::{
+    Appended, GroupDismiss, GroupUpdate, HistoryQuery, MemberChange, NewGroup, NewMessage, RoleChange, Store,
+    StoreResult,
+};
 use redb::{Database, ReadTransaction, WriteTransaction};
 use tokio::sync::mpsc;
 
@@ -72,6 +83,8 @@ pub struct EmbeddedStore {
     queue: Mutex<Option<mpsc::Sender<BoxedJob>>>,
     /// The writer thread; taken by `close` or `Drop` to join it.
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// Webhooks are on: changes also write their outbox event (see `outbox`).
+    outbox: std::sync::atomic::AtomicBool,
 }
 
 impl EmbeddedStore {
@@ -96,6 +109,8 @@ impl EmbeddedStore {
             txn.open_table(tables::DELETIONS).map_err(unavailable)?;
             txn.open_table(tables::GROUPS).map_err(unavailable)?;
             txn.open_table(tables::MEMBERS).map_err(unavailable)?;
+            outbox::create_tables(&txn)?;
+            txn.open_table(tables::USERS).map_err(unavailable)?;
         }
         txn.commit().map_err(unavailable)?;
 
@@ -103,7 +118,13 @@ impl EmbeddedStore {
         let (tx, rx) = mpsc::channel(writer::QUEUE_CAPACITY);
         let thread = writer::spawn(db.clone(), rx, metrics.clone())
             .map_err(|e| StoreError::Unavailable(format!("cannot start the store writer: {e}")))?;
-        Ok(EmbeddedStore { db, metrics, queue: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)) })
+        Ok(EmbeddedStore {
+            db,
+            metrics,
+            queue: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            outbox: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     /// Stops accepting writes, lets the writer finish what is queued and waits for its thread to
@@ -186,7 +207,17 @@ impl Store for EmbeddedStore {
     }
 
     async fn append(&self, msg: NewMessage) -> StoreResult<Appended> {
-        self.write(move |txn| ops::append(txn, msg)).await
+        if !self.outbox.load(Relaxed) {
+            return self.write(move |txn| ops::append(txn, msg)).await;
+        }
+        self.write(move |txn| {
+            let a = ops::append(txn, msg)?;
+            if !a.duplicate {
+                outbox::push(txn, NewEvent::sent(&a.message))?;
+            }
+            Ok(a)
+        })
+        .await
     }
 
     async fn message(&self, conv_id: &str, seq: u64) -> StoreResult<Option<Message>> {
@@ -202,7 +233,16 @@ impl Store for EmbeddedStore {
 
     async fn recall(&self, conv_id: &str, seq: u64, by: &str) -> StoreResult<Message> {
         let (conv_id, by) = (conv_id.to_owned(), by.to_owned());
-        self.write(move |txn| ops::recall(txn, &conv_id, seq, &by)).await
+        let emit = self.outbox.load(Relaxed);
+        self.write(move |txn| {
+            let before = if emit { outbox::current_ver(txn)? } else { 0 };
+            let m = ops::recall(txn, &conv_id, seq, &by)?;
+            if emit && m.ver > before {
+                outbox::push(txn, NewEvent::recalled(&m, confab_actors::conversation::now_ms()))?;
+            }
+            Ok(m)
+        })
+        .await
     }
 
     async fn conversation(&self, conv_id: &str) -> StoreResult<Option<Conversation>> {
@@ -251,7 +291,15 @@ impl Store for EmbeddedStore {
     }
 
     async fn create_group(&self, g: NewGroup) -> StoreResult<(Group, Message)> {
-        self.write(move |txn| ops::create_group(txn, g)).await
+        let emit = self.outbox.load(Relaxed);
+        self.write(move |txn| {
+            let (g, m) = ops::create_group(txn, g)?;
+            if emit {
+                outbox::push(txn, NewEvent::group_created(&g, &m))?;
+            }
+            Ok((g, m))
+        })
+        .await
     }
 
     async fn group(&self, group_id: &str) -> StoreResult<Option<Group>> {
@@ -265,6 +313,75 @@ impl Store for EmbeddedStore {
     }
 
     async fn change_members(&self, c: MemberChange) -> StoreResult<Message> {
-        self.write(move |txn| ops::change_members(txn, c)).await
+        let emit = self.outbox.load(Relaxed);
+        let group_id = c.group_id.clone();
+        self.write(move |txn| {
+            let m = ops::change_members(txn, c)?;
+            if emit {
+                outbox::push(txn, NewEvent::members_changed(&group_id, &m))?;
+            }
+            Ok(m)
+        })
+        .await
+    }
+
+    async fn update_group(&self, u: GroupUpdate) -> StoreResult<(Group, Message)> {
+        let emit = self.outbox.load(Relaxed);
+        self.write(move |txn| {
+            let (g, m) = groups::update_group(txn, u)?;
+            if emit {
+                outbox::push(txn, NewEvent::group(confab_actors::outbox::GROUP_UPDATED, &g, &m))?;
+            }
+            Ok((g, m))
+        })
+        .await
+    }
+
+    async fn set_roles(&self, c: RoleChange) -> StoreResult<(Group, Message)> {
+        let emit = self.outbox.load(Relaxed);
+        self.write(move |txn| {
+            let (g, m) = groups::set_roles(txn, c)?;
+            if emit {
+                outbox::push(txn, NewEvent::group(confab_actors::outbox::GROUP_ROLES_CHANGED, &g, &m))?;
+            }
+            Ok((g, m))
+        })
+        .await
+    }
+
+    async fn dismiss_group(&self, d: GroupDismiss) -> StoreResult<(Group, Message)> {
+        let emit = self.outbox.load(Relaxed);
+        self.write(move |txn| {
+            let (g, m) = groups::dismiss_group(txn, d)?;
+            if emit {
+                outbox::push(txn, NewEvent::group(confab_actors::outbox::GROUP_DISMISSED, &g, &m))?;
+            }
+            Ok((g, m))
+        })
+        .await
+    }
+
+    async fn upsert_user(&self, p: UserPatch) -> StoreResult<User> {
+        self.write(move |txn| users::upsert(txn, p)).await
+    }
+
+    async fn user(&self, id: &str) -> StoreResult<Option<User>> {
+        let id = id.to_owned();
+        self.read(move |txn| users::user(txn, &id)).await
+    }
+
+    async fn users(&self, ids: &[String]) -> StoreResult<Vec<User>> {
+        let ids = ids.to_vec();
+        self.read(move |txn| users::users(txn, &ids)).await
+    }
+
+    async fn set_user_disabled(&self, id: &str, disabled: bool, ts: i64) -> StoreResult<User> {
+        let id = id.to_owned();
+        self.write(move |txn| users::set_disabled(txn, &id, disabled, ts)).await
+    }
+
+    async fn revoke_tokens(&self, id: &str, after_secs: u64, ts: i64) -> StoreResult<User> {
+        let id = id.to_owned();
+        self.write(move |txn| users::revoke_tokens(txn, &id, after_secs, ts)).await
     }
 }

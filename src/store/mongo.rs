@@ -27,10 +27,13 @@
 mod append;
 mod conn;
 mod docs;
+mod groups;
 mod migrate;
 mod ops;
+mod outbox;
 mod reads;
 mod tx;
+mod users;
 mod writer;
 
 use std::future::Future;
@@ -43,9 +46,12 @@ use async_trait::async_trait;
 use confab_actors::error::StoreError;
 use confab_actors::metrics::Metrics;
 use confab_actors::model::{
-    Changes, Conversation, ConversationView, FlagsPatch, Group, Member, Message, UserConvState,
+    Changes, Conversation, ConversationView, FlagsPatch, Group, Member, Message, User, UserConvState, UserPatch,
 };
-use confab_actors::store::{Appended, HistoryQuery, MemberChange, NewGroup, NewMessage, Store, StoreResult};
+use confab_actors::store::{
+    Appended, GroupDismiss, GroupUpdate, HistoryQuery, MemberChange, NewGroup, NewMessage, RoleChange, Store,
+    StoreResult,
+};
 use tokio::sync::{mpsc, oneshot};
 
 use conn::{Conn, Reach};
@@ -312,7 +318,7 @@ impl Store for MongoStore {
 
     async fn create_group(&self, g: NewGroup) -> StoreResult<(Group, Message)> {
         match self.write(Op::CreateGroup(g)).await? {
-            Answer::Created(g, m) => Ok((g, m)),
+            Answer::Created(g, m) => Ok((*g, m)),
             _ => Err(unexpected()),
         }
     }
@@ -332,5 +338,50 @@ impl Store for MongoStore {
             Answer::Message(m) => Ok(m),
             _ => Err(unexpected()),
         }
+    }
+
+    async fn update_group(&self, u: GroupUpdate) -> StoreResult<(Group, Message)> {
+        match self.write(Op::UpdateGroup(u)).await? {
+            Answer::Created(g, m) => Ok((*g, m)),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn set_roles(&self, c: RoleChange) -> StoreResult<(Group, Message)> {
+        match self.write(Op::SetRoles(c)).await? {
+            Answer::Created(g, m) => Ok((*g, m)),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn dismiss_group(&self, d: GroupDismiss) -> StoreResult<(Group, Message)> {
+        match self.write(Op::DismissGroup(d)).await? {
+            Answer::Created(g, m) => Ok((*g, m)),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn upsert_user(&self, p: UserPatch) -> StoreResult<User> {
+        self.read("upsert_user", move |c| async move { users::upsert_user(&c, p).await }).await
+    }
+
+    async fn user(&self, id: &str) -> StoreResult<Option<User>> {
+        let id = id.to_owned();
+        self.read("user", move |c| async move { users::user(&c, &id).await }).await
+    }
+
+    async fn users(&self, ids: &[String]) -> StoreResult<Vec<User>> {
+        let ids = ids.to_vec();
+        self.read("users", move |c| async move { users::users(&c, &ids).await }).await
+    }
+
+    async fn set_user_disabled(&self, id: &str, disabled: bool, ts: i64) -> StoreResult<User> {
+        let id = id.to_owned();
+        self.read("set_user_disabled", move |c| async move { users::set_disabled(&c, &id, disabled, ts).await }).await
+    }
+
+    async fn revoke_tokens(&self, id: &str, after_secs: u64, ts: i64) -> StoreResult<User> {
+        let id = id.to_owned();
+        self.read("revoke_tokens", move |c| async move { users::revoke_tokens(&c, &id, after_secs, ts).await }).await
     }
 }

@@ -13,7 +13,7 @@ const ADMIN_SECRET: &str = "admin-secret-0123456789abcdef";
 const USERS_SECRET: &str = "users-secret-0123456789abcdef";
 
 /// `api.keys` as the environment gives it: `admin` holds every scope, `users` only `users`.
-fn keys() -> String {
+pub(crate) fn keys() -> String {
     json!([
         {"id": "admin", "secret": ADMIN_SECRET, "scopes": ["admin"]},
         {"id": "users", "secret": USERS_SECRET, "scopes": ["users"]},
@@ -51,7 +51,7 @@ fn nonce() -> String {
 }
 
 /// One request, fully controllable (for the refusal tests).
-struct Req {
+pub(crate) struct Req {
     method: &'static str,
     path: String,
     body: Vec<u8>,
@@ -64,7 +64,7 @@ struct Req {
 }
 
 impl Req {
-    fn new(method: &'static str, path: &str, body: Option<Value>) -> Req {
+    pub(crate) fn new(method: &'static str, path: &str, body: Option<Value>) -> Req {
         Req {
             method,
             path: path.into(),
@@ -83,7 +83,7 @@ impl Req {
         self
     }
 
-    async fn send(&self, addr: SocketAddr) -> (u16, Value) {
+    pub(crate) async fn send(&self, addr: SocketAddr) -> (u16, Value) {
         let sig = self
             .signature
             .clone()
@@ -565,4 +565,221 @@ async fn oversized_chunked_bodies_are_refused_while_reading() {
     let raw = String::from_utf8_lossy(&raw);
     assert!(raw.starts_with("HTTP/1.1 413"), "{raw}");
     assert!(raw.contains("\"body_too_large\""), "{raw}");
+}
+
+#[tokio::test]
+async fn user_profiles_over_http_and_websocket() {
+    let node = node_with(&[]);
+    let u = ok(
+        &node,
+        "POST",
+        "/api/v1/users",
+        Some(json!({"id": "alice", "nickname": " Alice ", "avatar": "https://x/a.png", "ext": {"lvl": 3}})),
+    )
+    .await;
+    let user = &u["user"];
+    assert_eq!((user["id"].as_str(), user["nickname"].as_str()), (Some("alice"), Some("Alice")));
+    assert_eq!((user["ext"].clone(), user["disabled"].as_bool()), (json!({"lvl": 3}), Some(false)));
+    assert_eq!(user["tokens_valid_after"], 0);
+    // Absent fields are kept.
+    let u2 = ok(&node, "POST", "/api/v1/users", Some(json!({"id": "alice", "ext": {"lvl": 4}}))).await;
+    assert_eq!((u2["user"]["nickname"].as_str(), u2["user"]["ext"].clone()), (Some("Alice"), json!({"lvl": 4})));
+    assert_eq!(ok(&node, "GET", "/api/v1/users/alice", None).await, u2);
+    err(&node, "GET", "/api/v1/users/nobody", None, 404, "not_found").await;
+    for bad in [
+        json!({"id": "alice", "ext": [1]}),
+        json!({"id": "alice", "ext": {"big": "x".repeat(5000)}}),
+        json!({"id": "alice", "nickname": "n".repeat(65)}),
+        json!({"id": "alice", "nickname": "  "}),
+        json!({"id": "alice", "avatar": "has space"}),
+        json!({"id": "bad id"}),
+        json!({"id": "alice", "extra": 1}),
+    ] {
+        err(&node, "POST", "/api/v1/users", Some(bad), 400, "invalid_request").await;
+    }
+
+    // Clients read profiles (users without one are left out) and change their own.
+    let mut bob = node.connect("bob", "phone").await;
+    let r = bob.expect_ok("users_get", json!({"ids": ["alice", "nobody", "alice"]})).await;
+    assert_eq!(
+        r["users"],
+        json!([{"id": "alice", "nickname": "Alice", "avatar": "https://x/a.png", "ext": {"lvl": 4}, "updated_at": u2["user"]["updated_at"]}])
+    );
+    bob.expect_err("users_get", json!({"ids": []}), "invalid_request").await;
+    let many: Vec<String> = (0..101).map(|i| format!("u{i}")).collect();
+    bob.expect_err("users_get", json!({"ids": many}), "invalid_request").await;
+    let p = bob.expect_ok("profile_update", json!({"nickname": "Bob", "ext": {"k": true}})).await;
+    assert_eq!((p["user"]["id"].as_str(), p["user"]["nickname"].as_str()), (Some("bob"), Some("Bob")));
+    assert!(p["user"].get("disabled").is_none(), "the public profile has no admin fields: {p}");
+    bob.expect_err("profile_update", json!({}), "invalid_request").await;
+    bob.expect_err("profile_update", json!({"ext": "x"}), "invalid_request").await;
+    let stored = ok(&node, "GET", "/api/v1/users/bob", None).await;
+    assert_eq!((stored["user"]["nickname"].as_str(), stored["user"]["ext"].clone()), (Some("Bob"), json!({"k": true})));
+    // The `users` scope is enough.
+    let (s, _) = Req::new("GET", "/api/v1/users/bob", None).key("users", USERS_SECRET).send(node.addr).await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn disabled_users_and_revoked_tokens_are_shut_out() {
+    use crate::common::{token, Auth};
+    let node = node_with(&[]);
+    // Users without a record work as before.
+    let mut phone = node.connect("alice", "phone").await;
+    let mut tablet = node.connect("alice", "tablet").await;
+    let mut bob = node.connect("bob", "phone").await;
+    let u = ok(&node, "POST", "/api/v1/users/alice/disable", None).await;
+    assert_eq!(u["user"]["disabled"], true);
+    for c in [&mut phone, &mut tablet] {
+        assert_eq!(c.wait_closed(crate::common::TIMEOUT).await, Some(1008), "{}", c.device);
+    }
+    bob.expect_ok("ping", json!({})).await;
+    let t = token("alice", "laptop");
+    let refused = Client::try_connect(node.addr, Auth::Bearer(&t), None).await.err().expect("refused");
+    assert_eq!((refused.status, refused.body["error"]["code"].as_str()), (403, Some("user_disabled")));
+    let send = json!({"from": "alice", "to": "bob", "client_msg_id": "d1", "body": text("hi")});
+    err(&node, "POST", "/api/v1/messages", Some(send.clone()), 403, "user_disabled").await;
+    let u = ok(&node, "POST", "/api/v1/users/alice/enable", None).await;
+    assert_eq!(u["user"]["disabled"], false);
+    ok(&node, "POST", "/api/v1/messages", Some(send)).await;
+    let mut phone = node.connect("alice", "phone").await;
+
+    // Revocation: tokens issued before it are refused, sessions are closed, new tokens work.
+    let old = token("alice", "phone");
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let r = ok(&node, "POST", "/api/v1/users/alice/tokens/revoke", None).await;
+    assert!(r["user"]["tokens_valid_after"].as_u64().unwrap() > 0);
+    assert_eq!(phone.wait_closed(crate::common::TIMEOUT).await, Some(1008));
+    let refused = Client::try_connect(node.addr, Auth::Bearer(&old), None).await.err().expect("refused");
+    assert_eq!((refused.status, refused.body["error"]["code"].as_str()), (401, Some("token_revoked")));
+    let fresh = ok(&node, "POST", "/api/v1/users/alice/tokens", Some(json!({"device": "phone"}))).await;
+    let mut c = Client::try_connect(node.addr, Auth::Bearer(fresh["token"].as_str().unwrap()), None).await.unwrap();
+    c.user = "alice".into();
+    c.expect_ok("ping", json!({})).await;
+    // Bob was never touched.
+    bob.expect_ok("ping", json!({})).await;
+}
+
+#[tokio::test]
+async fn group_profile_roles_and_dismissal() {
+    let node = node_with(&[]);
+    let mut alice = node.connect("alice", "phone").await;
+    let mut bob = node.connect("bob", "phone").await;
+    let mut carol = node.connect("carol", "phone").await;
+    ok(
+        &node,
+        "POST",
+        "/api/v1/groups",
+        Some(json!({"id": "team", "name": "Team", "owner": "alice", "members": ["bob", "carol"]})),
+    )
+    .await;
+    for c in [&mut alice, &mut bob, &mut carol] {
+        c.next_event("membership").await;
+        c.next_event("message").await;
+    }
+
+    // Profile: owner or admins only; every member hears of it.
+    bob.expect_err("group_update", json!({"group_id": "team", "notice": "x"}), "forbidden").await;
+    let r = alice
+        .expect_ok("group_update", json!({"group_id": "team", "notice": "Be nice", "ext": {"topic": "rust"}}))
+        .await;
+    assert_eq!((r["group"]["notice"].as_str(), r["group"]["name"].as_str()), (Some("Be nice"), Some("Team")));
+    assert_eq!(r["message"]["body"]["event"], "group_updated");
+    for c in [&mut alice, &mut bob, &mut carol] {
+        assert_eq!(c.next_event("message").await["seq"], r["message"]["seq"], "{}", c.user);
+        let e = c.next_event("group").await;
+        assert_eq!((e["change"].as_str(), e["group"]["notice"].as_str()), (Some("updated"), Some("Be nice")));
+    }
+    let p =
+        ok(&node, "PATCH", "/api/v1/groups/team", Some(json!({"name": "Team 2", "avatar": "https://x/t.png"}))).await;
+    assert_eq!((p["group"]["name"].as_str(), p["group"]["notice"].as_str()), (Some("Team 2"), Some("Be nice")));
+    assert_eq!(p["message"]["body"]["data"]["by"], "alice");
+    assert!(p["message"]["body"]["data"].get("notice").is_none(), "only the changed fields: {p}");
+    assert_eq!(bob.next_event("group").await["group"]["avatar"], "https://x/t.png");
+    err(&node, "PATCH", "/api/v1/groups/team", Some(json!({})), 400, "invalid_request").await;
+    err(&node, "PATCH", "/api/v1/groups/team", Some(json!({"ext": [1]})), 400, "invalid_request").await;
+    err(&node, "PATCH", "/api/v1/groups/team", Some(json!({"name": "x", "by": "carol"})), 403, "forbidden").await;
+    err(&node, "PATCH", "/api/v1/groups/nope", Some(json!({"name": "x"})), 404, "not_found").await;
+
+    // Roles: the owner names admins; admins may then manage.
+    for c in [&mut alice, &mut bob, &mut carol] {
+        c.drain_events(100).await;
+    }
+    let r = ok(&node, "PUT", "/api/v1/groups/team/members/bob/role", Some(json!({"role": "admin"}))).await;
+    assert_eq!(r["message"]["body"]["event"], "roles_changed");
+    let e = carol.next_event("group").await;
+    assert_eq!(e["change"], "roles");
+    bob.expect_ok("group_update", json!({"group_id": "team", "notice": "by an admin"})).await;
+    bob.expect_err("group_set_role", json!({"group_id": "team", "user_id": "carol", "role": "admin"}), "forbidden")
+        .await;
+    err(&node, "PUT", "/api/v1/groups/team/members/bob/role", Some(json!({"role": "admin"})), 409, "conflict").await;
+    err(&node, "PUT", "/api/v1/groups/team/members/zed/role", Some(json!({"role": "admin"})), 404, "not_found").await;
+    err(&node, "PUT", "/api/v1/groups/team/members/bob/role", Some(json!({"role": "boss"})), 400, "invalid_request")
+        .await;
+    // Transfer the ownership over WebSocket: the previous owner becomes an admin.
+    let t = alice.expect_ok("group_set_role", json!({"group_id": "team", "user_id": "carol", "role": "owner"})).await;
+    assert_eq!(t["group"]["owner"], "carol");
+    let m = ok(&node, "GET", "/api/v1/groups/team/members", None).await;
+    let roles: Vec<(&str, &str)> = m["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["user_id"].as_str().unwrap(), x["role"].as_str().unwrap()))
+        .collect();
+    assert_eq!(roles, [("carol", "owner"), ("alice", "admin"), ("bob", "admin")]);
+    alice.expect_err("group_dismiss", json!({"group_id": "team"}), "forbidden").await;
+    err(&node, "POST", "/api/v1/groups/team/dismiss", Some(json!({"by": "bob"})), 403, "forbidden").await;
+    for c in [&mut alice, &mut bob, &mut carol] {
+        c.drain_events(100).await;
+    }
+
+    // Dismissal (as the owner by default): announced, then everything is refused.
+    let d = ok(&node, "POST", "/api/v1/groups/team/dismiss", None).await;
+    assert_eq!((d["group"]["dismissed"].as_bool(), d["group"]["member_count"].as_u64()), (Some(true), Some(0)));
+    assert_eq!(d["message"]["body"]["event"], "group_dismissed");
+    for c in [&mut alice, &mut bob, &mut carol] {
+        assert_eq!(c.next_event("message").await["body"]["event"], "group_dismissed", "{}", c.user);
+        assert_eq!(c.next_event("group").await["change"], "dismissed");
+    }
+    let body = json!({"conv_id": "g_team", "client_msg_id": "late", "body": text("anyone?")});
+    let e = bob.request("send", body).await;
+    assert_eq!(e["error"]["code"], "group_dismissed", "{e}");
+    let sys =
+        json!({"from": null, "conv_id": "g_team", "client_msg_id": "s1", "body": {"type": "system", "event": "x"}});
+    err(&node, "POST", "/api/v1/messages", Some(sys), 410, "group_dismissed").await;
+    err(&node, "PATCH", "/api/v1/groups/team", Some(json!({"name": "x"})), 410, "group_dismissed").await;
+    err(&node, "POST", "/api/v1/groups/team/dismiss", None, 410, "group_dismissed").await;
+    err(&node, "POST", "/api/v1/groups/team/members", Some(json!({"members": ["dave"]})), 410, "group_dismissed").await;
+    alice.expect_err("group_leave", json!({"group_id": "team"}), "group_dismissed").await;
+    let g = ok(&node, "GET", "/api/v1/groups/team", None).await;
+    assert_eq!(g["group"]["dismissed"], true);
+    let conv = bob.expect_ok("conversation", json!({"conv_id": "g_team"})).await;
+    assert_eq!(conv["active"], false, "{conv}");
+    for c in [&mut alice, &mut bob, &mut carol] {
+        c.no_event_within(200).await;
+    }
+}
+
+#[tokio::test]
+async fn system_messages_to_groups_are_idempotent() {
+    let node = node_with(&[]);
+    let mut bob = node.connect("bob", "phone").await;
+    ok(
+        &node,
+        "POST",
+        "/api/v1/groups",
+        Some(json!({"id": "news", "name": "News", "owner": "alice", "members": ["bob"]})),
+    )
+    .await;
+    bob.next_event("membership").await;
+    bob.next_event("message").await;
+    let send = json!({"from": null, "conv_id": "g_news", "client_msg_id": "sys-1", "body": {"type": "system", "event": "promo", "data": {"n": 1}}});
+    let r = ok(&node, "POST", "/api/v1/messages", Some(send.clone())).await;
+    assert_eq!((r["seq"].as_u64(), r["message"]["client_msg_id"].as_str()), (Some(2), Some("sys-1")));
+    assert_eq!(bob.next_event("message").await, r["message"]);
+    let again = ok(&node, "POST", "/api/v1/messages", Some(send)).await;
+    assert_eq!(again, r, "a re-send returns the stored message");
+    bob.no_event_within(200).await;
+    let other = json!({"from": null, "conv_id": "g_news", "client_msg_id": "sys-2", "body": {"type": "system", "event": "promo"}});
+    assert_eq!(ok(&node, "POST", "/api/v1/messages", Some(other)).await["seq"], 3);
 }

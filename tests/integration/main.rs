@@ -2,10 +2,13 @@
 //! Servers run in-process on 127.0.0.1:0; clients are real WebSocket clients.
 #![allow(clippy::unwrap_used)]
 
+mod cluster;
+mod cluster_nodes;
 mod common;
 mod http_api;
 mod store;
 mod store_mongo;
+mod webhooks;
 mod ws_chat;
 mod ws_errors;
 mod ws_groups;

@@ -648,6 +648,282 @@ pub async fn check_change_members(s: DynStore) {
 }
 
 /// Every write gets a strictly larger `ver` than the one before it.
+pub async fn check_users(s: DynStore) {
+    use confab_actors::model::UserPatch;
+    assert!(s.user("u1").await.unwrap().is_none(), "no record until created");
+    let patch = |nick: Option<&str>, ext: Option<serde_json::Value>, ts: i64| UserPatch {
+        id: "u1".into(),
+        nickname: nick.map(str::to_owned),
+        avatar: None,
+        ext,
+        ts,
+    };
+    let u = s.upsert_user(patch(Some("Ann"), None, TS)).await.unwrap();
+    assert_eq!(u.nickname.as_deref(), Some("Ann"));
+    assert_eq!(u.ext, serde_json::json!({}));
+    assert!(!u.disabled);
+    assert_eq!((u.tokens_valid_after, u.created_at, u.updated_at), (0, TS, TS));
+    // A patch keeps the fields it does not name.
+    let ext = serde_json::json!({ "$k.x": [1, { "a": null }] });
+    let u = s.upsert_user(patch(None, Some(ext.clone()), TS + 5)).await.unwrap();
+    assert_eq!((u.nickname.as_deref(), &u.ext, u.created_at, u.updated_at), (Some("Ann"), &ext, TS, TS + 5));
+    assert_eq!(s.user("u1").await.unwrap().as_ref(), Some(&u));
+
+    // Disable / enable, creating the record when needed.
+    let d = s.set_user_disabled("u2", true, TS).await.unwrap();
+    assert!(d.disabled);
+    assert_eq!((d.nickname.as_ref(), d.created_at), (None, TS));
+    assert!(s.user("u2").await.unwrap().unwrap().disabled);
+    assert!(!s.set_user_disabled("u2", false, TS + 1).await.unwrap().disabled);
+    let d = s.set_user_disabled("u1", true, TS + 6).await.unwrap();
+    assert!(d.disabled);
+    assert_eq!(d.nickname.as_deref(), Some("Ann"), "disabling keeps the profile");
+
+    // Revocation only moves forward.
+    assert_eq!(s.revoke_tokens("u1", 1000, TS + 7).await.unwrap().tokens_valid_after, 1000);
+    assert_eq!(s.revoke_tokens("u1", 900, TS + 8).await.unwrap().tokens_valid_after, 1000);
+    let r = s.revoke_tokens("u3", 50, TS).await.unwrap();
+    assert_eq!((r.tokens_valid_after, r.disabled), (50, false));
+    let u1 = s.user("u1").await.unwrap().unwrap();
+    assert!(u1.disabled && u1.nickname.as_deref() == Some("Ann") && u1.ext == ext);
+
+    // Many at once; unknown ids are left out.
+    let ids: Vec<String> = ["u1", "u2", "nobody", "u3"].iter().map(|x| (*x).to_owned()).collect();
+    let mut got: Vec<String> = s.users(&ids).await.unwrap().into_iter().map(|u| u.id).collect();
+    got.sort();
+    assert_eq!(got, ["u1", "u2", "u3"]);
+    assert!(s.users(&[]).await.unwrap().is_empty());
+}
+
+pub async fn check_group_update_roles_dismiss(s: DynStore) {
+    use confab_actors::model::GroupPatch;
+    use confab_actors::store::{GroupDismiss, GroupUpdate, RoleChange};
+    let conv = group_conv_id("g1");
+    s.create_group(new_group("g1", "owner", &["a", "b"])).await.unwrap();
+    let before = s.group("g1").await.unwrap().unwrap();
+    assert_eq!(
+        (before.avatar.as_ref(), before.notice.as_ref(), before.ext.as_ref(), before.dismissed),
+        (None, None, None, false)
+    );
+
+    // Profile update: absent fields kept, a system message at the next seq.
+    let patch = GroupPatch {
+        name: None,
+        avatar: Some("https://x/a.png".into()),
+        notice: Some("hello".into()),
+        ext: Some(serde_json::json!({ "k": 1 })),
+    };
+    let (g, m) = s
+        .update_group(GroupUpdate { group_id: "g1".into(), patch, ts: TS + 1, system_body: system("group_updated") })
+        .await
+        .unwrap();
+    assert_eq!(
+        (g.name.as_str(), g.avatar.as_deref(), g.notice.as_deref()),
+        ("group g1", Some("https://x/a.png"), Some("hello"))
+    );
+    assert_eq!(g.ext, Some(serde_json::json!({ "k": 1 })));
+    assert_eq!((m.seq, m.sender.as_ref()), (2, None));
+    assert_eq!(s.group("g1").await.unwrap().unwrap(), g);
+    assert_eq!(s.conversation(&conv).await.unwrap().unwrap().last_seq, 2);
+    let clear = GroupPatch { name: Some("renamed".into()), notice: Some(String::new()), ..GroupPatch::default() };
+    let (g, _) = s
+        .update_group(GroupUpdate { group_id: "g1".into(), patch: clear, ts: TS + 2, system_body: system("x") })
+        .await
+        .unwrap();
+    assert_eq!((g.name.as_str(), g.notice.as_ref(), g.avatar.as_deref()), ("renamed", None, Some("https://x/a.png")));
+
+    // Roles: an admin, then an ownership transfer.
+    let (_, m) = s
+        .set_roles(RoleChange {
+            group_id: "g1".into(),
+            roles: vec![("a".into(), Role::Admin)],
+            ts: TS,
+            system_body: system("r"),
+        })
+        .await
+        .unwrap();
+    assert_eq!(m.seq, 4);
+    let role_of = |ms: &[confab_actors::model::Member], u: &str| ms.iter().find(|m| m.user_id == u).map(|m| m.role);
+    let ms = s.members("g1").await.unwrap();
+    assert_eq!(role_of(&ms, "a"), Some(Role::Admin));
+    let (g, _) = s
+        .set_roles(RoleChange {
+            group_id: "g1".into(),
+            roles: vec![("b".into(), Role::Owner), ("owner".into(), Role::Admin)],
+            ts: TS,
+            system_body: system("r"),
+        })
+        .await
+        .unwrap();
+    assert_eq!(g.owner, "b");
+    assert_eq!(s.group("g1").await.unwrap().unwrap().owner, "b");
+    let ms = s.members("g1").await.unwrap();
+    assert_eq!((role_of(&ms, "b"), role_of(&ms, "owner")), (Some(Role::Owner), Some(Role::Admin)));
+    let bad = RoleChange {
+        group_id: "g1".into(),
+        roles: vec![("zed".into(), Role::Admin)],
+        ts: TS,
+        system_body: system("r"),
+    };
+    assert!(matches!(s.set_roles(bad).await, Err(StoreError::NotFound(_))));
+    assert_eq!(s.conversation(&conv).await.unwrap().unwrap().last_seq, 5, "a refused change writes nothing");
+
+    // Dismiss: last message, members gone, rows inactive, further changes refused.
+    let (g, m) = s
+        .dismiss_group(GroupDismiss { group_id: "g1".into(), ts: TS, system_body: system("group_dismissed") })
+        .await
+        .unwrap();
+    assert!(g.dismissed);
+    assert_eq!((g.member_count, m.seq), (0, 6));
+    let stored = s.group("g1").await.unwrap().unwrap();
+    assert!(stored.dismissed && stored.member_count == 0 && stored.owner == "b");
+    assert!(s.members("g1").await.unwrap().is_empty());
+    for u in ["owner", "a", "b"] {
+        let row = s.user_conv(u, &conv).await.unwrap().unwrap();
+        assert!(!row.active, "{u}'s row must be inactive");
+        assert_eq!(row.ver, m.ver);
+    }
+    assert!(s.read_cursors(&conv).await.unwrap().is_empty());
+    let again = GroupDismiss { group_id: "g1".into(), ts: TS, system_body: system("x") };
+    assert!(matches!(s.dismiss_group(again).await, Err(StoreError::Conflict(_))));
+    let upd = GroupUpdate { group_id: "g1".into(), patch: GroupPatch::default(), ts: TS, system_body: system("x") };
+    assert!(matches!(s.update_group(upd).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        s.change_members(change("g1", &[("c", Role::Member)], &[], TS)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let none = GroupDismiss { group_id: "nope".into(), ts: TS, system_body: system("x") };
+    assert!(matches!(s.dismiss_group(none).await, Err(StoreError::NotFound(_))));
+    assert_eq!(s.conversation(&conv).await.unwrap().unwrap().last_seq, 6);
+}
+
+/// The webhook outbox: nothing is written while it is off; once on, each change writes its event
+/// in the same transaction (a re-send or a second recall writes none); ids increase; deliveries
+/// are queued once per event, listed, saved, and replayed; the lease has one holder at a time.
+pub async fn check_outbox(s: DynStore, o: Arc<dyn confab_actors::outbox::Outbox>) {
+    use confab_actors::outbox::{Attempt, DeliveryQuery, DeliveryState, NewEvent, Replay};
+    send(&s, direct("alice", "bob", Some("off"), "before")).await;
+    assert!(o.events_after(0, 10).await.expect("events").is_empty(), "no outbox rows while webhooks are off");
+    o.enable();
+    let ab = direct_conv_id("alice", "bob");
+    let m = send(&s, direct("alice", "bob", Some("on"), "after")).await;
+    assert!(s.append(direct("alice", "bob", Some("on"), "after")).await.expect("re-send").duplicate);
+    s.recall(&ab, m.seq, "alice").await.expect("recall");
+    s.recall(&ab, m.seq, "alice").await.expect("recall again");
+    s.create_group(new_group("team", "alice", &["bob"])).await.expect("create");
+    s.change_members(change("team", &[("carol", Role::Member)], &[], TS + 1)).await.expect("add");
+    let pushed = o.push_event(NewEvent::presence("alice", true, TS)).await.expect("push");
+    let events = o.events_after(0, 100).await.expect("events");
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["message.sent", "message.recalled", "group.created", "group.members_changed", "user.online"],
+        "{events:#?}"
+    );
+    assert!(events.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!(events.last().map(|e| e.id), Some(pushed));
+    assert_eq!(events[0].conv_id.as_deref(), Some(ab.as_str()));
+    assert_eq!(events[0].seq, Some(m.seq));
+    assert_eq!(events[0].data["message"]["body"]["text"], "after");
+    assert_eq!(events[1].data["message"]["body"]["type"], "recalled");
+    assert_eq!(events[2].data["group"]["id"], "team");
+    assert_eq!(o.events_after(events[1].id, 2).await.expect("page").len(), 2);
+    assert_eq!(o.event(events[0].id).await.expect("event"), Some(events[0].clone()));
+
+    // Deliveries: queued once, in order, then saved, listed and replayed.
+    assert_eq!(o.cursor("ep").await.expect("cursor"), 0);
+    let ids: Vec<u64> = events.iter().map(|e| e.id).collect();
+    o.enqueue("ep", &ids, pushed).await.expect("enqueue");
+    o.enqueue("ep", &ids[..2], ids[1]).await.expect("enqueue again changes nothing");
+    assert_eq!(o.cursor("ep").await.expect("cursor"), pushed, "the cursor never moves back");
+    let pending = o.pending("ep", 100).await.expect("pending");
+    assert_eq!(pending.iter().map(|(d, _)| d.event_id).collect::<Vec<_>>(), ids);
+    assert!(pending.iter().all(|(d, e)| d.state == DeliveryState::Pending && d.event_id == e.id));
+    let (mut d, _) = pending[0].clone();
+    d.record(
+        Attempt { at: TS, status: Some(500), error: Some("HTTP 500".into()), ms: 3 },
+        DeliveryState::Pending,
+        TS + 10,
+    );
+    o.save_delivery(&d).await.expect("save");
+    d.record(Attempt { at: TS + 10, status: Some(200), error: None, ms: 2 }, DeliveryState::Delivered, 0);
+    o.save_delivery(&d).await.expect("save");
+    let (mut f, _) = pending[1].clone();
+    f.record(Attempt { at: TS, status: None, error: Some("timed out".into()), ms: 500 }, DeliveryState::Failed, 0);
+    o.save_delivery(&f).await.expect("save");
+    assert_eq!(o.pending("ep", 100).await.expect("pending").len(), ids.len() - 2);
+    let all = o.event_deliveries(ids[0]).await.expect("deliveries");
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].state, DeliveryState::Delivered);
+    assert_eq!(all[0].attempts, 2);
+    assert_eq!(all[0].log.len(), 2);
+    assert_eq!(all[0].log[0].status, Some(500));
+    let q = |state| DeliveryQuery { endpoint: Some("ep".into()), state: Some(state), after_id: 0, limit: 100 };
+    assert_eq!(o.deliveries(&q(DeliveryState::Delivered)).await.expect("log").len(), 1);
+    let failed = o.deliveries(&q(DeliveryState::Failed)).await.expect("log");
+    assert_eq!(failed.iter().map(|d| d.event_id).collect::<Vec<_>>(), [ids[1]]);
+    let other = DeliveryQuery { endpoint: Some("other".into()), state: None, after_id: 0, limit: 100 };
+    assert!(o.deliveries(&other).await.expect("log").is_empty());
+    let replay = Replay { endpoint: None, from_id: 0, to_id: u64::MAX, only_failed: true };
+    assert_eq!(o.replay(&replay).await.expect("replay"), 1);
+    let replay = Replay { endpoint: Some("ep".into()), from_id: ids[0], to_id: ids[0], only_failed: false };
+    assert_eq!(o.replay(&replay).await.expect("replay"), 1);
+    let pending = o.pending("ep", 100).await.expect("pending");
+    assert_eq!(pending.len(), ids.len());
+    assert_eq!(pending[0].0.attempts, 0, "a replay starts over");
+    assert_eq!(pending[0].0.log.len(), 2, "and keeps the log");
+
+    // Ids past one digit page like the rest (numbers compare as numbers).
+    while o.push_event(NewEvent::presence("bob", true, TS)).await.expect("push") < 12 {}
+    let page: Vec<u64> = o.events_after(9, 3).await.expect("page").iter().map(|e| e.id).collect();
+    assert_eq!(page, [10, 11, 12]);
+    o.enqueue("ep", &[10, 11, 12], 12).await.expect("enqueue");
+    let mut first = o.event_deliveries(1).await.expect("deliveries").remove(0);
+    first.record(Attempt { at: TS, status: Some(200), error: None, ms: 1 }, DeliveryState::Delivered, 0);
+    o.save_delivery(&first).await.expect("save");
+    for id in [1, 10, 11, 12] {
+        let ds = o.event_deliveries(id).await.expect("deliveries");
+        assert_eq!(ds.iter().map(|d| d.event_id).collect::<Vec<_>>(), [id], "saving one delivery touches no other");
+    }
+
+    // The lease.
+    assert!(o.lease("webhooks", "n1", TS, 1000).await.expect("lease"));
+    assert!(!o.lease("webhooks", "n2", TS + 500, 1000).await.expect("lease"), "held by n1");
+    assert!(o.lease("webhooks", "n1", TS + 600, 1000).await.expect("renew"));
+    assert!(!o.lease("webhooks", "n2", TS + 1500, 1000).await.expect("lease"), "renewed until 1600");
+    assert!(o.lease("webhooks", "n2", TS + 1700, 1000).await.expect("expired: taken over"));
+}
+
+pub async fn check_system_dedupe(s: DynStore) {
+    s.create_group(new_group("g1", "owner", &["a"])).await.unwrap();
+    s.create_group(new_group("g2", "owner", &["a"])).await.unwrap();
+    let sys = |g: &str, key: Option<&str>| NewMessage {
+        conv_id: group_conv_id(g),
+        direct_members: None,
+        sender: None,
+        client_msg_id: key.map(str::to_owned),
+        body: system("announce"),
+        reply_to: None,
+        ts: TS,
+    };
+    let first = s.append(sys("g1", Some("k1"))).await.unwrap();
+    assert!(!first.duplicate);
+    assert_eq!((first.message.seq, first.message.client_msg_id.as_deref()), (2, Some("k1")));
+    let again = s.append(sys("g1", Some("k1"))).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.message, first.message);
+    // Unique among system messages across conversations, like a user's keys.
+    let elsewhere = s.append(sys("g2", Some("k1"))).await.unwrap();
+    assert!(elsewhere.duplicate && elsewhere.message.conv_id == group_conv_id("g1"));
+    // A user's key of the same text is another key; system messages without a key never clash.
+    let mut user = to_group("g1", "a", "hi");
+    user.client_msg_id = Some("k1".into());
+    assert!(!s.append(user).await.unwrap().duplicate);
+    assert!(!s.append(sys("g1", None)).await.unwrap().duplicate);
+    assert!(!s.append(sys("g1", None)).await.unwrap().duplicate);
+    assert_eq!(s.conversation(&group_conv_id("g1")).await.unwrap().unwrap().last_seq, 5);
+}
+
 pub async fn check_ver_increases(s: DynStore) {
     let conv = direct_conv_id("alice", "bob");
     let mut vers = Vec::new();
@@ -754,7 +1030,17 @@ mod embedded {
         check_create_group,
         check_change_members,
         check_ver_increases,
+        check_users,
+        check_group_update_roles_dismiss,
+        check_system_dedupe,
     );
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn check_outbox() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Arc::new(open(dir.path()));
+        super::check_outbox(store.clone(), store).await;
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn persistence_across_reopen() {
@@ -835,6 +1121,17 @@ mod embedded {
 
 /// Runs every generic check on a `MongoStore` over a fresh database (skipped without MongoDB).
 mod mongodb {
+    use std::sync::Arc;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn check_outbox() {
+        let Some(uri) = crate::store_mongo::test_uri() else { return };
+        let db = crate::store_mongo::fresh_db();
+        let metrics = Arc::new(confab_actors::metrics::Metrics::default());
+        let store = Arc::new(crate::store_mongo::open(&uri, &db, metrics).await);
+        super::check_outbox(store.clone(), store).await;
+    }
+
     macro_rules! conformance {
         ($($check:ident),* $(,)?) => {$(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -859,5 +1156,8 @@ mod mongodb {
         check_create_group,
         check_change_members,
         check_ver_increases,
+        check_users,
+        check_group_update_roles_dismiss,
+        check_system_dedupe,
     );
 }

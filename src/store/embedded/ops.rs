@@ -45,8 +45,10 @@ pub(super) fn append(txn: &WriteTransaction, m: NewMessage) -> StoreResult<Appen
     let mut messages = txn.open_table(MESSAGES).map_err(unavailable)?;
 
     // 1. De-duplicate: a re-send returns the stored message and writes nothing.
-    if let (Some(sender), Some(cmid)) = (&m.sender, &m.client_msg_id) {
-        let hit = dedupe.get((sender.as_str(), cmid.as_str())).map_err(unavailable)?;
+    // System messages (no sender) share the empty sender: user ids are never empty.
+    if let Some(cmid) = &m.client_msg_id {
+        let sender = m.sender.as_deref().unwrap_or("");
+        let hit = dedupe.get((sender, cmid.as_str())).map_err(unavailable)?;
         if let Some(guard) = hit {
             let (conv_id, seq) = guard.value();
             let stored: Option<Message> = get_json(&messages, (conv_id, seq))?;
@@ -117,8 +119,8 @@ pub(super) fn append(txn: &WriteTransaction, m: NewMessage) -> StoreResult<Appen
         ver,
     };
     put_json(&mut messages, (conv_id, seq), &message)?;
-    if let (Some(sender), Some(cmid)) = (&m.sender, &m.client_msg_id) {
-        dedupe.insert((sender.as_str(), cmid.as_str()), (conv_id, seq)).map_err(unavailable)?;
+    if let Some(cmid) = &m.client_msg_id {
+        dedupe.insert((m.sender.as_deref().unwrap_or(""), cmid.as_str()), (conv_id, seq)).map_err(unavailable)?;
     }
     conv.last_seq = seq;
     conv.ver = ver;
@@ -250,8 +252,7 @@ pub(super) fn create_group(txn: &WriteTransaction, g: NewGroup) -> StoreResult<(
         let state = UserConvState { active: true, ver, ..UserConvState::default() };
         put_row(&mut rows, &mut conv_users, user, &conv_id, &state)?;
     }
-    let group =
-        Group { id: g.id.clone(), name: g.name, owner: g.owner, created_at: g.ts, member_count: users.len() as u64 };
+    let group = Group::new(g.id.clone(), g.name, g.owner, g.ts, users.len() as u64);
     put_json(&mut groups, g.id.as_str(), &group)?;
     let message = Message {
         conv_id: conv_id.clone(),
@@ -280,6 +281,9 @@ pub(super) fn change_members(txn: &WriteTransaction, c: MemberChange) -> StoreRe
     let mut groups = txn.open_table(GROUPS).map_err(unavailable)?;
     let mut group: Group =
         get_json(&groups, c.group_id.as_str())?.ok_or_else(|| not_found(format!("group {}", c.group_id)))?;
+    if group.dismissed {
+        return Err(StoreError::Conflict(format!("group {} is dismissed", c.group_id)));
+    }
     let conv_id = group_conv_id(&c.group_id);
     let mut convs = txn.open_table(CONVS).map_err(unavailable)?;
     let mut conv: Conversation = get_json(&convs, conv_id.as_str())?

@@ -15,7 +15,8 @@ pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta")
 pub(super) const CONVS: TableDefinition<&str, &[u8]> = TableDefinition::new("conversations");
 /// `(conv_id, seq)` → `Message` (JSON). Ordered by `seq` within a conversation.
 pub(super) const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
-/// `(sender, client_msg_id)` → `(conv_id, seq)` of the stored message.
+/// `(sender, client_msg_id)` → `(conv_id, seq)` of the stored message (sender `""` for system
+/// messages sent with a key).
 pub(super) const DEDUPE: TableDefinition<(&str, &str), (&str, u64)> = TableDefinition::new("dedupe");
 /// `(user, conv_id)` → `UserConvState` (JSON). A prefix scan on `user` lists their conversations.
 pub(super) const USER_CONVS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("user_convs");
@@ -29,6 +30,9 @@ pub(super) const DELETIONS: TableDefinition<(&str, &str, u64), u64> = TableDefin
 pub(super) const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
 /// `(group_id, user)` → `Member` (JSON), active members only.
 pub(super) const MEMBERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("members");
+
+/// `user_id` → `User` (JSON).
+pub(super) const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 
 /// The key of the version counter in [`META`].
 pub(super) const VER_KEY: &str = "ver";

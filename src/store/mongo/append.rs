@@ -29,11 +29,18 @@ enum Plan {
     Create { members: Vec<String> },
 }
 
-/// The `(sender, client_msg_id)` idempotency key of an append, if it has one.
+/// The `(sender, client_msg_id)` idempotency key of an append, if it has one. System messages
+/// (no sender) have the sender `""` (user ids are never empty).
 pub(crate) fn dedupe_key(m: &NewMessage) -> Option<(String, String)> {
-    match (&m.sender, &m.client_msg_id) {
-        (Some(s), Some(c)) => Some((s.clone(), c.clone())),
-        _ => None,
+    m.client_msg_id.as_ref().map(|c| (m.sender.clone().unwrap_or_default(), c.clone()))
+}
+
+/// The filter that finds the message stored under a [`dedupe_key`].
+pub(crate) fn dedupe_filter(sender: &str, cmid: &str) -> Document {
+    if sender.is_empty() {
+        doc! { "system_key": cmid }
+    } else {
+        doc! { "sender": sender, "client_msg_id": cmid }
     }
 }
 
@@ -133,8 +140,7 @@ impl Tx<'_> {
             let Some(m) = append_of(ops[idx]) else { continue };
             if let Some((sender, cmid)) = dedupe_key(m) {
                 self.batch_keys.remove(&(sender.clone(), cmid.clone()));
-                let stored: Option<MessageDoc> =
-                    self.find_one(MESSAGES, doc! { "sender": &sender, "client_msg_id": &cmid }).await?;
+                let stored: Option<MessageDoc> = self.find_one(MESSAGES, dedupe_filter(&sender, &cmid)).await?;
                 if let Some(d) = stored {
                     let message = d.into_message().map_err(fatal)?;
                     answers[idx] = Some(Ok(Answer::Appended(Appended { message, duplicate: true })));
@@ -191,6 +197,7 @@ impl Tx<'_> {
                     },
                     ts: m.ts,
                     ver: i(vers[idx]).map_err(fatal)?,
+                    system_key: if m.sender.is_none() { m.client_msg_id.clone() } else { None },
                     recall_ver: None,
                 });
                 if let Some(s) = &m.sender {

@@ -37,6 +37,8 @@ pub(crate) struct Conn {
     /// Milliseconds after `epoch` until which MongoDB counts as unreachable (0: reachable).
     down_until_ms: AtomicU64,
     epoch: Instant,
+    /// Webhooks are on: write batches also insert their outbox events.
+    pub outbox: AtomicBool,
 }
 
 /// The write concern of every write: acknowledged by a majority of the replica set, journaled.
@@ -90,6 +92,7 @@ impl Conn {
             ready_lock: tokio::sync::Mutex::new(()),
             down_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),
+            outbox: AtomicBool::new(false),
         })
     }
 
@@ -156,7 +159,7 @@ impl Conn {
                 .map_err(|e| self.fail(&format!("creating the indexes of {name}"), &e))?;
         }
         // Collections used inside transactions must exist beforehand on older servers.
-        for name in [docs::CONVERSATIONS, docs::GROUPS, META] {
+        for name in [docs::CONVERSATIONS, docs::GROUPS, META, super::outbox::OUTBOX] {
             if let Err(e) = self.db.create_collection(name).await {
                 // It exists already (NamespaceExists, 48): created earlier or by another node.
                 if !matches!(*e.kind, ErrorKind::Command(ref c) if c.code == 48) {

@@ -19,6 +19,7 @@ pub(crate) const DELETIONS: &str = "deletions";
 pub(crate) const GROUPS: &str = "groups";
 pub(crate) const MEMBERS: &str = "members";
 pub(crate) const META: &str = "meta";
+pub(crate) const USERS: &str = "users";
 
 /// `_id` of the store-wide version counter in `meta`.
 pub(crate) const VER_ID: &str = "ver";
@@ -55,6 +56,9 @@ pub(crate) struct MessageDoc {
     pub reply_to: Option<ReplyDoc>,
     pub ts: i64,
     pub ver: i64,
+    /// A system message's `client_msg_id` (unique: system sends are idempotent too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_key: Option<String>,
     /// Set when the message was recalled: the `ver` of the recall (indexed for `changes`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recall_ver: Option<i64>,
@@ -86,6 +90,7 @@ impl MessageDoc {
             },
             ts: m.ts,
             ver: i(m.ver)?,
+            system_key: if m.sender.is_none() { m.client_msg_id.clone() } else { None },
             recall_ver: None,
         })
     }
@@ -150,7 +155,7 @@ impl ConvDoc {
 
 /// A flag: a BSON boolean, also accepted as the integers 0 and 1 (which some MongoDB-compatible
 /// servers store for booleans set with `$set`).
-fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+pub(crate) fn flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Flag {
@@ -229,27 +234,52 @@ pub(crate) struct GroupDoc {
     pub owner: String,
     pub created_at: i64,
     pub member_count: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<String>,
+    /// App-defined JSON object, as JSON text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ext: Option<String>,
+    #[serde(default, deserialize_with = "flag")]
+    pub dismissed: bool,
 }
 
 impl GroupDoc {
     pub fn from_group(g: &Group) -> StoreResult<GroupDoc> {
+        let ext = match &g.ext {
+            Some(e) => {
+                Some(serde_json::to_string(e).map_err(|e| StoreError::Unavailable(format!("cannot encode ext: {e}")))?)
+            }
+            None => None,
+        };
         Ok(GroupDoc {
             id: g.id.clone(),
             name: g.name.clone(),
             owner: g.owner.clone(),
             created_at: g.created_at,
             member_count: i(g.member_count)?,
+            avatar: g.avatar.clone(),
+            notice: g.notice.clone(),
+            ext,
+            dismissed: g.dismissed,
         })
     }
 
     pub fn into_group(self) -> StoreResult<Group> {
-        Ok(Group {
-            id: self.id,
-            name: self.name,
-            owner: self.owner,
-            created_at: self.created_at,
-            member_count: u(self.member_count)?,
-        })
+        let ext = match self.ext.as_deref() {
+            None => None,
+            Some(t) => Some(
+                serde_json::from_str(t)
+                    .map_err(|e| StoreError::Unavailable(format!("corrupt group {}: {e}", self.id)))?,
+            ),
+        };
+        let mut g = Group::new(self.id, self.name, self.owner, self.created_at, u(self.member_count)?);
+        g.avatar = self.avatar;
+        g.notice = self.notice;
+        g.ext = ext;
+        g.dismissed = self.dismissed;
+        Ok(g)
     }
 }
 
@@ -301,6 +331,8 @@ pub(crate) fn indexes() -> Vec<(&'static str, Vec<IndexModel>)> {
                     true,
                     Some(doc! { "sender": { "$exists": true }, "client_msg_id": { "$exists": true } }),
                 ),
+                // Idempotent system sends: a system message's key is unique.
+                index(doc! { "system_key": 1 }, "system_key", true, Some(doc! { "system_key": { "$exists": true } })),
                 // `changes`: recalls in a conversation after a version.
                 index(
                     doc! { "conv_id": 1, "recall_ver": 1 },
@@ -322,6 +354,15 @@ pub(crate) fn indexes() -> Vec<(&'static str, Vec<IndexModel>)> {
         ),
         (DELETIONS, vec![index(doc! { "user": 1, "conv_id": 1, "seq": 1 }, "user_conv_seq", true, None)]),
         (MEMBERS, vec![index(doc! { "group_id": 1, "user": 1 }, "group_user", true, None)]),
+        // Webhooks: an endpoint's pending deliveries in event order; the log by event.
+        (
+            super::outbox::DELIVERIES,
+            vec![
+                index(doc! { "endpoint": 1, "event_id": 1 }, "endpoint_event", true, None),
+                index(doc! { "endpoint": 1, "state": 1, "event_id": 1 }, "endpoint_state_event", false, None),
+                index(doc! { "event_id": 1, "endpoint": 1 }, "event_endpoint", false, None),
+            ],
+        ),
     ]
 }
 

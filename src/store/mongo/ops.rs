@@ -163,13 +163,7 @@ impl Tx<'_> {
             let row = RowDoc::new(user, &conv_id, &state).map_err(fatal)?.to_document().map_err(fatal)?;
             rows.push(stmt(doc! { "user": user, "conv_id": &conv_id }, row, true));
         }
-        let group = Group {
-            id: g.id.clone(),
-            name: g.name.clone(),
-            owner: g.owner.clone(),
-            created_at: g.ts,
-            member_count: users.len() as u64,
-        };
+        let group = Group::new(g.id.clone(), g.name.clone(), g.owner.clone(), g.ts, users.len() as u64);
         let message = Message {
             conv_id: conv_id.clone(),
             seq: 1,
@@ -194,13 +188,16 @@ impl Tx<'_> {
         self.insert(MESSAGES, &[MessageDoc::from_message(&message).map_err(fatal)?]).await?;
         self.insert(CONVERSATIONS, &[ConvDoc::from_conv(&conv).map_err(fatal)?]).await?;
         self.overlay.insert(conv_id, 1);
-        Ok(Ok(Answer::Created(group, message)))
+        Ok(Ok(Answer::Created(Box::new(group), message)))
     }
 
     pub async fn change_members(&mut self, c: &MemberChange, ver: u64) -> OpResult {
         let Some(group) = self.find_one::<GroupDoc>(GROUPS, doc! { "_id": &c.group_id }).await? else {
             return not_found(format!("group {}", c.group_id));
         };
+        if group.dismissed {
+            return Ok(Err(StoreError::Conflict(format!("group {} is dismissed", c.group_id))));
+        }
         let conv_id = group_conv_id(&c.group_id);
         let Some(conv) = self.find_one::<ConvDoc>(CONVERSATIONS, doc! { "_id": &conv_id }).await? else {
             return Ok(Err(StoreError::Unavailable(format!("group {} has no conversation", c.group_id))));

@@ -25,7 +25,10 @@ pub(crate) enum Answer {
     Message(Message),
     State(UserConvState),
     MaybeState(Option<UserConvState>),
-    Created(Group, Message),
+    /// The group is boxed to keep the enum small.
+    Created(Box<Group>, Message),
+    /// The id of a pushed outbox event.
+    EventId(u64),
 }
 
 /// Why an attempt did not commit. Nothing of it is written in any case.

@@ -20,11 +20,13 @@ use std::time::{Duration, Instant};
 
 use confab_actors::error::StoreError;
 use confab_actors::model::FlagsPatch;
-use confab_actors::store::{Appended, MemberChange, NewGroup, NewMessage, StoreResult};
+use confab_actors::store::{
+    Appended, GroupDismiss, GroupUpdate, MemberChange, NewGroup, NewMessage, RoleChange, StoreResult,
+};
 use mongodb::bson::{doc, Document};
 use tokio::sync::{mpsc, oneshot};
 
-use super::append::dedupe_key;
+use super::append::{dedupe_filter, dedupe_key};
 use super::conn::{is_unknown_commit, Conn, Reach};
 use super::docs::{u, ConvDoc, MessageDoc, CONVERSATIONS, MESSAGES};
 use super::reads;
@@ -51,6 +53,11 @@ pub(crate) enum Op {
     Delete { user: String, conv_id: String, seqs: Vec<u64> },
     CreateGroup(NewGroup),
     ChangeMembers(MemberChange),
+    UpdateGroup(GroupUpdate),
+    SetRoles(RoleChange),
+    DismissGroup(GroupDismiss),
+    // An outbox event with no store change of its own (presence); `outbox::record` gives its id.
+    PushEvent(confab_actors::outbox::NewEvent),
 }
 
 pub(crate) struct Job {
@@ -269,6 +276,9 @@ fn conv_ids(ops: &[&Op]) -> Vec<String> {
             Op::Append(m) => Some(m.conv_id.clone()),
             Op::CreateGroup(g) => Some(confab_actors::model::group_conv_id(&g.id)),
             Op::ChangeMembers(c) => Some(confab_actors::model::group_conv_id(&c.group_id)),
+            Op::UpdateGroup(c) => Some(confab_actors::model::group_conv_id(&c.group_id)),
+            Op::SetRoles(c) => Some(confab_actors::model::group_conv_id(&c.group_id)),
+            Op::DismissGroup(c) => Some(confab_actors::model::group_conv_id(&c.group_id)),
             _ => None,
         })
         .collect()
@@ -345,10 +355,16 @@ async fn attempt_once(
                 Op::Delete { user, conv_id, seqs } => tx.delete_for_user(user, conv_id, seqs, ver).await?,
                 Op::CreateGroup(g) => tx.create_group(g, ver).await?,
                 Op::ChangeMembers(c) => tx.change_members(c, ver).await?,
+                Op::UpdateGroup(c) => tx.update_group(c, ver).await?,
+                Op::SetRoles(c) => tx.set_roles(c, ver).await?,
+                Op::DismissGroup(c) => tx.dismiss_group(c, ver).await?,
+                Op::PushEvent(_) => Ok(Answer::EventId(0)),
             };
             answers[idx] = Some(answer);
         }
-        tx.flush(&pending, ops, &vers, &mut answers).await
+        tx.flush(&pending, ops, &vers, &mut answers).await?;
+        // Webhooks: the batch's events, in the same transaction (nothing when they are off).
+        super::outbox::record(&mut tx, ops, &mut answers, &vers).await
     }
     .await;
     if let Err(e) = result {
@@ -395,7 +411,7 @@ async fn settle_duplicates(
     for (idx, op) in ops.iter().enumerate() {
         if let (None, Op::Append(m)) = (&settled[idx], op) {
             if let Some((s, c)) = dedupe_key(m) {
-                wanted.push(doc! { "sender": s, "client_msg_id": c });
+                wanted.push(dedupe_filter(&s, &c));
             }
         }
     }
@@ -406,8 +422,8 @@ async fn settle_duplicates(
     let mut stored: HashMap<(String, String), confab_actors::model::Message> = HashMap::new();
     for d in docs {
         let m = d.into_message()?;
-        if let (Some(s), Some(c)) = (&m.sender, &m.client_msg_id) {
-            stored.insert((s.clone(), c.clone()), m);
+        if let Some(c) = &m.client_msg_id {
+            stored.insert((m.sender.clone().unwrap_or_default(), c.clone()), m);
         }
     }
     let mut found = 0;

@@ -1,0 +1,62 @@
+//! The seam between the actors and a cluster transport.
+//!
+//! The actors know nothing of Redis: when a node runs in a cluster, the `confab` crate gives the
+//! [`Core`](crate::engine::Core) an implementation of [`Cluster`] that resolves which nodes hold
+//! the recipients' sessions and publishes one batch per node. Frames that arrive from other nodes
+//! come back in through [`Engine::deliver_from_peer`](crate::engine::Engine::deliver_from_peer).
+//!
+//! Every method here is fire-and-forget and must never block the caller (an actor): the
+//! transport queues work on a bounded queue and drops it when full (counting the drop). Nothing
+//! is lost when a cross-node delivery is dropped: the message is stored before it is fanned out,
+//! and the recipients' clients recover it with sync.
+
+use std::sync::Arc;
+
+use bytestring::ByteString;
+
+/// Frames for users whose sessions may be on other nodes.
+#[derive(Debug, Clone)]
+pub struct PeerDelivery {
+    /// For a conversation's message event (and the frames that go with it): the conversation
+    /// and the message's `seq`. The receiving node hands it to its conversation actor, which
+    /// releases it to local sessions in `seq` order, merged with the messages stored there.
+    /// `None` for frames without an order (read receipts, recalls, flags).
+    pub ordered: Option<(Arc<str>, u64)>,
+    /// The recipients (at most one fan-out chunk of them).
+    pub users: Vec<Arc<str>>,
+    /// The frames, written to each recipient's sessions in this order.
+    pub frames: Vec<ByteString>,
+    /// The message changed the conversation's membership or roles: receiving nodes reload the
+    /// membership before releasing any later message of the conversation.
+    pub membership_changed: bool,
+}
+
+/// Something every node must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerCommand {
+    /// Close every session of this user: it was disabled (`disabled`), or its tokens were
+    /// revoked.
+    CloseUser { user: String, disabled: bool },
+    /// A group's membership or roles changed: a node with an actor for the conversation reloads
+    /// them (its next message is checked against the new membership).
+    MembershipChanged { conv_id: String },
+}
+
+/// A cluster transport. Implemented by the `confab` crate on Redis.
+pub trait Cluster: Send + Sync + 'static {
+    /// This node's id.
+    fn node_id(&self) -> &str;
+
+    /// Sends frames to the recipients' sessions on other nodes (never to this node: the caller
+    /// delivers locally itself). Never blocks.
+    fn deliver(&self, d: PeerDelivery);
+
+    /// Runs a command on every other node. Never blocks.
+    fn broadcast(&self, c: PeerCommand);
+
+    /// A device connected to this node.
+    fn session_opened(&self, user: &Arc<str>, device: &Arc<str>, conn_id: u64);
+
+    /// A device of this node disconnected.
+    fn session_closed(&self, user: &Arc<str>, device: &Arc<str>, conn_id: u64);
+}

@@ -1,0 +1,142 @@
+//! Webhooks for operators: the delivery log and replays (scope `webhooks`, docs/webhooks.md).
+
+use std::sync::Arc;
+
+use actix_web::{web, HttpRequest};
+use serde::{Deserialize, Serialize};
+
+use confab_actors::error::{Error, ErrorCode};
+use confab_actors::outbox::{Delivery, DeliveryQuery, DeliveryState, Outbox, OutboxEvent, Replay};
+
+use super::{ok, query, resource, ApiResult, ErrorBody, Scope, Signed};
+use crate::http::AppState;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/webhooks/deliveries").route(web::get().to(deliveries)))
+        .service(resource("/webhooks/events/{id}").route(web::get().to(event)))
+        .service(resource("/webhooks/replay").route(web::post().to(replay)));
+}
+
+fn outbox(state: &AppState) -> Result<Arc<dyn Outbox>, Error> {
+    state.api.outbox.get().cloned().ok_or_else(|| Error::new(ErrorCode::Unavailable, "the outbox is not ready"))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveriesQuery {
+    /// Only this endpoint (its configured `name`).
+    #[serde(default)]
+    endpoint: Option<String>,
+    /// `pending`, `delivered` or `failed`.
+    #[serde(default)]
+    state: Option<DeliveryState>,
+    /// Only events with a greater id (paging).
+    #[serde(default)]
+    after_id: Option<u64>,
+    /// 1 to 100 (default 50).
+    #[serde(default)]
+    limit: Option<usize>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DeliveriesRes {
+    /// By event id, then endpoint.
+    deliveries: Vec<Delivery>,
+}
+
+/// The delivery log: deliveries with their state and attempts.
+#[utoipa::path(get, path = "/api/v1/webhooks/deliveries", tag = "webhooks",
+    params(DeliveriesQuery),
+    responses(
+        (status = 200, body = DeliveriesRes),
+        (status = 400, description = "invalid_request", body = ErrorBody),
+        (status = 401, description = "unauthorized, timestamp_out_of_range, signature_invalid, nonce_replayed", body = ErrorBody),
+        (status = 403, description = "scope_missing", body = ErrorBody)
+    ),
+    security(("confab_signature" = ["webhooks"])))]
+async fn deliveries(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
+    Signed::read(&req, payload, &state, Scope::Webhooks).await?;
+    let q: DeliveriesQuery = query(&req)?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=100).contains(&limit) {
+        return Err(Error::invalid("limit must be 1 to 100").into());
+    }
+    let dq = DeliveryQuery { endpoint: q.endpoint, state: q.state, after_id: q.after_id.unwrap_or(0), limit };
+    let deliveries = outbox(&state)?.deliveries(&dq).await.map_err(Error::from)?;
+    ok(&DeliveriesRes { deliveries })
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct EventRes {
+    event: OutboxEvent,
+    /// One per endpoint the event was queued for.
+    deliveries: Vec<Delivery>,
+}
+
+/// One event and its deliveries.
+#[utoipa::path(get, path = "/api/v1/webhooks/events/{id}", tag = "webhooks",
+    params(("id" = u64, Path, description = "The event id")),
+    responses(
+        (status = 200, body = EventRes),
+        (status = 401, description = "unauthorized, timestamp_out_of_range, signature_invalid, nonce_replayed", body = ErrorBody),
+        (status = 403, description = "scope_missing", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody)
+    ),
+    security(("confab_signature" = ["webhooks"])))]
+async fn event(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
+    Signed::read(&req, payload, &state, Scope::Webhooks).await?;
+    let id: u64 = req
+        .match_info()
+        .get("id")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| Error::invalid("the event id must be a number"))?;
+    let outbox = outbox(&state)?;
+    let event = outbox.event(id).await.map_err(Error::from)?.ok_or_else(|| Error::not_found("no such event"))?;
+    let deliveries = outbox.event_deliveries(id).await.map_err(Error::from)?;
+    ok(&EventRes { event, deliveries })
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayReq {
+    /// Only this endpoint; default all.
+    #[serde(default)]
+    endpoint: Option<String>,
+    /// First event id (inclusive); default 1.
+    #[serde(default)]
+    from_id: Option<u64>,
+    /// Last event id (inclusive); default the last one.
+    #[serde(default)]
+    to_id: Option<u64>,
+    /// Only deliveries in state `failed` (default false: delivered ones are sent again too).
+    #[serde(default)]
+    only_failed: bool,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ReplayRes {
+    /// Deliveries put back to `pending`.
+    requeued: u64,
+}
+
+/// Queues deliveries again (by id range, or the failed ones); receivers de-duplicate by event id.
+#[utoipa::path(post, path = "/api/v1/webhooks/replay", tag = "webhooks",
+    request_body = ReplayReq,
+    responses(
+        (status = 200, body = ReplayRes),
+        (status = 400, description = "invalid_request", body = ErrorBody),
+        (status = 401, description = "unauthorized, timestamp_out_of_range, signature_invalid, nonce_replayed", body = ErrorBody),
+        (status = 403, description = "scope_missing", body = ErrorBody)
+    ),
+    security(("confab_signature" = ["webhooks"])))]
+async fn replay(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
+    let signed = Signed::read(&req, payload, &state, Scope::Webhooks).await?;
+    let r: ReplayReq = signed.json()?;
+    let (from_id, to_id) = (r.from_id.unwrap_or(1), r.to_id.unwrap_or(u64::MAX));
+    if from_id > to_id {
+        return Err(Error::invalid("from_id must not be greater than to_id").into());
+    }
+    let replay = Replay { endpoint: r.endpoint, from_id, to_id, only_failed: r.only_failed };
+    let requeued = outbox(&state)?.replay(&replay).await.map_err(Error::from)?;
+    ok(&ReplayRes { requeued })
+}

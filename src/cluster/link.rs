@@ -1,0 +1,65 @@
+//! The cluster layer as the actors see it: [`Link`] implements
+//! [`confab_actors::cluster::Cluster`] on [`Cluster`], and [`dispatch`] hands what other nodes
+//! send to the [`Engine`].
+
+use std::sync::Arc;
+
+use confab_actors::cluster::{self as seam, PeerCommand, PeerDelivery};
+use confab_actors::engine::Engine;
+
+use super::{Batch, Broadcast, Cluster, Incoming};
+
+/// This node's cluster transport, for the actors.
+pub struct Link {
+    cluster: Cluster,
+}
+
+impl Link {
+    pub fn new(cluster: Cluster) -> Link {
+        Link { cluster }
+    }
+}
+
+impl seam::Cluster for Link {
+    fn node_id(&self) -> &str {
+        self.cluster.node_id()
+    }
+
+    fn deliver(&self, d: PeerDelivery) {
+        let PeerDelivery { ordered, users, frames, membership_changed } = d;
+        self.cluster.deliver(Batch { from: String::new(), frames, users, skip: None, ordered, membership_changed });
+    }
+
+    fn broadcast(&self, c: PeerCommand) {
+        let event = match c {
+            PeerCommand::CloseUser { user, disabled } => Broadcast::CloseUser { user, disabled },
+            PeerCommand::MembershipChanged { conv_id } => Broadcast::MembershipChanged { conv_id },
+        };
+        self.cluster.announce(event);
+    }
+
+    fn session_opened(&self, user: &Arc<str>, device: &Arc<str>, conn_id: u64) {
+        self.cluster.register(user, device, conn_id);
+    }
+
+    fn session_closed(&self, user: &Arc<str>, _device: &Arc<str>, conn_id: u64) {
+        self.cluster.unregister(user, conn_id);
+    }
+}
+
+/// Hands one thing another node sent to the engine.
+pub fn dispatch(engine: &Engine, incoming: Incoming) {
+    match incoming {
+        Incoming::Batch(b) => engine.deliver_from_peer(PeerDelivery {
+            ordered: b.ordered,
+            users: b.users,
+            frames: b.frames,
+            membership_changed: b.membership_changed,
+        }),
+        Incoming::Broadcast { event, from } => match event {
+            Broadcast::CloseUser { user, disabled } => engine.peer_command(PeerCommand::CloseUser { user, disabled }),
+            Broadcast::MembershipChanged { conv_id } => engine.peer_command(PeerCommand::MembershipChanged { conv_id }),
+            Broadcast::Unknown => tracing::debug!(%from, "ignored a cluster event this version does not know"),
+        },
+    }
+}

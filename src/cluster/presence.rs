@@ -1,0 +1,380 @@
+//! Presence: which devices of which users are connected to which node, in Redis.
+//!
+//! # Keys
+//!
+//! | key | type | content |
+//! |---|---|---|
+//! | `confab:presence:<user>` | hash | field `<node_id>/<conn_id>`, value: the device id; one field per connection |
+//! | `confab:alive:<node_id>` | string, expires after `node_ttl_ms` | the node's liveness key, set every `heartbeat_ms` |
+//! | `confab:nodes` | set | node ids that have heartbeated (dead ones are removed lazily) |
+//!
+//! A field per connection (not per device) means a device reconnecting to another node while its
+//! old connection is still being closed never loses its new entry to the old one's removal.
+//!
+//! # Writes
+//!
+//! [`Cluster::register`](super::Cluster::register) and `unregister` update this node's own table
+//! at once and queue the Redis write for one writer task, which sends everything queued as one
+//! pipeline (in order, so a connection's removal never overtakes its registration). While Redis is
+//! down the writes are not attempted; the node remembers that Redis is behind and re-asserts its
+//! whole table (and the removals Redis missed) once Redis answers again.
+//!
+//! # Liveness
+//!
+//! The heartbeat sets `confab:alive:<node>` with `SET … PX node_ttl_ms GET` and adds the node to
+//! `confab:nodes`. When the old value was missing (Redis restarted empty, or this node's key expired
+//! during an outage and other nodes may have cleaned its entries), or when the node had to be
+//! re-added to `confab:nodes`, it re-asserts its table, then once more at the next heartbeat (to
+//! win against a cleanup that was in flight).
+//!
+//! # Lookups
+//!
+//! [`Cluster::locate`](super::Cluster::locate) reads the liveness keys of the known nodes and the
+//! presence hash of every user of the chunk in ONE pipelined round trip, and keeps only entries of
+//! live nodes: a node that stops heartbeating drops out of every answer within `node_ttl_ms`. (A
+//! second, small round trip is needed only for entries of a node that joined since the last
+//! heartbeat.) Entries of dead nodes are deleted in the background.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use redis::Value;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::{ClusterError, Inner};
+
+/// The set of nodes that have heartbeated.
+pub const NODES_KEY: &str = "confab:nodes";
+
+/// The presence hash of a user.
+pub fn presence_key(user: &str) -> String {
+    format!("confab:presence:{user}")
+}
+
+/// The liveness key of a node.
+pub fn alive_key(node: &str) -> String {
+    format!("confab:alive:{node}")
+}
+
+fn field(node: &str, conn_id: u64) -> String {
+    format!("{node}/{conn_id}")
+}
+
+/// Most queued presence writes; beyond, a write is dropped and the table re-asserted later.
+pub(crate) const WRITE_QUEUE: usize = 65_536;
+/// Most writes sent in one pipeline.
+const WRITE_BATCH: usize = 1024;
+/// Most removals remembered while Redis is unreachable (beyond, an entry of a closed connection may
+/// linger: it points to this live node, which then receives batches for nobody, harmlessly).
+const MAX_TOMBSTONES: usize = 100_000;
+
+/// Where a chunk of users is connected: node id -> the users with at least one connection there.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Located {
+    pub nodes: BTreeMap<String, Vec<Arc<str>>>,
+}
+
+impl Located {
+    /// The nodes other than `me`, with their users.
+    pub fn remote<'a>(&'a self, me: &'a str) -> impl Iterator<Item = (&'a str, &'a [Arc<str>])> + 'a {
+        self.nodes.iter().filter(move |(n, _)| n.as_str() != me).map(|(n, u)| (n.as_str(), u.as_slice()))
+    }
+}
+
+/// This node's connections, as Redis should see them.
+#[derive(Default)]
+pub(crate) struct Table {
+    /// conn_id -> (user, device).
+    conns: HashMap<u64, (Arc<str>, Arc<str>)>,
+    /// Removals that may not have reached Redis: conn_id -> user.
+    tombstones: HashMap<u64, Arc<str>>,
+}
+
+impl Table {
+    pub(crate) fn insert(&mut self, user: Arc<str>, device: Arc<str>, conn_id: u64) {
+        self.tombstones.remove(&conn_id);
+        self.conns.insert(conn_id, (user, device));
+    }
+
+    pub(crate) fn remove(&mut self, conn_id: u64) {
+        self.conns.remove(&conn_id);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.conns.len()
+    }
+}
+
+pub(crate) enum Op {
+    Register {
+        user: Arc<str>,
+        device: Arc<str>,
+        conn_id: u64,
+    },
+    Unregister {
+        user: Arc<str>,
+        conn_id: u64,
+    },
+    /// Re-assert the whole table (after an outage or a Redis restart).
+    Reassert,
+    /// Answers once every write queued before it was attempted.
+    Flush(oneshot::Sender<Result<(), ClusterError>>),
+    /// Removes this node's entries and liveness key (graceful shutdown).
+    Withdraw(oneshot::Sender<()>),
+}
+
+/// Applies queued presence writes, in order, as pipelines.
+pub(crate) async fn writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<Op>) {
+    let mut ops = Vec::with_capacity(WRITE_BATCH);
+    while rx.recv_many(&mut ops, WRITE_BATCH).await > 0 {
+        let mut pipe = redis::pipe();
+        let mut removed = Vec::new();
+        let mut waiting = Vec::new();
+        for op in ops.drain(..) {
+            match op {
+                Op::Register { user, device, conn_id } => {
+                    pipe.hset(presence_key(&user), field(&inner.node_id, conn_id), &*device).ignore();
+                }
+                Op::Unregister { user, conn_id } => {
+                    pipe.hdel(presence_key(&user), field(&inner.node_id, conn_id)).ignore();
+                    removed.push((conn_id, user));
+                }
+                Op::Reassert => {
+                    if let Err(e) = reassert(&inner).await {
+                        tracing::debug!(error = %e, "re-asserting presence failed; will retry");
+                    }
+                }
+                Op::Flush(tx) => waiting.push(tx),
+                Op::Withdraw(tx) => {
+                    withdraw(&inner).await;
+                    let _ = tx.send(());
+                }
+            }
+        }
+        let result = if pipe.cmd_iter().next().is_none() {
+            match inner.presence_behind.load(Relaxed) {
+                true => Err(ClusterError::Unavailable("earlier presence writes did not reach redis yet".into())),
+                false => Ok(()),
+            }
+        } else {
+            inner.metrics.presence_writes.fetch_add(pipe.cmd_iter().count() as u64, Relaxed);
+            inner.redis.pipe::<()>(&pipe).await
+        };
+        if result.is_err() {
+            // Redis may have missed these: remember to re-assert, and which removals to repeat.
+            inner.presence_behind.store(true, Relaxed);
+            let mut t = inner.table.lock().unwrap_or_else(|p| p.into_inner());
+            for (conn_id, user) in removed {
+                if t.tombstones.len() < MAX_TOMBSTONES && !t.conns.contains_key(&conn_id) {
+                    t.tombstones.insert(conn_id, user);
+                }
+            }
+        }
+        for tx in waiting {
+            let _ = tx.send(result.clone());
+        }
+    }
+}
+
+/// Writes this node's whole table (and the removals Redis may have missed) to Redis.
+async fn reassert(inner: &Inner) -> Result<(), ClusterError> {
+    let (conns, tombstones): (Vec<_>, Vec<_>) = {
+        let t = inner.table.lock().unwrap_or_else(|p| p.into_inner());
+        (
+            t.conns.iter().map(|(c, (u, d))| (*c, u.clone(), d.clone())).collect(),
+            t.tombstones.iter().map(|(c, u)| (*c, u.clone())).collect(),
+        )
+    };
+    inner.presence_behind.store(false, Relaxed);
+    let node = &inner.node_id;
+    let result = async {
+        for chunk in tombstones.chunks(WRITE_BATCH) {
+            let mut pipe = redis::pipe();
+            for (conn_id, user) in chunk {
+                pipe.hdel(presence_key(user), field(node, *conn_id)).ignore();
+            }
+            inner.redis.pipe::<()>(&pipe).await?;
+        }
+        for chunk in conns.chunks(WRITE_BATCH) {
+            let mut pipe = redis::pipe();
+            for (conn_id, user, device) in chunk {
+                pipe.hset(presence_key(user), field(node, *conn_id), &**device).ignore();
+            }
+            inner.redis.pipe::<()>(&pipe).await?;
+        }
+        Ok(())
+    }
+    .await;
+    match &result {
+        Ok(()) => {
+            let mut t = inner.table.lock().unwrap_or_else(|p| p.into_inner());
+            for (conn_id, _) in &tombstones {
+                t.tombstones.remove(conn_id);
+            }
+            inner.metrics.presence_reasserts.fetch_add(1, Relaxed);
+            tracing::info!(node = %node, entries = conns.len(), "presence re-asserted in redis");
+        }
+        Err(_) => inner.presence_behind.store(true, Relaxed),
+    }
+    result
+}
+
+/// Best effort: deletes this node's entries and liveness key so other nodes stop routing here
+/// at once instead of after `node_ttl_ms`.
+async fn withdraw(inner: &Inner) {
+    let conns: Vec<_> = {
+        let t = inner.table.lock().unwrap_or_else(|p| p.into_inner());
+        t.conns.iter().map(|(c, (u, _))| (*c, u.clone())).collect()
+    };
+    let node = &inner.node_id;
+    let mut pipe = redis::pipe();
+    pipe.del(alive_key(node)).ignore().srem(NODES_KEY, node).ignore();
+    for (conn_id, user) in &conns {
+        pipe.hdel(presence_key(user), field(node, *conn_id)).ignore();
+    }
+    if let Err(e) = inner.redis.pipe::<()>(&pipe).await {
+        tracing::debug!(error = %e, "could not withdraw this node's presence; it expires by itself");
+    }
+}
+
+/// Refreshes the liveness key every `heartbeat_ms` and re-asserts presence when Redis needs it.
+pub(crate) async fn heartbeat(inner: Arc<Inner>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(inner.heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ttl_ms = u64::try_from(inner.node_ttl.as_millis()).unwrap_or(u64::MAX);
+    let mut again = false;
+    let mut seen_outages = inner.redis.outages();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET").arg(alive_key(&inner.node_id)).arg(&*inner.boot).arg("PX").arg(ttl_ms).arg("GET");
+        pipe.sadd(NODES_KEY, &inner.node_id).smembers(NODES_KEY);
+        let (previous, added, nodes): (Option<String>, u32, Vec<String>) = match inner.redis.probe(&pipe).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "heartbeat failed");
+                continue;
+            }
+        };
+        *inner.known_nodes.write().unwrap_or_else(|p| p.into_inner()) = nodes;
+        let outages = inner.redis.outages();
+        let lost = previous.is_none() || added == 1;
+        let needed = lost || again || inner.presence_behind.load(Relaxed) || outages != seen_outages;
+        seen_outages = outages;
+        again = lost;
+        if needed {
+            if lost && previous.is_none() {
+                tracing::info!(node = %inner.node_id, "this node's liveness key was missing in redis");
+            }
+            if inner.writes.try_send(Op::Reassert).is_err() {
+                inner.presence_behind.store(true, Relaxed);
+            }
+        }
+    }
+}
+
+/// Parses `MGET` of liveness keys into the set of live nodes among `nodes`.
+fn live_among(nodes: &[String], v: Value) -> Result<HashSet<String>, ClusterError> {
+    let alive: Vec<Option<String>> = redis::from_redis_value(v).map_err(|e| ClusterError::Redis(e.to_string()))?;
+    Ok(nodes.iter().zip(alive).filter(|(_, a)| a.is_some()).map(|(n, _)| n.clone()).collect())
+}
+
+/// See [`Cluster::locate`](super::Cluster::locate).
+pub(crate) async fn locate(inner: Arc<Inner>, users: Vec<Arc<str>>) -> Result<Located, ClusterError> {
+    let known: Vec<String> = inner.known_nodes.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut pipe = redis::pipe();
+    if !known.is_empty() {
+        pipe.mget(known.iter().map(|n| alive_key(n)).collect::<Vec<_>>());
+    }
+    for u in &users {
+        pipe.hgetall(presence_key(u));
+    }
+    if users.is_empty() {
+        return Ok(Located::default());
+    }
+    inner.metrics.locates.fetch_add(1, Relaxed);
+    let mut replies: std::vec::IntoIter<Value> = inner.redis.pipe::<Vec<Value>>(&pipe).await?.into_iter();
+    let mut live = match known.is_empty() {
+        true => HashSet::new(),
+        false => live_among(&known, replies.next().unwrap_or(Value::Nil))?,
+    };
+    live.insert(inner.node_id.clone());
+    // (user, node, field) of every entry.
+    let mut entries: Vec<(Arc<str>, String, String)> = Vec::new();
+    for (u, v) in users.iter().zip(replies) {
+        let h: HashMap<String, String> = redis::from_redis_value(v).map_err(|e| ClusterError::Redis(e.to_string()))?;
+        for f in h.into_keys() {
+            if let Some((node, _conn)) = f.rsplit_once('/') {
+                entries.push((u.clone(), node.to_owned(), f));
+            }
+        }
+    }
+    let known_set: HashSet<&str> = known.iter().map(String::as_str).collect();
+    let unknown: Vec<String> = entries
+        .iter()
+        .map(|(_, n, _)| n)
+        .filter(|n| !known_set.contains(n.as_str()) && !live.contains(*n))
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .cloned()
+        .collect();
+    if !unknown.is_empty() {
+        // Nodes that joined since the last heartbeat (or long-dead ones): one more round trip.
+        let mut p = redis::pipe();
+        p.mget(unknown.iter().map(|n| alive_key(n)).collect::<Vec<_>>());
+        let (v,): (Value,) = inner.redis.pipe(&p).await?;
+        let newly = live_among(&unknown, v)?;
+        if !newly.is_empty() {
+            let mut k = inner.known_nodes.write().unwrap_or_else(|p| p.into_inner());
+            let add: Vec<String> = newly.iter().filter(|n| !k.contains(n)).cloned().collect();
+            k.extend(add);
+        }
+        live.extend(newly);
+    }
+    let mut located = Located::default();
+    let mut dead: Vec<(Arc<str>, String)> = Vec::new();
+    let mut dead_nodes: HashSet<String> = HashSet::new();
+    for (user, node, f) in entries {
+        if live.contains(&node) {
+            let list = located.nodes.entry(node).or_default();
+            if list.last() != Some(&user) {
+                list.push(user);
+            }
+        } else {
+            dead.push((user, f));
+            dead_nodes.insert(node);
+        }
+    }
+    if !dead.is_empty() {
+        cleanup(inner, dead, dead_nodes);
+    }
+    Ok(located)
+}
+
+/// Deletes entries of dead nodes in the background (lazy cleanup).
+fn cleanup(inner: Arc<Inner>, dead: Vec<(Arc<str>, String)>, nodes: HashSet<String>) {
+    {
+        let mut k = inner.known_nodes.write().unwrap_or_else(|p| p.into_inner());
+        k.retain(|n| !nodes.contains(n));
+    }
+    tokio::spawn(async move {
+        let mut pipe = redis::pipe();
+        for (user, f) in &dead {
+            pipe.hdel(presence_key(user), f).ignore();
+        }
+        for n in &nodes {
+            pipe.srem(NODES_KEY, n).ignore();
+        }
+        if inner.redis.pipe::<()>(&pipe).await.is_ok() {
+            inner.metrics.presence_cleaned.fetch_add(dead.len() as u64, Relaxed);
+            tracing::debug!(entries = dead.len(), nodes = ?nodes, "removed presence entries of dead nodes");
+        }
+    });
+}

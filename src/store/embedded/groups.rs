@@ -1,0 +1,124 @@
+//! Group changes other than membership: profile updates, roles, dismissal. Like every write
+//! operation, each checks everything that can fail with a domain error before its first write.
+
+use confab_actors::error::StoreError;
+use confab_actors::model::{group_conv_id, Body, Conversation, Group, Member, Message, Role, UserConvState};
+use confab_actors::store::{GroupDismiss, GroupUpdate, RoleChange, StoreResult};
+use redb::{ReadableTable, WriteTransaction};
+
+use super::tables::{
+    decode, get_json, next_ver, not_found, put_json, unavailable, CONVS, GROUPS, MEMBERS, MESSAGES, META, USER_CONVS,
+};
+
+/// The group (not dismissed) and its conversation, or the domain error.
+fn load(txn: &WriteTransaction, group_id: &str) -> StoreResult<(Group, Conversation)> {
+    let groups = txn.open_table(GROUPS).map_err(unavailable)?;
+    let group: Group = get_json(&groups, group_id)?.ok_or_else(|| not_found(format!("group {group_id}")))?;
+    if group.dismissed {
+        return Err(StoreError::Conflict(format!("group {group_id} is dismissed")));
+    }
+    let convs = txn.open_table(CONVS).map_err(unavailable)?;
+    let conv: Conversation = get_json(&convs, group_conv_id(group_id).as_str())?
+        .ok_or_else(|| StoreError::Unavailable(format!("group {group_id} has no conversation")))?;
+    Ok((group, conv))
+}
+
+/// Appends the system message at the next seq and saves the conversation and the group.
+fn finish(
+    txn: &WriteTransaction,
+    group: Group,
+    mut conv: Conversation,
+    body: Body,
+    ts: i64,
+    ver: u64,
+) -> StoreResult<(Group, Message)> {
+    let seq = conv.last_seq + 1;
+    let message = Message {
+        conv_id: conv.conv_id.clone(),
+        seq,
+        sender: None,
+        client_msg_id: None,
+        body,
+        reply_to: None,
+        ts,
+        ver,
+    };
+    let mut messages = txn.open_table(MESSAGES).map_err(unavailable)?;
+    put_json(&mut messages, (conv.conv_id.as_str(), seq), &message)?;
+    conv.last_seq = seq;
+    conv.ver = ver;
+    let mut convs = txn.open_table(CONVS).map_err(unavailable)?;
+    put_json(&mut convs, conv.conv_id.as_str(), &conv)?;
+    let mut groups = txn.open_table(GROUPS).map_err(unavailable)?;
+    put_json(&mut groups, group.id.as_str(), &group)?;
+    Ok((group, message))
+}
+
+pub(super) fn update_group(txn: &WriteTransaction, u: GroupUpdate) -> StoreResult<(Group, Message)> {
+    let (mut group, conv) = load(txn, &u.group_id)?;
+    let mut meta = txn.open_table(META).map_err(unavailable)?;
+    let ver = next_ver(&mut meta)?;
+    u.patch.apply(&mut group);
+    finish(txn, group, conv, u.system_body, u.ts, ver)
+}
+
+pub(super) fn set_roles(txn: &WriteTransaction, c: RoleChange) -> StoreResult<(Group, Message)> {
+    let (mut group, conv) = load(txn, &c.group_id)?;
+    let gid = c.group_id.as_str();
+    let mut members = txn.open_table(MEMBERS).map_err(unavailable)?;
+    let mut changed: Vec<Member> = Vec::with_capacity(c.roles.len());
+    for (user, role) in &c.roles {
+        let mut m: Member = match changed.iter().position(|m| m.user_id == *user) {
+            Some(i) => changed.remove(i),
+            None => get_json(&members, (gid, user.as_str()))?
+                .ok_or_else(|| not_found(format!("{user} is not a member of group {gid}")))?,
+        };
+        m.role = *role;
+        if *role == Role::Owner {
+            group.owner = user.clone();
+        }
+        changed.push(m);
+    }
+    let mut meta = txn.open_table(META).map_err(unavailable)?;
+    let ver = next_ver(&mut meta)?;
+    for m in &changed {
+        put_json(&mut members, (gid, m.user_id.as_str()), m)?;
+    }
+    drop(members);
+    finish(txn, group, conv, c.system_body, c.ts, ver)
+}
+
+pub(super) fn dismiss_group(txn: &WriteTransaction, d: GroupDismiss) -> StoreResult<(Group, Message)> {
+    let (mut group, conv) = load(txn, &d.group_id)?;
+    let gid = d.group_id.as_str();
+    let conv_key = conv.conv_id.clone();
+    let mut meta = txn.open_table(META).map_err(unavailable)?;
+    let ver = next_ver(&mut meta)?;
+    let mut members = txn.open_table(MEMBERS).map_err(unavailable)?;
+    let mut users: Vec<String> = Vec::new();
+    for item in members.range((gid, "")..).map_err(unavailable)? {
+        let (k, v) = item.map_err(unavailable)?;
+        if k.value().0 != gid {
+            break;
+        }
+        let m: Member = decode(v.value())?;
+        users.push(m.user_id);
+    }
+    let mut rows = txn.open_table(USER_CONVS).map_err(unavailable)?;
+    for user in &users {
+        members.remove((gid, user.as_str())).map_err(unavailable)?;
+        let row: Option<UserConvState> = get_json(&rows, (user.as_str(), conv_key.as_str()))?;
+        if let Some(mut state) = row {
+            if state.active {
+                state.active = false;
+                state.ver = ver;
+                put_json(&mut rows, (user.as_str(), conv_key.as_str()), &state)?;
+            }
+        }
+    }
+    drop(members);
+    drop(rows);
+    group.dismissed = true;
+    group.member_count = 0;
+    finish(txn, group, conv, d.system_body, d.ts, ver)
+}

@@ -1,0 +1,46 @@
+//! Users: one JSON record per user in `users`, written through the writer thread like every
+//! other change, read in a snapshot.
+
+use confab_actors::model::{User, UserPatch};
+use confab_actors::store::StoreResult;
+use redb::{ReadTransaction, WriteTransaction};
+
+use super::tables::{get_json, put_json, unavailable, USERS};
+
+fn put(txn: &WriteTransaction, id: &str, ts: i64, change: impl FnOnce(&mut User)) -> StoreResult<User> {
+    let mut users = txn.open_table(USERS).map_err(unavailable)?;
+    let mut user: User = get_json(&users, id)?.unwrap_or_else(|| User::new(id, ts));
+    change(&mut user);
+    user.updated_at = ts;
+    put_json(&mut users, id, &user)?;
+    Ok(user)
+}
+
+pub(super) fn upsert(txn: &WriteTransaction, p: UserPatch) -> StoreResult<User> {
+    let (id, ts) = (p.id.clone(), p.ts);
+    put(txn, &id, ts, |u| u.apply(&p))
+}
+
+pub(super) fn set_disabled(txn: &WriteTransaction, id: &str, disabled: bool, ts: i64) -> StoreResult<User> {
+    put(txn, id, ts, |u| u.disabled = disabled)
+}
+
+pub(super) fn revoke_tokens(txn: &WriteTransaction, id: &str, after_secs: u64, ts: i64) -> StoreResult<User> {
+    put(txn, id, ts, |u| u.tokens_valid_after = u.tokens_valid_after.max(after_secs))
+}
+
+pub(super) fn user(txn: &ReadTransaction, id: &str) -> StoreResult<Option<User>> {
+    let users = txn.open_table(USERS).map_err(unavailable)?;
+    get_json(&users, id)
+}
+
+pub(super) fn users(txn: &ReadTransaction, ids: &[String]) -> StoreResult<Vec<User>> {
+    let table = txn.open_table(USERS).map_err(unavailable)?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(u) = get_json(&table, id.as_str())? {
+            out.push(u);
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,418 @@
+//! The webhook outbox on MongoDB (`docs/storage.md`, collections `outbox`, `webhook_deliveries`,
+//! `webhook_meta`).
+//!
+//! Change events are inserted by the writer in the batch's transaction ([`record`]): one
+//! `findAndModify` on the `meta` counter `outbox` for their ids and one `insert`, only when
+//! webhooks are on. The counter document serialises the transactions that take ids, so ids are
+//! visible in id order. Presence events, which change nothing else, are queued to the writer as
+//! operations of their own (`Op::PushEvent`) and take their ids the same way. Delivery bookkeeping is written by the one dispatcher holding the lease,
+//! outside transactions (each write is idempotent).
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use confab_actors::error::StoreError;
+use confab_actors::outbox::{Attempt, Delivery, DeliveryQuery, DeliveryState, NewEvent, OutboxEvent, Replay};
+use confab_actors::store::StoreResult;
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::options::ReturnDocument;
+use serde::{Deserialize, Serialize};
+
+use super::conn::Conn;
+use super::docs::{i, q, u, CounterDoc, META};
+use super::reads::find_all;
+use super::tx::{fatal, Answer, AttemptResult, Tx};
+use super::writer::Op;
+
+pub(crate) const OUTBOX: &str = "outbox";
+pub(crate) const DELIVERIES: &str = "webhook_deliveries";
+pub(crate) const WEBHOOK_META: &str = "webhook_meta";
+/// `_id` of the event id counter in `meta`.
+const OUTBOX_ID: &str = "outbox";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct EventDoc {
+    #[serde(rename = "_id")]
+    pub id: i64,
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conv_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<i64>,
+    pub ts: i64,
+    /// The data as JSON text (app-defined JSON may hold keys BSON refuses).
+    pub data: String,
+}
+
+impl EventDoc {
+    fn from_event(e: &OutboxEvent) -> StoreResult<EventDoc> {
+        Ok(EventDoc {
+            id: i(e.id)?,
+            kind: e.kind.clone(),
+            conv_id: e.conv_id.clone(),
+            seq: e.seq.map(i).transpose()?,
+            ts: e.ts,
+            data: serde_json::to_string(&e.data)
+                .map_err(|e| StoreError::Unavailable(format!("cannot encode an event: {e}")))?,
+        })
+    }
+
+    fn into_event(self) -> StoreResult<OutboxEvent> {
+        Ok(OutboxEvent {
+            id: u(self.id)?,
+            kind: self.kind,
+            conv_id: self.conv_id,
+            seq: self.seq.map(u).transpose()?,
+            ts: self.ts,
+            data: serde_json::from_str(&self.data)
+                .map_err(|e| StoreError::Unavailable(format!("corrupt event {}: {e}", self.id)))?,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct AttemptDoc {
+    at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    status: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct DeliveryDoc {
+    /// With `event_id`, the key (a unique index); `_id` is MongoDB's own.
+    endpoint: String,
+    event_id: i64,
+    state: DeliveryState,
+    attempts: i64,
+    next_at: i64,
+    log: Vec<AttemptDoc>,
+}
+
+impl DeliveryDoc {
+    fn from_delivery(d: &Delivery) -> StoreResult<DeliveryDoc> {
+        Ok(DeliveryDoc {
+            endpoint: d.endpoint.clone(),
+            event_id: i(d.event_id)?,
+            state: d.state,
+            attempts: i64::from(d.attempts),
+            next_at: d.next_at,
+            log: d
+                .log
+                .iter()
+                .map(|a| AttemptDoc {
+                    at: a.at,
+                    status: a.status.map(i32::from),
+                    error: a.error.clone(),
+                    ms: i64::try_from(a.ms).unwrap_or(i64::MAX),
+                })
+                .collect(),
+        })
+    }
+
+    fn into_delivery(self) -> StoreResult<Delivery> {
+        Ok(Delivery {
+            endpoint: self.endpoint,
+            event_id: u(self.event_id)?,
+            state: self.state,
+            attempts: u32::try_from(self.attempts).unwrap_or(u32::MAX),
+            next_at: self.next_at,
+            log: self
+                .log
+                .into_iter()
+                .map(|a| Attempt {
+                    at: a.at,
+                    status: a.status.and_then(|s| u16::try_from(s).ok()),
+                    error: a.error,
+                    ms: u64::try_from(a.ms).unwrap_or(0),
+                })
+                .collect(),
+        })
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct MetaDoc {
+    #[serde(default)]
+    value: i64,
+}
+
+/// The events of a batch's answers (only when webhooks are on), written in its transaction.
+pub(crate) async fn record(
+    tx: &mut Tx<'_>,
+    ops: &[&Op],
+    answers: &mut [Option<StoreResult<Answer>>],
+    vers: &[u64],
+) -> AttemptResult<()> {
+    let on = tx.conn.outbox.load(Relaxed);
+    let mut events = Vec::new();
+    let mut pushed = Vec::new();
+    for (idx, op) in ops.iter().enumerate() {
+        let Some(Some(Ok(answer))) = answers.get(idx) else { continue };
+        if let Op::PushEvent(e) = op {
+            pushed.push((idx, events.len()));
+            events.push(e.clone());
+            continue;
+        }
+        if !on {
+            continue;
+        }
+        let event = match (op, answer) {
+            (Op::Append(_), Answer::Appended(a)) if !a.duplicate => NewEvent::sent(&a.message),
+            (Op::Recall { .. }, Answer::Message(m)) if vers.get(idx) == Some(&m.ver) => {
+                NewEvent::recalled(m, confab_actors::conversation::now_ms())
+            }
+            (Op::CreateGroup(_), Answer::Created(g, m)) => NewEvent::group_created(g, m),
+            (Op::ChangeMembers(c), Answer::Message(m)) => NewEvent::members_changed(&c.group_id, m),
+            _ => match group_event(op, answer) {
+                Some(e) => e,
+                None => continue,
+            },
+        };
+        events.push(event);
+    }
+    if events.is_empty() {
+        return Ok(());
+    }
+    let n = events.len() as u64;
+    let counter = tx
+        .conn
+        .coll::<CounterDoc>(META)
+        .find_one_and_update(doc! { "_id": OUTBOX_ID }, doc! { "$inc": { "value": i(n).map_err(fatal)? } })
+        .upsert(true)
+        .return_document(ReturnDocument::After)
+        .session(&mut tx.session)
+        .await
+        .map_err(|e| tx.err("taking event ids", e))?
+        .ok_or_else(|| fatal(StoreError::Unavailable("the event id counter is missing".into())))?;
+    let first = u(counter.value).map_err(fatal)? + 1 - n;
+    for (idx, pos) in pushed {
+        if let Some(slot) = answers.get_mut(idx) {
+            *slot = Some(Ok(Answer::EventId(first + pos as u64)));
+        }
+    }
+    let docs: Vec<EventDoc> = events
+        .into_iter()
+        .zip(first..)
+        .map(|(e, id)| EventDoc::from_event(&e.with_id(id)))
+        .collect::<StoreResult<_>>()
+        .map_err(fatal)?;
+    tx.insert(OUTBOX, &docs).await
+}
+
+/// Events of the group operations that answer `(Group, Message)` besides creation.
+fn group_event(op: &Op, answer: &Answer) -> Option<NewEvent> {
+    use confab_actors::outbox::{GROUP_DISMISSED, GROUP_ROLES_CHANGED, GROUP_UPDATED};
+    let Answer::Created(g, m) = answer else { return None };
+    let kind = match op {
+        Op::UpdateGroup(_) => GROUP_UPDATED,
+        Op::SetRoles(_) => GROUP_ROLES_CHANGED,
+        Op::DismissGroup(_) => GROUP_DISMISSED,
+        _ => return None,
+    };
+    Some(NewEvent::group(kind, g, m))
+}
+
+pub(crate) async fn events_after(conn: &Conn, after: u64, limit: usize) -> StoreResult<Vec<OutboxEvent>> {
+    let docs: Vec<EventDoc> = conn
+        .coll::<EventDoc>(OUTBOX)
+        .find(doc! { "_id": { "$gt": q(after) } })
+        .sort(doc! { "_id": 1 })
+        .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+        .await
+        .map_err(|e| conn.fail("find in outbox", &e))
+        .map(|c| super::reads::collect(conn, c))?
+        .await?;
+    docs.into_iter().map(EventDoc::into_event).collect()
+}
+
+pub(crate) async fn event(conn: &Conn, id: u64) -> StoreResult<Option<OutboxEvent>> {
+    let d = conn
+        .coll::<EventDoc>(OUTBOX)
+        .find_one(doc! { "_id": q(id) })
+        .await
+        .map_err(|e| conn.fail("find in outbox", &e))?;
+    d.map(EventDoc::into_event).transpose()
+}
+
+pub(crate) async fn lease(conn: &Conn, name: &str, owner: &str, now: i64, ttl: i64) -> StoreResult<bool> {
+    let id = format!("lease:{name}");
+    let r = conn
+        .coll::<Document>(WEBHOOK_META)
+        .update_one(
+            doc! { "_id": &id, "$or": [ { "owner": owner }, { "until": { "$lt": now } } ] },
+            doc! { "$set": { "owner": owner, "until": now + ttl } },
+        )
+        .upsert(true)
+        .await;
+    match r {
+        Ok(_) => Ok(true),
+        // Held by another owner: the upsert's insert collides with the existing document.
+        Err(e) if super::conn::is_duplicate_key(&e) => Ok(false),
+        Err(e) => Err(conn.fail("taking the webhook lease", &e)),
+    }
+}
+
+pub(crate) async fn cursor(conn: &Conn, endpoint: &str) -> StoreResult<u64> {
+    let d = conn
+        .coll::<MetaDoc>(WEBHOOK_META)
+        .find_one(doc! { "_id": format!("cursor:{endpoint}") })
+        .await
+        .map_err(|e| conn.fail("reading a webhook cursor", &e))?;
+    d.map(|d| u(d.value)).transpose().map(|v| v.unwrap_or(0))
+}
+
+pub(crate) async fn enqueue(conn: &Conn, endpoint: &str, ids: &[u64], cursor: u64) -> StoreResult<()> {
+    // One upsert per event (idempotent: an existing delivery is left as it is).
+    for &id in ids {
+        let d = DeliveryDoc::from_delivery(&Delivery::new(endpoint, id))?;
+        let d = mongodb::bson::to_document(&d)
+            .map_err(|e| StoreError::Unavailable(format!("cannot encode a delivery: {e}")))?;
+        let r = conn
+            .coll::<Document>(DELIVERIES)
+            .update_one(doc! { "endpoint": endpoint, "event_id": i(id)? }, doc! { "$setOnInsert": d })
+            .upsert(true)
+            .await
+            .map_err(|e| conn.fail("creating a webhook delivery", &e))?;
+        // Neither found nor created: leave the cursor where it is, so the event is queued again.
+        if r.matched_count == 0 && r.upserted_id.is_none() {
+            return Err(StoreError::Unavailable(format!("the webhook delivery of event {id} was not created")));
+        }
+    }
+    conn.coll::<Document>(WEBHOOK_META)
+        .update_one(doc! { "_id": format!("cursor:{endpoint}") }, doc! { "$max": { "value": i(cursor)? } })
+        .upsert(true)
+        .await
+        .map_err(|e| conn.fail("moving a webhook cursor", &e))?;
+    Ok(())
+}
+
+async fn find_deliveries(conn: &Conn, filter: Document, limit: Option<usize>) -> StoreResult<Vec<Delivery>> {
+    let coll = conn.coll::<DeliveryDoc>(DELIVERIES);
+    let mut find = coll.find(filter).sort(doc! { "event_id": 1, "endpoint": 1 });
+    if let Some(l) = limit {
+        find = find.limit(i64::try_from(l).unwrap_or(i64::MAX));
+    }
+    let cursor = find.await.map_err(|e| conn.fail("find in webhook_deliveries", &e))?;
+    let docs = super::reads::collect(conn, cursor).await?;
+    docs.into_iter().map(DeliveryDoc::into_delivery).collect()
+}
+
+pub(crate) async fn pending(conn: &Conn, endpoint: &str, limit: usize) -> StoreResult<Vec<(Delivery, OutboxEvent)>> {
+    let ds = find_deliveries(conn, doc! { "endpoint": endpoint, "state": "pending" }, Some(limit)).await?;
+    if ds.is_empty() {
+        return Ok(Vec::new());
+    }
+    let ids: Vec<Bson> = ds.iter().map(|d| Bson::Int64(q(d.event_id))).collect();
+    let events: Vec<EventDoc> = find_all(conn, OUTBOX, doc! { "_id": { "$in": ids } }, None).await?;
+    let mut by_id = std::collections::HashMap::new();
+    for e in events {
+        let e = e.into_event()?;
+        by_id.insert(e.id, e);
+    }
+    Ok(ds.into_iter().filter_map(|d| by_id.remove(&d.event_id).map(|e| (d, e))).collect())
+}
+
+pub(crate) async fn save_delivery(conn: &Conn, d: &Delivery) -> StoreResult<()> {
+    let doc = DeliveryDoc::from_delivery(d)?;
+    conn.coll::<DeliveryDoc>(DELIVERIES)
+        .replace_one(doc! { "endpoint": &doc.endpoint, "event_id": doc.event_id }, &doc)
+        .upsert(true)
+        .await
+        .map_err(|e| conn.fail("saving a webhook delivery", &e))?;
+    Ok(())
+}
+
+pub(crate) async fn deliveries(conn: &Conn, dq: &DeliveryQuery) -> StoreResult<Vec<Delivery>> {
+    let mut filter = doc! { "event_id": { "$gt": q(dq.after_id) } };
+    if let Some(e) = &dq.endpoint {
+        filter.insert("endpoint", e.as_str());
+    }
+    if let Some(s) = dq.state {
+        filter.insert("state", s.as_str());
+    }
+    find_deliveries(conn, filter, Some(dq.limit)).await
+}
+
+pub(crate) async fn event_deliveries(conn: &Conn, id: u64) -> StoreResult<Vec<Delivery>> {
+    find_deliveries(conn, doc! { "event_id": q(id) }, None).await
+}
+
+pub(crate) async fn replay(conn: &Conn, r: &Replay) -> StoreResult<u64> {
+    let mut filter = doc! { "event_id": { "$gte": q(r.from_id), "$lte": q(r.to_id) } };
+    if let Some(e) = &r.endpoint {
+        filter.insert("endpoint", e.as_str());
+    }
+    if r.only_failed {
+        filter.insert("state", "failed");
+    }
+    let res = conn
+        .coll::<Document>(DELIVERIES)
+        .update_many(filter, doc! { "$set": { "state": "pending", "attempts": 0_i64, "next_at": 0_i64 } })
+        .await
+        .map_err(|e| conn.fail("replaying webhook deliveries", &e))?;
+    Ok(res.matched_count)
+}
+
+#[async_trait::async_trait]
+impl confab_actors::outbox::Outbox for super::MongoStore {
+    fn enable(&self) {
+        self.conn.outbox.store(true, Relaxed);
+    }
+
+    async fn push_event(&self, event: NewEvent) -> StoreResult<u64> {
+        match self.write(Op::PushEvent(event)).await? {
+            Answer::EventId(id) => Ok(id),
+            _ => Err(StoreError::Unavailable("internal: unexpected answer from the store writer".into())),
+        }
+    }
+
+    async fn events_after(&self, after: u64, limit: usize) -> StoreResult<Vec<OutboxEvent>> {
+        self.read("outbox events", move |c| async move { events_after(&c, after, limit).await }).await
+    }
+
+    async fn event(&self, id: u64) -> StoreResult<Option<OutboxEvent>> {
+        self.read("outbox event", move |c| async move { event(&c, id).await }).await
+    }
+
+    async fn lease(&self, name: &str, owner: &str, now_ms: i64, ttl_ms: i64) -> StoreResult<bool> {
+        let (name, owner) = (name.to_owned(), owner.to_owned());
+        self.read("webhook lease", move |c| async move { lease(&c, &name, &owner, now_ms, ttl_ms).await }).await
+    }
+
+    async fn cursor(&self, endpoint: &str) -> StoreResult<u64> {
+        let endpoint = endpoint.to_owned();
+        self.read("webhook cursor", move |c| async move { cursor(&c, &endpoint).await }).await
+    }
+
+    async fn enqueue(&self, endpoint: &str, event_ids: &[u64], cursor: u64) -> StoreResult<()> {
+        let (endpoint, ids) = (endpoint.to_owned(), event_ids.to_vec());
+        self.read("webhook enqueue", move |c| async move { enqueue(&c, &endpoint, &ids, cursor).await }).await
+    }
+
+    async fn pending(&self, endpoint: &str, limit: usize) -> StoreResult<Vec<(Delivery, OutboxEvent)>> {
+        let endpoint = endpoint.to_owned();
+        self.read("webhook pending", move |c| async move { pending(&c, &endpoint, limit).await }).await
+    }
+
+    async fn save_delivery(&self, d: &Delivery) -> StoreResult<()> {
+        let d = d.clone();
+        self.read("webhook delivery", move |c| async move { save_delivery(&c, &d).await }).await
+    }
+
+    async fn deliveries(&self, dq: &DeliveryQuery) -> StoreResult<Vec<Delivery>> {
+        let dq = dq.clone();
+        self.read("webhook deliveries", move |c| async move { deliveries(&c, &dq).await }).await
+    }
+
+    async fn event_deliveries(&self, event_id: u64) -> StoreResult<Vec<Delivery>> {
+        self.read("webhook deliveries", move |c| async move { event_deliveries(&c, event_id).await }).await
+    }
+
+    async fn replay(&self, r: &Replay) -> StoreResult<u64> {
+        let r = r.clone();
+        self.read("webhook replay", move |c| async move { replay(&c, &r).await }).await
+    }
+}

@@ -1,0 +1,118 @@
+//! Users: one document per user in `users` (`_id` = user id). A change touches that document
+//! only, so it runs outside the group-commit writer: an `insert` of the defaults when the record
+//! is new, then one atomic `findAndModify` (write concern majority). Reads use read concern
+//! majority like every other read.
+
+use confab_actors::error::StoreError;
+use confab_actors::model::{User, UserPatch};
+use confab_actors::store::StoreResult;
+use mongodb::bson::{doc, Document};
+use mongodb::options::ReturnDocument;
+use serde::{Deserialize, Serialize};
+
+use super::conn::{is_duplicate_key, Conn};
+use super::docs::{i, u, USERS};
+use super::reads::{find_all, find_one};
+
+/// `users`: a user's record. `ext` is stored as JSON text (app-defined keys may hold `$` or `.`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct UserDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nickname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar: Option<String>,
+    #[serde(default)]
+    pub ext: Option<String>,
+    #[serde(default, deserialize_with = "super::docs::flag")]
+    pub disabled: bool,
+    #[serde(default)]
+    pub tokens_valid_after: i64,
+    #[serde(default)]
+    pub created_at: i64,
+    #[serde(default)]
+    pub updated_at: i64,
+}
+
+impl UserDoc {
+    fn into_user(self) -> StoreResult<User> {
+        let ext = match self.ext.as_deref() {
+            None | Some("") => serde_json::json!({}),
+            Some(t) => serde_json::from_str(t)
+                .map_err(|e| StoreError::Unavailable(format!("corrupt user {}: {e}", self.id)))?,
+        };
+        Ok(User {
+            id: self.id,
+            nickname: self.nickname,
+            avatar: self.avatar,
+            ext,
+            disabled: self.disabled,
+            tokens_valid_after: u(self.tokens_valid_after)?,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
+    }
+}
+
+/// Creates the record of `id` with the defaults if it has none (a duplicate key means it has),
+/// then applies `set` (and `max`) to it: two single-document writes, each atomic.
+async fn upsert(c: &Conn, id: &str, ts: i64, mut set: Document, max: Option<Document>) -> StoreResult<User> {
+    let fresh = doc! {
+        "_id": id, "ext": "{}", "disabled": false, "tokens_valid_after": 0_i64, "created_at": ts, "updated_at": ts,
+    };
+    if let Err(e) = c.coll::<Document>(USERS).insert_one(fresh).await {
+        if !is_duplicate_key(&e) {
+            return Err(c.fail("creating a user", &e));
+        }
+    }
+    set.insert("updated_at", ts);
+    let mut update = doc! { "$set": set };
+    if let Some(m) = max {
+        update.insert("$max", m);
+    }
+    let d = c
+        .coll::<UserDoc>(USERS)
+        .find_one_and_update(doc! { "_id": id }, update)
+        .return_document(ReturnDocument::After)
+        .await
+        .map_err(|e| c.fail("updating a user", &e))?
+        .ok_or_else(|| StoreError::Unavailable(format!("user {id} was not stored")))?;
+    d.into_user()
+}
+
+pub(crate) async fn upsert_user(c: &Conn, p: UserPatch) -> StoreResult<User> {
+    let mut set = Document::new();
+    if let Some(n) = &p.nickname {
+        set.insert("nickname", n);
+    }
+    if let Some(a) = &p.avatar {
+        set.insert("avatar", a);
+    }
+    if let Some(e) = &p.ext {
+        let text = serde_json::to_string(e).map_err(|e| StoreError::Unavailable(format!("cannot encode ext: {e}")))?;
+        set.insert("ext", text);
+    }
+    upsert(c, &p.id, p.ts, set, None).await
+}
+
+pub(crate) async fn set_disabled(c: &Conn, id: &str, disabled: bool, ts: i64) -> StoreResult<User> {
+    upsert(c, id, ts, doc! { "disabled": disabled }, None).await
+}
+
+pub(crate) async fn revoke_tokens(c: &Conn, id: &str, after_secs: u64, ts: i64) -> StoreResult<User> {
+    upsert(c, id, ts, Document::new(), Some(doc! { "tokens_valid_after": i(after_secs)? })).await
+}
+
+pub(crate) async fn user(c: &Conn, id: &str) -> StoreResult<Option<User>> {
+    let d: Option<UserDoc> = find_one(c, USERS, doc! { "_id": id }).await?;
+    d.map(UserDoc::into_user).transpose()
+}
+
+pub(crate) async fn users(c: &Conn, ids: &[String]) -> StoreResult<Vec<User>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let docs: Vec<UserDoc> = find_all(c, USERS, doc! { "_id": { "$in": ids } }, None).await?;
+    docs.into_iter().map(UserDoc::into_user).collect()
+}

@@ -1,0 +1,610 @@
+//! The cluster layer (src/cluster) against a real redis-server: presence across nodes, a dead
+//! node's entries vanishing within the TTL, one publish per destination node per batch, the
+//! broadcast channel, and a Redis restart (presence re-asserted, subscriber back, fast failures
+//! meanwhile). Several "nodes" run in one process: each `Cluster` is one node.
+//!
+//! They need `CONFAB_TEST_REDIS_URL` (set by `scripts/test`, which starts redis-server). Without it
+//! each test prints "skipped: CONFAB_TEST_REDIS_URL not set" and passes, unless
+//! `CONFAB_REQUIRE_SERVICES=1`, which makes it fail. The restart test starts a redis-server of
+//! its own on a spare port. Node ids and user ids are unique per test, so tests share one Redis.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytestring::ByteString;
+use confab::cluster::{Batch, Broadcast, Cluster, ClusterOptions, Incoming, Located};
+use tokio::sync::mpsc;
+
+/// The Redis to test against, or `None` (after saying so) when there is none.
+fn test_url() -> Option<String> {
+    match std::env::var("CONFAB_TEST_REDIS_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            if std::env::var("CONFAB_REQUIRE_SERVICES").as_deref() == Ok("1") {
+                panic!("CONFAB_TEST_REDIS_URL is not set but CONFAB_REQUIRE_SERVICES=1");
+            }
+            eprintln!("skipped: CONFAB_TEST_REDIS_URL not set");
+            None
+        }
+    }
+}
+
+/// A prefix no other test (or earlier run) uses.
+fn fresh(tag: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("t{}-{}-{}-{tag}", std::process::id(), nanos % 1_000_000_000, N.fetch_add(1, Relaxed))
+}
+
+fn options(url: &str, node_id: &str, heartbeat_ms: u64, ttl_ms: u64) -> ClusterOptions {
+    ClusterOptions {
+        node_id: node_id.to_owned(),
+        redis_url: url.to_owned(),
+        pool_size: 2,
+        timeout: Duration::from_millis(300),
+        heartbeat: Duration::from_millis(heartbeat_ms),
+        node_ttl: Duration::from_millis(ttl_ms),
+        inbox: 1024,
+    }
+}
+
+async fn redis_conn(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap()
+}
+
+/// Waits until `cond` holds, or panics after `within`.
+async fn eventually<F, Fut>(within: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Starts a node and waits until it has heartbeated and subscribed.
+async fn node(url: &str, id: &str, heartbeat_ms: u64, ttl_ms: u64) -> (Cluster, mpsc::Receiver<Incoming>) {
+    let (c, rx) = Cluster::start(options(url, id, heartbeat_ms, ttl_ms)).unwrap();
+    let mut conn = redis_conn(url).await;
+    let key = format!("confab:alive:{id}");
+    eventually(Duration::from_secs(5), "the node's first heartbeat", || {
+        let key = key.clone();
+        let mut conn = conn.clone();
+        async move { redis::cmd("EXISTS").arg(&key).query_async::<bool>(&mut conn).await.unwrap_or(false) }
+    })
+    .await;
+    eventually(Duration::from_secs(5), "the node's subscription", || async { c.subscribed() }).await;
+    let _: () = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+    (c, rx)
+}
+
+fn arcs(v: &[&str]) -> Vec<Arc<str>> {
+    v.iter().map(|s| Arc::from(*s)).collect()
+}
+
+fn users_of(l: &Located) -> BTreeMap<String, BTreeSet<String>> {
+    l.nodes.iter().map(|(n, us)| (n.clone(), us.iter().map(|u| u.to_string()).collect())).collect()
+}
+
+fn set(v: &[&str]) -> BTreeSet<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn register_and_locate_across_two_nodes() {
+    let Some(url) = test_url() else { return };
+    let (a_id, b_id) = (fresh("a"), fresh("b"));
+    let (a, _arx) = node(&url, &a_id, 200, 2000).await;
+    let (b, _brx) = node(&url, &b_id, 200, 2000).await;
+    let p = fresh("u");
+    let [alice, bob, carol, dave] = ["alice", "bob", "carol", "dave"].map(|u| Arc::<str>::from(format!("{p}-{u}")));
+    let (laptop, phone) = (Arc::<str>::from("laptop"), Arc::<str>::from("phone"));
+    a.register(&alice, &laptop, 1);
+    a.register(&bob, &laptop, 2);
+    a.register(&bob, &phone, 3);
+    b.register(&bob, &phone, 1);
+    b.register(&carol, &laptop, 7);
+    a.flush().await.unwrap();
+    b.flush().await.unwrap();
+
+    // The key layout: one hash per user, a field per connection.
+    let mut conn = redis_conn(&url).await;
+    let h: BTreeMap<String, String> =
+        redis::cmd("HGETALL").arg(format!("confab:presence:{bob}")).query_async(&mut conn).await.unwrap();
+    let want: BTreeMap<String, String> = [
+        (format!("{a_id}/2"), "laptop".to_owned()),
+        (format!("{a_id}/3"), "phone".to_owned()),
+        (format!("{b_id}/1"), "phone".to_owned()),
+    ]
+    .into();
+    assert_eq!(h, want);
+
+    let chunk = vec![alice.clone(), bob.clone(), carol.clone(), dave.clone()];
+    let l = a.locate(&chunk).await.unwrap();
+    let want: BTreeMap<String, BTreeSet<String>> =
+        [(a_id.clone(), set(&[&alice, &bob])), (b_id.clone(), set(&[&bob, &carol]))].into();
+    assert_eq!(users_of(&l), want);
+    assert_eq!(l.nodes[&a_id].len(), 2, "a user is listed once per node, whatever its connections");
+    assert_eq!(l.remote(&a_id).map(|(n, _)| n.to_owned()).collect::<Vec<_>>(), [b_id.as_str()]);
+    assert_eq!(users_of(&b.locate(&chunk).await.unwrap()), want, "every node sees the same");
+
+    b.unregister(&bob, 1);
+    a.unregister(&bob, 2);
+    b.flush().await.unwrap();
+    a.flush().await.unwrap();
+    let want: BTreeMap<String, BTreeSet<String>> =
+        [(a_id.clone(), set(&[&alice, &bob])), (b_id.clone(), set(&[&carol]))].into();
+    assert_eq!(users_of(&a.locate(&chunk).await.unwrap()), want);
+    assert!(a.locate(&[]).await.unwrap().nodes.is_empty());
+    assert_eq!(a.local_connections(), 2);
+
+    // A graceful shutdown withdraws the node's entries at once.
+    b.shutdown().await;
+    let want: BTreeMap<String, BTreeSet<String>> = [(a_id.clone(), set(&[&alice, &bob]))].into();
+    assert_eq!(users_of(&a.locate(&chunk).await.unwrap()), want);
+    a.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_entries_vanish_within_the_ttl() {
+    let Some(url) = test_url() else { return };
+    let (a_id, b_id) = (fresh("a"), fresh("b"));
+    let ttl = Duration::from_millis(800);
+    let (a, _arx) = node(&url, &a_id, 100, ttl.as_millis() as u64).await;
+    let (b, _brx) = node(&url, &b_id, 100, ttl.as_millis() as u64).await;
+    let carol = Arc::<str>::from(fresh("carol"));
+    b.register(&carol, &Arc::from("phone"), 5);
+    b.flush().await.unwrap();
+    let chunk = vec![carol.clone()];
+    assert_eq!(users_of(&a.locate(&chunk).await.unwrap()), [(b_id.clone(), set(&[&carol]))].into());
+
+    // The node dies without a word: its heartbeats stop.
+    let died = Instant::now();
+    drop(b);
+    loop {
+        let l = a.locate(&chunk).await.unwrap();
+        if l.nodes.is_empty() {
+            break;
+        }
+        assert!(
+            died.elapsed() < ttl + Duration::from_millis(400),
+            "a dead node still located after {:?}",
+            died.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let gone = died.elapsed();
+    assert!(gone > Duration::from_millis(300), "entries vanished before the TTL could expire ({gone:?})");
+
+    // ... and its entries are deleted lazily.
+    let mut conn = redis_conn(&url).await;
+    let key = format!("confab:presence:{carol}");
+    eventually(Duration::from_secs(3), "the lazy cleanup", || {
+        let (mut conn, key) = (conn.clone(), key.clone());
+        async move { redis::cmd("HLEN").arg(&key).query_async::<u64>(&mut conn).await.unwrap_or(1) == 0 }
+    })
+    .await;
+    let member: bool = redis::cmd("SISMEMBER").arg("confab:nodes").arg(&b_id).query_async(&mut conn).await.unwrap();
+    assert!(!member, "the dead node left confab:nodes");
+    assert!(a.metrics().presence_cleaned.load(Relaxed) >= 1);
+    a.shutdown().await;
+}
+
+/// Receives batches until none came for `quiet`.
+async fn drain(rx: &mut mpsc::Receiver<Incoming>, quiet: Duration) -> Vec<Batch> {
+    let mut out = Vec::new();
+    while let Ok(Some(i)) = tokio::time::timeout(quiet, rx.recv()).await {
+        match i {
+            Incoming::Batch(b) => out.push(b),
+            Incoming::Broadcast { .. } => {}
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fan_out_sends_one_publish_per_node_per_chunk() {
+    let Some(url) = test_url() else { return };
+    let ids = [fresh("a"), fresh("b"), fresh("c")];
+    let (a, mut arx) = node(&url, &ids[0], 200, 2000).await;
+    let (b, mut brx) = node(&url, &ids[1], 200, 2000).await;
+    let (c, mut crx) = node(&url, &ids[2], 200, 2000).await;
+    // 1200 members: every third on each node, some with two devices, and 30 offline.
+    let p = fresh("m");
+    let members: Vec<Arc<str>> = (0..1200).map(|i| Arc::from(format!("{p}-{i}"))).collect();
+    let nodes = [&a, &b, &c];
+    for (i, m) in members.iter().enumerate() {
+        if i % 40 == 39 {
+            continue;
+        }
+        nodes[i % 3].register(m, &Arc::from("phone"), i as u64);
+        if i % 7 == 0 {
+            nodes[i % 3].register(m, &Arc::from("laptop"), 10_000 + i as u64);
+        }
+    }
+    for n in nodes {
+        n.flush().await.unwrap();
+    }
+
+    // The group actor's fan-out: chunks of 500, each located and published per node.
+    let frame = ByteString::from_static(r#"{"event":"message","data":{"seq":1}}"#);
+    let sender = members[3].clone();
+    let template = Batch {
+        frames: vec![frame.clone()],
+        skip: Some((sender.clone(), 3)),
+        ordered: Some((Arc::from("g_team"), 1)),
+        ..Batch::default()
+    };
+    let published_before = a.metrics().publishes.load(Relaxed);
+    let mut published = 0;
+    let mut want_b = BTreeSet::new();
+    let mut want_c = BTreeSet::new();
+    for chunk in members.chunks(500) {
+        let l = a.locate(chunk).await.unwrap();
+        published += a.publish_located(&l, &template).await.unwrap();
+        want_b.extend(l.nodes[&ids[1]].iter().map(|u| u.to_string()));
+        want_c.extend(l.nodes[&ids[2]].iter().map(|u| u.to_string()));
+    }
+    assert_eq!(published, 6, "3 chunks x 2 other nodes");
+    assert_eq!(a.metrics().publishes.load(Relaxed) - published_before, 6);
+
+    let quiet = Duration::from_millis(300);
+    for (rx, want, n) in [(&mut brx, &want_b, &b), (&mut crx, &want_c, &c)] {
+        let got = drain(rx, quiet).await;
+        assert_eq!(got.len(), 3, "one batch per chunk");
+        let mut users = BTreeSet::new();
+        for batch in &got {
+            assert_eq!((batch.from.as_str(), &batch.frames), (ids[0].as_str(), &template.frames));
+            assert_eq!((&batch.skip, &batch.ordered), (&template.skip, &template.ordered));
+            for u in &batch.users {
+                assert!(users.insert(u.to_string()), "{u} received twice");
+            }
+        }
+        assert_eq!(&users, want);
+        assert_eq!(users.len(), 1200 / 3 - 10, "every online member of the node, no offline one");
+        assert_eq!(n.metrics().batches_received.load(Relaxed), 3);
+    }
+    assert!(drain(&mut arx, Duration::from_millis(50)).await.is_empty(), "nothing is published to oneself");
+
+    // A single batch to one node.
+    let batch = Batch::new(frame.clone(), arcs(&["x", "y"]));
+    assert_eq!(a.publish(&ids[1], &batch).await.unwrap(), 1, "one subscriber: the node");
+    let got = drain(&mut brx, quiet).await;
+    assert_eq!(got, vec![Batch { from: ids[0].clone(), ..batch }]);
+
+    // The same fan-out, fire-and-forget (as an actor does it): deliver() locates and publishes.
+    let before = a.metrics().publishes.load(Relaxed);
+    for chunk in members.chunks(500) {
+        assert!(a.deliver(Batch { users: chunk.to_vec(), ..template.clone() }));
+    }
+    for (rx, want) in [(&mut brx, &want_b), (&mut crx, &want_c)] {
+        let got = drain(rx, quiet).await;
+        assert_eq!(got.len(), 3, "one batch per chunk");
+        let users: BTreeSet<String> = got.iter().flat_map(|b| b.users.iter().map(|u| u.to_string())).collect();
+        assert_eq!(&users, want);
+    }
+    assert_eq!(a.metrics().publishes.load(Relaxed) - before, 6);
+    assert_eq!(a.metrics().outgoing_dropped.load(Relaxed), 0);
+    for n in nodes {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcasts_reach_every_other_node() {
+    let Some(url) = test_url() else { return };
+    let (a, mut arx) = node(&url, &fresh("a"), 200, 2000).await;
+    let (b, mut brx) = node(&url, &fresh("b"), 200, 2000).await;
+    let ev = Broadcast::MembershipChanged { conv_id: fresh("g") };
+    a.broadcast(&ev).await.unwrap();
+    // Other tests broadcast too: look for ours.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, brx.recv()).await {
+            Ok(Some(Incoming::Broadcast { from, event })) if event == ev => {
+                assert_eq!(from, a.node_id());
+                break;
+            }
+            Ok(Some(_)) => continue,
+            other => panic!("no broadcast received: {other:?}"),
+        }
+    }
+    while let Ok(i) = arx.try_recv() {
+        assert!(!matches!(&i, Incoming::Broadcast { event, .. } if *event == ev), "a node ignores its own broadcasts");
+    }
+    assert!(b.metrics().broadcasts_received.load(Relaxed) >= 1);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A redis-server of the test's own, on a spare port, that it can kill and restart.
+struct OwnRedis {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<tokio::process::Child>,
+}
+
+impl OwnRedis {
+    async fn start() -> OwnRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut r = OwnRedis { port, dir: tempfile::tempdir().unwrap(), child: None };
+        r.restart().await;
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn restart(&mut self) {
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server (Debian package redis-server) must be installed");
+        self.child = Some(child);
+        let addr = format!("127.0.0.1:{}", self.port);
+        eventually(Duration::from_secs(5), "redis-server to listen", || {
+            let addr = addr.clone();
+            async move { tokio::net::TcpStream::connect(&addr).await.is_ok() }
+        })
+        .await;
+    }
+
+    async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_is_survived() {
+    if test_url().is_none() {
+        return;
+    }
+    let mut server = OwnRedis::start().await;
+    let url = server.url();
+    let (a_id, b_id) = ("node-a", "node-b");
+    let (a, _arx) = node(&url, a_id, 100, 1000).await;
+    let (b, mut brx) = node(&url, b_id, 100, 1000).await;
+    let [alice, bob, carol] = ["alice", "bob", "carol"].map(Arc::<str>::from);
+    let phone = Arc::<str>::from("phone");
+    a.register(&alice, &phone, 1);
+    b.register(&bob, &phone, 1);
+    a.flush().await.unwrap();
+    b.flush().await.unwrap();
+    let chunk = vec![alice.clone(), bob.clone(), carol.clone()];
+    let before = users_of(&a.locate(&chunk).await.unwrap());
+    assert_eq!(before, [(a_id.to_owned(), set(&["alice"])), (b_id.to_owned(), set(&["bob"]))].into());
+
+    server.kill().await;
+    // Calls fail, quickly: the first within the timeout, the next ones at once.
+    let t = Instant::now();
+    assert!(a.locate(&chunk).await.is_err());
+    assert!(t.elapsed() < Duration::from_millis(700), "first failure took {:?}", t.elapsed());
+    let t = Instant::now();
+    for _ in 0..10 {
+        assert!(a.locate(&chunk).await.is_err());
+        let batch = Batch::new(ByteString::from_static("{}"), vec![]);
+        assert!(a.publish(b_id, &batch).await.is_err());
+    }
+    assert!(t.elapsed() < Duration::from_millis(200), "failures while down took {:?}", t.elapsed());
+    assert!(!a.redis_up());
+    // Fire-and-forget deliveries are dropped (and counted), never queued up.
+    assert!(a.deliver(Batch::new(ByteString::from_static("{}"), vec![bob.clone()])));
+    eventually(Duration::from_secs(2), "the delivery dropped", || async {
+        a.metrics().outgoing_dropped.load(Relaxed) == 1
+    })
+    .await;
+    // Connections come and go during the outage: only the local table knows.
+    a.register(&carol, &phone, 2);
+    a.unregister(&alice, 1);
+    assert!(a.flush().await.is_err(), "Redis did not take the writes");
+
+    // Redis comes back empty.
+    server.restart().await;
+    let want: BTreeMap<String, BTreeSet<String>> =
+        [(a_id.to_owned(), set(&["carol"])), (b_id.to_owned(), set(&["bob"]))].into();
+    let t = Instant::now();
+    eventually(Duration::from_secs(10), "presence re-asserted after the restart", || {
+        let (a, chunk, want) = (a.clone(), chunk.clone(), want.clone());
+        async move { a.locate(&chunk).await.map(|l| users_of(&l) == want).unwrap_or(false) }
+    })
+    .await;
+    eprintln!("presence back {:?} after the restart", t.elapsed());
+    assert!(a.redis_up());
+    assert!(a.metrics().presence_reasserts.load(Relaxed) >= 1);
+    eventually(Duration::from_secs(10), "the subscriber back", || async { b.subscribed() }).await;
+    assert!(b.metrics().subscriptions.load(Relaxed) >= 2);
+    let l = a.locate(&chunk).await.unwrap();
+    let frame = ByteString::from_static(r#"{"event":"message"}"#);
+    assert_eq!(a.publish_located(&l, &Batch::new(frame.clone(), vec![])).await.unwrap(), 1);
+    match tokio::time::timeout(Duration::from_secs(3), brx.recv()).await {
+        Ok(Some(Incoming::Batch(batch))) => assert_eq!((batch.users, batch.frames), (arcs(&["bob"]), vec![frame])),
+        other => panic!("no batch after the restart: {other:?}"),
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+    server.kill().await;
+}
+
+#[test]
+fn metrics_render_as_prometheus_text() {
+    let m = confab::cluster::ClusterMetrics::default();
+    m.publishes.fetch_add(3, Relaxed);
+    let text = m.render();
+    assert!(
+        text.contains("# TYPE confab_cluster_publishes_total counter\nconfab_cluster_publishes_total 3\n"),
+        "{text}"
+    );
+    assert!(text.contains("confab_cluster_redis_up 0\n"), "{text}");
+}
+
+/// Whether a tool the deployment checks need is missing: says so, or fails when services are
+/// required (`CONFAB_REQUIRE_SERVICES=1`, as in `scripts/test`, which installs them).
+fn missing(what: &str) -> bool {
+    if std::env::var("CONFAB_REQUIRE_SERVICES").as_deref() == Ok("1") {
+        panic!("{what} is not available but CONFAB_REQUIRE_SERVICES=1");
+    }
+    eprintln!("skipped: {what} is not available");
+    true
+}
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// docker-compose.yml as JSON, parsed by PyYAML (`CONFAB_TEST_PYTHON`, else `python3`).
+fn compose_file() -> Option<serde_json::Value> {
+    let python = std::env::var("CONFAB_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(&python)
+        .args(["-c", "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))"])
+        .arg(format!("{ROOT}/docker-compose.yml"))
+        .output();
+    match out {
+        Ok(o) if o.status.success() => Some(serde_json::from_slice(&o.stdout).unwrap()),
+        Ok(o) if String::from_utf8_lossy(&o.stderr).contains("No module named 'yaml'") => {
+            missing(&format!("PyYAML (for {python})"));
+            None
+        }
+        Ok(o) => panic!("docker-compose.yml does not parse: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(_) => {
+            missing(&python);
+            None
+        }
+    }
+}
+
+/// `${NAME:-default}` as docker compose expands it when NAME is unset.
+fn compose_default(v: &str) -> String {
+    match v.strip_prefix("${").and_then(|r| r.strip_suffix('}')).and_then(|r| r.split_once(":-")) {
+        Some((_, default)) => default.to_owned(),
+        None => v.to_owned(),
+    }
+}
+
+#[test]
+fn the_compose_file_describes_a_three_node_cluster() {
+    let Some(compose) = compose_file() else { return };
+    let services = compose["services"].as_object().expect("services");
+    let nodes: Vec<(&String, &serde_json::Value)> =
+        services.iter().filter(|(_, s)| s["environment"]["CONFAB__CLUSTER__ENABLED"] == "true").collect();
+    assert_eq!(nodes.len(), 3, "three confab nodes");
+    let mut ids = BTreeSet::new();
+    for (name, s) in &nodes {
+        assert_eq!(s["build"], ".", "{name} is built from the Dockerfile");
+        let env = s["environment"].as_object().unwrap();
+        for key in ["CONFAB__CLUSTER__NODE_ID", "CONFAB__CLUSTER__REDIS_URL", "CONFAB__CLUSTER__REDIS_POOL_SIZE"] {
+            assert!(env.contains_key(key), "{name} lacks {key}");
+        }
+        ids.insert(env["CONFAB__CLUSTER__NODE_ID"].as_str().unwrap().to_owned());
+        let deps = s["depends_on"].as_object().expect("depends_on with conditions");
+        assert_eq!(deps["mongo-init"]["condition"], "service_completed_successfully", "{name}");
+        assert_eq!(deps["redis"]["condition"], "service_healthy", "{name}");
+        assert!(s["healthcheck"]["test"].to_string().contains("/readyz"), "{name} is checked on /readyz");
+
+        // The node's configuration: config/cluster.toml (the image's /etc/confab/cluster.toml)
+        // under the service's environment, as the node would load it.
+        let cmd: Vec<&str> = s["command"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+        assert_eq!(cmd, ["--config", "/etc/confab/cluster.toml", "serve"]);
+        let vars: Vec<(String, String)> =
+            env.iter().map(|(k, v)| (k.clone(), compose_default(v.as_str().unwrap()))).collect();
+        let cfg =
+            confab::config::Config::load_with_env(Some(&std::path::Path::new(ROOT).join("config/cluster.toml")), vars)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(cfg.cluster.enabled);
+        assert_eq!(cfg.storage.backend, "mongodb");
+        assert_eq!(cfg.cluster.node_id, env["CONFAB__CLUSTER__NODE_ID"].as_str().unwrap());
+    }
+    assert_eq!(ids.len(), 3, "node ids are unique");
+    let mongo = &services["mongo"];
+    assert!(mongo["image"].as_str().unwrap().starts_with("mongo:7"));
+    assert!(mongo["command"].to_string().contains("--replSet"));
+    assert!(services["mongo-init"]["entrypoint"].to_string().contains("rs.initiate"));
+    assert!(services["redis"]["image"].as_str().unwrap().starts_with("redis:7"));
+    let lb = &services["haproxy"];
+    assert!(lb["volumes"].to_string().contains("./deploy/haproxy.cfg:"), "the balancer uses deploy/haproxy.cfg");
+    let deps = lb["depends_on"].to_string();
+    for (name, _) in &nodes {
+        assert!(deps.contains(name.as_str()), "the balancer depends on {name}");
+    }
+    let dockerfile = std::fs::read_to_string(format!("{ROOT}/Dockerfile")).unwrap();
+    assert!(dockerfile.contains("cargo build --release"), "a release build");
+    assert!(dockerfile.lines().any(|l| l.starts_with("USER ") && !l.contains("root")), "runs as a non-root user");
+}
+
+#[test]
+fn the_balancer_configuration_is_valid() {
+    let path = format!("{ROOT}/deploy/haproxy.cfg");
+    let text = std::fs::read_to_string(&path).unwrap();
+    for needle in ["option httpchk GET /readyz", "timeout tunnel", "server confab1 confab1:8080", "init-addr"] {
+        assert!(text.contains(needle), "deploy/haproxy.cfg lacks {needle:?}");
+    }
+    let haproxy = ["haproxy", "/usr/sbin/haproxy"]
+        .into_iter()
+        .find(|b| std::process::Command::new(b).arg("-v").output().is_ok_and(|o| o.status.success()));
+    let Some(haproxy) = haproxy else {
+        missing("haproxy");
+        return;
+    };
+    let out = std::process::Command::new(haproxy).args(["-c", "-f", &path]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "haproxy -c rejects deploy/haproxy.cfg: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clustered_node_reports_redis_and_delivers_what_other_nodes_send() {
+    let Some(url) = test_url() else { return };
+    let Some(mongo) = crate::store_mongo::test_uri() else { return };
+    let id = fresh("n");
+    let db = crate::store_mongo::fresh_db();
+    let node = crate::common::TestNode::with(&[
+        ("CONFAB__STORAGE__BACKEND", "mongodb"),
+        ("CONFAB__STORAGE__MONGODB__URI", &mongo),
+        ("CONFAB__STORAGE__MONGODB__DATABASE", &db),
+        ("CONFAB__CLUSTER__ENABLED", "true"),
+        ("CONFAB__CLUSTER__NODE_ID", &id),
+        ("CONFAB__CLUSTER__REDIS_URL", &url),
+        ("CONFAB__CLUSTER__HEARTBEAT_MS", "100"),
+        ("CONFAB__CLUSTER__NODE_TTL_MS", "1000"),
+    ]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = node.get("/readyz").await;
+        let subscribed = node.metric("confab_cluster_subscriptions_total").await >= 1.0;
+        if status == 200 && body.contains(r#""redis":"up""#) && subscribed {
+            assert!(body.contains(&format!(r#""node_id":"{id}""#)), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the node never reported redis up: {status} {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let bob = fresh("bob");
+    let mut client = node.connect(&bob, "phone").await;
+    // Another node publishes a batch for bob to this node's channel.
+    let (other, _rx) = node_of(&url, &fresh("o")).await;
+    let frame = ByteString::from(format!(r#"{{"event":"message","data":{{"from":"x","to":"{bob}","seq":1}}}}"#));
+    let batch = Batch::new(frame, vec![Arc::from(bob.as_str())]);
+    assert_eq!(other.publish(&id, &batch).await.unwrap(), 1);
+    let ev = client.next_event("message").await;
+    assert_eq!(ev["seq"], 1);
+    assert!(node.metric("confab_cluster_batches_received_total").await >= 1.0);
+    other.shutdown().await;
+}
+
+async fn node_of(url: &str, id: &str) -> (Cluster, mpsc::Receiver<Incoming>) {
+    node(url, id, 200, 2000).await
+}

@@ -1,0 +1,515 @@
+//! Three `confab` node processes on one MongoDB and one Redis, as behind a load balancer: users
+//! on different nodes, one user's devices on different nodes, membership changes racing with
+//! sends, `kill -9` of a node and a Redis restart during sends.
+//!
+//! After each: every acknowledged message is in history, and every device received the
+//! conversation's messages once each, in `seq` order.
+//!
+//! Needs `CONFAB_TEST_MONGODB_URI` and `CONFAB_TEST_REDIS_URL` (the test command starts both);
+//! without them the tests are skipped, unless `CONFAB_REQUIRE_SERVICES=1`, which makes that a
+//! failure.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::common::{text, BinaryNode, Client};
+
+fn services() -> Option<(String, String)> {
+    let mongo = std::env::var("CONFAB_TEST_MONGODB_URI").ok();
+    let redis = std::env::var("CONFAB_TEST_REDIS_URL").ok();
+    match (mongo, redis) {
+        (Some(m), Some(r)) => Some((m, r)),
+        _ => {
+            assert!(
+                std::env::var("CONFAB_REQUIRE_SERVICES").as_deref() != Ok("1"),
+                "CONFAB_REQUIRE_SERVICES=1 but CONFAB_TEST_MONGODB_URI / CONFAB_TEST_REDIS_URL are not set"
+            );
+            eprintln!("skipped: set CONFAB_TEST_MONGODB_URI and CONFAB_TEST_REDIS_URL (./scripts/test does)");
+            None
+        }
+    }
+}
+
+/// A redis-server of the test's own, on a spare port, that the test stops and restarts.
+struct OwnRedis {
+    port: u16,
+    dir: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    fn start(dir: &Path) -> OwnRedis {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut r = OwnRedis { port, dir: dir.to_path_buf(), child: None };
+        r.restart();
+        r
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (./scripts/test installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// `tests/support/txn_proxy.py` in front of the MongoDB emulator: it runs overlapping
+/// transactions of different sessions one at a time, as a real MongoDB isolates them (the
+/// emulator shares one SQLite connection between sessions). Only multi-node tests need it: a
+/// single node's store never overlaps its own transactions.
+struct TxnProxy {
+    port: u16,
+    child: std::process::Child,
+}
+
+impl TxnProxy {
+    fn start(mongo_uri: &str) -> TxnProxy {
+        let upstream = mongo_uri.trim_start_matches("mongodb://").split(['/', '?']).next().unwrap().to_string();
+        let (host, port) = upstream.rsplit_once(':').unwrap();
+        let listen = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let python = std::env::var("CONFAB_TEST_PYTHON").unwrap_or_else(|_| "python3".into());
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/txn_proxy.py");
+        let mut child = std::process::Command::new(python)
+            .arg(script)
+            .args([listen.to_string(), host.to_string(), port.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        let out = child.stdout.take().unwrap();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(out), &mut line).unwrap();
+        assert_eq!(line.trim(), "ready", "the transaction proxy did not start (needs pymongo's bson)");
+        TxnProxy { port: listen, child }
+    }
+}
+
+impl Drop for TxnProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Nodes of one cluster: same database, same Redis.
+struct Cluster {
+    _proxy: TxnProxy,
+    dir: tempfile::TempDir,
+    mongo: String,
+    db: String,
+    redis: String,
+    nodes: Vec<Option<BinaryNode>>,
+}
+
+impl Cluster {
+    async fn start(n: usize, mongo: &str, redis: &str) -> Cluster {
+        let dir = tempfile::tempdir().unwrap();
+        let db = format!("confab_cluster_{}", confab_actors::engine::random_id().to_lowercase());
+        let proxy = TxnProxy::start(mongo);
+        let mongo = format!("mongodb://127.0.0.1:{}", proxy.port);
+        let mut c = Cluster { _proxy: proxy, dir, mongo, db, redis: redis.into(), nodes: Vec::new() };
+        for i in 0..n {
+            let node = c.spawn(i).await;
+            c.nodes.push(Some(node));
+        }
+        c
+    }
+
+    async fn spawn(&self, i: usize) -> BinaryNode {
+        let id = format!("n{i}");
+        let path = self.dir.path().join(&id);
+        let keys = crate::http_api::keys();
+        let env = [
+            ("CONFAB__API__KEYS", keys.as_str()),
+            ("CONFAB__STORAGE__BACKEND", "mongodb"),
+            ("CONFAB__STORAGE__MONGODB__URI", self.mongo.as_str()),
+            ("CONFAB__STORAGE__MONGODB__DATABASE", self.db.as_str()),
+            ("CONFAB__CLUSTER__ENABLED", "true"),
+            ("CONFAB__CLUSTER__NODE_ID", id.as_str()),
+            ("CONFAB__CLUSTER__REDIS_URL", self.redis.as_str()),
+            ("CONFAB__CLUSTER__REDIS_POOL_SIZE", "4"),
+            ("CONFAB__LOG__LEVEL", "info"),
+        ];
+        BinaryNode::start(&path, &env).await
+    }
+
+    fn addr(&self, i: usize) -> SocketAddr {
+        self.nodes[i].as_ref().expect("node is down").addr
+    }
+
+    async fn connect(&self, i: usize, user: &str, device: &str) -> Client {
+        Client::connect(self.addr(i), user, device).await
+    }
+
+    async fn kill_9(&mut self, i: usize) {
+        if let Some(n) = self.nodes[i].take() {
+            n.kill_9().await;
+        }
+    }
+
+    async fn stop(mut self) {
+        for n in self.nodes.iter_mut() {
+            if let Some(n) = n.take() {
+                n.kill_9().await;
+            }
+        }
+    }
+}
+
+/// The `seq`s of a conversation's message events a client received, in arrival order.
+fn event_seqs(c: &Client, conv: &str) -> Vec<u64> {
+    c.log
+        .iter()
+        .filter(|v| v["event"] == "message" && v["data"]["conv_id"] == conv)
+        .map(|v| v["data"]["seq"].as_u64().unwrap())
+        .collect()
+}
+
+/// Asserts a device got the conversation's events once each, in ascending `seq` order.
+fn assert_once_in_order(c: &Client, conv: &str) -> Vec<u64> {
+    let seqs = event_seqs(c, conv);
+    for w in seqs.windows(2) {
+        assert!(w[0] < w[1], "{}/{}: events out of order or repeated in {conv}: {seqs:?}", c.user, c.device);
+    }
+    seqs
+}
+
+/// Every message of a conversation, read through history with gap fill.
+async fn history_seqs(c: &mut Client, conv: &str) -> BTreeSet<u64> {
+    let mut out = BTreeSet::new();
+    let mut after = 0;
+    loop {
+        let r = c.expect_ok("history", json!({"conv_id": conv, "after": after, "limit": 100})).await;
+        for m in r["messages"].as_array().unwrap() {
+            after = m["seq"].as_u64().unwrap();
+            out.insert(after);
+        }
+        if !r["has_more"].as_bool().unwrap() {
+            return out;
+        }
+    }
+}
+
+/// Sends `n` messages pipelined (all requests first, then every reply) and returns the acked seqs.
+async fn send_many(c: &mut Client, target: Value, tag: &str, n: usize) -> Vec<u64> {
+    let mut keys = Vec::new();
+    for i in 0..n {
+        let mut data = target.clone();
+        data["client_msg_id"] = json!(format!("{tag}-{i}"));
+        data["body"] = text(&format!("{tag} {i}"));
+        keys.push(c.send_req("send", data).await);
+    }
+    let mut acked = Vec::new();
+    for k in keys {
+        let r = c.reply(&k).await;
+        assert!(r.get("error").is_none(), "{tag}: send failed: {r}");
+        acked.push(r["result"]["message"]["seq"].as_u64().unwrap());
+    }
+    acked
+}
+
+/// Reads until every listed seq has arrived as an event (or the deadline passes).
+async fn await_seqs(c: &mut Client, conv: &str, want: &BTreeSet<u64>, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got: BTreeSet<u64> = event_seqs(c, conv).into_iter().collect();
+        if want.is_subset(&got) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}/{}: missing events {:?} in {conv}",
+            c.user,
+            c.device,
+            want.difference(&got).collect::<Vec<_>>()
+        );
+        c.drain_events(50).await;
+    }
+}
+
+#[tokio::test]
+async fn one_to_one_across_nodes() {
+    let Some((mongo, redis)) = services() else { return };
+    let cluster = Cluster::start(3, &mongo, &redis).await;
+    let mut alice = cluster.connect(0, "alice", "phone").await;
+    let mut bob = cluster.connect(1, "bob", "phone").await;
+    let conv = crate::common::direct_id("alice", "bob");
+
+    let (a, b) = tokio::join!(
+        send_many(&mut alice, json!({"to": "bob"}), "a", 30),
+        send_many(&mut bob, json!({"to": "alice"}), "b", 30)
+    );
+    let a: BTreeSet<u64> = a.into_iter().collect();
+    let b: BTreeSet<u64> = b.into_iter().collect();
+    assert_eq!(a.len() + b.len(), 60);
+    await_seqs(&mut bob, &conv, &a, Duration::from_secs(10)).await;
+    await_seqs(&mut alice, &conv, &b, Duration::from_secs(10)).await;
+    // Nobody receives their own messages as events, and the rest arrive once, in order.
+    assert_eq!(assert_once_in_order(&bob, &conv).into_iter().collect::<BTreeSet<_>>(), a);
+    assert_eq!(assert_once_in_order(&alice, &conv).into_iter().collect::<BTreeSet<_>>(), b);
+    let all: BTreeSet<u64> = a.union(&b).copied().collect();
+    assert_eq!(history_seqs(&mut alice, &conv).await, all);
+    assert_eq!(all, (1..=60).collect(), "seq is contiguous across nodes");
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn group_spread_over_every_node_and_devices_on_several_nodes() {
+    let Some((mongo, redis)) = services() else { return };
+    let cluster = Cluster::start(3, &mongo, &redis).await;
+    let users: Vec<String> = (0..9).map(|i| format!("m{i}")).collect();
+    let mut clients = Vec::new();
+    for (i, u) in users.iter().enumerate() {
+        clients.push(cluster.connect(i % 3, u, "phone").await);
+    }
+    // m0 also has a laptop on another node and a tablet on the third.
+    let mut laptop = cluster.connect(1, "m0", "laptop").await;
+    let mut tablet = cluster.connect(2, "m0", "tablet").await;
+    let g = clients[0].expect_ok("group_create", json!({"name": "spread", "members": &users[1..]})).await;
+    let gid = g["group"]["id"].as_str().unwrap().to_string();
+    let conv = format!("g_{gid}");
+
+    // Three senders on three nodes at once.
+    let (s0, rest) = clients.split_at_mut(1);
+    let (s1, rest) = rest.split_at_mut(1);
+    let target = json!({"conv_id": conv});
+    let (a0, a1, a2) = tokio::join!(
+        send_many(&mut s0[0], target.clone(), "x0", 20),
+        send_many(&mut s1[0], target.clone(), "x1", 20),
+        send_many(&mut rest[0], target.clone(), "x2", 20),
+    );
+    let acked: Vec<Vec<u64>> = vec![a0, a1, a2];
+    let all: BTreeSet<u64> = acked.iter().flatten().copied().collect();
+    assert_eq!(all.len(), 60);
+    for (i, c) in clients.iter_mut().enumerate() {
+        let own: BTreeSet<u64> = acked.get(i).map(|v| v.iter().copied().collect()).unwrap_or_default();
+        let want: BTreeSet<u64> = all.difference(&own).copied().collect();
+        await_seqs(c, &conv, &want, Duration::from_secs(15)).await;
+        let got = assert_once_in_order(c, &conv);
+        assert!(got.iter().all(|s| !own.contains(s)), "{}: got its own message as an event", c.user);
+    }
+    // m0's other devices get everything, m0's own messages included.
+    for d in [&mut laptop, &mut tablet] {
+        await_seqs(d, &conv, &all, Duration::from_secs(15)).await;
+        assert_once_in_order(d, &conv);
+    }
+    let hist = history_seqs(&mut clients[4], &conv).await;
+    assert!(all.is_subset(&hist));
+    assert_eq!(hist, (1..=61).collect(), "seq 1 is the group's creation, then 60 contiguous messages");
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn membership_changes_racing_with_sends() {
+    let Some((mongo, redis)) = services() else { return };
+    let cluster = Cluster::start(3, &mongo, &redis).await;
+    let mut owner = cluster.connect(0, "owner", "phone").await;
+    let mut sender = cluster.connect(1, "sender", "phone").await;
+    let mut leaver = cluster.connect(2, "leaver", "phone").await;
+    let mut joiner = cluster.connect(1, "joiner", "phone").await;
+    let g = owner.expect_ok("group_create", json!({"name": "race", "members": ["sender", "leaver"]})).await;
+    let gid = g["group"]["id"].as_str().unwrap().to_string();
+    let conv = format!("g_{gid}");
+
+    let target = json!({"conv_id": conv});
+    let sends = send_many(&mut sender, target, "s", 40);
+    let changes = async {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let added = owner.expect_ok("group_add", json!({"group_id": gid, "members": ["joiner"]})).await;
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        let removed = owner.expect_ok("group_remove", json!({"group_id": gid, "members": ["leaver"]})).await;
+        (added["message"]["seq"].as_u64().unwrap(), removed["message"]["seq"].as_u64().unwrap())
+    };
+    let (acked, (add_seq, remove_seq)) = tokio::join!(sends, changes);
+    let acked: BTreeSet<u64> = acked.into_iter().collect();
+
+    // The joiner gets every message after its addition, the leaver none after its removal.
+    let after_add: BTreeSet<u64> = acked.iter().copied().filter(|&s| s > add_seq).collect();
+    await_seqs(&mut joiner, &conv, &after_add, Duration::from_secs(10)).await;
+    let before_remove: BTreeSet<u64> = acked.iter().copied().filter(|&s| s < remove_seq).collect();
+    await_seqs(&mut leaver, &conv, &before_remove, Duration::from_secs(10)).await;
+    leaver.drain_events(500).await;
+    joiner.drain_events(200).await;
+    let j = assert_once_in_order(&joiner, &conv);
+    assert!(j.iter().all(|&s| s >= add_seq), "joiner got messages from before it joined: {j:?}");
+    let l = assert_once_in_order(&leaver, &conv);
+    assert!(l.iter().all(|&s| s <= remove_seq), "leaver got messages after its removal: {l:?}");
+    assert!(acked.is_subset(&history_seqs(&mut owner, &conv).await));
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn kill_9_of_a_node_during_sends_loses_nothing() {
+    let Some((mongo, redis)) = services() else { return };
+    let mut cluster = Cluster::start(3, &mongo, &redis).await;
+    let members = ["k0", "k1", "k2", "k3", "k4", "k5"];
+    let mut clients = Vec::new();
+    for (i, u) in members.iter().enumerate() {
+        clients.push(cluster.connect(i % 3, u, "phone").await);
+    }
+    let g = clients[0].expect_ok("group_create", json!({"name": "crash", "members": &members[1..]})).await;
+    let gid = g["group"]["id"].as_str().unwrap().to_string();
+    let conv = format!("g_{gid}");
+
+    // k1 (on node 1) pipelines sends; node 1 dies in the middle of them.
+    let victim = &mut clients[1];
+    let mut keys = Vec::new();
+    for i in 0..200 {
+        let data = json!({"conv_id": conv, "client_msg_id": format!("k1-{i}"), "body": text("x")});
+        match victim.try_send_req("send", data).await {
+            Some(k) => keys.push(k),
+            None => break,
+        }
+    }
+    // k0 (on node 0) sends at the same time.
+    let k0_sends = send_many(&mut clients[0], json!({"conv_id": conv}), "k0", 20);
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        cluster.kill_9(1).await;
+    };
+    let (k0_acked, ()) = tokio::join!(k0_sends, kill);
+    let mut acked: BTreeSet<u64> = k0_acked.into_iter().collect();
+    let victim = &mut clients[1];
+    for k in keys {
+        match victim.try_reply(&k, Duration::from_secs(2)).await {
+            Some(r) if r.get("result").is_some() => {
+                acked.insert(r["result"]["message"]["seq"].as_u64().unwrap());
+            }
+            _ => break,
+        }
+    }
+    // The dead node's users reconnect through the balancer to a live node and sync.
+    for (i, u) in members.iter().enumerate() {
+        if i % 3 == 1 {
+            let mut again = cluster.connect(2, u, "phone").await;
+            let hist = history_seqs(&mut again, &conv).await;
+            assert!(acked.is_subset(&hist), "{u}: acknowledged messages missing after the crash");
+        }
+    }
+    // Devices on live nodes got what they got once each, in order, and history has everything.
+    for (i, c) in clients.iter_mut().enumerate() {
+        if i % 3 != 1 {
+            c.drain_events(300).await;
+            assert_once_in_order(c, &conv);
+            assert!(acked.is_subset(&history_seqs(c, &conv).await));
+        }
+    }
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn redis_stopped_and_restarted_during_sends() {
+    let Some((mongo, _)) = services() else { return };
+    let rdir = tempfile::tempdir().unwrap();
+    let mut redis = OwnRedis::start(rdir.path());
+    let cluster = Cluster::start(2, &mongo, &redis.url()).await;
+    let mut alice = cluster.connect(0, "alice", "phone").await;
+    let mut carol = cluster.connect(0, "carol", "phone").await;
+    let mut bob = cluster.connect(1, "bob", "phone").await;
+    let g = alice.expect_ok("group_create", json!({"name": "r", "members": ["bob", "carol"]})).await;
+    let gid = g["group"]["id"].as_str().unwrap().to_string();
+    let conv = format!("g_{gid}");
+    let target = json!({"conv_id": conv});
+
+    let before: BTreeSet<u64> = send_many(&mut alice, target.clone(), "before", 5).await.into_iter().collect();
+    await_seqs(&mut bob, &conv, &before, Duration::from_secs(10)).await;
+
+    // Redis down: sends still succeed, local users still get them live.
+    redis.kill();
+    let during: BTreeSet<u64> = send_many(&mut alice, target.clone(), "during", 5).await.into_iter().collect();
+    let local: BTreeSet<u64> = before.union(&during).copied().collect();
+    await_seqs(&mut carol, &conv, &local, Duration::from_secs(10)).await;
+    // The other node's user has them through sync.
+    assert!(during.is_subset(&history_seqs(&mut bob, &conv).await));
+
+    // Redis back: cross-node delivery resumes by itself.
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut round = 0;
+    loop {
+        round += 1;
+        let after: BTreeSet<u64> =
+            send_many(&mut alice, target.clone(), &format!("after{round}"), 1).await.into_iter().collect();
+        bob.drain_events(300).await;
+        let got: BTreeSet<u64> = event_seqs(&bob, &conv).into_iter().collect();
+        if after.is_subset(&got) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cross-node delivery did not resume after Redis returned");
+    }
+    assert_once_in_order(&bob, &conv);
+    assert_once_in_order(&carol, &conv);
+    cluster.stop().await;
+}
+
+#[tokio::test]
+async fn signed_requests_and_access_changes_hold_across_nodes() {
+    let Some((mongo, redis)) = services() else { return };
+    let cluster = Cluster::start(2, &mongo, &redis).await;
+    // A signed request is accepted once by the whole cluster: replayed to another node, refused.
+    let req = crate::http_api::Req::new("GET", "/api/v1/users/nobody/devices", None);
+    assert_eq!(req.send(cluster.addr(0)).await.0, 200);
+    let (status, body) = req.send(cluster.addr(1)).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (401, Some("nonce_replayed")), "{body}");
+
+    // Disabling a user on one node closes its sessions on every node.
+    let mut far = cluster.connect(1, "mallory", "phone").await;
+    let mut near = cluster.connect(0, "mallory", "laptop").await;
+    // Either node lists the devices on both.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (status, body) =
+            crate::http_api::Req::new("GET", "/api/v1/users/mallory/devices", None).send(cluster.addr(1)).await;
+        assert_eq!(status, 200, "{body}");
+        let mut seen: Vec<(String, String)> = body["devices"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| (d["device"].as_str().unwrap().to_string(), d["node"].as_str().unwrap().to_string()))
+            .collect();
+        seen.sort();
+        if seen == [("laptop".to_string(), "n0".to_string()), ("phone".to_string(), "n1".to_string())] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "devices across nodes: {seen:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) =
+        crate::http_api::Req::new("POST", "/api/v1/users/mallory/disable", None).send(cluster.addr(0)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(near.wait_closed(Duration::from_secs(5)).await, Some(1008));
+    assert_eq!(far.wait_closed(Duration::from_secs(5)).await, Some(1008), "the other node kept the session");
+    cluster.stop().await;
+}
