@@ -39,7 +39,7 @@ pub enum PeerCommand {
     CloseUser { user: String, disabled: bool },
     /// A group's membership or roles changed: a node with an actor for the conversation reloads
     /// them (its next message is checked against the new membership).
-    MembershipChanged { conv_id: String },
+    MembershipChanged { conv_id: String, seq: u64 },
 }
 
 /// A cluster transport. Implemented by the `confab` crate on Redis.

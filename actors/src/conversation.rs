@@ -135,9 +135,10 @@ impl actix::Message for PeerMessage {
     type Result = ();
 }
 
-/// Another node changed this group's membership or roles: reload them from the store.
+/// Another node changed this group's membership or roles with the message `seq` (0: unknown):
+/// reload them from the store.
 #[derive(Debug, Clone, Copy)]
-pub struct ReloadMembers;
+pub struct ReloadMembers(pub u64);
 
 impl actix::Message for ReloadMembers {
     type Result = ();
@@ -146,6 +147,9 @@ impl actix::Message for ReloadMembers {
 /// How long a gap in `seq` (a message another node stored) may wait for that node's fan-out
 /// before the missing messages are read back from the store.
 const GAP_WAIT: Duration = Duration::from_millis(100);
+
+/// Gap fills that may miss before a gap is stepped over (about 5 s with [`GAP_WAIT`]).
+const GAP_FILL_TRIES: u32 = 50;
 
 /// The system events that change a group's membership or roles.
 fn changes_membership(m: &Message) -> bool {
@@ -171,6 +175,8 @@ struct Ready {
     /// Frames sent to the same recipients right after the message (e.g. `membership`).
     extra: Vec<ByteString>,
     reply: Option<oneshot::Sender<Result<Message>>>,
+    /// `members_seq` of the actor when `members` was taken.
+    members_seq: u64,
 }
 
 /// A message waiting in `ready` for its turn, by where it came from.
@@ -220,6 +226,9 @@ pub struct ConversationActor {
     roles: HashMap<Arc<str>, Role>,
     /// The same members as a list, shared with fan-out jobs; replaced, never mutated.
     members: Arc<Vec<Arc<str>>>,
+    /// The `seq` as of which `members` is known (the last membership change applied, or the
+    /// `last_seq` loaded).
+    members_seq: u64,
     /// The next `seq` to fan out.
     next_fanout: u64,
     /// Appends sent to the store and not yet answered.
@@ -230,6 +239,8 @@ pub struct ConversationActor {
     fresh: bool,
     /// A gap fill is scheduled or running.
     gap_fill: bool,
+    /// Gap fills in a row that did not find every missing message.
+    gap_misses: u32,
     /// The membership is being reloaded; releasing waits for it.
     reloading: bool,
     jobs: VecDeque<Job>,
@@ -251,11 +262,13 @@ impl ConversationActor {
             state: State::Loading,
             roles: HashMap::new(),
             members: Arc::new(Vec::new()),
+            members_seq: 0,
             next_fanout: 1,
             inflight: 0,
             ready: BTreeMap::new(),
             fresh: true,
             gap_fill: false,
+            gap_misses: 0,
             reloading: false,
             jobs: VecDeque::new(),
             tick_scheduled: false,
@@ -320,6 +333,7 @@ impl ConversationActor {
         ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
             Ok((last_seq, roles)) => {
                 act.next_fanout = last_seq + 1;
+                act.members_seq = last_seq;
                 act.set_members(roles);
                 act.state = State::Ready;
             }
@@ -370,6 +384,7 @@ impl ConversationActor {
         reply: oneshot::Sender<Result<Message>>,
     ) {
         self.inflight += 1;
+        let members_seq = self.members_seq;
         let store = self.core.store.clone();
         let stored = self.store_write(Box::pin(async move { store.append(msg).await }));
         let fut =
@@ -395,6 +410,7 @@ impl ConversationActor {
                             members,
                             extra: Vec::new(),
                             reply: Some(reply),
+                            members_seq,
                         }),
                     );
                 }
@@ -437,7 +453,7 @@ impl ConversationActor {
                 Pending::Peer { users, frames, membership_changed } => {
                     self.enqueue_local(head, frames, Arc::new(users));
                     if membership_changed {
-                        self.reload_members(ctx);
+                        self.reload_members(ctx, head);
                     }
                 }
                 Pending::Fetched(m) => {
@@ -445,7 +461,7 @@ impl ConversationActor {
                     let frames = vec![proto::encode_event("message", &m)];
                     self.enqueue_local(head, frames, self.members.clone());
                     if reload {
-                        self.reload_members(ctx);
+                        self.reload_members(ctx, head);
                     }
                 }
             }
@@ -501,9 +517,15 @@ impl ConversationActor {
                                 act.ready.entry(m.seq).or_insert(Pending::Fetched(m));
                             }
                         }
-                        // Seqs the store does not have were never stored: step over them.
-                        if !complete && act.ready.first_key_value().is_some_and(|(&h, _)| h > act.next_fanout) {
+                        // `seq` has no holes and a higher one exists, so the missing ones are
+                        // committed: a read that missed them was stale. Try again; step over
+                        // them only when they stay missing (a store that broke the contract).
+                        act.gap_misses = if complete { 0 } else { act.gap_misses + 1 };
+                        if act.gap_misses >= GAP_FILL_TRIES
+                            && act.ready.first_key_value().is_some_and(|(&h, _)| h > act.next_fanout)
+                        {
                             tracing::warn!(conv_id = %act.conv_id, from, head, "seq gap not in the store; skipped");
+                            act.gap_misses = 0;
                             if let Some((&h, _)) = act.ready.first_key_value() {
                                 act.next_fanout = h;
                             }
@@ -519,7 +541,10 @@ impl ConversationActor {
     }
 
     /// Reloads a group's membership from the store; releasing waits until it is done.
-    fn reload_members(&mut self, ctx: &mut Context<Self>) {
+    ///
+    /// `seq` is the membership change that asked for it (0: unknown); messages after it that
+    /// were submitted with the older membership are fanned out with the reloaded one.
+    fn reload_members(&mut self, ctx: &mut Context<Self>, seq: u64) {
         if self.kind != ConvKind::Group || self.reloading {
             return;
         }
@@ -531,10 +556,11 @@ impl ConversationActor {
             let members = store.members(&gid).await?;
             Ok::<_, StoreError>((group, members))
         };
-        ctx.wait(fut.into_actor(self).map(|res, act, ctx| {
+        ctx.wait(fut.into_actor(self).map(move |res, act, ctx| {
             act.reloading = false;
             match res {
                 Ok((group, members)) => {
+                    act.members_seq = act.members_seq.max(seq);
                     if group.as_ref().is_none_or(|g| g.dismissed) {
                         act.set_members(HashMap::new());
                         act.state = State::Failed(dismissed());
@@ -552,12 +578,16 @@ impl ConversationActor {
     }
 
     fn enqueue_message(&mut self, r: Ready) {
-        let Ready { message, origin, members, extra, reply } = r;
+        let Ready { message, origin, members, extra, reply, members_seq } = r;
         let seq = message.seq;
+        // A membership change stored by another node before this message, but applied here
+        // only after the message was submitted: the message goes to the new membership.
+        let members =
+            if self.members_seq > members_seq && self.members_seq < seq { self.members.clone() } else { members };
         let membership_changed = changes_membership(&message);
         if membership_changed {
             if let Some(cluster) = self.core.cluster() {
-                cluster.broadcast(PeerCommand::MembershipChanged { conv_id: self.conv_id.to_string() });
+                cluster.broadcast(PeerCommand::MembershipChanged { conv_id: self.conv_id.to_string(), seq });
             }
         }
         let mut frames = vec![proto::encode_event("message", &message)];
@@ -691,8 +721,8 @@ impl Handler<PeerMessage> for ConversationActor {
         if seq < self.next_fanout {
             // Already released (read back from the store, or a repeat), unless nothing was
             // released since loading: then the loaded `last_seq` included it, but this node's
-            // sessions have not seen it yet.
-            if !(self.fresh && self.ready.is_empty() && self.inflight == 0) {
+            // sessions have not seen it yet (anything between it and what is ready is read back).
+            if !self.fresh {
                 self.core.metrics.peer_messages_stale.fetch_add(1, Relaxed);
                 return;
             }
@@ -705,9 +735,9 @@ impl Handler<PeerMessage> for ConversationActor {
 
 impl Handler<ReloadMembers> for ConversationActor {
     type Result = ();
-    fn handle(&mut self, _: ReloadMembers, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: ReloadMembers, ctx: &mut Context<Self>) {
         if matches!(self.state, State::Ready) {
-            self.reload_members(ctx);
+            self.reload_members(ctx, msg.0);
         }
     }
 }
@@ -1100,6 +1130,7 @@ impl ConversationActor {
         self.ready.insert(
             m.seq,
             Pending::Local(Ready {
+                members_seq: m.seq,
                 message: m,
                 origin: None,
                 members: Arc::new(recipients),

@@ -127,6 +127,21 @@ fn mailbox(e: MailboxError) -> Error {
     }
 }
 
+/// How to start the actor of a conversation another node fanned a message of out: a one-to-one
+/// conversation's recipients are its two participants (so the actor needs no read to know
+/// them); a group is loaded.
+fn peer_init(conv_id: &str, users: &[Arc<str>]) -> Init {
+    match (model::conv_kind(conv_id), users) {
+        (Ok(ConvKind::Direct), [a]) if model::direct_conv_id(a, a) == conv_id => {
+            Init::Direct(a.to_string(), a.to_string())
+        }
+        (Ok(ConvKind::Direct), [a, b]) if model::direct_conv_id(a, b) == conv_id => {
+            Init::Direct(a.to_string(), b.to_string())
+        }
+        _ => Init::Load,
+    }
+}
+
 /// A page of history (the reply to `history`).
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct HistoryResult {
@@ -225,7 +240,7 @@ impl Engine {
     pub fn deliver_from_peer(&self, d: PeerDelivery) {
         let PeerDelivery { ordered, users, frames, membership_changed } = d;
         let (users, frames) = match ordered {
-            Some((conv_id, seq)) => match self.actor(&conv_id, Init::Load) {
+            Some((conv_id, seq)) => match self.actor(&conv_id, peer_init(&conv_id, &users)) {
                 Ok(addr) => match addr.try_send(PeerMessage { seq, users, frames, membership_changed }) {
                     Ok(()) => return,
                     // A full mailbox or a stopping actor: deliver now, unordered (clients
@@ -249,9 +264,9 @@ impl Engine {
             PeerCommand::CloseUser { user, disabled } => {
                 self.core.registry.close_user(&user, disabled);
             }
-            PeerCommand::MembershipChanged { conv_id } => {
+            PeerCommand::MembershipChanged { conv_id, seq } => {
                 if let Some(addr) = self.core.directory.peek(&conv_id) {
-                    addr.do_send(ReloadMembers);
+                    addr.do_send(ReloadMembers(seq));
                 }
             }
         }

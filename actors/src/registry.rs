@@ -172,8 +172,9 @@ impl OutQueue {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues `out` unless the queue is full or closed; wakes the writer if it was empty.
-    pub fn try_send(&self, out: Outbound) -> Result<(), QueueError> {
+    /// Queues `out` unless the queue is full or closed; returns whether it was empty (then the
+    /// writer, which takes everything each time, needs waking).
+    fn enqueue(&self, out: Outbound) -> Result<bool, QueueError> {
         let mut q = self.lock();
         if q.closed {
             return Err(QueueError::Closed);
@@ -183,9 +184,12 @@ impl OutQueue {
         }
         let was_empty = q.frames.is_empty();
         q.frames.push_back(out);
-        drop(q);
-        // The writer takes everything each time, so it only needs waking when it found nothing.
-        if was_empty {
+        Ok(was_empty)
+    }
+
+    /// Queues `out` unless the queue is full or closed; wakes the writer if it was empty.
+    pub fn try_send(&self, out: Outbound) -> Result<(), QueueError> {
+        if self.enqueue(out)? {
             self.waker.wake();
         }
         Ok(())
@@ -194,17 +198,7 @@ impl OutQueue {
     /// [`Self::try_send`], but the writer's waker (when it needs waking) is moved to `wakes`
     /// instead of being woken: a fan-out wakes writers once it has queued more frames.
     pub fn try_send_deferred(&self, out: Outbound, wakes: &mut Vec<Waker>) -> Result<(), QueueError> {
-        let mut q = self.lock();
-        if q.closed {
-            return Err(QueueError::Closed);
-        }
-        if q.frames.len() >= self.cap {
-            return Err(QueueError::Full);
-        }
-        let was_empty = q.frames.is_empty();
-        q.frames.push_back(out);
-        drop(q);
-        if was_empty {
+        if self.enqueue(out)? {
             if let Some(w) = self.waker.take() {
                 wakes.push(w);
             }

@@ -56,7 +56,11 @@ fn target(name: &str, case: &str, want: &str, got: Option<f64>, met: impl Fn(f64
 }
 
 fn ratio_of(all: &[Value], case: &str, field: &str, baseline: &str) -> Option<f64> {
-    let c = num(find(all, case, "confab")?, field)?;
+    ratio_between(all, case, field, "confab", baseline)
+}
+
+fn ratio_between(all: &[Value], case: &str, field: &str, system: &str, baseline: &str) -> Option<f64> {
+    let c = num(find(all, case, system)?, field)?;
     let b = num(find(all, case, baseline)?, field)?;
     (b > 0.0).then(|| c / b)
 }
@@ -119,6 +123,22 @@ pub fn targets(all: &[Value], fanout_n: usize, pairs_p: usize, idle_small: usize
             json!(null),
         ),
     ];
+    out.push(target(
+        "cross-node pairs throughput, confab-2node vs socketio-2node",
+        &pc,
+        ">= 2.0x",
+        ratio_between(all, &pc, "deliveries_per_s", "confab-2node", "socketio-2node"),
+        |r| r >= 2.0,
+        json!(null),
+    ));
+    out.push(target(
+        "fanout deliveries per CPU-second, confab-2node vs one confab node",
+        &fc,
+        ">= 0.8x",
+        ratio_between(all, &fc, "deliveries_per_cpu_s", "confab-2node", "confab"),
+        |r| r >= 0.8,
+        json!(null),
+    ));
     let big = find(all, &ib, "confab");
     let note = big.and_then(|l| l.get("capped_by").cloned()).unwrap_or(Value::Null);
     out.push(target(
@@ -130,7 +150,7 @@ pub fn targets(all: &[Value], fanout_n: usize, pairs_p: usize, idle_small: usize
         note,
     ));
     // Open-loop results only mean something if the offered load was carried.
-    for (t, case) in out.iter_mut().zip([&fc, &fc, &pc, &fo, &po, &is, &ib]) {
+    for (t, case) in out.iter_mut().zip([&fc, &fc, &pc, &fo, &po, &is, &pc, &fc, &ib]) {
         let busy: Vec<&str> = all
             .iter()
             .filter(|l| &l["case"] == case && l["busy"] == true)

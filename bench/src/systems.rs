@@ -8,6 +8,12 @@
 //! - `socketio`: `node bench/peers/socketio/server.js`, one process, in-memory adapter.
 //! - `socketio-2node`: two such processes joined by `@socket.io/redis-adapter` through a
 //!   `redis-server` started here on a spare port. CPU and memory are summed over all three.
+//! - `confab-2node`: two `confab` nodes in cluster mode, bridged by such a `redis-server`, on a
+//!   MongoDB database of their own (`--mongodb-uri`, else an `nx-27017` emulator started here,
+//!   behind `tests/support/txn_proxy.py`, which gives the emulator's transactions the isolation
+//!   a real MongoDB has).
+//!   CPU and memory are summed over the two nodes and Redis, as for `socketio-2node`; the
+//!   database's are not (it is storage, like the single node's embedded store files).
 
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
@@ -25,10 +31,11 @@ pub enum System {
     Relay,
     SocketIo,
     SocketIo2,
+    Confab2,
 }
 
 impl System {
-    pub const ALL: [System; 4] = [System::Relay, System::SocketIo, System::SocketIo2, System::Confab];
+    pub const ALL: [System; 5] = [System::Relay, System::SocketIo, System::SocketIo2, System::Confab, System::Confab2];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -36,6 +43,7 @@ impl System {
             System::Relay => "relay",
             System::SocketIo => "socketio",
             System::SocketIo2 => "socketio-2node",
+            System::Confab2 => "confab-2node",
         }
     }
 
@@ -45,7 +53,7 @@ impl System {
 
     pub fn wire(self) -> Wire {
         match self {
-            System::Confab => Wire::Confab,
+            System::Confab | System::Confab2 => Wire::Confab,
             System::Relay => Wire::Relay,
             System::SocketIo | System::SocketIo2 => Wire::SocketIo,
         }
@@ -64,6 +72,10 @@ pub struct Env {
     pub work_dir: PathBuf,
     /// confab's token secret for the run (the generator mints tokens with it).
     pub secret: String,
+    /// MongoDB for `confab-2node`; when absent, `nx_27017` is started for the run.
+    pub mongodb_uri: Option<String>,
+    /// The `nx-27017` MongoDB emulator (a wire-protocol server over SQLite).
+    pub nx_27017: PathBuf,
 }
 
 /// Settings a scenario needs from the server.
@@ -110,16 +122,48 @@ impl Drop for Running {
     }
 }
 
-/// Kills the child if starting the system fails half-way.
-struct Guard(Vec<Child>);
+/// Kills the children if starting the system fails half-way: the measured ones (`.0`) and the
+/// ones only stopped with the run (`.1`).
+struct Guard(Vec<Child>, Vec<Child>);
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        for c in &mut self.0 {
+        for c in self.0.iter_mut().chain(self.1.iter_mut()) {
             let _ = c.kill();
             let _ = c.wait();
         }
     }
+}
+
+/// Starts a `redis-server` on a spare port (measured with the system); returns its URL.
+fn start_redis(env: &Env, log: &Path, guard: &mut Guard) -> anyhow::Result<String> {
+    let port = free_port()?;
+    let mut cmd = Command::new(&env.redis_server);
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(["--protected-mode", "no", "--daemonize", "no", "--logfile"])
+        .arg(log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    guard.0.push(cmd.spawn().with_context(|| format!("starting {}", env.redis_server))?);
+    wait_port(port)?;
+    Ok(format!("redis://127.0.0.1:{port}"))
+}
+
+/// `confab serve` with the settings every run uses; its embedded store (if used) in `dir`.
+fn confab_command(env: &Env, tuning: Tuning, dir: &Path) -> Command {
+    let mut cmd = Command::new(&env.confab_bin);
+    cmd.arg("serve")
+        .env("CONFAB__SERVER__BIND", "127.0.0.1:0")
+        .env("CONFAB__SERVER__MAX_FRAME_BYTES", "1048576")
+        .env("CONFAB__STORAGE__PATH", dir)
+        .env("CONFAB__AUTH__SECRET", &env.secret)
+        .env("CONFAB__GROUPS__MAX_MEMBERS", (tuning.max_members + 1).max(10_000).to_string())
+        .env("CONFAB__SESSION__OUTBOUND_QUEUE", "4096")
+        .env("CONFAB__SESSION__MAX_INFLIGHT_REQUESTS", "1024")
+        .env("CONFAB__LOG__LEVEL", "warn")
+        .env_remove("RUST_LOG");
+    cmd
 }
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -176,28 +220,70 @@ pub fn start(system: System, env: &Env, tuning: Tuning, tag: &str) -> anyhow::Re
     std::fs::create_dir_all(&env.work_dir)?;
     let log = |what: &str| env.work_dir.join(format!("{tag}.{what}.log"));
     let dialect = Dialect { wire: system.wire(), secret: env.secret.clone() };
-    let mut guard = Guard(Vec::new());
+    let mut guard = Guard(Vec::new(), Vec::new());
     let mut addrs = Vec::new();
     let mut data_dir = None;
     match system {
         System::Confab => {
             let dir = std::env::temp_dir().join(format!("confab-bench-{}-{tag}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
-            let mut cmd = Command::new(&env.confab_bin);
-            cmd.arg("serve")
-                .env("CONFAB__SERVER__BIND", "127.0.0.1:0")
-                .env("CONFAB__SERVER__MAX_FRAME_BYTES", "1048576")
-                .env("CONFAB__STORAGE__PATH", &dir)
-                .env("CONFAB__AUTH__SECRET", &env.secret)
-                .env("CONFAB__GROUPS__MAX_MEMBERS", (tuning.max_members + 1).max(10_000).to_string())
-                .env("CONFAB__SESSION__OUTBOUND_QUEUE", "4096")
-                .env("CONFAB__SESSION__MAX_INFLIGHT_REQUESTS", "1024")
-                .env("CONFAB__LOG__LEVEL", "warn")
-                .env_remove("RUST_LOG");
+            let cmd = confab_command(env, tuning, &dir);
             data_dir = Some(dir);
             let (child, addr) = spawn_listening(cmd, "confab listening on", &log("confab"))?;
             guard.0.push(child);
             addrs.push(addr);
+        }
+        System::Confab2 => {
+            let redis_url = start_redis(env, &log("redis"), &mut guard)?;
+            let dir = std::env::temp_dir().join(format!("confab-bench-{}-{tag}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir)?;
+            data_dir = Some(dir.clone());
+            let mongodb_uri = match &env.mongodb_uri {
+                Some(u) => u.clone(),
+                None => {
+                    let port = free_port()?;
+                    let mut cmd = Command::new(&env.nx_27017);
+                    cmd.args(["--host", "127.0.0.1", "-p", &port.to_string(), "--data-dir"])
+                        .arg(dir.join("mongo"))
+                        .arg("--pid-file")
+                        .arg(dir.join("nx.pid"))
+                        .arg("--log-file")
+                        .arg(log("nx-27017"))
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null());
+                    let child = cmd
+                        .spawn()
+                        .with_context(|| format!("starting {} (or pass --mongodb-uri)", env.nx_27017.display()))?;
+                    guard.1.push(child);
+                    wait_port(port)?;
+                    let python = env.nx_27017.with_file_name("python");
+                    let proxy_port = free_port()?;
+                    let mut cmd = Command::new(&python);
+                    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/support/txn_proxy.py"))
+                        .args([proxy_port.to_string(), "127.0.0.1".into(), port.to_string()])
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null());
+                    guard.1.push(cmd.spawn().with_context(|| format!("starting {}", python.display()))?);
+                    wait_port(proxy_port)?;
+                    format!("mongodb://127.0.0.1:{proxy_port}")
+                }
+            };
+            let database = format!("confab_bench_{}_{}", std::process::id(), tag.replace(['-', '/', '.'], "_"));
+            for i in 0..2 {
+                let mut cmd = confab_command(env, tuning, &dir.join(format!("n{i}")));
+                cmd.env("CONFAB__STORAGE__BACKEND", "mongodb")
+                    .env("CONFAB__STORAGE__MONGODB__URI", &mongodb_uri)
+                    .env("CONFAB__STORAGE__MONGODB__DATABASE", &database)
+                    .env("CONFAB__CLUSTER__ENABLED", "true")
+                    .env("CONFAB__CLUSTER__NODE_ID", format!("bench{i}"))
+                    .env("CONFAB__CLUSTER__REDIS_URL", &redis_url);
+                let (child, addr) = spawn_listening(cmd, "confab listening on", &log(&format!("confab{i}")))?;
+                guard.0.push(child);
+                addrs.push(addr);
+            }
         }
         System::Relay => {
             let mut cmd = Command::new(&env.relay_bin);
@@ -216,28 +302,7 @@ pub fn start(system: System, env: &Env, tuning: Tuning, tag: &str) -> anyhow::Re
             }
             let mut redis_url = None;
             if system == System::SocketIo2 {
-                let port = free_port()?;
-                let mut cmd = Command::new(&env.redis_server);
-                cmd.args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--protected-mode",
-                    "no",
-                ])
-                .args(["--daemonize", "no", "--logfile"])
-                .arg(log("redis"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-                guard.0.push(cmd.spawn().with_context(|| format!("starting {}", env.redis_server))?);
-                wait_port(port)?;
-                redis_url = Some(format!("redis://127.0.0.1:{port}"));
+                redis_url = Some(start_redis(env, &log("redis"), &mut guard)?);
             }
             let nodes = if system == System::SocketIo2 { 2 } else { 1 };
             for i in 0..nodes {
@@ -252,7 +317,8 @@ pub fn start(system: System, env: &Env, tuning: Tuning, tag: &str) -> anyhow::Re
             }
         }
     }
-    let children = std::mem::take(&mut guard.0);
+    let mut children = std::mem::take(&mut guard.0);
     let pids = children.iter().map(Child::id).collect();
+    children.append(&mut guard.1);
     Ok(Running { system, addrs, pids, dialect, children, data_dir })
 }

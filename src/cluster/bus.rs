@@ -89,7 +89,12 @@ pub enum Broadcast {
         disabled: bool,
     },
     /// A conversation's membership changed: drop what is cached about it.
-    MembershipChanged { conv_id: String },
+    MembershipChanged {
+        conv_id: String,
+        /// The `seq` of the system message that recorded the change (0 when unknown).
+        #[serde(default)]
+        seq: u64,
+    },
     /// An event this version does not know (sent by a newer node).
     #[serde(other)]
     Unknown,

@@ -33,7 +33,7 @@ impl seam::Cluster for Link {
     fn broadcast(&self, c: PeerCommand) {
         let event = match c {
             PeerCommand::CloseUser { user, disabled } => Broadcast::CloseUser { user, disabled },
-            PeerCommand::MembershipChanged { conv_id } => Broadcast::MembershipChanged { conv_id },
+            PeerCommand::MembershipChanged { conv_id, seq } => Broadcast::MembershipChanged { conv_id, seq },
         };
         self.cluster.announce(event);
     }
@@ -58,7 +58,9 @@ pub fn dispatch(engine: &Engine, incoming: Incoming) {
         }),
         Incoming::Broadcast { event, from } => match event {
             Broadcast::CloseUser { user, disabled } => engine.peer_command(PeerCommand::CloseUser { user, disabled }),
-            Broadcast::MembershipChanged { conv_id } => engine.peer_command(PeerCommand::MembershipChanged { conv_id }),
+            Broadcast::MembershipChanged { conv_id, seq } => {
+                engine.peer_command(PeerCommand::MembershipChanged { conv_id, seq })
+            }
             Broadcast::Unknown => tracing::debug!(%from, "ignored a cluster event this version does not know"),
         },
     }

@@ -301,7 +301,7 @@ async fn broadcasts_reach_every_other_node() {
     let Some(url) = test_url() else { return };
     let (a, mut arx) = node(&url, &fresh("a"), 200, 2000).await;
     let (b, mut brx) = node(&url, &fresh("b"), 200, 2000).await;
-    let ev = Broadcast::MembershipChanged { conv_id: fresh("g") };
+    let ev = Broadcast::MembershipChanged { conv_id: fresh("g"), seq: 7 };
     a.broadcast(&ev).await.unwrap();
     // Other tests broadcast too: look for ours.
     let deadline = Instant::now() + Duration::from_secs(3);

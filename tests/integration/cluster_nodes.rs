@@ -126,20 +126,40 @@ impl Drop for TxnProxy {
 /// Nodes of one cluster: same database, same Redis.
 struct Cluster {
     _proxy: TxnProxy,
+    _redis: Option<(OwnRedis, tempfile::TempDir)>,
     dir: tempfile::TempDir,
     mongo: String,
     db: String,
     redis: String,
     nodes: Vec<Option<BinaryNode>>,
+    /// Extra settings for every node.
+    extra: Vec<(String, String)>,
 }
 
 impl Cluster {
-    async fn start(n: usize, mongo: &str, redis: &str) -> Cluster {
+    /// `n` nodes on a redis-server of the cluster's own: clusters of tests running at the same
+    /// time must not share Redis (node channels, presence and broadcasts would mix).
+    async fn start(n: usize, mongo: &str) -> Cluster {
+        Self::start_with(n, mongo, &[]).await
+    }
+
+    async fn start_with(n: usize, mongo: &str, extra: &[(&str, &str)]) -> Cluster {
+        let rdir = tempfile::tempdir().unwrap();
+        let redis = OwnRedis::start(rdir.path());
+        let mut c = Self::start_on(n, mongo, &redis.url(), extra).await;
+        c._redis = Some((redis, rdir));
+        c
+    }
+
+    /// `n` nodes on the given Redis.
+    async fn start_on(n: usize, mongo: &str, redis: &str, extra: &[(&str, &str)]) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let db = format!("confab_cluster_{}", confab_actors::engine::random_id().to_lowercase());
         let proxy = TxnProxy::start(mongo);
         let mongo = format!("mongodb://127.0.0.1:{}", proxy.port);
-        let mut c = Cluster { _proxy: proxy, dir, mongo, db, redis: redis.into(), nodes: Vec::new() };
+        let extra = extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut c =
+            Cluster { _proxy: proxy, _redis: None, dir, mongo, db, redis: redis.into(), nodes: Vec::new(), extra };
         for i in 0..n {
             let node = c.spawn(i).await;
             c.nodes.push(Some(node));
@@ -162,6 +182,8 @@ impl Cluster {
             ("CONFAB__CLUSTER__REDIS_POOL_SIZE", "4"),
             ("CONFAB__LOG__LEVEL", "info"),
         ];
+        let mut env: Vec<(&str, &str)> = env.to_vec();
+        env.extend(self.extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         BinaryNode::start(&path, &env).await
     }
 
@@ -171,6 +193,11 @@ impl Cluster {
 
     async fn connect(&self, i: usize, user: &str, device: &str) -> Client {
         Client::connect(self.addr(i), user, device).await
+    }
+
+    async fn add_node(&mut self) {
+        let node = self.spawn(self.nodes.len()).await;
+        self.nodes.push(Some(node));
     }
 
     async fn kill_9(&mut self, i: usize) {
@@ -261,8 +288,8 @@ async fn await_seqs(c: &mut Client, conv: &str, want: &BTreeSet<u64>, within: Du
 
 #[tokio::test]
 async fn one_to_one_across_nodes() {
-    let Some((mongo, redis)) = services() else { return };
-    let cluster = Cluster::start(3, &mongo, &redis).await;
+    let Some((mongo, _)) = services() else { return };
+    let cluster = Cluster::start(3, &mongo).await;
     let mut alice = cluster.connect(0, "alice", "phone").await;
     let mut bob = cluster.connect(1, "bob", "phone").await;
     let conv = crate::common::direct_id("alice", "bob");
@@ -287,8 +314,8 @@ async fn one_to_one_across_nodes() {
 
 #[tokio::test]
 async fn group_spread_over_every_node_and_devices_on_several_nodes() {
-    let Some((mongo, redis)) = services() else { return };
-    let cluster = Cluster::start(3, &mongo, &redis).await;
+    let Some((mongo, _)) = services() else { return };
+    let cluster = Cluster::start(3, &mongo).await;
     let users: Vec<String> = (0..9).map(|i| format!("m{i}")).collect();
     let mut clients = Vec::new();
     for (i, u) in users.iter().enumerate() {
@@ -333,8 +360,8 @@ async fn group_spread_over_every_node_and_devices_on_several_nodes() {
 
 #[tokio::test]
 async fn membership_changes_racing_with_sends() {
-    let Some((mongo, redis)) = services() else { return };
-    let cluster = Cluster::start(3, &mongo, &redis).await;
+    let Some((mongo, _)) = services() else { return };
+    let cluster = Cluster::start(3, &mongo).await;
     let mut owner = cluster.connect(0, "owner", "phone").await;
     let mut sender = cluster.connect(1, "sender", "phone").await;
     let mut leaver = cluster.connect(2, "leaver", "phone").await;
@@ -372,8 +399,8 @@ async fn membership_changes_racing_with_sends() {
 
 #[tokio::test]
 async fn kill_9_of_a_node_during_sends_loses_nothing() {
-    let Some((mongo, redis)) = services() else { return };
-    let mut cluster = Cluster::start(3, &mongo, &redis).await;
+    let Some((mongo, _)) = services() else { return };
+    let mut cluster = Cluster::start(3, &mongo).await;
     let members = ["k0", "k1", "k2", "k3", "k4", "k5"];
     let mut clients = Vec::new();
     for (i, u) in members.iter().enumerate() {
@@ -434,7 +461,7 @@ async fn redis_stopped_and_restarted_during_sends() {
     let Some((mongo, _)) = services() else { return };
     let rdir = tempfile::tempdir().unwrap();
     let mut redis = OwnRedis::start(rdir.path());
-    let cluster = Cluster::start(2, &mongo, &redis.url()).await;
+    let cluster = Cluster::start_on(2, &mongo, &redis.url(), &[]).await;
     let mut alice = cluster.connect(0, "alice", "phone").await;
     let mut carol = cluster.connect(0, "carol", "phone").await;
     let mut bob = cluster.connect(1, "bob", "phone").await;
@@ -476,8 +503,8 @@ async fn redis_stopped_and_restarted_during_sends() {
 
 #[tokio::test]
 async fn signed_requests_and_access_changes_hold_across_nodes() {
-    let Some((mongo, redis)) = services() else { return };
-    let cluster = Cluster::start(2, &mongo, &redis).await;
+    let Some((mongo, _)) = services() else { return };
+    let cluster = Cluster::start(2, &mongo).await;
     // A signed request is accepted once by the whole cluster: replayed to another node, refused.
     let req = crate::http_api::Req::new("GET", "/api/v1/users/nobody/devices", None);
     assert_eq!(req.send(cluster.addr(0)).await.0, 200);
@@ -511,5 +538,31 @@ async fn signed_requests_and_access_changes_hold_across_nodes() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(near.wait_closed(Duration::from_secs(5)).await, Some(1008));
     assert_eq!(far.wait_closed(Duration::from_secs(5)).await, Some(1008), "the other node kept the session");
+    cluster.stop().await;
+}
+
+/// The webhook dispatcher runs on one node (a lease in the store); when that node dies, another
+/// takes over within 5 seconds with the default lease, and nothing is missed.
+#[tokio::test]
+async fn a_dead_nodes_webhook_dispatcher_is_taken_over_within_5_seconds() {
+    let Some((mongo, _)) = services() else { return };
+    let receiver = crate::webhooks::Receiver::start().await;
+    let eps = crate::webhooks::endpoints(&receiver, &["message.sent"]);
+    let env = [("CONFAB__WEBHOOKS__ENDPOINTS", eps.as_str()), ("CONFAB__WEBHOOKS__POLL_INTERVAL_MS", "50")];
+    // Node 0 alone first, so it holds the dispatcher's lease.
+    let mut cluster = Cluster::start_with(1, &mongo, &env).await;
+    let mut alice = cluster.connect(0, "alice", "phone").await;
+    alice.send_msg(json!({"to": "bob"}), "w1", text("one")).await;
+    receiver.wait_for("the first event", 10, |e| e.len() == 1).await;
+    cluster.add_node().await;
+    cluster.kill_9(0).await;
+    let mut bob = cluster.connect(1, "bob", "phone").await;
+    let killed = Instant::now();
+    bob.send_msg(json!({"to": "alice"}), "w2", text("two")).await;
+    let events = receiver.wait_for("the event stored after the crash", 10, |e| e.len() == 2).await;
+    let took = killed.elapsed();
+    assert!(took < Duration::from_millis(5500), "the dispatcher was taken over after {took:?}");
+    let seqs: Vec<u64> = events.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, [1, 2]);
     cluster.stop().await;
 }

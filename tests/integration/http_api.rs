@@ -28,7 +28,7 @@ fn node_with(extra: &[(&str, &str)]) -> TestNode {
     TestNode::with(&all)
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
@@ -37,7 +37,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 /// The signature as docs/http-api.md defines it, computed independently of the server's code.
-fn signature(secret: &str, method: &str, path: &str, ts: &str, nonce: &str, body: &[u8]) -> String {
+pub(crate) fn signature(secret: &str, method: &str, path: &str, ts: &str, nonce: &str, body: &[u8]) -> String {
     let s = format!("{method}\n{path}\n{ts}\n{nonce}\n{}", hex(&Sha256::digest(body)));
     let mut m = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     m.update(s.as_bytes());

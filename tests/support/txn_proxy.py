@@ -5,8 +5,9 @@ connection: two sessions' transactions that overlap nest into each other, and on
 abort takes the other's writes with it. A real MongoDB isolates them. The multi-node tests put
 this proxy between the nodes and the emulator so overlapping transactions never reach it:
 
-- while one session (lsid) has a transaction open in a database, commands of every other session
-  to that database wait;
+- while one session (lsid) has a transaction open in a database, writes and transactions of every
+  other session in that database wait (reads pass: holding them could exhaust a client's
+  connection pool while the transaction still needs a connection);
 - when the connection that carried an open transaction closes (its node was killed), the proxy
   aborts the transaction upstream, as a real server would when the session is gone.
 
@@ -24,6 +25,10 @@ import sys
 import bson
 
 OP_MSG = 2013
+# Commands that never wait for another session's transaction.
+READS = {"find", "aggregate", "count", "distinct", "getMore", "killCursors", "listCollections",
+         "listIndexes", "listDatabases", "hello", "isMaster", "ismaster", "ping", "buildInfo",
+         "endSessions", "dbStats", "collStats", "serverStatus"}
 HEADER = struct.Struct("<iiii")
 
 
@@ -37,6 +42,9 @@ class Gate:
 
     async def admit(self, lsid, doc, conn):
         starting = bool(doc.get("startTransaction"))
+        command = next(iter(doc), "")
+        if not starting and command in READS and lsid not in self.db_of:
+            return
         async with self.cond:
             db = doc.get("$db") if starting else self.db_of.get(lsid, doc.get("$db"))
             while db in self.owner and self.owner[db][0] != lsid:

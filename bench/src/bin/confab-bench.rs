@@ -19,8 +19,8 @@ struct Cli {
     /// Toy sizes and short windows: checks the harness end to end in under two minutes.
     #[arg(long)]
     quick: bool,
-    /// Systems to run, comma-separated (confab, relay, socketio, socketio-2node).
-    #[arg(long, value_delimiter = ',', default_value = "relay,socketio,socketio-2node,confab")]
+    /// Systems to run, comma-separated (confab, relay, socketio, socketio-2node, confab-2node).
+    #[arg(long, value_delimiter = ',', default_value = "relay,socketio,socketio-2node,confab,confab-2node")]
     systems: Vec<String>,
     /// Scenarios to run, comma-separated (fanout, pairs, idle).
     #[arg(long, value_delimiter = ',', default_value = "fanout,pairs,idle")]
@@ -65,6 +65,13 @@ struct Cli {
     node: String,
     #[arg(long, default_value = "redis-server")]
     redis_server: String,
+    /// MongoDB for `confab-2node` (a database of its own is used per run). Without it, the
+    /// `nx-27017` emulator is started for each run.
+    #[arg(long)]
+    mongodb_uri: Option<String>,
+    /// The `nx-27017` MongoDB emulator (scripts/bench installs it into .test-env/venv).
+    #[arg(long, default_value = ".test-env/venv/bin/nx-27017")]
+    nx_27017: PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -113,6 +120,8 @@ fn main() -> anyhow::Result<()> {
         redis_server: cli.redis_server,
         work_dir: cli.out.parent().map(|p| p.join("logs")).unwrap_or_else(|| PathBuf::from("logs")),
         secret: format!("confab-bench-{}-{nanos:09}", std::process::id()),
+        mongodb_uri: cli.mongodb_uri,
+        nx_27017: cli.nx_27017,
     };
     let opts = Options {
         quick: cli.quick,
