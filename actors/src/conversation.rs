@@ -241,6 +241,9 @@ pub struct ConversationActor {
     gap_fill: bool,
     /// Gap fills in a row that did not find every missing message.
     gap_misses: u32,
+    /// The last message released was another node's (this `seq`): more chunks of its fan-out
+    /// may still arrive, and go out at once.
+    last_peer_release: Option<u64>,
     /// The membership is being reloaded; releasing waits for it.
     reloading: bool,
     jobs: VecDeque<Job>,
@@ -269,6 +272,7 @@ impl ConversationActor {
             fresh: true,
             gap_fill: false,
             gap_misses: 0,
+            last_peer_release: None,
             reloading: false,
             jobs: VecDeque::new(),
             tick_scheduled: false,
@@ -448,6 +452,7 @@ impl ConversationActor {
             }
             self.next_fanout = head + 1;
             self.fresh = false;
+            self.last_peer_release = matches!(p, Pending::Peer { .. }).then_some(head);
             match p {
                 Pending::Local(r) => self.enqueue_message(r),
                 Pending::Peer { users, frames, membership_changed } => {
@@ -719,6 +724,13 @@ impl Handler<PeerMessage> for ConversationActor {
         self.last_active = Instant::now();
         let PeerMessage { seq, users, frames, membership_changed } = msg;
         if seq < self.next_fanout {
+            // Another chunk (other recipients) of the message released last: nothing later has
+            // gone out yet, so it goes out now, still in order.
+            if self.last_peer_release == Some(seq) {
+                self.enqueue_local(seq, frames, Arc::new(users));
+                self.pump(ctx);
+                return;
+            }
             // Already released (read back from the store, or a repeat), unless nothing was
             // released since loading: then the loaded `last_seq` included it, but this node's
             // sessions have not seen it yet (anything between it and what is ready is read back).
@@ -728,7 +740,17 @@ impl Handler<PeerMessage> for ConversationActor {
             }
             self.next_fanout = seq;
         }
-        self.ready.entry(seq).or_insert(Pending::Peer { users, frames, membership_changed });
+        match self.ready.entry(seq) {
+            // Another chunk of a message still waiting: one fan-out for all of them.
+            std::collections::btree_map::Entry::Occupied(mut e) => {
+                if let Pending::Peer { users: waiting, .. } = e.get_mut() {
+                    waiting.extend(users);
+                }
+            }
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(Pending::Peer { users, frames, membership_changed });
+            }
+        }
         self.release(ctx);
     }
 }

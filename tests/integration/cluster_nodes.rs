@@ -315,7 +315,9 @@ async fn one_to_one_across_nodes() {
 #[tokio::test]
 async fn group_spread_over_every_node_and_devices_on_several_nodes() {
     let Some((mongo, _)) = services() else { return };
-    let cluster = Cluster::start(3, &mongo).await;
+    // Fan-out chunks of 4 members (500 in production): each message reaches a node in several
+    // chunks, as a large group's do.
+    let cluster = Cluster::start_with(3, &mongo, &[("CONFAB__GROUPS__FANOUT_CHUNK", "4")]).await;
     let users: Vec<String> = (0..9).map(|i| format!("m{i}")).collect();
     let mut clients = Vec::new();
     for (i, u) in users.iter().enumerate() {
