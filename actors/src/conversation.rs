@@ -660,13 +660,14 @@ impl ConversationActor {
                     self.core.metrics.deliveries_out.fetch_add(n as u64, Relaxed);
                 }
             }
-            // The same chunk, for the recipients' sessions on other nodes: the transport
-            // resolves their presence and publishes once per node.
-            if !job.local_only && job.only_conn.is_none() && end > job.next {
+            // Once this node's sessions have it, the recipients' sessions on other nodes: the
+            // transport resolves presence chunk by chunk (500 members) and publishes once per
+            // node for the whole message, so a node releases it to all its recipients at once.
+            if !job.local_only && job.only_conn.is_none() && job.next == 0 {
                 if let Some(cluster) = self.core.cluster() {
                     cluster.deliver(PeerDelivery {
                         ordered: (job.seq > 0).then(|| (self.conv_id.clone(), job.seq)),
-                        users: job.members[job.next..end].to_vec(),
+                        users: job.members.to_vec(),
                         frames: job.frames.clone(),
                         membership_changed: job.membership_changed,
                     });

@@ -743,14 +743,12 @@ impl Engine {
         self.core.metrics.deliveries_out.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         self.core.registry.fan_out(&everyone, &membership, None);
         if let Some(cluster) = self.core.cluster() {
-            for chunk in everyone.chunks(self.core.limits.fanout_chunk.max(1)) {
-                cluster.deliver(PeerDelivery {
-                    ordered: Some((Arc::from(conv_id.as_str()), msg.seq)),
-                    users: chunk.to_vec(),
-                    frames: vec![frame.clone(), membership.clone()],
-                    membership_changed: false,
-                });
-            }
+            cluster.deliver(PeerDelivery {
+                ordered: Some((Arc::from(conv_id.as_str()), msg.seq)),
+                users: everyone,
+                frames: vec![frame, membership],
+                membership_changed: false,
+            });
         }
         Ok(group)
     }

@@ -181,6 +181,9 @@ const OUTGOING_QUEUE: usize = 4096;
 /// Most queued items the sender takes at once.
 const SEND_BATCH: usize = 256;
 
+/// Users whose presence one round trip resolves (a fan-out chunk).
+const LOCATE_CHUNK: usize = 500;
+
 /// Serves [`Cluster::deliver`] and [`Cluster::announce`] in order. Everything queued is taken at
 /// once: the deliveries between two broadcasts share one presence lookup (one pipelined round
 /// trip) and one pipeline of publishes (one per destination node per delivery, in queue order).
@@ -212,11 +215,24 @@ async fn send_run(inner: &Arc<Inner>, run: &mut Vec<Batch>) {
     let mut users: Vec<Arc<str>> = run.iter().flat_map(|b| b.users.iter().cloned()).collect();
     users.sort_unstable();
     users.dedup();
-    let done = match presence::locate(inner.clone(), users).await {
-        Ok(located) => {
+    // Presence is resolved a fan-out chunk (500 users) per pipelined round trip.
+    let mut located = Vec::new();
+    for chunk in users.chunks(LOCATE_CHUNK) {
+        match presence::locate(inner.clone(), chunk.to_vec()).await {
+            Ok(l) => located.push(l),
+            Err(e) => {
+                located.clear();
+                tracing::debug!(error = %e, "cannot resolve presence; the run is left to sync");
+                break;
+            }
+        }
+    }
+    let done = match located.is_empty() && !users.is_empty() {
+        true => Err(ClusterError::Unavailable("presence lookup failed".into())),
+        false => {
             let me = inner.node_id.as_str();
             let mut nodes_of: std::collections::HashMap<&str, Vec<&str>> = std::collections::HashMap::new();
-            for (node, list) in located.remote(me) {
+            for (node, list) in located.iter().flat_map(|l| l.remote(me)) {
                 for u in list {
                     nodes_of.entry(&**u).or_default().push(node);
                 }
@@ -242,7 +258,6 @@ async fn send_run(inner: &Arc<Inner>, run: &mut Vec<Batch>) {
                 inner.redis.pipe::<()>(&p).await
             }
         }
-        Err(e) => Err(e),
     };
     if done.is_err() {
         inner.metrics.outgoing_dropped.fetch_add(run.len() as u64, Relaxed);
