@@ -88,6 +88,24 @@ pub struct EmbeddedStore {
 }
 
 impl EmbeddedStore {
+    /// A group change and, with webhooks on, its `kind` event, in one transaction.
+    async fn group_change<C: Send + 'static>(
+        &self,
+        kind: &'static str,
+        change: C,
+        op: fn(&WriteTransaction, C) -> StoreResult<(Group, Message)>,
+    ) -> StoreResult<(Group, Message)> {
+        let emit = self.outbox.load(Relaxed);
+        self.write(move |txn| {
+            let (g, m) = op(txn, change)?;
+            if emit {
+                outbox::push(txn, NewEvent::group(kind, &g, &m))?;
+            }
+            Ok((g, m))
+        })
+        .await
+    }
+
     /// Opens (or creates) the store in `dir`, creating the directory if missing, and starts the
     /// writer thread.
     pub fn open(dir: &Path, metrics: Arc<Metrics>) -> Result<EmbeddedStore, StoreError> {
@@ -326,39 +344,15 @@ impl Store for EmbeddedStore {
     }
 
     async fn update_group(&self, u: GroupUpdate) -> StoreResult<(Group, Message)> {
-        let emit = self.outbox.load(Relaxed);
-        self.write(move |txn| {
-            let (g, m) = groups::update_group(txn, u)?;
-            if emit {
-                outbox::push(txn, NewEvent::group(confab_actors::outbox::GROUP_UPDATED, &g, &m))?;
-            }
-            Ok((g, m))
-        })
-        .await
+        self.group_change(confab_actors::outbox::GROUP_UPDATED, u, groups::update_group).await
     }
 
     async fn set_roles(&self, c: RoleChange) -> StoreResult<(Group, Message)> {
-        let emit = self.outbox.load(Relaxed);
-        self.write(move |txn| {
-            let (g, m) = groups::set_roles(txn, c)?;
-            if emit {
-                outbox::push(txn, NewEvent::group(confab_actors::outbox::GROUP_ROLES_CHANGED, &g, &m))?;
-            }
-            Ok((g, m))
-        })
-        .await
+        self.group_change(confab_actors::outbox::GROUP_ROLES_CHANGED, c, groups::set_roles).await
     }
 
     async fn dismiss_group(&self, d: GroupDismiss) -> StoreResult<(Group, Message)> {
-        let emit = self.outbox.load(Relaxed);
-        self.write(move |txn| {
-            let (g, m) = groups::dismiss_group(txn, d)?;
-            if emit {
-                outbox::push(txn, NewEvent::group(confab_actors::outbox::GROUP_DISMISSED, &g, &m))?;
-            }
-            Ok((g, m))
-        })
-        .await
+        self.group_change(confab_actors::outbox::GROUP_DISMISSED, d, groups::dismiss_group).await
     }
 
     async fn upsert_user(&self, p: UserPatch) -> StoreResult<User> {
