@@ -8,6 +8,9 @@ use clap::{Parser, Subcommand};
 
 use confab::config::Config;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// confab: an instant-messaging engine. One-to-one and group chat over WebSocket.
 #[derive(Parser)]
 #[command(name = "confab", version, about, long_about = None)]

@@ -84,10 +84,14 @@ where
     Ok(())
 }
 
+/// The store-wide version handed out last (0 on a fresh store).
+pub(super) fn current_ver(meta: &mut Table<'_, &'static str, u64>) -> StoreResult<u64> {
+    Ok(meta.get(VER_KEY).map_err(unavailable)?.map(|g| g.value()).unwrap_or(0))
+}
+
 /// Hands out the next store-wide version.
 pub(super) fn next_ver(meta: &mut Table<'_, &'static str, u64>) -> StoreResult<u64> {
-    let current = meta.get(VER_KEY).map_err(unavailable)?.map(|g| g.value()).unwrap_or(0);
-    let next = current + 1;
+    let next = current_ver(meta)? + 1;
     meta.insert(VER_KEY, next).map_err(unavailable)?;
     Ok(next)
 }
