@@ -31,7 +31,9 @@ use crate::error::{Error, ErrorCode, Result};
 use crate::model::{self, Body, ConvKind, Group, GroupPatch, Message, ReplyRef, Role};
 use crate::proto;
 use crate::registry::RecipientCache;
-use crate::store::{GroupDismiss, GroupUpdate, HistoryQuery, MemberChange, NewMessage, RoleChange, StoreResult};
+use crate::store::{
+    Appended, GroupDismiss, GroupUpdate, HistoryQuery, MemberChange, NewMessage, RoleChange, StoreResult,
+};
 
 /// A store write, boxed so the actor can hand it to [`ConversationActor::store_write`].
 type StoreFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = StoreResult<T>> + Send>>;
@@ -113,10 +115,33 @@ impl actix::Message for Membership {
     type Result = Result<Message>;
 }
 
+/// Internal: an append of this actor's came back from the store.
+struct AppendDone {
+    res: StoreResult<Appended>,
+    origin: Option<Origin>,
+    members: Arc<Vec<Arc<str>>>,
+    reply: oneshot::Sender<Result<Message>>,
+    members_seq: u64,
+}
+
+impl actix::Message for AppendDone {
+    type Result = ();
+}
+
 /// Internal: deliver the next chunk of the head fan-out job.
 struct FanoutTick;
 
 impl actix::Message for FanoutTick {
+    type Result = ();
+}
+
+/// Internal: release what [`PeerMessage`]s brought, once the mailbox has been drained. Messages
+/// of another node arrive in bursts (one publish each, several per round trip); releasing them
+/// together queues their frames before the writers are woken, so each connection writes them at
+/// once instead of once per message.
+struct ReleasePeers;
+
+impl actix::Message for ReleasePeers {
     type Result = ();
 }
 
@@ -244,6 +269,11 @@ pub struct ConversationActor {
     /// The last message released was another node's (this `seq`): more chunks of its fan-out
     /// may still arrive, and go out at once.
     last_peer_release: Option<u64>,
+    /// A [`ReleasePeers`] is queued.
+    peer_release_scheduled: bool,
+    /// The recipients of the last message of another node released here, shared by the next
+    /// ones with the same recipients so [`RecipientCache`] keeps their sessions resolved.
+    peer_members: Arc<Vec<Arc<str>>>,
     /// The membership is being reloaded; releasing waits for it.
     reloading: bool,
     jobs: VecDeque<Job>,
@@ -273,6 +303,8 @@ impl ConversationActor {
             gap_fill: false,
             gap_misses: 0,
             last_peer_release: None,
+            peer_release_scheduled: false,
+            peer_members: Arc::new(Vec::new()),
             reloading: false,
             jobs: VecDeque::new(),
             tick_scheduled: false,
@@ -359,9 +391,21 @@ impl ConversationActor {
     /// futures in no fixed order, so without this chain pipelined sends could be stored out of
     /// the order they were made. Handing over is the write future's first poll.
     fn store_write<T: Send + 'static>(&mut self, write: StoreFuture<T>) -> oneshot::Receiver<StoreResult<T>> {
+        let (out_tx, out_rx) = oneshot::channel();
+        self.store_write_then(write, move |out| {
+            let _ = out_tx.send(out);
+        });
+        out_rx
+    }
+
+    /// [`Self::store_write`], calling `done` with the result on the write's task.
+    fn store_write_then<T: Send + 'static>(
+        &mut self,
+        write: StoreFuture<T>,
+        done: impl FnOnce(StoreResult<T>) + 'static,
+    ) {
         let (handed_tx, handed_rx) = oneshot::channel();
         let prev = self.handed_over.replace(handed_rx);
-        let (out_tx, out_rx) = oneshot::channel();
         actix::spawn(async move {
             if let Some(prev) = prev {
                 let _ = prev.await;
@@ -373,9 +417,8 @@ impl ConversationActor {
                 Poll::Ready(out) => out,
                 Poll::Pending => write.await,
             };
-            let _ = out_tx.send(out);
+            done(out);
         });
-        out_rx
     }
 
     /// Sends an append to the store and routes its result into the ordered fan-out.
@@ -390,40 +433,15 @@ impl ConversationActor {
         self.inflight += 1;
         let members_seq = self.members_seq;
         let store = self.core.store.clone();
-        let stored = self.store_write(Box::pin(async move { store.append(msg).await }));
-        let fut =
-            async move { stored.await.unwrap_or_else(|_| Err(StoreError::Unavailable("store task ended".into()))) };
-        ctx.spawn(fut.into_actor(self).map(move |res, act, ctx| {
-            act.inflight -= 1;
-            match res {
-                Ok(a) if a.duplicate => {
-                    act.core.metrics.messages_duplicate.fetch_add(1, Relaxed);
-                    if let Some(o) = &origin {
-                        let ack = proto::encode_result(&o.req_id, &proto::SendResult { message: &a.message });
-                        act.core.registry.send_to_conn(&o.user, o.conn_id, &ack);
-                    }
-                    let _ = reply.send(Ok(a.message));
-                }
-                Ok(a) => {
-                    act.core.metrics.messages_in.fetch_add(1, Relaxed);
-                    act.ready.insert(
-                        a.message.seq,
-                        Pending::Local(Ready {
-                            message: a.message,
-                            origin,
-                            members,
-                            extra: Vec::new(),
-                            reply: Some(reply),
-                            members_seq,
-                        }),
-                    );
-                }
-                Err(e) => {
-                    let _ = reply.send(Err(e.into()));
-                }
-            }
-            act.release(ctx);
-        }));
+        // The result comes back as a message, not as a future spawned on this context: actix
+        // polls every future of a context each time the context wakes, so thousands of appends
+        // in flight (a busy conversation under overload) would cost thousands of polls per wake.
+        // Each append in flight sends exactly one `AppendDone`, so the mailbox holds at most as
+        // many of them as there are appends in flight.
+        let addr = ctx.address();
+        self.store_write_then(Box::pin(async move { store.append(msg).await }), move |res| {
+            addr.do_send(AppendDone { res, origin, members, reply, members_seq });
+        });
     }
 
     /// Moves stored messages, in `seq` order, from `ready` to the fan-out queue.
@@ -456,7 +474,8 @@ impl ConversationActor {
             match p {
                 Pending::Local(r) => self.enqueue_message(r),
                 Pending::Peer { users, frames, membership_changed } => {
-                    self.enqueue_local(head, frames, Arc::new(users));
+                    let users = self.peer_recipients(users);
+                    self.enqueue_local(head, frames, users);
                     if membership_changed {
                         self.reload_members(ctx, head);
                     }
@@ -472,6 +491,15 @@ impl ConversationActor {
             }
         }
         self.pump(ctx);
+    }
+
+    /// `users` (recipients of another node's message) as a shared list: the previous one when
+    /// they are the same users (a group's messages usually are), so their sessions stay resolved.
+    fn peer_recipients(&mut self, users: Vec<Arc<str>>) -> Arc<Vec<Arc<str>>> {
+        if *self.peer_members != users {
+            self.peer_members = Arc::new(users);
+        }
+        self.peer_members.clone()
     }
 
     /// Queues a fan-out to this node's sessions only (of a message another node stored).
@@ -661,8 +689,9 @@ impl ConversationActor {
                 }
             }
             // Once this node's sessions have it, the recipients' sessions on other nodes: the
-            // transport resolves presence chunk by chunk (500 members) and publishes once per
-            // node for the whole message, so a node releases it to all its recipients at once.
+            // transport resolves their presence (one round trip for the deliveries queued
+            // together, reading only what changed) and publishes once per node for the whole
+            // message, so a node releases it to all its recipients at once.
             if !job.local_only && job.only_conn.is_none() && job.next == 0 {
                 if let Some(cluster) = self.core.cluster() {
                     cluster.deliver(PeerDelivery {
@@ -728,7 +757,8 @@ impl Handler<PeerMessage> for ConversationActor {
             // Another chunk (other recipients) of the message released last: nothing later has
             // gone out yet, so it goes out now, still in order.
             if self.last_peer_release == Some(seq) {
-                self.enqueue_local(seq, frames, Arc::new(users));
+                let users = self.peer_recipients(users);
+                self.enqueue_local(seq, frames, users);
                 self.pump(ctx);
                 return;
             }
@@ -752,6 +782,18 @@ impl Handler<PeerMessage> for ConversationActor {
                 e.insert(Pending::Peer { users, frames, membership_changed });
             }
         }
+        // Released once the messages already in the mailbox (often more of this burst) are in.
+        if !self.peer_release_scheduled {
+            self.peer_release_scheduled = true;
+            ctx.notify(ReleasePeers);
+        }
+    }
+}
+
+impl Handler<ReleasePeers> for ConversationActor {
+    type Result = ();
+    fn handle(&mut self, _: ReleasePeers, ctx: &mut Context<Self>) {
+        self.peer_release_scheduled = false;
         self.release(ctx);
     }
 }
@@ -762,6 +804,43 @@ impl Handler<ReloadMembers> for ConversationActor {
         if matches!(self.state, State::Ready) {
             self.reload_members(ctx, msg.0);
         }
+    }
+}
+
+impl Handler<AppendDone> for ConversationActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: AppendDone, ctx: &mut Context<Self>) {
+        let AppendDone { res, origin, members, reply, members_seq } = msg;
+        self.inflight -= 1;
+        match res {
+            Ok(a) if a.duplicate => {
+                self.core.metrics.messages_duplicate.fetch_add(1, Relaxed);
+                if let Some(o) = &origin {
+                    let ack = proto::encode_result(&o.req_id, &proto::SendResult { message: &a.message });
+                    self.core.registry.send_to_conn(&o.user, o.conn_id, &ack);
+                }
+                let _ = reply.send(Ok(a.message));
+            }
+            Ok(a) => {
+                self.core.metrics.messages_in.fetch_add(1, Relaxed);
+                self.ready.insert(
+                    a.message.seq,
+                    Pending::Local(Ready {
+                        message: a.message,
+                        origin,
+                        members,
+                        extra: Vec::new(),
+                        reply: Some(reply),
+                        members_seq,
+                    }),
+                );
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+            }
+        }
+        self.release(ctx);
     }
 }
 

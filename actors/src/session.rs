@@ -12,8 +12,8 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
@@ -59,7 +59,8 @@ pub struct WsSession {
     closing: Arc<Mutex<Option<CloseReason>>>,
     kick: Arc<KickSignal>,
     last_heard: Instant,
-    inflight: usize,
+    /// Requests in flight (decremented by the tasks that finish sends, see [`Self::on_text`]).
+    inflight: Arc<AtomicUsize>,
     close: Option<CloseReason>,
 }
 
@@ -87,7 +88,7 @@ impl WsSession {
             closing,
             kick: Arc::new(KickSignal::default()),
             last_heard: Instant::now(),
-            inflight: 0,
+            inflight: Arc::new(AtomicUsize::new(0)),
             close: None,
         };
         (session, outlet)
@@ -134,19 +135,24 @@ impl WsSession {
             Ok(r) => r,
             Err(bad) => return self.error(bad.id.as_deref(), bad.error, ctx),
         };
-        if self.inflight >= self.cfg.max_inflight {
+        if self.inflight.load(Relaxed) >= self.cfg.max_inflight {
             let e = Error::new(
                 ErrorCode::TooManyRequests,
                 format!("at most {} requests may be in flight", self.cfg.max_inflight),
             );
             return self.error(Some(&req.id), e, ctx);
         }
-        self.inflight += 1;
+        self.inflight.fetch_add(1, Relaxed);
         let engine = self.engine.clone();
         let caller = self.caller.clone();
         let id = req.id;
-        let fut: std::pin::Pin<Box<dyn std::future::Future<Output = Option<ByteString>>>> = match req.op {
-            // Sends reach their conversation actor now, in the order the frames arrived.
+        match req.op {
+            // Sends reach their conversation actor now, in the order the frames arrived. A
+            // stored send is acknowledged by the conversation's fan-out, so only a failure has
+            // an answer to queue here. It is awaited on a task of its own rather than on this
+            // actor's context, which polls every future it holds each time it wakes: with
+            // hundreds of sends in flight on one connection that would cost hundreds of polls
+            // per incoming frame.
             Op::Send(send) => {
                 let origin = crate::conversation::Origin {
                     user: caller.user.clone(),
@@ -154,25 +160,33 @@ impl WsSession {
                     req_id: id.clone(),
                 };
                 let pending = engine.send(&caller, send, Some(origin));
-                let metrics = engine.metrics().clone();
-                Box::pin(async move {
-                    match pending.await {
-                        Ok(_) => None,
-                        Err(e) => {
-                            metrics.request_errors.fetch_add(1, Relaxed);
-                            Some(proto::encode_error(Some(&id), &e))
-                        }
+                let me = SessionHandle {
+                    conn_id: self.conn_id,
+                    device: caller.device.clone(),
+                    tx: self.out.clone(),
+                    kick: self.kick.clone(),
+                };
+                let inflight = self.inflight.clone();
+                actix::spawn(async move {
+                    if let Err(e) = pending.await {
+                        let metrics = engine.metrics();
+                        metrics.request_errors.fetch_add(1, Relaxed);
+                        // A full queue kicks the session, as for any other frame.
+                        me.push(&proto::encode_error(Some(&id), &e), metrics);
                     }
-                })
+                    inflight.fetch_sub(1, Relaxed);
+                });
             }
-            op => Box::pin(async move { engine.dispatch(caller, id, op).await }),
-        };
-        ctx.spawn(fut.into_actor(self).map(|reply, act, ctx| {
-            act.inflight -= 1;
-            if let Some(frame) = reply {
-                act.reply(frame, ctx);
+            op => {
+                let fut = async move { engine.dispatch(caller, id, op).await };
+                ctx.spawn(fut.into_actor(self).map(|reply, act, ctx| {
+                    act.inflight.fetch_sub(1, Relaxed);
+                    if let Some(frame) = reply {
+                        act.reply(frame, ctx);
+                    }
+                }));
             }
-        }));
+        }
     }
 }
 

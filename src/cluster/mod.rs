@@ -181,73 +181,71 @@ const OUTGOING_QUEUE: usize = 4096;
 /// Most queued items the sender takes at once.
 const SEND_BATCH: usize = 256;
 
-/// Users whose presence one round trip resolves (a fan-out chunk).
-const LOCATE_CHUNK: usize = 500;
-
 /// Serves [`Cluster::deliver`] and [`Cluster::announce`] in order. Everything queued is taken at
 /// once: the deliveries between two broadcasts share one presence lookup (one pipelined round
-/// trip) and one pipeline of publishes (one per destination node per delivery, in queue order).
+/// trip, with nothing to read for recipients whose presence is known and unchanged, see
+/// [`presence::LocateCache`]) and one pipeline of publishes (one per destination node per
+/// delivery, in queue order).
 async fn sender(inner: Arc<Inner>, mut rx: mpsc::Receiver<Outgoing>) {
     let mut taken = Vec::with_capacity(SEND_BATCH);
     let mut run: Vec<Batch> = Vec::new();
+    let mut cache = presence::LocateCache::default();
     while rx.recv_many(&mut taken, SEND_BATCH).await > 0 {
         for o in taken.drain(..) {
             match o {
                 Outgoing::Deliver(batch) => run.push(batch),
                 Outgoing::Broadcast(event) => {
-                    send_run(&inner, &mut run).await;
+                    send_run(&inner, &mut cache, &mut run).await;
                     if broadcast(&inner, &event).await.is_err() {
                         inner.metrics.outgoing_dropped.fetch_add(1, Relaxed);
                     }
                 }
             }
         }
-        send_run(&inner, &mut run).await;
+        send_run(&inner, &mut cache, &mut run).await;
     }
 }
 
 /// Publishes a run of deliveries (see [`sender`]) and empties it. A run that cannot reach Redis
 /// is dropped and counted: its recipients recover with sync.
-async fn send_run(inner: &Arc<Inner>, run: &mut Vec<Batch>) {
+async fn send_run(inner: &Arc<Inner>, cache: &mut presence::LocateCache, run: &mut Vec<Batch>) {
     if run.is_empty() {
         return;
     }
-    let mut users: Vec<Arc<str>> = run.iter().flat_map(|b| b.users.iter().cloned()).collect();
-    users.sort_unstable();
-    users.dedup();
-    // Presence is resolved a fan-out chunk (500 users) per pipelined round trip.
-    let mut located = Vec::new();
-    for chunk in users.chunks(LOCATE_CHUNK) {
-        match presence::locate(inner.clone(), chunk.to_vec()).await {
-            Ok(l) => located.push(l),
-            Err(e) => {
-                located.clear();
-                tracing::debug!(error = %e, "cannot resolve presence; the run is left to sync");
-                break;
+    // Every recipient of the run, once (a group's messages share theirs: a batch for the same
+    // users as the one before adds nobody).
+    let users: Vec<Arc<str>> = {
+        let mut seen: std::collections::HashSet<&Arc<str>> = std::collections::HashSet::new();
+        let mut users = Vec::new();
+        for (i, b) in run.iter().enumerate() {
+            if i > 0 && run[i - 1].users == b.users {
+                continue;
             }
+            users.extend(b.users.iter().filter(|u| seen.insert(*u)).cloned());
         }
-    }
-    let done = match located.is_empty() && !users.is_empty() {
-        true => Err(ClusterError::Unavailable("presence lookup failed".into())),
-        false => {
+        users
+    };
+    let done = match presence::locate_cached(inner, cache, &users).await {
+        Err(e) => {
+            tracing::debug!(error = %e, "cannot resolve presence; the run is left to sync");
+            Err(e)
+        }
+        Ok(live) => {
             let me = inner.node_id.as_str();
-            let mut nodes_of: std::collections::HashMap<&str, Vec<&str>> = std::collections::HashMap::new();
-            for (node, list) in located.iter().flat_map(|l| l.remote(me)) {
-                for u in list {
-                    nodes_of.entry(&**u).or_default().push(node);
-                }
-            }
             let mut p = ::redis::pipe();
             let mut n = 0;
+            // (node, its users) for one batch, in node order; a handful of nodes at most. A
+            // conversation's messages usually go to the same users: their grouping is reused.
+            let mut per_node: Vec<(Arc<str>, Vec<Arc<str>>)> = Vec::new();
+            let mut grouped: Option<&[Arc<str>]> = None;
             for batch in run.iter() {
-                let mut per_node: std::collections::BTreeMap<&str, Vec<Arc<str>>> = std::collections::BTreeMap::new();
-                for u in &batch.users {
-                    for node in nodes_of.get(&**u).into_iter().flatten() {
-                        per_node.entry(node).or_default().push(u.clone());
-                    }
+                if grouped != Some(batch.users.as_slice()) {
+                    per_node.clear();
+                    group_by_node(cache, &live, me, &batch.users, &mut per_node);
+                    grouped = Some(batch.users.as_slice());
                 }
-                for (node, users) in per_node {
-                    p.publish(bus::node_channel(node), bus::encode_batch(me, batch, &users)).ignore();
+                for (node, users) in &per_node {
+                    p.publish(bus::node_channel(node), bus::encode_batch(me, batch, users)).ignore();
                     n += 1;
                 }
             }
@@ -263,6 +261,37 @@ async fn send_run(inner: &Arc<Inner>, run: &mut Vec<Batch>) {
         inner.metrics.outgoing_dropped.fetch_add(run.len() as u64, Relaxed);
     }
     run.clear();
+}
+
+/// Groups `users` by the live nodes other than `me` where `cache` has entries of theirs, into
+/// `per_node` (in node order, each user once per node).
+fn group_by_node(
+    cache: &presence::LocateCache,
+    live: &std::collections::HashSet<Arc<str>>,
+    me: &str,
+    users: &[Arc<str>],
+    per_node: &mut Vec<(Arc<str>, Vec<Arc<str>>)>,
+) {
+    for u in users {
+        for (node, _) in cache.entries(u) {
+            if &**node == me || !live.contains(node) {
+                continue;
+            }
+            let i = match per_node.iter().position(|(n, _)| n == node) {
+                Some(i) => i,
+                None => {
+                    per_node.push((node.clone(), Vec::new()));
+                    per_node.len() - 1
+                }
+            };
+            let list = &mut per_node[i].1;
+            // A user with several connections on the node is listed once.
+            if list.last() != Some(u) {
+                list.push(u.clone());
+            }
+        }
+    }
+    per_node.sort_unstable_by(|a, b| a.0.cmp(&b.0));
 }
 
 /// Shuts its runtime down without blocking when dropped (a runtime may not be dropped inside
@@ -292,6 +321,8 @@ pub(crate) struct Inner {
     pub(crate) writes: mpsc::Sender<Op>,
     /// Node ids from `confab:nodes`, refreshed by the heartbeat.
     pub(crate) known_nodes: RwLock<Vec<String>>,
+    /// Presence versions this node wrote (see [`presence::VERSION_KEY`]).
+    pub(crate) presence_version: AtomicU64,
     pub(crate) subscribed: AtomicBool,
 }
 
@@ -349,6 +380,7 @@ impl Cluster {
             presence_behind: AtomicBool::new(false),
             writes,
             known_nodes: RwLock::new(Vec::new()),
+            presence_version: AtomicU64::new(0),
             subscribed: AtomicBool::new(false),
         });
         let (stop, stop_rx) = watch::channel(false);
@@ -470,10 +502,11 @@ impl Cluster {
         .await
     }
 
-    /// Fire-and-forget [`Cluster::locate`] + [`Cluster::publish_located`] for `batch.users` (one
-    /// fan-out chunk), for callers that must not wait (actors). Queued on a bounded queue served
-    /// in order by one task; returns false (and counts the drop) when the queue is full. A batch
-    /// that cannot reach Redis is dropped and counted too: its recipients recover with sync.
+    /// Fire-and-forget [`Cluster::locate`] + [`Cluster::publish_located`] for `batch.users`, for
+    /// callers that must not wait (actors). Queued on a bounded queue served in order by one task,
+    /// which resolves presence through a cache kept exact by the presence version (see
+    /// [`presence`]); returns false (and counts the drop) when the queue is full. A batch that
+    /// cannot reach Redis is dropped and counted too: its recipients recover with sync.
     pub fn deliver(&self, batch: Batch) -> bool {
         self.post(Outgoing::Deliver(batch))
     }

@@ -34,6 +34,17 @@
 //! live nodes: a node that stops heartbeating drops out of every answer within `node_ttl_ms`. (A
 //! second, small round trip is needed only for entries of a node that joined since the last
 //! heartbeat.) Entries of dead nodes are deleted in the background.
+//!
+//! # The presence version
+//!
+//! Every pipeline that changes presence hashes (writes, re-assertions, withdrawal, cleanup) ends
+//! with `SET confab:presence:version <value>`, a value no other write uses (this node's id and boot,
+//! and a counter). So while the version read from Redis is the one read before some presence
+//! hashes, those hashes have not changed since: every change is followed by a new version, and a
+//! read that follows the change's version finds it. The fan-out sender ([`LocateCache`]) relies on
+//! it: it keeps the users' entries it read and re-reads them only when the version moved (or
+//! after `heartbeat_ms`, whatever happens), so a fan-out to users already known costs one small
+//! round trip (the version and the liveness keys) instead of one `HGETALL` per recipient.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
@@ -47,6 +58,9 @@ use super::{ClusterError, Inner};
 /// The set of nodes that have heartbeated.
 pub const NODES_KEY: &str = "confab:nodes";
 
+/// Changes with every change to presence hashes (see the module documentation).
+pub const VERSION_KEY: &str = "confab:presence:version";
+
 /// The presence hash of a user.
 pub fn presence_key(user: &str) -> String {
     format!("confab:presence:{user}")
@@ -59,6 +73,15 @@ pub fn alive_key(node: &str) -> String {
 
 fn field(node: &str, conn_id: u64) -> String {
     format!("{node}/{conn_id}")
+}
+
+/// Ends `pipe`, which changes presence hashes, with a new presence version, and makes it a
+/// transaction: Redis applies the changes and the new version together or not at all, even when
+/// the connection fails half-way.
+fn bump_version(inner: &Inner, pipe: &mut redis::Pipeline) {
+    pipe.atomic();
+    let n = inner.presence_version.fetch_add(1, Relaxed);
+    pipe.set(VERSION_KEY, format!("{}/{}/{n}", inner.node_id, inner.boot)).ignore();
 }
 
 /// Most queued presence writes; beyond, a write is dropped and the table re-asserted later.
@@ -159,6 +182,7 @@ pub(crate) async fn writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<Op>) {
             }
         } else {
             inner.metrics.presence_writes.fetch_add(pipe.cmd_iter().count() as u64, Relaxed);
+            bump_version(&inner, &mut pipe);
             inner.redis.pipe::<()>(&pipe).await
         };
         if result.is_err() {
@@ -194,6 +218,7 @@ async fn reassert(inner: &Inner) -> Result<(), ClusterError> {
             for (conn_id, user) in chunk {
                 pipe.hdel(presence_key(user), field(node, *conn_id)).ignore();
             }
+            bump_version(inner, &mut pipe);
             inner.redis.pipe::<()>(&pipe).await?;
         }
         for chunk in conns.chunks(WRITE_BATCH) {
@@ -201,6 +226,7 @@ async fn reassert(inner: &Inner) -> Result<(), ClusterError> {
             for (conn_id, user, device) in chunk {
                 pipe.hset(presence_key(user), field(node, *conn_id), &**device).ignore();
             }
+            bump_version(inner, &mut pipe);
             inner.redis.pipe::<()>(&pipe).await?;
         }
         Ok(())
@@ -233,6 +259,7 @@ async fn withdraw(inner: &Inner) {
     for (conn_id, user) in &conns {
         pipe.hdel(presence_key(user), field(node, *conn_id)).ignore();
     }
+    bump_version(inner, &mut pipe);
     if let Err(e) = inner.redis.pipe::<()>(&pipe).await {
         tracing::debug!(error = %e, "could not withdraw this node's presence; it expires by itself");
     }
@@ -372,9 +399,172 @@ fn cleanup(inner: Arc<Inner>, dead: Vec<(Arc<str>, String)>, nodes: HashSet<Stri
         for n in &nodes {
             pipe.srem(NODES_KEY, n).ignore();
         }
+        bump_version(&inner, &mut pipe);
         if inner.redis.pipe::<()>(&pipe).await.is_ok() {
             inner.metrics.presence_cleaned.fetch_add(dead.len() as u64, Relaxed);
             tracing::debug!(entries = dead.len(), nodes = ?nodes, "removed presence entries of dead nodes");
         }
     });
+}
+
+/// An entry of a user's presence hash: the node, and the field (`<node>/<conn_id>`).
+type Entry = (Arc<str>, Box<str>);
+
+/// Most users a [`LocateCache`] keeps; beyond, it starts over.
+const CACHE_USERS: usize = 200_000;
+
+/// The presence entries the fan-out sender read, kept while the presence version does not move
+/// (see the module documentation), and for at most `heartbeat_ms` in any case.
+#[derive(Default)]
+pub(crate) struct LocateCache {
+    /// The presence version read before every entry kept (`None`: none is kept).
+    version: Option<String>,
+    /// When the cache started over.
+    since: Option<std::time::Instant>,
+    /// user -> `(node, field)` of each of its entries, live or not (users without any: empty).
+    entries: HashMap<Arc<str>, Vec<Entry>>,
+    /// The nodes named by `entries`, each once (shared by the entries).
+    nodes: HashSet<Arc<str>>,
+}
+
+impl LocateCache {
+    fn clear(&mut self) {
+        self.version = None;
+        self.since = None;
+        self.entries.clear();
+        self.nodes.clear();
+    }
+
+    /// The entries of `user` (it must have been resolved with [`locate_cached`]).
+    pub(crate) fn entries(&self, user: &str) -> &[Entry] {
+        self.entries.get(user).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    fn node(&mut self, name: &str) -> Arc<str> {
+        match self.nodes.get(name) {
+            Some(n) => n.clone(),
+            None => {
+                let n: Arc<str> = Arc::from(name);
+                self.nodes.insert(n.clone());
+                n
+            }
+        }
+    }
+
+    /// Keeps the entries read for `users` (`replies`: their `HGETALL`s, in order).
+    fn keep(&mut self, users: &[Arc<str>], replies: impl Iterator<Item = Value>) -> Result<(), ClusterError> {
+        for (u, v) in users.iter().zip(replies) {
+            let h: HashMap<String, String> =
+                redis::from_redis_value(v).map_err(|e| ClusterError::Redis(e.to_string()))?;
+            let mut list = Vec::with_capacity(h.len());
+            for f in h.into_keys() {
+                if let Some((node, _conn)) = f.rsplit_once('/') {
+                    list.push((self.node(node), f.into_boxed_str()));
+                }
+            }
+            self.entries.insert(u.clone(), list);
+        }
+        Ok(())
+    }
+}
+
+/// Resolves the presence of `users` (each once) into `cache` for the fan-out sender and returns
+/// the live nodes among those their entries name (this one included). Reads only the entries
+/// of users the cache does not know, with the presence version and the liveness keys, in one
+/// pipelined round trip; when the version moved, everything is read again (a second one).
+pub(crate) async fn locate_cached(
+    inner: &Arc<Inner>,
+    cache: &mut LocateCache,
+    users: &[Arc<str>],
+) -> Result<HashSet<Arc<str>>, ClusterError> {
+    let mut live: HashSet<Arc<str>> = HashSet::new();
+    live.insert(cache.node(&inner.node_id));
+    if users.is_empty() {
+        return Ok(live);
+    }
+    if cache.since.is_some_and(|t| t.elapsed() >= inner.heartbeat) || cache.entries.len() > CACHE_USERS {
+        cache.clear();
+    }
+    let known: Vec<String> = inner.known_nodes.read().unwrap_or_else(|p| p.into_inner()).clone();
+    for n in &known {
+        cache.node(n);
+    }
+    // The nodes whose liveness keys were read.
+    let mut checked: Vec<Arc<str>> = Vec::new();
+    for attempt in 0..2 {
+        let missing: Vec<Arc<str>> = users.iter().filter(|u| !cache.entries.contains_key(*u)).cloned().collect();
+        let nodes: Vec<Arc<str>> = cache.nodes.iter().cloned().collect();
+        let mut pipe = redis::pipe();
+        pipe.get(VERSION_KEY);
+        pipe.mget(nodes.iter().map(|n| alive_key(n)).collect::<Vec<_>>());
+        for u in &missing {
+            pipe.hgetall(presence_key(u));
+        }
+        inner.metrics.locates.fetch_add(1, Relaxed);
+        let mut replies = inner.redis.pipe::<Vec<Value>>(&pipe).await?.into_iter();
+        let version: Option<String> = redis::from_redis_value(replies.next().unwrap_or(Value::Nil))
+            .map_err(|e| ClusterError::Redis(e.to_string()))?;
+        let alive: Vec<Option<String>> = redis::from_redis_value(replies.next().unwrap_or(Value::Nil))
+            .map_err(|e| ClusterError::Redis(e.to_string()))?;
+        let unchanged = version.is_some() && version == cache.version;
+        if !unchanged {
+            // Entries read under another version may be stale: keep only what was just read
+            // (after this version), and read the others again.
+            let everything = missing.len() == users.len();
+            cache.clear();
+            for n in known.iter().map(String::as_str).chain([inner.node_id.as_str()]) {
+                cache.node(n);
+            }
+            if !everything && attempt == 0 {
+                continue;
+            }
+            cache.version = version;
+            cache.since = Some(std::time::Instant::now());
+        }
+        cache.keep(&missing, replies)?;
+        live.extend(nodes.iter().zip(alive).filter(|(_, a)| a.is_some()).map(|(n, _)| n.clone()));
+        checked = nodes;
+        break;
+    }
+    // Nodes named by the entries just read but not checked: they joined since the last
+    // heartbeat (or are long dead). One more round trip.
+    let unknown: Vec<Arc<str>> = cache.nodes.iter().filter(|n| !checked.contains(*n)).cloned().collect();
+    if !unknown.is_empty() {
+        let mut p = redis::pipe();
+        p.mget(unknown.iter().map(|n| alive_key(n)).collect::<Vec<_>>());
+        let (alive,): (Vec<Option<String>>,) = inner.redis.pipe(&p).await?;
+        let newly: Vec<Arc<str>> =
+            unknown.iter().zip(alive).filter(|(_, a)| a.is_some()).map(|(n, _)| n.clone()).collect();
+        if !newly.is_empty() {
+            let mut k = inner.known_nodes.write().unwrap_or_else(|p| p.into_inner());
+            for n in &newly {
+                if !k.iter().any(|x| x == &**n) {
+                    k.push(n.to_string());
+                }
+            }
+        }
+        live.extend(newly);
+    }
+    // Entries of dead nodes: deleted in the background, and forgotten here.
+    if cache.nodes.iter().all(|n| live.contains(n)) {
+        return Ok(live);
+    }
+    let mut dead: Vec<(Arc<str>, String)> = Vec::new();
+    let mut dead_nodes: HashSet<String> = HashSet::new();
+    for u in users {
+        if let Some(list) = cache.entries.get_mut(u) {
+            list.retain(|(n, f)| {
+                let alive = live.contains(n);
+                if !alive {
+                    dead.push((u.clone(), f.to_string()));
+                    dead_nodes.insert(n.to_string());
+                }
+                alive
+            });
+        }
+    }
+    if !dead.is_empty() {
+        cleanup(inner.clone(), dead, dead_nodes);
+    }
+    Ok(live)
 }
