@@ -139,6 +139,16 @@ pub fn targets(all: &[Value], fanout_n: usize, pairs_p: usize, idle_small: usize
         |r| r >= 0.8,
         json!(null),
     ));
+    // The same, against one node on the same MongoDB: what the second node and Redis cost,
+    // apart from what MongoDB costs against the embedded store.
+    out.push(target(
+        "fanout deliveries per CPU-second, confab-2node vs one confab node on the same MongoDB",
+        &fc,
+        ">= 0.8x",
+        ratio_between(all, &fc, "deliveries_per_cpu_s", "confab-2node", "confab-mongo"),
+        |r| r >= 0.8,
+        json!(null),
+    ));
     let big = find(all, &ib, "confab");
     let note = big.and_then(|l| l.get("capped_by").cloned()).unwrap_or(Value::Null);
     out.push(target(
@@ -150,7 +160,7 @@ pub fn targets(all: &[Value], fanout_n: usize, pairs_p: usize, idle_small: usize
         note,
     ));
     // Open-loop results only mean something if the offered load was carried.
-    for (t, case) in out.iter_mut().zip([&fc, &fc, &pc, &fo, &po, &is, &pc, &fc, &ib]) {
+    for (t, case) in out.iter_mut().zip([&fc, &fc, &pc, &fo, &po, &is, &pc, &fc, &fc, &ib]) {
         let busy: Vec<&str> = all
             .iter()
             .filter(|l| &l["case"] == case && l["busy"] == true)

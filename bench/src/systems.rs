@@ -14,6 +14,9 @@
 //!   a real MongoDB has).
 //!   CPU and memory are summed over the two nodes and Redis, as for `socketio-2node`; the
 //!   database's are not (it is storage, like the single node's embedded store files).
+//! - `confab-mongo`: one `confab` node (no cluster) on a MongoDB set up as for `confab-2node`:
+//!   the baseline that tells what the second node and Redis cost, apart from what the storage
+//!   backend costs.
 
 use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
@@ -32,10 +35,12 @@ pub enum System {
     SocketIo,
     SocketIo2,
     Confab2,
+    ConfabMongo,
 }
 
 impl System {
-    pub const ALL: [System; 5] = [System::Relay, System::SocketIo, System::SocketIo2, System::Confab, System::Confab2];
+    pub const ALL: [System; 6] =
+        [System::Relay, System::SocketIo, System::SocketIo2, System::Confab, System::Confab2, System::ConfabMongo];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -44,6 +49,7 @@ impl System {
             System::SocketIo => "socketio",
             System::SocketIo2 => "socketio-2node",
             System::Confab2 => "confab-2node",
+            System::ConfabMongo => "confab-mongo",
         }
     }
 
@@ -53,7 +59,7 @@ impl System {
 
     pub fn wire(self) -> Wire {
         match self {
-            System::Confab | System::Confab2 => Wire::Confab,
+            System::Confab | System::Confab2 | System::ConfabMongo => Wire::Confab,
             System::Relay => Wire::Relay,
             System::SocketIo | System::SocketIo2 => Wire::SocketIo,
         }
@@ -215,6 +221,36 @@ fn wait_port(port: u16) -> anyhow::Result<()> {
     bail!("nothing listens on 127.0.0.1:{port}")
 }
 
+/// Starts an `nx-27017` MongoDB emulator with its data in `dir`, behind the test suite's
+/// transaction proxy; returns the proxy's URI.
+fn start_nx_27017(env: &Env, dir: &Path, log: &Path, guard: &mut Guard) -> anyhow::Result<String> {
+    let port = free_port()?;
+    let mut cmd = Command::new(&env.nx_27017);
+    cmd.args(["--host", "127.0.0.1", "-p", &port.to_string(), "--data-dir"])
+        .arg(dir.join("mongo"))
+        .arg("--pid-file")
+        .arg(dir.join("nx.pid"))
+        .arg("--log-file")
+        .arg(log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let child = cmd.spawn().with_context(|| format!("starting {} (or pass --mongodb-uri)", env.nx_27017.display()))?;
+    guard.1.push(child);
+    wait_port(port)?;
+    let python = env.nx_27017.with_file_name("python");
+    let proxy_port = free_port()?;
+    let mut cmd = Command::new(&python);
+    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/support/txn_proxy.py"))
+        .args([proxy_port.to_string(), "127.0.0.1".into(), port.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    guard.1.push(cmd.spawn().with_context(|| format!("starting {}", python.display()))?);
+    wait_port(proxy_port)?;
+    Ok(format!("mongodb://127.0.0.1:{proxy_port}"))
+}
+
 /// Starts `system` for one run; `tag` names its logs.
 pub fn start(system: System, env: &Env, tuning: Tuning, tag: &str) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&env.work_dir)?;
@@ -233,53 +269,28 @@ pub fn start(system: System, env: &Env, tuning: Tuning, tag: &str) -> anyhow::Re
             guard.0.push(child);
             addrs.push(addr);
         }
-        System::Confab2 => {
-            let redis_url = start_redis(env, &log("redis"), &mut guard)?;
+        System::Confab2 | System::ConfabMongo => {
+            let cluster = system == System::Confab2;
+            let redis_url = if cluster { Some(start_redis(env, &log("redis"), &mut guard)?) } else { None };
             let dir = std::env::temp_dir().join(format!("confab-bench-{}-{tag}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
             std::fs::create_dir_all(&dir)?;
             data_dir = Some(dir.clone());
             let mongodb_uri = match &env.mongodb_uri {
                 Some(u) => u.clone(),
-                None => {
-                    let port = free_port()?;
-                    let mut cmd = Command::new(&env.nx_27017);
-                    cmd.args(["--host", "127.0.0.1", "-p", &port.to_string(), "--data-dir"])
-                        .arg(dir.join("mongo"))
-                        .arg("--pid-file")
-                        .arg(dir.join("nx.pid"))
-                        .arg("--log-file")
-                        .arg(log("nx-27017"))
-                        .stdin(Stdio::null())
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null());
-                    let child = cmd
-                        .spawn()
-                        .with_context(|| format!("starting {} (or pass --mongodb-uri)", env.nx_27017.display()))?;
-                    guard.1.push(child);
-                    wait_port(port)?;
-                    let python = env.nx_27017.with_file_name("python");
-                    let proxy_port = free_port()?;
-                    let mut cmd = Command::new(&python);
-                    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/support/txn_proxy.py"))
-                        .args([proxy_port.to_string(), "127.0.0.1".into(), port.to_string()])
-                        .stdin(Stdio::null())
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null());
-                    guard.1.push(cmd.spawn().with_context(|| format!("starting {}", python.display()))?);
-                    wait_port(proxy_port)?;
-                    format!("mongodb://127.0.0.1:{proxy_port}")
-                }
+                None => start_nx_27017(env, &dir, &log("nx-27017"), &mut guard)?,
             };
             let database = format!("confab_bench_{}_{}", std::process::id(), tag.replace(['-', '/', '.'], "_"));
-            for i in 0..2 {
+            for i in 0..(if cluster { 2 } else { 1 }) {
                 let mut cmd = confab_command(env, tuning, &dir.join(format!("n{i}")));
                 cmd.env("CONFAB__STORAGE__BACKEND", "mongodb")
                     .env("CONFAB__STORAGE__MONGODB__URI", &mongodb_uri)
-                    .env("CONFAB__STORAGE__MONGODB__DATABASE", &database)
-                    .env("CONFAB__CLUSTER__ENABLED", "true")
-                    .env("CONFAB__CLUSTER__NODE_ID", format!("bench{i}"))
-                    .env("CONFAB__CLUSTER__REDIS_URL", &redis_url);
+                    .env("CONFAB__STORAGE__MONGODB__DATABASE", &database);
+                if let Some(redis_url) = &redis_url {
+                    cmd.env("CONFAB__CLUSTER__ENABLED", "true")
+                        .env("CONFAB__CLUSTER__NODE_ID", format!("bench{i}"))
+                        .env("CONFAB__CLUSTER__REDIS_URL", redis_url);
+                }
                 let (child, addr) = spawn_listening(cmd, "confab listening on", &log(&format!("confab{i}")))?;
                 guard.0.push(child);
                 addrs.push(addr);

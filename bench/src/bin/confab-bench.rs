@@ -19,8 +19,13 @@ struct Cli {
     /// Toy sizes and short windows: checks the harness end to end in under two minutes.
     #[arg(long)]
     quick: bool,
-    /// Systems to run, comma-separated (confab, relay, socketio, socketio-2node, confab-2node).
-    #[arg(long, value_delimiter = ',', default_value = "relay,socketio,socketio-2node,confab,confab-2node")]
+    /// Systems to run, comma-separated (confab, relay, socketio, socketio-2node, confab-2node,
+    /// confab-mongo).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "relay,socketio,socketio-2node,confab,confab-2node,confab-mongo"
+    )]
     systems: Vec<String>,
     /// Scenarios to run, comma-separated (fanout, pairs, idle).
     #[arg(long, value_delimiter = ',', default_value = "fanout,pairs,idle")]
