@@ -1,7 +1,7 @@
 //! The cluster layer (src/cluster) against a real redis-server: presence across nodes, a dead
-//! node's entries vanishing within the TTL, one publish per destination node per batch, the
-//! broadcast channel, and a Redis restart (presence re-asserted, subscriber back, fast failures
-//! meanwhile). Several "nodes" run in one process: each `Cluster` is one node.
+//! node's entries vanishing within the TTL, one publish per destination node per batch, presence
+//! changes seen at once by the fan-out sender's cache, the broadcast channel, and a Redis restart
+//! (presence re-asserted, subscriber back, fast failures meanwhile). Several "nodes" run in one process: each `Cluster` is one node.
 //!
 //! They need `CONFAB_TEST_REDIS_URL` (set by `scripts/test`, which starts redis-server). Without it
 //! each test prints "skipped: CONFAB_TEST_REDIS_URL not set" and passes, unless
@@ -201,6 +201,57 @@ async fn a_dead_nodes_entries_vanish_within_the_ttl() {
     })
     .await;
     a.shutdown().await;
+}
+
+/// The fan-out sender keeps the presence it read (see `presence::LocateCache`) but must see every
+/// change at once: a device that connects on another node gets the very next delivery, and a
+/// node whose last device left gets none, well within a heartbeat.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fan_out_sender_sees_presence_changes_at_once() {
+    let Some(url) = test_url() else { return };
+    let ids = [fresh("a"), fresh("b"), fresh("c")];
+    // Long heartbeats: the cache is refreshed at least every heartbeat, which must not be what
+    // makes this pass.
+    let (a, _arx) = node(&url, &ids[0], 10_000, 30_000).await;
+    let (b, mut brx) = node(&url, &ids[1], 10_000, 30_000).await;
+    let (c, mut crx) = node(&url, &ids[2], 10_000, 30_000).await;
+    let carol = Arc::<str>::from(fresh("carol"));
+    let users = vec![carol.clone()];
+    let frame = ByteString::from_static(r#"{"event":"message","data":{"seq":1}}"#);
+    let quiet = Duration::from_millis(300);
+    let deliver_and_see = |n: u64| {
+        let batch =
+            Batch { users: users.clone(), ordered: Some((Arc::from("g_x"), n)), ..Batch::new(frame.clone(), vec![]) };
+        assert!(a.deliver(batch));
+    };
+    let got_seq =
+        |batches: &[Batch]| -> Vec<u64> { batches.iter().filter_map(|b| b.ordered.as_ref().map(|o| o.1)).collect() };
+
+    b.register(&carol, &Arc::from("phone"), 1);
+    b.flush().await.unwrap();
+    deliver_and_see(1);
+    assert_eq!(got_seq(&drain(&mut brx, quiet).await), vec![1]);
+    assert!(drain(&mut crx, Duration::from_millis(50)).await.is_empty());
+
+    // A second device on another node: the next delivery reaches both nodes.
+    c.register(&carol, &Arc::from("laptop"), 2);
+    c.flush().await.unwrap();
+    deliver_and_see(2);
+    assert_eq!(got_seq(&drain(&mut brx, quiet).await), vec![2]);
+    assert_eq!(got_seq(&drain(&mut crx, quiet).await), vec![2]);
+
+    // The first device leaves: that node gets nothing more.
+    b.unregister(&carol, 1);
+    b.flush().await.unwrap();
+    deliver_and_see(3);
+    assert_eq!(got_seq(&drain(&mut crx, quiet).await), vec![3]);
+    assert!(
+        drain(&mut brx, Duration::from_millis(100)).await.is_empty(),
+        "a node without carol's devices got her batch"
+    );
+    for n in [a, b, c] {
+        n.shutdown().await;
+    }
 }
 
 /// Receives batches until none came for `quiet`.
