@@ -10,6 +10,7 @@ use confab_actors::model::{
     group_conv_id, Body, ConvKind, Conversation, FlagsPatch, Group, Member, Message, Role, UserConvState,
 };
 use confab_actors::store::{Appended, MemberChange, NewGroup, NewMessage, StoreResult};
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 use redb::{ReadableTable, Table, WriteTransaction};
@@ -116,12 +117,13 @@ impl<'t> Appender<'t> {
 
     /// A user's row in the conversation as of this point of the run.
     fn row(&mut self, user: &str, conv_id: &str) -> StoreResult<&mut (Option<UserConvState>, bool)> {
-        let key = (user.to_owned(), conv_id.to_owned());
-        if !self.row_cache.contains_key(&key) {
-            let row: Option<UserConvState> = get_json(&self.rows, (user, conv_id))?;
-            self.row_cache.insert(key.clone(), (row, false));
+        match self.row_cache.entry((user.to_owned(), conv_id.to_owned())) {
+            Entry::Occupied(e) => Ok(e.into_mut()),
+            Entry::Vacant(e) => {
+                let row: Option<UserConvState> = get_json(&self.rows, (user, conv_id))?;
+                Ok(e.insert((row, false)))
+            }
         }
-        self.row_cache.get_mut(&key).ok_or_else(|| StoreError::Unavailable("row cache lost an entry".into()))
     }
 
     /// Appends one message (see [`Store::append`](confab_actors::store::Store::append)).
