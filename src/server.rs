@@ -68,6 +68,7 @@ pub async fn serve(
     let cluster = start_cluster(&cfg, &engine)?;
     let api = crate::api::ApiState::from_config(&cfg);
     let _ = api.outbox.set(outbox);
+    let engine_at_exit = engine.clone();
     let state =
         web::Data::new(AppState { engine, session: cfg.session_config(), secret: cfg.auth.secret.clone(), api });
     let cluster_data = cluster.clone().map(web::Data::new);
@@ -99,8 +100,17 @@ pub async fn serve(
     });
     on_start(server.handle());
     let result = server.await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     if let Some(c) = cluster {
         c.shutdown().await;
+        // The users that went offline with this node: their events reach the outbox first.
+        while c.incoming_queued() > 0 && std::time::Instant::now() < deadline {
+            actix_web::rt::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    if !engine_at_exit.presence_written(left).await {
+        tracing::warn!("some user.offline events were not written to the outbox before exiting");
     }
     for a in arbiters {
         a.stop();

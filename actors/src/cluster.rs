@@ -54,9 +54,14 @@ pub trait Cluster: Send + Sync + 'static {
     /// Runs a command on every other node. Never blocks.
     fn broadcast(&self, c: PeerCommand);
 
-    /// A device connected to this node.
-    fn session_opened(&self, user: &Arc<str>, device: &Arc<str>, conn_id: u64);
+    /// A device connected to this node (`first_here`: the user's first connection on this node).
+    ///
+    /// The transport owns the `user.online` / `user.offline` events in a cluster: it reports a
+    /// user's first connection anywhere in the cluster and its last one through
+    /// [`Engine::presence`](crate::engine::Engine::presence), and falls back to this node's view
+    /// (`first_here`, `last_here`) when it cannot tell.
+    fn session_opened(&self, user: &Arc<str>, device: &Arc<str>, conn_id: u64, first_here: bool);
 
-    /// A device of this node disconnected.
-    fn session_closed(&self, user: &Arc<str>, device: &Arc<str>, conn_id: u64);
+    /// A device of this node disconnected (`last_here`: the user's last connection on this node).
+    fn session_closed(&self, user: &Arc<str>, device: &Arc<str>, conn_id: u64, last_here: bool);
 }

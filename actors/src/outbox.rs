@@ -141,7 +141,7 @@ impl NewEvent {
         }
     }
 
-    /// The user's first device connected to a node, or its last one there disconnected.
+    /// The user came online (its first device connected) or went offline (its last one left).
     pub fn presence(user: &str, online: bool, ts: i64) -> NewEvent {
         NewEvent {
             kind: if online { USER_ONLINE } else { USER_OFFLINE },

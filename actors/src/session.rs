@@ -206,12 +206,7 @@ impl Actor for WsSession {
                 kick: self.kick.clone(),
             },
         );
-        if first {
-            self.engine.presence(&self.caller.user, true);
-        }
-        if let Some(cluster) = self.engine.core().cluster() {
-            cluster.session_opened(&self.caller.user, &self.caller.device, self.conn_id);
-        }
+        self.engine.session_opened(&self.caller.user, &self.caller.device, self.conn_id, first);
         if let Some(stream) = self.stream.take() {
             ctx.add_stream(stream);
         }
@@ -237,12 +232,8 @@ impl Actor for WsSession {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        if self.engine.registry().unregister(&self.caller.user, self.conn_id) {
-            self.engine.presence(&self.caller.user, false);
-        }
-        if let Some(cluster) = self.engine.core().cluster() {
-            cluster.session_closed(&self.caller.user, &self.caller.device, self.conn_id);
-        }
+        let last = self.engine.registry().unregister(&self.caller.user, self.conn_id);
+        self.engine.session_closed(&self.caller.user, &self.caller.device, self.conn_id, last);
         self.engine.metrics().connections.fetch_sub(1, Relaxed);
         let reason = self.close.take().unwrap_or(CloseReason { code: CloseCode::Normal, description: None });
         *self.closing.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);

@@ -124,7 +124,16 @@ pub enum Broadcast {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Incoming {
     Batch(Batch),
-    Broadcast { from: String, event: Broadcast },
+    Broadcast {
+        from: String,
+        event: Broadcast,
+    },
+    /// Not from the bus: this node's presence writes (or its sweep of a dead node) found that
+    /// `user` came online (its first connection in the cluster) or went offline (its last one).
+    Presence {
+        user: Arc<str>,
+        online: bool,
+    },
 }
 
 /// Appends a string (a `u16` length, then its bytes); longer ones are cut at a character boundary
@@ -400,6 +409,7 @@ fn hand_over(inner: &Inner, decoder: &mut Decoder, payload: &[u8], out: &mpsc::S
     let counter = match incoming {
         Incoming::Batch(_) => &m.batches_received,
         Incoming::Broadcast { .. } => &m.broadcasts_received,
+        Incoming::Presence { .. } => return,
     };
     counter.fetch_add(1, Relaxed);
     if out.try_send(incoming).is_err() {

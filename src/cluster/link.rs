@@ -38,12 +38,12 @@ impl seam::Cluster for Link {
         self.cluster.announce(event);
     }
 
-    fn session_opened(&self, user: &Arc<str>, device: &Arc<str>, conn_id: u64) {
-        self.cluster.register(user, device, conn_id);
+    fn session_opened(&self, user: &Arc<str>, device: &Arc<str>, conn_id: u64, first_here: bool) {
+        self.cluster.register(user, device, conn_id, first_here);
     }
 
-    fn session_closed(&self, user: &Arc<str>, _device: &Arc<str>, conn_id: u64) {
-        self.cluster.unregister(user, conn_id);
+    fn session_closed(&self, user: &Arc<str>, _device: &Arc<str>, conn_id: u64, last_here: bool) {
+        self.cluster.unregister(user, conn_id, last_here);
     }
 }
 
@@ -63,5 +63,6 @@ pub fn dispatch(engine: &Engine, incoming: Incoming) {
             }
             Broadcast::Unknown => tracing::debug!(%from, "ignored a cluster event this version does not know"),
         },
+        Incoming::Presence { user, online } => engine.presence(&user, online),
     }
 }

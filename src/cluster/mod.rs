@@ -324,6 +324,8 @@ pub(crate) struct Inner {
     /// Presence versions this node wrote (see [`presence::VERSION_KEY`]).
     pub(crate) presence_version: AtomicU64,
     pub(crate) subscribed: AtomicBool,
+    /// The incoming queue, for [`Incoming::Presence`].
+    pub(crate) incoming: mpsc::Sender<Incoming>,
 }
 
 struct Shared {
@@ -382,6 +384,7 @@ impl Cluster {
             known_nodes: RwLock::new(Vec::new()),
             presence_version: AtomicU64::new(0),
             subscribed: AtomicBool::new(false),
+            incoming: inbox_tx.clone(),
         });
         let (stop, stop_rx) = watch::channel(false);
         handle.spawn(presence::writer(inner.clone(), writes_rx));
@@ -423,6 +426,12 @@ impl Cluster {
         &self.inner().metrics
     }
 
+    /// Items waiting on the incoming queue (received batches, presence events).
+    pub fn incoming_queued(&self) -> usize {
+        let q = &self.inner().incoming;
+        q.max_capacity() - q.capacity()
+    }
+
     /// Connections of this node in its presence table.
     pub fn local_connections(&self) -> usize {
         self.inner().table.lock().unwrap_or_else(|p| p.into_inner()).len()
@@ -430,24 +439,37 @@ impl Cluster {
 
     /// Records that connection `conn_id` of `user`'s `device` is on this node. Never waits: the
     /// Redis write is queued (in order with every other presence write) and sent in the background;
-    /// [`Cluster::flush`] waits for it.
-    pub fn register(&self, user: &Arc<str>, device: &Arc<str>, conn_id: u64) {
+    /// [`Cluster::flush`] waits for it. When the write finds it is the user's only connection in
+    /// the cluster, [`Incoming::Presence`] (online) follows on the incoming queue; when Redis
+    /// cannot be written, `first_here` (the user's first connection on this node) decides.
+    pub fn register(&self, user: &Arc<str>, device: &Arc<str>, conn_id: u64, first_here: bool) {
         let inner = self.inner();
         inner.table.lock().unwrap_or_else(|p| p.into_inner()).insert(user.clone(), device.clone(), conn_id);
-        self.queue(Op::Register { user: user.clone(), device: device.clone(), conn_id });
+        self.queue(Op::Register { user: user.clone(), device: device.clone(), conn_id, first_here });
     }
 
-    /// Records that connection `conn_id` of `user` left this node. Never waits (see `register`).
-    pub fn unregister(&self, user: &Arc<str>, conn_id: u64) {
+    /// Records that connection `conn_id` of `user` left this node. Never waits (see `register`):
+    /// [`Incoming::Presence`] (offline) follows when it was the user's last connection in the
+    /// cluster (or, when Redis cannot be written, `last_here`: its last one on this node).
+    pub fn unregister(&self, user: &Arc<str>, conn_id: u64, last_here: bool) {
         let inner = self.inner();
         inner.table.lock().unwrap_or_else(|p| p.into_inner()).remove(conn_id);
-        self.queue(Op::Unregister { user: user.clone(), conn_id });
+        self.queue(Op::Unregister { user: user.clone(), conn_id, last_here });
     }
 
     fn queue(&self, op: Op) {
+        let fallback = match &op {
+            Op::Register { user, first_here: true, .. } => Some((user.clone(), true)),
+            Op::Unregister { user, last_here: true, .. } => Some((user.clone(), false)),
+            _ => None,
+        };
         if self.inner().writes.try_send(op).is_err() {
-            // Full (or shut down): the table already holds the truth; re-assert it later.
+            // Full (or shut down): the table already holds the truth; re-assert it later. The
+            // presence event cannot be decided in Redis: this node's view decides.
             self.inner().presence_behind.store(true, Relaxed);
+            if let Some((user, online)) = fallback {
+                presence::announce(self.inner(), vec![(user, online)]);
+            }
         }
     }
 

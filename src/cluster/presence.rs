@@ -6,7 +6,9 @@
 //! |---|---|---|
 //! | `confab:presence:<user>` | hash | field `<node_id>/<conn_id>`, value: the device id; one field per connection |
 //! | `confab:alive:<node_id>` | string, expires after `node_ttl_ms` | the node's liveness key, set every `heartbeat_ms` |
-//! | `confab:nodes` | set | node ids that have heartbeated (dead ones are removed lazily) |
+//! | `confab:nodes` | set | node ids that have heartbeated (a dead one is removed by its sweep) |
+//! | `confab:node-conns:<node_id>` | hash | field `<conn_id>`, value: the user; the node's connections, for its sweep |
+//! | `confab:sweep:<node_id>` | string, expires after `node_ttl_ms` | claimed by the live node sweeping a dead one |
 //!
 //! A field per connection (not per device) means a device reconnecting to another node while its
 //! old connection is still being closed never loses its new entry to the old one's removal.
@@ -34,6 +36,24 @@
 //! live nodes: a node that stops heartbeating drops out of every answer within `node_ttl_ms`. (A
 //! second, small round trip is needed only for entries of a node that joined since the last
 //! heartbeat.) Entries of dead nodes are deleted in the background.
+//!
+//! # Online and offline, cluster-wide
+//!
+//! Every presence write is a `MULTI`/`EXEC` transaction that also reads the user's hash length
+//! after the change: a registration that added the only field is the user's first connection in
+//! the cluster (`user.online`), a removal that deleted the last field its last one
+//! (`user.offline`). Each field is added and deleted once, so exactly one node sees each
+//! transition, whichever nodes the user's devices are on. The events go on the incoming queue
+//! as [`Incoming::Presence`](super::Incoming::Presence). While Redis cannot be written, this
+//! node's own view decides (its first or last connection of the user), as on a single node.
+//!
+//! A node that dies leaves its fields behind. Every heartbeat checks the liveness keys of the
+//! nodes in `confab:nodes`; for a dead one, one live node (the one that claims
+//! `confab:sweep:<node>`) deletes the dead node's fields listed in its `confab:node-conns` hash,
+//! announcing `user.offline` for users left without any, then removes the node from
+//! `confab:nodes`. So a crashed node's users go offline within about `node_ttl_ms` plus a
+//! heartbeat, unless they reconnected elsewhere first. Deliveries never wait for the sweep: a
+//! lookup ignores the entries of dead nodes (and deletes them at once, the same way).
 //!
 //! # The presence version
 //!
@@ -69,6 +89,16 @@ pub fn presence_key(user: &str) -> String {
 /// The liveness key of a node.
 pub fn alive_key(node: &str) -> String {
     format!("confab:alive:{node}")
+}
+
+/// The hash of a node's connections (`conn_id` -> user), read when the node is swept.
+pub fn node_conns_key(node: &str) -> String {
+    format!("confab:node-conns:{node}")
+}
+
+/// Claimed by the node sweeping a dead node.
+fn sweep_key(node: &str) -> String {
+    format!("confab:sweep:{node}")
 }
 
 fn field(node: &str, conn_id: u64) -> String {
@@ -134,10 +164,14 @@ pub(crate) enum Op {
         user: Arc<str>,
         device: Arc<str>,
         conn_id: u64,
+        /// The user's first connection on this node (decides `user.online` without Redis).
+        first_here: bool,
     },
     Unregister {
         user: Arc<str>,
         conn_id: u64,
+        /// The user's last connection on this node (decides `user.offline` without Redis).
+        last_here: bool,
     },
     /// Re-assert the whole table (after an outage or a Redis restart).
     Reassert,
@@ -147,21 +181,72 @@ pub(crate) enum Op {
     Withdraw(oneshot::Sender<()>),
 }
 
-/// Applies queued presence writes, in order, as pipelines.
+/// Hands presence transitions to the engine (in order), waiting for room on the incoming queue.
+async fn emit(inner: &Inner, events: Vec<(Arc<str>, bool)>) {
+    for (user, online) in events {
+        if inner.incoming.send(super::Incoming::Presence { user, online }).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// [`emit`] for callers that cannot wait: an event that finds the incoming queue full is
+/// dropped (and counted).
+pub(crate) fn announce(inner: &Inner, events: Vec<(Arc<str>, bool)>) {
+    for (user, online) in events {
+        if let Err(e) = inner.incoming.try_send(super::Incoming::Presence { user, online }) {
+            inner.metrics.incoming_dropped.fetch_add(1, Relaxed);
+            if let super::Incoming::Presence { user, .. } = e.into_inner() {
+                tracing::warn!(%user, online, "dropped a presence event: the incoming queue is full");
+            }
+        }
+    }
+}
+
+/// A field removal that reads the hash's length after it, in a `MULTI` (two replies).
+fn remove_counted(pipe: &mut redis::Pipeline, user: &str, field: &str) {
+    let key = presence_key(user);
+    pipe.hdel(&key, field).hlen(&key);
+}
+
+/// The users of `removed` (in order, each with its two replies from [`remove_counted`] in
+/// `replies`) whose last field was removed.
+fn went_offline(removed: Vec<Arc<str>>, replies: &mut impl Iterator<Item = i64>) -> Vec<(Arc<str>, bool)> {
+    let mut out = Vec::new();
+    for user in removed {
+        let (deleted, left) = (replies.next().unwrap_or(0), replies.next().unwrap_or(1));
+        if deleted == 1 && left == 0 {
+            out.push((user, false));
+        }
+    }
+    out
+}
+
+/// Applies queued presence writes, in order, as pipelines, and announces the users that came
+/// online or went offline in the cluster with them (see the module documentation).
 pub(crate) async fn writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<Op>) {
     let mut ops = Vec::with_capacity(WRITE_BATCH);
+    let node_conns = node_conns_key(&inner.node_id);
     while rx.recv_many(&mut ops, WRITE_BATCH).await > 0 {
         let mut pipe = redis::pipe();
         let mut removed = Vec::new();
         let mut waiting = Vec::new();
+        // Per write, in order: the user, whether it registers, and this node's view of the
+        // transition (used when Redis cannot answer).
+        let mut written: Vec<(Arc<str>, bool, bool)> = Vec::new();
         for op in ops.drain(..) {
             match op {
-                Op::Register { user, device, conn_id } => {
-                    pipe.hset(presence_key(&user), field(&inner.node_id, conn_id), &*device).ignore();
+                Op::Register { user, device, conn_id, first_here } => {
+                    let key = presence_key(&user);
+                    pipe.hset(&key, field(&inner.node_id, conn_id), &*device).hlen(&key);
+                    pipe.hset(&node_conns, conn_id, &*user).ignore();
+                    written.push((user, true, first_here));
                 }
-                Op::Unregister { user, conn_id } => {
-                    pipe.hdel(presence_key(&user), field(&inner.node_id, conn_id)).ignore();
-                    removed.push((conn_id, user));
+                Op::Unregister { user, conn_id, last_here } => {
+                    remove_counted(&mut pipe, &user, &field(&inner.node_id, conn_id));
+                    pipe.hdel(&node_conns, conn_id).ignore();
+                    removed.push((conn_id, user.clone()));
+                    written.push((user, false, last_here));
                 }
                 Op::Reassert => {
                     if let Err(e) = reassert(&inner).await {
@@ -175,26 +260,51 @@ pub(crate) async fn writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<Op>) {
                 }
             }
         }
-        let result = if pipe.cmd_iter().next().is_none() {
+        let result = if written.is_empty() {
             match inner.presence_behind.load(Relaxed) {
                 true => Err(ClusterError::Unavailable("earlier presence writes did not reach redis yet".into())),
-                false => Ok(()),
+                false => Ok(Vec::new()),
             }
         } else {
-            inner.metrics.presence_writes.fetch_add(pipe.cmd_iter().count() as u64, Relaxed);
+            inner.metrics.presence_writes.fetch_add(written.len() as u64, Relaxed);
             bump_version(&inner, &mut pipe);
-            inner.redis.pipe::<()>(&pipe).await
-        };
-        if result.is_err() {
-            // Redis may have missed these: remember to re-assert, and which removals to repeat.
-            inner.presence_behind.store(true, Relaxed);
-            let mut t = inner.table.lock().unwrap_or_else(|p| p.into_inner());
-            for (conn_id, user) in removed {
-                if t.tombstones.len() < MAX_TOMBSTONES && !t.conns.contains_key(&conn_id) {
-                    t.tombstones.insert(conn_id, user);
+            inner.redis.pipe::<Vec<i64>>(&pipe).await.map(|replies| {
+                // Two replies per write: HSET's or HDEL's count, then the hash's length after it.
+                let mut replies = replies.into_iter();
+                let mut events = Vec::new();
+                for (user, registers, _) in written.drain(..) {
+                    let (changed, len) = (replies.next().unwrap_or(0), replies.next().unwrap_or(1));
+                    match registers {
+                        true if changed == 1 && len == 1 => events.push((user, true)),
+                        false if changed == 1 && len == 0 => events.push((user, false)),
+                        _ => {}
+                    }
                 }
+                events
+            })
+        };
+        let result = match result {
+            Ok(events) => {
+                emit(&inner, events).await;
+                Ok(())
             }
-        }
+            Err(e) => {
+                // Redis may have missed these: remember to re-assert, and which removals to
+                // repeat. Whether users came or went cluster-wide is unknown: this node decides.
+                inner.presence_behind.store(true, Relaxed);
+                {
+                    let mut t = inner.table.lock().unwrap_or_else(|p| p.into_inner());
+                    for (conn_id, user) in removed {
+                        if t.tombstones.len() < MAX_TOMBSTONES && !t.conns.contains_key(&conn_id) {
+                            t.tombstones.insert(conn_id, user);
+                        }
+                    }
+                }
+                let mine = written.drain(..).filter(|w| w.2).map(|(user, registers, _)| (user, registers)).collect();
+                emit(&inner, mine).await;
+                Err(e)
+            }
+        };
         for tx in waiting {
             let _ = tx.send(result.clone());
         }
@@ -213,21 +323,37 @@ async fn reassert(inner: &Inner) -> Result<(), ClusterError> {
     inner.presence_behind.store(false, Relaxed);
     let node = &inner.node_id;
     let result = async {
+        // Users this re-assertion finds absent from Redis (or whose last entry it removes) change
+        // state cluster-wide: announced like any other write.
+        let node_conns = node_conns_key(node);
         for chunk in tombstones.chunks(WRITE_BATCH) {
             let mut pipe = redis::pipe();
             for (conn_id, user) in chunk {
-                pipe.hdel(presence_key(user), field(node, *conn_id)).ignore();
+                remove_counted(&mut pipe, user, &field(node, *conn_id));
+                pipe.hdel(&node_conns, *conn_id).ignore();
             }
             bump_version(inner, &mut pipe);
-            inner.redis.pipe::<()>(&pipe).await?;
+            let replies: Vec<i64> = inner.redis.pipe(&pipe).await?;
+            let users = chunk.iter().map(|(_, u)| u.clone()).collect();
+            emit(inner, went_offline(users, &mut replies.into_iter())).await;
         }
         for chunk in conns.chunks(WRITE_BATCH) {
             let mut pipe = redis::pipe();
             for (conn_id, user, device) in chunk {
-                pipe.hset(presence_key(user), field(node, *conn_id), &**device).ignore();
+                let key = presence_key(user);
+                pipe.hset(&key, field(node, *conn_id), &**device).hlen(&key);
+                pipe.hset(&node_conns, *conn_id, &**user).ignore();
             }
             bump_version(inner, &mut pipe);
-            inner.redis.pipe::<()>(&pipe).await?;
+            let replies: Vec<i64> = inner.redis.pipe(&pipe).await?;
+            let mut replies = replies.into_iter();
+            let mut came = Vec::new();
+            for (_, user, _) in chunk {
+                if (replies.next(), replies.next()) == (Some(1), Some(1)) {
+                    came.push((user.clone(), true));
+                }
+            }
+            emit(inner, came).await;
         }
         Ok(())
     }
@@ -247,7 +373,7 @@ async fn reassert(inner: &Inner) -> Result<(), ClusterError> {
 }
 
 /// Best effort: deletes this node's entries and liveness key so other nodes stop routing here
-/// at once instead of after `node_ttl_ms`.
+/// at once instead of after `node_ttl_ms`, announcing the users that went offline with them.
 async fn withdraw(inner: &Inner) {
     let conns: Vec<_> = {
         let t = inner.table.lock().unwrap_or_else(|p| p.into_inner());
@@ -255,13 +381,17 @@ async fn withdraw(inner: &Inner) {
     };
     let node = &inner.node_id;
     let mut pipe = redis::pipe();
-    pipe.del(alive_key(node)).ignore().srem(NODES_KEY, node).ignore();
+    pipe.del(alive_key(node)).ignore().srem(NODES_KEY, node).ignore().del(node_conns_key(node)).ignore();
     for (conn_id, user) in &conns {
-        pipe.hdel(presence_key(user), field(node, *conn_id)).ignore();
+        remove_counted(&mut pipe, user, &field(node, *conn_id));
     }
     bump_version(inner, &mut pipe);
-    if let Err(e) = inner.redis.pipe::<()>(&pipe).await {
-        tracing::debug!(error = %e, "could not withdraw this node's presence; it expires by itself");
+    match inner.redis.pipe::<Vec<i64>>(&pipe).await {
+        Ok(replies) => {
+            let users = conns.into_iter().map(|(_, u)| u).collect();
+            emit(inner, went_offline(users, &mut replies.into_iter())).await;
+        }
+        Err(e) => tracing::debug!(error = %e, "could not withdraw this node's presence; it expires by itself"),
     }
 }
 
@@ -290,7 +420,11 @@ pub(crate) async fn heartbeat(inner: Arc<Inner>, mut stop: watch::Receiver<bool>
                 continue;
             }
         };
+        let others: Vec<String> = nodes.iter().filter(|n| **n != inner.node_id).cloned().collect();
         *inner.known_nodes.write().unwrap_or_else(|p| p.into_inner()) = nodes;
+        if !others.is_empty() {
+            tokio::spawn(sweep_dead(inner.clone(), others));
+        }
         let outages = inner.redis.outages();
         let lost = previous.is_none() || added == 1;
         let needed = lost || again || inner.presence_behind.load(Relaxed) || outages != seen_outages;
@@ -385,7 +519,8 @@ pub(crate) async fn locate(inner: Arc<Inner>, users: Vec<Arc<str>>) -> Result<Lo
     Ok(located)
 }
 
-/// Deletes entries of dead nodes in the background (lazy cleanup).
+/// Deletes entries of dead nodes in the background (lazy cleanup), announcing the users left
+/// without any. The nodes themselves stay in `confab:nodes` until swept (see [`sweep_dead`]).
 fn cleanup(inner: Arc<Inner>, dead: Vec<(Arc<str>, String)>, nodes: HashSet<String>) {
     {
         let mut k = inner.known_nodes.write().unwrap_or_else(|p| p.into_inner());
@@ -394,17 +529,73 @@ fn cleanup(inner: Arc<Inner>, dead: Vec<(Arc<str>, String)>, nodes: HashSet<Stri
     tokio::spawn(async move {
         let mut pipe = redis::pipe();
         for (user, f) in &dead {
-            pipe.hdel(presence_key(user), f).ignore();
-        }
-        for n in &nodes {
-            pipe.srem(NODES_KEY, n).ignore();
+            remove_counted(&mut pipe, user, f);
         }
         bump_version(&inner, &mut pipe);
-        if inner.redis.pipe::<()>(&pipe).await.is_ok() {
+        if let Ok(replies) = inner.redis.pipe::<Vec<i64>>(&pipe).await {
             inner.metrics.presence_cleaned.fetch_add(dead.len() as u64, Relaxed);
             tracing::debug!(entries = dead.len(), nodes = ?nodes, "removed presence entries of dead nodes");
+            let users = dead.into_iter().map(|(u, _)| u).collect();
+            emit(&inner, went_offline(users, &mut replies.into_iter())).await;
         }
     });
+}
+
+/// Most entries of a dead node removed per transaction by its sweep.
+const SWEEP_BATCH: usize = 500;
+
+/// Sweeps the nodes among `others` (from `confab:nodes`) whose liveness key expired: for each,
+/// the live node that claims it deletes its entries and announces the users left without any
+/// (see the module documentation). Failures are left to a later heartbeat.
+async fn sweep_dead(inner: Arc<Inner>, others: Vec<String>) {
+    let mut pipe = redis::pipe();
+    pipe.mget(others.iter().map(|n| alive_key(n)).collect::<Vec<_>>());
+    let Ok((alive,)) = inner.redis.pipe::<(Vec<Option<String>>,)>(&pipe).await else {
+        return;
+    };
+    let ttl_ms = u64::try_from(inner.node_ttl.as_millis()).unwrap_or(u64::MAX);
+    for (node, _) in others.into_iter().zip(alive).filter(|(_, a)| a.is_none()) {
+        let mut claim = redis::cmd("SET");
+        claim.arg(sweep_key(&node)).arg(&inner.node_id).arg("NX").arg("PX").arg(ttl_ms);
+        match inner.redis.cmd::<Option<String>>(&claim).await {
+            Ok(Some(_)) => {}
+            _ => continue,
+        }
+        match sweep(&inner, &node).await {
+            Ok(n) => tracing::info!(node = %node, entries = n, "swept the presence entries of a dead node"),
+            Err(e) => tracing::debug!(node = %node, error = %e, "sweeping a dead node failed; will retry"),
+        }
+    }
+}
+
+/// Deletes the entries of dead `node` listed in its `confab:node-conns` hash, then the hash and
+/// the node's membership of `confab:nodes`. Returns how many entries it deleted.
+async fn sweep(inner: &Arc<Inner>, node: &str) -> Result<usize, ClusterError> {
+    let key = node_conns_key(node);
+    let mut read = redis::cmd("HGETALL");
+    read.arg(&key);
+    let conns: HashMap<String, String> = inner.redis.cmd(&read).await?;
+    let conns: Vec<(String, Arc<str>)> = conns.into_iter().map(|(c, u)| (c, Arc::from(u))).collect();
+    let mut deleted = 0;
+    for chunk in conns.chunks(SWEEP_BATCH) {
+        let mut pipe = redis::pipe();
+        for (conn_id, user) in chunk {
+            remove_counted(&mut pipe, user, &format!("{node}/{conn_id}"));
+        }
+        pipe.hdel(&key, chunk.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>()).ignore();
+        bump_version(inner, &mut pipe);
+        let replies: Vec<i64> = inner.redis.pipe(&pipe).await?;
+        let users: Vec<Arc<str>> = chunk.iter().map(|(_, u)| u.clone()).collect();
+        let mut replies = replies.into_iter();
+        let gone = went_offline(users, &mut replies);
+        deleted += chunk.len();
+        inner.metrics.presence_cleaned.fetch_add(chunk.len() as u64, Relaxed);
+        emit(inner, gone).await;
+    }
+    let mut pipe = redis::pipe();
+    pipe.atomic().del(&key).ignore().srem(NODES_KEY, node).ignore();
+    inner.redis.pipe::<()>(&pipe).await?;
+    Ok(deleted)
 }
 
 /// An entry of a user's presence hash: the node, and the field (`<node>/<conn_id>`).

@@ -108,11 +108,11 @@ async fn register_and_locate_across_two_nodes() {
     let p = fresh("u");
     let [alice, bob, carol, dave] = ["alice", "bob", "carol", "dave"].map(|u| Arc::<str>::from(format!("{p}-{u}")));
     let (laptop, phone) = (Arc::<str>::from("laptop"), Arc::<str>::from("phone"));
-    a.register(&alice, &laptop, 1);
-    a.register(&bob, &laptop, 2);
-    a.register(&bob, &phone, 3);
-    b.register(&bob, &phone, 1);
-    b.register(&carol, &laptop, 7);
+    a.register(&alice, &laptop, 1, true);
+    a.register(&bob, &laptop, 2, true);
+    a.register(&bob, &phone, 3, true);
+    b.register(&bob, &phone, 1, true);
+    b.register(&carol, &laptop, 7, true);
     a.flush().await.unwrap();
     b.flush().await.unwrap();
 
@@ -137,8 +137,8 @@ async fn register_and_locate_across_two_nodes() {
     assert_eq!(l.remote(&a_id).map(|(n, _)| n.to_owned()).collect::<Vec<_>>(), [b_id.as_str()]);
     assert_eq!(users_of(&b.locate(&chunk).await.unwrap()), want, "every node sees the same");
 
-    b.unregister(&bob, 1);
-    a.unregister(&bob, 2);
+    b.unregister(&bob, 1, true);
+    a.unregister(&bob, 2, true);
     b.flush().await.unwrap();
     a.flush().await.unwrap();
     let want: BTreeMap<String, BTreeSet<String>> =
@@ -162,7 +162,7 @@ async fn a_dead_nodes_entries_vanish_within_the_ttl() {
     let (a, _arx) = node(&url, &a_id, 100, ttl.as_millis() as u64).await;
     let (b, _brx) = node(&url, &b_id, 100, ttl.as_millis() as u64).await;
     let carol = Arc::<str>::from(fresh("carol"));
-    b.register(&carol, &Arc::from("phone"), 5);
+    b.register(&carol, &Arc::from("phone"), 5, true);
     b.flush().await.unwrap();
     let chunk = vec![carol.clone()];
     assert_eq!(users_of(&a.locate(&chunk).await.unwrap()), [(b_id.clone(), set(&[&carol]))].into());
@@ -186,15 +186,22 @@ async fn a_dead_nodes_entries_vanish_within_the_ttl() {
     assert!(gone > Duration::from_millis(300), "entries vanished before the TTL could expire ({gone:?})");
 
     // ... and its entries are deleted lazily.
-    let mut conn = redis_conn(&url).await;
+    let conn = redis_conn(&url).await;
     let key = format!("confab:presence:{carol}");
     eventually(Duration::from_secs(3), "the lazy cleanup", || {
         let (mut conn, key) = (conn.clone(), key.clone());
         async move { redis::cmd("HLEN").arg(&key).query_async::<u64>(&mut conn).await.unwrap_or(1) == 0 }
     })
     .await;
-    let member: bool = redis::cmd("SISMEMBER").arg("confab:nodes").arg(&b_id).query_async(&mut conn).await.unwrap();
-    assert!(!member, "the dead node left confab:nodes");
+    eventually(Duration::from_secs(3), "the dead node's sweep", || {
+        let (mut conn, b_id) = (conn.clone(), b_id.clone());
+        async move {
+            let member: bool =
+                redis::cmd("SISMEMBER").arg("confab:nodes").arg(&b_id).query_async(&mut conn).await.unwrap_or(true);
+            !member
+        }
+    })
+    .await;
     // The cleanup's reply may still be on its way back when its effects are visible.
     eventually(Duration::from_secs(3), "the cleanup counted", || async {
         a.metrics().presence_cleaned.load(Relaxed) >= 1
@@ -227,21 +234,21 @@ async fn the_fan_out_sender_sees_presence_changes_at_once() {
     let got_seq =
         |batches: &[Batch]| -> Vec<u64> { batches.iter().filter_map(|b| b.ordered.as_ref().map(|o| o.1)).collect() };
 
-    b.register(&carol, &Arc::from("phone"), 1);
+    b.register(&carol, &Arc::from("phone"), 1, true);
     b.flush().await.unwrap();
     deliver_and_see(1);
     assert_eq!(got_seq(&drain(&mut brx, quiet).await), vec![1]);
     assert!(drain(&mut crx, Duration::from_millis(50)).await.is_empty());
 
     // A second device on another node: the next delivery reaches both nodes.
-    c.register(&carol, &Arc::from("laptop"), 2);
+    c.register(&carol, &Arc::from("laptop"), 2, true);
     c.flush().await.unwrap();
     deliver_and_see(2);
     assert_eq!(got_seq(&drain(&mut brx, quiet).await), vec![2]);
     assert_eq!(got_seq(&drain(&mut crx, quiet).await), vec![2]);
 
     // The first device leaves: that node gets nothing more.
-    b.unregister(&carol, 1);
+    b.unregister(&carol, 1, true);
     b.flush().await.unwrap();
     deliver_and_see(3);
     assert_eq!(got_seq(&drain(&mut crx, quiet).await), vec![3]);
@@ -254,13 +261,96 @@ async fn the_fan_out_sender_sees_presence_changes_at_once() {
     }
 }
 
+/// The presence transitions of `users` (came online: true) on `rx` until none came for `quiet`.
+async fn presence_events(
+    rx: &mut mpsc::Receiver<Incoming>,
+    users: &[&Arc<str>],
+    quiet: Duration,
+) -> Vec<(Arc<str>, bool)> {
+    let mut out = Vec::new();
+    while let Ok(Some(i)) = tokio::time::timeout(quiet, rx.recv()).await {
+        if let Incoming::Presence { user, online } = i {
+            if users.contains(&&user) {
+                out.push((user, online));
+            }
+        }
+    }
+    out
+}
+
+/// `user.online` / `user.offline` are decided for the whole cluster: a user with connections on
+/// two nodes comes online once (where her first connection registered) and goes offline once
+/// (where her last one left), whatever each node's own view; the users of a node that dies go
+/// offline through the node that sweeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_events_are_decided_for_the_whole_cluster() {
+    let Some(url) = test_url() else { return };
+    let (a_id, b_id) = (fresh("a"), fresh("b"));
+    let ttl = Duration::from_millis(800);
+    let (a, mut arx) = node(&url, &a_id, 100, ttl.as_millis() as u64).await;
+    let (b, mut brx) = node(&url, &b_id, 100, ttl.as_millis() as u64).await;
+    let (carol, dave) = (Arc::<str>::from(fresh("carol")), Arc::<str>::from(fresh("dave")));
+    let who = [&carol, &dave];
+    let (phone, laptop) = (Arc::<str>::from("phone"), Arc::<str>::from("laptop"));
+    let quiet = Duration::from_millis(250);
+
+    a.register(&carol, &phone, 1, true);
+    a.flush().await.unwrap();
+    assert_eq!(presence_events(&mut arx, &who, quiet).await, [(carol.clone(), true)]);
+    // Her first connection on b, not in the cluster; then a second one on a.
+    b.register(&carol, &laptop, 1, true);
+    b.flush().await.unwrap();
+    a.register(&carol, &laptop, 2, false);
+    a.flush().await.unwrap();
+    assert_eq!(presence_events(&mut brx, &who, quiet).await, []);
+    // Her last connections on a leave; b still holds one.
+    a.unregister(&carol, 1, false);
+    a.unregister(&carol, 2, true);
+    a.flush().await.unwrap();
+    assert_eq!(presence_events(&mut arx, &who, quiet).await, []);
+    b.unregister(&carol, 1, true);
+    b.flush().await.unwrap();
+    assert_eq!(presence_events(&mut brx, &who, quiet).await, [(carol.clone(), false)]);
+    assert_eq!(presence_events(&mut arx, &who, Duration::from_millis(50)).await, []);
+
+    // b dies without a word while dave's only connection is there: a sweeps b.
+    b.register(&dave, &phone, 9, true);
+    b.flush().await.unwrap();
+    assert_eq!(presence_events(&mut brx, &who, quiet).await, [(dave.clone(), true)]);
+    let died = Instant::now();
+    drop((b, brx));
+    let deadline = died + ttl + Duration::from_secs(3);
+    let mut got = Vec::new();
+    while got.is_empty() && Instant::now() < deadline {
+        got = presence_events(&mut arx, &who, Duration::from_millis(50)).await;
+    }
+    assert_eq!(got, [(dave.clone(), false)], "dave went offline with the dead node");
+    assert!(died.elapsed() > Duration::from_millis(300), "swept before the TTL could expire");
+    let mut conn = redis_conn(&url).await;
+    eventually(Duration::from_secs(3), "the sweep's end", || {
+        let (mut conn, b_id) = (conn.clone(), b_id.clone());
+        async move {
+            let member: bool =
+                redis::cmd("SISMEMBER").arg("confab:nodes").arg(&b_id).query_async(&mut conn).await.unwrap_or(true);
+            let conns: u64 =
+                redis::cmd("HLEN").arg(format!("confab:node-conns:{b_id}")).query_async(&mut conn).await.unwrap_or(1);
+            !member && conns == 0
+        }
+    })
+    .await;
+    let left: u64 = redis::cmd("HLEN").arg(format!("confab:presence:{dave}")).query_async(&mut conn).await.unwrap();
+    assert_eq!(left, 0);
+    assert_eq!(presence_events(&mut arx, &who, quiet).await, [], "announced once");
+    a.shutdown().await;
+}
+
 /// Receives batches until none came for `quiet`.
 async fn drain(rx: &mut mpsc::Receiver<Incoming>, quiet: Duration) -> Vec<Batch> {
     let mut out = Vec::new();
     while let Ok(Some(i)) = tokio::time::timeout(quiet, rx.recv()).await {
         match i {
             Incoming::Batch(b) => out.push(b),
-            Incoming::Broadcast { .. } => {}
+            Incoming::Broadcast { .. } | Incoming::Presence { .. } => {}
         }
     }
     out
@@ -281,9 +371,9 @@ async fn a_fan_out_sends_one_publish_per_node_per_chunk() {
         if i % 40 == 39 {
             continue;
         }
-        nodes[i % 3].register(m, &Arc::from("phone"), i as u64);
+        nodes[i % 3].register(m, &Arc::from("phone"), i as u64, true);
         if i % 7 == 0 {
-            nodes[i % 3].register(m, &Arc::from("laptop"), 10_000 + i as u64);
+            nodes[i % 3].register(m, &Arc::from("laptop"), 10_000 + i as u64, false);
         }
     }
     for n in nodes {
@@ -434,12 +524,12 @@ async fn a_redis_restart_is_survived() {
     let mut server = OwnRedis::start().await;
     let url = server.url();
     let (a_id, b_id) = ("node-a", "node-b");
-    let (a, _arx) = node(&url, a_id, 100, 1000).await;
+    let (a, mut arx) = node(&url, a_id, 100, 1000).await;
     let (b, mut brx) = node(&url, b_id, 100, 1000).await;
     let [alice, bob, carol] = ["alice", "bob", "carol"].map(Arc::<str>::from);
     let phone = Arc::<str>::from("phone");
-    a.register(&alice, &phone, 1);
-    b.register(&bob, &phone, 1);
+    a.register(&alice, &phone, 1, true);
+    b.register(&bob, &phone, 1, true);
     a.flush().await.unwrap();
     b.flush().await.unwrap();
     let chunk = vec![alice.clone(), bob.clone(), carol.clone()];
@@ -466,9 +556,15 @@ async fn a_redis_restart_is_survived() {
     })
     .await;
     // Connections come and go during the outage: only the local table knows.
-    a.register(&carol, &phone, 2);
-    a.unregister(&alice, 1);
+    a.register(&carol, &phone, 2, true);
+    a.unregister(&alice, 1, true);
     assert!(a.flush().await.is_err(), "Redis did not take the writes");
+    // Alice came online before the outage (in Redis); whether carol came and alice went
+    // cluster-wide is unknown during it: this node's view decides.
+    assert_eq!(
+        presence_events(&mut arx, &[&alice, &carol], Duration::from_millis(300)).await,
+        [(alice.clone(), true), (carol.clone(), true), (alice.clone(), false)]
+    );
 
     // Redis comes back empty.
     server.restart().await;
@@ -488,9 +584,16 @@ async fn a_redis_restart_is_survived() {
     let l = a.locate(&chunk).await.unwrap();
     let frame = ByteString::from_static(r#"{"event":"message"}"#);
     assert_eq!(a.publish_located(&l, &Batch::new(frame.clone(), vec![])).await.unwrap(), 1);
-    match tokio::time::timeout(Duration::from_secs(3), brx.recv()).await {
-        Ok(Some(Incoming::Batch(batch))) => assert_eq!((batch.users, batch.frames), (arcs(&["bob"]), vec![frame])),
-        other => panic!("no batch after the restart: {other:?}"),
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), brx.recv()).await {
+            Ok(Some(Incoming::Batch(batch))) => {
+                assert_eq!((batch.users, batch.frames), (arcs(&["bob"]), vec![frame]));
+                break;
+            }
+            // Presence re-announced by the re-assertion (Redis came back empty).
+            Ok(Some(Incoming::Presence { .. })) => continue,
+            other => panic!("no batch after the restart: {other:?}"),
+        }
     }
     a.shutdown().await;
     b.shutdown().await;

@@ -568,3 +568,54 @@ async fn a_dead_nodes_webhook_dispatcher_is_taken_over_within_5_seconds() {
     assert_eq!(seqs, [1, 2]);
     cluster.stop().await;
 }
+
+/// `user.online` / `user.offline` webhooks are decided for the whole cluster: a user with
+/// devices on two nodes is online once and offline once, when her last device leaves; the users
+/// of a node killed with `kill -9` go offline within seconds, through the node that sweeps it.
+#[tokio::test]
+async fn presence_webhooks_are_decided_for_the_whole_cluster() {
+    let Some((mongo, _)) = services() else { return };
+    let receiver = crate::webhooks::Receiver::start().await;
+    let eps = crate::webhooks::endpoints(&receiver, &["user.online", "user.offline"]);
+    let env = [
+        ("CONFAB__WEBHOOKS__ENDPOINTS", eps.as_str()),
+        ("CONFAB__WEBHOOKS__POLL_INTERVAL_MS", "50"),
+        ("CONFAB__CLUSTER__HEARTBEAT_MS", "200"),
+        ("CONFAB__CLUSTER__NODE_TTL_MS", "1000"),
+    ];
+    let mut cluster = Cluster::start_with(3, &mongo, &env).await;
+    let count = |events: &[Value], kind: &str, user: &str| {
+        events.iter().filter(|e| e["type"] == kind && e["data"]["user"] == user).count()
+    };
+    let phone = cluster.connect(0, "alice", "phone").await;
+    let laptop = cluster.connect(1, "alice", "laptop").await;
+    let bob = cluster.connect(2, "bob", "phone").await;
+    receiver
+        .wait_for("alice and bob online", 20, |e| {
+            count(e, "user.online", "alice") == 1 && count(e, "user.online", "bob") == 1
+        })
+        .await;
+    // Alice leaves node 0 but is still on node 1: still online.
+    phone.close().await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let events = receiver.wait_for("nothing new", 1, |_| true).await;
+    assert_eq!(count(&events, "user.offline", "alice"), 0, "alice still has a device: {events:#?}");
+    assert_eq!(count(&events, "user.online", "alice"), 1, "online once: {events:#?}");
+    laptop.close().await;
+    receiver.wait_for("alice offline", 20, |e| count(e, "user.offline", "alice") == 1).await;
+
+    // Bob's only node dies.
+    let killed = Instant::now();
+    cluster.kill_9(2).await;
+    drop(bob);
+    let events = receiver.wait_for("bob offline after the crash", 30, |e| count(e, "user.offline", "bob") == 1).await;
+    eprintln!("bob offline {:?} after the kill", killed.elapsed());
+    let order: Vec<(String, String)> = events
+        .iter()
+        .map(|e| (e["data"]["user"].as_str().unwrap().to_owned(), e["type"].as_str().unwrap().to_owned()))
+        .collect();
+    let mine = |u: &str| order.iter().filter(|(w, _)| w == u).map(|(_, k)| k.as_str()).collect::<Vec<_>>();
+    assert_eq!(mine("alice"), ["user.online", "user.offline"]);
+    assert_eq!(mine("bob"), ["user.online", "user.offline"]);
+    cluster.stop().await;
+}
