@@ -47,6 +47,11 @@ pub struct Webhooks {
     pub poll_interval_ms: u64,
     /// How long the dispatcher's lease lasts without renewal (one active dispatcher per cluster).
     pub lease_ttl_ms: u64,
+    /// How long delivered and failed events (and their delivery log) are kept, in hours; may be
+    /// fractional. Events still pending for some endpoint are kept whatever their age.
+    pub retention_hours: f64,
+    /// How often the dispatcher holding the lease removes what is past the retention.
+    pub trim_interval_ms: u64,
     pub before_send: BeforeSendConfig,
 }
 
@@ -137,6 +142,14 @@ impl Webhooks {
         range("webhooks.max_in_flight", self.max_in_flight, 1, 1024)?;
         range("webhooks.poll_interval_ms", self.poll_interval_ms, 10, 60_000)?;
         range("webhooks.lease_ttl_ms", self.lease_ttl_ms, 1000, 600_000)?;
+        // At least one second, at most ten years (fractions of an hour are allowed: 0.5 = 30 min).
+        if !(self.retention_hours.is_finite() && (1.0 / 3600.0..=87_600.0).contains(&self.retention_hours)) {
+            return Err(ConfigError(format!(
+                "webhooks.retention_hours = {} must be between 0.0003 (one second) and 87600 (ten years)",
+                self.retention_hours
+            )));
+        }
+        range("webhooks.trim_interval_ms", self.trim_interval_ms, 100, 86_400_000)?;
         let b = &self.before_send;
         if !b.url.is_empty() {
             check_http_url("webhooks.before_send.url", &b.url)?;
@@ -518,6 +531,21 @@ mod tests {
         assert_eq!(c.server.bind, "127.0.0.1:8080");
         assert_eq!(c.storage.path, PathBuf::from("./data"));
         assert!(c.uses_default_secret());
+    }
+
+    #[test]
+    fn webhook_retention() {
+        let c = Config::load_with_env(None, env(&[])).expect("valid");
+        assert_eq!(c.webhooks.retention_hours, 168.0);
+        assert_eq!(c.webhooks.trim_interval_ms, 300_000);
+        let c = Config::load_with_env(None, env(&[("CONFAB__WEBHOOKS__RETENTION_HOURS", "0.5")])).expect("valid");
+        assert_eq!(c.webhooks.retention_hours, 0.5);
+        for bad in ["0", "-1", "0.0001", "100000", "NaN"] {
+            let e = Config::load_with_env(None, env(&[("CONFAB__WEBHOOKS__RETENTION_HOURS", bad)])).unwrap_err();
+            assert!(e.to_string().contains("webhooks.retention_hours"), "{bad}: {e}");
+        }
+        let e = Config::load_with_env(None, env(&[("CONFAB__WEBHOOKS__TRIM_INTERVAL_MS", "0")])).unwrap_err();
+        assert!(e.to_string().contains("webhooks.trim_interval_ms"), "{e}");
     }
 
     #[test]

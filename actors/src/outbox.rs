@@ -261,6 +261,50 @@ pub struct Replay {
     pub only_failed: bool,
 }
 
+/// One bounded step of the retention (`webhooks.retention_hours`): which events may go.
+///
+/// An event is removed, together with every delivery it has, when all of these hold:
+/// - its `ts` is older than `before_ts`;
+/// - every endpoint of `endpoints` has its cursor at or past it (the event was queued for it, or
+///   passed over by its filter); with no endpoints, no cursor holds events back;
+/// - every delivery it has, to any endpoint (configured or not), is `delivered` or `failed`, and
+///   the newest attempt of each is older than `before_ts` too.
+///
+/// An event still pending for some endpoint is never removed, whatever its age, and a delivery
+/// goes only with its event (the delivery log never shows half an event). Events are examined in
+/// id order from `after`, at most `limit` of them, stopping at the first one that is not older
+/// than `before_ts` or not yet passed by every cursor: an event whose `ts` is older than an
+/// earlier one's (clocks of several nodes) simply waits for a later pass.
+#[derive(Debug, Clone)]
+pub struct Trim {
+    pub before_ts: i64,
+    pub endpoints: Vec<String>,
+    /// Examine events with a greater id (0 to start a pass).
+    pub after: u64,
+    pub limit: usize,
+}
+
+impl Trim {
+    /// Whether a delivery lets its event go: `delivered` or `failed`, with no attempt as recent
+    /// as `before_ts`.
+    pub fn done_with(&self, d: &Delivery) -> bool {
+        d.state != DeliveryState::Pending && d.log.iter().all(|a| a.at < self.before_ts)
+    }
+}
+
+/// What one [`Outbox::trim`] call did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trimmed {
+    /// Events examined, at most the limit: fewer means the pass has reached its end.
+    pub examined: usize,
+    /// The id of the last event examined (0 when none): the next call starts after it.
+    pub last_id: u64,
+    /// Events removed.
+    pub events: u64,
+    /// Deliveries removed (with their events).
+    pub deliveries: u64,
+}
+
 /// The outbox and its delivery bookkeeping. Implemented by every storage adapter. Change events
 /// are written by the store itself, in the transaction of the change, once [`Outbox::enable`] was
 /// called; nothing is written while it is off.
@@ -303,6 +347,10 @@ pub trait Outbox: Send + Sync + 'static {
 
     /// Puts matching deliveries back to pending; returns how many.
     async fn replay(&self, r: &Replay) -> StoreResult<u64>;
+
+    /// Removes old events that every endpoint is done with, and their deliveries (the rule is
+    /// on [`Trim`]). Bounded: call again after `last_id` while `examined` equals the limit.
+    async fn trim(&self, t: &Trim) -> StoreResult<Trimmed>;
 }
 
 /// What `before_send` is asked about.

@@ -12,6 +12,12 @@
 //! once); a failure is retried after an exponential back-off, and after `webhooks.max_attempts`
 //! it is marked `failed` (the next event of its conversation then goes on; replay re-queues it).
 //! Everything is in the store, so a restarted node carries on where it stopped.
+//!
+//! The holder also applies the retention (`webhooks.retention_hours`): every
+//! `webhooks.trim_interval_ms` it walks the outbox from its oldest event and removes the events
+//! that every endpoint is done with, and their deliveries (the rule is on
+//! [`Trim`](confab_actors::outbox::Trim)), in steps of [`TRIM_BATCH`] events and for at most
+//! [`TRIM_BUDGET`] between two rounds of deliveries, so a large backlog never stalls them.
 
 pub mod before_send;
 
@@ -19,7 +25,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use confab_actors::outbox::{Attempt, Delivery, DeliveryState, Outbox, OutboxEvent};
+use confab_actors::outbox::{Attempt, Delivery, DeliveryState, Outbox, OutboxEvent, Trim};
 use tokio::sync::mpsc;
 
 use crate::config::{Config, WebhookEndpoint};
@@ -30,6 +36,12 @@ pub const LEASE: &str = "webhooks";
 const BATCH: usize = 500;
 /// How long a hole in the event ids is waited for before the events after it go on.
 const HOLE_WAIT: Duration = Duration::from_secs(10);
+/// Events examined per retention step (one store call: one writer transaction on the embedded
+/// store, a few bounded commands on MongoDB).
+pub const TRIM_BATCH: usize = 500;
+/// Longest the retention runs between two rounds of deliveries; a pass that is not finished goes
+/// on at the next round.
+pub const TRIM_BUDGET: Duration = Duration::from_millis(200);
 
 /// The signing headers of a POST (`X-Confab-Key`, `-Timestamp`, `-Nonce`, `-Signature`).
 pub fn signed_headers(key_id: &str, secret: &str, url: &reqwest::Url, body: &[u8]) -> Vec<(&'static str, String)> {
@@ -85,6 +97,10 @@ pub struct Settings {
     pub poll: Duration,
     pub lease_ttl: Duration,
     pub owner: String,
+    /// How long finished events are kept.
+    pub retention: Duration,
+    /// How often a retention pass starts.
+    pub trim_interval: Duration,
 }
 
 impl Settings {
@@ -100,6 +116,8 @@ impl Settings {
             poll: Duration::from_millis(w.poll_interval_ms),
             lease_ttl: Duration::from_millis(w.lease_ttl_ms),
             owner: cfg.cluster.node_id.clone(),
+            retention: Duration::from_secs_f64(w.retention_hours * 3600.0),
+            trim_interval: Duration::from_millis(w.trim_interval_ms),
         }
     }
 
@@ -121,6 +139,74 @@ struct Lane {
     hole_since: Option<Instant>,
     in_flight: HashSet<u64>,
     busy_keys: HashSet<String>,
+}
+
+/// Where the retention stands: the pass under way (resuming after an event id), and when the
+/// next one starts.
+struct Trimmer {
+    interval: Duration,
+    next_pass: Instant,
+    resume_after: Option<u64>,
+    events: u64,
+    deliveries: u64,
+}
+
+impl Trimmer {
+    fn new(interval: Duration) -> Trimmer {
+        Trimmer { interval, next_pass: Instant::now(), resume_after: None, events: 0, deliveries: 0 }
+    }
+
+    /// Runs the pass under way, or starts one when it is time, for at most [`TRIM_BUDGET`].
+    async fn run(&mut self, s: &Settings, outbox: &Arc<dyn Outbox>) {
+        if self.resume_after.is_none() && Instant::now() < self.next_pass {
+            return;
+        }
+        let started = Instant::now();
+        let retention = i64::try_from(s.retention.as_millis()).unwrap_or(i64::MAX);
+        let endpoints: Vec<String> = s.endpoints.iter().map(|e| e.name.clone()).collect();
+        loop {
+            let t = Trim {
+                before_ts: now_ms().saturating_sub(retention),
+                endpoints: endpoints.clone(),
+                after: self.resume_after.unwrap_or(0),
+                limit: TRIM_BATCH,
+            };
+            let done = match outbox.trim(&t).await {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhook retention: store unavailable");
+                    self.finish();
+                    return;
+                }
+            };
+            self.events += done.events;
+            self.deliveries += done.deliveries;
+            if done.examined < TRIM_BATCH {
+                if self.events > 0 || self.deliveries > 0 {
+                    tracing::info!(
+                        events = self.events,
+                        deliveries = self.deliveries,
+                        "webhook retention: removed old events and their deliveries"
+                    );
+                } else {
+                    tracing::debug!("webhook retention: nothing to remove");
+                }
+                self.finish();
+                return;
+            }
+            self.resume_after = Some(done.last_id);
+            if started.elapsed() >= TRIM_BUDGET {
+                return;
+            }
+        }
+    }
+
+    fn finish(&mut self) {
+        self.resume_after = None;
+        self.events = 0;
+        self.deliveries = 0;
+        self.next_pass = Instant::now() + self.interval;
+    }
 }
 
 /// A finished attempt, reported to the loop.
@@ -178,6 +264,7 @@ async fn run(s: Settings, outbox: Arc<dyn Outbox>, client: reqwest::Client) {
     let mut ticker = tokio::time::interval(s.poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut leader = false;
+    let mut trimmer = Trimmer::new(s.trim_interval);
     // The holder renews every third of the lease's lifetime; the others ask every poll.
     let mut next_lease = Instant::now();
     loop {
@@ -226,11 +313,15 @@ async fn run(s: Settings, outbox: Arc<dyn Outbox>, client: reqwest::Client) {
         if !leader {
             continue;
         }
+        // Every id up to the furthest cursor was either seen by that endpoint or skipped after
+        // HOLE_WAIT: a hole there is a trimmed event (or one skipped already), not a late one.
+        let settled = lanes.iter().filter_map(|l| l.cursor).max().unwrap_or(0);
         for (idx, lane) in lanes.iter_mut().enumerate() {
-            if let Err(e) = step(&s, &outbox, &client, idx, lane, &done_tx).await {
+            if let Err(e) = step(&s, &outbox, &client, idx, lane, settled, &done_tx).await {
                 tracing::warn!(endpoint = %lane.ep.name, error = %e, "webhook dispatch: store unavailable");
             }
         }
+        trimmer.run(&s, &outbox).await;
     }
 }
 
@@ -241,6 +332,7 @@ async fn step(
     client: &reqwest::Client,
     idx: usize,
     lane: &mut Lane,
+    settled: u64,
     done: &mpsc::Sender<Done>,
 ) -> confab_actors::store::StoreResult<()> {
     let cursor = match lane.cursor {
@@ -250,22 +342,16 @@ async fn step(
     lane.cursor = Some(cursor);
     let mut events = outbox.events_after(cursor, BATCH).await?;
     // Ids are handed out without holes (in the transaction that stores the event), so a hole is
-    // an event not visible yet: stop before it, and wait for it a while before going on.
-    let mut expected = cursor + 1;
-    let contiguous = events
-        .iter()
-        .take_while(|e| {
-            let ok = e.id == expected;
-            expected += 1;
-            ok
-        })
-        .count();
+    // an event not visible yet: stop before it, and wait for it a while before going on. Holes up
+    // to `settled` (events the retention removed) are passed at once.
+    let contiguous = contiguous(cursor, events.iter().map(|e| e.id), settled);
     if contiguous < events.len() {
         let since = *lane.hole_since.get_or_insert_with(Instant::now);
         if since.elapsed() < HOLE_WAIT {
             events.truncate(contiguous);
         } else {
-            tracing::warn!(endpoint = %lane.ep.name, after = expected - 1, "skipping a hole in the outbox ids");
+            let after = if contiguous == 0 { cursor } else { events[contiguous - 1].id };
+            tracing::warn!(endpoint = %lane.ep.name, after, "skipping a hole in the outbox ids");
             lane.hole_since = None;
         }
     } else {
@@ -308,6 +394,20 @@ async fn step(
         });
     }
     Ok(())
+}
+
+/// How many of `ids` (ascending, after `cursor`) follow each other without a hole. Missing ids
+/// all up to `settled` were removed by the retention and are no hole.
+fn contiguous(cursor: u64, ids: impl Iterator<Item = u64>, settled: u64) -> usize {
+    let mut expected = cursor + 1;
+    ids.take_while(|&id| {
+        let ok = id == expected || (id > expected && id - 1 <= settled);
+        if ok {
+            expected = id + 1;
+        }
+        ok
+    })
+    .count()
 }
 
 /// What a receiver gets: the event as JSON.
@@ -358,4 +458,19 @@ async fn attempt(
         }
     }
     delivery
+}
+
+#[cfg(test)]
+mod tests {
+    use super::contiguous;
+
+    #[test]
+    fn holes_up_to_the_settled_id_are_trimmed_events() {
+        assert_eq!(contiguous(0, [1, 2, 3].into_iter(), 0), 3);
+        assert_eq!(contiguous(0, [1, 3, 4].into_iter(), 0), 1, "2 may still come");
+        assert_eq!(contiguous(0, [5, 6, 9, 10].into_iter(), 8), 4, "1 to 4 and 7 to 8 were trimmed");
+        assert_eq!(contiguous(0, [5, 6, 9, 10].into_iter(), 7), 2, "8 is past every cursor: it may still come");
+        assert_eq!(contiguous(10, [12].into_iter(), 20), 1);
+        assert_eq!(contiguous(10, [].into_iter(), 20), 0);
+    }
 }

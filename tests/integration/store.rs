@@ -894,6 +894,87 @@ pub async fn check_outbox(s: DynStore, o: Arc<dyn confab_actors::outbox::Outbox>
     assert!(o.lease("webhooks", "n2", TS + 1700, 1000).await.expect("expired: taken over"));
 }
 
+/// The webhook retention: old events every endpoint is done with go, with their deliveries;
+/// recent ones, ones still pending for some endpoint, ones with a recent attempt and ones not yet
+/// passed by every cursor stay; steps are bounded and resume; a second pass removes nothing.
+pub async fn check_outbox_trim(o: Arc<dyn confab_actors::outbox::Outbox>) {
+    use confab_actors::outbox::{Attempt, Delivery, DeliveryState, NewEvent, Replay, Trim, Trimmed};
+    let old = TS;
+    let before_ts = TS + 1000;
+    let recent = TS + 5000;
+    let push = |ts| {
+        let o = o.clone();
+        async move { o.push_event(NewEvent::presence("alice", true, ts)).await.expect("push") }
+    };
+    // e1: delivered to A and B. e2: delivered to A, still pending for B. e3: failed for A, not
+    // for B (its filter). e4: delivered to A and B, but A's was replayed and delivered again
+    // lately. e5: for neither. e6: recent. e7: old again, after a recent one.
+    let (e1, e2, e3, e4, e5) = (push(old).await, push(old).await, push(old).await, push(old).await, push(old).await);
+    let (e6, e7) = (push(recent).await, push(old).await);
+    o.enqueue("A", &[e1, e2, e3, e4, e6, e7], e7).await.expect("enqueue");
+    o.enqueue("B", &[e1, e2, e4, e6, e7], e7).await.expect("enqueue");
+    let settle = |ep: &str, id, state, at| {
+        let mut d = Delivery::new(ep, id);
+        d.record(Attempt { at, status: Some(200), error: None, ms: 1 }, state, 0);
+        let o = o.clone();
+        async move { o.save_delivery(&d).await.expect("save") }
+    };
+    let delivered = DeliveryState::Delivered;
+    settle("A", e1, delivered, old).await;
+    settle("B", e1, delivered, old).await;
+    settle("A", e2, delivered, old).await;
+    settle("A", e3, DeliveryState::Failed, old).await;
+    settle("A", e4, delivered, recent).await;
+    settle("B", e4, delivered, old).await;
+    settle("A", e6, delivered, recent).await;
+    settle("B", e6, delivered, recent).await;
+    settle("A", e7, delivered, old).await;
+    settle("B", e7, delivered, old).await;
+    let trim = |endpoints: &[&str], after, limit| {
+        let t = Trim { before_ts, endpoints: endpoints.iter().map(|e| e.to_string()).collect(), after, limit };
+        let o = o.clone();
+        async move { o.trim(&t).await.expect("trim") }
+    };
+
+    // An endpoint that has queued nothing yet (cursor 0) holds every event back.
+    assert_eq!(trim(&["A", "B", "C"], 0, 100).await, Trimmed::default());
+    assert_eq!(o.events_after(0, 100).await.expect("events").len(), 7);
+
+    // Bounded steps: two events examined, then on from the second.
+    let step = trim(&["A", "B"], 0, 2).await;
+    assert_eq!(step, Trimmed { examined: 2, last_id: e2, events: 1, deliveries: 2 });
+    let step = trim(&["A", "B"], e2, 100).await;
+    assert_eq!(step, Trimmed { examined: 3, last_id: e5, events: 2, deliveries: 1 }, "stops before e6");
+    let ids: Vec<u64> = o.events_after(0, 100).await.expect("events").iter().map(|e| e.id).collect();
+    assert_eq!(ids, [e2, e4, e6, e7]);
+    assert_eq!(o.event(e1).await.expect("event"), None);
+    assert!(o.event_deliveries(e1).await.expect("deliveries").is_empty());
+    assert!(o.event_deliveries(e3).await.expect("deliveries").is_empty());
+    assert_eq!(o.event_deliveries(e2).await.expect("deliveries").len(), 2, "a pending event keeps its whole log");
+    assert_eq!(o.event_deliveries(e4).await.expect("deliveries").len(), 2);
+    let log = o.deliveries(&confab_actors::outbox::DeliveryQuery { limit: 100, ..Default::default() }).await;
+    let logged: Vec<u64> = log.expect("log").iter().map(|d| d.event_id).collect();
+    assert_eq!(logged, [e2, e2, e4, e4, e6, e6, e7, e7]);
+    let pending: Vec<u64> = o.pending("B", 100).await.expect("pending").iter().map(|(d, _)| d.event_id).collect();
+    assert_eq!(pending, [e2]);
+
+    // A second pass removes nothing more; a removed event cannot be replayed.
+    let again = trim(&["A", "B"], 0, 100).await;
+    assert_eq!((again.examined, again.events, again.deliveries), (2, 0, 0));
+    let replay = Replay { endpoint: None, from_id: e1, to_id: e1, only_failed: false };
+    assert_eq!(o.replay(&replay).await.expect("replay"), 0);
+
+    // Once its last delivery is done (long enough ago), the pending event goes too.
+    settle("B", e2, DeliveryState::Failed, old).await;
+    let last = trim(&["A", "B"], 0, 100).await;
+    assert_eq!((last.events, last.deliveries), (1, 2));
+    let ids: Vec<u64> = o.events_after(0, 100).await.expect("events").iter().map(|e| e.id).collect();
+    assert_eq!(ids, [e4, e6, e7]);
+    assert!(o.pending("B", 100).await.expect("pending").is_empty());
+    // Ids are never handed out again.
+    assert!(push(old).await > e7);
+}
+
 pub async fn check_system_dedupe(s: DynStore) {
     s.create_group(new_group("g1", "owner", &["a"])).await.unwrap();
     s.create_group(new_group("g2", "owner", &["a"])).await.unwrap();
@@ -1043,6 +1124,12 @@ mod embedded {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn check_outbox_trim() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        super::check_outbox_trim(Arc::new(open(dir.path()))).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn persistence_across_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("nested").join("data");
@@ -1130,6 +1217,15 @@ mod mongodb {
         let metrics = Arc::new(confab_actors::metrics::Metrics::default());
         let store = Arc::new(crate::store_mongo::open(&uri, &db, metrics).await);
         super::check_outbox(store.clone(), store).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn check_outbox_trim() {
+        let Some(uri) = crate::store_mongo::test_uri() else { return };
+        let db = crate::store_mongo::fresh_db();
+        let metrics = Arc::new(confab_actors::metrics::Metrics::default());
+        let store = Arc::new(crate::store_mongo::open(&uri, &db, metrics).await);
+        super::check_outbox_trim(store).await;
     }
 
     macro_rules! conformance {

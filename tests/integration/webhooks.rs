@@ -464,6 +464,77 @@ async fn undelivered_events_are_delivered_after_a_restart() {
     node.stop().await;
 }
 
+#[tokio::test]
+async fn old_finished_events_are_trimmed_but_pending_ones_stay() {
+    let r = Receiver::start().await;
+    let (keys, eps) = (api_keys(), endpoints(&r, &["message.sent"]));
+    let mut env = webhook_env(&keys, &eps);
+    env.extend([
+        // A retention of 1.8 s, applied every 100 ms; a failed attempt is retried after 6 s, so a
+        // pending delivery's last attempt is older than the retention for a while.
+        ("CONFAB__WEBHOOKS__RETENTION_HOURS", "0.0005"),
+        ("CONFAB__WEBHOOKS__TRIM_INTERVAL_MS", "100"),
+        ("CONFAB__WEBHOOKS__BACKOFF_INITIAL_MS", "6000"),
+        ("CONFAB__WEBHOOKS__BACKOFF_MAX_MS", "6000"),
+    ]);
+    let node = TestNode::with(&env);
+    let event =
+        |id: u64| async move { api(node.addr, ADMIN, "GET", &format!("/api/v1/webhooks/events/{id}"), None).await };
+    let mut alice = node.connect("alice", "phone").await;
+    alice.send_msg(json!({"to": "bob"}), "m1", text("delivered at once")).await;
+    let first = r.wait_for("the first message", 10, |u| u.len() == 1).await[0]["id"].as_u64().unwrap();
+    r.set(|s| s.fail_next = 1);
+    alice.send_msg(json!({"to": "carol"}), "m2", text("delivered on the second attempt")).await;
+    let sent = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while r.get(|s| s.requests) < 2 {
+        assert!(Instant::now() < deadline, "the second message was not attempted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, pending) = api(node.addr, ADMIN, "GET", "/api/v1/webhooks/deliveries?state=pending", None).await;
+    let second = pending["deliveries"][0]["event_id"].as_u64().expect("the second message is pending");
+
+    // The delivered event goes once past the retention: looked up, it is not_found; replayed,
+    // nothing is requeued; it is not in the delivery log any more.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (st, body) = event(first).await;
+        if st == 404 {
+            assert_eq!(body["error"]["code"], "not_found", "{body}");
+            break;
+        }
+        assert_eq!(st, 200, "{body}");
+        assert!(Instant::now() < deadline, "the delivered event was not trimmed: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (st, rep) =
+        api(node.addr, ADMIN, "POST", "/api/v1/webhooks/replay", Some(json!({"from_id": first, "to_id": first}))).await;
+    assert_eq!((st, rep["requeued"].as_u64()), (200, Some(0)), "{rep}");
+    let (st, log) = api(node.addr, ADMIN, "GET", "/api/v1/webhooks/deliveries?limit=100", None).await;
+    assert_eq!(st, 200, "{log}");
+    let logged: Vec<u64> =
+        log["deliveries"].as_array().unwrap().iter().map(|d| d["event_id"].as_u64().unwrap()).collect();
+    assert_eq!(logged, [second], "{log}");
+
+    // The pending one stays although it and its failed attempt are older than the retention.
+    while sent.elapsed() < Duration::from_millis(3500) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (st, body) = event(second).await;
+    assert_eq!(st, 200, "a pending event was trimmed: {body}");
+    assert_eq!(body["deliveries"][0]["state"], "pending", "{body}");
+    assert!(r.unique().iter().all(|e| e["id"] != second), "not delivered yet");
+
+    // Delivered on its retry, then trimmed in turn.
+    r.wait_for("the retried message", 15, |u| u.len() == 2).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while event(second).await.0 != 404 {
+        assert!(Instant::now() < deadline, "the retried event was not trimmed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    alice.close().await;
+}
+
 fn before_send_env<'a>(r_url: &'a str, fail_open: &'a str) -> Vec<(&'a str, &'a str)> {
     vec![
         ("CONFAB__WEBHOOKS__BEFORE_SEND__URL", r_url),

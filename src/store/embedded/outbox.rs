@@ -8,8 +8,13 @@
 //! | `webhook_meta`      | name                   | JSON             | `next_id`, `cursor:<endpoint>`, `lease:<name>` |
 //!
 //! Change events are written by the operation's closure, inside the writer's batch transaction.
+//! The retention ([`trim`]) removes events and their deliveries through the writer too, in bounded
+//! steps (`delivery_endpoints` finds the few endpoints with deliveries by seeking, so a step costs
+//! a point lookup per examined event and endpoint, never a scan of the log).
 
-use confab_actors::outbox::{Delivery, DeliveryQuery, DeliveryState, NewEvent, OutboxEvent, Replay};
+use std::ops::Bound;
+
+use confab_actors::outbox::{Delivery, DeliveryQuery, DeliveryState, NewEvent, OutboxEvent, Replay, Trim, Trimmed};
 use confab_actors::store::StoreResult;
 use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
@@ -194,6 +199,88 @@ pub(super) fn replay(txn: &WriteTransaction, r: &Replay) -> StoreResult<u64> {
     Ok(n)
 }
 
+/// The endpoints that have deliveries, each found by one seek past the previous one's keys.
+fn delivery_endpoints(d: &impl ReadableTable<(&'static str, u64), &'static [u8]>) -> StoreResult<Vec<String>> {
+    let mut out: Vec<String> = Vec::new();
+    loop {
+        let next = match out.last() {
+            None => d.first().map_err(unavailable)?.map(|(k, _)| k.value().0.to_owned()),
+            Some(last) => {
+                let from: (&str, u64) = (last.as_str(), u64::MAX);
+                let mut rows =
+                    d.range::<(&str, u64)>((Bound::Excluded(from), Bound::Unbounded)).map_err(unavailable)?;
+                match rows.next() {
+                    Some(row) => Some(row.map_err(unavailable)?.0.value().0.to_owned()),
+                    None => None,
+                }
+            }
+        };
+        match next {
+            Some(ep) => out.push(ep),
+            None => return Ok(out),
+        }
+    }
+}
+
+/// One bounded step of the retention, in the writer's transaction (the rule is on [`Trim`]).
+pub(super) fn trim(txn: &WriteTransaction, t: &Trim) -> StoreResult<Trimmed> {
+    let mut done = Trimmed::default();
+    // The lowest cursor of the configured endpoints: events after it are not queued everywhere.
+    let mut upto = u64::MAX;
+    {
+        let meta = txn.open_table(WEBHOOK_META).map_err(unavailable)?;
+        for ep in &t.endpoints {
+            let c = get_json::<&str, u64>(&meta, format!("cursor:{ep}").as_str())?.unwrap_or(0);
+            upto = upto.min(c);
+        }
+    }
+    let mut candidates = Vec::new();
+    {
+        let outbox = txn.open_table(OUTBOX).map_err(unavailable)?;
+        for row in outbox.range(t.after.saturating_add(1)..).map_err(unavailable)?.take(t.limit) {
+            let (k, v) = row.map_err(unavailable)?;
+            let id = k.value();
+            if id > upto {
+                break;
+            }
+            let e: OutboxEvent = decode(v.value())?;
+            if e.ts >= t.before_ts {
+                break;
+            }
+            done.examined += 1;
+            done.last_id = id;
+            candidates.push(id);
+        }
+    }
+    if candidates.is_empty() {
+        return Ok(done);
+    }
+    let mut deliveries = txn.open_table(DELIVERIES).map_err(unavailable)?;
+    let mut pending = txn.open_table(PENDING).map_err(unavailable)?;
+    let mut outbox = txn.open_table(OUTBOX).map_err(unavailable)?;
+    let endpoints = delivery_endpoints(&deliveries)?;
+    'events: for id in candidates {
+        let mut keys = Vec::new();
+        for ep in &endpoints {
+            if let Some(d) = get_json::<(&str, u64), Delivery>(&deliveries, (ep.as_str(), id))? {
+                // Still pending somewhere (or touched recently): the event and its log stay.
+                if !t.done_with(&d) {
+                    continue 'events;
+                }
+                keys.push(ep.as_str());
+            }
+        }
+        for ep in keys {
+            deliveries.remove((ep, id)).map_err(unavailable)?;
+            pending.remove((ep, id)).map_err(unavailable)?;
+            done.deliveries += 1;
+        }
+        outbox.remove(id).map_err(unavailable)?;
+        done.events += 1;
+    }
+    Ok(done)
+}
+
 #[async_trait::async_trait]
 impl confab_actors::outbox::Outbox for super::EmbeddedStore {
     fn enable(&self) {
@@ -249,5 +336,10 @@ impl confab_actors::outbox::Outbox for super::EmbeddedStore {
     async fn replay(&self, r: &Replay) -> StoreResult<u64> {
         let r = r.clone();
         self.write(move |txn| replay(txn, &r)).await
+    }
+
+    async fn trim(&self, t: &Trim) -> StoreResult<Trimmed> {
+        let t = t.clone();
+        self.write(move |txn| trim(txn, &t)).await
     }
 }

@@ -6,12 +6,14 @@
 //! webhooks are on. The counter document serialises the transactions that take ids, so ids are
 //! visible in id order. Presence events, which change nothing else, are queued to the writer as
 //! operations of their own (`Op::PushEvent`) and take their ids the same way. Delivery bookkeeping is written by the one dispatcher holding the lease,
-//! outside transactions (each write is idempotent).
+//! outside transactions (each write is idempotent), and so is the retention ([`trim`]).
 
 use std::sync::atomic::Ordering::Relaxed;
 
 use confab_actors::error::StoreError;
-use confab_actors::outbox::{Attempt, Delivery, DeliveryQuery, DeliveryState, NewEvent, OutboxEvent, Replay};
+use confab_actors::outbox::{
+    Attempt, Delivery, DeliveryQuery, DeliveryState, NewEvent, OutboxEvent, Replay, Trim, Trimmed,
+};
 use confab_actors::store::StoreResult;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::options::ReturnDocument;
@@ -356,6 +358,81 @@ pub(crate) async fn replay(conn: &Conn, r: &Replay) -> StoreResult<u64> {
     Ok(res.matched_count)
 }
 
+/// An event's id and time, all the retention reads of it.
+#[derive(Debug, Deserialize)]
+struct EventAge {
+    #[serde(rename = "_id")]
+    id: i64,
+    ts: i64,
+}
+
+/// One bounded step of the retention (the rule is on [`Trim`]). Like the rest of the delivery
+/// bookkeeping it runs outside transactions, in an order that keeps it safe against a concurrent
+/// replay: the deliveries are deleted only in a final state, then an event is deleted only if
+/// none of its deliveries is left. A delivery put back to `pending` in between therefore stays,
+/// and so does its event. Reads walk `_id`; deliveries are found and deleted through the index
+/// `{event_id, endpoint}`.
+pub(crate) async fn trim(conn: &Conn, t: &Trim) -> StoreResult<Trimmed> {
+    let mut done = Trimmed::default();
+    let mut upto = u64::MAX;
+    for ep in &t.endpoints {
+        upto = upto.min(cursor(conn, ep).await?);
+    }
+    if upto <= t.after || t.limit == 0 {
+        return Ok(done);
+    }
+    let ages: Vec<EventAge> = conn
+        .coll::<EventAge>(OUTBOX)
+        .find(doc! { "_id": { "$gt": q(t.after), "$lte": q(upto) } })
+        .projection(doc! { "ts": 1 })
+        .sort(doc! { "_id": 1 })
+        .limit(i64::try_from(t.limit).unwrap_or(i64::MAX))
+        .await
+        .map_err(|e| conn.fail("find in outbox", &e))
+        .map(|c| super::reads::collect(conn, c))?
+        .await?;
+    let mut candidates = Vec::new();
+    for a in ages.iter().take_while(|a| a.ts < t.before_ts) {
+        done.examined += 1;
+        done.last_id = u(a.id)?;
+        candidates.push(a.id);
+    }
+    if candidates.is_empty() {
+        return Ok(done);
+    }
+    let in_ids = |ids: &[i64]| doc! { "$in": ids.iter().map(|&id| Bson::Int64(id)).collect::<Vec<_>>() };
+    let ds = find_deliveries(conn, doc! { "event_id": in_ids(&candidates) }, None).await?;
+    let mut held = std::collections::HashSet::new();
+    for d in &ds {
+        if !t.done_with(d) {
+            held.insert(q(d.event_id));
+        }
+    }
+    let ids: Vec<i64> = candidates.into_iter().filter(|id| !held.contains(id)).collect();
+    if ids.is_empty() {
+        return Ok(done);
+    }
+    let r = conn
+        .coll::<Document>(DELIVERIES)
+        .delete_many(doc! { "event_id": in_ids(&ids), "state": { "$in": ["delivered", "failed"] } })
+        .await
+        .map_err(|e| conn.fail("trimming webhook deliveries", &e))?;
+    done.deliveries = r.deleted_count;
+    let left = find_deliveries(conn, doc! { "event_id": in_ids(&ids) }, None).await?;
+    let left: std::collections::HashSet<i64> = left.iter().map(|d| q(d.event_id)).collect();
+    let ids: Vec<i64> = ids.into_iter().filter(|id| !left.contains(id)).collect();
+    if ids.is_empty() {
+        return Ok(done);
+    }
+    let r = conn
+        .coll::<Document>(OUTBOX)
+        .delete_many(doc! { "_id": in_ids(&ids) })
+        .await
+        .map_err(|e| conn.fail("trimming the outbox", &e))?;
+    done.events = r.deleted_count;
+    Ok(done)
+}
+
 #[async_trait::async_trait]
 impl confab_actors::outbox::Outbox for super::MongoStore {
     fn enable(&self) {
@@ -414,5 +491,10 @@ impl confab_actors::outbox::Outbox for super::MongoStore {
     async fn replay(&self, r: &Replay) -> StoreResult<u64> {
         let r = r.clone();
         self.read("webhook replay", move |c| async move { replay(&c, &r).await }).await
+    }
+
+    async fn trim(&self, t: &Trim) -> StoreResult<Trimmed> {
+        let t = t.clone();
+        self.read("webhook retention", move |c| async move { trim(&c, &t).await }).await
     }
 }
