@@ -8,7 +8,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use confab_actors::engine::Engine;
 use confab_actors::error::{Error, ErrorCode};
-use confab_actors::session::{SessionConfig, WsSession};
+use confab_actors::session::{ControlBody, SessionConfig, WsSession};
 
 use crate::auth;
 use crate::cluster::Cluster;
@@ -89,21 +89,41 @@ async fn ws(
     if let Err(e) = state.engine.check_access(&claims.sub, Some(claims.iat)).await {
         return Ok(error_response(&e));
     }
-    // actix-ws does the handshake and reads frames; frames are written by the session's own
-    // outlet, which replaces actix-ws's body (and its sender) as the response body.
-    let (response, ws_sender, stream) = actix_ws::handle(&req, body)?;
-    drop(ws_sender);
+    // actix-ws does the handshake and reads frames; the session actor owns actix-ws's `Session`
+    // (control frames) and the outlet, the response body, writes the data frames and carries
+    // actix-ws's own body.
+    let (response, ws, stream) = actix_ws::handle(&req, body)?;
     // Frames up to 4x the limit are read and answered `frame_too_large`; beyond, the
     // connection is closed (1009) without buffering more.
     let hard_limit = state.session.max_frame_bytes.saturating_mul(4);
     let stream = stream.max_frame_size(hard_limit).aggregate_continuations().max_continuation_size(hard_limit);
-    let (actor, outlet) =
-        WsSession::new(state.engine.clone(), claims.sub.into(), claims.dev.into(), state.session.clone(), stream);
-    actix::Actor::start(actor);
-    // actix-ws ends the incoming stream when its body is dropped: the outlet keeps that body
-    // (never polled) and drops it when the connection's writing ends.
     let (head, ws_body) = response.into_parts();
-    Ok(head.set_body(BodyStream::new(outlet.with_guard(ws_body))).map_into_boxed_body())
+    let control: ControlBody = Box::pin(ControlStream(ws_body));
+    let (actor, outlet) = WsSession::new(
+        state.engine.clone(),
+        claims.sub.into(),
+        claims.dev.into(),
+        state.session.clone(),
+        ws,
+        stream,
+        control,
+    );
+    actix::Actor::start(actor);
+    Ok(head.set_body(BodyStream::new(outlet)).map_into_boxed_body())
+}
+
+/// actix-ws's response body as a stream of chunks, for the session's outlet.
+struct ControlStream(actix_web::body::BoxBody);
+
+impl futures_util::Stream for ControlStream {
+    type Item = Result<actix_web::web::Bytes, Box<dyn std::error::Error>>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        actix_web::body::MessageBody::poll_next(std::pin::Pin::new(&mut self.0), cx)
+    }
 }
 
 #[cfg(test)]

@@ -20,15 +20,12 @@ use crate::metrics::Metrics;
 
 const SHARDS: usize = 32;
 
-/// A frame or control action queued for one session's writer.
+/// A frame queued for one session's outlet. (Control frames, pings, pongs and the close frame,
+/// go through the session's `actix_ws::Session`.)
 #[derive(Debug, Clone)]
 pub enum Outbound {
     /// A JSON text frame, encoded once and shared by every recipient.
     Text(ByteString),
-    /// A WebSocket ping (heartbeat).
-    Ping,
-    /// A WebSocket pong answering the client's ping.
-    Pong(Vec<u8>),
 }
 
 /// Tells a session to close because it could not keep up.

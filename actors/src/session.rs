@@ -1,20 +1,24 @@
 //! The WebSocket session actor: one per connected device, and its [`Outlet`].
 //!
-//! Incoming frames are parsed here and handed to the [`Engine`]; replies and events reach the
-//! socket through one bounded outgoing queue (`session.outbound_queue` frames) drained by the
-//! connection's response body, the [`Outlet`]: each time the connection task polls it, it takes
-//! everything queued, in order, and encodes it into one chunk of WebSocket frames, so frames leave
-//! in the order they were queued and a burst of frames costs one socket write, with no task or
-//! channel between the queue and the socket. When the queue is full the client
-//! is too slow: the session closes with code 1013 ("try again later") and the client recovers with
-//! sync after reconnecting. Heartbeats: the server pings every `heartbeat_interval`; a client
-//! silent for `client_timeout` is disconnected.
+//! The actor owns its connection's `actix_ws::Session` and reads actix-ws's stream of incoming
+//! frames. Incoming frames are parsed here and handed to the [`Engine`]. Control frames (the
+//! heartbeat's pings, pongs answering the client's pings, the close frame) are sent through the
+//! `actix_ws::Session`. Replies and events, the data frames, take a faster path: one bounded
+//! outgoing queue (`session.outbound_queue` frames) drained by the connection's response body,
+//! the [`Outlet`]: each time the connection task polls it, it takes everything queued, in order,
+//! and encodes it into one chunk of WebSocket frames, so frames leave in the order they were
+//! queued and a burst of frames costs one socket write, with no task or channel between the queue
+//! and the socket. The outlet also carries actix-ws's own body (the `Session`'s frames), and
+//! holds the close frame back until every data frame queued before it is written. When the queue
+//! is full the client is too slow: the session closes with code 1013 ("try again later") and the
+//! client recovers with sync after reconnecting. Heartbeats: the server pings every
+//! `heartbeat_interval`; a client silent for `client_timeout` is disconnected.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
@@ -54,9 +58,9 @@ pub struct WsSession {
     conn_id: u64,
     cfg: SessionConfig,
     stream: Option<AggregatedMessageStream>,
+    /// The connection's actix-ws session: control frames (pings, pongs, the close frame).
+    ws: actix_ws::Session,
     out: Arc<OutQueue>,
-    /// The close frame's code and reason, for the outlet once the session stops.
-    closing: Arc<Mutex<Option<CloseReason>>>,
     kick: Arc<KickSignal>,
     last_heard: Instant,
     /// Requests in flight (decremented by the tasks that finish sends, see [`Self::on_text`]).
@@ -65,27 +69,29 @@ pub struct WsSession {
 }
 
 impl WsSession {
-    /// A session reading `stream`, and the [`Outlet`] to use as the connection's response body.
+    /// A session owning `ws` and reading `stream` (both from `actix_ws::handle`), and the
+    /// [`Outlet`] to use as the connection's response body, around actix-ws's own body
+    /// (`control`, see [`Outlet::new`]).
     pub fn new(
         engine: Engine,
         user: Arc<str>,
         device: Arc<str>,
         cfg: SessionConfig,
+        ws: actix_ws::Session,
         stream: AggregatedMessageStream,
+        control: ControlBody,
     ) -> (Self, Outlet) {
         let conn_id = next_conn_id();
         let out = Arc::new(OutQueue::new(cfg.outbound_queue));
-        let closing = Arc::new(Mutex::new(None));
-        let outlet =
-            Outlet { queue: out.clone(), closing: closing.clone(), taken: VecDeque::new(), guard: None, done: false };
+        let outlet = Outlet::new(out.clone(), control);
         let session = Self {
             engine,
             caller: Caller { user, device, conn_id: Some(conn_id) },
             conn_id,
             cfg,
             stream: Some(stream),
+            ws,
             out,
-            closing,
             kick: Arc::new(KickSignal::default()),
             last_heard: Instant::now(),
             inflight: Arc::new(AtomicUsize::new(0)),
@@ -114,6 +120,19 @@ impl WsSession {
     fn error(&mut self, id: Option<&serde_json::value::RawValue>, e: Error, ctx: &mut Context<Self>) {
         self.engine.metrics().request_errors.fetch_add(1, Relaxed);
         self.reply(proto::encode_error(id, &e), ctx);
+    }
+
+    /// Sends a control frame through the actix-ws session, on a task of its own (its channel is
+    /// small and its sends wait for room; a failure means the connection is closing anyway).
+    fn control<F, Fut>(&self, send: F)
+    where
+        F: FnOnce(actix_ws::Session) -> Fut,
+        Fut: std::future::Future<Output = Result<(), actix_ws::Closed>> + 'static,
+    {
+        let fut = send(self.ws.clone());
+        actix::spawn(async move {
+            let _ = fut.await;
+        });
     }
 
     fn close_with(&mut self, ctx: &mut Context<Self>, code: CloseCode, why: &str) {
@@ -225,7 +244,7 @@ impl Actor for WsSession {
             if act.last_heard.elapsed() > act.cfg.client_timeout {
                 act.close_with(ctx, CloseCode::Away, "heartbeat timeout");
             } else {
-                act.queue(Outbound::Ping, ctx);
+                act.control(|mut ws| async move { ws.ping(b"").await });
             }
         });
         tracing::debug!(user = %self.caller.user, device = %self.caller.device, conn = self.conn_id, "session started");
@@ -236,8 +255,9 @@ impl Actor for WsSession {
         self.engine.session_closed(&self.caller.user, &self.caller.device, self.conn_id, last);
         self.engine.metrics().connections.fetch_sub(1, Relaxed);
         let reason = self.close.take().unwrap_or(CloseReason { code: CloseCode::Normal, description: None });
-        *self.closing.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+        // The outlet writes what is queued before the close frame: the queue is closed first.
         self.out.close();
+        self.control(move |ws| ws.close(Some(reason)));
         tracing::debug!(user = %self.caller.user, conn = self.conn_id, "session stopped");
     }
 }
@@ -252,7 +272,7 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
                 Error::new(ErrorCode::MalformedFrame, "binary frames are not supported; send JSON text"),
                 ctx,
             ),
-            Ok(AggregatedMessage::Ping(p)) => self.queue(Outbound::Pong(p.to_vec()), ctx),
+            Ok(AggregatedMessage::Ping(p)) => self.control(|mut ws| async move { ws.pong(&p).await }),
             Ok(AggregatedMessage::Pong(_)) => {}
             Ok(AggregatedMessage::Close(_)) => ctx.stop(),
             Err(ProtocolError::Overflow) => self.close_with(ctx, CloseCode::Size, "frame too large"),
@@ -270,31 +290,54 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
 
 /// Capacity of the outlet's spare queue kept between polls; a larger one (after a burst) is freed.
 const OUTLET_KEEP: usize = 64;
-/// A close frame's payload is at most 125 bytes: the code and up to 123 bytes of reason.
-const MAX_CLOSE_REASON: usize = 123;
+
+/// actix-ws's response body (the frames sent through the session's `actix_ws::Session`), as a
+/// stream of encoded frames.
+pub type ControlBody = Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, Box<dyn std::error::Error>>>>>;
 
 /// The response body of a WebSocket connection: the writing half of its session.
 ///
 /// Each poll takes everything in the session's outgoing queue and returns it as one chunk of
-/// encoded frames. Once the session has stopped, what is still queued is written, then the close
-/// frame, and the body ends. Dropping the outlet (the connection is gone) closes the queue, so
-/// senders see the session as closed.
+/// encoded frames, and passes on what actix-ws's own body has (control frames). The close frame,
+/// sent through actix-ws once the session stopped, goes out only after every frame queued before
+/// it: the session closes its queue before it sends the close frame, so a close frame that
+/// arrives while the queue still looks open is held until the queue is drained. The body ends
+/// when both have ended. Dropping the outlet (the connection is gone) closes the queue, so
+/// senders see the session as closed, and drops actix-ws's body, which ends the incoming stream.
 pub struct Outlet {
     queue: Arc<OutQueue>,
-    closing: Arc<Mutex<Option<CloseReason>>>,
     /// Frames taken from the queue; its storage is swapped back in on the next take.
     taken: VecDeque<Outbound>,
-    /// Kept for as long as the connection writes; dropped when the body ends or the connection
-    /// closes (the transport ties the end of the incoming stream to it).
-    guard: Option<Box<dyn std::any::Any>>,
+    /// The queue was closed and drained.
     done: bool,
+    control: Option<ControlBody>,
+    /// A chunk of control frames ending with the close frame, waiting for the queue to drain.
+    held: Option<Bytes>,
 }
 
 impl Outlet {
-    /// Keeps `guard` alive until the body ends or is dropped.
-    pub fn with_guard(mut self, guard: impl std::any::Any) -> Self {
-        self.guard = Some(Box::new(guard));
-        self
+    /// The outlet of `queue`, carrying `control` (actix-ws's response body) too.
+    pub fn new(queue: Arc<OutQueue>, control: ControlBody) -> Outlet {
+        Outlet { queue, taken: VecDeque::new(), done: false, control: Some(control), held: None }
+    }
+
+    /// Everything queued, encoded; `None` when nothing is (or the queue is done).
+    fn take(&mut self, cx: &mut TaskContext<'_>) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        // A close is seen under the same lock as the frames queued before it: they all go first.
+        let closed = self.queue.take_all(&mut self.taken, cx.waker());
+        let size: usize = self.taken.iter().map(|Outbound::Text(t)| t.len() + 10).sum();
+        let mut buf = BytesMut::with_capacity(size);
+        for Outbound::Text(t) in self.taken.drain(..) {
+            put_frame(&mut buf, 0x1, &[t.as_bytes()]);
+        }
+        if self.taken.capacity() > OUTLET_KEEP {
+            self.taken = VecDeque::new();
+        }
+        self.done = closed;
+        (!buf.is_empty()).then(|| buf.freeze())
     }
 }
 
@@ -317,63 +360,66 @@ fn put_frame(buf: &mut BytesMut, opcode: u8, payload: &[&[u8]]) {
     }
 }
 
-fn put_outbound(buf: &mut BytesMut, out: &Outbound) {
-    match out {
-        Outbound::Text(t) => put_frame(buf, 0x1, &[t.as_bytes()]),
-        Outbound::Ping => put_frame(buf, 0x9, &[]),
-        Outbound::Pong(p) => put_frame(buf, 0xA, &[&p[..p.len().min(125)]]),
-    }
-}
-
-fn put_close(buf: &mut BytesMut, reason: Option<CloseReason>) {
-    let Some(reason) = reason else { return put_frame(buf, 0x8, &[]) };
-    let code = u16::from(reason.code).to_be_bytes();
-    let mut why = reason.description.as_deref().unwrap_or("");
-    if why.len() > MAX_CLOSE_REASON {
-        let mut end = MAX_CLOSE_REASON;
-        while !why.is_char_boundary(end) {
-            end -= 1;
+/// Whether a chunk of encoded server frames (unmasked) holds a close frame.
+fn holds_close(mut b: &[u8]) -> bool {
+    while b.len() >= 2 {
+        if b[0] & 0x0f == 0x8 {
+            return true;
         }
-        why = &why[..end];
+        let (head, len): (usize, usize) = match b[1] & 0x7f {
+            126 if b.len() >= 4 => (4, usize::from(u16::from_be_bytes([b[2], b[3]]))),
+            127 if b.len() >= 10 => {
+                let mut n = [0u8; 8];
+                n.copy_from_slice(&b[2..10]);
+                (10, usize::try_from(u64::from_be_bytes(n)).unwrap_or(usize::MAX))
+            }
+            126 | 127 => return false,
+            n => (2, usize::from(n)),
+        };
+        b = &b[head.saturating_add(len).min(b.len())..];
     }
-    put_frame(buf, 0x8, &[&code, why.as_bytes()]);
+    false
 }
 
 impl futures_util::Stream for Outlet {
-    type Item = Result<Bytes, std::convert::Infallible>;
+    type Item = Result<Bytes, Box<dyn std::error::Error>>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
-        if this.done {
-            this.guard = None;
-            return Poll::Ready(None);
+        if let Some(data) = this.take(cx) {
+            return Poll::Ready(Some(Ok(data)));
         }
-        // A close is seen under the same lock as the frames queued before it: they all go first.
-        let closed = this.queue.take_all(&mut this.taken, cx.waker());
-        let size: usize = this
-            .taken
-            .iter()
-            .map(|o| match o {
-                Outbound::Text(t) => t.len() + 10,
-                _ => 140,
-            })
-            .sum();
-        let mut buf = BytesMut::with_capacity(size + if closed { 140 } else { 0 });
-        for out in this.taken.drain(..) {
-            put_outbound(&mut buf, &out);
+        if this.held.is_some() {
+            // Only frames queued before the close were left, and they were just taken.
+            return match this.done {
+                true => Poll::Ready(this.held.take().map(Ok)),
+                false => Poll::Pending,
+            };
         }
-        if this.taken.capacity() > OUTLET_KEEP {
-            this.taken = VecDeque::new();
-        }
-        if closed {
-            let reason = this.closing.lock().unwrap_or_else(|p| p.into_inner()).take();
-            put_close(&mut buf, reason);
-            this.done = true;
-        }
-        if buf.is_empty() {
-            Poll::Pending
-        } else {
-            Poll::Ready(Some(Ok(buf.freeze())))
+        let Some(control) = this.control.as_mut() else {
+            return if this.done { Poll::Ready(None) } else { Poll::Pending };
+        };
+        match control.as_mut().poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) if !this.done && holds_close(&chunk) => {
+                // The queue was closed before this close frame was sent: drain it first.
+                this.held = Some(chunk);
+                match this.take(cx) {
+                    Some(data) => Poll::Ready(Some(Ok(data))),
+                    None if this.done => Poll::Ready(this.held.take().map(Ok)),
+                    None => Poll::Pending,
+                }
+            }
+            Poll::Ready(Some(item)) => Poll::Ready(Some(item)),
+            Poll::Ready(None) => {
+                // actix-ws's body ended (after the close frame, or every `Session` was dropped).
+                this.control = None;
+                if this.done {
+                    Poll::Ready(None)
+                } else {
+                    Poll::Pending
+                }
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 }
@@ -381,5 +427,61 @@ impl futures_util::Stream for Outlet {
 impl Drop for Outlet {
     fn drop(&mut self) {
         self.queue.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    fn frame(opcode: u8, payload: &[u8]) -> BytesMut {
+        let mut b = BytesMut::new();
+        put_frame(&mut b, opcode, &[payload]);
+        b
+    }
+
+    #[test]
+    fn a_close_frame_is_found_among_other_frames() {
+        let mut chunk = frame(0x1, &[b'x'; 200]);
+        chunk.extend_from_slice(&frame(0xA, b"pong"));
+        assert!(!holds_close(&chunk));
+        chunk.extend_from_slice(&frame(0x8, &1000u16.to_be_bytes()));
+        assert!(holds_close(&chunk));
+        let mut big = frame(0x1, &vec![b'y'; 70_000]);
+        assert!(!holds_close(&big), "a 64-bit length is skipped whole");
+        big.extend_from_slice(&frame(0x8, &[]));
+        assert!(holds_close(&big));
+    }
+
+    /// The close frame reaches actix-ws's body after the session closed its queue; when it
+    /// arrives while the outlet still saw the queue open, what was queued meanwhile goes first.
+    #[tokio::test]
+    async fn the_close_frame_goes_after_every_frame_queued_before_it() {
+        let queue = Arc::new(OutQueue::new(16));
+        let q = queue.clone();
+        let close = frame(0x8, &1001u16.to_be_bytes()).freeze();
+        let sent = close.clone();
+        // actix-ws's body as the race makes it look: when first polled, the session queues a
+        // last frame, closes its queue and sends the close frame, all after the outlet's take.
+        let mut first = true;
+        let control: ControlBody = Box::pin(futures_util::stream::poll_fn(move |_| {
+            if !std::mem::take(&mut first) {
+                return Poll::Ready(None);
+            }
+            q.try_send(Outbound::Text(ByteString::from_static("late"))).unwrap();
+            q.close();
+            Poll::Ready(Some(Ok(sent.clone())))
+        }));
+        queue.try_send(Outbound::Text(ByteString::from_static("early"))).unwrap();
+        let mut outlet = Outlet::new(queue, control);
+        let mut written = BytesMut::new();
+        while let Some(chunk) = outlet.next().await {
+            written.extend_from_slice(&chunk.unwrap());
+        }
+        let mut want = frame(0x1, b"early");
+        want.extend_from_slice(&frame(0x1, b"late"));
+        want.extend_from_slice(&close);
+        assert_eq!(written, want);
     }
 }
