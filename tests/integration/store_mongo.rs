@@ -1,7 +1,7 @@
 //! The MongoDB store beyond the conformance suite (which `store.rs` runs on it too): persistence
 //! across a reopen, several nodes on one database, group-commit cost in driver commands, an
 //! unreachable MongoDB (fast `unavailable`, `ping` and `/readyz` failing, recovery on its own),
-//! and `confab migrate`.
+//! and `confab migrate` (including users and the webhook outbox).
 //!
 //! They need `CONFAB_TEST_MONGODB_URI` (set by `scripts/test`, which starts nx-27017). Without it
 //! each test prints "skipped: CONFAB_TEST_MONGODB_URI not set" and passes, unless
@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 use confab::store::{EmbeddedStore, MongoOptions, MongoStore};
 use confab_actors::error::StoreError;
 use confab_actors::metrics::Metrics;
-use confab_actors::model::{direct_conv_id, group_conv_id, Body, Role};
+use confab_actors::model::{direct_conv_id, group_conv_id, Body, Role, UserPatch};
+use confab_actors::outbox::{Attempt, Delivery, DeliveryQuery, DeliveryState, NewEvent, Outbox, USER_ONLINE};
 use confab_actors::store::{HistoryQuery, NewGroup, NewMessage, Store};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
@@ -579,4 +580,147 @@ async fn migrate_from_embedded_is_complete_and_idempotent() {
     let next = store.append(direct("bob", "alice", None, "after migration")).await.expect("append");
     assert_eq!(next.message.seq, 4);
     assert!(next.message.ver > gp.ver, "ver continues above everything migrated");
+}
+
+fn online(n: i64) -> NewEvent {
+    NewEvent { kind: USER_ONLINE, conv_id: None, seq: None, ts: TS + n, data: json!({ "user": format!("u{n}") }) }
+}
+
+fn all_deliveries() -> DeliveryQuery {
+    DeliveryQuery { endpoint: None, state: None, after_id: 0, limit: 100 }
+}
+
+/// `confab migrate` carries the users (profiles; `disabled` and `tokens_valid_after` merged with
+/// what MongoDB has towards the more restrictive value) and the webhook outbox (events, deliveries
+/// with their attempt log, cursors and the event id counter, but no lease); a second run changes
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_carries_users_and_the_webhook_outbox() {
+    let Some(uri) = test_uri() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let hook = "hook";
+    let (events, deliveries) = {
+        let embedded = EmbeddedStore::open(dir.path(), Arc::new(Metrics::default())).expect("open");
+        let profile = UserPatch {
+            id: "alice".into(),
+            nickname: Some("Alice".into()),
+            avatar: Some("https://example.com/alice.png".into()),
+            ext: Some(json!({ "team": "blue", "$odd.key": [1, 2] })),
+            ts: TS,
+        };
+        embedded.upsert_user(profile).await.expect("alice");
+        embedded.set_user_disabled("carol", true, TS + 1).await.expect("disable carol");
+        embedded.revoke_tokens("bob", 1_700_000_500, TS + 2).await.expect("revoke bob");
+        let mut ids = Vec::new();
+        for n in 0..4 {
+            ids.push(embedded.push_event(online(n)).await.expect("push"));
+        }
+        assert_eq!(ids, [1, 2, 3, 4]);
+        // Events 1 to 3 queued for the endpoint (4 not yet): 1 delivered, 2 failed once and waits
+        // for its retry, 3 not tried yet.
+        embedded.enqueue(hook, &ids[..3], 3).await.expect("enqueue");
+        let mut d = Delivery::new(hook, 1);
+        d.record(Attempt { at: TS, status: Some(200), error: None, ms: 12 }, DeliveryState::Delivered, 0);
+        embedded.save_delivery(&d).await.expect("delivered");
+        let mut d = Delivery::new(hook, 2);
+        let failed = Attempt { at: TS, status: Some(503), error: Some("503 Service Unavailable".into()), ms: 40 };
+        d.record(failed, DeliveryState::Pending, TS + 5000);
+        embedded.save_delivery(&d).await.expect("retry later");
+        assert!(embedded.lease("webhooks", "node-a", TS, 3_600_000).await.expect("lease"));
+        let events = embedded.events_after(0, 100).await.expect("events");
+        let deliveries = embedded.deliveries(&all_deliveries()).await.expect("deliveries");
+        assert_eq!((events.len(), deliveries.len()), (4, 3));
+        (events, deliveries)
+    };
+
+    // MongoDB knows carol already (enabled, another profile) and bob's tokens revoked earlier.
+    let db = fresh_db();
+    let store = Arc::new(open(&uri, &db, Arc::new(Metrics::default())).await);
+    let cluster_carol =
+        UserPatch { id: "carol".into(), nickname: Some("Carol (cluster)".into()), avatar: None, ext: None, ts: TS };
+    store.upsert_user(cluster_carol).await.expect("carol");
+    store.revoke_tokens("bob", 1_700_000_100, TS).await.expect("revoke bob");
+
+    let report = confab::store::mongo::migrate_from_embedded(dir.path(), options(&uri, &db)).await.expect("migrate");
+    eprintln!("{report}");
+    assert_eq!(report.refused(), 0);
+    let line = |name: &str| report.collections.iter().find(|c| c.0 == name).map(|c| (c.1, c.2));
+    assert_eq!(line("users"), Some((1, 2)), "alice copied; bob and carol merged");
+    assert_eq!(line("outbox"), Some((4, 0)));
+    assert_eq!(line("webhook_deliveries"), Some((3, 0)));
+    assert_eq!(line("webhook_meta"), Some((1, 0)), "the cursor; not the lease");
+
+    // Users: profiles survive, nobody is enabled again, no revoked token comes back.
+    let alice = store.user("alice").await.expect("user").expect("migrated");
+    assert_eq!(alice.nickname.as_deref(), Some("Alice"));
+    assert_eq!(alice.avatar.as_deref(), Some("https://example.com/alice.png"));
+    assert_eq!(alice.ext, json!({ "team": "blue", "$odd.key": [1, 2] }));
+    assert!(!alice.disabled);
+    assert_eq!((alice.created_at, alice.updated_at), (TS, TS));
+    let carol = store.user("carol").await.expect("user").expect("exists");
+    assert!(carol.disabled, "disabled in the embedded store: disabled on MongoDB");
+    assert_eq!(carol.nickname.as_deref(), Some("Carol (cluster)"), "an existing profile is not overwritten");
+    let bob = store.user("bob").await.expect("user").expect("exists");
+    assert_eq!(bob.tokens_valid_after, 1_700_000_500, "the later revocation wins");
+    assert!(!bob.disabled);
+
+    // The outbox: same events and ids, same deliveries and log, the cursor; the lease is free.
+    assert_eq!(store.events_after(0, 100).await.expect("events"), events);
+    assert_eq!(store.deliveries(&all_deliveries()).await.expect("deliveries"), deliveries);
+    let pending = store.pending(hook, 10).await.expect("pending");
+    assert_eq!(pending.iter().map(|(d, e)| (d.event_id, e.id)).collect::<Vec<_>>(), vec![(2, 2), (3, 3)]);
+    assert_eq!((pending[0].0.attempts, pending[0].0.next_at), (1, TS + 5000));
+    assert_eq!(pending[0].0.log[0].error.as_deref(), Some("503 Service Unavailable"));
+    assert_eq!(store.cursor(hook).await.expect("cursor"), 3);
+    assert!(store.lease("webhooks", "node-b", TS + 1, 60_000).await.expect("lease"), "leases are not copied");
+    let new_id = store.push_event(online(10)).await.expect("push on MongoDB");
+    assert_eq!(new_id, 5, "event ids continue above the migrated ones");
+
+    // A second run adds nothing and changes nothing.
+    let users_before = store.users(&["alice".into(), "bob".into(), "carol".into()]).await.expect("users");
+    let again =
+        confab::store::mongo::migrate_from_embedded(dir.path(), options(&uri, &db)).await.expect("migrate again");
+    eprintln!("{again}");
+    assert!(again.collections.iter().all(|(_, inserted, _, refused)| *inserted == 0 && *refused == 0), "{again}");
+    let mut users_after = store.users(&["alice".into(), "bob".into(), "carol".into()]).await.expect("users");
+    users_after.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut users_before = users_before;
+    users_before.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(users_after, users_before);
+    let after = store.events_after(0, 100).await.expect("events");
+    assert_eq!(after.len(), 5);
+    assert_eq!(after[..4], events[..]);
+    assert_eq!(store.deliveries(&all_deliveries()).await.expect("deliveries"), deliveries);
+    assert_eq!(store.cursor(hook).await.expect("cursor"), 3);
+    assert_eq!(store.push_event(online(11)).await.expect("push on MongoDB"), 6, "the counter did not move back");
+}
+
+/// Webhook events of a database that has events of its own under the same ids are refused, and so
+/// are their deliveries (they would deliver the other event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_refuses_webhook_events_that_collide() {
+    let Some(uri) = test_uri() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let embedded = EmbeddedStore::open(dir.path(), Arc::new(Metrics::default())).expect("open");
+        for n in 0..2 {
+            embedded.push_event(online(n)).await.expect("push");
+        }
+        embedded.enqueue("hook", &[1, 2], 2).await.expect("enqueue");
+    }
+    let db = fresh_db();
+    let store = Arc::new(open(&uri, &db, Arc::new(Metrics::default())).await);
+    let foreign = store.push_event(online(100)).await.expect("push on MongoDB");
+    assert_eq!(foreign, 1);
+
+    let report = confab::store::mongo::migrate_from_embedded(dir.path(), options(&uri, &db)).await.expect("migrate");
+    eprintln!("{report}");
+    let line = |name: &str| report.collections.iter().find(|c| c.0 == name).map(|c| (c.1, c.2, c.3));
+    assert_eq!(line("outbox"), Some((1, 0, 1)));
+    assert_eq!(line("webhook_deliveries"), Some((1, 0, 1)));
+    assert_eq!(report.refused(), 2);
+    assert_eq!(store.event(1).await.expect("event").expect("kept").ts, TS + 100, "not overwritten");
+    assert!(store.event_deliveries(1).await.expect("deliveries").is_empty());
+    assert_eq!(store.event_deliveries(2).await.expect("deliveries").len(), 1);
+    assert_eq!(store.push_event(online(101)).await.expect("push on MongoDB"), 3);
 }

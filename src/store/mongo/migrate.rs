@@ -5,28 +5,36 @@
 //! its natural key, counters move with `$max`, and a group's members are copied only together with
 //! the group itself. So re-running it is harmless, also after nodes have started writing to
 //! MongoDB; changes made to the embedded store after a first run are not carried over to documents
-//! that exist already.
+//! that exist already. One exception, on purpose: a user's `disabled` and `tokens_valid_after`
+//! merge to the more restrictive value (disabled if either side says so, the later revocation
+//! time), so a migration never re-enables a user or revives revoked tokens.
 //!
-//! The version counter is raised first, and messages are copied before their conversations, so an
-//! interrupted run leaves nothing that a later run or a node could trip over.
+//! The counters (versions, webhook event ids) are raised first, messages are copied before their
+//! conversations, webhook events before their deliveries and the deliveries before the endpoint
+//! cursors, so an interrupted run leaves nothing that a later run or a node could trip over (at
+//! worst a dispatcher queues the copied events again: delivered twice, never lost). Webhook leases
+//! are not copied: they belong to the running dispatchers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use confab_actors::metrics::Metrics;
-use confab_actors::model::{Conversation, Group, Member, Message, UserConvState};
+use confab_actors::model::{Conversation, Group, Member, Message, User, UserConvState};
+use confab_actors::outbox::{Delivery, OutboxEvent};
 use mongodb::bson::{doc, Bson, Document};
-use redb::{ReadableTable, TableDefinition};
+use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition, TableError, TableHandle};
 use serde::Deserialize;
 
 use super::conn::{Conn, DUPLICATE_KEY};
 use super::docs::{
-    i, ConvDoc, GroupDoc, MessageDoc, RowDoc, CONVERSATIONS, DELETIONS, GROUPS, MEMBERS, MESSAGES, META, USER_CONVS,
-    VER_ID,
+    i, ConvDoc, GroupDoc, MessageDoc, RowDoc, CONVERSATIONS, DELETIONS, GROUPS, MEMBERS, MESSAGES, META, USERS,
+    USER_CONVS, VER_ID,
 };
+use super::outbox::{DeliveryDoc, EventDoc, DELIVERIES, OUTBOX, OUTBOX_ID, WEBHOOK_META};
+use super::users::UserDoc;
 use super::MongoOptions;
 
 // The embedded store's tables (see `src/store/embedded/tables.rs`; keep in step).
@@ -38,6 +46,12 @@ const E_RECALLS: TableDefinition<(&str, u64), u64> = TableDefinition::new("recal
 const E_DELETIONS: TableDefinition<(&str, &str, u64), u64> = TableDefinition::new("deletions");
 const E_GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
 const E_MEMBERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("members");
+const E_USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+// The webhook outbox (see `src/store/embedded/outbox.rs`). `webhook_pending` is not read: it
+// mirrors the deliveries' state, which is all MongoDB keeps.
+const E_OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+const E_DELIVERIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("webhook_deliveries");
+const E_WEBHOOK_META: TableDefinition<&str, &[u8]> = TableDefinition::new("webhook_meta");
 
 /// Statements per `update` command.
 const CHUNK: usize = 1000;
@@ -60,7 +74,7 @@ impl MigrationReport {
 impl fmt::Display for MigrationReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (name, inserted, existing, refused) in &self.collections {
-            writeln!(f, "{name:<14} {inserted:>10} copied {existing:>10} already there {refused:>6} refused")?;
+            writeln!(f, "{name:<18} {inserted:>10} copied {existing:>10} already there {refused:>6} refused")?;
         }
         Ok(())
     }
@@ -84,11 +98,24 @@ struct Bulk<'a> {
     inserted: u64,
     existing: u64,
     refused: u64,
+    /// The keys (`q`) of the refused statements, when asked for ([`Bulk::tracking`]).
+    refused_keys: Option<Vec<Document>>,
 }
 
 impl<'a> Bulk<'a> {
     fn new(conn: &'a Conn, coll: &'static str) -> Bulk<'a> {
-        Bulk { conn, coll, stmts: Vec::with_capacity(CHUNK), inserted: 0, existing: 0, refused: 0 }
+        Bulk { conn, coll, stmts: Vec::with_capacity(CHUNK), inserted: 0, existing: 0, refused: 0, refused_keys: None }
+    }
+
+    /// Also keeps the keys of the refused documents.
+    fn tracking(mut self) -> Bulk<'a> {
+        self.refused_keys = Some(Vec::new());
+        self
+    }
+
+    /// Counts documents left out because they depend on refused ones.
+    fn refuse(&mut self, n: u64) {
+        self.refused += n;
     }
 
     /// Inserts `doc` unless a document matching `key` exists.
@@ -110,6 +137,10 @@ impl<'a> Bulk<'a> {
         }
         let stmts = std::mem::take(&mut self.stmts);
         let count = stmts.len() as u64;
+        let keys: Vec<Document> = match self.refused_keys {
+            Some(_) => stmts.iter().map(|s| s.get_document("q").cloned().unwrap_or_default()).collect(),
+            None => Vec::new(),
+        };
         let cmd = doc! {
             "update": self.coll, "updates": stmts, "ordered": false,
             "writeConcern": { "w": "majority", "j": true },
@@ -125,6 +156,18 @@ impl<'a> Bulk<'a> {
             if code != i64::from(DUPLICATE_KEY) {
                 bail!("writing to {}: {e}", self.coll);
             }
+            if let Some(refused) = &mut self.refused_keys {
+                let key = match e.get("index") {
+                    Some(Bson::Int32(n)) => usize::try_from(*n).ok(),
+                    Some(Bson::Int64(n)) => usize::try_from(*n).ok(),
+                    _ => None,
+                }
+                .and_then(|n| keys.get(n));
+                match key {
+                    Some(k) => refused.push(k.clone()),
+                    None => bail!("writing to {}: a write error names no statement: {e}", self.coll),
+                }
+            }
         }
         let inserted = reply.upserted.len() as u64;
         self.inserted += inserted;
@@ -133,15 +176,28 @@ impl<'a> Bulk<'a> {
         Ok(())
     }
 
-    async fn finish(mut self, report: &mut MigrationReport) -> anyhow::Result<()> {
+    /// Sends what is left and reports; returns the keys of the refused documents if tracked.
+    async fn finish(mut self, report: &mut MigrationReport) -> anyhow::Result<Vec<Document>> {
         self.flush().await?;
         report.collections.push((self.coll, self.inserted, self.existing, self.refused));
-        Ok(())
+        Ok(self.refused_keys.unwrap_or_default())
     }
 }
 
 fn json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> anyhow::Result<T> {
     serde_json::from_slice(bytes).with_context(|| format!("corrupt {what} in the embedded store"))
+}
+
+/// A table, or `None` if the store was created by a version that did not have it yet.
+fn open_opt<K: redb::Key + 'static, V: redb::Value + 'static>(
+    txn: &ReadTransaction,
+    def: TableDefinition<K, V>,
+) -> anyhow::Result<Option<ReadOnlyTable<K, V>>> {
+    match txn.open_table(def) {
+        Ok(t) => Ok(Some(t)),
+        Err(TableError::TableDoesNotExist(_)) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("opening the embedded table {}", def.name())),
+    }
 }
 
 fn bson_doc<T: serde::Serialize>(v: &T) -> anyhow::Result<Document> {
@@ -171,7 +227,52 @@ pub async fn migrate_from_embedded(dir: &Path, opts: MongoOptions) -> anyhow::Re
         .await
         .context("raising the version counter")?;
 
-    // 2. Messages (with their recall versions), before the conversations that count them.
+    // 2. The webhook event id counter: events copied keep their id (the receivers' de-duplication
+    //    key), events pushed on MongoDB must get higher ones. The embedded `next_id` is the last id
+    //    handed out (at least the highest event kept).
+    let outbox = open_opt(&txn, E_OUTBOX)?;
+    let webhook_meta = open_opt(&txn, E_WEBHOOK_META)?;
+    let mut last_event_id = match &outbox {
+        Some(t) => t.last()?.map(|(k, _)| k.value()).unwrap_or(0),
+        None => 0,
+    };
+    if let Some(meta) = &webhook_meta {
+        if let Some(v) = meta.get("next_id")? {
+            last_event_id = last_event_id.max(json::<u64>(v.value(), "webhook event id counter")?);
+        }
+    }
+    if last_event_id > 0 {
+        conn.db
+            .collection::<Document>(META)
+            .update_one(doc! { "_id": OUTBOX_ID }, doc! { "$max": { "value": i(last_event_id)? } })
+            .upsert(true)
+            .await
+            .context("raising the webhook event id counter")?;
+    }
+
+    // 3. Users, early (a disabled user or revoked tokens must hold on MongoDB as soon as possible).
+    //    The profile is only set on insert; `disabled` and `tokens_valid_after` merge to the more
+    //    restrictive value: disabled stays disabled, the revocation time only moves forward.
+    let mut bulk = Bulk::new(&conn, USERS);
+    if let Some(users) = open_opt(&txn, E_USERS)? {
+        for item in users.iter()? {
+            let (_, v) = item?;
+            let user: User = json(v.value(), "user")?;
+            let mut d = bson_doc(&UserDoc::from_user(&user)?)?;
+            d.remove("_id");
+            d.remove("tokens_valid_after");
+            let mut update = doc! { "$max": { "tokens_valid_after": i(user.tokens_valid_after)? } };
+            if user.disabled {
+                d.remove("disabled");
+                update.insert("$set", doc! { "disabled": true });
+            }
+            update.insert("$setOnInsert", d);
+            bulk.push(doc! { "_id": &user.id }, update).await?;
+        }
+    }
+    bulk.finish(&mut report).await?;
+
+    // 4. Messages (with their recall versions), before the conversations that count them.
     let mut recalls: HashMap<(String, u64), u64> = HashMap::new();
     for item in txn.open_table(E_RECALLS)?.iter()? {
         let (k, seq) = item?;
@@ -190,7 +291,7 @@ pub async fn migrate_from_embedded(dir: &Path, opts: MongoOptions) -> anyhow::Re
     }
     bulk.finish(&mut report).await?;
 
-    // 3. Conversations: created if missing; last_seq and ver only ever move forward.
+    // 5. Conversations: created if missing; last_seq and ver only ever move forward.
     let mut bulk = Bulk::new(&conn, CONVERSATIONS);
     for item in txn.open_table(E_CONVS)?.iter()? {
         let (_, v) = item?;
@@ -208,7 +309,7 @@ pub async fn migrate_from_embedded(dir: &Path, opts: MongoOptions) -> anyhow::Re
     }
     bulk.finish(&mut report).await?;
 
-    // 4. Users' rows.
+    // 6. Users' rows.
     let mut bulk = Bulk::new(&conn, USER_CONVS);
     for item in txn.open_table(E_USER_CONVS)?.iter()? {
         let (k, v) = item?;
@@ -221,7 +322,7 @@ pub async fn migrate_from_embedded(dir: &Path, opts: MongoOptions) -> anyhow::Re
     }
     bulk.finish(&mut report).await?;
 
-    // 5. Delete-for-me marks.
+    // 7. Delete-for-me marks.
     let mut bulk = Bulk::new(&conn, DELETIONS);
     for item in txn.open_table(E_DELETIONS)?.iter()? {
         let (k, v) = item?;
@@ -231,7 +332,7 @@ pub async fn migrate_from_embedded(dir: &Path, opts: MongoOptions) -> anyhow::Re
     }
     bulk.finish(&mut report).await?;
 
-    // 6. Groups, each with its members, only if MongoDB does not have the group yet (members
+    // 8. Groups, each with its members, only if MongoDB does not have the group yet (members
     //    removed there must not come back). Members first, so a half-done group is redone.
     let mut groups: Vec<Group> = Vec::new();
     for item in txn.open_table(E_GROUPS)?.iter()? {
@@ -268,6 +369,61 @@ pub async fn migrate_from_embedded(dir: &Path, opts: MongoOptions) -> anyhow::Re
         let mut d = bson_doc(&GroupDoc::from_group(g)?)?;
         d.remove("_id");
         bulk.insert_missing(doc! { "_id": &g.id }, d).await?;
+    }
+    bulk.finish(&mut report).await?;
+
+    // 9. Webhook events. Matched on id, type and time: an event of the same id but different
+    //    content (a database with webhook events of its own) is refused, not taken for this one.
+    let mut bulk = Bulk::new(&conn, OUTBOX).tracking();
+    if let Some(outbox) = &outbox {
+        for item in outbox.iter()? {
+            let (_, v) = item?;
+            let e: OutboxEvent = json(v.value(), "webhook event")?;
+            let d = EventDoc::from_event(&e)?;
+            let mut body = bson_doc(&d)?;
+            for k in ["_id", "type", "ts"] {
+                body.remove(k);
+            }
+            bulk.insert_missing(doc! { "_id": d.id, "type": &d.kind, "ts": d.ts }, body).await?;
+        }
+    }
+    let refused_events: HashSet<i64> =
+        bulk.finish(&mut report).await?.iter().filter_map(|k| k.get_i64("_id").ok()).collect();
+
+    // 10. Deliveries, with their state and attempt log, after their events (the dispatcher skips
+    //     a delivery whose event is missing). Those of refused events are left out (refused).
+    let mut bulk = Bulk::new(&conn, DELIVERIES);
+    if let Some(deliveries) = open_opt(&txn, E_DELIVERIES)? {
+        for item in deliveries.iter()? {
+            let (_, v) = item?;
+            let dl: Delivery = json(v.value(), "webhook delivery")?;
+            let event_id = i(dl.event_id)?;
+            if refused_events.contains(&event_id) {
+                bulk.refuse(1);
+                continue;
+            }
+            let mut body = bson_doc(&DeliveryDoc::from_delivery(&dl)?)?;
+            body.remove("endpoint");
+            body.remove("event_id");
+            bulk.insert_missing(doc! { "endpoint": &dl.endpoint, "event_id": event_id }, body).await?;
+        }
+    }
+    bulk.finish(&mut report).await?;
+
+    // 11. The endpoints' cursors (last event queued), last: without them a dispatcher queues the
+    //     copied events again (duplicates), with them before the deliveries it would skip events.
+    //     `next_id` went to the counter; leases (`lease:*`) are not copied.
+    let mut bulk = Bulk::new(&conn, WEBHOOK_META);
+    if let Some(meta) = &webhook_meta {
+        for item in meta.iter()? {
+            let (k, v) = item?;
+            let key = k.value();
+            if !key.starts_with("cursor:") {
+                continue;
+            }
+            let cursor: u64 = json(v.value(), "webhook cursor")?;
+            bulk.push(doc! { "_id": key }, doc! { "$max": { "value": i(cursor)? } }).await?;
+        }
     }
     bulk.finish(&mut report).await?;
     Ok(report)

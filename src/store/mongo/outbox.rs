@@ -29,7 +29,7 @@ pub(crate) const OUTBOX: &str = "outbox";
 pub(crate) const DELIVERIES: &str = "webhook_deliveries";
 pub(crate) const WEBHOOK_META: &str = "webhook_meta";
 /// `_id` of the event id counter in `meta`.
-const OUTBOX_ID: &str = "outbox";
+pub(crate) const OUTBOX_ID: &str = "outbox";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct EventDoc {
@@ -47,7 +47,7 @@ pub(crate) struct EventDoc {
 }
 
 impl EventDoc {
-    fn from_event(e: &OutboxEvent) -> StoreResult<EventDoc> {
+    pub(crate) fn from_event(e: &OutboxEvent) -> StoreResult<EventDoc> {
         Ok(EventDoc {
             id: i(e.id)?,
             kind: e.kind.clone(),
@@ -83,7 +83,7 @@ struct AttemptDoc {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-struct DeliveryDoc {
+pub(crate) struct DeliveryDoc {
     /// With `event_id`, the key (a unique index); `_id` is MongoDB's own.
     endpoint: String,
     event_id: i64,
@@ -94,7 +94,7 @@ struct DeliveryDoc {
 }
 
 impl DeliveryDoc {
-    fn from_delivery(d: &Delivery) -> StoreResult<DeliveryDoc> {
+    pub(crate) fn from_delivery(d: &Delivery) -> StoreResult<DeliveryDoc> {
         Ok(DeliveryDoc {
             endpoint: d.endpoint.clone(),
             event_id: i(d.event_id)?,

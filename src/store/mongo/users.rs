@@ -36,6 +36,23 @@ pub(crate) struct UserDoc {
 }
 
 impl UserDoc {
+    /// The document of a record (from another store: `confab migrate`).
+    pub(crate) fn from_user(user: &User) -> StoreResult<UserDoc> {
+        Ok(UserDoc {
+            id: user.id.clone(),
+            nickname: user.nickname.clone(),
+            avatar: user.avatar.clone(),
+            ext: Some(
+                serde_json::to_string(&user.ext)
+                    .map_err(|e| StoreError::Unavailable(format!("cannot encode ext: {e}")))?,
+            ),
+            disabled: user.disabled,
+            tokens_valid_after: i(user.tokens_valid_after)?,
+            created_at: user.created_at,
+            updated_at: user.updated_at,
+        })
+    }
+
     fn into_user(self) -> StoreResult<User> {
         let ext = match self.ext.as_deref() {
             None | Some("") => serde_json::json!({}),
