@@ -311,14 +311,51 @@ pub struct Outlet {
     /// The queue was closed and drained.
     done: bool,
     control: Option<ControlBody>,
+    /// Tells whether `control` has anything: it is polled only then, not at every wake-up of
+    /// the connection (each poll of actix-ws's channel costs a visit to its cold memory).
+    control_wake: Arc<ControlWake>,
+    /// A waker for `control` made of `control_wake`.
+    control_waker: std::task::Waker,
     /// A chunk of control frames ending with the close frame, waiting for the queue to drain.
     held: Option<Bytes>,
+}
+
+/// The waker `control` is polled with: it notes that `control` has something, then wakes the
+/// connection's task.
+struct ControlWake {
+    /// Set when `control` woke, or returned something (so it is polled again); initially set.
+    ready: std::sync::atomic::AtomicBool,
+    task: futures_util::task::AtomicWaker,
+}
+
+impl std::task::Wake for ControlWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.ready.store(true, std::sync::atomic::Ordering::Release);
+        self.task.wake();
+    }
 }
 
 impl Outlet {
     /// The outlet of `queue`, carrying `control` (actix-ws's response body) too.
     pub fn new(queue: Arc<OutQueue>, control: ControlBody) -> Outlet {
-        Outlet { queue, taken: VecDeque::new(), done: false, control: Some(control), held: None }
+        let control_wake = Arc::new(ControlWake {
+            ready: std::sync::atomic::AtomicBool::new(true),
+            task: futures_util::task::AtomicWaker::new(),
+        });
+        let control_waker = std::task::Waker::from(control_wake.clone());
+        Outlet {
+            queue,
+            taken: VecDeque::new(),
+            done: false,
+            control: Some(control),
+            control_wake,
+            control_waker,
+            held: None,
+        }
     }
 
     /// Everything queued, encoded; `None` when nothing is (or the queue is done).
@@ -399,7 +436,17 @@ impl futures_util::Stream for Outlet {
         let Some(control) = this.control.as_mut() else {
             return if this.done { Poll::Ready(None) } else { Poll::Pending };
         };
-        match control.as_mut().poll_next(cx) {
+        // Registered before the flag is read: a wake-up in between is not lost.
+        this.control_wake.task.register(cx.waker());
+        if !this.control_wake.ready.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            return Poll::Pending;
+        }
+        let polled = control.as_mut().poll_next(&mut TaskContext::from_waker(&this.control_waker));
+        if polled.is_ready() {
+            // It may have more without waking (actix-ws ends its body after the close frame).
+            this.control_wake.ready.store(true, std::sync::atomic::Ordering::Release);
+        }
+        match polled {
             Poll::Ready(Some(Ok(chunk))) if !this.done && holds_close(&chunk) => {
                 // The queue was closed before this close frame was sent: drain it first.
                 this.held = Some(chunk);
@@ -483,5 +530,39 @@ mod tests {
         want.extend_from_slice(&frame(0x1, b"late"));
         want.extend_from_slice(&close);
         assert_eq!(written, want);
+    }
+
+    /// Control frames are polled only when actix-ws's body woke: one sent while the outlet waits
+    /// wakes it and goes out; the data queue keeps working meanwhile.
+    #[tokio::test]
+    async fn control_frames_sent_later_wake_the_outlet() {
+        let queue = Arc::new(OutQueue::new(16));
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        let control: ControlBody =
+            Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|b| b.map(Ok))));
+        let mut outlet = Outlet::new(queue.clone(), control);
+        let quiet = std::time::Duration::from_millis(50);
+        assert!(tokio::time::timeout(quiet, outlet.next()).await.is_err(), "nothing to write yet");
+        queue.try_send(Outbound::Text(ByteString::from_static("data"))).unwrap();
+        let got = tokio::time::timeout(quiet, outlet.next()).await.expect("data written").unwrap().unwrap();
+        assert_eq!(got, frame(0x1, b"data"));
+        let ping = frame(0x9, b"").freeze();
+        let sender = tokio::spawn({
+            let ping = ping.clone();
+            async move {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                tx.send(ping).await.unwrap();
+                tx
+            }
+        });
+        let got = tokio::time::timeout(std::time::Duration::from_secs(2), outlet.next())
+            .await
+            .expect("the control frame woke the outlet")
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, ping);
+        queue.close();
+        drop(sender.await.unwrap());
+        assert!(tokio::time::timeout(std::time::Duration::from_secs(2), outlet.next()).await.unwrap().is_none());
     }
 }
