@@ -222,57 +222,33 @@ fn went_offline(removed: Vec<Arc<str>>, replies: &mut impl Iterator<Item = i64>)
     out
 }
 
-/// Applies queued presence writes, in order, as pipelines, and announces the users that came
-/// online or went offline in the cluster with them (see the module documentation).
-pub(crate) async fn writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<Op>) {
-    let mut ops = Vec::with_capacity(WRITE_BATCH);
-    let node_conns = node_conns_key(&inner.node_id);
-    while rx.recv_many(&mut ops, WRITE_BATCH).await > 0 {
-        let mut pipe = redis::pipe();
-        let mut removed = Vec::new();
-        let mut waiting = Vec::new();
-        // Per write, in order: the user, whether it registers, and this node's view of the
-        // transition (used when Redis cannot answer).
-        let mut written: Vec<(Arc<str>, bool, bool)> = Vec::new();
-        for op in ops.drain(..) {
-            match op {
-                Op::Register { user, device, conn_id, first_here } => {
-                    let key = presence_key(&user);
-                    pipe.hset(&key, field(&inner.node_id, conn_id), &*device).hlen(&key);
-                    pipe.hset(&node_conns, conn_id, &*user).ignore();
-                    written.push((user, true, first_here));
-                }
-                Op::Unregister { user, conn_id, last_here } => {
-                    remove_counted(&mut pipe, &user, &field(&inner.node_id, conn_id));
-                    pipe.hdel(&node_conns, conn_id).ignore();
-                    removed.push((conn_id, user.clone()));
-                    written.push((user, false, last_here));
-                }
-                Op::Reassert => {
-                    if let Err(e) = reassert(&inner).await {
-                        tracing::debug!(error = %e, "re-asserting presence failed; will retry");
-                    }
-                }
-                Op::Flush(tx) => waiting.push(tx),
-                Op::Withdraw(tx) => {
-                    withdraw(&inner).await;
-                    let _ = tx.send(());
-                }
-            }
+/// Registrations and removals gathered into one pipeline by the [`writer`].
+#[derive(Default)]
+struct Writes {
+    pipe: redis::Pipeline,
+    /// Per write, in order: the user, whether it registers, and this node's view of the
+    /// transition (used when Redis cannot answer).
+    written: Vec<(Arc<str>, bool, bool)>,
+    /// Removals, to remember as tombstones if Redis may have missed them.
+    removed: Vec<(u64, Arc<str>)>,
+}
+
+impl Writes {
+    /// Sends the writes gathered so far as one transaction, announces the users that came
+    /// online or went offline with them, and starts over. `Ok` when there was nothing to send.
+    async fn send(&mut self, inner: &Inner) -> Result<(), ClusterError> {
+        if self.written.is_empty() {
+            return Ok(());
         }
-        let result = if written.is_empty() {
-            match inner.presence_behind.load(Relaxed) {
-                true => Err(ClusterError::Unavailable("earlier presence writes did not reach redis yet".into())),
-                false => Ok(Vec::new()),
-            }
-        } else {
-            inner.metrics.presence_writes.fetch_add(written.len() as u64, Relaxed);
-            bump_version(&inner, &mut pipe);
-            inner.redis.pipe::<Vec<i64>>(&pipe).await.map(|replies| {
+        let Writes { mut pipe, written, removed } = std::mem::take(self);
+        inner.metrics.presence_writes.fetch_add(written.len() as u64, Relaxed);
+        bump_version(inner, &mut pipe);
+        match inner.redis.pipe::<Vec<i64>>(&pipe).await {
+            Ok(replies) => {
                 // Two replies per write: HSET's or HDEL's count, then the hash's length after it.
                 let mut replies = replies.into_iter();
                 let mut events = Vec::new();
-                for (user, registers, _) in written.drain(..) {
+                for (user, registers, _) in written {
                     let (changed, len) = (replies.next().unwrap_or(0), replies.next().unwrap_or(1));
                     match registers {
                         true if changed == 1 && len == 1 => events.push((user, true)),
@@ -280,12 +256,7 @@ pub(crate) async fn writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<Op>) {
                         _ => {}
                     }
                 }
-                events
-            })
-        };
-        let result = match result {
-            Ok(events) => {
-                emit(&inner, events).await;
+                emit(inner, events).await;
                 Ok(())
             }
             Err(e) => {
@@ -300,11 +271,57 @@ pub(crate) async fn writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<Op>) {
                         }
                     }
                 }
-                let mine = written.drain(..).filter(|w| w.2).map(|(user, registers, _)| (user, registers)).collect();
-                emit(&inner, mine).await;
+                let mine = written.into_iter().filter(|w| w.2).map(|(user, registers, _)| (user, registers)).collect();
+                emit(inner, mine).await;
                 Err(e)
             }
-        };
+        }
+    }
+}
+
+/// Applies queued presence writes, in order, as pipelines, and announces the users that came
+/// online or went offline in the cluster with them (see the module documentation). A
+/// re-assertion or a withdrawal waits until the writes queued before it were sent.
+pub(crate) async fn writer(inner: Arc<Inner>, mut rx: mpsc::Receiver<Op>) {
+    let mut ops = Vec::with_capacity(WRITE_BATCH);
+    let node_conns = node_conns_key(&inner.node_id);
+    while rx.recv_many(&mut ops, WRITE_BATCH).await > 0 {
+        let mut w = Writes::default();
+        let mut waiting = Vec::new();
+        let mut result = Ok(());
+        for op in ops.drain(..) {
+            match op {
+                Op::Register { user, device, conn_id, first_here } => {
+                    let key = presence_key(&user);
+                    w.pipe.hset(&key, field(&inner.node_id, conn_id), &*device).hlen(&key);
+                    w.pipe.hset(&node_conns, conn_id, &*user).ignore();
+                    w.written.push((user, true, first_here));
+                }
+                Op::Unregister { user, conn_id, last_here } => {
+                    remove_counted(&mut w.pipe, &user, &field(&inner.node_id, conn_id));
+                    w.pipe.hdel(&node_conns, conn_id).ignore();
+                    w.removed.push((conn_id, user.clone()));
+                    w.written.push((user, false, last_here));
+                }
+                Op::Reassert => {
+                    result = result.and(w.send(&inner).await);
+                    if let Err(e) = reassert(&inner).await {
+                        tracing::debug!(error = %e, "re-asserting presence failed; will retry");
+                    }
+                }
+                Op::Flush(tx) => waiting.push(tx),
+                Op::Withdraw(tx) => {
+                    result = result.and(w.send(&inner).await);
+                    withdraw(&inner).await;
+                    let _ = tx.send(());
+                }
+            }
+        }
+        let sent = !w.written.is_empty();
+        result = result.and(w.send(&inner).await);
+        if result.is_ok() && !sent && inner.presence_behind.load(Relaxed) {
+            result = Err(ClusterError::Unavailable("earlier presence writes did not reach redis yet".into()));
+        }
         for tx in waiting {
             let _ = tx.send(result.clone());
         }

@@ -617,5 +617,14 @@ async fn presence_webhooks_are_decided_for_the_whole_cluster() {
     let mine = |u: &str| order.iter().filter(|(w, _)| w == u).map(|(_, k)| k.as_str()).collect::<Vec<_>>();
     assert_eq!(mine("alice"), ["user.online", "user.offline"]);
     assert_eq!(mine("bob"), ["user.online", "user.offline"]);
+
+    // A graceful stop (SIGTERM): the node's users go offline as it leaves.
+    let mut carol = cluster.connect(1, "carol", "phone").await;
+    receiver.wait_for("carol online", 20, |e| count(e, "user.online", "carol") == 1).await;
+    let node = cluster.nodes[1].take().expect("node 1 runs");
+    let stopping = tokio::spawn(node.stop());
+    assert_eq!(carol.wait_closed(Duration::from_secs(5)).await, Some(1001));
+    stopping.await.unwrap();
+    receiver.wait_for("carol offline after the stop", 20, |e| count(e, "user.offline", "carol") == 1).await;
     cluster.stop().await;
 }
