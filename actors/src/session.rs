@@ -45,11 +45,19 @@ pub struct SessionConfig {
     pub max_frame_bytes: usize,
 }
 
-static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+static NEXT_CONN: AtomicU64 = AtomicU64::new(0);
 
-/// A unique connection id for this process.
+/// A connection id unique to this process, and to this node across restarts: the process's
+/// start time in milliseconds, shifted by 12 bits, plus a counter (a restarted node's ids never
+/// meet its previous process's, whose entries it may still find in the cluster's presence). It
+/// stays below 2^53, so JavaScript clients read it exactly.
 pub fn next_conn_id() -> u64 {
-    NEXT_CONN.fetch_add(1, Relaxed)
+    static BASE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let base = *BASE.get_or_init(|| {
+        let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        u64::try_from(ms).unwrap_or(0) << 12
+    });
+    base + 1 + NEXT_CONN.fetch_add(1, Relaxed)
 }
 
 pub struct WsSession {

@@ -52,7 +52,11 @@
 //! `confab:sweep:<node>`) deletes the dead node's fields listed in its `confab:node-conns` hash,
 //! announcing `user.offline` for users left without any, then removes the node from
 //! `confab:nodes`. So a crashed node's users go offline within about `node_ttl_ms` plus a
-//! heartbeat, unless they reconnected elsewhere first. Deliveries never wait for the sweep: a
+//! heartbeat, unless they reconnected elsewhere first. A node restarted under the same id before
+//! its liveness key expired is never swept by the others: its first heartbeat finds the previous
+//! process's value in the key, and the node removes the entries of its `confab:node-conns` that
+//! are not connections of its own (connection ids start from the process's start time, so the
+//! two processes' ids never meet). Deliveries never wait for the sweep: a
 //! lookup ignores the entries of dead nodes (and deletes them at once, the same way).
 //!
 //! # The presence version
@@ -419,6 +423,7 @@ pub(crate) async fn heartbeat(inner: Arc<Inner>, mut stop: watch::Receiver<bool>
     let ttl_ms = u64::try_from(inner.node_ttl.as_millis()).unwrap_or(u64::MAX);
     let mut again = false;
     let mut seen_outages = inner.redis.outages();
+    let mut first = true;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -437,6 +442,19 @@ pub(crate) async fn heartbeat(inner: Arc<Inner>, mut stop: watch::Receiver<bool>
                 continue;
             }
         };
+        match previous.as_deref() {
+            // This node id's previous process stopped without withdrawing (a crash, then a
+            // restart within `node_ttl_ms`): nobody sweeps a live node, so it sweeps itself.
+            Some(p) if first && p != &*inner.boot => {
+                tracing::info!(node = %inner.node_id, "a previous process of this node left presence entries; removing them");
+                tokio::spawn(sweep_previous_self(inner.clone()));
+            }
+            Some(p) if p != &*inner.boot => {
+                tracing::warn!(node = %inner.node_id, "another process heartbeats with this node id: node ids must be unique");
+            }
+            _ => {}
+        }
+        first = false;
         let others: Vec<String> = nodes.iter().filter(|n| **n != inner.node_id).cloned().collect();
         *inner.known_nodes.write().unwrap_or_else(|p| p.into_inner()) = nodes;
         if !others.is_empty() {
@@ -558,6 +576,30 @@ fn cleanup(inner: Arc<Inner>, dead: Vec<(Arc<str>, String)>, nodes: HashSet<Stri
     });
 }
 
+/// Removes the entries a previous process of this node left (those of its `confab:node-conns`
+/// that are not connections of this process), announcing the users left without any.
+async fn sweep_previous_self(inner: Arc<Inner>) {
+    let key = node_conns_key(&inner.node_id);
+    let mut read = redis::cmd("HGETALL");
+    read.arg(&key);
+    let conns: HashMap<String, String> = match inner.redis.cmd(&read).await {
+        Ok(c) => c,
+        Err(e) => return tracing::debug!(error = %e, "could not read this node's previous entries"),
+    };
+    let stale: Vec<(String, Arc<str>)> = {
+        let t = inner.table.lock().unwrap_or_else(|p| p.into_inner());
+        conns
+            .into_iter()
+            .filter(|(c, _)| c.parse::<u64>().map_or(true, |c| !t.conns.contains_key(&c)))
+            .map(|(c, u)| (c, Arc::from(u)))
+            .collect()
+    };
+    match remove_entries(&inner, &inner.node_id, &stale).await {
+        Ok(n) => tracing::info!(entries = n, "removed the presence entries of this node's previous process"),
+        Err(e) => tracing::debug!(error = %e, "could not remove this node's previous entries"),
+    }
+}
+
 /// Most entries of a dead node removed per transaction by its sweep.
 const SWEEP_BATCH: usize = 500;
 
@@ -593,6 +635,17 @@ async fn sweep(inner: &Arc<Inner>, node: &str) -> Result<usize, ClusterError> {
     read.arg(&key);
     let conns: HashMap<String, String> = inner.redis.cmd(&read).await?;
     let conns: Vec<(String, Arc<str>)> = conns.into_iter().map(|(c, u)| (c, Arc::from(u))).collect();
+    let deleted = remove_entries(inner, node, &conns).await?;
+    let mut pipe = redis::pipe();
+    pipe.atomic().del(&key).ignore().srem(NODES_KEY, node).ignore();
+    inner.redis.pipe::<()>(&pipe).await?;
+    Ok(deleted)
+}
+
+/// Deletes the entries `(conn_id, user)` of `node` (and their lines in its `confab:node-conns`),
+/// announcing the users left without any. Returns how many it deleted.
+async fn remove_entries(inner: &Inner, node: &str, conns: &[(String, Arc<str>)]) -> Result<usize, ClusterError> {
+    let key = node_conns_key(node);
     let mut deleted = 0;
     for chunk in conns.chunks(SWEEP_BATCH) {
         let mut pipe = redis::pipe();
@@ -609,9 +662,6 @@ async fn sweep(inner: &Arc<Inner>, node: &str) -> Result<usize, ClusterError> {
         inner.metrics.presence_cleaned.fetch_add(chunk.len() as u64, Relaxed);
         emit(inner, gone).await;
     }
-    let mut pipe = redis::pipe();
-    pipe.atomic().del(&key).ignore().srem(NODES_KEY, node).ignore();
-    inner.redis.pipe::<()>(&pipe).await?;
     Ok(deleted)
 }
 

@@ -344,6 +344,38 @@ async fn presence_events_are_decided_for_the_whole_cluster() {
     a.shutdown().await;
 }
 
+/// A node that crashes and comes back under the same id before its liveness key expired is
+/// never swept by the others: its new process removes what the previous one left, and the users
+/// left without a connection go offline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_removes_what_its_previous_process_left() {
+    let Some(url) = test_url() else { return };
+    let id = fresh("r");
+    let (a, _arx) = node(&url, &id, 100, 10_000).await;
+    let (dave, erin) = (Arc::<str>::from(fresh("dave")), Arc::<str>::from(fresh("erin")));
+    a.register(&dave, &Arc::from("phone"), 1, true);
+    a.register(&erin, &Arc::from("phone"), 2, true);
+    a.flush().await.unwrap();
+    drop(a);
+    // The new process: erin is back on it at once (another connection id), dave is not.
+    let (b, mut brx) = Cluster::start(options(&url, &id, 100, 10_000)).unwrap();
+    b.register(&erin, &Arc::from("phone"), 3, true);
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !got.contains(&(dave.clone(), false)) && Instant::now() < deadline {
+        got.extend(presence_events(&mut brx, &[&dave, &erin], Duration::from_millis(100)).await);
+    }
+    assert!(got.contains(&(dave.clone(), false)), "dave's entry of the previous process was removed: {got:?}");
+    assert!(!got.contains(&(erin.clone(), false)), "erin kept a connection: {got:?}");
+    let mut conn = redis_conn(&url).await;
+    let fields: Vec<String> =
+        redis::cmd("HKEYS").arg(format!("confab:presence:{erin}")).query_async(&mut conn).await.unwrap();
+    assert_eq!(fields, [format!("{id}/3")], "only the new process's entry is left");
+    let left: u64 = redis::cmd("HLEN").arg(format!("confab:presence:{dave}")).query_async(&mut conn).await.unwrap();
+    assert_eq!(left, 0);
+    b.shutdown().await;
+}
+
 /// Receives batches until none came for `quiet`.
 async fn drain(rx: &mut mpsc::Receiver<Incoming>, quiet: Duration) -> Vec<Batch> {
     let mut out = Vec::new();

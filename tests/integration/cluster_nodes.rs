@@ -164,7 +164,25 @@ impl Cluster {
             let node = c.spawn(i).await;
             c.nodes.push(Some(node));
         }
+        for i in 0..n {
+            c.wait_redis_up(i).await;
+        }
         c
+    }
+
+    /// Waits until node `i` reports Redis up and listens to the node bus (a node serves before
+    /// it has reached Redis; until then cluster-wide checks fall back to the node alone).
+    async fn wait_redis_up(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (status, body) = crate::common::http_get(self.addr(i), "/readyz").await;
+            let subscribed = crate::common::metric(self.addr(i), "confab_cluster_subscriptions_total").await >= 1.0;
+            if status == 200 && body.contains(r#""redis":"up""#) && subscribed {
+                return;
+            }
+            assert!(Instant::now() < deadline, "node {i} never reported redis up: {status} {body}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     async fn spawn(&self, i: usize) -> BinaryNode {
@@ -198,6 +216,7 @@ impl Cluster {
     async fn add_node(&mut self) {
         let node = self.spawn(self.nodes.len()).await;
         self.nodes.push(Some(node));
+        self.wait_redis_up(self.nodes.len() - 1).await;
     }
 
     async fn kill_9(&mut self, i: usize) {
