@@ -47,6 +47,10 @@ pub struct SessionConfig {
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(0);
 
+/// Control frames (pongs, pings) a session may have waiting for actix-ws's channel; a client
+/// that keeps pinging without reading is dropped beyond it.
+const CONTROL_BACKLOG: usize = 64;
+
 /// A connection id unique to this process, and to this node across restarts: the process's
 /// start time in milliseconds, shifted by 12 bits, plus a counter (a restarted node's ids never
 /// meet its previous process's, whose entries it may still find in the cluster's presence). It
@@ -68,6 +72,8 @@ pub struct WsSession {
     stream: Option<AggregatedMessageStream>,
     /// The connection's actix-ws session: control frames (pings, pongs, the close frame).
     ws: actix_ws::Session,
+    /// Control frames handed to `ws` and not sent yet (bounded by [`CONTROL_BACKLOG`]).
+    control_backlog: Arc<AtomicUsize>,
     out: Arc<OutQueue>,
     kick: Arc<KickSignal>,
     last_heard: Instant,
@@ -99,6 +105,7 @@ impl WsSession {
             cfg,
             stream: Some(stream),
             ws,
+            control_backlog: Arc::new(AtomicUsize::new(0)),
             out,
             kick: Arc::new(KickSignal::default()),
             last_heard: Instant::now(),
@@ -131,15 +138,32 @@ impl WsSession {
     }
 
     /// Sends a control frame through the actix-ws session, on a task of its own (its channel is
-    /// small and its sends wait for room; a failure means the connection is closing anyway).
-    fn control<F, Fut>(&self, send: F)
+    /// small and its sends wait for room; a failure means the connection is closing anyway). A
+    /// client that does not read while it keeps pinging backs these up: beyond
+    /// [`CONTROL_BACKLOG`] it is dropped as a slow consumer, as when its data queue is full.
+    fn control<F, Fut>(&mut self, ctx: &mut Context<Self>, send: F)
+    where
+        F: FnOnce(actix_ws::Session) -> Fut,
+        Fut: std::future::Future<Output = Result<(), actix_ws::Closed>> + 'static,
+    {
+        if self.control_backlog.fetch_add(1, Relaxed) >= CONTROL_BACKLOG {
+            self.control_backlog.fetch_sub(1, Relaxed);
+            self.engine.metrics().slow_consumers_dropped.fetch_add(1, Relaxed);
+            return self.close_with(ctx, CloseCode::Again, "slow consumer: control frames backed up");
+        }
+        self.spawn_control(send);
+    }
+
+    fn spawn_control<F, Fut>(&self, send: F)
     where
         F: FnOnce(actix_ws::Session) -> Fut,
         Fut: std::future::Future<Output = Result<(), actix_ws::Closed>> + 'static,
     {
         let fut = send(self.ws.clone());
+        let backlog = self.control_backlog.clone();
         actix::spawn(async move {
             let _ = fut.await;
+            backlog.fetch_sub(1, Relaxed);
         });
     }
 
@@ -252,7 +276,7 @@ impl Actor for WsSession {
             if act.last_heard.elapsed() > act.cfg.client_timeout {
                 act.close_with(ctx, CloseCode::Away, "heartbeat timeout");
             } else {
-                act.control(|mut ws| async move { ws.ping(b"").await });
+                act.control(ctx, |mut ws| async move { ws.ping(b"").await });
             }
         });
         tracing::debug!(user = %self.caller.user, device = %self.caller.device, conn = self.conn_id, "session started");
@@ -265,7 +289,8 @@ impl Actor for WsSession {
         let reason = self.close.take().unwrap_or(CloseReason { code: CloseCode::Normal, description: None });
         // The outlet writes what is queued before the close frame: the queue is closed first.
         self.out.close();
-        self.control(move |ws| ws.close(Some(reason)));
+        self.control_backlog.fetch_add(1, Relaxed);
+        self.spawn_control(move |ws| ws.close(Some(reason)));
         tracing::debug!(user = %self.caller.user, conn = self.conn_id, "session stopped");
     }
 }
@@ -280,7 +305,7 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
                 Error::new(ErrorCode::MalformedFrame, "binary frames are not supported; send JSON text"),
                 ctx,
             ),
-            Ok(AggregatedMessage::Ping(p)) => self.control(|mut ws| async move { ws.pong(&p).await }),
+            Ok(AggregatedMessage::Ping(p)) => self.control(ctx, |mut ws| async move { ws.pong(&p).await }),
             Ok(AggregatedMessage::Pong(_)) => {}
             Ok(AggregatedMessage::Close(_)) => ctx.stop(),
             Err(ProtocolError::Overflow) => self.close_with(ctx, CloseCode::Size, "frame too large"),

@@ -247,6 +247,14 @@ impl Client {
         self.ws.flush().await.unwrap();
     }
 
+    /// Sends `n` ping frames with `payload`, with one flush.
+    pub async fn send_pings(&mut self, n: usize, payload: &[u8]) {
+        for _ in 0..n {
+            self.ws.feed(Message::Ping(payload.to_vec().into())).await.unwrap();
+        }
+        self.ws.flush().await.unwrap();
+    }
+
     /// Sends a raw binary frame.
     pub async fn send_binary(&mut self, b: Vec<u8>) {
         self.ws.send(Message::binary(b)).await.unwrap();

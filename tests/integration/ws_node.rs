@@ -104,6 +104,26 @@ async fn slow_consumer_is_disconnected_and_the_sender_unaffected() {
     assert_eq!(h["messages"][0]["body"], text(&big));
 }
 
+/// A client that keeps pinging but never reads cannot make the server hold its pongs without
+/// end: once they back up it is dropped as a slow consumer (1013).
+#[tokio::test]
+async fn a_client_pinging_without_reading_is_dropped() {
+    let node = TestNode::start();
+    let t = token("mallory", "pinger");
+    let mut pinger = Client::try_connect(node.addr, Auth::Bearer(&t), Some(4096)).await.unwrap();
+    // 125-byte pongs: a few MB of them fill the kernel's buffers on both sides.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node.metric("confab_slow_consumers_dropped_total").await < 1.0 && Instant::now() < deadline {
+        pinger.send_pings(500, &[b'p'; 125]).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(node.metric("confab_slow_consumers_dropped_total").await >= 1.0, "the pinger was never dropped");
+    assert_eq!(pinger.wait_closed(Duration::from_secs(10)).await, Some(1013));
+    // Everyone else is served as usual.
+    let mut alice = node.connect("alice", "phone").await;
+    alice.send_msg(json!({"to": "bob"}), "after", text("still here")).await;
+}
+
 /// A client that sends nothing at all (not even pongs) is closed with 1001 after
 /// `client_timeout_secs`; one that answers pings stays.
 #[tokio::test]
