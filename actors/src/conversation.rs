@@ -1153,10 +1153,7 @@ impl ConversationActor {
                 return Err(fail(Error::internal("not a membership change")))
             }
         };
-        let body = Body::System {
-            event: event.into(),
-            data: serde_json::json!({ "by": by, "added": add, "removed": remove }),
-        };
+        let body = Body::System { event: event.into(), data: membership_data(&by, &add, &remove) };
         let change = MemberChange {
             group_id,
             add: add.iter().map(|u| (u.clone(), Role::Member)).collect(),
@@ -1201,13 +1198,7 @@ impl ConversationActor {
                 self.set_members(roles);
                 proto::encode_event(
                     "membership",
-                    &proto::MembershipEvent {
-                        group_id: self.group_id(),
-                        conv_id: &self.conv_id,
-                        seq: m.seq,
-                        added: &add,
-                        removed: &remove,
-                    },
+                    &proto::MembershipEvent::new(self.group_id(), &self.conv_id, m.seq, &add, &remove),
                 )
             }
             Applied::Profile => group_event(self, "updated"),
@@ -1308,4 +1299,20 @@ impl Directory {
             map.remove(conv_id);
         }
     }
+}
+
+/// A membership system message's `data`: `by`, and the users `added` and `removed`, each list
+/// cut to [`proto::LIST_INLINE`] users with its full length beside it (`added_count`,
+/// `removed_count`) when longer.
+fn membership_data(by: &str, add: &[String], remove: &[String]) -> serde_json::Value {
+    let (added, added_count) = proto::inline_list(add);
+    let (removed, removed_count) = proto::inline_list(remove);
+    let mut data = serde_json::json!({ "by": by, "added": added, "removed": removed });
+    if let Some(n) = added_count {
+        data["added_count"] = n.into();
+    }
+    if let Some(n) = removed_count {
+        data["removed_count"] = n.into();
+    }
+    data
 }

@@ -785,10 +785,12 @@ impl Engine {
         if members.len() + 1 > self.core.limits.max_group_members {
             return Err(Error::invalid(format!("a group has at most {} members", self.core.limits.max_group_members)));
         }
-        let body = Body::System {
-            event: "group_created".into(),
-            data: serde_json::json!({ "by": &*caller.user, "name": name, "members": members }),
-        };
+        let (listed, count) = proto::inline_list(&members);
+        let mut data = serde_json::json!({ "by": &*caller.user, "name": name, "members": listed });
+        if let Some(n) = count {
+            data["members_count"] = n.into();
+        }
+        let body = Body::System { event: "group_created".into(), data };
         let new = NewGroup {
             id: id.clone(),
             name,
@@ -812,10 +814,8 @@ impl Engine {
         everyone.push(caller.user.clone());
         let frame = proto::encode_event("message", &msg);
         let conv_id = model::group_conv_id(&id);
-        let membership = proto::encode_event(
-            "membership",
-            &proto::MembershipEvent { group_id: &id, conv_id: &conv_id, seq: msg.seq, added: &members, removed: &[] },
-        );
+        let membership =
+            proto::encode_event("membership", &proto::MembershipEvent::new(&id, &conv_id, msg.seq, &members, &[]));
         let n = self.core.registry.fan_out(&everyone, &frame, None);
         self.core.metrics.deliveries_out.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         self.core.registry.fan_out(&everyone, &membership, None);

@@ -404,6 +404,19 @@ pub struct DeletedEvent<'a> {
     pub seqs: &'a [u64],
 }
 
+/// Most users a list in a membership event or a membership system message holds; a longer one
+/// is cut to its first `LIST_INLINE` users and its full length given beside it (`*_count`), so a
+/// 5,000-member group's creation does not send 5,000 ids to each of its 5,000 members.
+pub const LIST_INLINE: usize = 100;
+
+/// `list`, cut to [`LIST_INLINE`] users, and its full length when it was cut.
+pub fn inline_list(list: &[String]) -> (&[String], Option<usize>) {
+    match list.len() > LIST_INLINE {
+        true => (&list[..LIST_INLINE], Some(list.len())),
+        false => (list, None),
+    }
+}
+
 /// Event `membership`: a group's membership changed.
 #[derive(Debug, Serialize)]
 pub struct MembershipEvent<'a> {
@@ -411,8 +424,23 @@ pub struct MembershipEvent<'a> {
     pub conv_id: &'a str,
     /// The system message recording the change.
     pub seq: u64,
+    /// The users added (at most [`LIST_INLINE`]; see `added_count`).
     pub added: &'a [String],
     pub removed: &'a [String],
+    /// How many were added, when `added` was cut.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub added_count: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub removed_count: Option<usize>,
+}
+
+impl<'a> MembershipEvent<'a> {
+    /// The event for a change adding `added` and removing `removed` (lists cut as needed).
+    pub fn new(group_id: &'a str, conv_id: &'a str, seq: u64, added: &'a [String], removed: &'a [String]) -> Self {
+        let (added, added_count) = inline_list(added);
+        let (removed, removed_count) = inline_list(removed);
+        MembershipEvent { group_id, conv_id, seq, added, removed, added_count, removed_count }
+    }
 }
 
 /// Event `group`: a group's profile or roles changed, or it was dismissed.

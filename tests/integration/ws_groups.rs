@@ -391,3 +391,43 @@ async fn groups_hold_at_most_max_members() {
     assert_eq!(m["members"].as_array().unwrap().len(), 3);
     assert_eq!(alice.expect_ok("history", json!({"conv_id": "g_g"})).await["last_seq"], 3);
 }
+
+/// Lists of more than 100 users in membership events and system messages are cut to their first
+/// 100 (in id order) with the full number beside them; `group_members` lists everyone.
+#[tokio::test]
+async fn long_member_lists_are_cut_with_their_count() {
+    let node = TestNode::start();
+    let mut alice = node.connect("alice", "phone").await;
+    let mut m000 = node.connect("m000", "phone").await;
+    let members: Vec<String> = (0..150).map(|i| format!("m{i:03}")).collect();
+    alice.expect_ok("group_create", json!({"group_id": "big", "name": "Big", "members": members})).await;
+    for c in [&mut alice, &mut m000] {
+        let m = c.next_event("message").await;
+        let data = &m["body"]["data"];
+        assert_eq!(data["members"], json!(members[..100]), "the first 100, in id order");
+        assert_eq!(data["members_count"], 150);
+        let ms = c.next_event("membership").await;
+        assert_eq!(ms["added"], json!(members[..100]));
+        assert_eq!(ms["added_count"], 150);
+        assert!(ms.get("removed_count").is_none(), "{ms}");
+    }
+    let listed = alice.expect_ok("group_members", json!({"group_id": "big"})).await;
+    assert_eq!(listed["members"].as_array().unwrap().len(), 151);
+
+    // Adding 120 more, then removing 101: cut the same way; short lists keep their old shape.
+    let more: Vec<String> = (150..270).map(|i| format!("m{i:03}")).collect();
+    let r = alice.expect_ok("group_add", json!({"group_id": "big", "members": more})).await;
+    assert_eq!(r["message"]["body"]["data"]["added"], json!(more[..100]));
+    assert_eq!(r["message"]["body"]["data"]["added_count"], 120);
+    let ms = m000.next_event("membership").await;
+    assert_eq!((ms["added"].as_array().unwrap().len(), &ms["added_count"]), (100, &json!(120)));
+    let gone: Vec<String> = (1..102).map(|i| format!("m{i:03}")).collect();
+    let r = alice.expect_ok("group_remove", json!({"group_id": "big", "members": gone})).await;
+    let data = &r["message"]["body"]["data"];
+    assert_eq!((data["removed"].as_array().unwrap().len(), &data["removed_count"]), (100, &json!(101)));
+    assert!(data.get("added_count").is_none(), "{data}");
+    let r = alice.expect_ok("group_remove", json!({"group_id": "big", "members": ["m200"]})).await;
+    assert_eq!(r["message"]["body"]["data"], json!({"by": "alice", "added": [], "removed": ["m200"]}));
+    let listed = alice.expect_ok("group_members", json!({"group_id": "big"})).await;
+    assert_eq!(listed["members"].as_array().unwrap().len(), 151 + 120 - 101 - 1);
+}
