@@ -107,6 +107,10 @@ pub struct ClusterMetrics {
     pub presence_reasserts: AtomicU64,
     /// Presence entries of dead nodes deleted.
     pub presence_cleaned: AtomicU64,
+    /// Users this node announced online (their first connection in the cluster).
+    pub users_online: AtomicU64,
+    /// Users this node announced offline (their last connection in the cluster left or died).
+    pub users_offline: AtomicU64,
     /// `locate` calls that reached Redis.
     pub locates: AtomicU64,
     /// Successful (re)subscriptions to the node bus.
@@ -127,7 +131,7 @@ impl ClusterMetrics {
             "gauge",
             self.redis_up.load(Relaxed).into(),
         );
-        let counters: [(&str, &str, &AtomicU64); 11] = [
+        let counters: [(&str, &str, &AtomicU64); 13] = [
             ("confab_cluster_redis_errors_total", "Failed Redis calls.", &self.redis_errors),
             ("confab_cluster_publishes_total", "PUBLISH commands sent to the node bus.", &self.publishes),
             ("confab_cluster_batches_received_total", "Batches received from other nodes.", &self.batches_received),
@@ -141,6 +145,8 @@ impl ClusterMetrics {
                 "Presence entries of dead nodes deleted.",
                 &self.presence_cleaned,
             ),
+            ("confab_cluster_users_online_total", "Users this node announced online.", &self.users_online),
+            ("confab_cluster_users_offline_total", "Users this node announced offline.", &self.users_offline),
             ("confab_cluster_locates_total", "Presence lookups sent to Redis.", &self.locates),
             ("confab_cluster_subscriptions_total", "Subscriptions to the node bus.", &self.subscriptions),
         ];

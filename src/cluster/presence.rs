@@ -188,6 +188,7 @@ pub(crate) enum Op {
 /// Hands presence transitions to the engine (in order), waiting for room on the incoming queue.
 async fn emit(inner: &Inner, events: Vec<(Arc<str>, bool)>) {
     for (user, online) in events {
+        count(inner, online);
         if inner.incoming.send(super::Incoming::Presence { user, online }).await.is_err() {
             return;
         }
@@ -198,6 +199,7 @@ async fn emit(inner: &Inner, events: Vec<(Arc<str>, bool)>) {
 /// dropped (and counted).
 pub(crate) fn announce(inner: &Inner, events: Vec<(Arc<str>, bool)>) {
     for (user, online) in events {
+        count(inner, online);
         if let Err(e) = inner.incoming.try_send(super::Incoming::Presence { user, online }) {
             inner.metrics.incoming_dropped.fetch_add(1, Relaxed);
             if let super::Incoming::Presence { user, .. } = e.into_inner() {
@@ -205,6 +207,14 @@ pub(crate) fn announce(inner: &Inner, events: Vec<(Arc<str>, bool)>) {
             }
         }
     }
+}
+
+fn count(inner: &Inner, online: bool) {
+    let m = &inner.metrics;
+    match online {
+        true => m.users_online.fetch_add(1, Relaxed),
+        false => m.users_offline.fetch_add(1, Relaxed),
+    };
 }
 
 /// A field removal that reads the hash's length after it, in a `MULTI` (two replies).

@@ -341,6 +341,7 @@ async fn presence_events_are_decided_for_the_whole_cluster() {
     let left: u64 = redis::cmd("HLEN").arg(format!("confab:presence:{dave}")).query_async(&mut conn).await.unwrap();
     assert_eq!(left, 0);
     assert_eq!(presence_events(&mut arx, &who, quiet).await, [], "announced once");
+    assert!(a.metrics().users_offline.load(Relaxed) >= 1, "the sweep's announcement is counted");
     a.shutdown().await;
 }
 
