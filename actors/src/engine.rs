@@ -343,7 +343,7 @@ impl Engine {
             q.draining = true;
         }
         let core = self.core.clone();
-        tokio::spawn(async move {
+        let drain = async move {
             loop {
                 let next = {
                     let mut q = core.presence.lock().unwrap_or_else(|p| p.into_inner());
@@ -359,7 +359,17 @@ impl Engine {
                     tracing::warn!(error = %e, "could not record a presence event for webhooks");
                 }
             }
-        });
+        };
+        // On the main thread's runtime when there is one: a session's worker thread stops with
+        // the server, before the events of its last sessions would be written.
+        match actix::System::try_current() {
+            Some(system) => {
+                system.arbiter().spawn(drain);
+            }
+            None => {
+                tokio::spawn(drain);
+            }
+        }
     }
 
     /// Waits (at most `within`) until every presence event queued so far was written (or failed).

@@ -619,3 +619,24 @@ async fn before_send_fails_closed_when_configured() {
         h["messages"].as_array().unwrap().iter().map(|m| m["body"]["text"].as_str().unwrap()).collect();
     assert_eq!(stored, ["fine"]);
 }
+
+/// A node stopped with SIGTERM records its users' `user.offline` before it exits: delivered then,
+/// or by the node's next run.
+#[tokio::test]
+async fn a_stopping_node_records_its_users_going_offline() {
+    let r = Receiver::start().await;
+    let eps = endpoints(&r, &["user.online", "user.offline"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    let env = [("CONFAB__WEBHOOKS__ENDPOINTS", eps.as_str()), ("CONFAB__WEBHOOKS__POLL_INTERVAL_MS", "50")];
+    let node = BinaryNode::start(&dir, &env).await;
+    let mut alice = node.connect("alice", "phone").await;
+    r.wait_for("alice online", 10, |e| count(e, "user.online") == 1).await;
+    let stopping = tokio::spawn(node.stop());
+    assert_eq!(alice.wait_closed(Duration::from_secs(5)).await, Some(1001));
+    stopping.await.unwrap();
+    let node = BinaryNode::start(&dir, &env).await;
+    let events = r.wait_for("alice offline", 10, |e| count(e, "user.offline") == 1).await;
+    assert_eq!(events.iter().map(|e| e["type"].as_str().unwrap()).collect::<Vec<_>>(), ["user.online", "user.offline"]);
+    node.stop().await;
+}
