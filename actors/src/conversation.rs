@@ -1305,14 +1305,8 @@ impl Directory {
 /// cut to [`proto::LIST_INLINE`] users with its full length beside it (`added_count`,
 /// `removed_count`) when longer.
 fn membership_data(by: &str, add: &[String], remove: &[String]) -> serde_json::Value {
-    let (added, added_count) = proto::inline_list(add);
-    let (removed, removed_count) = proto::inline_list(remove);
-    let mut data = serde_json::json!({ "by": by, "added": added, "removed": removed });
-    if let Some(n) = added_count {
-        data["added_count"] = n.into();
-    }
-    if let Some(n) = removed_count {
-        data["removed_count"] = n.into();
-    }
+    let mut data = serde_json::json!({ "by": by });
+    proto::put_list(&mut data, "added", add);
+    proto::put_list(&mut data, "removed", remove);
     data
 }

@@ -795,11 +795,8 @@ impl Engine {
         if members.len() + 1 > self.core.limits.max_group_members {
             return Err(Error::invalid(format!("a group has at most {} members", self.core.limits.max_group_members)));
         }
-        let (listed, count) = proto::inline_list(&members);
-        let mut data = serde_json::json!({ "by": &*caller.user, "name": name, "members": listed });
-        if let Some(n) = count {
-            data["members_count"] = n.into();
-        }
+        let mut data = serde_json::json!({ "by": &*caller.user, "name": name });
+        proto::put_list(&mut data, "members", &members);
         let body = Body::System { event: "group_created".into(), data };
         let new = NewGroup {
             id: id.clone(),

@@ -417,6 +417,16 @@ pub fn inline_list(list: &[String]) -> (&[String], Option<usize>) {
     }
 }
 
+/// Sets `data[key]` to `list` cut to [`LIST_INLINE`] users, and `data[key_count]` to its full
+/// length when it was cut (the shape of membership system messages).
+pub fn put_list(data: &mut serde_json::Value, key: &str, list: &[String]) {
+    let (listed, count) = inline_list(list);
+    data[key] = serde_json::json!(listed);
+    if let Some(n) = count {
+        data[format!("{key}_count")] = n.into();
+    }
+}
+
 /// Event `membership`: a group's membership changed.
 #[derive(Debug, Serialize)]
 pub struct MembershipEvent<'a> {

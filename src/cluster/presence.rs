@@ -589,21 +589,14 @@ fn cleanup(inner: Arc<Inner>, dead: Vec<(Arc<str>, String)>, nodes: HashSet<Stri
 /// Removes the entries a previous process of this node left (those of its `confab:node-conns`
 /// that are not connections of this process), announcing the users left without any.
 async fn sweep_previous_self(inner: Arc<Inner>) {
-    let key = node_conns_key(&inner.node_id);
-    let mut read = redis::cmd("HGETALL");
-    read.arg(&key);
-    let conns: HashMap<String, String> = match inner.redis.cmd(&read).await {
+    let mut stale = match node_conns(&inner, &inner.node_id).await {
         Ok(c) => c,
         Err(e) => return tracing::debug!(error = %e, "could not read this node's previous entries"),
     };
-    let stale: Vec<(String, Arc<str>)> = {
+    {
         let t = inner.table.lock().unwrap_or_else(|p| p.into_inner());
-        conns
-            .into_iter()
-            .filter(|(c, _)| c.parse::<u64>().map_or(true, |c| !t.conns.contains_key(&c)))
-            .map(|(c, u)| (c, Arc::from(u)))
-            .collect()
-    };
+        stale.retain(|(c, _)| c.parse::<u64>().map_or(true, |c| !t.conns.contains_key(&c)));
+    }
     match remove_entries(&inner, &inner.node_id, &stale).await {
         Ok(n) => tracing::info!(entries = n, "removed the presence entries of this node's previous process"),
         Err(e) => tracing::debug!(error = %e, "could not remove this node's previous entries"),
@@ -640,16 +633,20 @@ async fn sweep_dead(inner: Arc<Inner>, others: Vec<String>) {
 /// Deletes the entries of dead `node` listed in its `confab:node-conns` hash, then the hash and
 /// the node's membership of `confab:nodes`. Returns how many entries it deleted.
 async fn sweep(inner: &Arc<Inner>, node: &str) -> Result<usize, ClusterError> {
-    let key = node_conns_key(node);
-    let mut read = redis::cmd("HGETALL");
-    read.arg(&key);
-    let conns: HashMap<String, String> = inner.redis.cmd(&read).await?;
-    let conns: Vec<(String, Arc<str>)> = conns.into_iter().map(|(c, u)| (c, Arc::from(u))).collect();
+    let conns = node_conns(inner, node).await?;
     let deleted = remove_entries(inner, node, &conns).await?;
     let mut pipe = redis::pipe();
-    pipe.atomic().del(&key).ignore().srem(NODES_KEY, node).ignore();
+    pipe.atomic().del(node_conns_key(node)).ignore().srem(NODES_KEY, node).ignore();
     inner.redis.pipe::<()>(&pipe).await?;
     Ok(deleted)
+}
+
+/// The connections `(conn_id, user)` listed in `node`'s `confab:node-conns`.
+async fn node_conns(inner: &Inner, node: &str) -> Result<Vec<(String, Arc<str>)>, ClusterError> {
+    let mut read = redis::cmd("HGETALL");
+    read.arg(node_conns_key(node));
+    let conns: HashMap<String, String> = inner.redis.cmd(&read).await?;
+    Ok(conns.into_iter().map(|(c, u)| (c, Arc::from(u))).collect())
 }
 
 /// Deletes the entries `(conn_id, user)` of `node` (and their lines in its `confab:node-conns`),
