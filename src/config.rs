@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use confab_actors::engine::Limits;
+use confab_actors::engine::Limits as EngineLimits;
+use confab_actors::limits::{Rate, RateConfig};
 use confab_actors::session::SessionConfig;
 
 /// The defaults, compiled in so the binary runs from any directory.
@@ -19,6 +20,7 @@ pub struct Config {
     pub server: Server,
     pub auth: Auth,
     pub session: Session,
+    pub limits: Limits,
     pub chat: Chat,
     pub groups: Groups,
     pub storage: Storage,
@@ -216,6 +218,15 @@ pub struct Server {
     pub workers: usize,
     pub max_frame_bytes: usize,
     pub shutdown_timeout_secs: u64,
+    /// `SO_SNDBUF` of every connection; 0: the kernel's autotuning.
+    pub send_buffer_bytes: usize,
+    /// `TCP_USER_TIMEOUT` of every connection; 0: the kernel's default (about 15 minutes).
+    pub write_timeout_secs: u64,
+    /// Proxies (addresses or networks) whose `X-Forwarded-For` names the client.
+    #[serde(deserialize_with = "string_list")]
+    pub trusted_proxies: Vec<String>,
+    /// Longest time `/readyz` waits for the store's answer.
+    pub ready_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -223,6 +234,43 @@ pub struct Server {
 pub struct Auth {
     pub secret: String,
     pub token_ttl_secs: u64,
+    pub max_token_ttl_secs: u64,
+    pub max_clock_skew_secs: u64,
+    /// Longest wait for the user's record when a WebSocket connects.
+    pub access_check_timeout_ms: u64,
+}
+
+/// `[limits]`: rate limits (see `confab_actors::limits`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    pub requests_per_conn_per_sec: u32,
+    pub requests_per_conn_burst: u32,
+    pub sends_per_conn_per_sec: u32,
+    pub sends_per_conn_burst: u32,
+    pub sends_per_user_per_sec: u32,
+    pub sends_per_user_burst: u32,
+    pub group_creates_per_user_per_hour: u32,
+    pub group_creates_per_user_burst: u32,
+    pub group_adds_per_user_per_hour: u32,
+    pub group_adds_per_user_burst: u32,
+    pub connections_per_ip_per_sec: u32,
+    pub connections_per_ip_burst: u32,
+    pub max_connections_per_ip: usize,
+}
+
+/// A list given as a TOML array, or (from the environment) as one comma-separated string.
+fn string_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        Items(Vec<String>),
+        Text(String),
+    }
+    Ok(match List::deserialize(d)? {
+        List::Items(v) => v,
+        List::Text(t) => t.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+    })
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -370,7 +418,15 @@ impl Config {
         if self.auth.secret.len() < 16 {
             return Err(ConfigError("auth.secret must be at least 16 bytes".into()));
         }
-        range("auth.token_ttl_secs", self.auth.token_ttl_secs, 1, 10 * 365 * 86400)?;
+        range("auth.max_token_ttl_secs", self.auth.max_token_ttl_secs, 60, 10 * 365 * 86400)?;
+        range("auth.token_ttl_secs", self.auth.token_ttl_secs, 1, self.auth.max_token_ttl_secs)?;
+        range("auth.max_clock_skew_secs", self.auth.max_clock_skew_secs, 0, 3600)?;
+        range("auth.access_check_timeout_ms", self.auth.access_check_timeout_ms, 10, 60_000)?;
+        range("server.send_buffer_bytes", self.server.send_buffer_bytes, 0, 64 << 20)?;
+        range("server.write_timeout_secs", self.server.write_timeout_secs, 0, 86400)?;
+        range("server.ready_timeout_ms", self.server.ready_timeout_ms, 10, 60_000)?;
+        crate::conn::TrustedProxies::parse(&self.server.trusted_proxies)
+            .map_err(|e| ConfigError(format!("server.trusted_proxies: {e}")))?;
         range("session.heartbeat_interval_secs", self.session.heartbeat_interval_secs, 1, 3600)?;
         if self.session.client_timeout_secs <= self.session.heartbeat_interval_secs {
             return Err(ConfigError(
@@ -491,14 +547,43 @@ impl Config {
         })
     }
 
-    pub fn limits(&self) -> Limits {
-        Limits {
+    pub fn limits(&self) -> EngineLimits {
+        EngineLimits {
             max_text_chars: self.chat.max_text_chars,
             recall_window: Duration::from_secs(self.chat.recall_window_secs),
             max_group_members: self.groups.max_members,
             fanout_chunk: self.groups.fanout_chunk,
             idle_timeout: Duration::from_secs(self.groups.idle_timeout_secs),
             conversation_mailbox: 1024,
+            rates: self.rates(),
+        }
+    }
+
+    /// The rate limits of `[limits]`.
+    pub fn rates(&self) -> RateConfig {
+        let l = &self.limits;
+        RateConfig {
+            requests_per_conn: Rate::per_sec(l.requests_per_conn_per_sec, l.requests_per_conn_burst),
+            sends_per_conn: Rate::per_sec(l.sends_per_conn_per_sec, l.sends_per_conn_burst),
+            sends_per_user: Rate::per_sec(l.sends_per_user_per_sec, l.sends_per_user_burst),
+            group_creates_per_user: Rate::per_hour(l.group_creates_per_user_per_hour, l.group_creates_per_user_burst),
+            group_adds_per_user: Rate::per_hour(l.group_adds_per_user_per_hour, l.group_adds_per_user_burst),
+            connections_per_ip: Rate::per_sec(l.connections_per_ip_per_sec, l.connections_per_ip_burst),
+            max_connections_per_ip: l.max_connections_per_ip,
+        }
+    }
+
+    /// The token rules of `[auth]`.
+    pub fn tokens(&self) -> crate::auth::Tokens {
+        crate::auth::Tokens::new(&self.auth.secret, self.auth.max_token_ttl_secs, self.auth.max_clock_skew_secs)
+    }
+
+    /// The socket options of `[server]`.
+    pub fn socket_options(&self) -> crate::conn::SocketOptions {
+        crate::conn::SocketOptions {
+            send_buffer: (self.server.send_buffer_bytes > 0).then_some(self.server.send_buffer_bytes),
+            write_timeout: (self.server.write_timeout_secs > 0)
+                .then(|| Duration::from_secs(self.server.write_timeout_secs)),
         }
     }
 
@@ -509,6 +594,8 @@ impl Config {
             outbound_queue: self.session.outbound_queue,
             max_inflight: self.session.max_inflight_requests,
             max_frame_bytes: self.server.max_frame_bytes,
+            rates: self.rates(),
+            tokens: Some(std::sync::Arc::new(self.tokens())),
         }
     }
 

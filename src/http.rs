@@ -8,16 +8,24 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use confab_actors::engine::Engine;
 use confab_actors::error::{Error, ErrorCode};
-use confab_actors::session::{ControlBody, SessionConfig, WsSession};
+use confab_actors::session::{ControlBody, SessionAuth, SessionConfig, Transport, WsSession};
 
-use crate::auth;
 use crate::cluster::Cluster;
+use crate::frame_guard::FrameGuard;
 
 /// What every worker shares.
 pub struct AppState {
     pub engine: Engine,
     pub session: SessionConfig,
-    pub secret: String,
+    /// Verifies access tokens (`[auth]`).
+    pub tokens: crate::auth::Tokens,
+    /// Per-address WebSocket limits, and whose `X-Forwarded-For` to believe.
+    pub ip_limits: crate::conn::IpLimits,
+    pub proxies: crate::conn::TrustedProxies,
+    /// `auth.access_check_timeout_ms`.
+    pub access_check_timeout: std::time::Duration,
+    /// `server.ready_timeout_ms`.
+    pub ready_timeout: std::time::Duration,
     /// The signed HTTP integration API (`/api/v1`).
     pub api: crate::api::ApiState,
 }
@@ -43,7 +51,15 @@ async fn healthz() -> HttpResponse {
 /// Ready when the store answers. In a cluster, Redis's state is reported but does not make the
 /// node unready: without Redis a node still serves its own users.
 async fn readyz(state: web::Data<AppState>, cluster: Option<web::Data<Cluster>>) -> HttpResponse {
-    match state.engine.store().ping().await {
+    // Bounded: a balancer's health check must get an answer even while the store hangs.
+    let ping = tokio::time::timeout(state.ready_timeout, state.engine.store().ping()).await;
+    let ping = ping.unwrap_or_else(|_| {
+        Err(confab_actors::error::StoreError::Unavailable(format!(
+            "the store did not answer within {} ms",
+            state.ready_timeout.as_millis()
+        )))
+    });
+    match ping {
         Ok(()) => match cluster {
             None => HttpResponse::Ok().json(serde_json::json!({ "status": "ready" })),
             Some(c) => HttpResponse::Ok().json(serde_json::json!({
@@ -63,10 +79,12 @@ async fn metrics(state: web::Data<AppState>, cluster: Option<web::Data<Cluster>>
     HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(text)
 }
 
-/// The token from `Authorization: Bearer …`, or `?token=` for browsers.
+/// The token from `Authorization: Bearer …` (the scheme in any case, RFC 9110), or `?token=`
+/// for browsers.
 fn token(req: &HttpRequest) -> Option<String> {
     if let Some(h) = req.headers().get("authorization").and_then(|v| v.to_str().ok()) {
-        return h.strip_prefix("Bearer ").map(|t| t.trim().to_string());
+        let (scheme, token) = h.trim_start().split_once(' ')?;
+        return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string());
     }
     web::Query::<std::collections::HashMap<String, String>>::from_query(req.query_string())
         .ok()
@@ -80,34 +98,54 @@ async fn ws(
 ) -> Result<HttpResponse, actix_web::Error> {
     let claims = match token(&req) {
         None => return Ok(error_response(&Error::new(ErrorCode::Unauthorized, "an access token is required"))),
-        Some(t) => match auth::verify(&state.secret, &t) {
+        Some(t) => match state.tokens.verify(&t) {
             Ok(c) => c,
             Err(e) => return Ok(error_response(&e)),
         },
     };
-    // A disabled user, or a token issued before the user's tokens were revoked, is refused.
-    if let Err(e) = state.engine.check_access(&claims.sub, Some(claims.iat)).await {
-        return Ok(error_response(&e));
-    }
+    let engine = &state.engine;
+    // Per client address: how fast connections are opened, and how many are open.
+    let hold = match state.proxies.client_ip(&req) {
+        Some(ip) => match state.ip_limits.admit(ip) {
+            Ok(slot) => Some(Box::new(slot) as Box<dyn std::any::Any>),
+            Err(e) => {
+                engine.metrics().rate_limited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Ok(error_response(&e));
+            }
+        },
+        None => None,
+    };
+    // A disabled user, or a token issued before the user's tokens were revoked, is refused. The
+    // registry's access epoch is read first: a revocation applied during the check is caught
+    // when the session registers (see `Registry::register`). When the store cannot answer in
+    // time the connection is let in and the session checks again until the store answers.
+    let epoch = engine.registry().access_epoch(&claims.sub);
+    let issued_ms = claims.issued_ms();
+    let verified =
+        match tokio::time::timeout(state.access_check_timeout, engine.check_access(&claims.sub, Some(issued_ms))).await
+        {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) if e.code != ErrorCode::Unavailable => return Ok(error_response(&e)),
+            Ok(Err(_)) | Err(_) => false,
+        };
+    // Frames are refused from their header (close 1009) when they, or a fragmented message,
+    // exceed the limit: nothing larger is ever buffered (see `frame_guard`).
+    let limit = state.session.max_frame_bytes;
+    let guard = FrameGuard::new(body.into_inner(), limit);
+    let frame_too_large = guard.tripped();
+    let mut guarded: actix_web::dev::Payload = actix_web::dev::Payload::Stream { payload: Box::pin(guard) };
+    let body = <web::Payload as actix_web::FromRequest>::from_request(&req, &mut guarded).await?;
     // actix-ws does the handshake and reads frames; the session actor owns actix-ws's `Session`
     // (control frames) and the outlet, the response body, writes the data frames and carries
     // actix-ws's own body.
     let (response, ws, stream) = actix_ws::handle(&req, body)?;
-    // Frames up to 4x the limit are read and answered `frame_too_large`; beyond, the
-    // connection is closed (1009) without buffering more.
-    let hard_limit = state.session.max_frame_bytes.saturating_mul(4);
-    let stream = stream.max_frame_size(hard_limit).aggregate_continuations().max_continuation_size(hard_limit);
+    let stream = stream.max_frame_size(limit).aggregate_continuations().max_continuation_size(limit);
     let (head, ws_body) = response.into_parts();
     let control: ControlBody = Box::pin(ControlStream(ws_body));
-    let (actor, outlet) = WsSession::new(
-        state.engine.clone(),
-        claims.sub.into(),
-        claims.dev.into(),
-        state.session.clone(),
-        ws,
-        stream,
-        control,
-    );
+    let auth = SessionAuth { issued_ms, expires_ms: claims.exp.saturating_mul(1000), epoch, verified };
+    let transport = Transport { ws, stream, control, frame_too_large, hold };
+    let (actor, outlet) =
+        WsSession::new(engine.clone(), claims.sub.into(), claims.dev.into(), state.session.clone(), auth, transport);
     actix::Actor::start(actor);
     Ok(head.set_body(BodyStream::new(outlet)).map_into_boxed_body())
 }

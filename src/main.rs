@@ -66,7 +66,9 @@ fn main() -> anyhow::Result<()> {
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::Token { user, device, ttl } => {
-            let t = confab::auth::mint(&cfg.auth.secret, &user, &device, ttl.unwrap_or(cfg.auth.token_ttl_secs))
+            let (t, _) = cfg
+                .tokens()
+                .mint(&user, &device, ttl.unwrap_or(cfg.auth.token_ttl_secs), 0)
                 .map_err(|e| anyhow::anyhow!("{}", e.message))?;
             println!("{t}");
             Ok(())

@@ -69,10 +69,21 @@ pub async fn serve(
     let api = crate::api::ApiState::from_config(&cfg);
     let _ = api.outbox.set(outbox);
     let engine_at_exit = engine.clone();
-    let state =
-        web::Data::new(AppState { engine, session: cfg.session_config(), secret: cfg.auth.secret.clone(), api });
+    let socket_metrics = engine.metrics().clone();
+    let proxies = crate::conn::TrustedProxies::parse(&cfg.server.trusted_proxies).map_err(anyhow::Error::msg)?;
+    let state = web::Data::new(AppState {
+        engine,
+        session: cfg.session_config(),
+        tokens: cfg.tokens(),
+        ip_limits: crate::conn::IpLimits::new(&cfg.rates()),
+        proxies,
+        access_check_timeout: std::time::Duration::from_millis(cfg.auth.access_check_timeout_ms),
+        ready_timeout: std::time::Duration::from_millis(cfg.server.ready_timeout_ms),
+        api,
+    });
     let cluster_data = cluster.clone().map(web::Data::new);
     let workers = if cfg.server.workers == 0 { cores() } else { cfg.server.workers };
+    let socket_options = cfg.socket_options();
     let server = HttpServer::new(move || {
         let app = App::new().app_data(state.clone());
         let app = match &cluster_data {
@@ -81,6 +92,7 @@ pub async fn serve(
         };
         app.configure(http::routes)
     })
+    .on_connect(move |conn, ext| crate::conn::on_connect(conn, ext, socket_options, &socket_metrics))
     .workers(workers)
     .shutdown_timeout(cfg.server.shutdown_timeout_secs)
     .disable_signals()

@@ -34,9 +34,9 @@ pub struct PeerDelivery {
 /// Something every node must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerCommand {
-    /// Close every session of this user: it was disabled (`disabled`), or its tokens were
-    /// revoked.
-    CloseUser { user: String, disabled: bool },
+    /// Close the sessions of this user that lost access: it was disabled, or the tokens it was
+    /// issued before a time were revoked.
+    CloseUser { user: String, revocation: crate::registry::Revocation },
     /// A group's membership or roles changed: a node with an actor for the conversation reloads
     /// them (its next message is checked against the new membership).
     MembershipChanged { conv_id: String, seq: u64 },
@@ -53,6 +53,13 @@ pub trait Cluster: Send + Sync + 'static {
 
     /// Runs a command on every other node. Never blocks.
     fn broadcast(&self, c: PeerCommand);
+
+    /// Whether other nodes' deliveries can reach this node now (the bus is connected). While
+    /// they cannot, a conversation reads the messages other nodes stored from the store at once
+    /// instead of waiting for their fan-out.
+    fn bus_up(&self) -> bool {
+        true
+    }
 
     /// A device connected to this node (`first_here`: the user's first connection on this node).
     ///

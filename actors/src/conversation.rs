@@ -28,6 +28,7 @@ use crate::cluster::{PeerCommand, PeerDelivery};
 use crate::engine::Core;
 use crate::error::StoreError;
 use crate::error::{Error, ErrorCode, Result};
+use crate::inflight::Slot;
 use crate::model::{self, Body, ConvKind, Group, GroupPatch, Message, ReplyRef, Role};
 use crate::proto;
 use crate::registry::RecipientCache;
@@ -44,6 +45,18 @@ pub struct Origin {
     pub user: Arc<str>,
     pub conn_id: u64,
     pub req_id: Box<RawValue>,
+    /// The request's slot on its connection: freed just before the acknowledgement is queued.
+    pub slot: Option<Arc<Slot>>,
+}
+
+impl Origin {
+    /// Queues `frame` (the request's reply) on the requesting connection, freeing its slot first.
+    fn reply(&self, core: &Core, frame: &ByteString) {
+        if let Some(slot) = &self.slot {
+            slot.free();
+        }
+        core.registry.send_to_conn(&self.user, self.conn_id, frame);
+    }
 }
 
 /// Append a message. Replies once the message is durable and its fan-out has begun.
@@ -104,11 +117,14 @@ enum Applied {
 }
 
 /// Change a group's membership, profile or roles, or dismiss it. Replies with the system message
-/// recording it.
+/// recording it. With an `origin`, the requesting connection gets its reply (the system message,
+/// and the group for profile, role and dismissal changes) queued in the conversation's order
+/// instead of the `message` event, as a send's acknowledgement is.
 #[derive(Debug, Clone)]
 pub struct Membership {
     pub by: Arc<str>,
     pub op: MembershipOp,
+    pub origin: Option<Origin>,
 }
 
 impl actix::Message for Membership {
@@ -170,7 +186,7 @@ impl actix::Message for ReloadMembers {
 }
 
 /// How long a gap in `seq` (a message another node stored) may wait for that node's fan-out
-/// before the missing messages are read back from the store.
+/// before the missing messages are read back from the store (not at all while the bus is down).
 const GAP_WAIT: Duration = Duration::from_millis(100);
 
 /// Gap fills that may miss before a gap is stepped over (about 5 s with [`GAP_WAIT`]).
@@ -202,6 +218,9 @@ struct Ready {
     reply: Option<oneshot::Sender<Result<Message>>>,
     /// `members_seq` of the actor when `members` was taken.
     members_seq: u64,
+    /// For a group change, the group as changed: the origin's reply is `{group, message}`
+    /// rather than `{message}`.
+    ack_group: Option<Box<Group>>,
 }
 
 /// A message waiting in `ready` for its turn, by where it came from.
@@ -230,6 +249,8 @@ struct Job {
     skip: Option<(Arc<str>, u64)>,
     /// Deliver only to this connection of the member(s) (acknowledgements).
     only_conn: Option<u64>,
+    /// For an acknowledgement: the request's slot, freed just before the ack is queued.
+    slot: Option<Arc<Slot>>,
     started: Instant,
     /// The first frame is a message event (counted as deliveries, timed as a fan-out).
     delivery: bool,
@@ -513,6 +534,7 @@ impl ConversationActor {
             next: 0,
             skip: None,
             only_conn: None,
+            slot: None,
             started: Instant::now(),
             delivery: true,
         });
@@ -525,7 +547,13 @@ impl ConversationActor {
             return;
         }
         self.gap_fill = true;
-        ctx.run_later(GAP_WAIT, |act, ctx| {
+        // With the bus down nothing is coming: read the gap back at once (acknowledgements of this
+        // node's own messages wait behind it).
+        let wait = match self.core.cluster() {
+            Some(c) if !c.bus_up() => Duration::ZERO,
+            _ => GAP_WAIT,
+        };
+        ctx.run_later(wait, |act, ctx| {
             let head = match act.ready.first_key_value() {
                 Some((&head, _)) if head > act.next_fanout && act.inflight == 0 => head,
                 _ => {
@@ -611,7 +639,7 @@ impl ConversationActor {
     }
 
     fn enqueue_message(&mut self, r: Ready) {
-        let Ready { message, origin, members, extra, reply, members_seq } = r;
+        let Ready { message, origin, members, extra, reply, members_seq, ack_group } = r;
         let seq = message.seq;
         // A membership change stored by another node before this message, but applied here
         // only after the message was submitted: the message goes to the new membership.
@@ -628,7 +656,10 @@ impl ConversationActor {
         let skip = origin.map(|o| {
             // The sending device gets its ack where the event would have been: after every
             // earlier message of this conversation (jobs run in order), before later ones.
-            let ack = proto::encode_result(&o.req_id, &proto::SendResult { message: &message });
+            let ack = match &ack_group {
+                Some(group) => proto::encode_result(&o.req_id, &proto::GroupChangeResult { group, message: &message }),
+                None => proto::encode_result(&o.req_id, &proto::SendResult { message: &message }),
+            };
             self.jobs.push_back(Job {
                 seq: 0,
                 local_only: true,
@@ -638,6 +669,7 @@ impl ConversationActor {
                 next: 0,
                 skip: None,
                 only_conn: Some(o.conn_id),
+                slot: o.slot,
                 started: Instant::now(),
                 delivery: false,
             });
@@ -655,6 +687,7 @@ impl ConversationActor {
             next: 0,
             skip,
             only_conn: None,
+            slot: None,
             started: Instant::now(),
             delivery: true,
         });
@@ -671,6 +704,9 @@ impl ConversationActor {
             let end = (job.next + budget).min(job.members.len());
             let users = &job.members[job.next..end];
             budget -= users.len().max(1).min(budget);
+            if let Some(slot) = job.slot.take() {
+                slot.free();
+            }
             for (i, frame) in job.frames.iter().enumerate() {
                 let n = match (job.only_conn, i) {
                     (Some(conn), _) => users.iter().filter(|u| registry.send_to_conn(u, conn, frame)).count(),
@@ -817,8 +853,7 @@ impl Handler<AppendDone> for ConversationActor {
             Ok(a) if a.duplicate => {
                 self.core.metrics.messages_duplicate.fetch_add(1, Relaxed);
                 if let Some(o) = &origin {
-                    let ack = proto::encode_result(&o.req_id, &proto::SendResult { message: &a.message });
-                    self.core.registry.send_to_conn(&o.user, o.conn_id, &ack);
+                    o.reply(&self.core, &proto::encode_result(&o.req_id, &proto::SendResult { message: &a.message }));
                 }
                 let _ = reply.send(Ok(a.message));
             }
@@ -833,6 +868,7 @@ impl Handler<AppendDone> for ConversationActor {
                         extra: Vec::new(),
                         reply: Some(reply),
                         members_seq,
+                        ack_group: None,
                     }),
                 );
             }
@@ -898,7 +934,7 @@ impl Handler<Submit> for ConversationActor {
                 ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
                     Ok(Some(m)) => {
                         let mut new = new;
-                        new.reply_to = Some(ReplyRef { seq, sender: m.sender.clone(), quote: m.body.summary() });
+                        new.reply_to = Some(ReplyRef::of(&m));
                         act.append(ctx, new, origin, members, tx);
                     }
                     Ok(None) => {
@@ -954,8 +990,9 @@ impl Handler<Recall> for ConversationActor {
                     ));
                 }
             }
-            let m = store.recall(&conv_id, msg.seq, &by).await?;
-            Ok((m, true))
+            // The store says whether this call recalled it: of two recalls racing, one announces.
+            let r = store.recall(&conv_id, msg.seq, &by).await?;
+            Ok((r.message, r.changed))
         };
         Box::pin(fut.into_actor(self).map(|res: Result<(Message, bool)>, act, ctx| {
             let (m, changed) = res?;
@@ -969,6 +1006,7 @@ impl Handler<Recall> for ConversationActor {
                     next: 0,
                     skip: None,
                     only_conn: None,
+                    slot: None,
                     started: Instant::now(),
                     delivery: false,
                 });
@@ -999,6 +1037,7 @@ impl Handler<Membership> for ConversationActor {
             Err(e) => return fail(e),
         };
         let by = msg.by.to_string();
+        let origin = msg.origin;
         let store = self.core.store.clone();
         let group_id = self.group_id().to_string();
         let ts = now_ms();
@@ -1079,7 +1118,7 @@ impl Handler<Membership> for ConversationActor {
         ctx.wait(fut.into_actor(self).map(move |res, act, ctx| {
             act.inflight -= 1;
             match res {
-                Ok((m, group)) => act.applied(m, group, applied, tx),
+                Ok((m, group)) => act.applied(m, group, applied, tx, origin),
                 Err(e) => {
                     let _ = tx.send(Err(e.into()));
                 }
@@ -1170,7 +1209,14 @@ impl ConversationActor {
 
     /// Updates the cached membership after a stored change and queues its fan-out: everyone who
     /// was or is a member hears about it.
-    fn applied(&mut self, m: Message, group: Option<Group>, applied: Applied, tx: oneshot::Sender<Result<Message>>) {
+    fn applied(
+        &mut self,
+        m: Message,
+        group: Option<Group>,
+        applied: Applied,
+        tx: oneshot::Sender<Result<Message>>,
+        origin: Option<Origin>,
+    ) {
         let mut recipients: Vec<Arc<str>> = self.members.iter().cloned().collect();
         let group_event = |act: &Self, change: &str| {
             proto::encode_event(
@@ -1225,10 +1271,11 @@ impl ConversationActor {
             Pending::Local(Ready {
                 members_seq: m.seq,
                 message: m,
-                origin: None,
+                origin,
                 members: Arc::new(recipients),
                 extra: vec![extra],
                 reply: Some(tx),
+                ack_group: group.map(Box::new),
             }),
         );
     }

@@ -20,10 +20,11 @@ use crate::conversation::{
     Submit,
 };
 use crate::error::{Error, ErrorCode, Result};
+use crate::inflight::Slot;
 use crate::metrics::Metrics;
 use crate::model::{self, Body, ConvKind, Group, Member, Message, Role, UserConvState};
 use crate::proto::{self, ConversationItem, Op};
-use crate::registry::Registry;
+use crate::registry::{Registry, Revocation};
 use crate::store::{HistoryQuery, NewGroup, Store};
 
 /// Limits and timings of the chat rules (from `[chat]` and `[groups]` in the configuration).
@@ -38,6 +39,8 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Mailbox capacity of a conversation actor; senders wait when it is full.
     pub conversation_mailbox: usize,
+    /// Rate limits (`[limits]`).
+    pub rates: crate::limits::RateConfig,
 }
 
 impl Default for Limits {
@@ -49,6 +52,7 @@ impl Default for Limits {
             fanout_chunk: 500,
             idle_timeout: Duration::from_secs(300),
             conversation_mailbox: 1024,
+            rates: crate::limits::RateConfig::default(),
         }
     }
 }
@@ -66,6 +70,8 @@ pub struct Core {
     pub cluster: std::sync::OnceLock<Arc<dyn crate::cluster::Cluster>>,
     /// Presence events on their way to the outbox, written one at a time in order.
     presence: std::sync::Mutex<PresenceQueue>,
+    /// Rate limits per user, for requests over WebSocket (see [`crate::limits`]).
+    pub user_limits: crate::limits::UserLimits,
 }
 
 /// See [`Engine::presence`].
@@ -99,11 +105,13 @@ impl Core {
         }
     }
 
-    /// Closes every session of `user` on every node (disabled, or tokens revoked).
-    pub fn close_user(&self, user: &str, disabled: bool) {
-        self.registry.close_user(user, disabled);
+    /// Closes the sessions of `user` that lost access, on every node (disabled, or tokens
+    /// revoked). Other nodes are told through the cluster; a node cut off from it re-checks its
+    /// sessions' access when it is back (see [`Engine::recheck_access`]).
+    pub fn close_user(&self, user: &str, r: Revocation) {
+        self.registry.revoke(user, r);
         if let Some(cluster) = self.cluster() {
-            cluster.broadcast(PeerCommand::CloseUser { user: user.to_owned(), disabled });
+            cluster.broadcast(PeerCommand::CloseUser { user: user.to_owned(), revocation: r });
         }
     }
 }
@@ -153,6 +161,16 @@ fn peer_init(conv_id: &str, users: &[Arc<str>]) -> Init {
         }
         _ => Init::Load,
     }
+}
+
+/// A group change request, as the transports hand it over.
+enum GroupOp {
+    Add(proto::GroupMembersReq),
+    Remove(proto::GroupMembersReq),
+    Leave(String),
+    Update(proto::GroupUpdateReq),
+    SetRole(proto::GroupSetRoleReq),
+    Dismiss(String),
 }
 
 /// A page of history (the reply to `history`).
@@ -239,11 +257,12 @@ impl Engine {
                 store,
                 registry,
                 metrics,
-                limits,
                 directory,
                 hooks: Default::default(),
                 cluster: Default::default(),
                 presence: Default::default(),
+                user_limits: crate::limits::UserLimits::new(&limits.rates),
+                limits,
             }),
         }
     }
@@ -275,8 +294,8 @@ impl Engine {
     /// A command another node broadcast.
     pub fn peer_command(&self, c: PeerCommand) {
         match c {
-            PeerCommand::CloseUser { user, disabled } => {
-                self.core.registry.close_user(&user, disabled);
+            PeerCommand::CloseUser { user, revocation } => {
+                self.core.registry.revoke(&user, revocation);
             }
             PeerCommand::MembershipChanged { conv_id, seq } => {
                 if let Some(addr) = self.core.directory.peek(&conv_id) {
@@ -411,10 +430,17 @@ impl Engine {
 
     /// The caller's active row in a conversation, or the right error.
     async fn access(&self, user: &str, conv_id: &str) -> Result<UserConvState> {
+        match self.row(user, conv_id).await? {
+            s if s.active => Ok(s),
+            _ => Err(Error::not_member()),
+        }
+    }
+
+    /// The caller's row in a conversation, active or not (a former member's), or the right error.
+    async fn row(&self, user: &str, conv_id: &str) -> Result<UserConvState> {
         model::conv_kind(conv_id)?;
         match self.core.store.user_conv(user, conv_id).await? {
-            Some(s) if s.active => Ok(s),
-            Some(_) => Err(Error::not_member()),
+            Some(s) => Ok(s),
             None => match self.core.store.conversation(conv_id).await? {
                 Some(_) => Err(Error::not_member()),
                 None => Err(Error::not_found("no such conversation")),
@@ -430,11 +456,17 @@ impl Engine {
         req: proto::SendReq,
         origin: Option<Origin>,
     ) -> impl std::future::Future<Output = Result<Message>> + 'static {
+        // A client's sends count against its user's limit; the HTTP API (no connection) is trusted.
+        let limited = match caller.conn_id {
+            Some(_) => self.core.user_limits.sends.check(&caller.user, 1),
+            None => Ok(()),
+        };
         let hook = self.core.hooks.get().and_then(|h| h.before_send.clone());
         // Without a `before_send` hook the actor is asked right here (keeps a connection's order).
-        let (prepared, checked) = match hook {
-            None => (Some(self.prepare_send(caller, req, origin)), None),
-            Some(hook) => (None, Some((hook, caller.clone(), req, origin))),
+        let (prepared, checked) = match (limited, hook) {
+            (Err(e), _) => (Some(Err(e)), None),
+            (Ok(()), None) => (Some(self.prepare_send(caller, req, origin)), None),
+            (Ok(()), Some(hook)) => (None, Some((hook, caller.clone(), req, origin))),
         };
         let engine = self.clone();
         async move {
@@ -579,10 +611,13 @@ impl Engine {
         Err(mailbox(MailboxError::Closed))
     }
 
+    /// A page of history. A former member (removed, left, or the group was dismissed) reads it up
+    /// to the message that recorded their leaving, and no further.
     pub async fn history(&self, caller: &Caller, req: proto::HistoryReq) -> Result<HistoryResult> {
         page(req.limit)?;
-        self.access(&caller.user, &req.conv_id).await?;
-        self.history_of(Some(&caller.user), req).await
+        let state = self.row(&caller.user, &req.conv_id).await?;
+        let former = (!state.active).then_some(&state);
+        self.history_of(Some(&caller.user), req, former).await
     }
 
     /// History as an administrator sees it (the HTTP integration API without `as_user`): no
@@ -593,19 +628,46 @@ impl Engine {
         if self.core.store.conversation(&req.conv_id).await?.is_none() {
             return Err(Error::not_found("no such conversation"));
         }
-        self.history_of(None, req).await
+        self.history_of(None, req, None).await
     }
 
-    async fn history_of(&self, viewer: Option<&str>, req: proto::HistoryReq) -> Result<HistoryResult> {
+    /// History as `viewer` sees it (`None`: an administrator); `former`: the viewer's row when
+    /// they are no longer a member, which caps what they see.
+    async fn history_of(
+        &self,
+        viewer: Option<&str>,
+        req: proto::HistoryReq,
+        former: Option<&UserConvState>,
+    ) -> Result<HistoryResult> {
         let limit = page(req.limit)?;
-        let q = match (req.before, req.after) {
-            (None, None) => HistoryQuery::Latest { limit },
-            (Some(seq), None) => HistoryQuery::Before { seq, limit },
-            (None, Some(seq)) => HistoryQuery::After { seq, limit },
-            (Some(_), Some(_)) => return Err(Error::invalid("give at most one of before and after")),
+        for (name, v) in [("before", req.before), ("after", req.after)] {
+            if let Some(v) = v {
+                model::validate_cursor(name, v)?;
+            }
+        }
+        // A former member's view ends where they left: read that bound first.
+        let cap = match former {
+            Some(state) => {
+                let last = self.core.store.conversation(&req.conv_id).await?.map(|c| c.last_seq).unwrap_or(0);
+                Some(state.visible_upto(last))
+            }
+            None => None,
         };
-        let messages = self.core.store.history(&req.conv_id, viewer, q).await?;
-        let last_seq = self.core.store.conversation(&req.conv_id).await?.map(|c| c.last_seq).unwrap_or(0);
+        let q = match (req.before, req.after, cap) {
+            (None, None, None) => HistoryQuery::Latest { limit },
+            (None, None, Some(cap)) => HistoryQuery::Before { seq: cap + 1, limit },
+            (Some(seq), None, cap) => HistoryQuery::Before { seq: cap.map_or(seq, |c| seq.min(c + 1)), limit },
+            (None, Some(seq), _) => HistoryQuery::After { seq, limit },
+            (Some(_), Some(_), _) => return Err(Error::invalid("give at most one of before and after")),
+        };
+        let mut messages = self.core.store.history(&req.conv_id, viewer, q).await?;
+        let last_seq = match cap {
+            Some(cap) => {
+                messages.retain(|m| m.seq <= cap);
+                cap
+            }
+            None => self.core.store.conversation(&req.conv_id).await?.map(|c| c.last_seq).unwrap_or(0),
+        };
         let has_more = match q {
             HistoryQuery::After { seq, .. } => messages.last().map(|m| m.seq).unwrap_or(seq) < last_seq,
             HistoryQuery::Before { seq, .. } => messages.first().map(|m| m.seq).unwrap_or(seq.min(last_seq + 1)) > 1,
@@ -616,6 +678,7 @@ impl Engine {
 
     pub async fn conversations(&self, caller: &Caller, req: proto::ConversationsReq) -> Result<ConversationsResult> {
         let limit = page(req.limit)?;
+        model::validate_cursor("since", req.since)?;
         // One more than asked, so `has_more` is exact.
         let mut views = self.core.store.list_conversations(&caller.user, req.since, limit + 1).await?;
         let has_more = views.len() > limit;
@@ -750,9 +813,18 @@ impl Engine {
         Ok(serde_json::json!({ "deleted": seqs.len() }))
     }
 
+    /// Recalls and the caller's deletions since a version. A former member hears only of what
+    /// they could see (messages up to their leaving).
     pub async fn changes(&self, caller: &Caller, req: proto::ChangesReq) -> Result<impl Serialize> {
-        self.access(&caller.user, &req.conv_id).await?;
-        Ok(self.core.store.changes(&caller.user, &req.conv_id, req.since).await?)
+        model::validate_cursor("since", req.since)?;
+        let state = self.row(&caller.user, &req.conv_id).await?;
+        let mut changes = self.core.store.changes(&caller.user, &req.conv_id, req.since).await?;
+        if !state.active {
+            let last = self.core.store.conversation(&req.conv_id).await?.map(|c| c.last_seq).unwrap_or(0);
+            let cap = state.visible_upto(last);
+            changes.recalled.retain(|&seq| seq <= cap);
+        }
+        Ok(changes)
     }
 
     pub async fn set_flags(&self, caller: &Caller, req: proto::SetFlagsReq) -> Result<ConversationItem> {
@@ -794,6 +866,13 @@ impl Engine {
         members.dedup();
         if members.len() + 1 > self.core.limits.max_group_members {
             return Err(Error::invalid(format!("a group has at most {} members", self.core.limits.max_group_members)));
+        }
+        if caller.conn_id.is_some() {
+            // Both checked before either counts: a refused creation uses up nothing.
+            let limits = &self.core.user_limits;
+            let n = u32::try_from(members.len()).unwrap_or(u32::MAX);
+            limits.group_creates.check(&caller.user, 1)?;
+            limits.group_adds.check(&caller.user, n)?;
         }
         let mut data = serde_json::json!({ "by": &*caller.user, "name": name });
         proto::put_list(&mut data, "members", &members);
@@ -837,11 +916,20 @@ impl Engine {
         Ok(group)
     }
 
-    async fn membership(&self, caller: &Caller, group_id: &str, op: MembershipOp) -> Result<Message> {
+    /// A change through the group's actor. With an `origin` (a WebSocket request), the actor
+    /// queues the reply on the requesting connection in the conversation's order, in place of
+    /// the `message` event: the acting device gets the system message once.
+    async fn membership(
+        &self,
+        caller: &Caller,
+        group_id: &str,
+        op: MembershipOp,
+        origin: Option<Origin>,
+    ) -> Result<Message> {
         model::validate_id("group_id", group_id)?;
         let conv_id = model::group_conv_id(group_id);
         let leaving = matches!(op, MembershipOp::Leave | MembershipOp::Dismiss);
-        let m = self.call(&conv_id, Init::Load, Membership { by: caller.user.clone(), op }).await?;
+        let m = self.call(&conv_id, Init::Load, Membership { by: caller.user.clone(), op, origin }).await?;
         // Whoever made the change has seen its system message.
         if !leaving {
             if let Err(e) = self.core.store.mark_read(&caller.user, &conv_id, m.seq).await {
@@ -859,54 +947,109 @@ impl Engine {
     }
 
     pub async fn group_add(&self, caller: &Caller, req: proto::GroupMembersReq) -> Result<Message> {
-        Self::check_users(&req.members)?;
-        self.membership(caller, &req.group_id, MembershipOp::Add(req.members)).await
+        self.group_op(caller, GroupOp::Add(req), None).await
     }
 
     pub async fn group_remove(&self, caller: &Caller, req: proto::GroupMembersReq) -> Result<Message> {
-        Self::check_users(&req.members)?;
-        self.membership(caller, &req.group_id, MembershipOp::Remove(req.members)).await
+        self.group_op(caller, GroupOp::Remove(req), None).await
     }
 
     pub async fn group_leave(&self, caller: &Caller, group_id: &str) -> Result<Message> {
-        self.membership(caller, group_id, MembershipOp::Leave).await
+        self.group_op(caller, GroupOp::Leave(group_id.to_owned()), None).await
     }
 
     /// Changes a group's profile (owner or admins); returns the group and the system message.
     pub async fn group_update(&self, caller: &Caller, req: proto::GroupUpdateReq) -> Result<(Group, Message)> {
         let group_id = req.group_id.clone();
-        let mut patch = req.patch();
-        patch.validate()?;
-        let m = self.membership(caller, &group_id, MembershipOp::Update(patch)).await?;
+        let m = self.group_op(caller, GroupOp::Update(req), None).await?;
         Ok((self.group_info_admin(&group_id).await?, m))
     }
 
     /// Sets a member's role (owner only); `owner` transfers the ownership.
     pub async fn group_set_role(&self, caller: &Caller, req: proto::GroupSetRoleReq) -> Result<(Group, Message)> {
-        model::validate_id("user_id", &req.user_id)?;
-        let m = self.membership(caller, &req.group_id, MembershipOp::SetRole(req.user_id, req.role)).await?;
-        Ok((self.group_info_admin(&req.group_id).await?, m))
+        let group_id = req.group_id.clone();
+        let m = self.group_op(caller, GroupOp::SetRole(req), None).await?;
+        Ok((self.group_info_admin(&group_id).await?, m))
     }
 
     /// Dismisses a group (owner only): members are told and the group refuses everything after.
     pub async fn group_dismiss(&self, caller: &Caller, group_id: &str) -> Result<(Group, Message)> {
-        let m = self.membership(caller, group_id, MembershipOp::Dismiss).await?;
+        let m = self.group_op(caller, GroupOp::Dismiss(group_id.to_owned()), None).await?;
         Ok((self.group_info_admin(group_id).await?, m))
+    }
+
+    /// Checks a group change request and runs it through the group's actor (see
+    /// [`Engine::membership`] for `origin`). Users a WebSocket client adds count against its
+    /// user's limit.
+    async fn group_op(&self, caller: &Caller, op: GroupOp, origin: Option<Origin>) -> Result<Message> {
+        let (group_id, op) = match op {
+            GroupOp::Add(req) => {
+                Self::check_users(&req.members)?;
+                if caller.conn_id.is_some() {
+                    let n = u32::try_from(req.members.len()).unwrap_or(u32::MAX);
+                    self.core.user_limits.group_adds.check(&caller.user, n)?;
+                }
+                (req.group_id, MembershipOp::Add(req.members))
+            }
+            GroupOp::Remove(req) => {
+                Self::check_users(&req.members)?;
+                (req.group_id, MembershipOp::Remove(req.members))
+            }
+            GroupOp::Leave(group_id) => (group_id, MembershipOp::Leave),
+            GroupOp::Update(req) => {
+                let group_id = req.group_id.clone();
+                let mut patch = req.patch();
+                patch.validate()?;
+                (group_id, MembershipOp::Update(patch))
+            }
+            GroupOp::SetRole(req) => {
+                model::validate_id("user_id", &req.user_id)?;
+                (req.group_id, MembershipOp::SetRole(req.user_id, req.role))
+            }
+            GroupOp::Dismiss(group_id) => (group_id, MembershipOp::Dismiss),
+        };
+        self.membership(caller, &group_id, op, origin).await
     }
 
     // ---- users ----
 
-    /// Refuses a user who was disabled, or a token issued (`iat`, unix seconds) before the
+    /// Refuses a user who was disabled, or a token issued (`issued_ms`, unix ms) before the
     /// user's tokens were revoked. Users without a record pass.
-    pub async fn check_access(&self, user: &str, iat: Option<u64>) -> Result<()> {
-        let Some(u) = self.core.store.user(user).await? else { return Ok(()) };
-        if u.disabled {
-            return Err(Error::new(ErrorCode::UserDisabled, "this user is disabled"));
+    pub async fn check_access(&self, user: &str, issued_ms: Option<u64>) -> Result<()> {
+        let u = self.core.store.user(user).await?;
+        access_of(u.as_ref(), issued_ms)
+    }
+
+    /// Re-reads the access of every user with a session on this node and closes the sessions
+    /// that lost it. A node runs this when its cluster bus comes back after being cut off: a
+    /// disable or revocation broadcast meanwhile may never have reached it. Reads 100 users at a
+    /// time; a read that fails is logged and the users it covered are left as they are.
+    pub async fn recheck_access(&self) -> usize {
+        let users = self.core.registry.users();
+        let mut closed = 0;
+        for chunk in users.chunks(model::MAX_PROFILE_LOOKUP) {
+            let ids: Vec<String> = chunk.iter().map(|u| u.to_string()).collect();
+            match self.core.store.users(&ids).await {
+                Ok(records) => {
+                    for u in records {
+                        let r = if u.disabled {
+                            Revocation::Disabled
+                        } else {
+                            match u.revoked_before_ms() {
+                                0 => continue,
+                                before => Revocation::TokensBefore(Some(before)),
+                            }
+                        };
+                        closed += self.core.registry.revoke(&u.id, r);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, users = ids.len(), "could not re-check users' access"),
+            }
         }
-        if iat.is_some_and(|iat| iat < u.tokens_valid_after) {
-            return Err(Error::new(ErrorCode::TokenRevoked, "this token was revoked; get a new one"));
+        if closed > 0 {
+            tracing::info!(sessions = closed, "closed sessions that lost access while this node was cut off");
         }
-        Ok(())
+        closed
     }
 
     /// Profiles of up to 100 users; users without a profile are left out.
@@ -944,22 +1087,25 @@ impl Engine {
         Ok(self.user_upsert(patch).await?.profile())
     }
 
-    /// Disables or enables a user. Disabling closes the user's sessions on this node.
+    /// Disables or enables a user. Disabling closes the user's sessions on every node.
     pub async fn user_set_disabled(&self, user: &str, disabled: bool) -> Result<model::User> {
         model::validate_id("user", user)?;
         let u = self.core.store.set_user_disabled(user, disabled, conversation::now_ms()).await?;
         if disabled {
-            self.core.close_user(user, true);
+            self.core.close_user(user, Revocation::Disabled);
         }
         Ok(u)
     }
 
-    /// Revokes every token issued to the user so far and closes the user's sessions on this node.
+    /// Revokes every token issued to the user so far (to the millisecond: a token issued in the
+    /// same millisecond as the revocation is revoked too) and closes the sessions that hold one,
+    /// on every node.
     pub async fn user_revoke_tokens(&self, user: &str) -> Result<model::User> {
         model::validate_id("user", user)?;
         let now = conversation::now_ms();
-        let u = self.core.store.revoke_tokens(user, (now / 1000).max(0) as u64, now).await?;
-        self.core.close_user(user, false);
+        let before = u64::try_from(now).unwrap_or(0) + 1;
+        let u = self.core.store.revoke_tokens(user, before, now).await?;
+        self.core.close_user(user, Revocation::TokensBefore(Some(u.revoked_before_ms())));
         Ok(u)
     }
 
@@ -972,16 +1118,37 @@ impl Engine {
         self.access(&caller.user, &conv_id).await.map(|_| ())
     }
 
+    /// The members, for members. A dismissed group has none: its former members get an empty
+    /// list.
     pub async fn group_members(&self, caller: &Caller, group_id: &str) -> Result<Vec<Member>> {
+        if self.former_member_of_dismissed(caller, group_id).await?.is_some() {
+            return Ok(Vec::new());
+        }
         self.group_access(caller, group_id).await?;
         let mut members = self.core.store.members(group_id).await?;
         members.sort_by(|a, b| role_rank(a.role).cmp(&role_rank(b.role)).then_with(|| a.user_id.cmp(&b.user_id)));
         Ok(members)
     }
 
+    /// The group's profile, for members, and for the former members of a dismissed group (whose
+    /// profile no longer changes: it is what they saw when it ended).
     pub async fn group_info(&self, caller: &Caller, group_id: &str) -> Result<Group> {
+        if let Some(g) = self.former_member_of_dismissed(caller, group_id).await? {
+            return Ok(g);
+        }
         self.group_access(caller, group_id).await?;
         self.core.store.group(group_id).await?.ok_or_else(|| Error::not_found("no such group"))
+    }
+
+    /// The group, when it was dismissed and the caller was a member until then.
+    async fn former_member_of_dismissed(&self, caller: &Caller, group_id: &str) -> Result<Option<Group>> {
+        model::validate_id("group_id", group_id)?;
+        let Some(g) = self.core.store.group(group_id).await?.filter(|g| g.dismissed) else { return Ok(None) };
+        let conv_id = model::group_conv_id(group_id);
+        let Some(state) = self.core.store.user_conv(&caller.user, &conv_id).await? else { return Ok(None) };
+        let last = self.core.store.conversation(&conv_id).await?.map(|c| c.last_seq).unwrap_or(0);
+        // Their row turned inactive with the dismissal itself (the group's last message).
+        Ok((!state.active && state.left_seq == last && last > 0).then_some(g))
     }
 
     /// A group's profile for an administrator (the HTTP integration API): no membership check.
@@ -999,14 +1166,25 @@ impl Engine {
     }
 
     /// Runs one request and encodes its reply. Returns `None` when the reply was already queued
-    /// on the connection by the conversation actor (a successful WebSocket `send`).
-    pub async fn dispatch(&self, caller: Caller, id: Box<RawValue>, op: Op) -> Option<ByteString> {
+    /// on the connection by the conversation actor (a successful WebSocket `send` or group
+    /// change). `slot` is the request's slot on its connection: whoever queues the reply frees
+    /// it first.
+    pub async fn dispatch(
+        &self,
+        caller: Caller,
+        id: Box<RawValue>,
+        op: Op,
+        slot: Option<Arc<Slot>>,
+    ) -> Option<ByteString> {
         let metrics = self.core.metrics.clone();
         let enc = |id: &RawValue, r: Result<_>| -> Option<ByteString> {
             Some(match r {
                 Ok(v) => v,
                 Err(e) => {
                     metrics.request_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if e.code == ErrorCode::RateLimited {
+                        metrics.rate_limited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
                     proto::encode_error(Some(id), &e)
                 }
             })
@@ -1014,42 +1192,35 @@ impl Engine {
         fn ok<T: Serialize>(id: &RawValue, r: Result<T>) -> Result<ByteString> {
             r.map(|v| proto::encode_result(id, &v))
         }
+        let origin =
+            caller.conn_id.map(|conn_id| Origin { user: caller.user.clone(), conn_id, req_id: id.clone(), slot });
+        // A change through a conversation actor: with an origin, the actor queued the reply.
+        let acked = |r: Result<Message>, encode: fn(Message) -> MessageResult| match (r, &origin) {
+            (Ok(_), Some(_)) => None,
+            (Ok(m), None) => enc(&id, ok(&id, Ok(encode(m)))),
+            (Err(e), _) => enc(&id, Err(e)),
+        };
+        let message = |message| MessageResult { message };
         match op {
             Op::Ping(_) => enc(&id, ok(&id, Ok(Pong { ts: conversation::now_ms() }))),
-            Op::Send(req) => {
-                let origin =
-                    caller.conn_id.map(|conn_id| Origin { user: caller.user.clone(), conn_id, req_id: id.clone() });
-                let has_origin = origin.is_some();
-                match self.send(&caller, req, origin).await {
-                    Ok(_) if has_origin => None,
-                    Ok(m) => enc(&id, ok(&id, Ok(MessageResult { message: m }))),
-                    Err(e) => enc(&id, Err(e)),
-                }
-            }
+            Op::Send(req) => acked(self.send(&caller, req, origin.clone()).await, message),
             Op::History(req) => enc(&id, ok(&id, self.history(&caller, req).await)),
             Op::Conversations(req) => enc(&id, ok(&id, self.conversations(&caller, req).await)),
             Op::Conversation(req) => enc(&id, ok(&id, self.conversation(&caller, &req.conv_id).await)),
             Op::Read(req) => enc(&id, ok(&id, self.read(&caller, req).await)),
             Op::ReadCount(req) => enc(&id, ok(&id, self.read_count(&caller, req).await)),
-            Op::Recall(req) => {
-                enc(&id, ok(&id, self.recall(&caller, req).await.map(|message| MessageResult { message })))
-            }
+            Op::Recall(req) => enc(&id, ok(&id, self.recall(&caller, req).await.map(message))),
             Op::Delete(req) => enc(&id, ok(&id, self.delete(&caller, req).await)),
             Op::Changes(req) => enc(&id, ok(&id, self.changes(&caller, req).await)),
             Op::SetFlags(req) => enc(&id, ok(&id, self.set_flags(&caller, req).await)),
             Op::GroupCreate(req) => {
                 enc(&id, ok(&id, self.group_create(&caller, req).await.map(|group| GroupResult { group })))
             }
-            Op::GroupAdd(req) => {
-                enc(&id, ok(&id, self.group_add(&caller, req).await.map(|message| MessageResult { message })))
+            Op::GroupAdd(req) => acked(self.group_op(&caller, GroupOp::Add(req), origin.clone()).await, message),
+            Op::GroupRemove(req) => acked(self.group_op(&caller, GroupOp::Remove(req), origin.clone()).await, message),
+            Op::GroupLeave(req) => {
+                acked(self.group_op(&caller, GroupOp::Leave(req.group_id), origin.clone()).await, message)
             }
-            Op::GroupRemove(req) => {
-                enc(&id, ok(&id, self.group_remove(&caller, req).await.map(|message| MessageResult { message })))
-            }
-            Op::GroupLeave(req) => enc(
-                &id,
-                ok(&id, self.group_leave(&caller, &req.group_id).await.map(|message| MessageResult { message })),
-            ),
             Op::GroupMembers(req) => enc(
                 &id,
                 ok(&id, self.group_members(&caller, &req.group_id).await.map(|members| MembersResult { members })),
@@ -1057,21 +1228,41 @@ impl Engine {
             Op::GroupInfo(req) => {
                 enc(&id, ok(&id, self.group_info(&caller, &req.group_id).await.map(|group| GroupResult { group })))
             }
-            Op::GroupUpdate(req) => {
-                enc(&id, ok(&id, self.group_update(&caller, req).await.map(GroupChangeResult::from)))
-            }
-            Op::GroupSetRole(req) => {
-                enc(&id, ok(&id, self.group_set_role(&caller, req).await.map(GroupChangeResult::from)))
-            }
-            Op::GroupDismiss(req) => {
-                enc(&id, ok(&id, self.group_dismiss(&caller, &req.group_id).await.map(GroupChangeResult::from)))
-            }
+            Op::GroupUpdate(req) => match &origin {
+                Some(_) => acked(self.group_op(&caller, GroupOp::Update(req), origin.clone()).await, message),
+                None => enc(&id, ok(&id, self.group_update(&caller, req).await.map(GroupChangeResult::from))),
+            },
+            Op::GroupSetRole(req) => match &origin {
+                Some(_) => acked(self.group_op(&caller, GroupOp::SetRole(req), origin.clone()).await, message),
+                None => enc(&id, ok(&id, self.group_set_role(&caller, req).await.map(GroupChangeResult::from))),
+            },
+            Op::GroupDismiss(req) => match &origin {
+                Some(_) => acked(self.group_op(&caller, GroupOp::Dismiss(req.group_id), origin.clone()).await, message),
+                None => {
+                    enc(&id, ok(&id, self.group_dismiss(&caller, &req.group_id).await.map(GroupChangeResult::from)))
+                }
+            },
             Op::UsersGet(req) => enc(&id, ok(&id, self.users_get(&req.ids).await.map(|users| UsersResult { users }))),
             Op::ProfileUpdate(req) => {
                 enc(&id, ok(&id, self.profile_update(&caller, req).await.map(|user| ProfileResult { user })))
             }
+            // The session answers `refresh` itself (it changes the connection's token).
+            Op::Refresh(_) => enc(&id, Err(Error::invalid("refresh is answered by the WebSocket session"))),
         }
     }
+}
+
+/// Whether a user with record `u` may use a token issued at `issued_ms` (unix ms; `None`: only
+/// whether the user is enabled).
+pub fn access_of(u: Option<&model::User>, issued_ms: Option<u64>) -> Result<()> {
+    let Some(u) = u else { return Ok(()) };
+    if u.disabled {
+        return Err(Error::new(ErrorCode::UserDisabled, "this user is disabled"));
+    }
+    if issued_ms.is_some_and(|t| t < u.revoked_before_ms()) {
+        return Err(Error::new(ErrorCode::TokenRevoked, "this token was revoked; get a new one"));
+    }
+    Ok(())
 }
 
 fn role_rank(r: Role) -> u8 {

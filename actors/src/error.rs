@@ -34,6 +34,7 @@ pub enum ErrorCode {
     TokenRevoked,
     GroupDismissed,
     MessageRejected,
+    RateLimited,
 }
 
 /// One row of the error table.
@@ -70,6 +71,7 @@ pub const ERROR_TABLE: &[ErrorRow] = &[
     ErrorRow { code: ErrorCode::TokenRevoked, name: "token_revoked", http_status: 401, meaning: "The token was issued (`iat`) before the user's tokens were revoked (`POST /api/v1/users/{id}/tokens/revoke`). Mint a new one." },
     ErrorRow { code: ErrorCode::GroupDismissed, name: "group_dismissed", http_status: 410, meaning: "The group was dismissed: it refuses sends and further changes." },
     ErrorRow { code: ErrorCode::MessageRejected, name: "message_rejected", http_status: 422, meaning: "The `before_send` webhook refused the message (the message gives its reason), or it could not be asked and `webhooks.before_send.fail_open` is false." },
+    ErrorRow { code: ErrorCode::RateLimited, name: "rate_limited", http_status: 429, meaning: "A rate limit was reached (`limits.*`: requests or messages per connection, messages, group creations or users added per user, connections per IP address); nothing was done. The message says which limit and when a retry may pass." },
     ErrorRow { code: ErrorCode::Internal, name: "internal", http_status: 500, meaning: "An unexpected server error." },
 ];
 
@@ -192,6 +194,7 @@ mod tests {
             ErrorCode::TokenRevoked,
             ErrorCode::GroupDismissed,
             ErrorCode::MessageRejected,
+            ErrorCode::RateLimited,
         ];
         assert_eq!(all.len(), ERROR_TABLE.len());
         for c in all {

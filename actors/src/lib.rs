@@ -13,6 +13,8 @@ pub mod cluster;
 pub mod conversation;
 pub mod engine;
 pub mod error;
+pub mod inflight;
+pub mod limits;
 pub mod metrics;
 pub mod model;
 pub mod outbox;

@@ -59,6 +59,13 @@ pub struct Metrics {
     pub connections_total: AtomicU64,
     /// Sessions closed because their outgoing queue was full (slow consumers).
     pub slow_consumers_dropped: AtomicU64,
+    /// TCP connections open (WebSocket or not, including those closing whose data is still
+    /// being written).
+    pub sockets_open: AtomicI64,
+    /// TCP connections ever accepted.
+    pub sockets_total: AtomicU64,
+    /// Requests and connections refused by a rate limit (`rate_limited`).
+    pub rate_limited: AtomicU64,
     /// Messages accepted and stored (duplicates not counted).
     pub messages_in: AtomicU64,
     /// Re-sends answered from the store without storing anything.
@@ -103,6 +110,9 @@ impl Default for Metrics {
             connections: AtomicI64::new(0),
             connections_total: AtomicU64::new(0),
             slow_consumers_dropped: AtomicU64::new(0),
+            sockets_open: AtomicI64::new(0),
+            sockets_total: AtomicU64::new(0),
+            rate_limited: AtomicU64::new(0),
             messages_in: AtomicU64::new(0),
             messages_duplicate: AtomicU64::new(0),
             gap_fills: AtomicU64::new(0),
@@ -144,6 +154,24 @@ impl Metrics {
             "Sessions closed because their outgoing queue was full.",
             "counter",
             self.slow_consumers_dropped.load(Relaxed).to_string(),
+        );
+        gauge(
+            "confab_sockets_open",
+            "TCP connections open (WebSocket or not), including those still writing after a close.",
+            "gauge",
+            self.sockets_open.load(Relaxed).to_string(),
+        );
+        gauge(
+            "confab_sockets_total",
+            "TCP connections accepted.",
+            "counter",
+            self.sockets_total.load(Relaxed).to_string(),
+        );
+        gauge(
+            "confab_rate_limited_total",
+            "Requests and connections refused by a rate limit.",
+            "counter",
+            self.rate_limited.load(Relaxed).to_string(),
         );
         gauge("confab_messages_in_total", "Messages stored.", "counter", self.messages_in.load(Relaxed).to_string());
         gauge(

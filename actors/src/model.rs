@@ -20,13 +20,29 @@ pub const MAX_PAGE: usize = 100;
 /// Characters kept in a reply's quote.
 pub const QUOTE_CHARS: usize = 80;
 
-/// Checks an id: 1..=64 characters from `[A-Za-z0-9_.@:-]`.
+/// Checks an id: 1..=64 characters from `[A-Za-z0-9_.@:-]`, and not `.` or `..` (ids appear in
+/// HTTP API paths, where clients and proxies normalise those segments away).
 pub fn validate_id(kind: &str, id: &str) -> Result<()> {
     if id.is_empty() || id.len() > MAX_ID_LEN {
         return Err(Error::invalid(format!("{kind} must be 1 to {MAX_ID_LEN} characters")));
     }
     if !id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'@' | b':')) {
         return Err(Error::invalid(format!("{kind} may only contain letters, digits and _ - . @ :")));
+    }
+    if id == "." || id == ".." {
+        return Err(Error::invalid(format!("{kind} must not be . or ..")));
+    }
+    Ok(())
+}
+
+/// The largest integer JSON clients in JavaScript, PHP and Java (as a double) hold exactly:
+/// cursors and seqs a client sends are refused above it, so none is ever echoed back.
+pub const MAX_SAFE_INT: u64 = (1 << 53) - 1;
+
+/// Checks a cursor or seq a client sent (see [`MAX_SAFE_INT`]).
+pub fn validate_cursor(kind: &str, v: u64) -> Result<()> {
+    if v > MAX_SAFE_INT {
+        return Err(Error::invalid(format!("{kind} must be at most {MAX_SAFE_INT}")));
     }
     Ok(())
 }
@@ -272,6 +288,32 @@ pub struct ReplyRef {
     pub seq: u64,
     pub sender: Option<String>,
     pub quote: String,
+    /// The quoted message was recalled: `quote` no longer holds any of its text.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub recalled: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl ReplyRef {
+    /// A reference to `quoted` (message `seq` of the same conversation) with its quote.
+    pub fn of(quoted: &Message) -> ReplyRef {
+        ReplyRef {
+            seq: quoted.seq,
+            sender: quoted.sender.clone(),
+            quote: quoted.body.summary(),
+            recalled: quoted.is_recalled(),
+        }
+    }
+
+    /// Removes the quoted text once the quoted message is recalled: nothing of a recalled
+    /// message may stay readable, in the message it was quoted by either.
+    pub fn scrub(&mut self) {
+        self.quote = Body::Recalled { by: String::new() }.summary();
+        self.recalled = true;
+    }
 }
 
 /// A stored message. `seq` is contiguous per conversation, starting at 1.
@@ -384,8 +426,48 @@ pub struct UserConvState {
     pub active: bool,
     /// Store-wide change version of the last change to this row.
     pub ver: u64,
+    /// While inactive: the `seq` of the message that recorded the user's leaving (their removal,
+    /// their leaving, the group's dismissal). A former member sees the conversation only up to
+    /// it. 0 on rows that never left, and on rows that left before this was recorded (those see
+    /// up to their read cursor, see [`UserConvState::visible_upto`]).
+    #[serde(default)]
+    pub left_seq: u64,
 }
 
+impl UserConvState {
+    /// The row of a user who (re-)joins with the message `seq`: active, with its read cursor
+    /// just before that message.
+    pub fn join(&mut self, seq: u64, ver: u64) {
+        self.active = true;
+        self.left_seq = 0;
+        self.read_seq = self.read_seq.max(seq.saturating_sub(1));
+        self.ver = ver;
+    }
+
+    /// The row of a user who leaves (or is removed, or whose group is dismissed) with the message
+    /// `seq`. A hiding set before is cleared: the leaving is news the user must see.
+    /// Returns whether anything changed (an inactive row stays as it is).
+    pub fn leave(&mut self, seq: u64, ver: u64) -> bool {
+        if !self.active {
+            return false;
+        }
+        self.active = false;
+        self.left_seq = seq;
+        self.hidden = false;
+        self.ver = ver;
+        true
+    }
+
+    /// The highest `seq` this user may see of a conversation whose last message is `last_seq`:
+    /// all of it while active; for a former member, what was there when they left.
+    pub fn visible_upto(&self, last_seq: u64) -> u64 {
+        match (self.active, self.left_seq) {
+            (true, _) => last_seq,
+            (false, 0) => self.read_seq.min(last_seq),
+            (false, left) => left.min(last_seq),
+        }
+    }
+}
 /// A row of a user's conversation list: shared state, the user's own state and the last message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ConversationView {
@@ -395,9 +477,34 @@ pub struct ConversationView {
 }
 
 impl ConversationView {
-    /// The list cursor: the later of the conversation's and the user's row version.
+    /// The conversation as `state`'s user may see it: a former member's stops where they left
+    /// (`last_seq`, and `ver` no later than their row's), so nothing said after they left shows
+    /// through the list, an item or its cursor. Stores call this before they load the last
+    /// message, and load the message at the returned `last_seq`.
+    pub fn visible(mut conv: Conversation, state: &UserConvState) -> Conversation {
+        if !state.active {
+            conv.last_seq = state.visible_upto(conv.last_seq);
+            conv.ver = conv.ver.min(state.ver);
+        }
+        conv
+    }
+
+    /// The list cursor: the later of the conversation's and the user's row version (for a former
+    /// member, their row's alone: later messages are not theirs to see).
     pub fn cursor(&self) -> u64 {
-        self.conv.ver.max(self.state.ver)
+        if self.state.active {
+            self.conv.ver.max(self.state.ver)
+        } else {
+            self.state.ver
+        }
+    }
+
+    /// Whether the row shows as hidden: hidden lasts until something newer happens in the
+    /// conversation than the hiding. A row change in the same write as a message (the sender's
+    /// own send, a membership change) has the message's `ver`: that message ends the hiding.
+    /// Nothing newer happens for a former member (their leaving cleared the flag).
+    pub fn hidden(&self) -> bool {
+        self.state.hidden && (!self.state.active || self.conv.ver < self.state.ver)
     }
 
     /// Unread count, derived from the read cursor (never a stored counter).
@@ -457,9 +564,14 @@ pub struct User {
     /// A disabled user cannot connect or send; their sessions are closed.
     #[serde(default)]
     pub disabled: bool,
-    /// Tokens issued (`iat`) before this time, unix seconds, are refused; 0 = none.
+    /// Tokens issued (`iat`) before this time, unix seconds, are refused; 0 = none. The second
+    /// of [`User::tokens_valid_after_ms`], kept for clients that read seconds.
     #[serde(default)]
     pub tokens_valid_after: u64,
+    /// Tokens issued before this time, unix milliseconds, are refused; 0 = none. Records written
+    /// before it existed have only `tokens_valid_after` (see [`User::revoked_before_ms`]).
+    #[serde(default)]
+    pub tokens_valid_after_ms: u64,
     /// Milliseconds since the Unix epoch.
     pub created_at: i64,
     pub updated_at: i64,
@@ -479,9 +591,21 @@ impl User {
             ext: empty_object(),
             disabled: false,
             tokens_valid_after: 0,
+            tokens_valid_after_ms: 0,
             created_at: ts,
             updated_at: ts,
         }
+    }
+
+    /// Tokens issued before this time (unix ms) are refused.
+    pub fn revoked_before_ms(&self) -> u64 {
+        self.tokens_valid_after_ms.max(self.tokens_valid_after.saturating_mul(1000))
+    }
+
+    /// Revokes every token issued before `at_ms`.
+    pub fn revoke_tokens(&mut self, at_ms: u64) {
+        self.tokens_valid_after_ms = self.tokens_valid_after_ms.max(at_ms);
+        self.tokens_valid_after = self.tokens_valid_after.max(self.tokens_valid_after_ms / 1000);
     }
 
     /// The public part other users see.
@@ -662,6 +786,42 @@ mod tests {
         assert!(ok(r#"{"type":"file","url":"u","name":"a.pdf","size":3}"#).is_ok());
         assert!(ok(r#"{"type":"custom","data":{"k":[1,2]}}"#).is_ok());
         assert!(ok(r#"{"type":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn dot_ids_are_refused() {
+        assert!(validate_id("id", ".").is_err());
+        assert!(validate_id("id", "..").is_err());
+        assert!(validate_id("id", "...").is_ok());
+        assert!(validate_id("id", ".a").is_ok());
+        assert!(validate_cursor("since", MAX_SAFE_INT).is_ok());
+        assert!(validate_cursor("since", MAX_SAFE_INT + 1).is_err());
+    }
+
+    #[test]
+    fn a_former_member_sees_up_to_where_they_left() {
+        let conv = Conversation {
+            conv_id: "g_t".into(),
+            kind: ConvKind::Group,
+            members: Vec::new(),
+            group_id: Some("t".into()),
+            last_seq: 9,
+            ver: 90,
+        };
+        let mut state = UserConvState { read_seq: 2, active: true, hidden: true, ver: 40, ..Default::default() };
+        assert!(state.leave(5, 50));
+        assert!(!state.leave(6, 60), "leaving twice changes nothing");
+        assert_eq!((state.left_seq, state.hidden, state.ver), (5, false, 50));
+        let seen = ConversationView::visible(conv.clone(), &state);
+        assert_eq!((seen.last_seq, seen.ver), (5, 50));
+        let v = ConversationView { conv: seen, state: state.clone(), last_message: None };
+        assert_eq!((v.cursor(), v.unread(), v.hidden()), (50, 0, false));
+        // Rows that left before `left_seq` was recorded see up to their read cursor.
+        let legacy = UserConvState { read_seq: 3, active: false, ver: 50, ..Default::default() };
+        assert_eq!(ConversationView::visible(conv.clone(), &legacy).last_seq, 3);
+        state.join(8, 95);
+        assert_eq!((state.active, state.left_seq, state.read_seq), (true, 0, 7));
+        assert_eq!(ConversationView::visible(conv, &state).last_seq, 9);
     }
 
     #[test]

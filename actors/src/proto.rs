@@ -81,6 +81,7 @@ ops! {
     "group_dismiss" => GroupDismiss(GroupReq),
     "users_get" => UsersGet(UsersGetReq),
     "profile_update" => ProfileUpdate(ProfileUpdateReq),
+    "refresh" => Refresh(RefreshReq),
 }
 
 /// Parses one text frame.
@@ -292,6 +293,19 @@ pub struct ProfileUpdateReq {
     pub ext: Option<serde_json::Value>,
 }
 
+/// A fresh token for the connection (same user and device), before the current one expires.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshReq {
+    pub token: String,
+}
+
+/// The reply to `refresh`: when the connection's token now expires (unix seconds).
+#[derive(Debug, Serialize)]
+pub struct RefreshResult {
+    pub expires_at: u64,
+}
+
 // ---- replies and events ----
 
 /// A row of the conversation list as clients see it.
@@ -319,10 +333,7 @@ impl From<ConversationView> for ConversationItem {
     fn from(v: ConversationView) -> Self {
         let cursor = v.cursor();
         let unread = v.unread();
-        // Hidden lasts until something newer happens in the conversation than the hiding.
-        // A row change in the same write as a message (the sender's own send, a membership
-        // change) has the message's `ver`: that message is what ends the hiding.
-        let hidden = v.state.hidden && v.conv.ver < v.state.ver;
+        let hidden = v.hidden();
         ConversationItem {
             conv_id: v.conv.conv_id,
             kind: v.conv.kind,
@@ -385,6 +396,14 @@ pub fn encode_event<T: Serialize + ?Sized>(name: &str, data: &T) -> ByteString {
 /// The reply to `send`.
 #[derive(Debug, Serialize)]
 pub struct SendResult<'a> {
+    pub message: &'a Message,
+}
+
+/// The reply to `group_update`, `group_set_role` and `group_dismiss`: the group as changed and
+/// the system message recording it.
+#[derive(Serialize)]
+pub struct GroupChangeResult<'a> {
+    pub group: &'a Group,
     pub message: &'a Message,
 }
 

@@ -28,7 +28,8 @@ pub enum Outbound {
     Text(ByteString),
 }
 
-/// Tells a session to close because it could not keep up.
+/// Tells a session to close because it could not keep up, the node stops, or its user lost
+/// access; and carries what the registry needs to decide the last (the token's issue time).
 #[derive(Default)]
 pub struct KickSignal {
     kicked: AtomicBool,
@@ -36,10 +37,27 @@ pub struct KickSignal {
     shutdown: AtomicBool,
     /// Set with `kicked` when the user lost access: 1 disabled, 2 tokens revoked.
     revoked: std::sync::atomic::AtomicU8,
+    /// When the session's token was issued (unix ms): a revocation closes the sessions whose
+    /// token is older than it. Moves when the client presents a fresh token (`refresh`).
+    issued_ms: AtomicU64,
     notify: Notify,
 }
 
 impl KickSignal {
+    /// A signal for a session whose token was issued at `issued_ms` (unix ms).
+    pub fn new(issued_ms: u64) -> Self {
+        let k = Self::default();
+        k.issued_ms.store(issued_ms, Ordering::Release);
+        k
+    }
+    /// When the session's token was issued (unix ms).
+    pub fn issued_ms(&self) -> u64 {
+        self.issued_ms.load(Ordering::Acquire)
+    }
+    /// The session now holds a token issued at `issued_ms`.
+    pub fn set_issued_ms(&self, issued_ms: u64) {
+        self.issued_ms.store(issued_ms, Ordering::Release);
+    }
     /// Tells the session the node is shutting down.
     pub fn shut_down(&self) {
         self.shutdown.store(true, Ordering::Release);
@@ -219,7 +237,26 @@ impl OutQueue {
     }
 }
 
-type Shard = RwLock<HashMap<Arc<str>, Vec<SessionHandle>>>;
+/// Who loses access, for [`Registry::revoke`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Revocation {
+    /// The user was disabled: every session closes.
+    Disabled,
+    /// The user's tokens issued before this time (unix ms) were revoked; `None`: every session's.
+    TokensBefore(Option<u64>),
+}
+
+/// One shard of the registry: sessions by user, and the shard's access epoch.
+#[derive(Default)]
+struct ShardMap {
+    users: HashMap<Arc<str>, Vec<SessionHandle>>,
+    /// Bumped by every [`Registry::revoke`] of a user of this shard, under the same lock as the
+    /// session lists: a session that read it before its access check and finds it moved once
+    /// registered must check again (see [`Registry::register`]).
+    epoch: u64,
+}
+
+type Shard = RwLock<ShardMap>;
 
 /// Connected sessions by user id.
 pub struct Registry {
@@ -243,7 +280,7 @@ fn shard_of(user: &str) -> usize {
 impl Registry {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            shards: (0..SHARDS).map(|_| RwLock::new(ShardMap::default())).collect(),
             metrics,
             generation: AtomicU64::new(0),
         }
@@ -259,7 +296,7 @@ impl Registry {
         for i in range {
             let Some(user) = users.get(i) else { break };
             let shard = self.shards[shard_of(user)].read().unwrap_or_else(|p| p.into_inner());
-            if let Some(list) = shard.get(user) {
+            if let Some(list) = shard.users.get(user) {
                 out.extend(list.iter().map(|h| (i as u32, h.clone())));
             }
         }
@@ -269,28 +306,51 @@ impl Registry {
         &self.metrics
     }
 
-    /// Adds a session; true when it is the user's first on this node.
-    pub fn register(&self, user: &Arc<str>, handle: SessionHandle) -> bool {
+    /// The access epoch of `user`'s shard, read before checking the user's access: see
+    /// [`Registry::register`].
+    pub fn access_epoch(&self, user: &str) -> u64 {
+        self.shards[shard_of(user)].read().unwrap_or_else(|p| p.into_inner()).epoch
+    }
+
+    /// Adds a session whose user's access was checked after [`Registry::access_epoch`] returned
+    /// `epoch`. Returns whether it is the user's first session on this node, and whether the
+    /// epoch moved since: then a revocation may have been applied between the check and this
+    /// registration, without seeing this session, and the caller must check access again. (A
+    /// revocation either finds the session here and closes it, or moved the epoch first: both
+    /// happen under the shard's lock.)
+    pub fn register(&self, user: &Arc<str>, handle: SessionHandle, epoch: u64) -> (bool, bool) {
         let mut shard = self.shards[shard_of(user)].write().unwrap_or_else(|p| p.into_inner());
-        let list = shard.entry(user.clone()).or_default();
+        let moved = shard.epoch != epoch;
+        let list = shard.users.entry(user.clone()).or_default();
         list.push(handle);
         self.generation.fetch_add(1, Ordering::AcqRel);
-        list.len() == 1
+        (list.len() == 1, moved)
     }
 
     /// Removes a session; true when it was the user's last one on this node.
     pub fn unregister(&self, user: &str, conn_id: u64) -> bool {
         let mut shard = self.shards[shard_of(user)].write().unwrap_or_else(|p| p.into_inner());
-        if let Some(list) = shard.get_mut(user) {
+        if let Some(list) = shard.users.get_mut(user) {
             let before = list.len();
             list.retain(|h| h.conn_id != conn_id);
             self.generation.fetch_add(1, Ordering::AcqRel);
             if list.is_empty() {
-                shard.remove(user);
+                shard.users.remove(user);
                 return before > 0;
             }
         }
         false
+    }
+
+    /// Every user with a session here (for re-checking their access after the cluster's bus was
+    /// cut off).
+    pub fn users(&self) -> Vec<Arc<str>> {
+        let mut out = Vec::new();
+        for shard in &self.shards {
+            let shard = shard.read().unwrap_or_else(|p| p.into_inner());
+            out.extend(shard.users.keys().cloned());
+        }
+        out
     }
 
     /// Asks every session to close (node shutdown); returns how many were asked.
@@ -298,7 +358,7 @@ impl Registry {
         let mut n = 0;
         for shard in &self.shards {
             let shard = shard.read().unwrap_or_else(|p| p.into_inner());
-            for h in shard.values().flatten() {
+            for h in shard.users.values().flatten() {
                 h.kick.shut_down();
                 n += 1;
             }
@@ -306,27 +366,37 @@ impl Registry {
         n
     }
 
-    /// Asks every session of `user` to close because the user lost access (see
-    /// [`KickSignal::revoke`]); returns how many were asked.
-    pub fn close_user(&self, user: &str, disabled: bool) -> usize {
-        let shard = self.shards[shard_of(user)].read().unwrap_or_else(|p| p.into_inner());
-        let Some(list) = shard.get(user) else { return 0 };
+    /// Asks the sessions of `user` that lost access to close (see [`KickSignal::revoke`]), and
+    /// moves the shard's access epoch; returns how many were asked. Their next requests are
+    /// refused at once (the session checks its signal before each one).
+    pub fn revoke(&self, user: &str, r: Revocation) -> usize {
+        let mut shard = self.shards[shard_of(user)].write().unwrap_or_else(|p| p.into_inner());
+        shard.epoch += 1;
+        let Some(list) = shard.users.get(user) else { return 0 };
+        let mut n = 0;
         for h in list {
-            h.kick.revoke(disabled);
+            let lost = match r {
+                Revocation::Disabled | Revocation::TokensBefore(None) => true,
+                Revocation::TokensBefore(Some(before)) => h.kick.issued_ms() < before,
+            };
+            if lost {
+                h.kick.revoke(r == Revocation::Disabled);
+                n += 1;
+            }
         }
-        list.len()
+        n
     }
 
     /// Devices of a user that are online here: `(conn_id, device)`.
     pub fn devices(&self, user: &str) -> Vec<(u64, Arc<str>)> {
         let shard = self.shards[shard_of(user)].read().unwrap_or_else(|p| p.into_inner());
-        shard.get(user).map(|l| l.iter().map(|h| (h.conn_id, h.device.clone())).collect()).unwrap_or_default()
+        shard.users.get(user).map(|l| l.iter().map(|h| (h.conn_id, h.device.clone())).collect()).unwrap_or_default()
     }
 
     /// Queues `frame` on every session of `user` except `skip_conn`; returns how many got it.
     pub fn send_to_user(&self, user: &str, frame: &ByteString, skip_conn: Option<u64>) -> usize {
         let shard = self.shards[shard_of(user)].read().unwrap_or_else(|p| p.into_inner());
-        let Some(list) = shard.get(user) else { return 0 };
+        let Some(list) = shard.users.get(user) else { return 0 };
         let mut n = 0;
         for h in list {
             if Some(h.conn_id) != skip_conn && h.push(frame, &self.metrics) == Queued::Ok {
@@ -340,6 +410,7 @@ impl Registry {
     pub fn send_to_conn(&self, user: &str, conn_id: u64, frame: &ByteString) -> bool {
         let shard = self.shards[shard_of(user)].read().unwrap_or_else(|p| p.into_inner());
         shard
+            .users
             .get(user)
             .and_then(|l| l.iter().find(|h| h.conn_id == conn_id))
             .map(|h| h.push(frame, &self.metrics) == Queued::Ok)
@@ -450,6 +521,36 @@ impl Drop for RecipientCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn handle(conn_id: u64, issued_ms: u64) -> SessionHandle {
+        SessionHandle {
+            conn_id,
+            device: Arc::from("d"),
+            tx: Arc::new(OutQueue::new(4)),
+            kick: Arc::new(KickSignal::new(issued_ms)),
+        }
+    }
+
+    /// A revocation either finds a session registered and closes it, or moves the epoch the
+    /// session read before its access check, so the session checks again.
+    #[test]
+    fn a_revocation_is_seen_by_registered_sessions_or_by_the_epoch() {
+        let r = Registry::new(Arc::new(Metrics::default()));
+        let user: Arc<str> = Arc::from("alice");
+        let epoch = r.access_epoch(&user);
+        // Applied between the check and the registration: the epoch tells.
+        r.revoke(&user, Revocation::Disabled);
+        let (first, moved) = r.register(&user, handle(1, 100), epoch);
+        assert!(first && moved);
+        // Applied after the registration: the session is asked to close.
+        let epoch = r.access_epoch(&user);
+        let h2 = handle(2, 100);
+        let kick = h2.kick.clone();
+        assert_eq!(r.register(&user, h2, epoch), (false, false));
+        assert_eq!(r.revoke(&user, Revocation::TokensBefore(Some(50))), 0, "tokens issued after the bound stay");
+        assert_eq!(r.revoke(&user, Revocation::TokensBefore(Some(101))), 2);
+        assert_eq!(kick.revoked_reason(), Some("token_revoked"));
+    }
 
     /// A writer taking everything at once from another thread, woken only as the queue says,
     /// gets every frame, in order, whether pushes wake it at once or in held-back batches.

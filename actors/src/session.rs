@@ -29,11 +29,13 @@ use bytestring::ByteString;
 
 use crate::engine::{Caller, Engine};
 use crate::error::{Error, ErrorCode};
+use crate::inflight::Slot;
+use crate::limits::{ConnLimits, RateConfig};
 use crate::proto::{self, Op};
 use crate::registry::{KickSignal, OutQueue, Outbound, QueueError, SessionHandle};
 
-/// Timings and limits of a session (the `[session]` and `[server]` configuration).
-#[derive(Debug, Clone)]
+/// Timings and limits of a session (the `[session]`, `[server]` and `[limits]` configuration).
+#[derive(Clone)]
 pub struct SessionConfig {
     pub heartbeat_interval: Duration,
     pub client_timeout: Duration,
@@ -41,9 +43,83 @@ pub struct SessionConfig {
     pub outbound_queue: usize,
     /// Requests a connection may have in flight at once.
     pub max_inflight: usize,
-    /// Largest text frame accepted; larger frames get `frame_too_large`.
+    /// Largest text frame accepted (the transport closes the connection, 1009, beyond it).
     pub max_frame_bytes: usize,
+    /// Rate limits per connection.
+    pub rates: RateConfig,
+    /// Checks the tokens clients present on an open connection (`refresh`).
+    pub tokens: Option<Arc<dyn TokenVerifier>>,
 }
+
+impl std::fmt::Debug for SessionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionConfig")
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("client_timeout", &self.client_timeout)
+            .field("outbound_queue", &self.outbound_queue)
+            .field("max_inflight", &self.max_inflight)
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("rates", &self.rates)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a valid token says (see [`TokenVerifier`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub user: String,
+    pub device: String,
+    /// When it was issued, unix ms (a revocation refuses tokens issued before it).
+    pub issued_ms: u64,
+    /// When it expires, unix ms.
+    pub expires_ms: u64,
+}
+
+/// Verifies an access token (signature, expiry, lifetime): implemented by the transport, which
+/// holds the secret.
+pub trait TokenVerifier: Send + Sync {
+    fn verify(&self, token: &str) -> Result<TokenInfo, Error>;
+}
+
+/// How the connection's token checked out when it connected.
+#[derive(Debug, Clone)]
+pub struct SessionAuth {
+    /// When the token was issued (unix ms).
+    pub issued_ms: u64,
+    /// When it expires (unix ms): the connection is closed then (1008, `token_expired`) unless
+    /// the client presented a fresh token with `refresh`.
+    pub expires_ms: u64,
+    /// [`Registry::access_epoch`](crate::registry::Registry::access_epoch) of the user, read
+    /// before the access check: a revocation applied since is caught once the session is
+    /// registered.
+    pub epoch: u64,
+    /// The access check could be made. When the store could not be reached the connection is
+    /// let in (it can do little without a store) and checked again every [`RECHECK_EVERY`] until
+    /// a check succeeds.
+    pub verified: bool,
+}
+
+/// What the transport hands a session besides its actix-ws halves.
+pub struct Transport {
+    /// The connection's actix-ws session (control frames).
+    pub ws: actix_ws::Session,
+    /// Incoming frames.
+    pub stream: AggregatedMessageStream,
+    /// actix-ws's response body, carried by the [`Outlet`].
+    pub control: ControlBody,
+    /// Set by the transport when it refused a frame for its size: the session then closes with
+    /// 1009 rather than 1002.
+    pub frame_too_large: Arc<std::sync::atomic::AtomicBool>,
+    /// Held as long as the session runs, dropped when it stops (e.g. a per-address count).
+    pub hold: Option<Box<dyn std::any::Any>>,
+}
+
+/// How often a session whose access could not be checked (store unavailable) tries again.
+pub const RECHECK_EVERY: Duration = Duration::from_secs(2);
+
+/// How long before its token expires a session sends `token_expiring` (or at half its
+/// remaining life, when that is shorter).
+pub const EXPIRY_NOTICE: Duration = Duration::from_secs(60);
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(0);
 
@@ -69,7 +145,13 @@ pub struct WsSession {
     caller: Caller,
     conn_id: u64,
     cfg: SessionConfig,
+    auth: SessionAuth,
+    limits: ConnLimits,
     stream: Option<AggregatedMessageStream>,
+    /// See [`Transport::frame_too_large`].
+    frame_too_large: Arc<std::sync::atomic::AtomicBool>,
+    /// See [`Transport::hold`].
+    _hold: Option<Box<dyn std::any::Any>>,
     /// The connection's actix-ws session: control frames (pings, pongs, the close frame).
     ws: actix_ws::Session,
     /// Control frames handed to `ws` and not sent yet (bounded by [`CONTROL_BACKLOG`]).
@@ -77,8 +159,10 @@ pub struct WsSession {
     out: Arc<OutQueue>,
     kick: Arc<KickSignal>,
     last_heard: Instant,
-    /// Requests in flight (decremented by the tasks that finish sends, see [`Self::on_text`]).
+    /// Requests in flight; each holds a [`Slot`], freed no later than its reply is queued.
     inflight: Arc<AtomicUsize>,
+    /// The expiry (`auth.expires_ms`) the client was told about with `token_expiring`.
+    expiry_noticed: u64,
     close: Option<CloseReason>,
 }
 
@@ -91,25 +175,30 @@ impl WsSession {
         user: Arc<str>,
         device: Arc<str>,
         cfg: SessionConfig,
-        ws: actix_ws::Session,
-        stream: AggregatedMessageStream,
-        control: ControlBody,
+        auth: SessionAuth,
+        transport: Transport,
     ) -> (Self, Outlet) {
         let conn_id = next_conn_id();
+        let Transport { ws, stream, control, frame_too_large, hold } = transport;
         let out = Arc::new(OutQueue::new(cfg.outbound_queue));
         let outlet = Outlet::new(out.clone(), control);
         let session = Self {
             engine,
             caller: Caller { user, device, conn_id: Some(conn_id) },
             conn_id,
+            limits: ConnLimits::new(&cfg.rates),
             cfg,
+            kick: Arc::new(KickSignal::new(auth.issued_ms)),
+            auth,
             stream: Some(stream),
+            frame_too_large,
+            _hold: hold,
             ws,
             control_backlog: Arc::new(AtomicUsize::new(0)),
             out,
-            kick: Arc::new(KickSignal::default()),
             last_heard: Instant::now(),
             inflight: Arc::new(AtomicUsize::new(0)),
+            expiry_noticed: 0,
             close: None,
         };
         (session, outlet)
@@ -134,6 +223,9 @@ impl WsSession {
 
     fn error(&mut self, id: Option<&serde_json::value::RawValue>, e: Error, ctx: &mut Context<Self>) {
         self.engine.metrics().request_errors.fetch_add(1, Relaxed);
+        if e.code == ErrorCode::RateLimited {
+            self.engine.metrics().rate_limited.fetch_add(1, Relaxed);
+        }
         self.reply(proto::encode_error(id, &e), ctx);
     }
 
@@ -175,12 +267,17 @@ impl WsSession {
     }
 
     fn on_text(&mut self, text: ByteString, ctx: &mut Context<Self>) {
+        // A user that lost access has its next request refused at once, before the close that
+        // follows (the registry raised this signal synchronously).
+        if let Some(why) = self.kick.revoked_reason() {
+            let code = if why == "user_disabled" { ErrorCode::UserDisabled } else { ErrorCode::TokenRevoked };
+            return self.error(None, Error::new(code, "this connection lost its access"), ctx);
+        }
         if text.len() > self.cfg.max_frame_bytes {
-            let e = Error::new(
-                ErrorCode::FrameTooLarge,
-                format!("frames are limited to {} bytes", self.cfg.max_frame_bytes),
-            );
-            return self.error(None, e, ctx);
+            // The transport closes the connection before such a frame is read whole; this is the
+            // same rule for a transport that does not.
+            self.frame_too_large.store(true, Relaxed);
+            return self.close_with(ctx, CloseCode::Size, "frame_too_large");
         }
         let req = match proto::parse_request(&text) {
             Ok(r) => r,
@@ -193,22 +290,31 @@ impl WsSession {
             );
             return self.error(Some(&req.id), e, ctx);
         }
-        self.inflight.fetch_add(1, Relaxed);
+        let checked = match &req.op {
+            Op::Send(_) => self.limits.request().and_then(|()| self.limits.send()),
+            _ => self.limits.request(),
+        };
+        if let Err(e) = checked {
+            return self.error(Some(&req.id), e, ctx);
+        }
+        let slot = Slot::take(&self.inflight);
         let engine = self.engine.clone();
         let caller = self.caller.clone();
         let id = req.id;
         match req.op {
+            Op::Refresh(r) => self.refresh(id, r, slot, ctx),
             // Sends reach their conversation actor now, in the order the frames arrived. A
-            // stored send is acknowledged by the conversation's fan-out, so only a failure has
-            // an answer to queue here. It is awaited on a task of its own rather than on this
-            // actor's context, which polls every future it holds each time it wakes: with
-            // hundreds of sends in flight on one connection that would cost hundreds of polls
-            // per incoming frame.
+            // stored send is acknowledged by the conversation's fan-out (which frees its slot
+            // first), so only a failure has an answer to queue here. It is awaited on a task of
+            // its own rather than on this actor's context, which polls every future it holds each
+            // time it wakes: with hundreds of sends in flight on one connection that would cost
+            // hundreds of polls per incoming frame.
             Op::Send(send) => {
                 let origin = crate::conversation::Origin {
                     user: caller.user.clone(),
                     conn_id: self.conn_id,
                     req_id: id.clone(),
+                    slot: Some(slot.clone()),
                 };
                 let pending = engine.send(&caller, send, Some(origin));
                 let me = SessionHandle {
@@ -217,27 +323,120 @@ impl WsSession {
                     tx: self.out.clone(),
                     kick: self.kick.clone(),
                 };
-                let inflight = self.inflight.clone();
                 actix::spawn(async move {
                     if let Err(e) = pending.await {
                         let metrics = engine.metrics();
                         metrics.request_errors.fetch_add(1, Relaxed);
+                        if e.code == ErrorCode::RateLimited {
+                            metrics.rate_limited.fetch_add(1, Relaxed);
+                        }
+                        slot.free();
                         // A full queue kicks the session, as for any other frame.
                         me.push(&proto::encode_error(Some(&id), &e), metrics);
                     }
-                    inflight.fetch_sub(1, Relaxed);
                 });
             }
             op => {
-                let fut = async move { engine.dispatch(caller, id, op).await };
-                ctx.spawn(fut.into_actor(self).map(|reply, act, ctx| {
-                    act.inflight.fetch_sub(1, Relaxed);
+                let done = slot.clone();
+                let fut = async move { engine.dispatch(caller, id, op, Some(done)).await };
+                ctx.spawn(fut.into_actor(self).map(move |reply, act, ctx| {
+                    slot.free();
                     if let Some(frame) = reply {
                         act.reply(frame, ctx);
                     }
                 }));
             }
         }
+    }
+
+    /// `refresh`: a fresh token for the same user and device replaces the connection's, so the
+    /// connection outlives the token it opened with.
+    fn refresh(
+        &mut self,
+        id: Box<serde_json::value::RawValue>,
+        r: proto::RefreshReq,
+        slot: Arc<Slot>,
+        ctx: &mut Context<Self>,
+    ) {
+        let info = match &self.cfg.tokens {
+            Some(tokens) => tokens.verify(&r.token),
+            None => Err(Error::invalid("this server does not take tokens on an open connection")),
+        };
+        let info = info.and_then(|i| {
+            if *i.user != *self.caller.user || *i.device != *self.caller.device {
+                return Err(Error::invalid("the token is for another user or device than this connection's"));
+            }
+            Ok(i)
+        });
+        let info = match info {
+            Ok(i) => i,
+            Err(e) => {
+                slot.free();
+                return self.error(Some(&id), e, ctx);
+            }
+        };
+        let engine = self.engine.clone();
+        let user = self.caller.user.clone();
+        let checked = async move { engine.check_access(&user, Some(info.issued_ms)).await.map(|()| info) };
+        ctx.spawn(checked.into_actor(self).map(move |res, act, ctx| {
+            slot.free();
+            match res {
+                Ok(info) => {
+                    act.kick.set_issued_ms(info.issued_ms);
+                    act.auth.expires_ms = info.expires_ms;
+                    act.auth.verified = true;
+                    let result = proto::RefreshResult { expires_at: info.expires_ms / 1000 };
+                    act.reply(proto::encode_result(&id, &result), ctx);
+                }
+                Err(e) => act.error(Some(&id), e, ctx),
+            }
+        }));
+    }
+
+    /// Checks the user's access again (see [`SessionAuth`]): closes the session (1008) when it
+    /// was lost, and tries again later when the store cannot answer. With `hold`, nothing else
+    /// the session does runs until the answer is in.
+    fn recheck(&mut self, ctx: &mut Context<Self>, hold: bool) {
+        let engine = self.engine.clone();
+        let user = self.caller.user.clone();
+        let issued = self.kick.issued_ms();
+        let fut = async move { engine.check_access(&user, Some(issued)).await };
+        let fut = fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok(()) => act.auth.verified = true,
+            Err(e) if e.code == ErrorCode::UserDisabled || e.code == ErrorCode::TokenRevoked => {
+                act.kick.revoke(e.code == ErrorCode::UserDisabled);
+            }
+            Err(e) => {
+                tracing::debug!(user = %act.caller.user, error = %e, "cannot check the session's access yet");
+                act.auth.verified = false;
+                ctx.run_later(RECHECK_EVERY, |act, ctx| act.recheck(ctx, false));
+            }
+        });
+        if hold {
+            ctx.wait(fut);
+        } else {
+            ctx.spawn(fut);
+        }
+    }
+
+    /// Closes the session when its token expires (1008, `token_expired`), after telling the
+    /// client shortly before (`token_expiring`, [`EXPIRY_NOTICE`] or half the token's life
+    /// ahead); a `refresh` meanwhile moves both.
+    fn watch_expiry(&mut self, ctx: &mut Context<Self>) {
+        let now = crate::conversation::now_ms().max(0) as u64;
+        let expires = self.auth.expires_ms;
+        if now >= expires {
+            return self.close_with(ctx, CloseCode::Policy, "token_expired");
+        }
+        let life = expires.saturating_sub(self.kick.issued_ms());
+        let notice_at = expires - (EXPIRY_NOTICE.as_millis() as u64).min(life / 2).min(expires);
+        if self.expiry_noticed != expires && now >= notice_at {
+            self.expiry_noticed = expires;
+            let event = proto::encode_event("token_expiring", &proto::RefreshResult { expires_at: expires / 1000 });
+            self.reply(event, ctx);
+        }
+        let next = if self.expiry_noticed == expires { expires } else { notice_at };
+        ctx.run_later(Duration::from_millis(next - now), |act, ctx| act.watch_expiry(ctx));
     }
 }
 
@@ -248,7 +447,7 @@ impl Actor for WsSession {
         let m = self.engine.metrics();
         m.connections.fetch_add(1, Relaxed);
         m.connections_total.fetch_add(1, Relaxed);
-        let first = self.engine.registry().register(
+        let (first, epoch_moved) = self.engine.registry().register(
             &self.caller.user,
             SessionHandle {
                 conn_id: self.conn_id,
@@ -256,8 +455,15 @@ impl Actor for WsSession {
                 tx: self.out.clone(),
                 kick: self.kick.clone(),
             },
+            self.auth.epoch,
         );
         self.engine.session_opened(&self.caller.user, &self.caller.device, self.conn_id, first);
+        // A revocation was applied between the access check and this registration: it did not
+        // see this session, so the session checks again, before it reads any request.
+        if epoch_moved || !self.auth.verified {
+            self.recheck(ctx, epoch_moved);
+        }
+        self.watch_expiry(ctx);
         if let Some(stream) = self.stream.take() {
             ctx.add_stream(stream);
         }
@@ -308,16 +514,40 @@ impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
             Ok(AggregatedMessage::Ping(p)) => self.control(ctx, |mut ws| async move { ws.pong(&p).await }),
             Ok(AggregatedMessage::Pong(_)) => {}
             Ok(AggregatedMessage::Close(_)) => ctx.stop(),
-            Err(ProtocolError::Overflow) => self.close_with(ctx, CloseCode::Size, "frame too large"),
             Err(e) => {
-                let why = e.to_string();
-                self.close_with(ctx, CloseCode::Protocol, &why)
+                let (code, why) = close_for(&e, self.frame_too_large.load(Relaxed));
+                self.close_with(ctx, code, &why)
             }
         }
     }
 
     fn finished(&mut self, ctx: &mut Self::Context) {
         ctx.stop();
+    }
+}
+
+/// The close code for a connection whose incoming frames failed (RFC 6455 section 7.4.1): 1009
+/// for a frame or message over the size limit, 1007 for a text frame that is not UTF-8, 1002 for
+/// anything else the peer got wrong.
+fn close_for(e: &ProtocolError, frame_too_large: bool) -> (CloseCode, String) {
+    if frame_too_large {
+        return (CloseCode::Size, "frame_too_large".to_owned());
+    }
+    match e {
+        ProtocolError::Overflow => (CloseCode::Size, "frame_too_large".to_owned()),
+        ProtocolError::Io(io) => {
+            let text = io.to_string();
+            let utf8 = io.get_ref().is_some_and(|i| i.is::<std::str::Utf8Error>())
+                || (io.kind() == std::io::ErrorKind::InvalidData && text.contains("utf-8"));
+            if utf8 {
+                (CloseCode::Invalid, "text frame is not valid UTF-8".to_owned())
+            } else if text.contains("maximum continuation size") {
+                (CloseCode::Size, "frame_too_large".to_owned())
+            } else {
+                (CloseCode::Protocol, text)
+            }
+        }
+        other => (CloseCode::Protocol, other.to_string()),
     }
 }
 

@@ -49,6 +49,16 @@ pub struct Appended {
     pub duplicate: bool,
 }
 
+/// The result of a recall.
+#[derive(Debug, Clone)]
+pub struct Recalled {
+    /// The message as stored after the call (its body is `recalled`).
+    pub message: Message,
+    /// True when this call recalled it; false when it was recalled already (nothing written).
+    /// Only a call that changed it announces the recall (events, webhooks).
+    pub changed: bool,
+}
+
 /// Which page of history to read. Results are always in ascending `seq` order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HistoryQuery {
@@ -80,7 +90,8 @@ pub struct MemberChange {
     pub group_id: String,
     /// Users to add with a role. Users already active are left as they are.
     pub add: Vec<(String, Role)>,
-    /// Users to remove; their conversation row turns inactive (kept, so they can see they left).
+    /// Users to remove; their conversation row turns inactive (kept, so they can see they left;
+    /// [`UserConvState::leave`] with the system message's `seq`).
     pub remove: Vec<String>,
     pub ts: i64,
     /// The system message that records the change in the conversation.
@@ -126,6 +137,9 @@ pub trait Store: Send + Sync + 'static {
     /// Appends a message: de-duplicates on `(sender, client_msg_id)`, assigns the next `seq` and a
     /// new `ver`, updates the conversation's `last_seq` and `ver`, and advances the sender's read
     /// cursor to the new `seq` (sending implies having read). Durable before it returns.
+    /// A reply whose quoted message is recalled by the time the append commits is stored with
+    /// its quote scrubbed ([`ReplyRef::scrub`](crate::model::ReplyRef::scrub)), so a recall racing
+    /// a reply cannot leave the recalled text behind.
     /// Callers do not rely on appends submitted together finishing in submission order: the
     /// conversation actor re-orders results by `seq` before fanning out.
     async fn append(&self, msg: NewMessage) -> StoreResult<Appended>;
@@ -138,9 +152,10 @@ pub trait Store: Send + Sync + 'static {
     async fn history(&self, conv_id: &str, for_user: Option<&str>, q: HistoryQuery) -> StoreResult<Vec<Message>>;
 
     /// Replaces a message's body with `Body::Recalled { by }` and gives it a new `ver` (also the
-    /// conversation's `ver`). Recalling an already recalled message changes nothing and returns it.
-    /// `NotFound` if there is no such message.
-    async fn recall(&self, conv_id: &str, seq: u64, by: &str) -> StoreResult<Message>;
+    /// conversation's `ver`), and scrubs the quote of every stored reply to it, in the same
+    /// transaction. Recalling an already recalled message changes nothing and returns it with
+    /// `changed: false`. `NotFound` if there is no such message.
+    async fn recall(&self, conv_id: &str, seq: u64, by: &str) -> StoreResult<Recalled>;
 
     // ---- conversations ----
 
@@ -219,7 +234,7 @@ pub trait Store: Send + Sync + 'static {
     /// Disables or enables a user, creating the record if needed. Returns the record.
     async fn set_user_disabled(&self, id: &str, disabled: bool, ts: i64) -> StoreResult<User>;
 
-    /// Sets `tokens_valid_after` to `after_secs` (tokens issued before are refused), creating the
-    /// record if needed. Returns the record.
-    async fn revoke_tokens(&self, id: &str, after_secs: u64, ts: i64) -> StoreResult<User>;
+    /// Refuses every token issued before `before_ms` (unix ms; [`User::revoke_tokens`]), creating
+    /// the record if needed. Never moves the bound back. Returns the record.
+    async fn revoke_tokens(&self, id: &str, before_ms: u64, ts: i64) -> StoreResult<User>;
 }

@@ -169,6 +169,19 @@ fn confab_command(env: &Env, tuning: Tuning, dir: &Path) -> Command {
         .env("CONFAB__SESSION__MAX_INFLIGHT_REQUESTS", "1024")
         .env("CONFAB__LOG__LEVEL", "warn")
         .env_remove("RUST_LOG");
+    // The load comes from one address and a few processes standing for thousands of people: the
+    // rate limits, made for people, are off (0 turns each off).
+    for limit in [
+        "REQUESTS_PER_CONN_PER_SEC",
+        "SENDS_PER_CONN_PER_SEC",
+        "SENDS_PER_USER_PER_SEC",
+        "GROUP_CREATES_PER_USER_PER_HOUR",
+        "GROUP_ADDS_PER_USER_PER_HOUR",
+        "CONNECTIONS_PER_IP_PER_SEC",
+        "MAX_CONNECTIONS_PER_IP",
+    ] {
+        cmd.env(format!("CONFAB__LIMITS__{limit}"), "0");
+    }
     cmd
 }
 

@@ -35,7 +35,6 @@ pub struct ApiState {
     pub verifier: auth::Verifier,
     pub system_user: String,
     pub max_body_bytes: usize,
-    pub token_secret: String,
     pub token_ttl_secs: u64,
     /// The store's webhook outbox (delivery log and replay), set at start-up.
     pub outbox: std::sync::OnceLock<Arc<dyn confab_actors::outbox::Outbox>>,
@@ -47,7 +46,6 @@ impl ApiState {
             verifier: auth::Verifier::new(&cfg.api.keys, cfg.api.nonce_cache_size),
             system_user: cfg.api.system_user.clone(),
             max_body_bytes: cfg.api.max_body_bytes,
-            token_secret: cfg.auth.secret.clone(),
             token_ttl_secs: cfg.auth.token_ttl_secs,
             outbox: std::sync::OnceLock::new(),
         }

@@ -102,11 +102,14 @@ impl Batch {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Broadcast {
-    /// Close every session of a user: it was disabled, or its tokens were revoked.
+    /// Close the sessions of a user that lost access: it was disabled, or its tokens were
+    /// revoked (those issued before `tokens_before_ms`; absent: every one, as older nodes meant).
     CloseUser {
         user: String,
         #[serde(default)]
         disabled: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        tokens_before_ms: Option<u64>,
     },
     /// A conversation's membership changed: drop what is cached about it.
     MembershipChanged {
@@ -134,6 +137,10 @@ pub enum Incoming {
         user: Arc<str>,
         online: bool,
     },
+    /// Not from the bus: the subscriber is subscribed again after losing its connection. What
+    /// was published meanwhile is lost (pub/sub does not replay), security broadcasts included:
+    /// the node re-checks its sessions' access.
+    Resubscribed,
 }
 
 /// Appends a string (a `u16` length, then its bytes); longer ones are cut at a character boundary
@@ -328,8 +335,12 @@ pub(crate) async fn subscriber(inner: Arc<Inner>, out: mpsc::Sender<Incoming>, m
             Ok((sink, stream)) => {
                 backoff = Duration::from_millis(100);
                 inner.subscribed.store(true, Relaxed);
-                inner.metrics.subscriptions.fetch_add(1, Relaxed);
+                let before = inner.metrics.subscriptions.fetch_add(1, Relaxed);
                 tracing::debug!(node = %inner.node_id, "subscribed to the node bus");
+                if before > 0 {
+                    // Waits for room: this one must not be dropped.
+                    let _ = out.send(Incoming::Resubscribed).await;
+                }
                 let done = listen(&inner, sink, stream, &out, &mut stop).await;
                 inner.subscribed.store(false, Relaxed);
                 if done {
@@ -409,7 +420,7 @@ fn hand_over(inner: &Inner, decoder: &mut Decoder, payload: &[u8], out: &mpsc::S
     let counter = match incoming {
         Incoming::Batch(_) => &m.batches_received,
         Incoming::Broadcast { .. } => &m.broadcasts_received,
-        Incoming::Presence { .. } => return,
+        Incoming::Presence { .. } | Incoming::Resubscribed => return,
     };
     counter.fetch_add(1, Relaxed);
     if out.try_send(incoming).is_err() {
@@ -509,10 +520,22 @@ mod tests {
         );
         assert!(wire.ends_with(b"\x01\x00\x00\x00\x02\x00\x00\x00{}"), "one frame of 2 bytes, last");
 
-        let ev = Broadcast::CloseUser { user: "bob".into(), disabled: true };
+        let ev = Broadcast::CloseUser { user: "bob".into(), disabled: true, tokens_before_ms: None };
         let wire = encode_broadcast("node-b", &ev);
         assert!(wire.ends_with(br#"{"type":"close_user","user":"bob","disabled":true}"#));
         assert_eq!(decode(&wire), Some(Incoming::Broadcast { from: "node-b".into(), event: ev }));
+        let ev = Broadcast::CloseUser { user: "bob".into(), disabled: false, tokens_before_ms: Some(7) };
+        let wire = encode_broadcast("node-b", &ev);
+        assert!(wire.ends_with(br#"{"type":"close_user","user":"bob","disabled":false,"tokens_before_ms":7}"#));
+        assert_eq!(decode(&wire), Some(Incoming::Broadcast { from: "node-b".into(), event: ev }));
+        // An older node's revocation (no bound) still decodes, as "every token".
+        let old = br#"{"type":"close_user","user":"bob"}"#;
+        let mut wire = encode_broadcast("node-b", &Broadcast::Unknown);
+        let json_at = wire.len() - br#"{"type":"unknown"}"#.len();
+        wire.truncate(json_at);
+        wire.extend_from_slice(old);
+        let want = Broadcast::CloseUser { user: "bob".into(), disabled: false, tokens_before_ms: None };
+        assert_eq!(decode(&wire), Some(Incoming::Broadcast { from: "node-b".into(), event: want }));
     }
 
     #[test]

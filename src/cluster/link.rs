@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use confab_actors::cluster::{self as seam, PeerCommand, PeerDelivery};
 use confab_actors::engine::Engine;
+use confab_actors::registry::Revocation;
 
 use super::{Batch, Broadcast, Cluster, Incoming};
 
@@ -32,10 +33,20 @@ impl seam::Cluster for Link {
 
     fn broadcast(&self, c: PeerCommand) {
         let event = match c {
-            PeerCommand::CloseUser { user, disabled } => Broadcast::CloseUser { user, disabled },
+            PeerCommand::CloseUser { user, revocation } => {
+                let (disabled, tokens_before_ms) = match revocation {
+                    Revocation::Disabled => (true, None),
+                    Revocation::TokensBefore(before) => (false, before),
+                };
+                Broadcast::CloseUser { user, disabled, tokens_before_ms }
+            }
             PeerCommand::MembershipChanged { conv_id, seq } => Broadcast::MembershipChanged { conv_id, seq },
         };
         self.cluster.announce(event);
+    }
+
+    fn bus_up(&self) -> bool {
+        self.cluster.bus_up()
     }
 
     fn session_opened(&self, user: &Arc<str>, device: &Arc<str>, conn_id: u64, first_here: bool) {
@@ -57,12 +68,22 @@ pub fn dispatch(engine: &Engine, incoming: Incoming) {
             membership_changed: b.membership_changed,
         }),
         Incoming::Broadcast { event, from } => match event {
-            Broadcast::CloseUser { user, disabled } => engine.peer_command(PeerCommand::CloseUser { user, disabled }),
+            Broadcast::CloseUser { user, disabled, tokens_before_ms } => {
+                let revocation =
+                    if disabled { Revocation::Disabled } else { Revocation::TokensBefore(tokens_before_ms) };
+                engine.peer_command(PeerCommand::CloseUser { user, revocation })
+            }
             Broadcast::MembershipChanged { conv_id, seq } => {
                 engine.peer_command(PeerCommand::MembershipChanged { conv_id, seq })
             }
             Broadcast::Unknown => tracing::debug!(%from, "ignored a cluster event this version does not know"),
         },
         Incoming::Presence { user, online } => engine.presence(&user, online),
+        Incoming::Resubscribed => {
+            let engine = engine.clone();
+            actix::spawn(async move {
+                engine.recheck_access().await;
+            });
+        }
     }
 }

@@ -203,13 +203,44 @@ async fn sender(inner: Arc<Inner>, mut rx: mpsc::Receiver<Outgoing>) {
                 Outgoing::Broadcast(event) => {
                     send_run(&inner, &mut cache, &mut run).await;
                     if broadcast(&inner, &event).await.is_err() {
-                        inner.metrics.outgoing_dropped.fetch_add(1, Relaxed);
+                        match event {
+                            // A lost disable or revocation would leave sessions open on other
+                            // nodes: it is sent again until Redis takes it.
+                            Broadcast::CloseUser { .. } => retry_broadcast(&inner, event),
+                            _ => {
+                                inner.metrics.outgoing_dropped.fetch_add(1, Relaxed);
+                            }
+                        }
                     }
                 }
             }
         }
         send_run(&inner, &mut cache, &mut run).await;
     }
+}
+
+/// Security broadcasts being sent again at most at once; beyond, one is dropped (and counted):
+/// nodes still re-check their sessions' access when their own subscription comes back.
+const MAX_RETRIED_BROADCASTS: usize = 10_000;
+
+/// Sends `event` again every heartbeat until Redis takes it (see [`sender`]).
+fn retry_broadcast(inner: &Arc<Inner>, event: Broadcast) {
+    if inner.retried_broadcasts.fetch_add(1, Relaxed) >= MAX_RETRIED_BROADCASTS {
+        inner.retried_broadcasts.fetch_sub(1, Relaxed);
+        inner.metrics.outgoing_dropped.fetch_add(1, Relaxed);
+        tracing::warn!("too many security broadcasts waiting for Redis; dropped one");
+        return;
+    }
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(inner.heartbeat).await;
+            if broadcast(&inner, &event).await.is_ok() {
+                break;
+            }
+        }
+        inner.retried_broadcasts.fetch_sub(1, Relaxed);
+    });
 }
 
 /// Publishes a run of deliveries (see [`sender`]) and empties it. A run that cannot reach Redis
@@ -332,6 +363,8 @@ pub(crate) struct Inner {
     pub(crate) subscribed: AtomicBool,
     /// The incoming queue, for [`Incoming::Presence`].
     pub(crate) incoming: mpsc::Sender<Incoming>,
+    /// Security broadcasts being sent again (see `retry_broadcast`).
+    pub(crate) retried_broadcasts: std::sync::atomic::AtomicUsize,
 }
 
 struct Shared {
@@ -391,6 +424,7 @@ impl Cluster {
             presence_version: AtomicU64::new(0),
             subscribed: AtomicBool::new(false),
             incoming: inbox_tx.clone(),
+            retried_broadcasts: std::sync::atomic::AtomicUsize::new(0),
         });
         let (stop, stop_rx) = watch::channel(false);
         handle.spawn(presence::writer(inner.clone(), writes_rx));
@@ -419,6 +453,12 @@ impl Cluster {
     }
 
     /// Whether the last Redis call succeeded (for `/readyz` and logs).
+    /// Whether other nodes' publishes reach this node now: Redis answers and the subscription
+    /// is live.
+    pub fn bus_up(&self) -> bool {
+        self.redis_up() && self.inner().subscribed.load(Relaxed)
+    }
+
     pub fn redis_up(&self) -> bool {
         self.inner().redis.is_up()
     }

@@ -19,6 +19,7 @@
 //! | `groups`        | `group_id`                  | `Group` JSON              | group profile, `member_count`         |
 //! | `members`       | `(group_id, user)`          | `Member` JSON             | active members                        |
 //! | `users`         | `user_id`                   | `User` JSON               | profiles, disabled, token revocation  |
+//! | `replies`       | `(conv_id, quoted, seq)`    | `()`                      | a recall scrubs the quotes of replies |
 //!
 //! With webhooks on, changes also write their event to the outbox tables of `outbox` in the same
 //! transaction (`outbox`, `webhook_deliveries`, `webhook_pending`, `webhook_meta`).
@@ -69,7 +70,7 @@ use confab_actors::model::{
 };
 use confab_actors::outbox::NewEvent;
 use confab_actors::store::{
-    Appended, GroupDismiss, GroupUpdate, HistoryQuery, MemberChange, NewGroup, NewMessage, RoleChange, Store,
+    Appended, GroupDismiss, GroupUpdate, HistoryQuery, MemberChange, NewGroup, NewMessage, Recalled, RoleChange, Store,
     StoreResult,
 };
 use redb::{Database, ReadTransaction, WriteTransaction};
@@ -208,6 +209,8 @@ fn create_tables(txn: &WriteTransaction) -> StoreResult<()> {
     txn.open_table(tables::MEMBERS).map_err(unavailable)?;
     outbox::create_tables(txn)?;
     txn.open_table(tables::USERS).map_err(unavailable)?;
+    txn.open_table(tables::REPLIES).map_err(unavailable)?;
+    ops::index_replies(txn)?;
     Ok(())
 }
 
@@ -262,16 +265,15 @@ impl Store for EmbeddedStore {
         self.read(move |txn| reads::history(txn, &conv_id, for_user.as_deref(), q)).await
     }
 
-    async fn recall(&self, conv_id: &str, seq: u64, by: &str) -> StoreResult<Message> {
+    async fn recall(&self, conv_id: &str, seq: u64, by: &str) -> StoreResult<Recalled> {
         let (conv_id, by) = (conv_id.to_owned(), by.to_owned());
         let emit = self.outbox.load(Relaxed);
         self.write(move |txn| {
-            let before = if emit { outbox::current_ver(txn)? } else { 0 };
-            let m = ops::recall(txn, &conv_id, seq, &by)?;
-            if emit && m.ver > before {
-                outbox::push(txn, NewEvent::recalled(&m, confab_actors::conversation::now_ms()))?;
+            let r = ops::recall(txn, &conv_id, seq, &by)?;
+            if emit && r.changed {
+                outbox::push(txn, NewEvent::recalled(&r.message, confab_actors::conversation::now_ms()))?;
             }
-            Ok(m)
+            Ok(r)
         })
         .await
     }
@@ -387,8 +389,8 @@ impl Store for EmbeddedStore {
         self.write(move |txn| users::set_disabled(txn, &id, disabled, ts)).await
     }
 
-    async fn revoke_tokens(&self, id: &str, after_secs: u64, ts: i64) -> StoreResult<User> {
+    async fn revoke_tokens(&self, id: &str, before_ms: u64, ts: i64) -> StoreResult<User> {
         let id = id.to_owned();
-        self.write(move |txn| users::revoke_tokens(txn, &id, after_secs, ts)).await
+        self.write(move |txn| users::revoke_tokens(txn, &id, before_ms, ts)).await
     }
 }

@@ -49,7 +49,7 @@ use confab_actors::model::{
     Changes, Conversation, ConversationView, FlagsPatch, Group, Member, Message, User, UserConvState, UserPatch,
 };
 use confab_actors::store::{
-    Appended, GroupDismiss, GroupUpdate, HistoryQuery, MemberChange, NewGroup, NewMessage, RoleChange, Store,
+    Appended, GroupDismiss, GroupUpdate, HistoryQuery, MemberChange, NewGroup, NewMessage, Recalled, RoleChange, Store,
     StoreResult,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -252,9 +252,9 @@ impl Store for MongoStore {
         self.read("history", move |c| async move { reads::history(&c, &conv_id, for_user.as_deref(), q).await }).await
     }
 
-    async fn recall(&self, conv_id: &str, seq: u64, by: &str) -> StoreResult<Message> {
+    async fn recall(&self, conv_id: &str, seq: u64, by: &str) -> StoreResult<Recalled> {
         match self.write(Op::Recall { conv_id: conv_id.to_owned(), seq, by: by.to_owned() }).await? {
-            Answer::Message(m) => Ok(m),
+            Answer::Recalled(message, changed) => Ok(Recalled { message, changed }),
             _ => Err(unexpected()),
         }
     }
@@ -380,8 +380,8 @@ impl Store for MongoStore {
         self.read("set_user_disabled", move |c| async move { users::set_disabled(&c, &id, disabled, ts).await }).await
     }
 
-    async fn revoke_tokens(&self, id: &str, after_secs: u64, ts: i64) -> StoreResult<User> {
+    async fn revoke_tokens(&self, id: &str, before_ms: u64, ts: i64) -> StoreResult<User> {
         let id = id.to_owned();
-        self.read("revoke_tokens", move |c| async move { users::revoke_tokens(&c, &id, after_secs, ts).await }).await
+        self.read("revoke_tokens", move |c| async move { users::revoke_tokens(&c, &id, before_ms, ts).await }).await
     }
 }

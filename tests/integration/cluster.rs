@@ -383,7 +383,7 @@ async fn drain(rx: &mut mpsc::Receiver<Incoming>, quiet: Duration) -> Vec<Batch>
     while let Ok(Some(i)) = tokio::time::timeout(quiet, rx.recv()).await {
         match i {
             Incoming::Batch(b) => out.push(b),
-            Incoming::Broadcast { .. } | Incoming::Presence { .. } => {}
+            Incoming::Broadcast { .. } | Incoming::Presence { .. } | Incoming::Resubscribed => {}
         }
     }
     out
@@ -614,6 +614,7 @@ async fn a_redis_restart_is_survived() {
     assert!(a.metrics().presence_reasserts.load(Relaxed) >= 1);
     eventually(Duration::from_secs(10), "the subscriber back", || async { b.subscribed() }).await;
     assert!(b.metrics().subscriptions.load(Relaxed) >= 2);
+    let mut resubscribed = false;
     let l = a.locate(&chunk).await.unwrap();
     let frame = ByteString::from_static(r#"{"event":"message"}"#);
     assert_eq!(a.publish_located(&l, &Batch::new(frame.clone(), vec![])).await.unwrap(), 1);
@@ -623,11 +624,14 @@ async fn a_redis_restart_is_survived() {
                 assert_eq!((batch.users, batch.frames), (arcs(&["bob"]), vec![frame]));
                 break;
             }
-            // Presence re-announced by the re-assertion (Redis came back empty).
+            // Presence re-announced by the re-assertion (Redis came back empty), and the notice that
+            // the subscription is back (the node re-checks its sessions' access).
             Ok(Some(Incoming::Presence { .. })) => continue,
+            Ok(Some(Incoming::Resubscribed)) => resubscribed = true,
             other => panic!("no batch after the restart: {other:?}"),
         }
     }
+    assert!(resubscribed, "the node is told its subscription is back (before the batch that came through it)");
     a.shutdown().await;
     b.shutdown().await;
     server.kill().await;

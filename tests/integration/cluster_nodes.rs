@@ -562,6 +562,76 @@ async fn signed_requests_and_access_changes_hold_across_nodes() {
     cluster.stop().await;
 }
 
+/// A disable made on one node while Redis is down cannot be broadcast: it still reaches the
+/// sessions on the other node once Redis is back (the broadcast is sent again until Redis takes
+/// it, and the other node re-checks its sessions when its subscription returns).
+#[tokio::test]
+async fn a_disable_made_while_redis_is_down_reaches_every_node_when_it_returns() {
+    let Some((mongo, _)) = services() else { return };
+    let rdir = tempfile::tempdir().unwrap();
+    let mut redis = OwnRedis::start(rdir.path());
+    let cluster = Cluster::start_on(2, &mongo, &redis.url(), &[]).await;
+    let mut far = cluster.connect(1, "mallory", "phone").await;
+    far.expect_ok("ping", json!({})).await;
+    redis.kill();
+    // Both nodes notice Redis is gone before the disable (so its broadcast fails).
+    for i in 0..2 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while crate::common::metric(cluster.addr(i), "confab_cluster_redis_up").await != 0.0 {
+            assert!(Instant::now() < deadline, "node {i} never noticed Redis was down");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let (status, body) =
+        crate::http_api::Req::new("POST", "/api/v1/users/mallory/disable", None).send(cluster.addr(0)).await;
+    assert_eq!(status, 200, "{body}");
+    // Nothing can reach node 1 yet; its session is still open.
+    assert!(far.wait_closed(Duration::from_millis(1500)).await.is_none(), "closed without Redis?");
+    redis.restart();
+    assert_eq!(far.wait_closed(Duration::from_secs(10)).await, Some(1008), "the disable never reached node 1");
+    cluster.stop().await;
+}
+
+/// With Redis down, a conversation written on two nodes keeps its acknowledgements fast: a node
+/// reads the other node's messages back from the store at once instead of waiting for a fan-out
+/// that cannot come.
+#[tokio::test]
+async fn acks_stay_fast_while_redis_is_down() {
+    let Some((mongo, _)) = services() else { return };
+    let rdir = tempfile::tempdir().unwrap();
+    let mut redis = OwnRedis::start(rdir.path());
+    let cluster = Cluster::start_on(2, &mongo, &redis.url(), crate::common::NO_RATE_LIMITS).await;
+    let mut a = cluster.connect(0, "alice", "phone").await;
+    let mut b = cluster.connect(1, "bob", "phone").await;
+    a.send_msg(json!({"to": "bob"}), "warm-a", text("hi")).await;
+    b.send_msg(json!({"to": "alice"}), "warm-b", text("hi")).await;
+    redis.kill();
+    for i in 0..2 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while crate::common::metric(cluster.addr(i), "confab_cluster_redis_up").await != 0.0 {
+            assert!(Instant::now() < deadline, "node {i} never noticed Redis was down");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Alternate senders on the two nodes: every ack follows a message the other node stored.
+    let mut slow = Vec::new();
+    for i in 0..10 {
+        for (c, tag) in [(&mut a, "a"), (&mut b, "b")] {
+            let to = if tag == "a" { "bob" } else { "alice" };
+            let t = Instant::now();
+            c.send_msg(json!({"to": to}), &format!("{tag}{i}"), text("during")).await;
+            slow.push(t.elapsed());
+        }
+    }
+    slow.sort();
+    let median = slow[slow.len() / 2];
+    eprintln!("acks during the Redis outage: median {median:?}, max {:?}", slow.last().unwrap());
+    // Waiting for the other node's fan-out took at least the gap wait (100 ms) per ack.
+    assert!(median < Duration::from_millis(100), "acks wait for a fan-out that cannot come: median {median:?}");
+    redis.restart();
+    cluster.stop().await;
+}
+
 /// The webhook dispatcher runs on one node (a lease in the store); when that node dies, another
 /// takes over within 5 seconds with the default lease, and nothing is missed.
 #[tokio::test]

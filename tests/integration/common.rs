@@ -29,6 +29,18 @@ pub const SECRET: &str = "integration-test-secret-0123456789";
 /// How long a test waits for any one reply or event.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Settings that turn every rate limit off, for tests that stream requests as fast as they can
+/// (durability, ordering) rather than as people do.
+pub const NO_RATE_LIMITS: &[(&str, &str)] = &[
+    ("CONFAB__LIMITS__REQUESTS_PER_CONN_PER_SEC", "0"),
+    ("CONFAB__LIMITS__SENDS_PER_CONN_PER_SEC", "0"),
+    ("CONFAB__LIMITS__SENDS_PER_USER_PER_SEC", "0"),
+    ("CONFAB__LIMITS__GROUP_CREATES_PER_USER_PER_HOUR", "0"),
+    ("CONFAB__LIMITS__GROUP_ADDS_PER_USER_PER_HOUR", "0"),
+    ("CONFAB__LIMITS__CONNECTIONS_PER_IP_PER_SEC", "0"),
+    ("CONFAB__LIMITS__MAX_CONNECTIONS_PER_IP", "0"),
+];
+
 /// A valid token for `user` on `device` (one hour).
 pub fn token(user: &str, device: &str) -> String {
     confab::auth::mint(SECRET, user, device, 3600).unwrap()

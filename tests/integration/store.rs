@@ -347,6 +347,8 @@ pub async fn check_recall_and_changes(s: DynStore) {
     }
     let since = s.conversation(&conv).await.expect("conversation").expect("exists").ver;
     let r = s.recall(&conv, 2, "alice").await.expect("recall");
+    assert!(r.changed, "the first recall changes the message");
+    let r = r.message;
     assert_eq!(r.seq, 2);
     assert_eq!(r.body, Body::Recalled { by: "alice".to_owned() });
     assert_eq!(r.sender.as_deref(), Some("alice"));
@@ -367,7 +369,8 @@ pub async fn check_recall_and_changes(s: DynStore) {
 
     // Recalling again changes nothing.
     let again = s.recall(&conv, 2, "bob").await.expect("recall");
-    assert_eq!(again, r);
+    assert!(!again.changed, "a second recall changes nothing, and says so");
+    assert_eq!(again.message, r);
     assert_eq!(s.conversation(&conv).await.expect("conversation").expect("exists").ver, r.ver);
 
     // The recall moves the conversation past list cursors.
@@ -376,7 +379,7 @@ pub async fn check_recall_and_changes(s: DynStore) {
     assert_eq!(listed[0].conv.conv_id, conv);
 
     // Recalling the last message shows in the list's last message.
-    let r3 = s.recall(&conv, 3, "alice").await.expect("recall");
+    let r3 = s.recall(&conv, 3, "alice").await.expect("recall").message;
     let view = s.conversation_view("bob", &conv).await.expect("view").expect("exists");
     assert_eq!(view.last_message, Some(r3.clone()));
     let ch = s.changes("bob", &conv, since).await.expect("changes");
@@ -386,6 +389,80 @@ pub async fn check_recall_and_changes(s: DynStore) {
     let dup = s.append(direct("alice", "bob", Some("r3"), "m3")).await.expect("append");
     assert!(dup.duplicate);
     assert_eq!(dup.message, r3);
+}
+
+/// A recall scrubs the quote of every stored reply to the message, and a reply appended with a
+/// quote taken before the recall is stored scrubbed (the store re-checks in its transaction).
+pub async fn check_recall_scrubs_quotes(s: DynStore) {
+    use confab_actors::model::ReplyRef;
+    let conv = direct_conv_id("alice", "bob");
+    let secret = send(&s, direct("alice", "bob", Some("q1"), "the secret")).await;
+    let other = send(&s, direct("alice", "bob", Some("q2"), "harmless")).await;
+    let reply = |cmid: &str, quoted: &Message| NewMessage {
+        reply_to: Some(ReplyRef::of(quoted)),
+        ..direct("bob", "alice", Some(cmid), "re")
+    };
+    let r1 = send(&s, reply("q3", &secret)).await;
+    let r2 = send(&s, reply("q4", &other)).await;
+    assert_eq!(r1.reply_to.as_ref().map(|r| r.quote.as_str()), Some("the secret"));
+    let recalled = s.recall(&conv, secret.seq, "alice").await.expect("recall");
+    assert!(recalled.changed);
+    let stored = s.message(&conv, r1.seq).await.expect("message").expect("exists");
+    let q = stored.reply_to.expect("still a reply");
+    assert_eq!((q.seq, q.sender.as_deref(), q.recalled), (secret.seq, Some("alice"), true));
+    assert!(!q.quote.contains("secret"), "{q:?}");
+    let untouched = s.message(&conv, r2.seq).await.expect("message").expect("exists");
+    assert_eq!(untouched.reply_to.map(|r| (r.quote, r.recalled)), Some(("harmless".to_owned(), false)));
+    // A reply whose quote was taken before the recall committed.
+    let late = send(&s, reply("q5", &secret)).await;
+    let q = late.reply_to.expect("a reply");
+    assert!(q.recalled && !q.quote.contains("secret"), "{q:?}");
+    let page = s.history(&conv, None, HistoryQuery::Latest { limit: 10 }).await.expect("history");
+    assert!(page.iter().all(|m| !format!("{m:?}").contains("secret")), "{page:?}");
+}
+
+/// A member who leaves keeps an inactive row that records where they left (`left_seq`); their
+/// view of the conversation (item, list, cursor) stops there, whatever is said after.
+pub async fn check_former_members_see_up_to_their_leaving(s: DynStore) {
+    let conv = group_conv_id("gl");
+    s.create_group(new_group("gl", "alice", &["bob", "carol"])).await.expect("create");
+    send(&s, to_group("gl", "alice", "hello")).await; // seq 2
+    let since = s.list_conversations("carol", 0, 10).await.expect("list")[0].cursor();
+    let removal = s.change_members(change("gl", &[], &["carol"], TS + 1)).await.expect("remove"); // seq 3
+    let state = s.user_conv("carol", &conv).await.expect("row").expect("exists");
+    assert_eq!((state.active, state.left_seq), (false, removal.seq));
+    let listed = s.list_conversations("carol", since, 10).await.expect("list");
+    assert_eq!(listed.len(), 1, "her removal shows in her list");
+    let cursor = listed[0].cursor();
+    send(&s, to_group("gl", "bob", "after carol")).await; // seq 4
+    let view = s.conversation_view("carol", &conv).await.expect("view").expect("exists");
+    assert_eq!(view.conv.last_seq, removal.seq);
+    assert_eq!(view.last_message.as_ref().map(|m| m.seq), Some(removal.seq));
+    assert!(view.cursor() <= cursor, "her cursor does not move with later messages");
+    assert!(s.list_conversations("carol", cursor, 10).await.expect("list").is_empty());
+    let all = s.list_conversations("carol", 0, 10).await.expect("list");
+    assert_eq!(all[0].conv.last_seq, removal.seq);
+    // Bob still sees everything.
+    assert_eq!(s.conversation_view("bob", &conv).await.expect("view").expect("exists").conv.last_seq, 4);
+    // Re-added: active again, everything visible.
+    s.change_members(change("gl", &[("carol", Role::Member)], &[], TS + 2)).await.expect("add");
+    let state = s.user_conv("carol", &conv).await.expect("row").expect("exists");
+    assert_eq!((state.active, state.left_seq), (true, 0));
+    assert_eq!(s.conversation_view("carol", &conv).await.expect("view").expect("exists").conv.last_seq, 5);
+    // A dismissal is every member's leaving, at the dismissal message.
+    let (_, d) = s
+        .dismiss_group(confab_actors::store::GroupDismiss {
+            group_id: "gl".into(),
+            ts: TS + 3,
+            system_body: system("group_dismissed"),
+        })
+        .await
+        .expect("dismiss");
+    for u in ["alice", "bob", "carol"] {
+        let st = s.user_conv(u, &conv).await.expect("row").expect("exists");
+        assert_eq!((st.active, st.left_seq, st.hidden), (false, d.seq, false), "{u}");
+        assert_eq!(s.conversation_view(u, &conv).await.expect("view").expect("exists").conv.last_seq, d.seq);
+    }
 }
 
 /// The read cursor only moves forward and never past the last message.
@@ -679,11 +756,13 @@ pub async fn check_users(s: DynStore) {
     assert!(d.disabled);
     assert_eq!(d.nickname.as_deref(), Some("Ann"), "disabling keeps the profile");
 
-    // Revocation only moves forward.
-    assert_eq!(s.revoke_tokens("u1", 1000, TS + 7).await.unwrap().tokens_valid_after, 1000);
-    assert_eq!(s.revoke_tokens("u1", 900, TS + 8).await.unwrap().tokens_valid_after, 1000);
-    let r = s.revoke_tokens("u3", 50, TS).await.unwrap();
-    assert_eq!((r.tokens_valid_after, r.disabled), (50, false));
+    // Revocation (to the millisecond) only moves forward; the seconds field is its second.
+    let r = s.revoke_tokens("u1", 1_000_500, TS + 7).await.unwrap();
+    assert_eq!((r.tokens_valid_after_ms, r.tokens_valid_after, r.revoked_before_ms()), (1_000_500, 1000, 1_000_500));
+    let r = s.revoke_tokens("u1", 900_000, TS + 8).await.unwrap();
+    assert_eq!((r.tokens_valid_after_ms, r.tokens_valid_after), (1_000_500, 1000));
+    let r = s.revoke_tokens("u3", 50_000, TS).await.unwrap();
+    assert_eq!((r.tokens_valid_after, r.tokens_valid_after_ms, r.disabled), (50, 50_000, false));
     let u1 = s.user("u1").await.unwrap().unwrap();
     assert!(u1.disabled && u1.nickname.as_deref() == Some("Ann") && u1.ext == ext);
 
@@ -1013,7 +1092,7 @@ pub async fn check_ver_increases(s: DynStore) {
     vers.push(s.mark_read("alice", &conv, 2).await.expect("mark_read").expect("moved").ver);
     vers.push(s.set_flags("bob", &conv, FlagsPatch::default()).await.expect("flags").ver);
     vers.push(s.delete_for_user("bob", &conv, &[1]).await.expect("delete").ver);
-    vers.push(s.recall(&conv, 1, "alice").await.expect("recall").ver);
+    vers.push(s.recall(&conv, 1, "alice").await.expect("recall").message.ver);
     vers.push(s.create_group(new_group("gv", "alice", &["bob"])).await.expect("create").1.ver);
     vers.push(s.change_members(change("gv", &[("carol", Role::Member)], &[], TS)).await.expect("change").ver);
     vers.push(send(&s, to_group("gv", "carol", "3")).await.ver);
@@ -1105,6 +1184,8 @@ mod embedded {
         check_history_paging,
         check_delete_for_user_and_changes,
         check_recall_and_changes,
+        check_recall_scrubs_quotes,
+        check_former_members_see_up_to_their_leaving,
         check_mark_read,
         check_set_flags,
         check_list_conversations_paging,
@@ -1246,6 +1327,8 @@ mod mongodb {
         check_history_paging,
         check_delete_for_user_and_changes,
         check_recall_and_changes,
+        check_recall_scrubs_quotes,
+        check_former_members_see_up_to_their_leaving,
         check_mark_read,
         check_set_flags,
         check_list_conversations_paging,

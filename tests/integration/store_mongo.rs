@@ -517,6 +517,45 @@ async fn node_on_mongodb_readiness_and_recovery() {
     assert!(node.metric("confab_store_db_command_failures_total").await >= 0.0);
 }
 
+/// With MongoDB unreachable and a long server selection timeout, `/readyz` still answers (503)
+/// within `server.ready_timeout_ms`, and a user can reconnect: the access check gives up after
+/// `auth.access_check_timeout_ms`, lets the connection in and checks again once MongoDB is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mongodb_outage_neither_blocks_reconnects_nor_readiness() {
+    let Some(uri) = test_uri() else { return };
+    let proxy = Proxy::start(target_of(&uri), true).await;
+    let db = fresh_db();
+    let proxied = proxy.uri();
+    let node = TestNode::with(&[
+        ("CONFAB__STORAGE__BACKEND", "mongodb"),
+        ("CONFAB__STORAGE__MONGODB__URI", proxied.as_str()),
+        ("CONFAB__STORAGE__MONGODB__DATABASE", db.as_str()),
+        ("CONFAB__STORAGE__MONGODB__SERVER_SELECTION_TIMEOUT_MS", "10000"),
+        ("CONFAB__STORAGE__MONGODB__CONNECT_TIMEOUT_MS", "10000"),
+        ("CONFAB__SERVER__READY_TIMEOUT_MS", "700"),
+        ("CONFAB__AUTH__ACCESS_CHECK_TIMEOUT_MS", "500"),
+    ]);
+    assert_eq!(node.get("/readyz").await.0, 200);
+    let mut alice = node.connect("alice", "phone").await;
+    alice.send_msg(json!({"to": "bob"}), "c1", text("hi")).await;
+    proxy.cut();
+    let t = Instant::now();
+    assert_eq!(node.get("/readyz").await.0, 503);
+    assert!(t.elapsed() < Duration::from_secs(2), "/readyz took {:?}", t.elapsed());
+    let t = Instant::now();
+    let mut bob = node.connect("bob", "phone").await;
+    assert!(t.elapsed() < Duration::from_secs(3), "reconnecting took {:?}", t.elapsed());
+    bob.expect_ok("ping", json!({})).await;
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while node.get("/readyz").await.0 != 200 {
+        assert!(Instant::now() < deadline, "the node did not become ready again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let m = bob.send_msg(json!({"to": "alice"}), "b1", text("back")).await;
+    assert_eq!(m["seq"], 2);
+}
+
 /// `confab migrate`: an embedded store copied into MongoDB reads back the same, keeps its
 /// counters, and a second run changes nothing (even after writes on MongoDB).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -610,7 +649,7 @@ async fn migrate_carries_users_and_the_webhook_outbox() {
         };
         embedded.upsert_user(profile).await.expect("alice");
         embedded.set_user_disabled("carol", true, TS + 1).await.expect("disable carol");
-        embedded.revoke_tokens("bob", 1_700_000_500, TS + 2).await.expect("revoke bob");
+        embedded.revoke_tokens("bob", 1_700_000_500_000, TS + 2).await.expect("revoke bob");
         let mut ids = Vec::new();
         for n in 0..4 {
             ids.push(embedded.push_event(online(n)).await.expect("push"));
@@ -639,7 +678,7 @@ async fn migrate_carries_users_and_the_webhook_outbox() {
     let cluster_carol =
         UserPatch { id: "carol".into(), nickname: Some("Carol (cluster)".into()), avatar: None, ext: None, ts: TS };
     store.upsert_user(cluster_carol).await.expect("carol");
-    store.revoke_tokens("bob", 1_700_000_100, TS).await.expect("revoke bob");
+    store.revoke_tokens("bob", 1_700_000_100_000, TS).await.expect("revoke bob");
 
     let report = confab::store::mongo::migrate_from_embedded(dir.path(), options(&uri, &db)).await.expect("migrate");
     eprintln!("{report}");
@@ -662,6 +701,7 @@ async fn migrate_carries_users_and_the_webhook_outbox() {
     assert_eq!(carol.nickname.as_deref(), Some("Carol (cluster)"), "an existing profile is not overwritten");
     let bob = store.user("bob").await.expect("user").expect("exists");
     assert_eq!(bob.tokens_valid_after, 1_700_000_500, "the later revocation wins");
+    assert_eq!(bob.tokens_valid_after_ms, 1_700_000_500_000);
     assert!(!bob.disabled);
 
     // The outbox: same events and ids, same deliveries and log, the cursor; the lease is free.

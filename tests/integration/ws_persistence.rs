@@ -111,7 +111,7 @@ async fn kill_9_loses_no_acknowledged_message() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let conv = direct_id("alice", "bob");
-    let mut node = Some(BinaryNode::start(&dir, &[]).await);
+    let mut node = Some(BinaryNode::start(&dir, crate::common::NO_RATE_LIMITS).await);
     let mut alice = node.as_ref().unwrap().connect("alice", "phone").await;
 
     let mut acked: Vec<(String, u64)> = Vec::new();

@@ -109,9 +109,8 @@ pub(super) fn dismiss_group(txn: &WriteTransaction, d: GroupDismiss) -> StoreRes
         members.remove((gid, user.as_str())).map_err(unavailable)?;
         let row: Option<UserConvState> = get_json(&rows, (user.as_str(), conv_key.as_str()))?;
         if let Some(mut state) = row {
-            if state.active {
-                state.active = false;
-                state.ver = ver;
+            // `finish` stores the dismissal as the next message.
+            if state.leave(conv.last_seq + 1, ver) {
                 put_json(&mut rows, (user.as_str(), conv_key.as_str()), &state)?;
             }
         }

@@ -9,15 +9,15 @@ use confab_actors::error::StoreError;
 use confab_actors::model::{
     group_conv_id, Body, ConvKind, Conversation, FlagsPatch, Group, Member, Message, Role, UserConvState,
 };
-use confab_actors::store::{Appended, MemberChange, NewGroup, NewMessage, StoreResult};
+use confab_actors::store::{Appended, MemberChange, NewGroup, NewMessage, Recalled, StoreResult};
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::tables::{
-    current_ver, get_json, next_ver, not_found, put_json, unavailable, CONVS, CONV_USERS, DEDUPE, DELETIONS, GROUPS,
-    MEMBERS, MESSAGES, META, RECALLS, USER_CONVS, VER_KEY,
+    current_ver, decode, get_json, next_ver, not_found, put_json, unavailable, CONVS, CONV_USERS, DEDUPE, DELETIONS,
+    GROUPS, MEMBERS, MESSAGES, META, RECALLS, REPLIES, REPLIES_INDEXED_KEY, USER_CONVS, VER_KEY,
 };
 
 type JsonTable<'t, K> = Table<'t, K, &'static [u8]>;
@@ -60,6 +60,7 @@ pub(super) struct Appender<'t> {
     convs: JsonTable<'t, &'static str>,
     rows: JsonTable<'t, (&'static str, &'static str)>,
     conv_users: Table<'t, (&'static str, &'static str), ()>,
+    replies: Table<'t, (&'static str, u64, u64), ()>,
     meta: Table<'t, &'static str, u64>,
     /// The last version handed out.
     ver: u64,
@@ -79,6 +80,7 @@ impl<'t> Appender<'t> {
             convs: txn.open_table(CONVS).map_err(unavailable)?,
             rows: txn.open_table(USER_CONVS).map_err(unavailable)?,
             conv_users: txn.open_table(CONV_USERS).map_err(unavailable)?,
+            replies: txn.open_table(REPLIES).map_err(unavailable)?,
             meta,
             ver,
             conv_cache: HashMap::new(),
@@ -185,13 +187,22 @@ impl<'t> Appender<'t> {
                 *changed = true;
             }
         }
+        let mut reply_to = m.reply_to;
+        if let Some(r) = &mut reply_to {
+            // The quote was taken before this transaction: a recall committed since scrubs it.
+            let quoted: Option<Message> = get_json(&self.messages, (conv_id, r.seq))?;
+            if quoted.is_some_and(|q| q.is_recalled()) {
+                r.scrub();
+            }
+            self.replies.insert((conv_id, r.seq, seq), ()).map_err(unavailable)?;
+        }
         let message = Message {
             conv_id: m.conv_id.clone(),
             seq,
             sender: m.sender.clone(),
             client_msg_id: m.client_msg_id.clone(),
             body: m.body,
-            reply_to: m.reply_to,
+            reply_to,
             ts: m.ts,
             ver,
         };
@@ -223,12 +234,12 @@ fn direct_participants(m: &NewMessage) -> Vec<String> {
     }
 }
 
-pub(super) fn recall(txn: &WriteTransaction, conv_id: &str, seq: u64, by: &str) -> StoreResult<Message> {
+pub(super) fn recall(txn: &WriteTransaction, conv_id: &str, seq: u64, by: &str) -> StoreResult<Recalled> {
     let mut messages = txn.open_table(MESSAGES).map_err(unavailable)?;
     let mut message: Message =
         get_json(&messages, (conv_id, seq))?.ok_or_else(|| not_found(format!("message {conv_id}/{seq}")))?;
     if message.is_recalled() {
-        return Ok(message);
+        return Ok(Recalled { message, changed: false });
     }
     let mut convs = txn.open_table(CONVS).map_err(unavailable)?;
     let mut conv: Conversation = get_json(&convs, conv_id)?
@@ -242,7 +253,44 @@ pub(super) fn recall(txn: &WriteTransaction, conv_id: &str, seq: u64, by: &str) 
     put_json(&mut convs, conv_id, &conv)?;
     let mut recalls = txn.open_table(RECALLS).map_err(unavailable)?;
     recalls.insert((conv_id, ver), seq).map_err(unavailable)?;
-    Ok(message)
+    // Replies keep their place and sender, but no longer quote the recalled text.
+    let replies = txn.open_table(REPLIES).map_err(unavailable)?;
+    for item in replies.range((conv_id, seq, 0u64)..=(conv_id, seq, u64::MAX)).map_err(unavailable)? {
+        let (k, _) = item.map_err(unavailable)?;
+        let (_, _, reply_seq) = k.value();
+        let Some(mut reply) = get_json::<_, Message>(&messages, (conv_id, reply_seq))? else { continue };
+        if let Some(r) = reply.reply_to.as_mut().filter(|r| r.seq == seq && !r.recalled) {
+            r.scrub();
+            put_json(&mut messages, (conv_id, reply_seq), &reply)?;
+        }
+    }
+    Ok(Recalled { message, changed: true })
+}
+
+/// Indexes every stored reply in [`REPLIES`] once (data directories written before the index
+/// existed); later appends index their own. One pass over the messages, at the first open.
+pub(super) fn index_replies(txn: &WriteTransaction) -> StoreResult<()> {
+    let mut meta = txn.open_table(META).map_err(unavailable)?;
+    if meta.get(REPLIES_INDEXED_KEY).map_err(unavailable)?.is_some() {
+        return Ok(());
+    }
+    let messages = txn.open_table(MESSAGES).map_err(unavailable)?;
+    let mut replies = txn.open_table(REPLIES).map_err(unavailable)?;
+    let mut n = 0u64;
+    for item in messages.iter().map_err(unavailable)? {
+        let (k, v) = item.map_err(unavailable)?;
+        let (conv_id, seq) = k.value();
+        let m: Message = decode(v.value())?;
+        if let Some(r) = &m.reply_to {
+            replies.insert((conv_id, r.seq, seq), ()).map_err(unavailable)?;
+            n += 1;
+        }
+    }
+    meta.insert(REPLIES_INDEXED_KEY, 1).map_err(unavailable)?;
+    if n > 0 {
+        tracing::info!(replies = n, "indexed the replies stored before this version");
+    }
+    Ok(())
 }
 
 pub(super) fn mark_read(
@@ -403,9 +451,7 @@ pub(super) fn change_members(txn: &WriteTransaction, c: MemberChange) -> StoreRe
         put_json(&mut members, (gid, user.as_str()), &member)?;
         count += 1;
         let mut state: UserConvState = get_json(&rows, (user.as_str(), conv_key))?.unwrap_or_default();
-        state.active = true;
-        state.read_seq = state.read_seq.max(seq - 1);
-        state.ver = ver;
+        state.join(seq, ver);
         put_row(&mut rows, &mut conv_users, user, conv_key, &state)?;
     }
     for user in &c.remove {
@@ -415,9 +461,7 @@ pub(super) fn change_members(txn: &WriteTransaction, c: MemberChange) -> StoreRe
         }
         let row: Option<UserConvState> = get_json(&rows, (user.as_str(), conv_key))?;
         if let Some(mut state) = row {
-            if state.active {
-                state.active = false;
-                state.ver = ver;
+            if state.leave(seq, ver) {
                 put_json(&mut rows, (user.as_str(), conv_key), &state)?;
             }
         }

@@ -48,13 +48,6 @@ pub(super) fn push(txn: &WriteTransaction, e: NewEvent) -> StoreResult<u64> {
     Ok(id)
 }
 
-/// The store-wide `ver` handed out last (to tell whether an operation wrote).
-pub(super) fn current_ver(txn: &WriteTransaction) -> StoreResult<u64> {
-    let meta = txn.open_table(super::tables::META).map_err(unavailable)?;
-    let v = meta.get(super::tables::VER_KEY).map_err(unavailable)?.map(|g| g.value()).unwrap_or(0);
-    Ok(v)
-}
-
 pub(super) fn events_after(txn: &ReadTransaction, after: u64, limit: usize) -> StoreResult<Vec<OutboxEvent>> {
     let t = txn.open_table(OUTBOX).map_err(unavailable)?;
     let mut out = Vec::new();

@@ -96,6 +96,7 @@ pub(super) fn conversation_view(
     let Some(conv) = get_json::<_, Conversation>(&convs, conv_id)? else {
         return Ok(None);
     };
+    let conv = ConversationView::visible(conv, &state);
     let messages = txn.open_table(MESSAGES).map_err(unavailable)?;
     let last_message = last_message(&messages, &conv)?;
     Ok(Some(ConversationView { conv, state, last_message }))
@@ -125,9 +126,10 @@ pub(super) fn list_conversations(
         let Some(conv) = get_json::<_, Conversation>(&convs, conv_id)? else {
             continue;
         };
-        let cursor = conv.ver.max(state.ver);
+        let view = ConversationView { conv: ConversationView::visible(conv, &state), state, last_message: None };
+        let cursor = view.cursor();
         if cursor > since {
-            page.push((cursor, conv, state));
+            page.push((cursor, view.conv, view.state));
         }
     }
     page.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.conv_id.cmp(&b.1.conv_id)));

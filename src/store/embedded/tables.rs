@@ -31,11 +31,18 @@ pub(super) const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("gr
 /// `(group_id, user)` → `Member` (JSON), active members only.
 pub(super) const MEMBERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("members");
 
+/// `(conv_id, quoted seq, reply seq)` → `()`: the replies to each message, so a recall scrubs
+/// their quotes without a scan.
+pub(super) const REPLIES: TableDefinition<(&str, u64, u64), ()> = TableDefinition::new("replies");
+
 /// `user_id` → `User` (JSON).
 pub(super) const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 
 /// The key of the version counter in [`META`].
 pub(super) const VER_KEY: &str = "ver";
+/// The key in [`META`] set once [`REPLIES`] indexes every stored reply (data directories from
+/// before the index are indexed once, when first opened).
+pub(super) const REPLIES_INDEXED_KEY: &str = "replies_indexed";
 
 /// Maps an engine or codec error to `Unavailable`.
 pub(super) fn unavailable(e: impl Display) -> StoreError {

@@ -25,8 +25,8 @@ pub(super) fn set_disabled(txn: &WriteTransaction, id: &str, disabled: bool, ts:
     put(txn, id, ts, |u| u.disabled = disabled)
 }
 
-pub(super) fn revoke_tokens(txn: &WriteTransaction, id: &str, after_secs: u64, ts: i64) -> StoreResult<User> {
-    put(txn, id, ts, |u| u.tokens_valid_after = u.tokens_valid_after.max(after_secs))
+pub(super) fn revoke_tokens(txn: &WriteTransaction, id: &str, before_ms: u64, ts: i64) -> StoreResult<User> {
+    put(txn, id, ts, |u| u.revoke_tokens(before_ms))
 }
 
 pub(super) fn user(txn: &ReadTransaction, id: &str) -> StoreResult<Option<User>> {

@@ -16,6 +16,13 @@ use mongodb::bson::{doc, Document};
 use mongodb::options::ReturnDocument;
 
 use super::docs::{body_json, i, q, u, ConvDoc, MessageDoc, ReplyDoc, CONVERSATIONS, MESSAGES, USER_CONVS};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+struct Quoted {
+    conv_id: String,
+    seq: i64,
+}
 use super::tx::{fatal, stmt, Answer, AttemptError, AttemptResult, Tx};
 use super::writer::Op;
 
@@ -150,7 +157,26 @@ impl Tx<'_> {
             answers[idx] = Some(Err(StoreError::NotFound(format!("conversation {}", m.conv_id))));
         }
 
-        // 4. Build the writes.
+        // 4. Replies whose quoted message was recalled since the quote was taken are stored with
+        // the quote scrubbed: one read for the whole flush, only when it holds replies. (A recall
+        // committing concurrently also writes the conversation's document, so the two
+        // transactions conflict and one of them runs again, seeing the other.)
+        let mut recalled: std::collections::HashSet<(String, i64)> = std::collections::HashSet::new();
+        let quoted: Vec<Document> = plans
+            .iter()
+            .flat_map(|(conv_id, idxs, _)| {
+                idxs.iter()
+                    .filter_map(|&x| append_of(ops[x]))
+                    .filter_map(move |m| m.reply_to.as_ref().map(|r| doc! { "conv_id": conv_id, "seq": q(r.seq) }))
+            })
+            .collect();
+        if !quoted.is_empty() {
+            let filter = doc! { "$or": quoted, "recall_ver": { "$exists": true } };
+            let found: Vec<Quoted> = self.find_all(MESSAGES, filter).await?;
+            recalled.extend(found.into_iter().map(|d| (d.conv_id, d.seq)));
+        }
+
+        // 5. Build the writes.
         let mut conv_stmts: Vec<Document> = Vec::new();
         let mut known = 0_i64;
         let mut created: Vec<usize> = Vec::new();
@@ -171,13 +197,17 @@ impl Tx<'_> {
                 let Some(m) = append_of(ops[idx]) else { continue };
                 seq += 1;
                 last_ver = vers[idx];
+                let mut reply_to = m.reply_to.clone();
+                if let Some(r) = reply_to.as_mut().filter(|r| recalled.contains(&(conv_id.clone(), q(r.seq)))) {
+                    r.scrub();
+                }
                 let message = Message {
                     conv_id: conv_id.clone(),
                     seq,
                     sender: m.sender.clone(),
                     client_msg_id: m.client_msg_id.clone(),
                     body: m.body.clone(),
-                    reply_to: m.reply_to.clone(),
+                    reply_to,
                     ts: m.ts,
                     ver: vers[idx],
                 };
@@ -187,14 +217,7 @@ impl Tx<'_> {
                     sender: m.sender.clone(),
                     client_msg_id: m.client_msg_id.clone(),
                     body: body_json(&m.body).map_err(fatal)?,
-                    reply_to: match &m.reply_to {
-                        Some(r) => Some(ReplyDoc {
-                            seq: i(r.seq).map_err(fatal)?,
-                            sender: r.sender.clone(),
-                            quote: r.quote.clone(),
-                        }),
-                        None => None,
-                    },
+                    reply_to: message.reply_to.as_ref().map(ReplyDoc::from_ref).transpose().map_err(fatal)?,
                     ts: m.ts,
                     ver: i(vers[idx]).map_err(fatal)?,
                     system_key: if m.sender.is_none() { m.client_msg_id.clone() } else { None },
@@ -257,7 +280,7 @@ impl Tx<'_> {
             self.overlay.insert(conv_id.clone(), seq);
         }
 
-        // 5. Write: conversations (checked), messages, rows.
+        // 6. Write: conversations (checked), messages, rows.
         if !conv_stmts.is_empty() {
             let reply = self.update(CONVERSATIONS, conv_stmts).await?;
             let mut upserted = reply.upserted();

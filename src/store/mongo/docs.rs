@@ -70,6 +70,19 @@ pub(crate) struct ReplyDoc {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sender: Option<String>,
     pub quote: String,
+    /// The quoted message was recalled and `quote` scrubbed.
+    #[serde(default, skip_serializing_if = "is_false", deserialize_with = "flag")]
+    pub recalled: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl ReplyDoc {
+    pub fn from_ref(r: &ReplyRef) -> StoreResult<ReplyDoc> {
+        Ok(ReplyDoc { seq: i(r.seq)?, sender: r.sender.clone(), quote: r.quote.clone(), recalled: r.recalled })
+    }
 }
 
 pub(crate) fn body_json(body: &Body) -> StoreResult<String> {
@@ -84,10 +97,7 @@ impl MessageDoc {
             sender: m.sender.clone(),
             client_msg_id: m.client_msg_id.clone(),
             body: body_json(&m.body)?,
-            reply_to: match &m.reply_to {
-                Some(r) => Some(ReplyDoc { seq: i(r.seq)?, sender: r.sender.clone(), quote: r.quote.clone() }),
-                None => None,
-            },
+            reply_to: m.reply_to.as_ref().map(ReplyDoc::from_ref).transpose()?,
             ts: m.ts,
             ver: i(m.ver)?,
             system_key: if m.sender.is_none() { m.client_msg_id.clone() } else { None },
@@ -99,7 +109,7 @@ impl MessageDoc {
         let body: Body = serde_json::from_str(&self.body)
             .map_err(|e| StoreError::Unavailable(format!("corrupt message {}/{}: {e}", self.conv_id, self.seq)))?;
         let reply_to = match self.reply_to {
-            Some(r) => Some(ReplyRef { seq: u(r.seq)?, sender: r.sender, quote: r.quote }),
+            Some(r) => Some(ReplyRef { seq: u(r.seq)?, sender: r.sender, quote: r.quote, recalled: r.recalled }),
             None => None,
         };
         Ok(Message {
@@ -183,6 +193,14 @@ pub(crate) struct RowDoc {
     #[serde(deserialize_with = "flag")]
     pub active: bool,
     pub ver: i64,
+    /// While inactive, the seq of the message that recorded the leaving (see
+    /// `UserConvState::left_seq`); absent on rows that never left or left before it was kept.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub left_seq: i64,
+}
+
+fn is_zero(v: &i64) -> bool {
+    *v == 0
 }
 
 impl RowDoc {
@@ -196,6 +214,7 @@ impl RowDoc {
             hidden: s.hidden,
             active: s.active,
             ver: i(s.ver)?,
+            left_seq: i(s.left_seq)?,
         })
     }
 
@@ -207,6 +226,7 @@ impl RowDoc {
             hidden: self.hidden,
             active: self.active,
             ver: u(self.ver)?,
+            left_seq: u(self.left_seq)?,
         })
     }
 
@@ -333,6 +353,13 @@ pub(crate) fn indexes() -> Vec<(&'static str, Vec<IndexModel>)> {
                 ),
                 // Idempotent system sends: a system message's key is unique.
                 index(doc! { "system_key": 1 }, "system_key", true, Some(doc! { "system_key": { "$exists": true } })),
+                // A recall scrubs the quotes of the replies to the recalled message.
+                index(
+                    doc! { "conv_id": 1, "reply_to.seq": 1 },
+                    "conv_reply_to",
+                    false,
+                    Some(doc! { "reply_to": { "$exists": true } }),
+                ),
                 // `changes`: recalls in a conversation after a version.
                 index(
                     doc! { "conv_id": 1, "recall_ver": 1 },
@@ -378,7 +405,7 @@ mod tests {
             sender: Some("alice".into()),
             client_msg_id: Some("c1".into()),
             body: Body::Custom { data: serde_json::json!({"$weird.key": [1, 2.5, {"x": null}]}), summary: None },
-            reply_to: Some(ReplyRef { seq: 3, sender: None, quote: "q".into() }),
+            reply_to: Some(ReplyRef { seq: 3, sender: None, quote: "q".into(), recalled: true }),
             ts: 1_700_000_000_000,
             ver: 42,
         };

@@ -121,11 +121,13 @@ impl Tx<'_> {
             Err(e) => return Ok(Err(e)),
         };
         let v = i(ver).map_err(fatal)?;
+        // `UserConvState::leave` for every active row at once; the dismissal is the next message.
+        let left_seq = conv.last_seq + 1;
         self.conn
             .coll::<Document>(USER_CONVS)
             .update_many(
                 doc! { "conv_id": &conv.id, "active": { "$in": [true, 1] } },
-                doc! { "$set": { "active": false, "ver": v } },
+                doc! { "$set": { "active": false, "ver": v, "left_seq": left_seq, "hidden": false } },
             )
             .session(&mut self.session)
             .await

@@ -261,7 +261,11 @@ pub async fn migrate_from_embedded(dir: &Path, opts: MongoOptions) -> anyhow::Re
             let mut d = bson_doc(&UserDoc::from_user(&user)?)?;
             d.remove("_id");
             d.remove("tokens_valid_after");
-            let mut update = doc! { "$max": { "tokens_valid_after": i(user.tokens_valid_after)? } };
+            d.remove("tokens_valid_after_ms");
+            let mut update = doc! { "$max": {
+                "tokens_valid_after": i(user.tokens_valid_after)?,
+                "tokens_valid_after_ms": i(user.tokens_valid_after_ms)?,
+            } };
             if user.disabled {
                 d.remove("disabled");
                 update.insert("$set", doc! { "disabled": true });

@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use confab_actors::error::StoreError;
 use confab_actors::model::{
-    group_conv_id, Body, ConvKind, Conversation, FlagsPatch, Group, Member, Message, Role, UserConvState,
+    group_conv_id, Body, ConvKind, Conversation, FlagsPatch, Group, Member, Message, ReplyRef, Role, UserConvState,
 };
 use confab_actors::store::{MemberChange, NewGroup};
 use mongodb::bson::{doc, Document};
@@ -18,7 +18,7 @@ use super::docs::{
     body_json, i, q, u, ConvDoc, DeletionDoc, GroupDoc, MemberDoc, MessageDoc, RowDoc, CONVERSATIONS, DELETIONS,
     GROUPS, MEMBERS, MESSAGES, USER_CONVS,
 };
-use super::tx::{fatal, stmt, Answer, AttemptError, AttemptResult, Tx};
+use super::tx::{fatal, stmt, stmt_all, Answer, AttemptError, AttemptResult, Tx};
 
 type OpResult = AttemptResult<Result<Answer, StoreError>>;
 
@@ -49,7 +49,7 @@ impl Tx<'_> {
         };
         let mut message = stored.into_message().map_err(fatal)?;
         if message.is_recalled() {
-            return Ok(Ok(Answer::Message(message)));
+            return Ok(Ok(Answer::Recalled(message, false)));
         }
         let v = i(ver).map_err(fatal)?;
         // The conversation first: if it is missing, nothing has been written yet.
@@ -71,7 +71,18 @@ impl Tx<'_> {
             )],
         )
         .await?;
-        Ok(Ok(Answer::Message(message)))
+        // Replies keep their place and sender, but no longer quote the recalled text.
+        let mut scrubbed = ReplyRef { seq, sender: None, quote: String::new(), recalled: false };
+        scrubbed.scrub();
+        self.update(
+            MESSAGES,
+            vec![stmt_all(
+                doc! { "conv_id": conv_id, "reply_to.seq": q(seq) },
+                doc! { "$set": { "reply_to.quote": scrubbed.quote, "reply_to.recalled": true } },
+            )],
+        )
+        .await?;
+        Ok(Ok(Answer::Recalled(message, true)))
     }
 
     pub async fn mark_read(&mut self, user: &str, conv_id: &str, seq: u64, ver: u64) -> OpResult {
@@ -239,9 +250,7 @@ impl Tx<'_> {
             count += 1;
             let row = rows.entry(user.clone()).or_default();
             let mut state = row.clone().unwrap_or_default();
-            state.active = true;
-            state.read_seq = state.read_seq.max(seq - 1);
-            state.ver = ver;
+            state.join(seq, ver);
             *row = Some(state);
         }
         for user in &c.remove {
@@ -249,10 +258,7 @@ impl Tx<'_> {
                 count = count.saturating_sub(1);
             }
             if let Some(Some(state)) = rows.get_mut(user) {
-                if state.active {
-                    state.active = false;
-                    state.ver = ver;
-                }
+                state.leave(seq, ver);
             }
         }
 

@@ -146,7 +146,6 @@ pub(crate) async fn record(
     tx: &mut Tx<'_>,
     ops: &[&Op],
     answers: &mut [Option<StoreResult<Answer>>],
-    vers: &[u64],
 ) -> AttemptResult<()> {
     let on = tx.conn.outbox.load(Relaxed);
     let mut events = Vec::new();
@@ -163,7 +162,7 @@ pub(crate) async fn record(
         }
         let event = match (op, answer) {
             (Op::Append(_), Answer::Appended(a)) if !a.duplicate => NewEvent::sent(&a.message),
-            (Op::Recall { .. }, Answer::Message(m)) if vers.get(idx) == Some(&m.ver) => {
+            (Op::Recall { .. }, Answer::Recalled(m, true)) => {
                 NewEvent::recalled(m, confab_actors::conversation::now_ms())
             }
             (Op::CreateGroup(_), Answer::Created(g, m)) => NewEvent::group_created(g, m),

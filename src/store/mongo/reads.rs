@@ -123,6 +123,7 @@ pub(crate) async fn conversation_view(c: &Conn, user: &str, conv_id: &str) -> St
     let Some(conv) = conversation(c, conv_id).await? else {
         return Ok(None);
     };
+    let conv = ConversationView::visible(conv, &state);
     let last_message = if conv.last_seq == 0 { None } else { message(c, conv_id, conv.last_seq).await? };
     Ok(Some(ConversationView { conv, state, last_message }))
 }
@@ -156,9 +157,10 @@ pub(crate) async fn list_conversations(
     for row in &rows {
         let Some(conv) = convs.remove(&row.conv_id) else { continue };
         let state = row.state()?;
-        let cursor = conv.ver.max(state.ver);
+        let view = ConversationView { conv: ConversationView::visible(conv, &state), state, last_message: None };
+        let cursor = view.cursor();
         if cursor > since {
-            page.push((cursor, conv, state));
+            page.push((cursor, view.conv, view.state));
         }
     }
     page.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.conv_id.cmp(&b.1.conv_id)));

@@ -23,6 +23,8 @@ use super::writer::ConvCache;
 pub(crate) enum Answer {
     Appended(Appended),
     Message(Message),
+    /// A recall: the message, and whether this recall changed it.
+    Recalled(Message, bool),
     State(UserConvState),
     MaybeState(Option<UserConvState>),
     /// The group is boxed to keep the enum small.
@@ -90,6 +92,11 @@ impl UpdateReply {
 /// One update statement of an `update` command.
 pub(crate) fn stmt(q: Document, u: Document, upsert: bool) -> Document {
     doc! { "q": q, "u": u, "upsert": upsert, "multi": false }
+}
+
+/// An update statement applied to every document that matches `q` (no upsert).
+pub(crate) fn stmt_all(q: Document, u: Document) -> Document {
+    doc! { "q": q, "u": u, "upsert": false, "multi": true }
 }
 
 /// A transaction in progress, with this attempt's view of conversation `last_seq`s.

@@ -30,6 +30,8 @@ pub(crate) struct UserDoc {
     #[serde(default)]
     pub tokens_valid_after: i64,
     #[serde(default)]
+    pub tokens_valid_after_ms: i64,
+    #[serde(default)]
     pub created_at: i64,
     #[serde(default)]
     pub updated_at: i64,
@@ -48,6 +50,7 @@ impl UserDoc {
             ),
             disabled: user.disabled,
             tokens_valid_after: i(user.tokens_valid_after)?,
+            tokens_valid_after_ms: i(user.tokens_valid_after_ms)?,
             created_at: user.created_at,
             updated_at: user.updated_at,
         })
@@ -66,6 +69,7 @@ impl UserDoc {
             ext,
             disabled: self.disabled,
             tokens_valid_after: u(self.tokens_valid_after)?,
+            tokens_valid_after_ms: u(self.tokens_valid_after_ms)?,
             created_at: self.created_at,
             updated_at: self.updated_at,
         })
@@ -117,8 +121,15 @@ pub(crate) async fn set_disabled(c: &Conn, id: &str, disabled: bool, ts: i64) ->
     upsert(c, id, ts, doc! { "disabled": disabled }, None).await
 }
 
-pub(crate) async fn revoke_tokens(c: &Conn, id: &str, after_secs: u64, ts: i64) -> StoreResult<User> {
-    upsert(c, id, ts, Document::new(), Some(doc! { "tokens_valid_after": i(after_secs)? })).await
+pub(crate) async fn revoke_tokens(c: &Conn, id: &str, before_ms: u64, ts: i64) -> StoreResult<User> {
+    // `User::revoke_tokens` as one atomic `$max` of both fields: the bound never moves back.
+    let mut bound = User::new(id, ts);
+    bound.revoke_tokens(before_ms);
+    let max = doc! {
+        "tokens_valid_after_ms": i(bound.tokens_valid_after_ms)?,
+        "tokens_valid_after": i(bound.tokens_valid_after)?,
+    };
+    upsert(c, id, ts, Document::new(), Some(max)).await
 }
 
 pub(crate) async fn user(c: &Conn, id: &str) -> StoreResult<Option<User>> {

@@ -364,7 +364,7 @@ async fn attempt_once(
         }
         tx.flush(&pending, ops, &vers, &mut answers).await?;
         // Webhooks: the batch's events, in the same transaction (nothing when they are off).
-        super::outbox::record(&mut tx, ops, &mut answers, &vers).await
+        super::outbox::record(&mut tx, ops, &mut answers).await
     }
     .await;
     if let Err(e) = result {
