@@ -47,10 +47,10 @@ pub struct ErrorRow {
 
 /// The single source of truth for error codes. Keep `docs/protocol.md` in step.
 pub const ERROR_TABLE: &[ErrorRow] = &[
-    ErrorRow { code: ErrorCode::Unauthorized, name: "unauthorized", http_status: 401, meaning: "No token, or a token that is malformed or not signed with this server's secret. HTTP API: no `X-Confab-Key`, an unknown key, or no keys configured." },
-    ErrorRow { code: ErrorCode::TokenExpired, name: "token_expired", http_status: 401, meaning: "The token's `exp` is in the past. Mint a new one." },
+    ErrorRow { code: ErrorCode::Unauthorized, name: "unauthorized", http_status: 401, meaning: "No token, or a token that is malformed, not signed with this server's secret, issued (`iat`, `nbf`) in the future beyond `auth.max_clock_skew_secs`, or living longer than `auth.max_token_ttl_secs`. HTTP API: no `X-Confab-Key`, an unknown key, or no keys configured." },
+    ErrorRow { code: ErrorCode::TokenExpired, name: "token_expired", http_status: 401, meaning: "The token's `exp` is in the past. Mint a new one. An open connection whose token expires is closed with 1008 and this reason (send `refresh` before)." },
     ErrorRow { code: ErrorCode::MalformedFrame, name: "malformed_frame", http_status: 400, meaning: "The frame is not a JSON object with an `op` string (or it is a binary frame)." },
-    ErrorRow { code: ErrorCode::FrameTooLarge, name: "frame_too_large", http_status: 413, meaning: "The frame exceeds `server.max_frame_bytes`." },
+    ErrorRow { code: ErrorCode::FrameTooLarge, name: "frame_too_large", http_status: 413, meaning: "The frame (or a fragmented message) exceeds `server.max_frame_bytes`: the connection is closed with 1009 and this reason as soon as the frame's header announces it." },
     ErrorRow { code: ErrorCode::UnknownOp, name: "unknown_op", http_status: 400, meaning: "The `op` is not one this server knows." },
     ErrorRow { code: ErrorCode::InvalidRequest, name: "invalid_request", http_status: 400, meaning: "The request's fields are missing, of the wrong type, or out of range." },
     ErrorRow { code: ErrorCode::InvalidBody, name: "invalid_body", http_status: 400, meaning: "The message body fails validation for its type (missing field, too long, bad value)." },
@@ -67,8 +67,8 @@ pub const ERROR_TABLE: &[ErrorRow] = &[
     ErrorRow { code: ErrorCode::NonceReplayed, name: "nonce_replayed", http_status: 401, meaning: "HTTP API: this key already used this `X-Confab-Nonce` within the last 60 seconds (a replayed request)." },
     ErrorRow { code: ErrorCode::ScopeMissing, name: "scope_missing", http_status: 403, meaning: "HTTP API: the key is valid but lacks the scope the endpoint needs." },
     ErrorRow { code: ErrorCode::BodyTooLarge, name: "body_too_large", http_status: 413, meaning: "HTTP API: the request body exceeds `api.max_body_bytes`." },
-    ErrorRow { code: ErrorCode::UserDisabled, name: "user_disabled", http_status: 403, meaning: "The user was disabled (HTTP API `POST /api/v1/users/{id}/disable`): it cannot connect or send, and its open sessions are closed (WebSocket close code 1008, reason `user_disabled`)." },
-    ErrorRow { code: ErrorCode::TokenRevoked, name: "token_revoked", http_status: 401, meaning: "The token was issued (`iat`) before the user's tokens were revoked (`POST /api/v1/users/{id}/tokens/revoke`). Mint a new one." },
+    ErrorRow { code: ErrorCode::UserDisabled, name: "user_disabled", http_status: 403, meaning: "The user was disabled (HTTP API `POST /api/v1/users/{id}/disable`): it cannot connect or send, its open sessions are closed on every node (WebSocket close code 1008, reason `user_disabled`), and their requests are refused from that moment." },
+    ErrorRow { code: ErrorCode::TokenRevoked, name: "token_revoked", http_status: 401, meaning: "The token was issued before the user's tokens were revoked (`POST /api/v1/users/{id}/tokens/revoke`, to the millisecond). Mint a new one. Open connections holding such a token are closed (1008, reason `token_revoked`) and their requests refused." },
     ErrorRow { code: ErrorCode::GroupDismissed, name: "group_dismissed", http_status: 410, meaning: "The group was dismissed: it refuses sends and further changes." },
     ErrorRow { code: ErrorCode::MessageRejected, name: "message_rejected", http_status: 422, meaning: "The `before_send` webhook refused the message (the message gives its reason), or it could not be asked and `webhooks.before_send.fail_open` is false." },
     ErrorRow { code: ErrorCode::RateLimited, name: "rate_limited", http_status: 429, meaning: "A rate limit was reached (`limits.*`: requests or messages per connection, messages, group creations or users added per user, connections per IP address); nothing was done. The message says which limit and when a retry may pass." },
