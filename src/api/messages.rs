@@ -120,8 +120,9 @@ async fn send(req: HttpRequest, payload: web::Payload, state: web::Data<AppState
             model::validate_id("body.event", &b.event).map_err(|e| Error::body(e.message))?;
             state.engine.send_system_keyed(conv_id, &b.event, b.data, Some(r.client_msg_id.clone())).await?
         }
-        // The system to one user: the one-to-one conversation of the system account and the user.
-        (None, None) => state.engine.send(&caller(&state.api.system_user)?, send_req(&r)?, None).await?,
+        // The system to one user: the one-to-one conversation of the system account and the user,
+        // without `before_send` (the backend wrote it; docs/webhooks.md).
+        (None, None) => state.engine.send_system_to_user(&caller(&state.api.system_user)?, send_req(&r)?).await?,
     };
     ok(&SendRes { conv_id: message.conv_id.clone(), seq: message.seq, message })
 }
