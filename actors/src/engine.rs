@@ -490,6 +490,25 @@ impl Engine {
         }
     }
 
+    /// Sends a message from the system account (`system` is the HTTP API's caller for
+    /// `api.system_user`) to one user (`req.to`), without asking `before_send`: the backend
+    /// wrote it, so there is nothing to moderate, and a hook that is down must not hold back the
+    /// backend's own notifications. Otherwise exactly [`Engine::send`].
+    pub async fn send_system_to_user(&self, system: &Caller, req: proto::SendReq) -> Result<Message> {
+        if req.conv_id.is_some() || req.to.is_none() {
+            return Err(Error::invalid("a system message to a user names the user (to), not a conversation"));
+        }
+        let (conv_id, init, submit, addr, first) = self.prepare_send(system, req, None)?;
+        match first.await {
+            // The actor stopped (idle) between lookup and send: retry on a fresh one.
+            Err(MailboxError::Closed) => {
+                self.core.directory.forget(&conv_id, &addr);
+                self.call(&conv_id, init, submit).await
+            }
+            other => other.map_err(mailbox)?,
+        }
+    }
+
     /// Asks the `before_send` hook about a client message (after validating it) and applies
     /// its verdict: the request unchanged, with a rewritten (re-validated) body, or
     /// `message_rejected`.

@@ -8,7 +8,10 @@ use confab_actors::proto::{ConversationsReq, HistoryReq};
 
 use confab_actors::engine::{ConversationsResult, HistoryResult};
 
-use super::{caller, ok, path_id, path_raw, query, resource, ApiResult, ErrorBody, Scope, Signed};
+use super::openapi::{ConvId, Id, SafeInt};
+use super::{
+    caller, de_safe_int, de_safe_int_opt, ok, path_id, path_raw, resource, ApiResult, ErrorBody, Scope, Signed,
+};
 use crate::http::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -17,33 +20,35 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .service(resource("/conversations/{conv_id}/messages").route(web::get().to(history)));
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
-    #[serde(default)]
+    /// A cursor: `next_since` of the previous page (default 0).
+    #[serde(default, deserialize_with = "de_safe_int")]
+    #[param(value_type = Option<SafeInt>)]
     since: u64,
+    /// 1 to 100 (default 50).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<usize>,
 }
 
 /// A user's conversation list, with unread counts (as the WebSocket `conversations` op).
 #[utoipa::path(get, path = "/api/v1/users/{id}/conversations", tag = "conversations",
     params(
-        ("id" = String, Path, description = "The user id"),
-        ("since" = Option<u64>, Query, description = "A cursor: `next_since` of the previous page (default 0)"),
-        ("limit" = Option<usize>, Query, description = "1 to 100 (default 50)"),
+        ("id" = Id, Path, description = "The user id"),
+        ListQuery,
     ),
     responses(
-        (status = 200, body = ConversationsResult),
-        (status = 400, description = "invalid_request", body = ErrorBody),
-        (status = 401, description = "unauthorized, timestamp_out_of_range, signature_invalid, nonce_replayed", body = ErrorBody),
-        (status = 403, description = "scope_missing", body = ErrorBody)
+        (status = 200, description = "The page of conversations", body = ConversationsResult),
+        (status = 400, description = "invalid_request (a bad user id, since or limit, an unknown parameter)", body = ErrorBody),
+        (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["conversations"])))]
 async fn list(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
-    Signed::read(&req, payload, &state, Scope::Conversations).await?;
+    let (_, q): (_, ListQuery) = Signed::read_query(&req, payload, &state, Scope::Conversations).await?;
     let user = path_id(&req, "id")?;
-    let q: ListQuery = query(&req)?;
     ok(&state.engine.conversations(&caller(&user)?, ConversationsReq { since: q.since, limit: q.limit }).await?)
 }
 
@@ -58,11 +63,11 @@ pub struct UnreadRes {
 
 /// A user's total unread count.
 #[utoipa::path(get, path = "/api/v1/users/{id}/unread", tag = "conversations",
-    params(("id" = String, Path, description = "The user id")),
+    params(("id" = Id, Path, description = "The user id")),
     responses(
-        (status = 200, body = UnreadRes),
-        (status = 401, description = "unauthorized, timestamp_out_of_range, signature_invalid, nonce_replayed", body = ErrorBody),
-        (status = 403, description = "scope_missing", body = ErrorBody)
+        (status = 200, description = "The user's unread totals", body = UnreadRes),
+        (status = 400, description = "invalid_request (a bad user id)", body = ErrorBody),
+        (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["conversations"])))]
 async fn unread(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
@@ -72,41 +77,45 @@ async fn unread(req: HttpRequest, payload: web::Payload, state: web::Data<AppSta
     ok(&UnreadRes { user_id: user, unread, conversations })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct HistoryQuery {
-    #[serde(default)]
+    /// Messages before this seq (at most one of before and after).
+    #[serde(default, deserialize_with = "de_safe_int_opt")]
+    #[param(value_type = Option<SafeInt>)]
     before: Option<u64>,
-    #[serde(default)]
+    /// Messages after this seq.
+    #[serde(default, deserialize_with = "de_safe_int_opt")]
+    #[param(value_type = Option<SafeInt>)]
     after: Option<u64>,
+    /// 1 to 100 (default 50).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<usize>,
     /// Read as this member (membership checked, their deletions hidden); else as an administrator.
     #[serde(default)]
+    #[param(value_type = Option<Id>)]
     as_user: Option<String>,
 }
 
 /// A conversation's history, paged by `seq`.
 #[utoipa::path(get, path = "/api/v1/conversations/{conv_id}/messages", tag = "messages",
     params(
-        ("conv_id" = String, Path, description = "`d_…` or `g_<group id>`"),
-        ("before" = Option<u64>, Query, description = "Messages before this seq (at most one of before and after)"),
-        ("after" = Option<u64>, Query, description = "Messages after this seq"),
-        ("limit" = Option<usize>, Query, description = "1 to 100 (default 50)"),
-        ("as_user" = Option<String>, Query, description = "Read as this member; else as an administrator"),
+        ("conv_id" = ConvId, Path, description = "`d_…` or `g_<group id>`"),
+        HistoryQuery,
     ),
     responses(
-        (status = 200, body = HistoryResult),
-        (status = 400, description = "invalid_request", body = ErrorBody),
-        (status = 401, description = "unauthorized, timestamp_out_of_range, signature_invalid, nonce_replayed", body = ErrorBody),
-        (status = 403, description = "scope_missing", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody)
+        (status = 200, description = "The page of messages", body = HistoryResult),
+        (status = 400, description = "invalid_request (a bad conversation id, before, after, limit or as_user, both before and after, an unknown parameter)", body = ErrorBody),
+        (status = 403, description = "not_member (as_user)", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["messages"])))]
 async fn history(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
-    Signed::read(&req, payload, &state, Scope::Messages).await?;
+    let (_, q): (_, HistoryQuery) = Signed::read_query(&req, payload, &state, Scope::Messages).await?;
     let conv_id = path_raw(&req, "conv_id");
-    let q: HistoryQuery = query(&req)?;
     let r = HistoryReq { conv_id, before: q.before, after: q.after, limit: q.limit };
     match q.as_user {
         Some(user) => ok(&state.engine.history(&caller(&user)?, r).await?),

@@ -9,7 +9,8 @@ use confab_actors::error::Error;
 use confab_actors::model::{Group, Member, Message, Role};
 use confab_actors::proto::{GroupCreateReq, GroupMembersReq, GroupSetRoleReq, GroupUpdateReq};
 
-use super::{caller, ok, path_id, query, resource, ApiResult, ErrorBody, Scope, Signed};
+use super::openapi::Id;
+use super::{caller, ok, path_id, resource, ApiResult, ErrorBody, Scope, Signed};
 use crate::http::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -26,13 +27,16 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 pub struct CreateBody {
     /// The group id; a random one when absent.
     #[serde(default)]
+    #[schema(value_type = Option<Id>)]
     id: Option<String>,
     /// 1 to 128 characters.
     name: String,
     /// The owner: the group is created as if this user created it.
+    #[schema(value_type = Id)]
     owner: String,
     /// The other members.
     #[serde(default)]
+    #[schema(value_type = Vec<Id>)]
     members: Vec<String>,
 }
 
@@ -45,11 +49,10 @@ pub struct GroupRes {
 #[utoipa::path(post, path = "/api/v1/groups", tag = "groups",
     request_body = CreateBody,
     responses(
-        (status = 200, body = GroupRes),
-        (status = 400, description = "invalid_request", body = ErrorBody),
-        (status = 401, description = "unauthorized, timestamp_out_of_range, signature_invalid, nonce_replayed", body = ErrorBody),
-        (status = 403, description = "scope_missing", body = ErrorBody),
-        (status = 409, description = "conflict", body = ErrorBody)
+        (status = 200, description = "The group", body = GroupRes),
+        (status = 400, description = "invalid_request (a bad id, name, owner or member, too many members)", body = ErrorBody),
+        (status = 409, description = "conflict (the id is taken)", body = ErrorBody),
+        (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["groups"])))]
 async fn create(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
@@ -63,12 +66,12 @@ async fn create(req: HttpRequest, payload: web::Payload, state: web::Data<AppSta
 
 /// A group's profile.
 #[utoipa::path(get, path = "/api/v1/groups/{id}", tag = "groups",
-    params(("id" = String, Path, description = "The group id")),
+    params(("id" = Id, Path, description = "The group id")),
     responses(
-        (status = 200, body = GroupRes),
-        (status = 401, description = "unauthorized, timestamp_out_of_range, signature_invalid, nonce_replayed", body = ErrorBody),
-        (status = 403, description = "scope_missing", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody)
+        (status = 200, description = "The group", body = GroupRes),
+        (status = 400, description = "invalid_request (a bad group id)", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["groups"])))]
 async fn info(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
@@ -84,12 +87,12 @@ pub struct MembersRes {
 
 /// A group's members: owner, admins, then members, each by id.
 #[utoipa::path(get, path = "/api/v1/groups/{id}/members", tag = "groups",
-    params(("id" = String, Path, description = "The group id")),
+    params(("id" = Id, Path, description = "The group id")),
     responses(
-        (status = 200, body = MembersRes),
-        (status = 401, description = "unauthorized, timestamp_out_of_range, signature_invalid, nonce_replayed", body = ErrorBody),
-        (status = 403, description = "scope_missing", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody)
+        (status = 200, description = "The members", body = MembersRes),
+        (status = 400, description = "invalid_request (a bad group id)", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["groups"])))]
 async fn members(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
@@ -110,9 +113,11 @@ async fn manager(state: &AppState, group_id: &str, by: Option<String>) -> Result
 #[serde(deny_unknown_fields)]
 pub struct AddBody {
     /// 1 to 1000 user ids.
+    #[schema(value_type = Vec<Id>, min_items = 1, max_items = 1000)]
     members: Vec<String>,
     /// Make the change as this user (owner or admin); the owner when absent.
     #[serde(default)]
+    #[schema(value_type = Option<Id>)]
     by: Option<String>,
 }
 
@@ -124,14 +129,17 @@ pub struct GroupChangeRes {
 
 /// Adds members.
 #[utoipa::path(post, path = "/api/v1/groups/{id}/members", tag = "groups",
-    params(("id" = String, Path, description = "The group id")),
+    params(("id" = Id, Path, description = "The group id")),
     request_body = AddBody,
     responses(
-        (status = 200, body = GroupChangeRes),
-        (status = 400, description = "invalid_request", body = ErrorBody),
-        (status = 401, description = "unauthorized, timestamp_out_of_range, signature_invalid, nonce_replayed", body = ErrorBody),
-        (status = 403, description = "scope_missing, forbidden, not_member", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody)
+        (status = 200, description = "The change made", body = GroupChangeRes),
+        (status = 400, description = "invalid_request (bad ids, 0 or over 1000 users, the group would grow too large)", body = ErrorBody),
+        (status = 403, description = "forbidden, not_member (by)", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 409, description = "conflict (every user given is already a member)", body = ErrorBody),
+        (status = 410, description = "group_dismissed", body = ErrorBody),
+        (status = 500, description = "internal", body = ErrorBody),
+        (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["groups"])))]
 async fn add(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
@@ -143,33 +151,37 @@ async fn add(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>
     ok(&GroupChangeRes { message })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct RemoveQuery {
+    /// Make the change as this user (owner or admin); the owner when absent.
     #[serde(default)]
+    #[param(value_type = Option<Id>)]
     by: Option<String>,
 }
 
 /// Removes one member.
 #[utoipa::path(delete, path = "/api/v1/groups/{id}/members/{user}", tag = "groups",
     params(
-        ("id" = String, Path, description = "The group id"),
-        ("user" = String, Path, description = "The member to remove"),
-        ("by" = Option<String>, Query, description = "Make the change as this user (owner or admin); the owner when absent"),
+        ("id" = Id, Path, description = "The group id"),
+        ("user" = Id, Path, description = "The member to remove"),
+        RemoveQuery,
     ),
     responses(
-        (status = 200, body = GroupChangeRes),
-        (status = 400, description = "invalid_request", body = ErrorBody),
-        (status = 401, description = "unauthorized, timestamp_out_of_range, signature_invalid, nonce_replayed", body = ErrorBody),
-        (status = 403, description = "scope_missing, forbidden, not_member", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody)
+        (status = 200, description = "The change made", body = GroupChangeRes),
+        (status = 400, description = "invalid_request (a bad id, an unknown parameter)", body = ErrorBody),
+        (status = 403, description = "forbidden (by may not remove this member), not_member (by)", body = ErrorBody),
+        (status = 404, description = "not_found (the group, or the user is not a member)", body = ErrorBody),
+        (status = 410, description = "group_dismissed", body = ErrorBody),
+        (status = 500, description = "internal", body = ErrorBody),
+        (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["groups"])))]
 async fn remove(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
-    Signed::read(&req, payload, &state, Scope::Groups).await?;
+    let (_, q): (_, RemoveQuery) = Signed::read_query(&req, payload, &state, Scope::Groups).await?;
     let id = path_id(&req, "id")?;
     let user = path_id(&req, "user")?;
-    let q: RemoveQuery = query(&req)?;
     let by = manager(&state, &id, q.by).await?;
     let message = state.engine.group_remove(&by, GroupMembersReq { group_id: id, members: vec![user] }).await?;
     ok(&GroupChangeRes { message })
@@ -193,6 +205,7 @@ pub struct UpdateBody {
     ext: Option<serde_json::Value>,
     /// Make the change as this user (owner or admin); the owner when absent.
     #[serde(default)]
+    #[schema(value_type = Option<Id>)]
     by: Option<String>,
 }
 
@@ -213,15 +226,16 @@ impl From<(Group, Message)> for GroupUpdateRes {
 /// Changes a group's profile (at least one field); members get a `group` event and a
 /// `group_updated` system message.
 #[utoipa::path(patch, path = "/api/v1/groups/{id}", tag = "groups",
-    params(("id" = String, Path, description = "The group id")),
+    params(("id" = Id, Path, description = "The group id")),
     request_body = UpdateBody,
     responses(
-        (status = 200, body = GroupUpdateRes),
-        (status = 400, description = "invalid_request", body = ErrorBody),
-        (status = 401, description = "unauthorized, timestamp_out_of_range, signature_invalid, nonce_replayed", body = ErrorBody),
-        (status = 403, description = "scope_missing, forbidden, not_member", body = ErrorBody),
+        (status = 200, description = "The change made", body = GroupUpdateRes),
+        (status = 400, description = "invalid_request (no field, a bad value)", body = ErrorBody),
+        (status = 403, description = "forbidden, not_member (by)", body = ErrorBody),
         (status = 404, description = "not_found", body = ErrorBody),
-        (status = 410, description = "group_dismissed", body = ErrorBody)
+        (status = 410, description = "group_dismissed", body = ErrorBody),
+        (status = 500, description = "internal", body = ErrorBody),
+        (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["groups"])))]
 async fn update(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
@@ -238,21 +252,23 @@ async fn update(req: HttpRequest, payload: web::Payload, state: web::Data<AppSta
 pub struct DismissBody {
     /// Dismiss as this user (must be the owner); the owner when absent.
     #[serde(default)]
+    #[schema(value_type = Option<Id>)]
     by: Option<String>,
 }
 
 /// Dismisses a group: members get a `group` event and a last `group_dismissed` system message,
 /// their conversation rows turn inactive, and the group refuses sends and changes after.
 #[utoipa::path(post, path = "/api/v1/groups/{id}/dismiss", tag = "groups",
-    params(("id" = String, Path, description = "The group id")),
+    params(("id" = Id, Path, description = "The group id")),
     request_body(content = Option<DismissBody>, description = "Optional"),
     responses(
-        (status = 200, body = GroupUpdateRes),
-        (status = 400, description = "invalid_request", body = ErrorBody),
-        (status = 401, description = "unauthorized, timestamp_out_of_range, signature_invalid, nonce_replayed", body = ErrorBody),
-        (status = 403, description = "scope_missing, forbidden, not_member", body = ErrorBody),
+        (status = 200, description = "The group dismissed", body = GroupUpdateRes),
+        (status = 400, description = "invalid_request (a bad id)", body = ErrorBody),
+        (status = 403, description = "forbidden (by is not the owner), not_member (by)", body = ErrorBody),
         (status = 404, description = "not_found", body = ErrorBody),
-        (status = 410, description = "group_dismissed", body = ErrorBody)
+        (status = 410, description = "group_dismissed", body = ErrorBody),
+        (status = 500, description = "internal", body = ErrorBody),
+        (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["groups"])))]
 async fn dismiss(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
@@ -274,24 +290,26 @@ pub struct RoleBody {
     role: Role,
     /// Make the change as this user (must be the owner); the owner when absent.
     #[serde(default)]
+    #[schema(value_type = Option<Id>)]
     by: Option<String>,
 }
 
 /// Sets a member's role; members get a `group` event and a `roles_changed` system message.
 #[utoipa::path(put, path = "/api/v1/groups/{id}/members/{user}/role", tag = "groups",
     params(
-        ("id" = String, Path, description = "The group id"),
-        ("user" = String, Path, description = "The member"),
+        ("id" = Id, Path, description = "The group id"),
+        ("user" = Id, Path, description = "The member"),
     ),
     request_body = RoleBody,
     responses(
-        (status = 200, body = GroupUpdateRes),
-        (status = 400, description = "invalid_request", body = ErrorBody),
-        (status = 401, description = "unauthorized, timestamp_out_of_range, signature_invalid, nonce_replayed", body = ErrorBody),
-        (status = 403, description = "scope_missing, forbidden, not_member", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 200, description = "The change made", body = GroupUpdateRes),
+        (status = 400, description = "invalid_request (a bad id, the owner's own role)", body = ErrorBody),
+        (status = 403, description = "forbidden (by is not the owner), not_member (by)", body = ErrorBody),
+        (status = 404, description = "not_found (the group, or the user is not a member)", body = ErrorBody),
         (status = 409, description = "conflict (the member already has the role)", body = ErrorBody),
-        (status = 410, description = "group_dismissed", body = ErrorBody)
+        (status = 410, description = "group_dismissed", body = ErrorBody),
+        (status = 500, description = "internal", body = ErrorBody),
+        (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["groups"])))]
 async fn set_role(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {

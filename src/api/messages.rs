@@ -8,7 +8,8 @@ use confab_actors::error::Error;
 use confab_actors::model::{self, ConvKind, Message};
 use confab_actors::proto::{SendReq, SeqReq};
 
-use super::{caller, ok, path_raw, resource, ApiResult, ErrorBody, Scope, Signed};
+use super::openapi::{ConvId, Id, SafeInt};
+use super::{caller, de_safe_int_opt, ok, path_int, path_raw, resource, ApiResult, ErrorBody, Scope, Signed};
 use crate::http::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -27,22 +28,26 @@ fn required_nullable<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, 
 pub struct SendBody {
     /// The sending user, or null for the system (required).
     #[serde(deserialize_with = "required_nullable")]
-    #[schema(required = true)]
+    #[schema(required = true, value_type = Option<Id>)]
     from: Option<String>,
     /// A user id: the one-to-one conversation with that user. Exactly one of `to` and `conv_id`.
     #[serde(default)]
+    #[schema(value_type = Option<Id>)]
     to: Option<String>,
     /// An existing conversation.
     #[serde(default)]
+    #[schema(value_type = Option<ConvId>)]
     conv_id: Option<String>,
     /// The sender's idempotency key.
+    #[schema(value_type = Id)]
     client_msg_id: String,
     /// A message body (see the WebSocket protocol); `{"type":"system","event","data"}` for a
     /// system message to a group.
     #[schema(value_type = Object)]
     body: Value,
     /// The seq of a message in the same conversation this one replies to.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_safe_int_opt")]
+    #[schema(value_type = Option<SafeInt>)]
     reply_to: Option<u64>,
 }
 
@@ -82,12 +87,14 @@ struct SystemBody {
 #[utoipa::path(post, path = "/api/v1/messages", tag = "messages",
     request_body = SendBody,
     responses(
-        (status = 200, body = SendRes),
+        (status = 200, description = "The message stored (or, for a re-send, stored before)", body = SendRes),
         (status = 400, description = "invalid_request, invalid_body", body = ErrorBody),
-        (status = 401, description = "unauthorized, timestamp_out_of_range, signature_invalid, nonce_replayed", body = ErrorBody),
-        (status = 403, description = "scope_missing, not_member", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody),
-        (status = 413, description = "body_too_large", body = ErrorBody)
+        (status = 403, description = "not_member, user_disabled (from)", body = ErrorBody),
+        (status = 404, description = "not_found (the conversation, group or reply_to)", body = ErrorBody),
+        (status = 410, description = "group_dismissed", body = ErrorBody),
+        (status = 422, description = "message_rejected (by before_send; never for system messages)", body = ErrorBody),
+        (status = 500, description = "internal", body = ErrorBody),
+        (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["messages"])))]
 async fn send(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
@@ -120,8 +127,9 @@ async fn send(req: HttpRequest, payload: web::Payload, state: web::Data<AppState
             model::validate_id("body.event", &b.event).map_err(|e| Error::body(e.message))?;
             state.engine.send_system_keyed(conv_id, &b.event, b.data, Some(r.client_msg_id.clone())).await?
         }
-        // The system to one user: the one-to-one conversation of the system account and the user.
-        (None, None) => state.engine.send(&caller(&state.api.system_user)?, send_req(&r)?, None).await?,
+        // The system to one user: the one-to-one conversation of the system account and the user,
+        // without `before_send` (the backend wrote it; docs/webhooks.md).
+        (None, None) => state.engine.send_system_to_user(&caller(&state.api.system_user)?, send_req(&r)?).await?,
     };
     ok(&SendRes { conv_id: message.conv_id.clone(), seq: message.seq, message })
 }
@@ -132,6 +140,7 @@ pub struct RecallBody {
     /// Recall as this user, with the WebSocket rules (sender within the window, or a group's owner
     /// or admin). Absent: an administrative recall of any message, recorded as by the system account.
     #[serde(default)]
+    #[schema(value_type = Option<Id>)]
     by: Option<String>,
 }
 
@@ -143,22 +152,23 @@ pub struct MessageRes {
 /// Recalls a message: as a user with the WebSocket rules (`by`), or administratively.
 #[utoipa::path(post, path = "/api/v1/conversations/{conv_id}/messages/{seq}/recall", tag = "messages",
     params(
-        ("conv_id" = String, Path, description = "`d_…` or `g_<group id>`"),
-        ("seq" = u64, Path, description = "The message's seq"),
+        ("conv_id" = ConvId, Path, description = "`d_…` or `g_<group id>`"),
+        ("seq" = SafeInt, Path, description = "The message's seq"),
     ),
     request_body(content = Option<RecallBody>, description = "Optional; an empty body is an administrative recall"),
     responses(
-        (status = 200, body = MessageRes),
-        (status = 400, description = "invalid_request", body = ErrorBody),
-        (status = 401, description = "unauthorized, timestamp_out_of_range, signature_invalid, nonce_replayed", body = ErrorBody),
-        (status = 403, description = "scope_missing", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody)
+        (status = 200, description = "The message, recalled", body = MessageRes),
+        (status = 400, description = "invalid_request (a bad conversation id, seq or by)", body = ErrorBody),
+        (status = 403, description = "not_member, forbidden, recall_window_expired (with by)", body = ErrorBody),
+        (status = 404, description = "not_found (the conversation or message)", body = ErrorBody),
+        (status = 410, description = "group_dismissed", body = ErrorBody),
+        (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["messages"])))]
 async fn recall(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
     let signed = Signed::read(&req, payload, &state, Scope::Messages).await?;
     let conv_id = path_raw(&req, "conv_id");
-    let seq: u64 = path_raw(&req, "seq").parse().map_err(|_| Error::invalid("seq must be a positive integer"))?;
+    let seq = path_int(&req, "seq")?;
     let r: RecallBody = if signed.body.is_empty() { RecallBody::default() } else { signed.json()? };
     let message = match r.by {
         Some(by) => state.engine.recall(&caller(&by)?, SeqReq { conv_id, seq }).await?,

@@ -1,6 +1,7 @@
 //! The signed HTTP integration API under `/api/v1` (docs/http-api.md).
 //!
-//! One file per resource; handlers stay thin: [`Signed::read`] checks the signature and scope
+//! One file per resource; handlers stay thin: [`Signed::read`] (or [`Signed::read_query`] for
+//! the few endpoints with query parameters) checks the signature, the scope and the query string
 //! and returns the body, the handler parses it, calls [`Engine`](confab_actors::engine::Engine)
 //! with a [`Caller`] on device `api`, and maps errors through the one error table.
 
@@ -94,9 +95,43 @@ pub struct Signed {
 }
 
 impl Signed {
-    /// Checks the key (before reading anything), reads the body up to `api.max_body_bytes`, then
-    /// checks timestamp, signature, nonce and scope.
+    /// Checks the request (see [`Signed::verify`]) for an endpoint that takes no query
+    /// parameters: any query string is refused (`invalid_request`), so a misspelt or misplaced
+    /// parameter is never silently ignored.
     pub async fn read(
+        req: &HttpRequest,
+        payload: web::Payload,
+        state: &AppState,
+        scope: Scope,
+    ) -> Result<Signed, ApiError> {
+        let signed = Self::verify(req, payload, state, scope).await?;
+        if !req.query_string().is_empty() {
+            return Err(Error::invalid("this endpoint takes no query parameters").into());
+        }
+        Ok(signed)
+    }
+
+    /// Checks the request (see [`Signed::verify`]) for an endpoint whose query parameters are
+    /// `Q` (a struct with `deny_unknown_fields`, so unknown parameters are refused), and parses
+    /// them (`invalid_request` otherwise).
+    pub async fn read_query<Q: DeserializeOwned>(
+        req: &HttpRequest,
+        payload: web::Payload,
+        state: &AppState,
+        scope: Scope,
+    ) -> Result<(Signed, Q), ApiError> {
+        let signed = Self::verify(req, payload, state, scope).await?;
+        let q = web::Query::<Q>::from_query(req.query_string())
+            .map_err(|e| Error::invalid(format!("invalid query: {e}")))?;
+        Ok((signed, q.into_inner()))
+    }
+
+    /// Checks the key (before reading anything), reads the body up to `api.max_body_bytes`, then
+    /// checks timestamp, signature, nonce and scope. The query string is looked at only after
+    /// this (by the callers): it is covered by the signature, and a request that is not correctly
+    /// signed must learn nothing beyond "unauthorized", not even which parameters an endpoint
+    /// takes.
+    async fn verify(
         req: &HttpRequest,
         mut payload: web::Payload,
         state: &AppState,
@@ -153,6 +188,43 @@ impl Signed {
     }
 }
 
+/// The largest seq, cursor or event id the API takes: 2^53−1, the largest integer a JSON number
+/// keeps exactly in JavaScript, and in PHP or Java decoders that read large numbers as doubles.
+/// No seq, cursor or id the server hands out comes near it; a larger one can only be a client's
+/// mistake, refused rather than answered as if it were a rounded neighbour.
+pub const MAX_SAFE_INT: u64 = (1 << 53) - 1;
+
+/// `v`, or `invalid_request` when it exceeds [`MAX_SAFE_INT`].
+pub fn safe_int(name: &str, v: u64) -> Result<u64, Error> {
+    if v > MAX_SAFE_INT {
+        return Err(Error::invalid(format!("{name} must be at most {MAX_SAFE_INT} (2^53-1)")));
+    }
+    Ok(v)
+}
+
+fn safe_int_de<E: serde::de::Error>(v: u64) -> Result<u64, E> {
+    // serde does not tell a `deserialize_with` function which field it reads: the message names
+    // the kinds of field instead.
+    safe_int("a seq, cursor or id", v).map_err(|e| E::custom(e.message))
+}
+
+/// `deserialize_with` for a seq, cursor or event id in a query or a body (see [`MAX_SAFE_INT`]).
+pub fn de_safe_int<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    safe_int_de(<u64 as serde::Deserialize>::deserialize(d)?)
+}
+
+/// [`de_safe_int`] for an optional one (use with `#[serde(default)]`).
+pub fn de_safe_int_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    <Option<u64> as serde::Deserialize>::deserialize(d)?.map(safe_int_de).transpose()
+}
+
+/// An integer path segment (`{seq}`, an event id), at most [`MAX_SAFE_INT`].
+pub fn path_int(req: &HttpRequest, name: &str) -> Result<u64, Error> {
+    let v = req.match_info().get(name).unwrap_or("");
+    let n = v.parse().map_err(|_| Error::invalid(format!("{name} must be a non-negative integer")))?;
+    safe_int(name, n)
+}
+
 /// A path segment (`{id}`), checked as an id.
 pub fn path_id(req: &HttpRequest, name: &str) -> Result<String, Error> {
     let v = req.match_info().get(name).unwrap_or("");
@@ -163,13 +235,6 @@ pub fn path_id(req: &HttpRequest, name: &str) -> Result<String, Error> {
 /// A path segment as given (conversation ids are checked by the engine).
 pub fn path_raw(req: &HttpRequest, name: &str) -> String {
     req.match_info().get(name).unwrap_or("").to_string()
-}
-
-/// The query string as `T` (`invalid_request` otherwise).
-pub fn query<T: DeserializeOwned>(req: &HttpRequest) -> Result<T, Error> {
-    web::Query::<T>::from_query(req.query_string())
-        .map(|q| q.into_inner())
-        .map_err(|e| Error::invalid(format!("invalid query: {e}")))
 }
 
 /// The API acts on behalf of `user`, from device `api`, with no connection of its own, so every
@@ -199,6 +264,7 @@ pub fn resource(path: &str) -> actix_web::Resource {
 }
 
 async fn unknown(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
-    Signed::read(&req, payload, &state, Scope::Any).await?;
+    // Whatever the query string: an unknown resource is `not_found`, not a bad query.
+    Signed::verify(&req, payload, &state, Scope::Any).await?;
     Err(Error::not_found(format!("no such resource: {} {}", req.method(), req.path())).into())
 }

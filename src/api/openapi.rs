@@ -1,12 +1,21 @@
 //! The OpenAPI 3 description of the API, generated from the handlers' annotations and the types
 //! they exchange. Served at `/api-docs/openapi.json`, printed by `confab openapi`, and committed
 //! as `docs/openapi.json` (a test keeps the file equal to what the code generates).
+//!
+//! The statuses every operation can answer before its handler runs ([`COMMON_ERRORS`]: signing,
+//! body size, scope, query string, all checked by [`Signed`](super::Signed)) are added to every
+//! operation here, in one place; each handler's annotation declares the statuses of its own
+//! checks and of the engine calls it makes.
+
+use std::collections::btree_map::Entry;
 
 use actix_web::HttpResponse;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
+use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
-use super::{conversations, groups, messages, users, webhooks};
+use super::{conversations, groups, messages, users, webhooks, MAX_SAFE_INT};
 
 /// The error body of every failed request.
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -20,6 +29,120 @@ pub struct ErrorDetail {
     code: String,
     /// For humans; do not match on it.
     message: String,
+}
+
+/// An id (user, device, group, webhook endpoint, `client_msg_id`): what `validate_id` accepts,
+/// less `.` and `..` (which would read as path segments in URLs). ECMA-262, as OpenAPI uses.
+pub const ID_PATTERN: &str = r"^(?!\.{1,2}$)[A-Za-z0-9_.@:-]{1,64}$";
+
+/// A conversation id: `d_` and 32 lowercase hex digits (one-to-one), or `g_` and a group id.
+pub const CONV_ID_PATTERN: &str = r"^(d_[0-9a-f]{32}|g_(?!\.{1,2}$)[A-Za-z0-9_.@:-]{1,64})$";
+
+/// The schema of ids, for `value_type = Id` (the Rust fields stay `String`).
+pub struct Id;
+
+impl PartialSchema for Id {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(64))
+            .pattern(Some(ID_PATTERN))
+            .description(Some("1 to 64 characters of `A-Z a-z 0-9 _ - . @ :`, not `.` or `..`"))
+            .into()
+    }
+}
+
+impl ToSchema for Id {}
+
+/// The schema of conversation ids, for `value_type = ConvId`.
+pub struct ConvId;
+
+impl PartialSchema for ConvId {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some(CONV_ID_PATTERN))
+            .description(Some("`d_<32 lowercase hex digits>` (one-to-one) or `g_<group id>` (group)"))
+            .into()
+    }
+}
+
+impl ToSchema for ConvId {}
+
+/// The schema of seqs, cursors and event ids in requests, for `value_type = SafeInt`: larger
+/// ones are refused (see [`MAX_SAFE_INT`]).
+pub struct SafeInt;
+
+impl PartialSchema for SafeInt {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::Integer)
+            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::Int64)))
+            .minimum(Some(0))
+            .maximum(Some(MAX_SAFE_INT))
+            .description(Some("A seq, cursor or event id: 0 to 2^53-1 (9007199254740991); larger ones are refused"))
+            .into()
+    }
+}
+
+impl ToSchema for SafeInt {}
+
+/// The statuses every operation under `/api/v1` can answer whatever its handler does, with their
+/// codes: `Signed` checks the key, the body's size (also of a GET), the timestamp, signature,
+/// nonce and scope, then the query string, before the handler runs.
+pub const COMMON_ERRORS: &[(&str, &[&str])] = &[
+    ("400", &["invalid_request"]),
+    ("401", &["unauthorized", "timestamp_out_of_range", "signature_invalid", "nonce_replayed"]),
+    ("403", &["scope_missing"]),
+    ("413", &["body_too_large"]),
+    ("429", &["too_many_requests"]),
+];
+
+/// The error codes a response description names (the words that are codes of the error table).
+pub fn codes_named(description: &str) -> Vec<&str> {
+    description
+        .split(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+        .filter(|w| confab_actors::error::ERROR_TABLE.iter().any(|r| r.name == *w))
+        .collect()
+}
+
+/// Adds [`COMMON_ERRORS`] to every operation: a status the handler did not declare is added
+/// with the common codes; one it declared (with codes of its own) gets the common codes named
+/// first.
+struct CommonErrors;
+
+impl Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            let ops = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
+            for op in ops.into_iter().flatten() {
+                for (status, codes) in COMMON_ERRORS {
+                    match op.responses.responses.entry((*status).to_owned()) {
+                        Entry::Vacant(v) => {
+                            v.insert(error_response(codes.join(", ")).into());
+                        }
+                        Entry::Occupied(o) => {
+                            if let RefOr::T(r) = o.into_mut() {
+                                let named = codes_named(&r.description);
+                                let missing: Vec<&str> = codes.iter().copied().filter(|c| !named.contains(c)).collect();
+                                if !missing.is_empty() {
+                                    r.description = format!("{}, {}", missing.join(", "), r.description);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn error_response(description: String) -> utoipa::openapi::Response {
+    ResponseBuilder::new()
+        .description(description)
+        .content("application/json", Content::new(Some(Ref::from_schema_name("ErrorBody"))))
+        .build()
 }
 
 const SIGNING: &str =
@@ -68,8 +191,8 @@ impl Modify for Security {
         webhooks::event,
         webhooks::replay,
     ),
-    components(schemas(ErrorBody, ErrorDetail)),
-    modifiers(&Security),
+    components(schemas(ErrorBody, ErrorDetail, Id, ConvId, SafeInt)),
+    modifiers(&Security, &CommonErrors),
     tags(
         (name = "users", description = "Profiles, access, tokens and online devices"),
         (name = "messages", description = "Send, recall, history"),
@@ -94,6 +217,8 @@ pub async fn serve() -> HttpResponse {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     const COMMITTED: &str = include_str!("../../docs/openapi.json");
 
     #[test]
@@ -104,6 +229,161 @@ mod tests {
             let _ = std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/target/openapi.generated.json"), &generated);
             panic!("docs/openapi.json is stale: run `cargo run -q -- openapi > docs/openapi.json`");
         }
+    }
+
+    fn spec() -> Value {
+        serde_json::from_str(&super::json()).expect("the description is JSON")
+    }
+
+    /// Every operation under `/api/v1`, as `("GET /api/v1/…", operation)`.
+    fn operations(spec: &Value) -> Vec<(String, Value)> {
+        let mut ops = Vec::new();
+        for (path, item) in spec["paths"].as_object().expect("paths") {
+            if !path.starts_with("/api/v1/") {
+                continue;
+            }
+            for (method, op) in item.as_object().expect("path item") {
+                ops.push((format!("{} {path}", method.to_uppercase()), op.clone()));
+            }
+        }
+        assert!(ops.len() >= 23, "{} operations", ops.len());
+        ops
+    }
+
+    /// A schema with `$ref`s followed and a nullable `oneOf` reduced to its non-null branch.
+    fn resolve(spec: &Value, schema: &Value) -> Value {
+        if let Some(r) = schema["$ref"].as_str() {
+            let name = r.trim_start_matches("#/components/schemas/");
+            return resolve(spec, &spec["components"]["schemas"][name]);
+        }
+        if let Some(branches) = schema["oneOf"].as_array() {
+            let real: Vec<&Value> = branches.iter().filter(|b| b["type"] != "null").collect();
+            if real.len() == 1 {
+                return resolve(spec, real[0]);
+            }
+        }
+        schema.clone()
+    }
+
+    fn has_type(schema: &Value, t: &str) -> bool {
+        schema["type"] == t || schema["type"].as_array().is_some_and(|a| a.iter().any(|x| x == t))
+    }
+
+    #[test]
+    fn every_operation_declares_the_errors_of_signing_scopes_and_queries() {
+        let spec = spec();
+        for (name, op) in operations(&spec) {
+            // OpenAPI requires a description on every response.
+            for (status, r) in op["responses"].as_object().expect("responses") {
+                assert!(
+                    r["description"].as_str().is_some_and(|d| !d.is_empty()),
+                    "{name}: {status} has no description"
+                );
+            }
+            for (status, codes) in super::COMMON_ERRORS {
+                let r = &op["responses"][*status];
+                assert_eq!(
+                    r["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ErrorBody",
+                    "{name} does not declare {status}"
+                );
+                let named = super::codes_named(r["description"].as_str().unwrap_or(""));
+                for c in *codes {
+                    assert!(named.contains(c), "{name}: {status} does not name {c}: {r}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn parameters_are_in_the_path_exactly_when_the_path_names_them() {
+        let spec = spec();
+        for (name, op) in operations(&spec) {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let placeholder = format!("{{{}}}", p["name"].as_str().unwrap_or(""));
+                let expected = if name.contains(&placeholder) { "path" } else { "query" };
+                assert_eq!(p["in"], expected, "{name}: {p}");
+                assert_eq!(p["required"], expected == "path", "{name}: {p}");
+            }
+        }
+    }
+
+    #[test]
+    fn error_statuses_name_codes_of_the_error_table() {
+        let spec = spec();
+        for (name, op) in operations(&spec) {
+            for (status, r) in op["responses"].as_object().expect("responses") {
+                if status.starts_with('2') {
+                    continue;
+                }
+                assert_eq!(r["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/ErrorBody");
+                let named = super::codes_named(r["description"].as_str().unwrap_or(""));
+                assert!(!named.is_empty(), "{name}: {status} names no error code");
+                for code in named {
+                    let row = confab_actors::error::ERROR_TABLE.iter().find(|r| r.name == code).expect("a code");
+                    assert_eq!(row.http_status.to_string(), *status, "{name}: {code} is not a {status}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn operations_that_read_the_store_declare_unavailable() {
+        // Listing connected devices reads no store; everything else does (minting a token reads
+        // the user's last revocation).
+        let storeless = ["GET /api/v1/users/{id}/devices"];
+        let spec = spec();
+        for (name, op) in operations(&spec) {
+            let declared = op["responses"]["503"]["description"].as_str().is_some_and(|d| d.contains("unavailable"));
+            assert_eq!(declared, !storeless.contains(&name.as_str()), "{name}: 503 unavailable");
+        }
+    }
+
+    #[test]
+    fn ids_seqs_cursors_and_limits_are_bounded() {
+        let spec = spec();
+        let max = super::MAX_SAFE_INT;
+        for (name, op) in operations(&spec) {
+            for p in op["parameters"].as_array().into_iter().flatten() {
+                let pname = p["name"].as_str().unwrap_or("");
+                let s = resolve(&spec, &p["schema"]);
+                if has_type(&s, "integer") {
+                    let (lo, hi) = (s["minimum"].as_u64(), s["maximum"].as_u64());
+                    assert!(lo.is_some() && hi.is_some_and(|hi| hi <= max), "{name}: {pname} is unbounded: {s}");
+                    if pname == "limit" {
+                        assert_eq!((lo, hi), (Some(1), Some(100)), "{name}: limit");
+                    }
+                } else if s["enum"].is_null() {
+                    assert!(s["pattern"].is_string(), "{name}: {pname} has no pattern: {s}");
+                }
+            }
+        }
+        // Ids and integers in request bodies.
+        let ids = ["id", "from", "to", "conv_id", "client_msg_id", "device", "owner", "by", "members", "endpoint"];
+        let mut seen = 0;
+        for (schema, body) in spec["components"]["schemas"].as_object().expect("schemas") {
+            let is_request = ["Body", "Req"].iter().any(|s| schema.ends_with(s));
+            if !is_request {
+                continue;
+            }
+            for (field, f) in body["properties"].as_object().into_iter().flatten() {
+                let mut f = resolve(&spec, f);
+                if has_type(&f, "array") {
+                    f = resolve(&spec, &f["items"]);
+                }
+                if has_type(&f, "integer") {
+                    assert!(
+                        f["minimum"].is_u64() && f["maximum"].as_u64().is_some_and(|m| m <= max),
+                        "{schema}.{field}"
+                    );
+                    seen += 1;
+                } else if ids.contains(&field.as_str()) {
+                    assert!(f["pattern"].is_string(), "{schema}.{field} has no pattern: {f}");
+                    seen += 1;
+                }
+            }
+        }
+        assert!(seen >= 20, "only {seen} request fields checked");
+        assert_eq!(spec["components"]["schemas"]["SafeInt"]["maximum"], 9007199254740991u64);
     }
 
     #[test]

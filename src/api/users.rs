@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use confab_actors::error::Error;
 use confab_actors::model::{validate_id, User, UserPatch};
 
+use super::openapi::Id;
 use super::{ok, path_id, resource, ApiResult, ErrorBody, Scope, Signed};
 use crate::http::AppState;
 
@@ -23,9 +24,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 #[serde(deny_unknown_fields)]
 pub struct TokenReq {
     /// The device id the token is for.
+    #[schema(value_type = Id)]
     device: String,
     /// Lifetime in seconds (default `auth.token_ttl_secs`, at most `auth.max_token_ttl_secs`).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 315360000)]
     ttl_secs: Option<u64>,
 }
 
@@ -38,13 +41,13 @@ pub struct TokenRes {
 
 /// Mints an access token for the WebSocket endpoint.
 #[utoipa::path(post, path = "/api/v1/users/{id}/tokens", tag = "users",
-    params(("id" = String, Path, description = "The user id")),
+    params(("id" = Id, Path, description = "The user id")),
     request_body = TokenReq,
     responses(
-        (status = 200, body = TokenRes),
-        (status = 400, description = "invalid_request", body = ErrorBody),
-        (status = 401, description = "unauthorized, timestamp_out_of_range, signature_invalid, nonce_replayed", body = ErrorBody),
-        (status = 403, description = "scope_missing", body = ErrorBody)
+        (status = 200, description = "The token", body = TokenRes),
+        (status = 400, description = "invalid_request (a bad user or device id, a ttl_secs over auth.max_token_ttl_secs)", body = ErrorBody),
+        (status = 500, description = "internal", body = ErrorBody),
+        (status = 503, description = "unavailable (the user's record could not be read)", body = ErrorBody)
     ),
     security(("confab_signature" = ["users"])))]
 async fn mint_token(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
@@ -79,11 +82,10 @@ pub struct DevicesRes {
 /// The user's connected devices: on every node of a cluster, else on this node. (With Redis
 /// down, a clustered node answers with its own devices only.)
 #[utoipa::path(get, path = "/api/v1/users/{id}/devices", tag = "users",
-    params(("id" = String, Path, description = "The user id")),
+    params(("id" = Id, Path, description = "The user id")),
     responses(
-        (status = 200, body = DevicesRes),
-        (status = 401, description = "unauthorized, timestamp_out_of_range, signature_invalid, nonce_replayed", body = ErrorBody),
-        (status = 403, description = "scope_missing", body = ErrorBody)
+        (status = 200, description = "The connected devices", body = DevicesRes),
+        (status = 400, description = "invalid_request (a bad user id)", body = ErrorBody)
     ),
     security(("confab_signature" = ["users"])))]
 async fn devices(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
@@ -116,6 +118,7 @@ async fn devices(req: HttpRequest, payload: web::Payload, state: web::Data<AppSt
 #[serde(deny_unknown_fields)]
 pub struct UpsertBody {
     /// The user id.
+    #[schema(value_type = Id)]
     id: String,
     /// 1 to 64 characters.
     #[serde(default)]
@@ -138,10 +141,9 @@ pub struct UserRes {
 #[utoipa::path(post, path = "/api/v1/users", tag = "users",
     request_body = UpsertBody,
     responses(
-        (status = 200, body = UserRes),
-        (status = 400, description = "invalid_request", body = ErrorBody),
-        (status = 401, description = "unauthorized, timestamp_out_of_range, signature_invalid, nonce_replayed", body = ErrorBody),
-        (status = 403, description = "scope_missing", body = ErrorBody)
+        (status = 200, description = "The user", body = UserRes),
+        (status = 400, description = "invalid_request (a bad id, nickname, avatar or ext)", body = ErrorBody),
+        (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["users"])))]
 async fn upsert(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
@@ -159,12 +161,12 @@ async fn upsert(req: HttpRequest, payload: web::Payload, state: web::Data<AppSta
 
 /// A user's record (`not_found` when the user was never created explicitly).
 #[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users",
-    params(("id" = String, Path, description = "The user id")),
+    params(("id" = Id, Path, description = "The user id")),
     responses(
-        (status = 200, body = UserRes),
-        (status = 401, description = "unauthorized, timestamp_out_of_range, signature_invalid, nonce_replayed", body = ErrorBody),
-        (status = 403, description = "scope_missing", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody)
+        (status = 200, description = "The user", body = UserRes),
+        (status = 400, description = "invalid_request (a bad user id)", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["users"])))]
 async fn get(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
@@ -176,11 +178,11 @@ async fn get(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>
 
 /// Disables a user: it cannot connect or send, and its sessions are closed (1008 `user_disabled`).
 #[utoipa::path(post, path = "/api/v1/users/{id}/disable", tag = "users",
-    params(("id" = String, Path, description = "The user id")),
+    params(("id" = Id, Path, description = "The user id")),
     responses(
-        (status = 200, body = UserRes),
-        (status = 401, description = "unauthorized, timestamp_out_of_range, signature_invalid, nonce_replayed", body = ErrorBody),
-        (status = 403, description = "scope_missing", body = ErrorBody)
+        (status = 200, description = "The user, disabled", body = UserRes),
+        (status = 400, description = "invalid_request (a bad user id)", body = ErrorBody),
+        (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["users"])))]
 async fn disable(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
@@ -191,11 +193,11 @@ async fn disable(req: HttpRequest, payload: web::Payload, state: web::Data<AppSt
 
 /// Enables a disabled user again.
 #[utoipa::path(post, path = "/api/v1/users/{id}/enable", tag = "users",
-    params(("id" = String, Path, description = "The user id")),
+    params(("id" = Id, Path, description = "The user id")),
     responses(
-        (status = 200, body = UserRes),
-        (status = 401, description = "unauthorized, timestamp_out_of_range, signature_invalid, nonce_replayed", body = ErrorBody),
-        (status = 403, description = "scope_missing", body = ErrorBody)
+        (status = 200, description = "The user, enabled", body = UserRes),
+        (status = 400, description = "invalid_request (a bad user id)", body = ErrorBody),
+        (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["users"])))]
 async fn enable(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
@@ -207,11 +209,11 @@ async fn enable(req: HttpRequest, payload: web::Payload, state: web::Data<AppSta
 /// Revokes every token issued to the user until now (their `iat` is before `tokens_valid_after`)
 /// and closes the user's sessions (1008 `token_revoked`).
 #[utoipa::path(post, path = "/api/v1/users/{id}/tokens/revoke", tag = "users",
-    params(("id" = String, Path, description = "The user id")),
+    params(("id" = Id, Path, description = "The user id")),
     responses(
-        (status = 200, body = UserRes),
-        (status = 401, description = "unauthorized, timestamp_out_of_range, signature_invalid, nonce_replayed", body = ErrorBody),
-        (status = 403, description = "scope_missing", body = ErrorBody)
+        (status = 200, description = "The user, with tokens revoked", body = UserRes),
+        (status = 400, description = "invalid_request (a bad user id)", body = ErrorBody),
+        (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["users"])))]
 async fn revoke_tokens(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use confab_actors::error::{Error, ErrorCode};
 use confab_actors::outbox::{Delivery, DeliveryQuery, DeliveryState, Outbox, OutboxEvent, Replay};
 
-use super::{ok, query, resource, ApiResult, ErrorBody, Scope, Signed};
+use super::openapi::{Id, SafeInt};
+use super::{de_safe_int_opt, ok, path_int, resource, ApiResult, ErrorBody, Scope, Signed};
 use crate::http::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -23,18 +24,22 @@ fn outbox(state: &AppState) -> Result<Arc<dyn Outbox>, Error> {
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct DeliveriesQuery {
     /// Only this endpoint (its configured `name`).
     #[serde(default)]
+    #[param(value_type = Option<Id>)]
     endpoint: Option<String>,
     /// `pending`, `delivered` or `failed`.
     #[serde(default)]
     state: Option<DeliveryState>,
     /// Only events with a greater id (paging).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_safe_int_opt")]
+    #[param(value_type = Option<SafeInt>)]
     after_id: Option<u64>,
     /// 1 to 100 (default 50).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 100)]
     limit: Option<usize>,
 }
 
@@ -48,15 +53,13 @@ pub struct DeliveriesRes {
 #[utoipa::path(get, path = "/api/v1/webhooks/deliveries", tag = "webhooks",
     params(DeliveriesQuery),
     responses(
-        (status = 200, body = DeliveriesRes),
-        (status = 400, description = "invalid_request", body = ErrorBody),
-        (status = 401, description = "unauthorized, timestamp_out_of_range, signature_invalid, nonce_replayed", body = ErrorBody),
-        (status = 403, description = "scope_missing", body = ErrorBody)
+        (status = 200, description = "The deliveries", body = DeliveriesRes),
+        (status = 400, description = "invalid_request (a bad parameter value, an unknown parameter)", body = ErrorBody),
+        (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["webhooks"])))]
 async fn deliveries(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
-    Signed::read(&req, payload, &state, Scope::Webhooks).await?;
-    let q: DeliveriesQuery = query(&req)?;
+    let (_, q): (_, DeliveriesQuery) = Signed::read_query(&req, payload, &state, Scope::Webhooks).await?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=100).contains(&limit) {
         return Err(Error::invalid("limit must be 1 to 100").into());
@@ -75,21 +78,17 @@ pub struct EventRes {
 
 /// One event and its deliveries.
 #[utoipa::path(get, path = "/api/v1/webhooks/events/{id}", tag = "webhooks",
-    params(("id" = u64, Path, description = "The event id")),
+    params(("id" = SafeInt, Path, description = "The event id")),
     responses(
-        (status = 200, body = EventRes),
-        (status = 401, description = "unauthorized, timestamp_out_of_range, signature_invalid, nonce_replayed", body = ErrorBody),
-        (status = 403, description = "scope_missing", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody)
+        (status = 200, description = "The event and its deliveries", body = EventRes),
+        (status = 400, description = "invalid_request (a bad event id)", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["webhooks"])))]
 async fn event(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
     Signed::read(&req, payload, &state, Scope::Webhooks).await?;
-    let id: u64 = req
-        .match_info()
-        .get("id")
-        .and_then(|v| v.parse().ok())
-        .ok_or_else(|| Error::invalid("the event id must be a number"))?;
+    let id = path_int(&req, "id")?;
     let outbox = outbox(&state)?;
     let event = outbox.event(id).await.map_err(Error::from)?.ok_or_else(|| Error::not_found("no such event"))?;
     let deliveries = outbox.event_deliveries(id).await.map_err(Error::from)?;
@@ -101,12 +100,15 @@ async fn event(req: HttpRequest, payload: web::Payload, state: web::Data<AppStat
 pub struct ReplayReq {
     /// Only this endpoint; default all.
     #[serde(default)]
+    #[schema(value_type = Option<Id>)]
     endpoint: Option<String>,
     /// First event id (inclusive); default 1.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_safe_int_opt")]
+    #[schema(value_type = Option<SafeInt>)]
     from_id: Option<u64>,
     /// Last event id (inclusive); default the last one.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "de_safe_int_opt")]
+    #[schema(value_type = Option<SafeInt>)]
     to_id: Option<u64>,
     /// Only deliveries in state `failed` (default false: delivered ones are sent again too).
     #[serde(default)]
@@ -123,10 +125,9 @@ pub struct ReplayRes {
 #[utoipa::path(post, path = "/api/v1/webhooks/replay", tag = "webhooks",
     request_body = ReplayReq,
     responses(
-        (status = 200, body = ReplayRes),
-        (status = 400, description = "invalid_request", body = ErrorBody),
-        (status = 401, description = "unauthorized, timestamp_out_of_range, signature_invalid, nonce_replayed", body = ErrorBody),
-        (status = 403, description = "scope_missing", body = ErrorBody)
+        (status = 200, description = "How many deliveries were queued again", body = ReplayRes),
+        (status = 400, description = "invalid_request (a bad id range)", body = ErrorBody),
+        (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["webhooks"])))]
 async fn replay(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {

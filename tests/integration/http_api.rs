@@ -252,6 +252,101 @@ async fn refusals_have_their_codes() {
     assert_eq!(l["conversations"], json!([]));
 }
 
+/// Endpoints without query parameters refuse any query string, endpoints with parameters refuse
+/// unknown ones, and only a correctly signed request (with the scope) learns it.
+#[tokio::test]
+async fn query_strings_are_refused_unless_the_endpoint_takes_them() {
+    let node = node_with(&[]);
+    let send = json!({"from": "alice", "to": "bob", "client_msg_id": "q1", "body": text("hi")});
+    let ab = direct_id("alice", "bob");
+    let no_query: Vec<(&'static str, String, Option<Value>)> = vec![
+        ("POST", "/api/v1/users?id=alice".into(), Some(json!({"id": "alice", "nickname": "A"}))),
+        ("GET", "/api/v1/users/alice?fields=all".into(), None),
+        ("POST", "/api/v1/users/alice/disable?x=1".into(), None),
+        ("POST", "/api/v1/users/alice/enable?x=1".into(), None),
+        ("POST", "/api/v1/users/alice/tokens/revoke?x=1".into(), None),
+        ("POST", "/api/v1/users/alice/tokens?ttl_secs=60".into(), Some(json!({"device": "web"}))),
+        ("GET", "/api/v1/users/alice/devices?all".into(), None),
+        ("POST", "/api/v1/messages?dry_run=true".into(), Some(send.clone())),
+        ("POST", format!("/api/v1/conversations/{ab}/messages/1/recall?by=alice"), None),
+        ("GET", "/api/v1/users/alice/unread?since=0".into(), None),
+        ("POST", "/api/v1/groups?x=1".into(), Some(json!({"id": "q", "name": "Q", "owner": "alice"}))),
+        ("GET", "/api/v1/groups/q?x=1".into(), None),
+        ("PATCH", "/api/v1/groups/q?x=1".into(), Some(json!({"name": "Q2"}))),
+        ("POST", "/api/v1/groups/q/dismiss?x=1".into(), None),
+        ("GET", "/api/v1/groups/q/members?x=1".into(), None),
+        ("POST", "/api/v1/groups/q/members?x=1".into(), Some(json!({"members": ["carol"]}))),
+        ("PUT", "/api/v1/groups/q/members/bob/role?x=1".into(), Some(json!({"role": "admin"}))),
+        ("GET", "/api/v1/webhooks/events/1?x=1".into(), None),
+        ("POST", "/api/v1/webhooks/replay?only_failed=true".into(), Some(json!({}))),
+    ];
+    for (m, p, b) in no_query {
+        let e = err(&node, m, &p, b, 400, "invalid_request").await;
+        assert!(e["message"].as_str().unwrap().contains("no query parameters"), "{m} {p}: {e}");
+    }
+    // Unknown parameters next to known ones.
+    for p in [
+        "/api/v1/users/alice/conversations?limit=5&offset=2".to_string(),
+        format!("/api/v1/conversations/{ab}/messages?befor=3"),
+        "/api/v1/webhooks/deliveries?status=failed".to_string(),
+    ] {
+        err(&node, "GET", &p, None, 400, "invalid_request").await;
+    }
+    err(&node, "DELETE", "/api/v1/groups/q/members/bob?by=alice&force=1", None, 400, "invalid_request").await;
+    // Refused before anything happened: no user, message or group was made.
+    err(&node, "GET", "/api/v1/users/alice", None, 404, "not_found").await;
+    err(&node, "GET", "/api/v1/groups/q", None, 404, "not_found").await;
+    assert_eq!(ok(&node, "GET", "/api/v1/users/bob/conversations", None).await["conversations"], json!([]));
+    // Signature and scope come first; an unknown resource stays unknown whatever its query.
+    let p = "/api/v1/users/alice/unread?x=1";
+    let mut r = Req::new("GET", p, None);
+    r.key = None;
+    refused(r, &node, 401, "unauthorized").await;
+    refused(Req::new("GET", p, None).key("admin", USERS_SECRET), &node, 401, "signature_invalid").await;
+    refused(Req::new("GET", p, None).key("users", USERS_SECRET), &node, 403, "scope_missing").await;
+    err(&node, "GET", "/api/v1/nothing/here?x=1", None, 404, "not_found").await;
+}
+
+/// Seqs, cursors and event ids above 2^53-1 are refused wherever the API takes them (query, path,
+/// body); 2^53-1 itself is accepted.
+#[tokio::test]
+async fn seqs_and_cursors_above_2_pow_53_are_refused() {
+    const MAX: u64 = (1 << 53) - 1;
+    let node = node_with(&[]);
+    let send = json!({"from": "alice", "to": "bob", "client_msg_id": "c1", "body": text("hi")});
+    ok(&node, "POST", "/api/v1/messages", Some(send)).await;
+    let ab = direct_id("alice", "bob");
+    for n in [MAX + 1, u64::MAX] {
+        for p in [
+            format!("/api/v1/users/alice/conversations?since={n}"),
+            format!("/api/v1/conversations/{ab}/messages?before={n}"),
+            format!("/api/v1/conversations/{ab}/messages?after={n}&as_user=alice"),
+            format!("/api/v1/webhooks/deliveries?after_id={n}"),
+            format!("/api/v1/webhooks/events/{n}"),
+        ] {
+            err(&node, "GET", &p, None, 400, "invalid_request").await;
+        }
+        err(&node, "POST", &format!("/api/v1/conversations/{ab}/messages/{n}/recall"), None, 400, "invalid_request")
+            .await;
+        let reply = json!({"from": "bob", "conv_id": ab, "client_msg_id": "r", "body": text("?"), "reply_to": n});
+        err(&node, "POST", "/api/v1/messages", Some(reply), 400, "invalid_request").await;
+        for b in [json!({"from_id": n}), json!({"to_id": n})] {
+            err(&node, "POST", "/api/v1/webhooks/replay", Some(b), 400, "invalid_request").await;
+        }
+    }
+    // The largest safe integer is an ordinary (if empty) cursor.
+    let l = ok(&node, "GET", &format!("/api/v1/users/alice/conversations?since={MAX}"), None).await;
+    assert_eq!(l["conversations"], json!([]));
+    let h = ok(&node, "GET", &format!("/api/v1/conversations/{ab}/messages?after={MAX}"), None).await;
+    assert_eq!(h["messages"], json!([]));
+    ok(&node, "GET", &format!("/api/v1/webhooks/deliveries?after_id={MAX}"), None).await;
+    err(&node, "GET", &format!("/api/v1/webhooks/events/{MAX}"), None, 404, "not_found").await;
+    err(&node, "POST", &format!("/api/v1/conversations/{ab}/messages/{MAX}/recall"), None, 404, "not_found").await;
+    let reply = json!({"from": "bob", "conv_id": ab, "client_msg_id": "r", "body": text("?"), "reply_to": MAX});
+    err(&node, "POST", "/api/v1/messages", Some(reply), 404, "not_found").await;
+    ok(&node, "POST", "/api/v1/webhooks/replay", Some(json!({"from_id": MAX, "to_id": MAX}))).await;
+}
+
 #[tokio::test]
 async fn tokens_and_devices() {
     let node = node_with(&[]);

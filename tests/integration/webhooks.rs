@@ -640,3 +640,38 @@ async fn a_stopping_node_records_its_users_going_offline() {
     assert_eq!(events.iter().map(|e| e["type"].as_str().unwrap()).collect::<Vec<_>>(), ["user.online", "user.offline"]);
     node.stop().await;
 }
+
+/// System messages are not asked about: with the check refusing every request and
+/// `fail_open = false`, a user's message is refused while the backend's system messages, to a
+/// user or to a group, are stored without the check being called.
+#[tokio::test]
+async fn system_messages_skip_before_send() {
+    let r = Receiver::start().await;
+    let url = r.url("/check");
+    let keys = api_keys();
+    let mut env = before_send_env(&url, "false");
+    env.push(("CONFAB__API__KEYS", keys.as_str()));
+    let node = TestNode::with(&env);
+    // The receiver answers 500 to a check of the text "broken": the check cannot be made.
+    let user = json!({"from": "alice", "to": "bob", "client_msg_id": "u1", "body": text("broken")});
+    let (st, v) = api(node.addr, ADMIN, "POST", "/api/v1/messages", Some(user)).await;
+    assert_eq!((st, v["error"]["code"].as_str()), (422, Some("message_rejected")), "{v}");
+    assert_eq!(r.get(|s| s.checks.len()), 1);
+
+    let sys = json!({"from": null, "to": "bob", "client_msg_id": "welcome", "body": text("broken")});
+    let (st, v) = api(node.addr, ADMIN, "POST", "/api/v1/messages", Some(sys)).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["message"]["sender"], "system");
+    let path = format!("/api/v1/conversations/{}/messages", direct_id("system", "bob"));
+    let (st, h) = api(node.addr, ADMIN, "GET", &path, None).await;
+    assert_eq!(st, 200, "{h}");
+    assert_eq!(h["messages"][0]["body"], text("broken"), "{h}");
+
+    let group = json!({"id": "news", "name": "News", "owner": "alice", "members": ["bob"]});
+    assert_eq!(api(node.addr, ADMIN, "POST", "/api/v1/groups", Some(group)).await.0, 200);
+    let body = json!({"type": "system", "event": "maintenance", "data": {}});
+    let g = json!({"from": null, "conv_id": "g_news", "client_msg_id": "m1", "body": body});
+    let (st, v) = api(node.addr, ADMIN, "POST", "/api/v1/messages", Some(g)).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(r.get(|s| s.checks.len()), 1, "a system message was checked");
+}
