@@ -57,6 +57,9 @@ pub async fn serve(
     signals: bool,
     on_start: impl FnOnce(actix_web::dev::ServerHandle),
 ) -> anyhow::Result<()> {
+    if signals {
+        survive_file_size_limit();
+    }
     let metrics = Arc::new(Metrics::default());
     let (store, outbox) = open_stores(&cfg, metrics.clone()).await?;
     let registry = Arc::new(Registry::new(metrics.clone()));
@@ -147,6 +150,22 @@ fn start_cluster(cfg: &Config, engine: &Engine) -> anyhow::Result<Option<Cluster
         }
     });
     Ok(Some(cluster))
+}
+
+/// Keeps the process alive when a write would take a file past the process's file size limit
+/// (`RLIMIT_FSIZE`, e.g. `ulimit -f` or systemd's `LimitFSIZE=`). The kernel then sends SIGXFSZ,
+/// whose default action ends the process; once a handler is registered the write fails with
+/// `EFBIG` instead, which the embedded store survives like a full disk (it answers `unavailable`
+/// and re-opens its database until writes succeed again). tokio's handler stays registered for the
+/// life of the process even though the stream is dropped here, and does nothing else.
+fn survive_file_size_limit() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Err(e) = signal(SignalKind::from_raw(libc::SIGXFSZ)) {
+            tracing::warn!(error = %e, "cannot handle SIGXFSZ: a write past the file size limit will end the process");
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

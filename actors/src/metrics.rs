@@ -94,6 +94,13 @@ pub struct Metrics {
     pub store_batch_ops: AtomicU64,
     /// Number of store commits.
     pub store_commits: AtomicU64,
+    /// Embedded store: 1 while healthy, 0 while it recovers from an I/O error (database closed,
+    /// or re-opened and on probation); -1 (not rendered) on other backends.
+    pub store_embedded_healthy: AtomicI64,
+    /// Embedded store: times it went from healthy to down after an I/O error.
+    pub store_embedded_outages: AtomicU64,
+    /// Embedded store: times it re-opened its database after an I/O error.
+    pub store_embedded_reopens: AtomicU64,
     /// Database commands sent by a networked store (MongoDB command monitoring), by kind: writes
     /// (insert, update, delete, findAndModify, commitTransaction, abortTransaction), reads (find,
     /// aggregate, getMore, count, distinct) and other (ping, createIndexes, ...).
@@ -127,6 +134,9 @@ impl Default for Metrics {
             store_write_seconds: Histogram::new(LATENCY_BOUNDS),
             store_batch_ops: AtomicU64::new(0),
             store_commits: AtomicU64::new(0),
+            store_embedded_healthy: AtomicI64::new(-1),
+            store_embedded_outages: AtomicU64::new(0),
+            store_embedded_reopens: AtomicU64::new(0),
             db_commands_write: AtomicU64::new(0),
             db_commands_read: AtomicU64::new(0),
             db_commands_other: AtomicU64::new(0),
@@ -240,6 +250,27 @@ impl Metrics {
             "counter",
             self.store_batch_ops.load(Relaxed).to_string(),
         );
+        let healthy = self.store_embedded_healthy.load(Relaxed);
+        if healthy >= 0 {
+            gauge(
+                "confab_store_embedded_healthy",
+                "1 while the embedded store is healthy, 0 while it recovers from an I/O error.",
+                "gauge",
+                healthy.to_string(),
+            );
+            gauge(
+                "confab_store_embedded_outages_total",
+                "Times the embedded store went down after an I/O error.",
+                "counter",
+                self.store_embedded_outages.load(Relaxed).to_string(),
+            );
+            gauge(
+                "confab_store_embedded_reopens_total",
+                "Times the embedded store re-opened its database after an I/O error.",
+                "counter",
+                self.store_embedded_reopens.load(Relaxed).to_string(),
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP confab_store_db_commands_total Database commands sent by the store (MongoDB command monitoring).\n# TYPE confab_store_db_commands_total counter"

@@ -39,6 +39,11 @@
 //! `Unavailable` (I/O, corrupt data) or panics, or the commit fails, the transaction is aborted and
 //! every operation of the batch gets `Unavailable`; the thread carries on with the next batch.
 //!
+//! If the failure was an I/O error (disk full, `EFBIG`, `EIO`), redb refuses every later
+//! transaction of that database: the writer then closes it and re-opens the file by itself, with
+//! growing waits, while every operation answers `Unavailable` at once and `ping` fails (see
+//! `health`).
+//!
 //! A run of consecutive appends in a batch shares its open tables, and keeps the conversation
 //! rows, the senders' cursor rows and the version counter it touches in memory, writing each
 //! changed row once when the run ends (`ops::Appender`): under load a commit holds thousands of
@@ -46,9 +51,10 @@
 //! round trips per append into ~3 and one.
 //!
 //! Reads run on `tokio::task::spawn_blocking` in a redb `ReadTransaction` (an MVCC snapshot of the
-//! last commit) and never wait for the writer.
+//! last commit) of the database open at that moment, and never wait for the writer.
 
 mod groups;
+mod health;
 mod ops;
 mod outbox;
 mod reads;
@@ -73,7 +79,7 @@ use confab_actors::store::{
     Appended, GroupDismiss, GroupUpdate, HistoryQuery, MemberChange, NewGroup, NewMessage, Recalled, RoleChange, Store,
     StoreResult,
 };
-use redb::{Database, ReadTransaction, WriteTransaction};
+use redb::{ReadTransaction, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
 use tables::unavailable;
@@ -84,7 +90,8 @@ pub const DB_FILE: &str = "confab.redb";
 
 /// The embedded, persistent store. See the module documentation for its design.
 pub struct EmbeddedStore {
-    db: Arc<Database>,
+    /// The database, shared with the writer, which re-opens it after an I/O error (`health`).
+    db: Arc<health::Handle>,
     metrics: Arc<Metrics>,
     /// The writer's queue; `None` once closed.
     queue: Mutex<Option<mpsc::Sender<BoxedJob>>>,
@@ -119,14 +126,7 @@ impl EmbeddedStore {
         std::fs::create_dir_all(dir)
             .map_err(|e| StoreError::Unavailable(format!("cannot create {}: {e}", dir.display())))?;
         let path = dir.join(DB_FILE);
-        let db = Database::create(&path)
-            .map_err(|e| StoreError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
-        // Create every table up front so read transactions can always open them.
-        let txn = db.begin_write().map_err(unavailable)?;
-        create_tables(&txn)?;
-        txn.commit().map_err(unavailable)?;
-
-        let db = Arc::new(db);
+        let db = Arc::new(health::Handle::new(path.clone(), health::open_database(&path)?, &metrics));
         let (tx, rx) = mpsc::channel(writer::QUEUE_CAPACITY);
         let thread = writer::spawn(db.clone(), rx, metrics.clone())
             .map_err(|e| StoreError::Unavailable(format!("cannot start the store writer: {e}")))?;
@@ -168,6 +168,8 @@ impl EmbeddedStore {
         let Some(queue) = queue else {
             return Err(StoreError::Unavailable("the store is closed".into()));
         };
+        // Fails at once while the database is closed for recovery, without queueing.
+        self.db.db()?;
         self.metrics.store_queue_depth.fetch_add(1, Relaxed);
         let mut guard = QueuedGuard { metrics: &self.metrics, armed: true };
         if queue.send(job).await.is_err() {
@@ -185,13 +187,31 @@ impl EmbeddedStore {
         T: Send + 'static,
         F: FnOnce(&ReadTransaction) -> StoreResult<T> + Send + 'static,
     {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
+        let db = self.db.db()?;
+        let result = tokio::task::spawn_blocking(move || {
             let txn = db.begin_read().map_err(unavailable)?;
             f(&txn)
         })
         .await
-        .map_err(|e| StoreError::Unavailable(format!("store read task failed: {e}")))?
+        .map_err(|e| StoreError::Unavailable(format!("store read task failed: {e}")))?;
+        if matches!(result, Err(StoreError::Unavailable(_))) && self.db.ask_check() {
+            // Perhaps an I/O error, which only a write transaction reveals: an empty write makes
+            // the writer find out (and re-open the database) without waiting for the next write.
+            self.queue_check();
+        }
+        result
+    }
+
+    /// Queues an empty write without waiting for it (nobody needs its answer).
+    fn queue_check(&self) {
+        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(queue) = queue {
+            let (job, _answer) = writer::job(|_txn: &WriteTransaction| Ok(()));
+            self.metrics.store_queue_depth.fetch_add(1, Relaxed);
+            if queue.try_send(job).is_err() {
+                self.metrics.store_queue_depth.fetch_sub(1, Relaxed);
+            }
+        }
     }
 }
 
@@ -233,6 +253,9 @@ impl Store for EmbeddedStore {
         let open = self.queue.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|q| !q.is_closed());
         if !open {
             return Err(StoreError::Unavailable("the store writer is not running".into()));
+        }
+        if !self.db.healthy() {
+            return Err(StoreError::Unavailable("the store is recovering from an I/O error".into()));
         }
         self.read(|txn| {
             txn.open_table(tables::META).map_err(unavailable)?;

@@ -466,6 +466,16 @@ impl BinaryNode {
         Client::connect(self.addr, user, device).await
     }
 
+    /// The process id (for `prlimit`, signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap()
+    }
+
+    /// The log (stderr) so far.
+    pub fn log(dir: &Path) -> String {
+        std::fs::read_to_string(log_path(dir)).unwrap_or_default()
+    }
+
     /// SIGKILL: no shutdown of any kind.
     pub async fn kill_9(mut self) {
         self.child.kill().await.unwrap();

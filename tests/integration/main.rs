@@ -5,6 +5,7 @@
 mod cluster;
 mod cluster_nodes;
 mod common;
+mod disk_full;
 mod hardening;
 mod http_api;
 mod store;

@@ -8,19 +8,25 @@
 //! [`Appender`] that keeps their tables open and their conversation rows, cursors and version
 //! counter in memory until the run of appends ends (see `ops::Appender`). Any other job first
 //! flushes it ([`Batch::txn`]), so every job sees exactly what the jobs before it wrote.
+//!
+//! The thread also owns recovery from I/O errors (`health`): when a batch fails and the database
+//! no longer accepts a write transaction, it closes the database, answers every job `Unavailable`
+//! at once and re-opens the file when it can.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use confab_actors::error::StoreError;
 use confab_actors::metrics::Metrics;
 use confab_actors::store::StoreResult;
 use redb::{Database, WriteTransaction};
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::{mpsc, oneshot};
 
+use super::health::{self, Handle, Recovery};
 use super::ops::Appender;
 
 /// What the jobs of one batch run against: its transaction and, during a run of appends, their
@@ -146,16 +152,42 @@ where
 /// Starts the writer thread. It ends when every sender of `rx` has been dropped and the queue is
 /// empty.
 pub(super) fn spawn(
-    db: Arc<Database>,
+    handle: Arc<Handle>,
     rx: mpsc::Receiver<BoxedJob>,
     metrics: Arc<Metrics>,
 ) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new().name("confab-store-writer".into()).spawn(move || run(&db, rx, &metrics))
+    std::thread::Builder::new().name("confab-store-writer".into()).spawn(move || run(&handle, rx, &metrics))
 }
 
-fn run(db: &Database, mut rx: mpsc::Receiver<BoxedJob>, metrics: &Metrics) {
+/// How often the writer looks at its queue while it waits for a re-open attempt or the end of a
+/// probation (see `health`): jobs that were queued before the database closed are answered this
+/// soon, and no job waits for a re-open.
+const POLL: Duration = Duration::from_millis(20);
+
+fn run(handle: &Handle, mut rx: mpsc::Receiver<BoxedJob>, metrics: &Metrics) {
+    let mut db = handle.db().ok();
+    let mut recovery = Recovery::new();
     let mut batch: Vec<BoxedJob> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.blocking_recv() {
+    loop {
+        let first = match recovery.wake_at() {
+            None => match rx.blocking_recv() {
+                Some(job) => job,
+                None => break,
+            },
+            Some(at) => match rx.try_recv() {
+                Ok(job) => job,
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {
+                    let now = Instant::now();
+                    if now < at {
+                        std::thread::sleep(POLL.min(at - now));
+                    } else {
+                        recovery.on_time(handle, &mut db, metrics);
+                    }
+                    continue;
+                }
+            },
+        };
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -164,16 +196,24 @@ fn run(db: &Database, mut rx: mpsc::Receiver<BoxedJob>, metrics: &Metrics) {
             }
         }
         metrics.store_queue_depth.fetch_sub(batch.len() as i64, Relaxed);
-        let outcome = commit_batch(db, &mut batch);
-        match &outcome {
-            Ok(()) => {
+        let outcome = match &db {
+            Some(d) => commit_batch(d, &mut batch),
+            None => Err(health::DOWN.to_owned()),
+        };
+        match (&outcome, &db) {
+            (Ok(()), _) => {
                 metrics.store_commits.fetch_add(1, Relaxed);
                 metrics.store_batch_ops.fetch_add(batch.len() as u64, Relaxed);
             }
-            Err(msg) => {
+            (Err(_), None) => recovery.refused(batch.len()),
+            // The database refuses new transactions: an I/O error. Closed before anyone is
+            // answered, so a caller that got `unavailable` finds the node not ready.
+            (Err(msg), Some(d)) if !health::usable(d) => recovery.failed(handle, &mut db, msg, metrics),
+            (Err(msg), Some(_)) => {
                 tracing::error!(ops = batch.len(), error = %msg, "store batch failed; nothing of it was written")
             }
         }
+        recovery.batch_done(handle);
         for job in batch.drain(..) {
             job.finish(&outcome, metrics);
         }
@@ -184,15 +224,20 @@ fn run(db: &Database, mut rx: mpsc::Receiver<BoxedJob>, metrics: &Metrics) {
 /// Runs every job of the batch in one transaction and commits it. On any failure the transaction
 /// is aborted, so either all of the batch is durable or none of it.
 fn commit_batch(db: &Database, jobs: &mut [BoxedJob]) -> Result<(), String> {
-    let txn = db.begin_write().map_err(|e| format!("cannot begin a write transaction: {e}"))?;
-    // `run_jobs` closes every table it opened before the transaction is committed or aborted.
-    if let Err(msg) = run_jobs(&txn, jobs) {
-        if let Err(e) = txn.abort() {
-            tracing::error!(error = %e, "aborting a store transaction failed");
+    // Jobs' panics are caught one by one (`run_jobs`); this catches redb's own, which it raises on
+    // some calls after an I/O error (the database is then checked and re-opened).
+    catch_unwind(AssertUnwindSafe(|| {
+        let txn = db.begin_write().map_err(|e| format!("cannot begin a write transaction: {e}"))?;
+        // `run_jobs` closes every table it opened before the transaction is committed or dropped.
+        if let Err(msg) = run_jobs(&txn, jobs) {
+            // Dropping aborts the transaction, except after an I/O error, where redb leaves the
+            // file to the repair on the next open (an explicit `abort` would panic there).
+            drop(txn);
+            return Err(msg);
         }
-        return Err(msg);
-    }
-    txn.commit().map_err(|e| format!("commit failed: {e}"))
+        txn.commit().map_err(|e| format!("commit failed: {e}"))
+    }))
+    .unwrap_or_else(|_| Err("the database panicked".to_owned()))
 }
 
 /// Runs the jobs in order against one [`Batch`], then flushes it. `Err` ends at the first job
@@ -240,8 +285,9 @@ mod tests {
     #[test]
     fn a_failing_op_aborts_its_batch_and_the_writer_goes_on() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = Arc::new(Database::create(dir.path().join("t.redb")).expect("db"));
+        let path = dir.path().join("t.redb");
         let metrics = Arc::new(Metrics::default());
+        let handle = Arc::new(Handle::new(path.clone(), Database::create(&path).expect("db"), &metrics));
         let (tx, rx) = mpsc::channel(16);
         // Queue three jobs before the thread starts so they form one batch.
         let (a, ra) = job(put("a", false));
@@ -249,11 +295,11 @@ mod tests {
         let (p, rp) = job(|_txn: &WriteTransaction| -> StoreResult<u64> { panic!("boom") });
         assert!(tx.try_send(a).is_ok() && tx.try_send(b).is_ok() && tx.try_send(p).is_ok());
         metrics.store_queue_depth.fetch_add(3, Relaxed);
-        let handle = spawn(db.clone(), rx, metrics.clone()).expect("spawn");
+        let thread = spawn(handle.clone(), rx, metrics.clone()).expect("spawn");
         assert!(matches!(ra.blocking_recv(), Ok(Err(StoreError::Unavailable(_)))));
         assert!(matches!(rb.blocking_recv(), Ok(Err(StoreError::Unavailable(_)))));
         assert!(matches!(rp.blocking_recv(), Ok(Err(StoreError::Unavailable(_)))));
-        assert_eq!(get(&db, "a"), None, "an aborted batch must leave nothing behind");
+        assert_eq!(get(&handle.db().expect("open"), "a"), None, "an aborted batch must leave nothing behind");
 
         // A panicking op alone also aborts only its own batch.
         let (p2, rp2) = job(|_txn: &WriteTransaction| -> StoreResult<u64> { panic!("boom") });
@@ -263,11 +309,12 @@ mod tests {
         let (c, rc) = job(put("c", false));
         assert!(tx.blocking_send(c).is_ok());
         assert!(matches!(rc.blocking_recv(), Ok(Ok(1))));
-        assert_eq!(get(&db, "c"), Some(1));
+        assert_eq!(get(&handle.db().expect("open"), "c"), Some(1));
         assert_eq!(metrics.store_commits.load(Relaxed), 1);
         assert_eq!(metrics.store_batch_ops.load(Relaxed), 1);
         drop(tx);
-        handle.join().expect("writer thread ends when the channel closes");
+        assert_eq!(metrics.store_embedded_outages.load(Relaxed), 0, "no I/O error here");
+        thread.join().expect("writer thread ends when the channel closes");
     }
 
     fn text(conv: &str, pair: (&str, &str), sender: &str, cmid: &str) -> NewMessage {
