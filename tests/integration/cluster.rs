@@ -637,6 +637,39 @@ async fn a_redis_restart_is_survived() {
     server.kill().await;
 }
 
+/// A disable or revocation broadcast that Redis does not take (this node is cut off from it,
+/// other nodes are not) is sent again until it does: it must not be lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_security_broadcast_redis_refused_is_sent_again() {
+    let Some(url) = test_url() else { return };
+    let target = {
+        let hostport = url.trim_start_matches("redis://").split('/').next().unwrap();
+        std::net::ToSocketAddrs::to_socket_addrs(hostport).unwrap().next().unwrap()
+    };
+    let proxy = crate::store_mongo::Proxy::start(target, true).await;
+    let via_proxy = format!("redis://{}", proxy.addr);
+    let (a, _arx) = node(&via_proxy, &fresh("a"), 100, 10_000).await;
+    let (b, mut brx) = node(&url, &fresh("b"), 100, 10_000).await;
+    proxy.cut();
+    eventually(Duration::from_secs(5), "node a seeing Redis down", || async { !a.redis_up() }).await;
+    let user = fresh("mallory");
+    let event = Broadcast::CloseUser { user: user.clone(), disabled: true, tokens_before_ms: None };
+    a.announce(event.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    proxy.restore();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, brx.recv()).await {
+            Ok(Some(Incoming::Broadcast { event: got, .. })) if got == event => break,
+            Ok(Some(_)) => continue,
+            other => panic!("the broadcast refused by Redis never arrived: {other:?}"),
+        }
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
 #[test]
 fn metrics_render_as_prometheus_text() {
     let m = confab::cluster::ClusterMetrics::default();

@@ -353,49 +353,62 @@ async fn commands_per_message_under_load() {
 
 /// A TCP forwarder in front of MongoDB that can be cut (every connection dropped, new ones
 /// refused) and restored: an outage without touching the server.
-struct Proxy {
-    addr: SocketAddr,
+pub(crate) struct Proxy {
+    pub(crate) addr: SocketAddr,
     up: Arc<AtomicBool>,
+    /// While set, bytes are read but not passed on, either way, as on a host that stopped
+    /// answering (no reset, no refusal): clients wait for their own timeouts.
+    paused: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
 }
 
 impl Proxy {
-    async fn start(target: SocketAddr, up: bool) -> Proxy {
+    pub(crate) async fn start(target: SocketAddr, up: bool) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let up = Arc::new(AtomicBool::new(up));
         let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let (up2, conns2) = (up.clone(), conns.clone());
+        let paused = Arc::new(AtomicBool::new(false));
+        let (up2, conns2, paused2) = (up.clone(), conns.clone(), paused.clone());
         let accept = tokio::spawn(async move {
-            while let Ok((mut inbound, _)) = listener.accept().await {
+            while let Ok((inbound, _)) = listener.accept().await {
                 if !up2.load(Relaxed) {
                     drop(inbound);
                     continue;
                 }
+                let paused = paused2.clone();
                 let task = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = TcpStream::connect(target).await {
+                        let (ri, wi) = inbound.into_split();
+                        let (ro, wo) = outbound.into_split();
+                        tokio::join!(pump(ri, wo, paused.clone()), pump(ro, wi, paused));
                     }
                 });
                 conns2.lock().unwrap().push(task);
             }
         });
-        Proxy { addr, up, conns, accept }
+        Proxy { addr, up, paused, conns, accept }
+    }
+
+    /// Stops passing anything on, keeping every connection open (see [`Proxy::paused`]).
+    fn stall(&self) {
+        self.paused.store(true, Relaxed);
     }
 
     fn uri(&self) -> String {
         format!("mongodb://{}/?directConnection=true", self.addr)
     }
 
-    fn cut(&self) {
+    pub(crate) fn cut(&self) {
         self.up.store(false, Relaxed);
         for c in self.conns.lock().unwrap().drain(..) {
             c.abort();
         }
     }
 
-    fn restore(&self) {
+    pub(crate) fn restore(&self) {
+        self.paused.store(false, Relaxed);
         self.up.store(true, Relaxed);
     }
 }
@@ -404,6 +417,28 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.cut();
         self.accept.abort();
+    }
+}
+
+/// Copies `from` to `to`, holding what it read while `paused`.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    paused: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while paused.load(Relaxed) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -517,7 +552,8 @@ async fn node_on_mongodb_readiness_and_recovery() {
     assert!(node.metric("confab_store_db_command_failures_total").await >= 0.0);
 }
 
-/// With MongoDB unreachable and a long server selection timeout, `/readyz` still answers (503)
+/// With MongoDB unreachable (a host that answers nothing) and a long server selection timeout,
+/// `/readyz` still answers (503)
 /// within `server.ready_timeout_ms`, and a user can reconnect: the access check gives up after
 /// `auth.access_check_timeout_ms`, lets the connection in and checks again once MongoDB is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -538,7 +574,7 @@ async fn a_mongodb_outage_neither_blocks_reconnects_nor_readiness() {
     assert_eq!(node.get("/readyz").await.0, 200);
     let mut alice = node.connect("alice", "phone").await;
     alice.send_msg(json!({"to": "bob"}), "c1", text("hi")).await;
-    proxy.cut();
+    proxy.stall();
     let t = Instant::now();
     assert_eq!(node.get("/readyz").await.0, 503);
     assert!(t.elapsed() < Duration::from_secs(2), "/readyz took {:?}", t.elapsed());
