@@ -185,6 +185,17 @@ impl Cluster {
         }
     }
 
+    /// Waits until the first `n` nodes report Redis down.
+    async fn wait_redis_down(&self, n: usize) {
+        for i in 0..n {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while crate::common::metric(self.addr(i), "confab_cluster_redis_up").await != 0.0 {
+                assert!(Instant::now() < deadline, "node {i} never noticed Redis was down");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
     async fn spawn(&self, i: usize) -> BinaryNode {
         let id = format!("n{i}");
         let path = self.dir.path().join(&id);
@@ -575,13 +586,7 @@ async fn a_disable_made_while_redis_is_down_reaches_every_node_when_it_returns()
     far.expect_ok("ping", json!({})).await;
     redis.kill();
     // Both nodes notice Redis is gone before the disable (so its broadcast fails).
-    for i in 0..2 {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while crate::common::metric(cluster.addr(i), "confab_cluster_redis_up").await != 0.0 {
-            assert!(Instant::now() < deadline, "node {i} never noticed Redis was down");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    cluster.wait_redis_down(2).await;
     let (status, body) =
         crate::http_api::Req::new("POST", "/api/v1/users/mallory/disable", None).send(cluster.addr(0)).await;
     assert_eq!(status, 200, "{body}");
@@ -606,13 +611,7 @@ async fn acks_stay_fast_while_redis_is_down() {
     a.send_msg(json!({"to": "bob"}), "warm-a", text("hi")).await;
     b.send_msg(json!({"to": "alice"}), "warm-b", text("hi")).await;
     redis.kill();
-    for i in 0..2 {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while crate::common::metric(cluster.addr(i), "confab_cluster_redis_up").await != 0.0 {
-            assert!(Instant::now() < deadline, "node {i} never noticed Redis was down");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    cluster.wait_redis_down(2).await;
     // Alternate senders on the two nodes: every ack follows a message the other node stored.
     let mut slow = Vec::new();
     for i in 0..10 {

@@ -11,23 +11,7 @@ use tokio::net::TcpStream;
 
 use crate::common::{direct_id, text, token, Auth, Client, TestNode, NO_RATE_LIMITS, SECRET};
 use crate::http_api::{keys, Req};
-
-fn seqs(v: &Value) -> Vec<u64> {
-    v.as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect()
-}
-
-/// A group `team` owned by alice with bob and carol, everyone's creation events consumed.
-async fn team(node: &TestNode) -> (Client, Client, Client) {
-    let mut alice = node.connect("alice", "phone").await;
-    let mut bob = node.connect("bob", "phone").await;
-    let mut carol = node.connect("carol", "phone").await;
-    alice.expect_ok("group_create", json!({"group_id": "team", "name": "Team", "members": ["bob", "carol"]})).await;
-    for c in [&mut alice, &mut bob, &mut carol] {
-        c.next_event("message").await;
-        c.next_event("membership").await;
-    }
-    (alice, bob, carol)
-}
+use crate::ws_groups::{seqs, team};
 
 // ---- confidentiality: former members ----
 

@@ -510,21 +510,30 @@ async fn unreachable_mongodb_fails_fast_and_recovers() {
     assert_eq!(hist.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2]);
 }
 
+/// A node on a fresh database reached through a [`Proxy`], with `timeout_ms` for server selection
+/// and connecting.
+async fn node_behind_proxy(uri: &str, timeout_ms: &str, extra: &[(&str, &str)]) -> (Proxy, TestNode) {
+    let proxy = Proxy::start(target_of(uri), true).await;
+    let db = fresh_db();
+    let proxied = proxy.uri();
+    let mut env = vec![
+        ("CONFAB__STORAGE__BACKEND", "mongodb"),
+        ("CONFAB__STORAGE__MONGODB__URI", proxied.as_str()),
+        ("CONFAB__STORAGE__MONGODB__DATABASE", db.as_str()),
+        ("CONFAB__STORAGE__MONGODB__SERVER_SELECTION_TIMEOUT_MS", timeout_ms),
+        ("CONFAB__STORAGE__MONGODB__CONNECT_TIMEOUT_MS", timeout_ms),
+    ];
+    env.extend_from_slice(extra);
+    let node = TestNode::with(&env);
+    (proxy, node)
+}
+
 /// A node on MongoDB: `/readyz` is 503 while MongoDB is unreachable and sends fail
 /// `unavailable`; it turns ready by itself when MongoDB is back, and messages flow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_on_mongodb_readiness_and_recovery() {
     let Some(uri) = test_uri() else { return };
-    let proxy = Proxy::start(target_of(&uri), true).await;
-    let db = fresh_db();
-    let proxied = proxy.uri();
-    let node = TestNode::with(&[
-        ("CONFAB__STORAGE__BACKEND", "mongodb"),
-        ("CONFAB__STORAGE__MONGODB__URI", proxied.as_str()),
-        ("CONFAB__STORAGE__MONGODB__DATABASE", db.as_str()),
-        ("CONFAB__STORAGE__MONGODB__SERVER_SELECTION_TIMEOUT_MS", "400"),
-        ("CONFAB__STORAGE__MONGODB__CONNECT_TIMEOUT_MS", "400"),
-    ]);
+    let (proxy, node) = node_behind_proxy(&uri, "400", &[]).await;
     assert_eq!(node.get("/readyz").await.0, 200);
     let mut alice = node.connect("alice", "phone").await;
     let mut bob = node.connect("bob", "phone").await;
@@ -553,24 +562,13 @@ async fn node_on_mongodb_readiness_and_recovery() {
 }
 
 /// With MongoDB unreachable (a host that answers nothing) and a long server selection timeout,
-/// `/readyz` still answers (503)
-/// within `server.ready_timeout_ms`, and a user can reconnect: the access check gives up after
+/// `/readyz` still answers (503) within `server.ready_timeout_ms`, and a user can reconnect: the access check gives up after
 /// `auth.access_check_timeout_ms`, lets the connection in and checks again once MongoDB is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mongodb_outage_neither_blocks_reconnects_nor_readiness() {
     let Some(uri) = test_uri() else { return };
-    let proxy = Proxy::start(target_of(&uri), true).await;
-    let db = fresh_db();
-    let proxied = proxy.uri();
-    let node = TestNode::with(&[
-        ("CONFAB__STORAGE__BACKEND", "mongodb"),
-        ("CONFAB__STORAGE__MONGODB__URI", proxied.as_str()),
-        ("CONFAB__STORAGE__MONGODB__DATABASE", db.as_str()),
-        ("CONFAB__STORAGE__MONGODB__SERVER_SELECTION_TIMEOUT_MS", "10000"),
-        ("CONFAB__STORAGE__MONGODB__CONNECT_TIMEOUT_MS", "10000"),
-        ("CONFAB__SERVER__READY_TIMEOUT_MS", "700"),
-        ("CONFAB__AUTH__ACCESS_CHECK_TIMEOUT_MS", "500"),
-    ]);
+    let extra = [("CONFAB__SERVER__READY_TIMEOUT_MS", "700"), ("CONFAB__AUTH__ACCESS_CHECK_TIMEOUT_MS", "500")];
+    let (proxy, node) = node_behind_proxy(&uri, "10000", &extra).await;
     assert_eq!(node.get("/readyz").await.0, 200);
     let mut alice = node.connect("alice", "phone").await;
     alice.send_msg(json!({"to": "bob"}), "c1", text("hi")).await;

@@ -7,12 +7,12 @@ use serde_json::{json, Value};
 
 use crate::common::{text, Client, TestNode};
 
-fn seqs(messages: &Value) -> Vec<u64> {
+pub(crate) fn seqs(messages: &Value) -> Vec<u64> {
     messages.as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect()
 }
 
 /// alice creates group `team` with bob and carol; everyone's creation events are consumed.
-async fn team(node: &TestNode) -> (Client, Client, Client) {
+pub(crate) async fn team(node: &TestNode) -> (Client, Client, Client) {
     let mut alice = node.connect("alice", "phone").await;
     let mut bob = node.connect("bob", "phone").await;
     let mut carol = node.connect("carol", "phone").await;
