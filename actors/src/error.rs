@@ -6,35 +6,37 @@
 
 use std::fmt;
 
-/// A stable, documented error code. The wire form is the snake_case name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
-    Unauthorized,
-    TokenExpired,
-    MalformedFrame,
-    FrameTooLarge,
-    UnknownOp,
-    InvalidRequest,
-    InvalidBody,
-    NotMember,
-    Forbidden,
-    NotFound,
-    RecallWindowExpired,
-    OwnerCannotLeave,
-    Conflict,
-    TooManyRequests,
-    Unavailable,
-    Internal,
-    SignatureInvalid,
-    TimestampOutOfRange,
-    NonceReplayed,
-    ScopeMissing,
-    BodyTooLarge,
-    UserDisabled,
-    TokenRevoked,
-    GroupDismissed,
-    MessageRejected,
-    RateLimited,
+/// Declares every error code once: the enum variant, its wire name, the HTTP status a REST
+/// transport answers with, and its meaning. Generates [`ErrorCode`], [`ERROR_TABLE`] and the
+/// lookups, so a code cannot exist without its row.
+macro_rules! error_codes {
+    ($( $variant:ident = $name:literal, $status:literal, $meaning:literal; )*) => {
+        /// A stable, documented error code. The wire form is the snake_case name.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode { $( $variant, )* }
+
+        /// The single source of truth for error codes; `docs/protocol.md` lists the same rows.
+        pub const ERROR_TABLE: &[ErrorRow] = &[
+            $( ErrorRow { code: ErrorCode::$variant, name: $name, http_status: $status, meaning: $meaning }, )*
+        ];
+
+        impl ErrorCode {
+            /// The wire name, e.g. `not_member`.
+            pub fn as_str(self) -> &'static str {
+                match self { $( ErrorCode::$variant => $name, )* }
+            }
+
+            /// The HTTP status a REST transport answers with.
+            pub fn http_status(self) -> u16 {
+                match self { $( ErrorCode::$variant => $status, )* }
+            }
+
+            /// What the code means (the table's last column).
+            pub fn meaning(self) -> &'static str {
+                match self { $( ErrorCode::$variant => $meaning, )* }
+            }
+        }
+    };
 }
 
 /// One row of the error table.
@@ -45,51 +47,34 @@ pub struct ErrorRow {
     pub meaning: &'static str,
 }
 
-/// The single source of truth for error codes. Keep `docs/protocol.md` in step.
-pub const ERROR_TABLE: &[ErrorRow] = &[
-    ErrorRow { code: ErrorCode::Unauthorized, name: "unauthorized", http_status: 401, meaning: "No token, or a token that is malformed, not signed with this server's secret, issued (`iat`, `nbf`) in the future beyond `auth.max_clock_skew_secs`, or living longer than `auth.max_token_ttl_secs`. HTTP API: no `X-Confab-Key`, an unknown key, or no keys configured." },
-    ErrorRow { code: ErrorCode::TokenExpired, name: "token_expired", http_status: 401, meaning: "The token's `exp` is in the past. Mint a new one. An open connection whose token expires is closed with 1008 and this reason (send `refresh` before)." },
-    ErrorRow { code: ErrorCode::MalformedFrame, name: "malformed_frame", http_status: 400, meaning: "The frame is not a JSON object with an `op` string (or it is a binary frame)." },
-    ErrorRow { code: ErrorCode::FrameTooLarge, name: "frame_too_large", http_status: 413, meaning: "The frame (or a fragmented message) exceeds `server.max_frame_bytes`: the connection is closed with 1009 and this reason as soon as the frame's header announces it." },
-    ErrorRow { code: ErrorCode::UnknownOp, name: "unknown_op", http_status: 400, meaning: "The `op` is not one this server knows." },
-    ErrorRow { code: ErrorCode::InvalidRequest, name: "invalid_request", http_status: 400, meaning: "The request's fields are missing, of the wrong type, or out of range." },
-    ErrorRow { code: ErrorCode::InvalidBody, name: "invalid_body", http_status: 400, meaning: "The message body fails validation for its type (missing field, too long, bad value)." },
-    ErrorRow { code: ErrorCode::NotMember, name: "not_member", http_status: 403, meaning: "The caller is not a member of the conversation or group." },
-    ErrorRow { code: ErrorCode::Forbidden, name: "forbidden", http_status: 403, meaning: "The caller is a member but lacks the right (for example recalling another user's message, or removing members without being owner or admin)." },
-    ErrorRow { code: ErrorCode::NotFound, name: "not_found", http_status: 404, meaning: "The conversation, message or group does not exist." },
-    ErrorRow { code: ErrorCode::RecallWindowExpired, name: "recall_window_expired", http_status: 403, meaning: "The sender's recall window (`chat.recall_window_secs`) has passed." },
-    ErrorRow { code: ErrorCode::OwnerCannotLeave, name: "owner_cannot_leave", http_status: 409, meaning: "A group's owner cannot leave it." },
-    ErrorRow { code: ErrorCode::Conflict, name: "conflict", http_status: 409, meaning: "The request conflicts with the current state (for example the group id is taken)." },
-    ErrorRow { code: ErrorCode::TooManyRequests, name: "too_many_requests", http_status: 429, meaning: "Too many requests are in flight on this connection (`session.max_inflight_requests`), or (HTTP API) the node's replay-protection nonce cache is full (`api.nonce_cache_size`); retry shortly." },
-    ErrorRow { code: ErrorCode::Unavailable, name: "unavailable", http_status: 503, meaning: "The store could not be reached or failed; the request was not acknowledged. Retry a send with the same `client_msg_id`: it is never stored twice (on MongoDB a commit whose outcome was lost may already hold it, and the retry returns it)." },
-    ErrorRow { code: ErrorCode::SignatureInvalid, name: "signature_invalid", http_status: 401, meaning: "HTTP API: `X-Confab-Signature` is missing, malformed, or not the HMAC-SHA256 of the request with the key's secret." },
-    ErrorRow { code: ErrorCode::TimestampOutOfRange, name: "timestamp_out_of_range", http_status: 401, meaning: "HTTP API: `X-Confab-Timestamp` is missing, not unix seconds, or more than 60 seconds from the server's clock." },
-    ErrorRow { code: ErrorCode::NonceReplayed, name: "nonce_replayed", http_status: 401, meaning: "HTTP API: this key already used this `X-Confab-Nonce` within the last 60 seconds (a replayed request)." },
-    ErrorRow { code: ErrorCode::ScopeMissing, name: "scope_missing", http_status: 403, meaning: "HTTP API: the key is valid but lacks the scope the endpoint needs." },
-    ErrorRow { code: ErrorCode::BodyTooLarge, name: "body_too_large", http_status: 413, meaning: "HTTP API: the request body exceeds `api.max_body_bytes`." },
-    ErrorRow { code: ErrorCode::UserDisabled, name: "user_disabled", http_status: 403, meaning: "The user was disabled (HTTP API `POST /api/v1/users/{id}/disable`): it cannot connect or send, its open sessions are closed on every node (WebSocket close code 1008, reason `user_disabled`), and their requests are refused from that moment." },
-    ErrorRow { code: ErrorCode::TokenRevoked, name: "token_revoked", http_status: 401, meaning: "The token was issued before the user's tokens were revoked (`POST /api/v1/users/{id}/tokens/revoke`, to the millisecond). Mint a new one. Open connections holding such a token are closed (1008, reason `token_revoked`) and their requests refused." },
-    ErrorRow { code: ErrorCode::GroupDismissed, name: "group_dismissed", http_status: 410, meaning: "The group was dismissed: it refuses sends and further changes." },
-    ErrorRow { code: ErrorCode::MessageRejected, name: "message_rejected", http_status: 422, meaning: "The `before_send` webhook refused the message (the message gives its reason), or it could not be asked and `webhooks.before_send.fail_open` is false." },
-    ErrorRow { code: ErrorCode::RateLimited, name: "rate_limited", http_status: 429, meaning: "A rate limit was reached (`limits.*`: requests or messages per connection, messages, group creations or users added per user, connections per IP address); nothing was done. The message says which limit and when a retry may pass." },
-    ErrorRow { code: ErrorCode::Internal, name: "internal", http_status: 500, meaning: "An unexpected server error." },
-];
-
-impl ErrorCode {
-    fn row(self) -> &'static ErrorRow {
-        // The table is small and lists every variant; a test checks that.
-        ERROR_TABLE.iter().find(|r| r.code == self).unwrap_or(&ERROR_TABLE[ERROR_TABLE.len() - 1])
-    }
-
-    /// The wire name, e.g. `not_member`.
-    pub fn as_str(self) -> &'static str {
-        self.row().name
-    }
-
-    /// The HTTP status a REST transport answers with.
-    pub fn http_status(self) -> u16 {
-        self.row().http_status
-    }
+#[rustfmt::skip]
+error_codes! {
+    Unauthorized = "unauthorized", 401, "No token, or a token that is malformed, not signed with this server's secret, issued (`iat`, `nbf`) in the future beyond `auth.max_clock_skew_secs`, or living longer than `auth.max_token_ttl_secs`. HTTP API: no `X-Confab-Key`, an unknown key, or no keys configured.";
+    TokenExpired = "token_expired", 401, "The token's `exp` is in the past. Mint a new one. An open connection whose token expires is closed with 1008 and this reason (send `refresh` before).";
+    MalformedFrame = "malformed_frame", 400, "The frame is not a JSON object with an `op` string (or it is a binary frame).";
+    FrameTooLarge = "frame_too_large", 413, "The frame (or a fragmented message) exceeds `server.max_frame_bytes`: the connection is closed with 1009 and this reason as soon as the frame's header announces it.";
+    UnknownOp = "unknown_op", 400, "The `op` is not one this server knows.";
+    InvalidRequest = "invalid_request", 400, "The request's fields are missing, of the wrong type, or out of range.";
+    InvalidBody = "invalid_body", 400, "The message body fails validation for its type (missing field, too long, bad value).";
+    NotMember = "not_member", 403, "The caller is not a member of the conversation or group.";
+    Forbidden = "forbidden", 403, "The caller is a member but lacks the right (for example recalling another user's message, or removing members without being owner or admin).";
+    NotFound = "not_found", 404, "The conversation, message or group does not exist.";
+    RecallWindowExpired = "recall_window_expired", 403, "The sender's recall window (`chat.recall_window_secs`) has passed.";
+    OwnerCannotLeave = "owner_cannot_leave", 409, "A group's owner cannot leave it.";
+    Conflict = "conflict", 409, "The request conflicts with the current state (for example the group id is taken).";
+    TooManyRequests = "too_many_requests", 429, "Too many requests are in flight on this connection (`session.max_inflight_requests`), or (HTTP API) the node's replay-protection nonce cache is full (`api.nonce_cache_size`); retry shortly.";
+    Unavailable = "unavailable", 503, "The store could not be reached or failed; the request was not acknowledged. Retry a send with the same `client_msg_id`: it is never stored twice (on MongoDB a commit whose outcome was lost may already hold it, and the retry returns it).";
+    SignatureInvalid = "signature_invalid", 401, "HTTP API: `X-Confab-Signature` is missing, malformed, or not the HMAC-SHA256 of the request with the key's secret.";
+    TimestampOutOfRange = "timestamp_out_of_range", 401, "HTTP API: `X-Confab-Timestamp` is missing, not unix seconds, or more than 60 seconds from the server's clock.";
+    NonceReplayed = "nonce_replayed", 401, "HTTP API: this key already used this `X-Confab-Nonce` within the last 60 seconds (a replayed request).";
+    ScopeMissing = "scope_missing", 403, "HTTP API: the key is valid but lacks the scope the endpoint needs.";
+    BodyTooLarge = "body_too_large", 413, "HTTP API: the request body exceeds `api.max_body_bytes`.";
+    UserDisabled = "user_disabled", 403, "The user was disabled (HTTP API `POST /api/v1/users/{id}/disable`): it cannot connect or send, its open sessions are closed on every node (WebSocket close code 1008, reason `user_disabled`), and their requests are refused from that moment.";
+    TokenRevoked = "token_revoked", 401, "The token was issued before the user's tokens were revoked (`POST /api/v1/users/{id}/tokens/revoke`, to the millisecond). Mint a new one. Open connections holding such a token are closed (1008, reason `token_revoked`) and their requests refused.";
+    GroupDismissed = "group_dismissed", 410, "The group was dismissed: it refuses sends and further changes.";
+    MessageRejected = "message_rejected", 422, "The `before_send` webhook refused the message (the message gives its reason), or it could not be asked and `webhooks.before_send.fail_open` is false.";
+    RateLimited = "rate_limited", 429, "A rate limit was reached (`limits.*`: requests or messages per connection, messages, group creations or users added per user, connections per IP address); nothing was done. The message says which limit and when a retry may pass.";
+    Internal = "internal", 500, "An unexpected server error.";
 }
 
 impl fmt::Display for ErrorCode {
@@ -167,38 +152,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_code_has_one_row() {
-        let all = [
-            ErrorCode::Unauthorized,
-            ErrorCode::TokenExpired,
-            ErrorCode::MalformedFrame,
-            ErrorCode::FrameTooLarge,
-            ErrorCode::UnknownOp,
-            ErrorCode::InvalidRequest,
-            ErrorCode::InvalidBody,
-            ErrorCode::NotMember,
-            ErrorCode::Forbidden,
-            ErrorCode::NotFound,
-            ErrorCode::RecallWindowExpired,
-            ErrorCode::OwnerCannotLeave,
-            ErrorCode::Conflict,
-            ErrorCode::TooManyRequests,
-            ErrorCode::Unavailable,
-            ErrorCode::Internal,
-            ErrorCode::SignatureInvalid,
-            ErrorCode::TimestampOutOfRange,
-            ErrorCode::NonceReplayed,
-            ErrorCode::ScopeMissing,
-            ErrorCode::BodyTooLarge,
-            ErrorCode::UserDisabled,
-            ErrorCode::TokenRevoked,
-            ErrorCode::GroupDismissed,
-            ErrorCode::MessageRejected,
-            ErrorCode::RateLimited,
-        ];
-        assert_eq!(all.len(), ERROR_TABLE.len());
-        for c in all {
-            assert_eq!(ERROR_TABLE.iter().filter(|r| r.code == c).count(), 1, "{c:?}");
+    fn names_are_unique_snake_case_and_statuses_are_errors() {
+        let mut names: Vec<&str> = ERROR_TABLE.iter().map(|r| r.name).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ERROR_TABLE.len(), "a name is used twice");
+        for r in ERROR_TABLE {
+            assert!(r.name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{}", r.name);
+            assert!((400..600).contains(&r.http_status), "{}", r.name);
+            assert_eq!((r.code.as_str(), r.code.http_status()), (r.name, r.http_status));
+            assert!(!r.meaning.is_empty());
         }
     }
 }
