@@ -10,7 +10,9 @@
 //! - [`metrics`]: counters and histograms behind `/metrics`.
 
 pub mod cluster;
+pub mod clock;
 pub mod conversation;
+pub mod core;
 pub mod engine;
 pub mod error;
 pub mod inflight;
@@ -20,5 +22,6 @@ pub mod model;
 pub mod outbox;
 pub mod proto;
 pub mod registry;
+pub mod rules;
 pub mod session;
 pub mod store;

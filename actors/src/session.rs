@@ -423,7 +423,7 @@ impl WsSession {
     /// client shortly before (`token_expiring`, [`EXPIRY_NOTICE`] or half the token's life
     /// ahead); a `refresh` meanwhile moves both.
     fn watch_expiry(&mut self, ctx: &mut Context<Self>) {
-        let now = crate::conversation::now_ms().max(0) as u64;
+        let now = crate::clock::now_ms().max(0) as u64;
         let expires = self.auth.expires_ms;
         if now >= expires {
             return self.close_with(ctx, CloseCode::Policy, "token_expired");

@@ -154,7 +154,7 @@ async fn upsert(req: HttpRequest, payload: web::Payload, state: web::Data<AppSta
         nickname: r.nickname.map(|n| n.trim().to_string()),
         avatar: r.avatar,
         ext: r.ext,
-        ts: confab_actors::conversation::now_ms(),
+        ts: confab_actors::clock::now_ms(),
     };
     ok(&UserRes { user: state.engine.user_upsert(patch).await? })
 }

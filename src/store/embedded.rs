@@ -294,7 +294,7 @@ impl Store for EmbeddedStore {
         self.write(move |txn| {
             let r = ops::recall(txn, &conv_id, seq, &by)?;
             if emit && r.changed {
-                outbox::push(txn, NewEvent::recalled(&r.message, confab_actors::conversation::now_ms()))?;
+                outbox::push(txn, NewEvent::recalled(&r.message, confab_actors::clock::now_ms()))?;
             }
             Ok(r)
         })

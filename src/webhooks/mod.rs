@@ -65,7 +65,7 @@ fn now_secs() -> u64 {
 }
 
 fn now_ms() -> i64 {
-    confab_actors::conversation::now_ms()
+    confab_actors::clock::now_ms()
 }
 
 /// 32 hex digits, unique per request (time, a counter and the process's random hasher keys).

@@ -1,0 +1,527 @@
+//! The actor's life and its requests: loading the membership, sends, recalls and group changes
+//! (checked by [`crate::rules`], written through the store in submission order).
+
+use super::*;
+
+impl ConversationActor {
+    pub fn new(core: Arc<Core>, directory: Arc<Directory>, conv_id: Arc<str>, kind: ConvKind, init: Init) -> Self {
+        Self {
+            core,
+            directory,
+            conv_id,
+            kind,
+            init,
+            state: State::Loading,
+            roles: HashMap::new(),
+            members: Arc::new(Vec::new()),
+            members_seq: 0,
+            next_fanout: 1,
+            inflight: 0,
+            ready: BTreeMap::new(),
+            fresh: true,
+            gap_fill: false,
+            gap_misses: 0,
+            last_peer_release: None,
+            peer_release_scheduled: false,
+            peer_members: Arc::new(Vec::new()),
+            reloading: false,
+            jobs: VecDeque::new(),
+            tick_scheduled: false,
+            recipients: RecipientCache::default(),
+            last_active: Instant::now(),
+            handed_over: None,
+        }
+    }
+
+    pub(super) fn group_id(&self) -> &str {
+        self.conv_id.strip_prefix("g_").unwrap_or("")
+    }
+
+    pub(super) fn set_members(&mut self, roles: HashMap<Arc<str>, Role>) {
+        self.members = Arc::new(roles.keys().cloned().collect());
+        self.roles = roles;
+    }
+
+    pub(super) fn check_ready(&self) -> Result<()> {
+        match &self.state {
+            State::Ready => Ok(()),
+            State::Failed(e) => Err(e.clone()),
+            State::Loading => Err(Error::new(ErrorCode::Unavailable, "conversation is loading")),
+        }
+    }
+
+    /// Loads membership and the last `seq`; blocks the mailbox until done.
+    pub(super) fn load(&mut self, ctx: &mut Context<Self>) {
+        let store = self.core.store.clone();
+        let conv_id = self.conv_id.clone();
+        let kind = self.kind;
+        let init = self.init.clone();
+        let fut = async move {
+            let conv = store.conversation(&conv_id).await?;
+            let last_seq = conv.as_ref().map(|c| c.last_seq).unwrap_or(0);
+            let mut roles = HashMap::new();
+            match kind {
+                ConvKind::Group => {
+                    let gid = conv_id.strip_prefix("g_").unwrap_or("");
+                    match store.group(gid).await? {
+                        None => return Err(Error::not_found("no such group")),
+                        Some(g) if g.dismissed => return Err(dismissed()),
+                        Some(_) => {}
+                    }
+                    for m in store.members(gid).await? {
+                        roles.insert(Arc::<str>::from(m.user_id), m.role);
+                    }
+                }
+                ConvKind::Direct => {
+                    let users = match (&conv, init) {
+                        (Some(c), _) => c.members.clone(),
+                        (None, Init::Direct(a, b)) => vec![a, b],
+                        (None, Init::Load) => return Err(Error::not_found("no such conversation")),
+                    };
+                    for u in users {
+                        roles.insert(Arc::<str>::from(u), Role::Member);
+                    }
+                }
+            }
+            Ok::<_, Error>((last_seq, roles))
+        };
+        ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
+            Ok((last_seq, roles)) => {
+                act.next_fanout = last_seq + 1;
+                act.members_seq = last_seq;
+                act.set_members(roles);
+                act.state = State::Ready;
+            }
+            Err(e) => {
+                if e.code != ErrorCode::NotFound && e.code != ErrorCode::GroupDismissed {
+                    tracing::warn!(conv_id = %act.conv_id, error = %e, "conversation load failed");
+                }
+                act.state = State::Failed(e);
+                // Answer what is already queued with this error, then make room for a fresh
+                // attempt (the group may be created, or the store may come back).
+                ctx.run_later(Duration::from_millis(500), |_, ctx| ctx.stop());
+            }
+        }));
+    }
+
+    /// Runs a store write that assigns a `seq` (an append, a membership change) on a task of its
+    /// own, handing it to the store only after every such write started before it. The store
+    /// assigns `seq`s in the order it is handed appends, and actix polls a context's spawned
+    /// futures in no fixed order, so without this chain pipelined sends could be stored out of
+    /// the order they were made. Handing over is the write future's first poll.
+    pub(super) fn store_write<T: Send + 'static>(&mut self, write: StoreFuture<T>) -> oneshot::Receiver<StoreResult<T>> {
+        let (out_tx, out_rx) = oneshot::channel();
+        self.store_write_then(write, move |out| {
+            let _ = out_tx.send(out);
+        });
+        out_rx
+    }
+
+    /// [`Self::store_write`], calling `done` with the result on the write's task.
+    pub(super) fn store_write_then<T: Send + 'static>(
+        &mut self,
+        write: StoreFuture<T>,
+        done: impl FnOnce(StoreResult<T>) + 'static,
+    ) {
+        let (handed_tx, handed_rx) = oneshot::channel();
+        let prev = self.handed_over.replace(handed_rx);
+        actix::spawn(async move {
+            if let Some(prev) = prev {
+                let _ = prev.await;
+            }
+            let mut write = write;
+            let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+            let _ = handed_tx.send(());
+            let out = match first {
+                Poll::Ready(out) => out,
+                Poll::Pending => write.await,
+            };
+            done(out);
+        });
+    }
+
+    /// Sends an append to the store and routes its result into the ordered fan-out.
+    pub(super) fn append(
+        &mut self,
+        ctx: &mut Context<Self>,
+        msg: NewMessage,
+        origin: Option<Origin>,
+        members: Arc<Vec<Arc<str>>>,
+        reply: oneshot::Sender<Result<Message>>,
+    ) {
+        self.inflight += 1;
+        let members_seq = self.members_seq;
+        let store = self.core.store.clone();
+        // The result comes back as a message, not as a future spawned on this context: actix
+        // polls every future of a context each time the context wakes, so thousands of appends
+        // in flight (a busy conversation under overload) would cost thousands of polls per wake.
+        // Each append in flight sends exactly one `AppendDone`, so the mailbox holds at most as
+        // many of them as there are appends in flight.
+        let addr = ctx.address();
+        self.store_write_then(Box::pin(async move { store.append(msg).await }), move |res| {
+            addr.do_send(AppendDone { res, origin, members, reply, members_seq });
+        });
+    }
+
+    pub(super) fn check_member(&self, user: &str) -> Result<Role> {
+        self.roles.get(user).copied().ok_or_else(Error::not_member)
+    }
+}
+
+impl Actor for ConversationActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(self.core.limits.conversation_mailbox);
+        self.core.metrics.conversation_actors.fetch_add(1, Relaxed);
+        self.load(ctx);
+        let check = self.core.limits.idle_timeout.min(Duration::from_secs(10)).max(Duration::from_millis(100));
+        ctx.run_interval(check, |act, ctx| {
+            let idle = act.last_active.elapsed() >= act.core.limits.idle_timeout;
+            if idle && act.inflight == 0 && act.ready.is_empty() && act.jobs.is_empty() && !act.gap_fill {
+                ctx.stop();
+            }
+        });
+    }
+
+    fn stopped(&mut self, ctx: &mut Self::Context) {
+        self.core.metrics.conversation_actors.fetch_sub(1, Relaxed);
+        self.core.metrics.fanout_queue_depth.fetch_sub(self.jobs.iter().filter(|j| j.delivery).count() as i64, Relaxed);
+        self.directory.remove(&self.conv_id, &ctx.address());
+    }
+}
+
+impl Handler<AppendDone> for ConversationActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: AppendDone, ctx: &mut Context<Self>) {
+        let AppendDone { res, origin, members, reply, members_seq } = msg;
+        self.inflight -= 1;
+        match res {
+            Ok(a) if a.duplicate => {
+                self.core.metrics.messages_duplicate.fetch_add(1, Relaxed);
+                if let Some(o) = &origin {
+                    o.reply(&self.core, &proto::encode_result(&o.req_id, &proto::SendResult { message: &a.message }));
+                }
+                let _ = reply.send(Ok(a.message));
+            }
+            Ok(a) => {
+                self.core.metrics.messages_in.fetch_add(1, Relaxed);
+                self.ready.insert(
+                    a.message.seq,
+                    Pending::Local(Ready {
+                        message: a.message,
+                        origin,
+                        members,
+                        extra: Vec::new(),
+                        reply: Some(reply),
+                        members_seq,
+                        ack_group: None,
+                    }),
+                );
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e.into()));
+            }
+        }
+        self.release(ctx);
+    }
+}
+
+impl Handler<Submit> for ConversationActor {
+    type Result = ResponseFuture<Result<Message>>;
+
+    fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) -> Self::Result {
+        self.last_active = Instant::now();
+        let (tx, rx) = oneshot::channel();
+        let respond =
+            Box::pin(async move { rx.await.unwrap_or_else(|_| Err(Error::internal("conversation stopped"))) });
+        if let Err(e) = self.check_ready() {
+            return Box::pin(async move { Err(e) });
+        }
+        if let Some(sender) = &msg.sender {
+            if let Err(e) = self.check_member(sender) {
+                return Box::pin(async move { Err(e) });
+            }
+        }
+        let direct_members = match self.kind {
+            ConvKind::Direct => {
+                let mut it = self.members.iter();
+                let a = it.next().map(|s| s.to_string()).unwrap_or_default();
+                let b = it.next().map(|s| s.to_string()).unwrap_or_else(|| a.clone());
+                Some((a, b))
+            }
+            ConvKind::Group => None,
+        };
+        let new = NewMessage {
+            conv_id: self.conv_id.to_string(),
+            direct_members,
+            sender: msg.sender.as_ref().map(|s| s.to_string()),
+            client_msg_id: msg.client_msg_id,
+            body: msg.body,
+            reply_to: None,
+            ts: now_ms(),
+        };
+        let members = self.members.clone();
+        match msg.reply_to {
+            None => self.append(ctx, new, msg.origin, members, tx),
+            Some(seq) => {
+                // Quoting needs the replied-to message: hold the mailbox so order is kept.
+                let store = self.core.store.clone();
+                let conv_id = self.conv_id.clone();
+                let origin = msg.origin;
+                let fut = async move { store.message(&conv_id, seq).await };
+                ctx.wait(fut.into_actor(self).map(move |res, act, ctx| match res {
+                    Ok(Some(m)) => {
+                        let mut new = new;
+                        new.reply_to = Some(ReplyRef::of(&m));
+                        act.append(ctx, new, origin, members, tx);
+                    }
+                    Ok(None) => {
+                        let _ = tx.send(Err(Error::not_found(format!("reply_to: no message with seq {seq}"))));
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into()));
+                    }
+                }));
+            }
+        }
+        respond
+    }
+}
+
+impl Handler<Recall> for ConversationActor {
+    type Result = ResponseActFuture<Self, Result<Message>>;
+
+    fn handle(&mut self, msg: Recall, _ctx: &mut Context<Self>) -> Self::Result {
+        self.last_active = Instant::now();
+        let checked =
+            self.check_ready().and_then(|_| if msg.admin { Ok(Role::Owner) } else { self.check_member(&msg.by) });
+        let role = match checked {
+            Ok(r) => r,
+            Err(e) => return Box::pin(actix::fut::ready(Err(e))),
+        };
+        let store = self.core.store.clone();
+        let conv_id = self.conv_id.clone();
+        let is_group = self.kind == ConvKind::Group;
+        let window = self.core.limits.recall_window;
+        let by = msg.by.clone();
+        let fut = async move {
+            let m = store
+                .message(&conv_id, msg.seq)
+                .await?
+                .ok_or_else(|| Error::not_found(format!("no message with seq {}", msg.seq)))?;
+            if m.is_recalled() {
+                return Ok((m, false));
+            }
+            let manager = msg.admin || (is_group && role.can_manage());
+            rules::check_recall(&m, &by, manager, window, now_ms())?;
+            // The store says whether this call recalled it: of two recalls racing, one announces.
+            let r = store.recall(&conv_id, msg.seq, &by).await?;
+            Ok((r.message, r.changed))
+        };
+        Box::pin(fut.into_actor(self).map(|res: Result<(Message, bool)>, act, ctx| {
+            let (m, changed) = res?;
+            if changed {
+                act.jobs.push_back(Job {
+                    seq: 0,
+                    local_only: false,
+                    membership_changed: false,
+                    frames: vec![proto::encode_event("recall", &m)],
+                    members: act.members.clone(),
+                    next: 0,
+                    skip: None,
+                    only_conn: None,
+                    slot: None,
+                    started: Instant::now(),
+                    delivery: false,
+                });
+                act.pump(ctx);
+            }
+            Ok(m)
+        }))
+    }
+}
+
+impl Handler<Membership> for ConversationActor {
+    type Result = ResponseFuture<Result<Message>>;
+
+    fn handle(&mut self, msg: Membership, ctx: &mut Context<Self>) -> Self::Result {
+        self.last_active = Instant::now();
+        let (tx, rx) = oneshot::channel();
+        let respond =
+            Box::pin(async move { rx.await.unwrap_or_else(|_| Err(Error::internal("conversation stopped"))) });
+        let fail = |e: Error| -> Self::Result { Box::pin(async move { Err(e) }) };
+        if let Err(e) = self.check_ready() {
+            return fail(e);
+        }
+        if self.kind != ConvKind::Group {
+            return fail(Error::invalid("not a group conversation"));
+        }
+        let role = match self.check_member(&msg.by) {
+            Ok(r) => r,
+            Err(e) => return fail(e),
+        };
+        let by = msg.by.to_string();
+        let origin = msg.origin;
+        let store = self.core.store.clone();
+        let group_id = self.group_id().to_string();
+        let ts = now_ms();
+        let (write, applied): (StoreFuture<(Message, Option<Group>)>, Applied) = match msg.op {
+            MembershipOp::Update(patch) => {
+                if let Err(e) = rules::check_profile_change(role) {
+                    return fail(e);
+                }
+                let u = GroupUpdate { group_id, ts, system_body: rules::group_updated(&patch, &by), patch };
+                (Box::pin(async move { store.update_group(u).await.map(|(g, m)| (m, Some(g))) }), Applied::Profile)
+            }
+            MembershipOp::SetRole(user, new_role) => {
+                let current = self.roles.get(user.as_str()).copied();
+                let roles = match rules::plan_role_change(&by, role, &user, current, new_role) {
+                    Ok(r) => r,
+                    Err(e) => return fail(e),
+                };
+                let c = RoleChange { group_id, ts, system_body: rules::roles_changed(&roles, &by), roles: roles.clone() };
+                (Box::pin(async move { store.set_roles(c).await.map(|(g, m)| (m, Some(g))) }), Applied::Roles(roles))
+            }
+            MembershipOp::Dismiss => {
+                if let Err(e) = rules::check_dismiss(role) {
+                    return fail(e);
+                }
+                let d = GroupDismiss { group_id, ts, system_body: rules::group_dismissed(&by) };
+                (Box::pin(async move { store.dismiss_group(d).await.map(|(g, m)| (m, Some(g))) }), Applied::Dismissed)
+            }
+            op => match self.member_change(op, by, group_id, ts, role) {
+                Ok(planned) => planned,
+                Err(refused) => return refused,
+            },
+        };
+        let stored = self.store_write(write);
+        let fut =
+            async move { stored.await.unwrap_or_else(|_| Err(StoreError::Unavailable("store task ended".into()))) };
+        self.inflight += 1;
+        // Membership changes hold the mailbox: the next message is checked and fanned out
+        // against the new membership.
+        ctx.wait(fut.into_actor(self).map(move |res, act, ctx| {
+            act.inflight -= 1;
+            match res {
+                Ok((m, group)) => act.applied(m, group, applied, tx, origin),
+                Err(e) => {
+                    let _ = tx.send(Err(e.into()));
+                }
+            }
+            act.release(ctx);
+        }));
+        respond
+    }
+}
+
+impl ConversationActor {
+    /// Checks an add, remove or leave and prepares its store write.
+    #[allow(clippy::type_complexity)]
+    pub(super) fn member_change(
+        &self,
+        op: MembershipOp,
+        by: String,
+        group_id: String,
+        ts: i64,
+        role: Role,
+    ) -> std::result::Result<(StoreFuture<(Message, Option<Group>)>, Applied), ResponseFuture<Result<Message>>> {
+        let fail = |e: Error| -> ResponseFuture<Result<Message>> { Box::pin(async move { Err(e) }) };
+        let op = match op {
+            MembershipOp::Add(users) => rules::MemberOp::Add(users),
+            MembershipOp::Remove(users) => rules::MemberOp::Remove(users),
+            MembershipOp::Leave => rules::MemberOp::Leave,
+            MembershipOp::Update(_) | MembershipOp::SetRole(..) | MembershipOp::Dismiss => {
+                return Err(fail(Error::internal("not a membership change")))
+            }
+        };
+        let plan = rules::plan_member_change(op, &by, role, &self.roles, self.core.limits.max_group_members)
+            .map_err(fail)?;
+        let change = MemberChange {
+            group_id,
+            add: plan.add.iter().map(|u| (u.clone(), Role::Member)).collect(),
+            remove: plan.remove.clone(),
+            ts,
+            system_body: rules::members_changed(&plan, &by),
+        };
+        let store = self.core.store.clone();
+        Ok((
+            Box::pin(async move { store.change_members(change).await.map(|m| (m, None)) }),
+            Applied::Members { add: plan.add, remove: plan.remove },
+        ))
+    }
+
+    /// Updates the cached membership after a stored change and queues its fan-out: everyone who
+    /// was or is a member hears about it.
+    pub(super) fn applied(
+        &mut self,
+        m: Message,
+        group: Option<Group>,
+        applied: Applied,
+        tx: oneshot::Sender<Result<Message>>,
+        origin: Option<Origin>,
+    ) {
+        let mut recipients: Vec<Arc<str>> = self.members.iter().cloned().collect();
+        let group_event = |act: &Self, change: &str| {
+            proto::encode_event(
+                "group",
+                &proto::GroupEvent {
+                    group_id: act.group_id(),
+                    conv_id: &act.conv_id,
+                    seq: m.seq,
+                    change,
+                    group: &group,
+                },
+            )
+        };
+        let extra = match applied {
+            Applied::Members { add, remove } => {
+                let mut roles = self.roles.clone();
+                for u in &add {
+                    let u: Arc<str> = Arc::from(u.as_str());
+                    roles.insert(u.clone(), Role::Member);
+                    recipients.push(u);
+                }
+                for u in &remove {
+                    roles.remove(u.as_str());
+                }
+                self.set_members(roles);
+                proto::encode_event(
+                    "membership",
+                    &proto::MembershipEvent::new(self.group_id(), &self.conv_id, m.seq, &add, &remove),
+                )
+            }
+            Applied::Profile => group_event(self, "updated"),
+            Applied::Roles(changes) => {
+                let mut roles = self.roles.clone();
+                for (u, r) in changes {
+                    if let Some(slot) = roles.get_mut(u.as_str()) {
+                        *slot = r;
+                    }
+                }
+                self.set_members(roles);
+                group_event(self, "roles")
+            }
+            Applied::Dismissed => {
+                // Nobody is a member any more; every later request gets `group_dismissed`.
+                self.set_members(HashMap::new());
+                self.state = State::Failed(dismissed());
+                group_event(self, "dismissed")
+            }
+        };
+        self.core.metrics.messages_in.fetch_add(1, Relaxed);
+        self.ready.insert(
+            m.seq,
+            Pending::Local(Ready {
+                members_seq: m.seq,
+                message: m,
+                origin,
+                members: Arc::new(recipients),
+                extra: vec![extra],
+                reply: Some(tx),
+                ack_group: group.map(Box::new),
+            }),
+        );
+    }
+}

@@ -1,0 +1,113 @@
+//! What every actor and operation shares: the store, the local bus, metrics, limits, hooks and
+//! the cluster transport ([`Core`]), and the chat rules' limits ([`Limits`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytestring::ByteString;
+
+use crate::cluster::{PeerCommand, PeerDelivery};
+use crate::metrics::Metrics;
+use crate::registry::{Registry, Revocation};
+use crate::store::Store;
+
+/// Limits and timings of the chat rules (from `[chat]` and `[groups]` in the configuration).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_text_chars: usize,
+    pub recall_window: Duration,
+    pub max_group_members: usize,
+    /// Members served per fan-out step before the actor yields (500 by design).
+    pub fanout_chunk: usize,
+    /// An idle conversation actor stops after this long.
+    pub idle_timeout: Duration,
+    /// Mailbox capacity of a conversation actor; senders wait when it is full.
+    pub conversation_mailbox: usize,
+    /// Rate limits (`[limits]`).
+    pub rates: crate::limits::RateConfig,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_text_chars: 5000,
+            recall_window: Duration::from_secs(120),
+            max_group_members: 10_000,
+            fanout_chunk: 500,
+            idle_timeout: Duration::from_secs(300),
+            conversation_mailbox: 1024,
+            rates: crate::limits::RateConfig::default(),
+        }
+    }
+}
+
+/// What every actor shares: the store, the local bus, metrics, limits, hooks and the cluster.
+pub struct Core {
+    pub store: Arc<dyn Store>,
+    pub registry: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    /// Webhook hooks (outbox for presence events, `before_send`), set once at start-up.
+    pub hooks: std::sync::OnceLock<crate::outbox::Hooks>,
+    /// The cluster transport, set once at start-up when the node runs in a cluster.
+    pub cluster: std::sync::OnceLock<Arc<dyn crate::cluster::Cluster>>,
+    /// Presence events on their way to the outbox, written one at a time in order.
+    pub(crate) presence: std::sync::Mutex<PresenceQueue>,
+    /// Rate limits per user, for requests over WebSocket (see [`crate::limits`]).
+    pub user_limits: crate::limits::UserLimits,
+}
+
+/// See [`Engine::presence`](crate::engine::Engine::presence).
+#[derive(Default)]
+pub(crate) struct PresenceQueue {
+    pub(crate) events: std::collections::VecDeque<crate::outbox::NewEvent>,
+    /// A task is writing the queue's events.
+    pub(crate) draining: bool,
+}
+
+/// Most presence events waiting for the outbox; beyond, new ones are dropped (and logged).
+pub(crate) const PRESENCE_QUEUE: usize = 65_536;
+
+impl Core {
+    pub fn new(store: Arc<dyn Store>, registry: Arc<Registry>, metrics: Arc<Metrics>, limits: Limits) -> Core {
+        Core {
+            store,
+            registry,
+            metrics,
+            hooks: Default::default(),
+            cluster: Default::default(),
+            presence: Default::default(),
+            user_limits: crate::limits::UserLimits::new(&limits.rates),
+            limits,
+        }
+    }
+
+    /// The cluster transport, if this node is part of a cluster.
+    pub fn cluster(&self) -> Option<&Arc<dyn crate::cluster::Cluster>> {
+        self.cluster.get()
+    }
+
+    /// Queues a frame (not a message event: no order) on every session of `user`, except
+    /// connection `except_conn` of this node, here and, in a cluster, on the other nodes.
+    pub fn notify_user(&self, user: &Arc<str>, frame: &ByteString, except_conn: Option<u64>) {
+        self.registry.send_to_user(user, frame, except_conn);
+        if let Some(cluster) = self.cluster() {
+            cluster.deliver(PeerDelivery {
+                ordered: None,
+                users: vec![user.clone()],
+                frames: vec![frame.clone()],
+                membership_changed: false,
+            });
+        }
+    }
+
+    /// Closes the sessions of `user` that lost access, on every node (disabled, or tokens
+    /// revoked). Other nodes are told through the cluster; a node cut off from it re-checks its
+    /// sessions' access when it is back (see [`Engine::recheck_access`]).
+    pub fn close_user(&self, user: &str, r: Revocation) {
+        self.registry.revoke(user, r);
+        if let Some(cluster) = self.cluster() {
+            cluster.broadcast(PeerCommand::CloseUser { user: user.to_owned(), revocation: r });
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The WebSocket ops: one `Op` in, its reply encoded.
+
+use super::*;
+
+#[derive(Serialize)]
+pub(super) struct GroupResult {
+    group: Group,
+}
+
+#[derive(Serialize)]
+pub(super) struct MembersResult {
+    members: Vec<Member>,
+}
+
+#[derive(Serialize)]
+pub(super) struct MessageResult {
+    message: Message,
+}
+
+/// The reply to `group_update`, `group_set_role` and `group_dismiss`.
+#[derive(Serialize)]
+pub(super) struct GroupChangeResult {
+    group: Group,
+    message: Message,
+}
+
+impl From<(Group, Message)> for GroupChangeResult {
+    fn from((group, message): (Group, Message)) -> Self {
+        Self { group, message }
+    }
+}
+
+#[derive(Serialize)]
+pub(super) struct UsersResult {
+    users: Vec<model::Profile>,
+}
+
+#[derive(Serialize)]
+pub(super) struct ProfileResult {
+    user: model::Profile,
+}
+
+#[derive(Serialize)]
+pub(super) struct Pong {
+    ts: i64,
+}
+
+impl Engine {
+    /// Runs one request and encodes its reply. Returns `None` when the reply was already queued
+    /// on the connection by the conversation actor (a successful WebSocket `send` or group
+    /// change). `slot` is the request's slot on its connection: whoever queues the reply frees
+    /// it first.
+    pub async fn dispatch(
+        &self,
+        caller: Caller,
+        id: Box<RawValue>,
+        op: Op,
+        slot: Option<Arc<Slot>>,
+    ) -> Option<ByteString> {
+        let metrics = self.core.metrics.clone();
+        let enc = |id: &RawValue, r: Result<_>| -> Option<ByteString> {
+            Some(match r {
+                Ok(v) => v,
+                Err(e) => {
+                    metrics.request_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if e.code == ErrorCode::RateLimited {
+                        metrics.rate_limited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    proto::encode_error(Some(id), &e)
+                }
+            })
+        };
+        fn ok<T: Serialize>(id: &RawValue, r: Result<T>) -> Result<ByteString> {
+            r.map(|v| proto::encode_result(id, &v))
+        }
+        let origin =
+            caller.conn_id.map(|conn_id| Origin { user: caller.user.clone(), conn_id, req_id: id.clone(), slot });
+        // A change through a conversation actor: with an origin, the actor queued the reply.
+        let acked = |r: Result<Message>, encode: fn(Message) -> MessageResult| match (r, &origin) {
+            (Ok(_), Some(_)) => None,
+            (Ok(m), None) => enc(&id, ok(&id, Ok(encode(m)))),
+            (Err(e), _) => enc(&id, Err(e)),
+        };
+        let message = |message| MessageResult { message };
+        match op {
+            Op::Ping(_) => enc(&id, ok(&id, Ok(Pong { ts: crate::clock::now_ms() }))),
+            Op::Send(req) => acked(self.send(&caller, req, origin.clone()).await, message),
+            Op::History(req) => enc(&id, ok(&id, self.history(&caller, req).await)),
+            Op::Conversations(req) => enc(&id, ok(&id, self.conversations(&caller, req).await)),
+            Op::Conversation(req) => enc(&id, ok(&id, self.conversation(&caller, &req.conv_id).await)),
+            Op::Read(req) => enc(&id, ok(&id, self.read(&caller, req).await)),
+            Op::ReadCount(req) => enc(&id, ok(&id, self.read_count(&caller, req).await)),
+            Op::Recall(req) => enc(&id, ok(&id, self.recall(&caller, req).await.map(message))),
+            Op::Delete(req) => enc(&id, ok(&id, self.delete(&caller, req).await)),
+            Op::Changes(req) => enc(&id, ok(&id, self.changes(&caller, req).await)),
+            Op::SetFlags(req) => enc(&id, ok(&id, self.set_flags(&caller, req).await)),
+            Op::GroupCreate(req) => {
+                enc(&id, ok(&id, self.group_create(&caller, req).await.map(|group| GroupResult { group })))
+            }
+            Op::GroupAdd(req) => acked(self.group_op(&caller, GroupOp::Add(req), origin.clone()).await, message),
+            Op::GroupRemove(req) => acked(self.group_op(&caller, GroupOp::Remove(req), origin.clone()).await, message),
+            Op::GroupLeave(req) => {
+                acked(self.group_op(&caller, GroupOp::Leave(req.group_id), origin.clone()).await, message)
+            }
+            Op::GroupMembers(req) => enc(
+                &id,
+                ok(&id, self.group_members(&caller, &req.group_id).await.map(|members| MembersResult { members })),
+            ),
+            Op::GroupInfo(req) => {
+                enc(&id, ok(&id, self.group_info(&caller, &req.group_id).await.map(|group| GroupResult { group })))
+            }
+            Op::GroupUpdate(req) => match &origin {
+                Some(_) => acked(self.group_op(&caller, GroupOp::Update(req), origin.clone()).await, message),
+                None => enc(&id, ok(&id, self.group_update(&caller, req).await.map(GroupChangeResult::from))),
+            },
+            Op::GroupSetRole(req) => match &origin {
+                Some(_) => acked(self.group_op(&caller, GroupOp::SetRole(req), origin.clone()).await, message),
+                None => enc(&id, ok(&id, self.group_set_role(&caller, req).await.map(GroupChangeResult::from))),
+            },
+            Op::GroupDismiss(req) => match &origin {
+                Some(_) => acked(self.group_op(&caller, GroupOp::Dismiss(req.group_id), origin.clone()).await, message),
+                None => {
+                    enc(&id, ok(&id, self.group_dismiss(&caller, &req.group_id).await.map(GroupChangeResult::from)))
+                }
+            },
+            Op::UsersGet(req) => enc(&id, ok(&id, self.users_get(&req.ids).await.map(|users| UsersResult { users }))),
+            Op::ProfileUpdate(req) => {
+                enc(&id, ok(&id, self.profile_update(&caller, req).await.map(|user| ProfileResult { user })))
+            }
+            // The session answers `refresh` itself (it changes the connection's token).
+            Op::Refresh(_) => enc(&id, Err(Error::invalid("refresh is answered by the WebSocket session"))),
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! Users: profiles, and access (disabled users, revoked tokens).
+
+use super::*;
+
+impl Engine {
+    /// Refuses a user who was disabled, or a token issued (`issued_ms`, unix ms) before the
+    /// user's tokens were revoked. Users without a record pass.
+    pub async fn check_access(&self, user: &str, issued_ms: Option<u64>) -> Result<()> {
+        let u = self.core.store.user(user).await?;
+        access_of(u.as_ref(), issued_ms)
+    }
+
+    /// Re-reads the access of every user with a session on this node and closes the sessions
+    /// that lost it. A node runs this when its cluster bus comes back after being cut off: a
+    /// disable or revocation broadcast meanwhile may never have reached it. Reads 100 users at a
+    /// time; a read that fails is logged and the users it covered are left as they are.
+    pub async fn recheck_access(&self) -> usize {
+        let users = self.core.registry.users();
+        let mut closed = 0;
+        for chunk in users.chunks(model::MAX_PROFILE_LOOKUP) {
+            let ids: Vec<String> = chunk.iter().map(|u| u.to_string()).collect();
+            match self.core.store.users(&ids).await {
+                Ok(records) => {
+                    for u in records {
+                        let r = if u.disabled {
+                            Revocation::Disabled
+                        } else {
+                            match u.revoked_before_ms() {
+                                0 => continue,
+                                before => Revocation::TokensBefore(Some(before)),
+                            }
+                        };
+                        closed += self.core.registry.revoke(&u.id, r);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, users = ids.len(), "could not re-check users' access"),
+            }
+        }
+        if closed > 0 {
+            tracing::info!(sessions = closed, "closed sessions that lost access while this node was cut off");
+        }
+        closed
+    }
+
+    /// Profiles of up to 100 users; users without a profile are left out.
+    pub async fn users_get(&self, ids: &[String]) -> Result<Vec<model::Profile>> {
+        if ids.is_empty() || ids.len() > model::MAX_PROFILE_LOOKUP {
+            return Err(Error::invalid(format!("ids must hold 1 to {} user ids", model::MAX_PROFILE_LOOKUP)));
+        }
+        ids.iter().try_for_each(|u| model::validate_id("ids[]", u))?;
+        let mut ids = ids.to_vec();
+        ids.sort();
+        ids.dedup();
+        let mut users = self.core.store.users(&ids).await?;
+        users.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(users.iter().map(model::User::profile).collect())
+    }
+
+    /// Creates a user's record or changes its profile (validated).
+    pub async fn user_upsert(&self, patch: model::UserPatch) -> Result<model::User> {
+        patch.validate()?;
+        Ok(self.core.store.upsert_user(patch).await?)
+    }
+
+    /// The caller changes their own profile.
+    pub async fn profile_update(&self, caller: &Caller, req: proto::ProfileUpdateReq) -> Result<model::Profile> {
+        if req.nickname.is_none() && req.avatar.is_none() && req.ext.is_none() {
+            return Err(Error::invalid("give at least one of nickname, avatar, ext"));
+        }
+        let patch = model::UserPatch {
+            id: caller.user.to_string(),
+            nickname: req.nickname.map(|n| n.trim().to_string()),
+            avatar: req.avatar,
+            ext: req.ext,
+            ts: crate::clock::now_ms(),
+        };
+        Ok(self.user_upsert(patch).await?.profile())
+    }
+
+    /// Disables or enables a user. Disabling closes the user's sessions on every node.
+    pub async fn user_set_disabled(&self, user: &str, disabled: bool) -> Result<model::User> {
+        model::validate_id("user", user)?;
+        let u = self.core.store.set_user_disabled(user, disabled, crate::clock::now_ms()).await?;
+        if disabled {
+            self.core.close_user(user, Revocation::Disabled);
+        }
+        Ok(u)
+    }
+
+    /// Revokes every token issued to the user so far (to the millisecond: a token issued in the
+    /// same millisecond as the revocation is revoked too) and closes the sessions that hold one,
+    /// on every node.
+    pub async fn user_revoke_tokens(&self, user: &str) -> Result<model::User> {
+        model::validate_id("user", user)?;
+        let now = crate::clock::now_ms();
+        let before = u64::try_from(now).unwrap_or(0) + 1;
+        let u = self.core.store.revoke_tokens(user, before, now).await?;
+        self.core.close_user(user, Revocation::TokensBefore(Some(u.revoked_before_ms())));
+        Ok(u)
+    }
+}
+
+/// Whether a user with record `u` may use a token issued at `issued_ms` (unix ms; `None`: only
+/// whether the user is enabled).
+pub fn access_of(u: Option<&model::User>, issued_ms: Option<u64>) -> Result<()> {
+    let Some(u) = u else { return Ok(()) };
+    if u.disabled {
+        return Err(Error::new(ErrorCode::UserDisabled, "this user is disabled"));
+    }
+    if issued_ms.is_some_and(|t| t < u.revoked_before_ms()) {
+        return Err(Error::new(ErrorCode::TokenRevoked, "this token was revoked; get a new one"));
+    }
+    Ok(())
+}

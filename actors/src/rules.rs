@@ -1,0 +1,296 @@
+//! The group and message rules, as plain functions: who may change a group's members, profile
+//! and roles, who may recall what and when, and the system messages that record changes. The
+//! conversation actor and the engine call them; nothing here does I/O or holds state.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::model::{Body, GroupPatch, Message, Role};
+use crate::proto;
+
+/// A change of members, as asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemberOp {
+    Add(Vec<String>),
+    Remove(Vec<String>),
+    Leave,
+}
+
+/// A member change that passed the rules: who joins, who goes, and the system event recording it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberPlan {
+    /// New members (role `member`), sorted, none already a member.
+    pub add: Vec<String>,
+    /// Members who go, sorted.
+    pub remove: Vec<String>,
+    /// `members_added`, `members_removed` or `member_left`.
+    pub event: &'static str,
+}
+
+/// Checks a member change by `by` (whose role is `role`) against the current `roles` and plans
+/// it. Owners and admins add and remove; only the owner removes admins; nobody removes the owner,
+/// who cannot leave; a group holds at most `max_members`.
+pub fn plan_member_change(
+    op: MemberOp,
+    by: &str,
+    role: Role,
+    roles: &HashMap<Arc<str>, Role>,
+    max_members: usize,
+) -> Result<MemberPlan> {
+    match op {
+        MemberOp::Add(users) => {
+            if !role.can_manage() {
+                return Err(Error::forbidden("only the owner or admins may add members"));
+            }
+            let mut add: Vec<String> = users.into_iter().filter(|u| !roles.contains_key(u.as_str())).collect();
+            add.sort();
+            add.dedup();
+            if roles.len() + add.len() > max_members {
+                return Err(Error::invalid(format!("a group has at most {max_members} members")));
+            }
+            if add.is_empty() {
+                return Err(Error::new(ErrorCode::Conflict, "every user given is already a member"));
+            }
+            Ok(MemberPlan { add, remove: Vec::new(), event: "members_added" })
+        }
+        MemberOp::Remove(users) => {
+            if !role.can_manage() {
+                return Err(Error::forbidden("only the owner or admins may remove members"));
+            }
+            let mut remove = Vec::new();
+            for u in users {
+                match roles.get(u.as_str()) {
+                    None => {}
+                    Some(Role::Owner) => return Err(Error::forbidden("the owner cannot be removed")),
+                    Some(Role::Admin) if role != Role::Owner => {
+                        return Err(Error::forbidden("only the owner may remove an admin"))
+                    }
+                    Some(_) => remove.push(u),
+                }
+            }
+            remove.sort();
+            remove.dedup();
+            if remove.is_empty() {
+                return Err(Error::not_found("none of the users given is a member"));
+            }
+            Ok(MemberPlan { add: Vec::new(), remove, event: "members_removed" })
+        }
+        MemberOp::Leave => {
+            if role == Role::Owner {
+                return Err(Error::new(ErrorCode::OwnerCannotLeave, "the owner cannot leave the group"));
+            }
+            Ok(MemberPlan { add: Vec::new(), remove: vec![by.to_owned()], event: "member_left" })
+        }
+    }
+}
+
+/// Owners and admins change a group's profile.
+pub fn check_profile_change(role: Role) -> Result<()> {
+    if !role.can_manage() {
+        return Err(Error::forbidden("only the owner or admins may change the group's profile"));
+    }
+    Ok(())
+}
+
+/// The owner gives `user` (now `current`, `None` if not a member) the role `new`; `owner`
+/// transfers the ownership and the previous owner becomes an admin. Returns the roles to set.
+pub fn plan_role_change(
+    by: &str,
+    by_role: Role,
+    user: &str,
+    current: Option<Role>,
+    new: Role,
+) -> Result<Vec<(String, Role)>> {
+    if by_role != Role::Owner {
+        return Err(Error::forbidden("only the owner may change roles"));
+    }
+    let Some(current) = current else {
+        return Err(Error::not_found(format!("{user} is not a member of the group")));
+    };
+    if user == by {
+        return Err(Error::invalid("the owner's role changes only by transferring the ownership"));
+    }
+    if current == new {
+        return Err(Error::new(ErrorCode::Conflict, format!("{user} already has this role")));
+    }
+    let mut roles = vec![(user.to_owned(), new)];
+    if new == Role::Owner {
+        roles.push((by.to_owned(), Role::Admin));
+    }
+    Ok(roles)
+}
+
+/// Only the owner dismisses a group.
+pub fn check_dismiss(role: Role) -> Result<()> {
+    if role != Role::Owner {
+        return Err(Error::forbidden("only the owner may dismiss the group"));
+    }
+    Ok(())
+}
+
+/// Who may recall `m`: its sender within `window`; in a group, its owner and admins at any time;
+/// an administrator (`admin`, the HTTP API) any message at any time. `now` is server ms.
+pub fn check_recall(m: &Message, by: &str, manager: bool, window: Duration, now: i64) -> Result<()> {
+    if manager {
+        return Ok(());
+    }
+    if m.sender.as_deref() != Some(by) {
+        return Err(Error::forbidden("only the sender, or a group's owner or admins, may recall a message"));
+    }
+    if now.saturating_sub(m.ts) > window.as_millis() as i64 {
+        return Err(Error::new(
+            ErrorCode::RecallWindowExpired,
+            format!("messages can be recalled by their sender for {} seconds", window.as_secs()),
+        ));
+    }
+    Ok(())
+}
+
+/// The system events that change a group's membership or roles.
+pub fn changes_membership(m: &Message) -> bool {
+    matches!(&m.body, Body::System { event, .. } if matches!(event.as_str(),
+        "members_added" | "members_removed" | "member_left" | "roles_changed" | "group_dismissed"))
+}
+
+// ---- the system messages that record group changes ----
+
+/// `group_created`: `by`, the name, and the members (cut to [`proto::LIST_INLINE`]).
+pub fn group_created(by: &str, name: &str, members: &[String]) -> Body {
+    let mut data = serde_json::json!({ "by": by, "name": name });
+    proto::put_list(&mut data, "members", members);
+    Body::System { event: "group_created".into(), data }
+}
+
+/// A member change: `by`, the users `added` and `removed` (each cut to [`proto::LIST_INLINE`]).
+pub fn members_changed(plan: &MemberPlan, by: &str) -> Body {
+    let mut data = serde_json::json!({ "by": by });
+    proto::put_list(&mut data, "added", &plan.add);
+    proto::put_list(&mut data, "removed", &plan.remove);
+    Body::System { event: plan.event.into(), data }
+}
+
+/// `group_updated`: the fields that changed, and `by`.
+pub fn group_updated(patch: &GroupPatch, by: &str) -> Body {
+    let mut data = serde_json::to_value(patch).unwrap_or_default();
+    if let Some(fields) = data.as_object_mut() {
+        fields.retain(|_, v| !v.is_null());
+        fields.insert("by".into(), serde_json::Value::from(by));
+    }
+    Body::System { event: "group_updated".into(), data }
+}
+
+/// `roles_changed`: `by`, and each user's new role.
+pub fn roles_changed(roles: &[(String, Role)], by: &str) -> Body {
+    let listed: Vec<serde_json::Value> =
+        roles.iter().map(|(u, r)| serde_json::json!({ "user": u, "role": r })).collect();
+    Body::System { event: "roles_changed".into(), data: serde_json::json!({ "by": by, "roles": listed }) }
+}
+
+/// `group_dismissed`: `by`.
+pub fn group_dismissed(by: &str) -> Body {
+    Body::System { event: "group_dismissed".into(), data: serde_json::json!({ "by": by }) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn roles(v: &[(&str, Role)]) -> HashMap<Arc<str>, Role> {
+        v.iter().map(|(u, r)| (Arc::from(*u), *r)).collect()
+    }
+
+    fn group() -> HashMap<Arc<str>, Role> {
+        roles(&[("own", Role::Owner), ("adm", Role::Admin), ("mem", Role::Member)])
+    }
+
+    fn users(v: &[&str]) -> Vec<String> {
+        v.iter().map(|u| (*u).to_owned()).collect()
+    }
+
+    fn code(r: Result<impl std::fmt::Debug>) -> ErrorCode {
+        r.expect_err("refused").code
+    }
+
+    #[test]
+    fn adding_members() {
+        let g = group();
+        let plan = plan_member_change(MemberOp::Add(users(&["z", "mem", "a", "z"])), "adm", Role::Admin, &g, 10);
+        assert_eq!(plan.unwrap(), MemberPlan { add: users(&["a", "z"]), remove: vec![], event: "members_added" });
+        assert_eq!(code(plan_member_change(MemberOp::Add(users(&["a"])), "mem", Role::Member, &g, 10)), ErrorCode::Forbidden);
+        assert_eq!(code(plan_member_change(MemberOp::Add(users(&["mem"])), "own", Role::Owner, &g, 10)), ErrorCode::Conflict);
+        assert_eq!(
+            code(plan_member_change(MemberOp::Add(users(&["a", "b"])), "own", Role::Owner, &g, 4)),
+            ErrorCode::InvalidRequest,
+            "over max_members"
+        );
+    }
+
+    #[test]
+    fn removing_and_leaving() {
+        let g = group();
+        let rm = |by: &str, role, who: &[&str]| plan_member_change(MemberOp::Remove(users(who)), by, role, &g, 10);
+        assert_eq!(rm("adm", Role::Admin, &["mem", "nobody"]).unwrap().remove, users(&["mem"]));
+        assert_eq!(code(rm("adm", Role::Admin, &["adm"])), ErrorCode::Forbidden, "only the owner removes admins");
+        assert_eq!(rm("own", Role::Owner, &["adm"]).unwrap().remove, users(&["adm"]));
+        assert_eq!(code(rm("own", Role::Owner, &["own"])), ErrorCode::Forbidden, "nobody removes the owner");
+        assert_eq!(code(rm("mem", Role::Member, &["adm"])), ErrorCode::Forbidden);
+        assert_eq!(code(rm("own", Role::Owner, &["nobody"])), ErrorCode::NotFound);
+        let leave = plan_member_change(MemberOp::Leave, "mem", Role::Member, &g, 10).unwrap();
+        assert_eq!((leave.remove, leave.event), (users(&["mem"]), "member_left"));
+        assert_eq!(code(plan_member_change(MemberOp::Leave, "own", Role::Owner, &g, 10)), ErrorCode::OwnerCannotLeave);
+    }
+
+    #[test]
+    fn roles_profile_and_dismissal() {
+        assert_eq!(
+            plan_role_change("own", Role::Owner, "mem", Some(Role::Member), Role::Owner).unwrap(),
+            vec![("mem".to_owned(), Role::Owner), ("own".to_owned(), Role::Admin)],
+            "a transfer makes the previous owner an admin"
+        );
+        assert_eq!(code(plan_role_change("adm", Role::Admin, "mem", Some(Role::Member), Role::Admin)), ErrorCode::Forbidden);
+        assert_eq!(code(plan_role_change("own", Role::Owner, "x", None, Role::Admin)), ErrorCode::NotFound);
+        assert_eq!(code(plan_role_change("own", Role::Owner, "own", Some(Role::Owner), Role::Admin)), ErrorCode::InvalidRequest);
+        assert_eq!(code(plan_role_change("own", Role::Owner, "adm", Some(Role::Admin), Role::Admin)), ErrorCode::Conflict);
+        assert!(check_profile_change(Role::Admin).is_ok());
+        assert_eq!(check_profile_change(Role::Member).unwrap_err().code, ErrorCode::Forbidden);
+        assert!(check_dismiss(Role::Owner).is_ok());
+        assert_eq!(check_dismiss(Role::Admin).unwrap_err().code, ErrorCode::Forbidden);
+    }
+
+    fn message(body: Body) -> Message {
+        Message {
+            conv_id: "g_t".into(),
+            seq: 1,
+            sender: Some("alice".into()),
+            client_msg_id: None,
+            body,
+            reply_to: None,
+            ts: 1_000,
+            ver: 1,
+        }
+    }
+
+    #[test]
+    fn recalls() {
+        let m = message(Body::Text { text: "x".into() });
+        let w = Duration::from_secs(120);
+        assert!(check_recall(&m, "alice", false, w, 1_000 + 120_000).is_ok());
+        assert_eq!(check_recall(&m, "alice", false, w, 1_000 + 120_001).unwrap_err().code, ErrorCode::RecallWindowExpired);
+        assert_eq!(check_recall(&m, "bob", false, w, 1_001).unwrap_err().code, ErrorCode::Forbidden);
+        assert!(check_recall(&m, "bob", true, w, i64::MAX).is_ok(), "managers recall anything, any time");
+    }
+
+    #[test]
+    fn system_messages_name_their_change() {
+        let plan = MemberPlan { add: users(&["a"]), remove: vec![], event: "members_added" };
+        let Body::System { event, data } = members_changed(&plan, "own") else { panic!() };
+        assert_eq!((event.as_str(), data), ("members_added", serde_json::json!({"by": "own", "added": ["a"], "removed": []})));
+        let patch = GroupPatch { notice: Some("n".into()), ..GroupPatch::default() };
+        let Body::System { data, .. } = group_updated(&patch, "adm") else { panic!() };
+        assert_eq!(data, serde_json::json!({"notice": "n", "by": "adm"}));
+        assert!(changes_membership(&message(group_dismissed("own"))));
+        assert!(!changes_membership(&message(group_updated(&patch, "adm"))));
+    }
+}
