@@ -13,9 +13,9 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use crate::http::ws::config::{TokenInfo, TokenVerifier};
 use confab_actors::error::{Error, ErrorCode};
 use confab_actors::model::validate_id;
-use confab_actors::session::{TokenInfo, TokenVerifier};
 
 type HmacSha256 = Hmac<Sha256>;
 

@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::http::ws::config::SessionConfig;
 use confab_actors::engine::Limits as EngineLimits;
 use confab_actors::limits::{Rate, RateConfig};
-use confab_actors::session::SessionConfig;
 
 /// The defaults, compiled in so the binary runs from any directory.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -425,7 +425,7 @@ impl Config {
         range("server.send_buffer_bytes", self.server.send_buffer_bytes, 0, 64 << 20)?;
         range("server.write_timeout_secs", self.server.write_timeout_secs, 0, 86400)?;
         range("server.ready_timeout_ms", self.server.ready_timeout_ms, 10, 60_000)?;
-        crate::conn::TrustedProxies::parse(&self.server.trusted_proxies)
+        crate::http::conn::TrustedProxies::parse(&self.server.trusted_proxies)
             .map_err(|e| ConfigError(format!("server.trusted_proxies: {e}")))?;
         range("session.heartbeat_interval_secs", self.session.heartbeat_interval_secs, 1, 3600)?;
         if self.session.client_timeout_secs <= self.session.heartbeat_interval_secs {
@@ -579,8 +579,8 @@ impl Config {
     }
 
     /// The socket options of `[server]`.
-    pub fn socket_options(&self) -> crate::conn::SocketOptions {
-        crate::conn::SocketOptions {
+    pub fn socket_options(&self) -> crate::http::conn::SocketOptions {
+        crate::http::conn::SocketOptions {
             send_buffer: (self.server.send_buffer_bytes > 0).then_some(self.server.send_buffer_bytes),
             write_timeout: (self.server.write_timeout_secs > 0)
                 .then(|| Duration::from_secs(self.server.write_timeout_secs)),

@@ -75,7 +75,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Serve => serve(cfg),
         Command::Openapi => {
-            print!("{}", confab::api::openapi::json());
+            print!("{}", confab::http::api::openapi::json());
             Ok(())
         }
         Command::Migrate { to, uri, database } => migrate(cfg, &to, uri, database),

@@ -69,16 +69,16 @@ pub async fn serve(
     let engine = Engine::new(store, registry.clone(), metrics, cfg.limits(), directory);
     crate::webhooks::install(&cfg, &engine, outbox.clone())?;
     let cluster = start_cluster(&cfg, &engine)?;
-    let api = crate::api::ApiState::from_config(&cfg);
+    let api = crate::http::api::ApiState::from_config(&cfg);
     let _ = api.outbox.set(outbox);
     let engine_at_exit = engine.clone();
     let socket_metrics = engine.metrics().clone();
-    let proxies = crate::conn::TrustedProxies::parse(&cfg.server.trusted_proxies).map_err(anyhow::Error::msg)?;
+    let proxies = crate::http::conn::TrustedProxies::parse(&cfg.server.trusted_proxies).map_err(anyhow::Error::msg)?;
     let state = web::Data::new(AppState {
         engine,
         session: cfg.session_config(),
         tokens: cfg.tokens(),
-        ip_limits: crate::conn::IpLimits::new(&cfg.rates()),
+        ip_limits: crate::http::conn::IpLimits::new(&cfg.rates()),
         proxies,
         access_check_timeout: std::time::Duration::from_millis(cfg.auth.access_check_timeout_ms),
         ready_timeout: std::time::Duration::from_millis(cfg.server.ready_timeout_ms),
@@ -95,7 +95,7 @@ pub async fn serve(
         };
         app.configure(http::routes)
     })
-    .on_connect(move |conn, ext| crate::conn::on_connect(conn, ext, socket_options, &socket_metrics))
+    .on_connect(move |conn, ext| crate::http::conn::on_connect(conn, ext, socket_options, &socket_metrics))
     .workers(workers)
     .shutdown_timeout(cfg.server.shutdown_timeout_secs)
     .disable_signals()

@@ -9,8 +9,8 @@
 //! - [`store`]: the storage traits every backend implements.
 //! - [`metrics`]: counters and histograms behind `/metrics`.
 
-pub mod cluster;
 pub mod clock;
+pub mod cluster;
 pub mod conversation;
 pub mod core;
 pub mod engine;
@@ -23,5 +23,4 @@ pub mod outbox;
 pub mod proto;
 pub mod registry;
 pub mod rules;
-pub mod session;
 pub mod store;

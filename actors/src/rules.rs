@@ -218,8 +218,14 @@ mod tests {
         let g = group();
         let plan = plan_member_change(MemberOp::Add(users(&["z", "mem", "a", "z"])), "adm", Role::Admin, &g, 10);
         assert_eq!(plan.unwrap(), MemberPlan { add: users(&["a", "z"]), remove: vec![], event: "members_added" });
-        assert_eq!(code(plan_member_change(MemberOp::Add(users(&["a"])), "mem", Role::Member, &g, 10)), ErrorCode::Forbidden);
-        assert_eq!(code(plan_member_change(MemberOp::Add(users(&["mem"])), "own", Role::Owner, &g, 10)), ErrorCode::Conflict);
+        assert_eq!(
+            code(plan_member_change(MemberOp::Add(users(&["a"])), "mem", Role::Member, &g, 10)),
+            ErrorCode::Forbidden
+        );
+        assert_eq!(
+            code(plan_member_change(MemberOp::Add(users(&["mem"])), "own", Role::Owner, &g, 10)),
+            ErrorCode::Conflict
+        );
         assert_eq!(
             code(plan_member_change(MemberOp::Add(users(&["a", "b"])), "own", Role::Owner, &g, 4)),
             ErrorCode::InvalidRequest,
@@ -249,10 +255,19 @@ mod tests {
             vec![("mem".to_owned(), Role::Owner), ("own".to_owned(), Role::Admin)],
             "a transfer makes the previous owner an admin"
         );
-        assert_eq!(code(plan_role_change("adm", Role::Admin, "mem", Some(Role::Member), Role::Admin)), ErrorCode::Forbidden);
+        assert_eq!(
+            code(plan_role_change("adm", Role::Admin, "mem", Some(Role::Member), Role::Admin)),
+            ErrorCode::Forbidden
+        );
         assert_eq!(code(plan_role_change("own", Role::Owner, "x", None, Role::Admin)), ErrorCode::NotFound);
-        assert_eq!(code(plan_role_change("own", Role::Owner, "own", Some(Role::Owner), Role::Admin)), ErrorCode::InvalidRequest);
-        assert_eq!(code(plan_role_change("own", Role::Owner, "adm", Some(Role::Admin), Role::Admin)), ErrorCode::Conflict);
+        assert_eq!(
+            code(plan_role_change("own", Role::Owner, "own", Some(Role::Owner), Role::Admin)),
+            ErrorCode::InvalidRequest
+        );
+        assert_eq!(
+            code(plan_role_change("own", Role::Owner, "adm", Some(Role::Admin), Role::Admin)),
+            ErrorCode::Conflict
+        );
         assert!(check_profile_change(Role::Admin).is_ok());
         assert_eq!(check_profile_change(Role::Member).unwrap_err().code, ErrorCode::Forbidden);
         assert!(check_dismiss(Role::Owner).is_ok());
@@ -277,7 +292,10 @@ mod tests {
         let m = message(Body::Text { text: "x".into() });
         let w = Duration::from_secs(120);
         assert!(check_recall(&m, "alice", false, w, 1_000 + 120_000).is_ok());
-        assert_eq!(check_recall(&m, "alice", false, w, 1_000 + 120_001).unwrap_err().code, ErrorCode::RecallWindowExpired);
+        assert_eq!(
+            check_recall(&m, "alice", false, w, 1_000 + 120_001).unwrap_err().code,
+            ErrorCode::RecallWindowExpired
+        );
         assert_eq!(check_recall(&m, "bob", false, w, 1_001).unwrap_err().code, ErrorCode::Forbidden);
         assert!(check_recall(&m, "bob", true, w, i64::MAX).is_ok(), "managers recall anything, any time");
     }
@@ -286,7 +304,10 @@ mod tests {
     fn system_messages_name_their_change() {
         let plan = MemberPlan { add: users(&["a"]), remove: vec![], event: "members_added" };
         let Body::System { event, data } = members_changed(&plan, "own") else { panic!() };
-        assert_eq!((event.as_str(), data), ("members_added", serde_json::json!({"by": "own", "added": ["a"], "removed": []})));
+        assert_eq!(
+            (event.as_str(), data),
+            ("members_added", serde_json::json!({"by": "own", "added": ["a"], "removed": []}))
+        );
         let patch = GroupPatch { notice: Some("n".into()), ..GroupPatch::default() };
         let Body::System { data, .. } = group_updated(&patch, "adm") else { panic!() };
         assert_eq!(data, serde_json::json!({"notice": "n", "by": "adm"}));

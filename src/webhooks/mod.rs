@@ -51,7 +51,7 @@ pub fn signed_headers(key_id: &str, secret: &str, url: &reqwest::Url, body: &[u8
     };
     let ts = now_secs().to_string();
     let nonce = nonce();
-    let sig = crate::api::auth::sign(secret, "POST", &path, &ts, &nonce, body);
+    let sig = crate::http::api::auth::sign(secret, "POST", &path, &ts, &nonce, body);
     vec![
         ("x-confab-key", key_id.to_owned()),
         ("x-confab-timestamp", ts),

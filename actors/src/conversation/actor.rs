@@ -109,7 +109,10 @@ impl ConversationActor {
     /// assigns `seq`s in the order it is handed appends, and actix polls a context's spawned
     /// futures in no fixed order, so without this chain pipelined sends could be stored out of
     /// the order they were made. Handing over is the write future's first poll.
-    pub(super) fn store_write<T: Send + 'static>(&mut self, write: StoreFuture<T>) -> oneshot::Receiver<StoreResult<T>> {
+    pub(super) fn store_write<T: Send + 'static>(
+        &mut self,
+        write: StoreFuture<T>,
+    ) -> oneshot::Receiver<StoreResult<T>> {
         let (out_tx, out_rx) = oneshot::channel();
         self.store_write_then(write, move |out| {
             let _ = out_tx.send(out);
@@ -381,7 +384,8 @@ impl Handler<Membership> for ConversationActor {
                     Ok(r) => r,
                     Err(e) => return fail(e),
                 };
-                let c = RoleChange { group_id, ts, system_body: rules::roles_changed(&roles, &by), roles: roles.clone() };
+                let c =
+                    RoleChange { group_id, ts, system_body: rules::roles_changed(&roles, &by), roles: roles.clone() };
                 (Box::pin(async move { store.set_roles(c).await.map(|(g, m)| (m, Some(g))) }), Applied::Roles(roles))
             }
             MembershipOp::Dismiss => {
@@ -436,8 +440,8 @@ impl ConversationActor {
                 return Err(fail(Error::internal("not a membership change")))
             }
         };
-        let plan = rules::plan_member_change(op, &by, role, &self.roles, self.core.limits.max_group_members)
-            .map_err(fail)?;
+        let plan =
+            rules::plan_member_change(op, &by, role, &self.roles, self.core.limits.max_group_members).map_err(fail)?;
         let change = MemberChange {
             group_id,
             add: plan.add.iter().map(|u| (u.clone(), Role::Member)).collect(),

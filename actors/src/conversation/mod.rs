@@ -35,16 +35,16 @@ use bytestring::ByteString;
 use serde_json::value::RawValue;
 use tokio::sync::oneshot;
 
-use crate::cluster::{PeerCommand, PeerDelivery};
 use crate::clock::now_ms;
+use crate::cluster::{PeerCommand, PeerDelivery};
 use crate::core::Core;
 use crate::error::StoreError;
 use crate::error::{Error, ErrorCode, Result};
 use crate::inflight::Slot;
 use crate::model::{self, Body, ConvKind, Group, GroupPatch, Message, ReplyRef, Role};
 use crate::proto;
-use crate::rules;
 use crate::registry::RecipientCache;
+use crate::rules;
 use crate::store::{
     Appended, GroupDismiss, GroupUpdate, HistoryQuery, MemberChange, NewMessage, RoleChange, StoreResult,
 };

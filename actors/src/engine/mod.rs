@@ -29,8 +29,7 @@ use serde_json::value::RawValue;
 
 use crate::cluster::{PeerCommand, PeerDelivery};
 use crate::conversation::{
-    ConversationActor, Directory, Init, Membership, MembershipOp, Origin, PeerMessage, Recall, ReloadMembers,
-    Submit,
+    ConversationActor, Directory, Init, Membership, MembershipOp, Origin, PeerMessage, Recall, ReloadMembers, Submit,
 };
 use crate::error::{Error, ErrorCode, Result};
 use crate::inflight::Slot;
@@ -41,8 +40,8 @@ use crate::registry::{Registry, Revocation};
 use crate::store::{HistoryQuery, NewGroup, Store};
 
 pub use crate::core::{Core, Limits};
-pub use users::access_of;
 use groups::GroupOp;
+pub use users::access_of;
 
 /// Who is asking.
 #[derive(Debug, Clone)]

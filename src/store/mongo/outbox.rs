@@ -162,9 +162,7 @@ pub(crate) async fn record(
         }
         let event = match (op, answer) {
             (Op::Append(_), Answer::Appended(a)) if !a.duplicate => NewEvent::sent(&a.message),
-            (Op::Recall { .. }, Answer::Recalled(m, true)) => {
-                NewEvent::recalled(m, confab_actors::clock::now_ms())
-            }
+            (Op::Recall { .. }, Answer::Recalled(m, true)) => NewEvent::recalled(m, confab_actors::clock::now_ms()),
             (Op::CreateGroup(_), Answer::Created(g, m)) => NewEvent::group_created(g, m),
             (Op::ChangeMembers(c), Answer::Message(m)) => NewEvent::members_changed(&c.group_id, m),
             _ => match group_event(op, answer) {

@@ -1,11 +1,11 @@
-//! The WebSocket session actor: one per connected device, and its [`Outlet`].
+//! The WebSocket session actor: one per connected device, and how it reads.
 //!
 //! The actor owns its connection's `actix_ws::Session` and reads actix-ws's stream of incoming
 //! frames. Incoming frames are parsed here and handed to the [`Engine`]. Control frames (the
 //! heartbeat's pings, pongs answering the client's pings, the close frame) are sent through the
 //! `actix_ws::Session`. Replies and events, the data frames, take a faster path: one bounded
 //! outgoing queue (`session.outbound_queue` frames) drained by the connection's response body,
-//! the [`Outlet`]: each time the connection task polls it, it takes everything queued, in order,
+//! the [`Outlet`](super::outlet::Outlet): each time the connection task polls it, it takes everything queued, in order,
 //! and encodes it into one chunk of WebSocket frames, so frames leave in the order they were
 //! queued and a burst of frames costs one socket write, with no task or channel between the queue
 //! and the socket. The outlet also carries actix-ws's own body (the `Session`'s frames), and
@@ -14,112 +14,24 @@
 //! client recovers with sync after reconnecting. Heartbeats: the server pings every
 //! `heartbeat_interval`; a client silent for `client_timeout` is disconnected.
 
-use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError};
-use bytes::{BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
 
-use crate::engine::{Caller, Engine};
-use crate::error::{Error, ErrorCode};
-use crate::inflight::Slot;
-use crate::limits::{ConnLimits, RateConfig};
-use crate::proto::{self, Op};
-use crate::registry::{KickSignal, OutQueue, Outbound, QueueError, SessionHandle};
+use confab_actors::engine::{Caller, Engine};
+use confab_actors::error::{Error, ErrorCode};
+use confab_actors::inflight::Slot;
+use confab_actors::limits::ConnLimits;
+use confab_actors::proto::{self, Op};
+use confab_actors::registry::{KickSignal, OutQueue, Outbound, QueueError, SessionHandle};
 
-/// Timings and limits of a session (the `[session]`, `[server]` and `[limits]` configuration).
-#[derive(Clone)]
-pub struct SessionConfig {
-    pub heartbeat_interval: Duration,
-    pub client_timeout: Duration,
-    /// Outgoing frames a session may have queued before it is dropped as a slow consumer.
-    pub outbound_queue: usize,
-    /// Requests a connection may have in flight at once.
-    pub max_inflight: usize,
-    /// Largest text frame accepted (the transport closes the connection, 1009, beyond it).
-    pub max_frame_bytes: usize,
-    /// Rate limits per connection.
-    pub rates: RateConfig,
-    /// Checks the tokens clients present on an open connection (`refresh`).
-    pub tokens: Option<Arc<dyn TokenVerifier>>,
-}
-
-impl std::fmt::Debug for SessionConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SessionConfig")
-            .field("heartbeat_interval", &self.heartbeat_interval)
-            .field("client_timeout", &self.client_timeout)
-            .field("outbound_queue", &self.outbound_queue)
-            .field("max_inflight", &self.max_inflight)
-            .field("max_frame_bytes", &self.max_frame_bytes)
-            .field("rates", &self.rates)
-            .finish_non_exhaustive()
-    }
-}
-
-/// What a valid token says (see [`TokenVerifier`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenInfo {
-    pub user: String,
-    pub device: String,
-    /// When it was issued, unix ms (a revocation refuses tokens issued before it).
-    pub issued_ms: u64,
-    /// When it expires, unix ms.
-    pub expires_ms: u64,
-}
-
-/// Verifies an access token (signature, expiry, lifetime): implemented by the transport, which
-/// holds the secret.
-pub trait TokenVerifier: Send + Sync {
-    fn verify(&self, token: &str) -> Result<TokenInfo, Error>;
-}
-
-/// How the connection's token checked out when it connected.
-#[derive(Debug, Clone)]
-pub struct SessionAuth {
-    /// When the token was issued (unix ms).
-    pub issued_ms: u64,
-    /// When it expires (unix ms): the connection is closed then (1008, `token_expired`) unless
-    /// the client presented a fresh token with `refresh`.
-    pub expires_ms: u64,
-    /// [`Registry::access_epoch`](crate::registry::Registry::access_epoch) of the user, read
-    /// before the access check: a revocation applied since is caught once the session is
-    /// registered.
-    pub epoch: u64,
-    /// The access check could be made. When the store could not be reached the connection is
-    /// let in (it can do little without a store) and checked again every [`RECHECK_EVERY`] until
-    /// a check succeeds.
-    pub verified: bool,
-}
-
-/// What the transport hands a session besides its actix-ws halves.
-pub struct Transport {
-    /// The connection's actix-ws session (control frames).
-    pub ws: actix_ws::Session,
-    /// Incoming frames.
-    pub stream: AggregatedMessageStream,
-    /// actix-ws's response body, carried by the [`Outlet`].
-    pub control: ControlBody,
-    /// Set by the transport when it refused a frame for its size: the session then closes with
-    /// 1009 rather than 1002.
-    pub frame_too_large: Arc<std::sync::atomic::AtomicBool>,
-    /// Held as long as the session runs, dropped when it stops (e.g. a per-address count).
-    pub hold: Option<Box<dyn std::any::Any>>,
-}
-
-/// How often a session whose access could not be checked (store unavailable) tries again.
-pub const RECHECK_EVERY: Duration = Duration::from_secs(2);
-
-/// How long before its token expires a session sends `token_expiring` (or at half its
-/// remaining life, when that is shorter).
-pub const EXPIRY_NOTICE: Duration = Duration::from_secs(60);
+use super::config::{SessionAuth, SessionConfig, Transport, EXPIRY_NOTICE, RECHECK_EVERY};
+use super::outlet::Outlet;
 
 static NEXT_CONN: AtomicU64 = AtomicU64::new(0);
 
@@ -310,7 +222,7 @@ impl WsSession {
             // time it wakes: with hundreds of sends in flight on one connection that would cost
             // hundreds of polls per incoming frame.
             Op::Send(send) => {
-                let origin = crate::conversation::Origin {
+                let origin = confab_actors::conversation::Origin {
                     user: caller.user.clone(),
                     conn_id: self.conn_id,
                     req_id: id.clone(),
@@ -423,7 +335,7 @@ impl WsSession {
     /// client shortly before (`token_expiring`, [`EXPIRY_NOTICE`] or half the token's life
     /// ahead); a `refresh` meanwhile moves both.
     fn watch_expiry(&mut self, ctx: &mut Context<Self>) {
-        let now = crate::clock::now_ms().max(0) as u64;
+        let now = confab_actors::clock::now_ms().max(0) as u64;
         let expires = self.auth.expires_ms;
         if now >= expires {
             return self.close_with(ctx, CloseCode::Policy, "token_expired");
@@ -548,284 +460,5 @@ fn close_for(e: &ProtocolError, frame_too_large: bool) -> (CloseCode, String) {
             }
         }
         other => (CloseCode::Protocol, other.to_string()),
-    }
-}
-
-/// Capacity of the outlet's spare queue kept between polls; a larger one (after a burst) is freed.
-const OUTLET_KEEP: usize = 64;
-
-/// actix-ws's response body (the frames sent through the session's `actix_ws::Session`), as a
-/// stream of encoded frames.
-pub type ControlBody = Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, Box<dyn std::error::Error>>>>>;
-
-/// The response body of a WebSocket connection: the writing half of its session.
-///
-/// Each poll takes everything in the session's outgoing queue and returns it as one chunk of
-/// encoded frames, and passes on what actix-ws's own body has (control frames). The close frame,
-/// sent through actix-ws once the session stopped, goes out only after every frame queued before
-/// it: the session closes its queue before it sends the close frame, so a close frame that
-/// arrives while the queue still looks open is held until the queue is drained. The body ends
-/// when both have ended. Dropping the outlet (the connection is gone) closes the queue, so
-/// senders see the session as closed, and drops actix-ws's body, which ends the incoming stream.
-pub struct Outlet {
-    queue: Arc<OutQueue>,
-    /// Frames taken from the queue; its storage is swapped back in on the next take.
-    taken: VecDeque<Outbound>,
-    /// The queue was closed and drained.
-    done: bool,
-    control: Option<ControlBody>,
-    /// Tells whether `control` has anything: it is polled only then, not at every wake-up of
-    /// the connection (each poll of actix-ws's channel costs a visit to its cold memory).
-    control_wake: Arc<ControlWake>,
-    /// A waker for `control` made of `control_wake`.
-    control_waker: std::task::Waker,
-    /// A chunk of control frames ending with the close frame, waiting for the queue to drain.
-    held: Option<Bytes>,
-}
-
-/// The waker `control` is polled with: it notes that `control` has something, then wakes the
-/// connection's task.
-struct ControlWake {
-    /// Set when `control` woke, or returned something (so it is polled again); initially set.
-    ready: std::sync::atomic::AtomicBool,
-    task: futures_util::task::AtomicWaker,
-}
-
-impl std::task::Wake for ControlWake {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.ready.store(true, std::sync::atomic::Ordering::Release);
-        self.task.wake();
-    }
-}
-
-impl Outlet {
-    /// The outlet of `queue`, carrying `control` (actix-ws's response body) too.
-    pub fn new(queue: Arc<OutQueue>, control: ControlBody) -> Outlet {
-        let control_wake = Arc::new(ControlWake {
-            ready: std::sync::atomic::AtomicBool::new(true),
-            task: futures_util::task::AtomicWaker::new(),
-        });
-        let control_waker = std::task::Waker::from(control_wake.clone());
-        Outlet {
-            queue,
-            taken: VecDeque::new(),
-            done: false,
-            control: Some(control),
-            control_wake,
-            control_waker,
-            held: None,
-        }
-    }
-
-    /// Everything queued, encoded; `None` when nothing is (or the queue is done).
-    fn take(&mut self, cx: &mut TaskContext<'_>) -> Option<Bytes> {
-        if self.done {
-            return None;
-        }
-        // A close is seen under the same lock as the frames queued before it: they all go first.
-        let closed = self.queue.take_all(&mut self.taken, cx.waker());
-        let size: usize = self.taken.iter().map(|Outbound::Text(t)| t.len() + 10).sum();
-        let mut buf = BytesMut::with_capacity(size);
-        for Outbound::Text(t) in self.taken.drain(..) {
-            put_frame(&mut buf, 0x1, &[t.as_bytes()]);
-        }
-        if self.taken.capacity() > OUTLET_KEEP {
-            self.taken = VecDeque::new();
-        }
-        self.done = closed;
-        (!buf.is_empty()).then(|| buf.freeze())
-    }
-}
-
-/// Appends one unmasked (server-to-client) frame with FIN set.
-fn put_frame(buf: &mut BytesMut, opcode: u8, payload: &[&[u8]]) {
-    let len: usize = payload.iter().map(|p| p.len()).sum();
-    buf.reserve(len + 10);
-    buf.put_u8(0x80 | opcode);
-    if len < 126 {
-        buf.put_u8(len as u8);
-    } else if len <= usize::from(u16::MAX) {
-        buf.put_u8(126);
-        buf.put_u16(len as u16);
-    } else {
-        buf.put_u8(127);
-        buf.put_u64(len as u64);
-    }
-    for p in payload {
-        buf.put_slice(p);
-    }
-}
-
-/// Whether a chunk of encoded server frames (unmasked) holds a close frame.
-fn holds_close(mut b: &[u8]) -> bool {
-    while b.len() >= 2 {
-        if b[0] & 0x0f == 0x8 {
-            return true;
-        }
-        let (head, len): (usize, usize) = match b[1] & 0x7f {
-            126 if b.len() >= 4 => (4, usize::from(u16::from_be_bytes([b[2], b[3]]))),
-            127 if b.len() >= 10 => {
-                let mut n = [0u8; 8];
-                n.copy_from_slice(&b[2..10]);
-                (10, usize::try_from(u64::from_be_bytes(n)).unwrap_or(usize::MAX))
-            }
-            126 | 127 => return false,
-            n => (2, usize::from(n)),
-        };
-        b = &b[head.saturating_add(len).min(b.len())..];
-    }
-    false
-}
-
-impl futures_util::Stream for Outlet {
-    type Item = Result<Bytes, Box<dyn std::error::Error>>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        let this = self.get_mut();
-        if let Some(data) = this.take(cx) {
-            return Poll::Ready(Some(Ok(data)));
-        }
-        if this.held.is_some() {
-            // Only frames queued before the close were left, and they were just taken.
-            return match this.done {
-                true => Poll::Ready(this.held.take().map(Ok)),
-                false => Poll::Pending,
-            };
-        }
-        let Some(control) = this.control.as_mut() else {
-            return if this.done { Poll::Ready(None) } else { Poll::Pending };
-        };
-        // Registered before the flag is read: a wake-up in between is not lost.
-        this.control_wake.task.register(cx.waker());
-        if !this.control_wake.ready.swap(false, std::sync::atomic::Ordering::AcqRel) {
-            return Poll::Pending;
-        }
-        let polled = control.as_mut().poll_next(&mut TaskContext::from_waker(&this.control_waker));
-        if polled.is_ready() {
-            // It may have more without waking (actix-ws ends its body after the close frame).
-            this.control_wake.ready.store(true, std::sync::atomic::Ordering::Release);
-        }
-        match polled {
-            Poll::Ready(Some(Ok(chunk))) if !this.done && holds_close(&chunk) => {
-                // The queue was closed before this close frame was sent: drain it first.
-                this.held = Some(chunk);
-                match this.take(cx) {
-                    Some(data) => Poll::Ready(Some(Ok(data))),
-                    None if this.done => Poll::Ready(this.held.take().map(Ok)),
-                    None => Poll::Pending,
-                }
-            }
-            Poll::Ready(Some(item)) => Poll::Ready(Some(item)),
-            Poll::Ready(None) => {
-                // actix-ws's body ended (after the close frame, or every `Session` was dropped).
-                this.control = None;
-                if this.done {
-                    Poll::Ready(None)
-                } else {
-                    Poll::Pending
-                }
-            }
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl Drop for Outlet {
-    fn drop(&mut self) {
-        self.queue.close();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use futures_util::StreamExt;
-
-    fn frame(opcode: u8, payload: &[u8]) -> BytesMut {
-        let mut b = BytesMut::new();
-        put_frame(&mut b, opcode, &[payload]);
-        b
-    }
-
-    #[test]
-    fn a_close_frame_is_found_among_other_frames() {
-        let mut chunk = frame(0x1, &[b'x'; 200]);
-        chunk.extend_from_slice(&frame(0xA, b"pong"));
-        assert!(!holds_close(&chunk));
-        chunk.extend_from_slice(&frame(0x8, &1000u16.to_be_bytes()));
-        assert!(holds_close(&chunk));
-        let mut big = frame(0x1, &vec![b'y'; 70_000]);
-        assert!(!holds_close(&big), "a 64-bit length is skipped whole");
-        big.extend_from_slice(&frame(0x8, &[]));
-        assert!(holds_close(&big));
-    }
-
-    /// The close frame reaches actix-ws's body after the session closed its queue; when it
-    /// arrives while the outlet still saw the queue open, what was queued meanwhile goes first.
-    #[tokio::test]
-    async fn the_close_frame_goes_after_every_frame_queued_before_it() {
-        let queue = Arc::new(OutQueue::new(16));
-        let q = queue.clone();
-        let close = frame(0x8, &1001u16.to_be_bytes()).freeze();
-        let sent = close.clone();
-        // actix-ws's body as the race makes it look: when first polled, the session queues a
-        // last frame, closes its queue and sends the close frame, all after the outlet's take.
-        let mut first = true;
-        let control: ControlBody = Box::pin(futures_util::stream::poll_fn(move |_| {
-            if !std::mem::take(&mut first) {
-                return Poll::Ready(None);
-            }
-            q.try_send(Outbound::Text(ByteString::from_static("late"))).unwrap();
-            q.close();
-            Poll::Ready(Some(Ok(sent.clone())))
-        }));
-        queue.try_send(Outbound::Text(ByteString::from_static("early"))).unwrap();
-        let mut outlet = Outlet::new(queue, control);
-        let mut written = BytesMut::new();
-        while let Some(chunk) = outlet.next().await {
-            written.extend_from_slice(&chunk.unwrap());
-        }
-        let mut want = frame(0x1, b"early");
-        want.extend_from_slice(&frame(0x1, b"late"));
-        want.extend_from_slice(&close);
-        assert_eq!(written, want);
-    }
-
-    /// Control frames are polled only when actix-ws's body woke: one sent while the outlet waits
-    /// wakes it and goes out; the data queue keeps working meanwhile.
-    #[tokio::test]
-    async fn control_frames_sent_later_wake_the_outlet() {
-        let queue = Arc::new(OutQueue::new(16));
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
-        let control: ControlBody =
-            Box::pin(futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx).map(|b| b.map(Ok))));
-        let mut outlet = Outlet::new(queue.clone(), control);
-        let quiet = std::time::Duration::from_millis(50);
-        assert!(tokio::time::timeout(quiet, outlet.next()).await.is_err(), "nothing to write yet");
-        queue.try_send(Outbound::Text(ByteString::from_static("data"))).unwrap();
-        let got = tokio::time::timeout(quiet, outlet.next()).await.expect("data written").unwrap().unwrap();
-        assert_eq!(got, frame(0x1, b"data"));
-        let ping = frame(0x9, b"").freeze();
-        let sender = tokio::spawn({
-            let ping = ping.clone();
-            async move {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                tx.send(ping).await.unwrap();
-                tx
-            }
-        });
-        let got = tokio::time::timeout(std::time::Duration::from_secs(2), outlet.next())
-            .await
-            .expect("the control frame woke the outlet")
-            .unwrap()
-            .unwrap();
-        assert_eq!(got, ping);
-        queue.close();
-        drop(sender.await.unwrap());
-        assert!(tokio::time::timeout(std::time::Duration::from_secs(2), outlet.next()).await.unwrap().is_none());
     }
 }

@@ -219,7 +219,7 @@ pub async fn serve() -> HttpResponse {
 mod tests {
     use serde_json::Value;
 
-    const COMMITTED: &str = include_str!("../../docs/openapi.json");
+    const COMMITTED: &str = include_str!("../../../docs/openapi.json");
 
     #[test]
     fn committed_openapi_matches_the_code() {
