@@ -9,12 +9,13 @@
 //!   the WebSocket endpoint and its sessions (`http::ws`), the signed integration API under
 //!   `/api/v1` (`http::api`), and what is done with a TCP connection first (`http::conn`).
 //! - [`webhooks`]: delivering the outbox to backends, and the `before_send` check.
-//! - [`server`]: assembling and running a node.
+//! - [`server`]: assembling and running a node; [`runtime`]: a tokio runtime of a component's own.
 
 pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod http;
+pub mod runtime;
 pub mod server;
 pub mod store;
 pub mod webhooks;

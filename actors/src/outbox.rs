@@ -79,6 +79,39 @@ pub struct NewEvent {
     pub data: serde_json::Value,
 }
 
+/// A change a store wrote, as both stores name it for its webhook event: the one place that
+/// decides which change emits which event (a re-send or a recall that changed nothing emits none).
+pub enum Change<'a> {
+    Appended(&'a crate::store::Appended),
+    Recalled(&'a crate::store::Recalled),
+    GroupCreated(&'a Group, &'a Message),
+    MembersChanged {
+        group_id: &'a str,
+        message: &'a Message,
+    },
+    /// A profile update, role change or dismissal: `kind` is its event type.
+    Group {
+        kind: &'static str,
+        group: &'a Group,
+        message: &'a Message,
+    },
+}
+
+impl Change<'_> {
+    /// The change's webhook event, if it emits one.
+    pub fn event(&self) -> Option<NewEvent> {
+        Some(match self {
+            Change::Appended(a) if a.duplicate => return None,
+            Change::Appended(a) => NewEvent::sent(&a.message),
+            Change::Recalled(r) if !r.changed => return None,
+            Change::Recalled(r) => NewEvent::recalled(&r.message, crate::clock::now_ms()),
+            Change::GroupCreated(g, m) => NewEvent::group_created(g, m),
+            Change::MembersChanged { group_id, message } => NewEvent::members_changed(group_id, message),
+            Change::Group { kind, group, message } => NewEvent::group(kind, group, message),
+        })
+    }
+}
+
 impl NewEvent {
     pub fn with_id(self, id: u64) -> OutboxEvent {
         OutboxEvent {

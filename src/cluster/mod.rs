@@ -26,6 +26,7 @@ pub mod link;
 pub mod presence;
 pub mod redis;
 
+use crate::runtime::OwnedRuntime;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, RwLock};
@@ -331,18 +332,6 @@ fn group_by_node(
     per_node.sort_unstable_by(|a, b| a.0.cmp(&b.0));
 }
 
-/// Shuts its runtime down without blocking when dropped (a runtime may not be dropped inside
-/// another one's async context).
-struct OwnedRuntime(Option<tokio::runtime::Runtime>);
-
-impl Drop for OwnedRuntime {
-    fn drop(&mut self) {
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
 /// State shared by the handle and the tasks.
 pub(crate) struct Inner {
     pub(crate) node_id: String,
@@ -390,15 +379,10 @@ impl Cluster {
     /// is unreachable and joins once it answers. Received batches and events arrive on the
     /// returned queue (capacity `opts.inbox`).
     pub fn start(opts: ClusterOptions) -> Result<(Cluster, mpsc::Receiver<Incoming>), ClusterError> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("confab-cluster")
-            .enable_all()
-            .build()
+        let rt = OwnedRuntime::new("confab-cluster", 1)
             .map_err(|e| ClusterError::Config(format!("cannot start the cluster runtime: {e}")))?;
-        let rt = OwnedRuntime(Some(rt));
-        let handle = match &rt.0 {
-            Some(rt) => rt.handle().clone(),
+        let handle = match rt.handle() {
+            Some(h) => h,
             None => return Err(ClusterError::Closed),
         };
         let metrics = Arc::new(ClusterMetrics::default());

@@ -56,9 +56,9 @@
 mod groups;
 mod health;
 mod ops;
-mod outbox;
+pub(crate) mod outbox;
 mod reads;
-mod tables;
+pub(crate) mod tables;
 mod users;
 mod writer;
 
@@ -67,14 +67,14 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use super::QueuedGuard;
+use super::WriteQueue;
 use async_trait::async_trait;
 use confab_actors::error::StoreError;
 use confab_actors::metrics::Metrics;
 use confab_actors::model::{
     Changes, Conversation, ConversationView, FlagsPatch, Group, Member, Message, User, UserConvState, UserPatch,
 };
-use confab_actors::outbox::NewEvent;
+use confab_actors::outbox::Change;
 use confab_actors::store::{
     Appended, GroupDismiss, GroupUpdate, HistoryQuery, MemberChange, NewGroup, NewMessage, Recalled, RoleChange, Store,
     StoreResult,
@@ -92,9 +92,8 @@ pub const DB_FILE: &str = "confab.redb";
 pub struct EmbeddedStore {
     /// The database, shared with the writer, which re-opens it after an I/O error (`health`).
     db: Arc<health::Handle>,
-    metrics: Arc<Metrics>,
-    /// The writer's queue; `None` once closed.
-    queue: Mutex<Option<mpsc::Sender<BoxedJob>>>,
+    /// The writer's queue.
+    queue: WriteQueue<BoxedJob>,
     /// The writer thread; taken by `close` or `Drop` to join it.
     thread: Mutex<Option<JoinHandle<()>>>,
     /// Webhooks are on: changes also write their outbox event (see `outbox`).
@@ -111,11 +110,9 @@ impl EmbeddedStore {
     ) -> StoreResult<(Group, Message)> {
         let emit = self.outbox.load(Relaxed);
         self.write(move |txn| {
-            let (g, m) = op(txn, change)?;
-            if emit {
-                outbox::push(txn, NewEvent::group(kind, &g, &m))?;
-            }
-            Ok((g, m))
+            let (group, message) = op(txn, change)?;
+            emit_event(txn, emit, Change::Group { kind, group: &group, message: &message })?;
+            Ok((group, message))
         })
         .await
     }
@@ -132,8 +129,7 @@ impl EmbeddedStore {
             .map_err(|e| StoreError::Unavailable(format!("cannot start the store writer: {e}")))?;
         Ok(EmbeddedStore {
             db,
-            metrics,
-            queue: Mutex::new(Some(tx)),
+            queue: WriteQueue::new(tx, metrics),
             thread: Mutex::new(Some(thread)),
             outbox: std::sync::atomic::AtomicBool::new(false),
         })
@@ -143,7 +139,7 @@ impl EmbeddedStore {
     /// end. Later writes fail with `Unavailable`; reads keep working until the store is dropped
     /// (which releases the file).
     pub async fn close(&self) {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.queue.close();
         let handle = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(handle) = handle {
             let joined = tokio::task::spawn_blocking(move || handle.join()).await;
@@ -164,20 +160,9 @@ impl EmbeddedStore {
 
     /// Queues a job for the writer thread and waits for its answer (after the commit).
     async fn submit<T>(&self, (job, reply): (BoxedJob, oneshot::Receiver<StoreResult<T>>)) -> StoreResult<T> {
-        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let Some(queue) = queue else {
-            return Err(StoreError::Unavailable("the store is closed".into()));
-        };
         // Fails at once while the database is closed for recovery, without queueing.
         self.db.db()?;
-        self.metrics.store_queue_depth.fetch_add(1, Relaxed);
-        let mut guard = QueuedGuard { metrics: &self.metrics, armed: true };
-        if queue.send(job).await.is_err() {
-            return Err(StoreError::Unavailable("the store writer has stopped".into()));
-        }
-        guard.armed = false;
-        drop(guard);
-        drop(queue);
+        self.queue.send(job).await?;
         reply.await.map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?
     }
 
@@ -204,15 +189,17 @@ impl EmbeddedStore {
 
     /// Queues an empty write without waiting for it (nobody needs its answer).
     fn queue_check(&self) {
-        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        if let Some(queue) = queue {
-            let (job, _answer) = writer::job(|_txn: &WriteTransaction| Ok(()));
-            self.metrics.store_queue_depth.fetch_add(1, Relaxed);
-            if queue.try_send(job).is_err() {
-                self.metrics.store_queue_depth.fetch_sub(1, Relaxed);
-            }
-        }
+        let (job, _answer) = writer::job(|_txn: &WriteTransaction| Ok(()));
+        self.queue.try_send(job);
     }
+}
+
+/// With webhooks on (`emit`), writes the change's event in the change's transaction.
+fn emit_event(txn: &WriteTransaction, emit: bool, change: Change<'_>) -> StoreResult<()> {
+    if let Some(event) = change.event().filter(|_| emit) {
+        outbox::push(txn, event)?;
+    }
+    Ok(())
 }
 
 /// Creates every table that does not exist yet.
@@ -238,7 +225,7 @@ impl Drop for EmbeddedStore {
     /// Closes the queue and joins the writer thread, so that the database file is released once
     /// the store is gone. The writer only has to finish what is queued, so this is short.
     fn drop(&mut self) {
-        self.queue.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        self.queue.close();
         if let Some(handle) = self.thread.get_mut().unwrap_or_else(|p| p.into_inner()).take() {
             if handle.join().is_err() {
                 tracing::error!("the store writer thread panicked");
@@ -250,7 +237,7 @@ impl Drop for EmbeddedStore {
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn ping(&self) -> StoreResult<()> {
-        let open = self.queue.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|q| !q.is_closed());
+        let open = self.queue.is_open();
         if !open {
             return Err(StoreError::Unavailable("the store writer is not running".into()));
         }
@@ -268,10 +255,8 @@ impl Store for EmbeddedStore {
         let emit = self.outbox.load(Relaxed);
         self.submit(writer::batch_job(move |batch: &mut writer::Batch<'_>| {
             let a = batch.appender()?.append(msg)?;
-            if emit && !a.duplicate {
-                // The outbox's tables are not the appender's.
-                outbox::push(batch.txn_beside_appender(), NewEvent::sent(&a.message))?;
-            }
+            // The outbox's tables are not the appender's.
+            emit_event(batch.txn_beside_appender(), emit, Change::Appended(&a))?;
             Ok(a)
         }))
         .await
@@ -293,9 +278,7 @@ impl Store for EmbeddedStore {
         let emit = self.outbox.load(Relaxed);
         self.write(move |txn| {
             let r = ops::recall(txn, &conv_id, seq, &by)?;
-            if emit && r.changed {
-                outbox::push(txn, NewEvent::recalled(&r.message, confab_actors::clock::now_ms()))?;
-            }
+            emit_event(txn, emit, Change::Recalled(&r))?;
             Ok(r)
         })
         .await
@@ -350,9 +333,7 @@ impl Store for EmbeddedStore {
         let emit = self.outbox.load(Relaxed);
         self.write(move |txn| {
             let (g, m) = ops::create_group(txn, g)?;
-            if emit {
-                outbox::push(txn, NewEvent::group_created(&g, &m))?;
-            }
+            emit_event(txn, emit, Change::GroupCreated(&g, &m))?;
             Ok((g, m))
         })
         .await
@@ -373,9 +354,7 @@ impl Store for EmbeddedStore {
         let group_id = c.group_id.clone();
         self.write(move |txn| {
             let m = ops::change_members(txn, c)?;
-            if emit {
-                outbox::push(txn, NewEvent::members_changed(&group_id, &m))?;
-            }
+            emit_event(txn, emit, Change::MembersChanged { group_id: &group_id, message: &m })?;
             Ok(m)
         })
         .await

@@ -36,12 +36,12 @@ mod tx;
 mod users;
 mod writer;
 
+use crate::runtime::OwnedRuntime;
 use std::future::Future;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::QueuedGuard;
+use super::WriteQueue;
 use async_trait::async_trait;
 use confab_actors::error::StoreError;
 use confab_actors::metrics::Metrics;
@@ -95,22 +95,10 @@ impl MongoOptions {
     }
 }
 
-/// Shuts its runtime down without blocking when dropped (a runtime may not be dropped inside
-/// another one's async context, where stores are usually dropped).
-struct OwnedRuntime(Option<tokio::runtime::Runtime>);
-
-impl Drop for OwnedRuntime {
-    fn drop(&mut self) {
-        if let Some(rt) = self.0.take() {
-            rt.shutdown_background();
-        }
-    }
-}
-
 /// The MongoDB store. See the module documentation.
 pub struct MongoStore {
     conn: Arc<Conn>,
-    queue: Mutex<Option<mpsc::Sender<Job>>>,
+    queue: WriteQueue<Job>,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     handle: tokio::runtime::Handle,
     /// Declared last: dropped after everything that uses it.
@@ -126,14 +114,9 @@ impl MongoStore {
     /// writer. Fails on an unusable URI or when MongoDB refuses the set-up (authentication,
     /// conflicting indexes); an unreachable MongoDB is not an error here.
     pub async fn open(opts: MongoOptions, metrics: Arc<Metrics>) -> StoreResult<MongoStore> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("confab-mongo")
-            .enable_all()
-            .build()
+        let rt = OwnedRuntime::new("confab-mongo", 2)
             .map_err(|e| StoreError::Unavailable(format!("cannot start the MongoDB runtime: {e}")))?;
-        let handle = rt.handle().clone();
-        let rt = OwnedRuntime(Some(rt));
+        let handle = rt.handle().ok_or_else(|| StoreError::Unavailable("the MongoDB runtime is gone".into()))?;
         let task_failed =
             |e: tokio::task::JoinError| StoreError::Unavailable(format!("MongoDB set-up task failed: {e}"));
         let conn = handle.spawn(async move { Conn::connect(&opts, metrics).await }).await.map_err(task_failed)??;
@@ -152,13 +135,19 @@ impl MongoStore {
 
         let (tx, rx) = mpsc::channel(writer::QUEUE_CAPACITY);
         let writer = handle.spawn(writer::run(conn.clone(), rx));
-        Ok(MongoStore { conn, queue: Mutex::new(Some(tx)), writer: Mutex::new(Some(writer)), handle, _rt: rt })
+        Ok(MongoStore {
+            queue: WriteQueue::new(tx, conn.metrics.clone()),
+            conn,
+            writer: Mutex::new(Some(writer)),
+            handle,
+            _rt: rt,
+        })
     }
 
     /// Stops accepting writes and waits until the writer has committed what is queued. Later writes
     /// fail with `Unavailable`; reads keep working until the store is dropped.
     pub async fn close(&self) {
-        self.queue.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.queue.close();
         let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(w) = writer {
             if w.await.is_err() {
@@ -194,20 +183,8 @@ impl MongoStore {
     /// Queues a write for the writer and waits until it is committed (or has failed).
     async fn write(&self, op: Op) -> StoreResult<Answer> {
         self.conn.check_breaker()?;
-        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let Some(queue) = queue else {
-            return Err(StoreError::Unavailable("the store is closed".into()));
-        };
         let (reply, answer) = oneshot::channel();
-        let metrics = &self.conn.metrics;
-        metrics.store_queue_depth.fetch_add(1, Relaxed);
-        let mut guard = QueuedGuard { metrics, armed: true };
-        if queue.send(Job { op, reply, enqueued: Instant::now() }).await.is_err() {
-            return Err(StoreError::Unavailable("the store writer has stopped".into()));
-        }
-        guard.armed = false;
-        drop(guard);
-        drop(queue);
+        self.queue.send(Job { op, reply, enqueued: Instant::now() }).await?;
         answer.await.map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?
     }
 }
@@ -216,14 +193,14 @@ impl Drop for MongoStore {
     /// Closes the queue; the runtime (and with it the writer and the client) shuts down without
     /// blocking. Nobody waits for an answer any more: every caller holds a reference to the store.
     fn drop(&mut self) {
-        self.queue.get_mut().unwrap_or_else(|p| p.into_inner()).take();
+        self.queue.close();
     }
 }
 
 #[async_trait]
 impl Store for MongoStore {
     async fn ping(&self) -> StoreResult<()> {
-        let open = self.queue.lock().unwrap_or_else(|p| p.into_inner()).as_ref().is_some_and(|q| !q.is_closed());
+        let open = self.queue.is_open();
         if !open {
             return Err(StoreError::Unavailable("the store writer is not running".into()));
         }
@@ -254,7 +231,7 @@ impl Store for MongoStore {
 
     async fn recall(&self, conv_id: &str, seq: u64, by: &str) -> StoreResult<Recalled> {
         match self.write(Op::Recall { conv_id: conv_id.to_owned(), seq, by: by.to_owned() }).await? {
-            Answer::Recalled(message, changed) => Ok(Recalled { message, changed }),
+            Answer::Recalled(r) => Ok(r),
             _ => Err(unexpected()),
         }
     }

@@ -1153,6 +1153,32 @@ pub async fn check_persisted_read(s: DynStore) {
 }
 
 /// Runs every generic check on a fresh embedded store, plus the embedded-only checks.
+/// The conformance checks every store passes, listed once: `checks!(m)` calls `m!(check, …)`.
+macro_rules! checks {
+    ($apply:ident) => {
+        $apply!(
+            check_concurrent_appends_are_contiguous,
+            check_dedupe,
+            check_direct_auto_creation,
+            check_not_found,
+            check_history_paging,
+            check_delete_for_user_and_changes,
+            check_recall_and_changes,
+            check_recall_scrubs_quotes,
+            check_former_members_see_up_to_their_leaving,
+            check_mark_read,
+            check_set_flags,
+            check_list_conversations_paging,
+            check_create_group,
+            check_change_members,
+            check_ver_increases,
+            check_users,
+            check_group_update_roles_dismiss,
+            check_system_dedupe,
+        );
+    };
+}
+
 mod embedded {
     use std::sync::atomic::Ordering::Relaxed;
 
@@ -1176,26 +1202,7 @@ mod embedded {
         )*};
     }
 
-    conformance!(
-        check_concurrent_appends_are_contiguous,
-        check_dedupe,
-        check_direct_auto_creation,
-        check_not_found,
-        check_history_paging,
-        check_delete_for_user_and_changes,
-        check_recall_and_changes,
-        check_recall_scrubs_quotes,
-        check_former_members_see_up_to_their_leaving,
-        check_mark_read,
-        check_set_flags,
-        check_list_conversations_paging,
-        check_create_group,
-        check_change_members,
-        check_ver_increases,
-        check_users,
-        check_group_update_roles_dismiss,
-        check_system_dedupe,
-    );
+    checks!(conformance);
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn check_outbox() {
@@ -1319,24 +1326,5 @@ mod mongodb {
         )*};
     }
 
-    conformance!(
-        check_concurrent_appends_are_contiguous,
-        check_dedupe,
-        check_direct_auto_creation,
-        check_not_found,
-        check_history_paging,
-        check_delete_for_user_and_changes,
-        check_recall_and_changes,
-        check_recall_scrubs_quotes,
-        check_former_members_see_up_to_their_leaving,
-        check_mark_read,
-        check_set_flags,
-        check_list_conversations_paging,
-        check_create_group,
-        check_change_members,
-        check_ver_increases,
-        check_users,
-        check_group_update_roles_dismiss,
-        check_system_dedupe,
-    );
+    checks!(conformance);
 }

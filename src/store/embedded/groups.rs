@@ -1,9 +1,8 @@
 //! Group changes other than membership: profile updates, roles, dismissal. Like every write
 //! operation, each checks everything that can fail with a domain error before its first write.
 
-use confab_actors::error::StoreError;
 use confab_actors::model::{group_conv_id, Body, Conversation, Group, Member, Message, Role, UserConvState};
-use confab_actors::store::{GroupDismiss, GroupUpdate, RoleChange, StoreResult};
+use confab_actors::store::{group_conversation, live_group, GroupDismiss, GroupUpdate, RoleChange, StoreResult};
 use redb::{ReadableTable, WriteTransaction};
 
 use super::tables::{
@@ -13,13 +12,9 @@ use super::tables::{
 /// The group (not dismissed) and its conversation, or the domain error.
 fn load(txn: &WriteTransaction, group_id: &str) -> StoreResult<(Group, Conversation)> {
     let groups = txn.open_table(GROUPS).map_err(unavailable)?;
-    let group: Group = get_json(&groups, group_id)?.ok_or_else(|| not_found(format!("group {group_id}")))?;
-    if group.dismissed {
-        return Err(StoreError::Conflict(format!("group {group_id} is dismissed")));
-    }
+    let group = live_group(get_json(&groups, group_id)?, group_id)?;
     let convs = txn.open_table(CONVS).map_err(unavailable)?;
-    let conv: Conversation = get_json(&convs, group_conv_id(group_id).as_str())?
-        .ok_or_else(|| StoreError::Unavailable(format!("group {group_id} has no conversation")))?;
+    let conv = group_conversation(get_json(&convs, group_conv_id(group_id).as_str())?, group_id)?;
     Ok((group, conv))
 }
 
@@ -33,16 +28,7 @@ fn finish(
     ver: u64,
 ) -> StoreResult<(Group, Message)> {
     let seq = conv.last_seq + 1;
-    let message = Message {
-        conv_id: conv.conv_id.clone(),
-        seq,
-        sender: None,
-        client_msg_id: None,
-        body,
-        reply_to: None,
-        ts,
-        ver,
-    };
+    let message = Message::system(conv.conv_id.clone(), seq, body, ts, ver);
     let mut messages = txn.open_table(MESSAGES).map_err(unavailable)?;
     put_json(&mut messages, (conv.conv_id.as_str(), seq), &message)?;
     conv.last_seq = seq;

@@ -7,9 +7,11 @@
 
 use confab_actors::error::StoreError;
 use confab_actors::model::{
-    group_conv_id, Body, ConvKind, Conversation, FlagsPatch, Group, Member, Message, Role, UserConvState,
+    group_conv_id, Body, ConvKind, Conversation, FlagsPatch, Group, Member, Message, UserConvState,
 };
-use confab_actors::store::{Appended, MemberChange, NewGroup, NewMessage, Recalled, StoreResult};
+use confab_actors::store::{
+    group_conversation, live_group, Appended, MemberChange, NewGroup, NewMessage, Recalled, StoreResult,
+};
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
@@ -149,7 +151,7 @@ impl<'t> Appender<'t> {
 
         // 2. Find or create the conversation (checks only; writes come after).
         let conv_id = m.conv_id.as_str();
-        let participants = direct_participants(&m);
+        let participants = m.participants();
         let last_seq = match self.conversation(conv_id)? {
             Some((conv, _)) => conv.last_seq,
             None if m.direct_members.is_some() => {
@@ -218,19 +220,6 @@ impl<'t> Appender<'t> {
         conv.ver = ver;
         *changed = true;
         Ok(Appended { message, duplicate: false })
-    }
-}
-
-/// The two users of a direct conversation, sorted (none for a group).
-fn direct_participants(m: &NewMessage) -> Vec<String> {
-    match &m.direct_members {
-        Some((a, b)) => {
-            let mut p = vec![a.clone(), b.clone()];
-            p.sort();
-            p.dedup();
-            p
-        }
-        None => Vec::new(),
     }
 }
 
@@ -374,63 +363,28 @@ pub(super) fn create_group(txn: &WriteTransaction, g: NewGroup) -> StoreResult<(
     if convs.get(conv_id.as_str()).map_err(unavailable)?.is_some() {
         return Err(StoreError::Conflict(format!("conversation {conv_id} already exists")));
     }
-
-    let mut users: Vec<(String, Role)> = vec![(g.owner.clone(), Role::Owner)];
-    for u in &g.members {
-        if !users.iter().any(|(x, _)| x == u) {
-            users.push((u.clone(), Role::Member));
-        }
-    }
-
     let mut meta = txn.open_table(META).map_err(unavailable)?;
     let mut members = txn.open_table(MEMBERS).map_err(unavailable)?;
     let mut rows = txn.open_table(USER_CONVS).map_err(unavailable)?;
     let mut conv_users = txn.open_table(CONV_USERS).map_err(unavailable)?;
     let mut messages = txn.open_table(MESSAGES).map_err(unavailable)?;
-    let ver = next_ver(&mut meta)?;
-
-    for (user, role) in &users {
-        let member = Member { user_id: user.clone(), role: *role, joined_at: g.ts };
-        put_json(&mut members, (g.id.as_str(), user.as_str()), &member)?;
-        let state = UserConvState { active: true, ver, ..UserConvState::default() };
-        put_row(&mut rows, &mut conv_users, user, &conv_id, &state)?;
+    let plan = g.plan(next_ver(&mut meta)?);
+    for m in &plan.members {
+        put_json(&mut members, (g.id.as_str(), m.user_id.as_str()), m)?;
+        put_row(&mut rows, &mut conv_users, &m.user_id, &conv_id, &plan.row)?;
     }
-    let group = Group::new(g.id.clone(), g.name, g.owner, g.ts, users.len() as u64);
-    put_json(&mut groups, g.id.as_str(), &group)?;
-    let message = Message {
-        conv_id: conv_id.clone(),
-        seq: 1,
-        sender: None,
-        client_msg_id: None,
-        body: g.system_body,
-        reply_to: None,
-        ts: g.ts,
-        ver,
-    };
-    put_json(&mut messages, (conv_id.as_str(), 1u64), &message)?;
-    let conv = Conversation {
-        conv_id: conv_id.clone(),
-        kind: ConvKind::Group,
-        members: Vec::new(),
-        group_id: Some(g.id),
-        last_seq: 1,
-        ver,
-    };
-    put_json(&mut convs, conv_id.as_str(), &conv)?;
-    Ok((group, message))
+    put_json(&mut groups, g.id.as_str(), &plan.group)?;
+    put_json(&mut messages, (conv_id.as_str(), 1u64), &plan.message)?;
+    put_json(&mut convs, conv_id.as_str(), &plan.conv)?;
+    Ok((plan.group, plan.message))
 }
 
 pub(super) fn change_members(txn: &WriteTransaction, c: MemberChange) -> StoreResult<Message> {
     let mut groups = txn.open_table(GROUPS).map_err(unavailable)?;
-    let mut group: Group =
-        get_json(&groups, c.group_id.as_str())?.ok_or_else(|| not_found(format!("group {}", c.group_id)))?;
-    if group.dismissed {
-        return Err(StoreError::Conflict(format!("group {} is dismissed", c.group_id)));
-    }
+    let mut group = live_group(get_json(&groups, c.group_id.as_str())?, &c.group_id)?;
     let conv_id = group_conv_id(&c.group_id);
     let mut convs = txn.open_table(CONVS).map_err(unavailable)?;
-    let mut conv: Conversation = get_json(&convs, conv_id.as_str())?
-        .ok_or_else(|| StoreError::Unavailable(format!("group {} has no conversation", c.group_id)))?;
+    let mut conv = group_conversation(get_json(&convs, conv_id.as_str())?, &c.group_id)?;
 
     let mut meta = txn.open_table(META).map_err(unavailable)?;
     let mut members = txn.open_table(MEMBERS).map_err(unavailable)?;
@@ -439,49 +393,34 @@ pub(super) fn change_members(txn: &WriteTransaction, c: MemberChange) -> StoreRe
     let mut messages = txn.open_table(MESSAGES).map_err(unavailable)?;
     let ver = next_ver(&mut meta)?;
     let seq = conv.last_seq + 1;
-    let gid = c.group_id.as_str();
-    let conv_key = conv_id.as_str();
-    let mut count = group.member_count;
-
-    for (user, role) in &c.add {
-        if members.get((gid, user.as_str())).map_err(unavailable)?.is_some() {
-            continue;
+    let (gid, conv_key) = (c.group_id.as_str(), conv_id.as_str());
+    // What the store holds of the users the change names.
+    let mut before_members = HashMap::new();
+    let mut before_rows = HashMap::new();
+    for user in c.add.iter().map(|(u, _)| u).chain(&c.remove) {
+        if let Some(m) = get_json::<_, Member>(&members, (gid, user.as_str()))? {
+            before_members.insert(user.clone(), m);
         }
-        let member = Member { user_id: user.clone(), role: *role, joined_at: c.ts };
-        put_json(&mut members, (gid, user.as_str()), &member)?;
-        count += 1;
-        let mut state: UserConvState = get_json(&rows, (user.as_str(), conv_key))?.unwrap_or_default();
-        state.join(seq, ver);
-        put_row(&mut rows, &mut conv_users, user, conv_key, &state)?;
-    }
-    for user in &c.remove {
-        let was_member = members.remove((gid, user.as_str())).map_err(unavailable)?.is_some();
-        if was_member {
-            count = count.saturating_sub(1);
-        }
-        let row: Option<UserConvState> = get_json(&rows, (user.as_str(), conv_key))?;
-        if let Some(mut state) = row {
-            if state.leave(seq, ver) {
-                put_json(&mut rows, (user.as_str(), conv_key), &state)?;
-            }
+        if let Some(r) = get_json::<_, UserConvState>(&rows, (user.as_str(), conv_key))? {
+            before_rows.insert(user.clone(), r);
         }
     }
-
-    let message = Message {
-        conv_id: conv_id.clone(),
-        seq,
-        sender: None,
-        client_msg_id: None,
-        body: c.system_body,
-        reply_to: None,
-        ts: c.ts,
-        ver,
-    };
+    let delta = c.apply(seq, ver, &before_members, &before_rows, group.member_count);
+    for m in &delta.insert {
+        put_json(&mut members, (gid, m.user_id.as_str()), m)?;
+    }
+    for user in &delta.delete {
+        members.remove((gid, user.as_str())).map_err(unavailable)?;
+    }
+    for (user, state) in &delta.rows {
+        put_row(&mut rows, &mut conv_users, user, conv_key, state)?;
+    }
+    let message = Message::system(conv_id.clone(), seq, c.system_body, c.ts, ver);
     put_json(&mut messages, (conv_key, seq), &message)?;
     conv.last_seq = seq;
     conv.ver = ver;
     put_json(&mut convs, conv_key, &conv)?;
-    group.member_count = count;
+    group.member_count = delta.member_count;
     put_json(&mut groups, gid, &group)?;
     Ok(message)
 }

@@ -21,10 +21,10 @@ use serde::{Deserialize, Serialize};
 
 use super::tables::{decode, encode, get_json, put_json, unavailable};
 
-pub(super) const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
-pub(super) const DELIVERIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("webhook_deliveries");
+pub(crate) const OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
+pub(crate) const DELIVERIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("webhook_deliveries");
 pub(super) const PENDING: TableDefinition<(&str, u64), ()> = TableDefinition::new("webhook_pending");
-pub(super) const WEBHOOK_META: TableDefinition<&str, &[u8]> = TableDefinition::new("webhook_meta");
+pub(crate) const WEBHOOK_META: TableDefinition<&str, &[u8]> = TableDefinition::new("webhook_meta");
 
 const NEXT_ID: &str = "next_id";
 

@@ -10,33 +10,33 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 /// `"ver"` → the store-wide version counter (last `ver` handed out; 0 on a fresh store).
-pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// `conv_id` → `Conversation` (JSON).
-pub(super) const CONVS: TableDefinition<&str, &[u8]> = TableDefinition::new("conversations");
+pub(crate) const CONVS: TableDefinition<&str, &[u8]> = TableDefinition::new("conversations");
 /// `(conv_id, seq)` → `Message` (JSON). Ordered by `seq` within a conversation.
-pub(super) const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
+pub(crate) const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 /// `(sender, client_msg_id)` → `(conv_id, seq)` of the stored message (sender `""` for system
 /// messages sent with a key).
-pub(super) const DEDUPE: TableDefinition<(&str, &str), (&str, u64)> = TableDefinition::new("dedupe");
+pub(crate) const DEDUPE: TableDefinition<(&str, &str), (&str, u64)> = TableDefinition::new("dedupe");
 /// `(user, conv_id)` → `UserConvState` (JSON). A prefix scan on `user` lists their conversations.
-pub(super) const USER_CONVS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("user_convs");
+pub(crate) const USER_CONVS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("user_convs");
 /// `(conv_id, user)` → `()`: every user who ever had a row in the conversation.
-pub(super) const CONV_USERS: TableDefinition<(&str, &str), ()> = TableDefinition::new("conv_users");
+pub(crate) const CONV_USERS: TableDefinition<(&str, &str), ()> = TableDefinition::new("conv_users");
 /// `(conv_id, ver)` → `seq` of the message recalled at that version.
-pub(super) const RECALLS: TableDefinition<(&str, u64), u64> = TableDefinition::new("recalls");
+pub(crate) const RECALLS: TableDefinition<(&str, u64), u64> = TableDefinition::new("recalls");
 /// `(user, conv_id, seq)` → `ver` at which the user deleted that message for themselves.
-pub(super) const DELETIONS: TableDefinition<(&str, &str, u64), u64> = TableDefinition::new("deletions");
+pub(crate) const DELETIONS: TableDefinition<(&str, &str, u64), u64> = TableDefinition::new("deletions");
 /// `group_id` → `Group` (JSON).
-pub(super) const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
+pub(crate) const GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
 /// `(group_id, user)` → `Member` (JSON), active members only.
-pub(super) const MEMBERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("members");
+pub(crate) const MEMBERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("members");
 
 /// `(conv_id, quoted seq, reply seq)` → `()`: the replies to each message, so a recall scrubs
 /// their quotes without a scan.
-pub(super) const REPLIES: TableDefinition<(&str, u64, u64), ()> = TableDefinition::new("replies");
+pub(crate) const REPLIES: TableDefinition<(&str, u64, u64), ()> = TableDefinition::new("replies");
 
 /// `user_id` → `User` (JSON).
-pub(super) const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+pub(crate) const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 
 /// The key of the version counter in [`META`].
 pub(super) const VER_KEY: &str = "ver";

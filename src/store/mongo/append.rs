@@ -51,13 +51,9 @@ pub(crate) fn dedupe_filter(sender: &str, cmid: &str) -> Document {
     }
 }
 
+/// The participants of the one-to-one conversation an append may create (none for a group).
 fn participants(m: &NewMessage) -> Option<Vec<String>> {
-    m.direct_members.as_ref().map(|(a, b)| {
-        let mut p = vec![a.clone(), b.clone()];
-        p.sort();
-        p.dedup();
-        p
-    })
+    Some(m.participants()).filter(|p| !p.is_empty())
 }
 
 fn append_of(op: &Op) -> Option<&NewMessage> {

@@ -4,7 +4,7 @@
 
 use confab_actors::error::StoreError;
 use confab_actors::model::{group_conv_id, Body, Group, Message, Role};
-use confab_actors::store::{GroupDismiss, GroupUpdate, RoleChange};
+use confab_actors::store::{live_group, GroupDismiss, GroupUpdate, RoleChange};
 use mongodb::bson::{doc, Document};
 
 use super::docs::{
@@ -17,13 +17,11 @@ type OpResult = AttemptResult<Result<Answer, StoreError>>;
 impl Tx<'_> {
     /// The group (not dismissed) and its conversation, or the domain error.
     async fn live_group(&mut self, group_id: &str) -> AttemptResult<Result<(Group, ConvDoc), StoreError>> {
-        let Some(group) = self.find_one::<GroupDoc>(GROUPS, doc! { "_id": group_id }).await? else {
-            return Ok(Err(StoreError::NotFound(format!("group {group_id}"))));
+        let group = self.find_one::<GroupDoc>(GROUPS, doc! { "_id": group_id }).await?;
+        let group = match live_group(group.map(GroupDoc::into_group).transpose().map_err(fatal)?, group_id) {
+            Ok(g) => g,
+            Err(e) => return Ok(Err(e)),
         };
-        let group = group.into_group().map_err(fatal)?;
-        if group.dismissed {
-            return Ok(Err(StoreError::Conflict(format!("group {group_id} is dismissed"))));
-        }
         let conv_id = group_conv_id(group_id);
         let Some(conv) = self.find_one::<ConvDoc>(CONVERSATIONS, doc! { "_id": &conv_id }).await? else {
             return Ok(Err(StoreError::Unavailable(format!("group {group_id} has no conversation"))));
@@ -49,16 +47,7 @@ impl Tx<'_> {
         if moved.n_modified != 1 {
             return Err(AttemptError::Stale(vec![conv.id]));
         }
-        let message = Message {
-            conv_id: conv.id.clone(),
-            seq,
-            sender: None,
-            client_msg_id: None,
-            body: body.clone(),
-            reply_to: None,
-            ts,
-            ver,
-        };
+        let message = Message::system(conv.id.clone(), seq, body.clone(), ts, ver);
         self.insert(MESSAGES, &[MessageDoc::from_message(&message).map_err(fatal)?]).await?;
         if !set.is_empty() {
             self.update(GROUPS, vec![stmt(doc! { "_id": &group.id }, doc! { "$set": set }, false)]).await?;

@@ -37,21 +37,13 @@ use super::outbox::{DeliveryDoc, EventDoc, DELIVERIES, OUTBOX, OUTBOX_ID, WEBHOO
 use super::users::UserDoc;
 use super::MongoOptions;
 
-// The embedded store's tables (see `src/store/embedded/tables.rs`; keep in step).
-const E_META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-const E_CONVS: TableDefinition<&str, &[u8]> = TableDefinition::new("conversations");
-const E_MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
-const E_USER_CONVS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("user_convs");
-const E_RECALLS: TableDefinition<(&str, u64), u64> = TableDefinition::new("recalls");
-const E_DELETIONS: TableDefinition<(&str, &str, u64), u64> = TableDefinition::new("deletions");
-const E_GROUPS: TableDefinition<&str, &[u8]> = TableDefinition::new("groups");
-const E_MEMBERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("members");
-const E_USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
-// The webhook outbox (see `src/store/embedded/outbox.rs`). `webhook_pending` is not read: it
-// mirrors the deliveries' state, which is all MongoDB keeps.
-const E_OUTBOX: TableDefinition<u64, &[u8]> = TableDefinition::new("outbox");
-const E_DELIVERIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("webhook_deliveries");
-const E_WEBHOOK_META: TableDefinition<&str, &[u8]> = TableDefinition::new("webhook_meta");
+// The embedded store's own table definitions. `webhook_pending` is not read: it mirrors the
+// deliveries' state, which is all MongoDB keeps.
+use crate::store::embedded::outbox::{DELIVERIES as E_DELIVERIES, OUTBOX as E_OUTBOX, WEBHOOK_META as E_WEBHOOK_META};
+use crate::store::embedded::tables::{
+    CONVS as E_CONVS, DELETIONS as E_DELETIONS, GROUPS as E_GROUPS, MEMBERS as E_MEMBERS, MESSAGES as E_MESSAGES,
+    META as E_META, RECALLS as E_RECALLS, USERS as E_USERS, USER_CONVS as E_USER_CONVS,
+};
 
 /// Statements per `update` command.
 const CHUNK: usize = 1000;

@@ -6,10 +6,8 @@
 use std::collections::{BTreeSet, HashMap};
 
 use confab_actors::error::StoreError;
-use confab_actors::model::{
-    group_conv_id, Body, ConvKind, Conversation, FlagsPatch, Group, Member, Message, ReplyRef, Role, UserConvState,
-};
-use confab_actors::store::{MemberChange, NewGroup};
+use confab_actors::model::{group_conv_id, Body, FlagsPatch, Member, Message, ReplyRef, UserConvState};
+use confab_actors::store::{live_group, MemberChange, NewGroup, Recalled};
 use mongodb::bson::{doc, Document};
 use mongodb::options::ReturnDocument;
 use serde::Deserialize;
@@ -49,7 +47,7 @@ impl Tx<'_> {
         };
         let mut message = stored.into_message().map_err(fatal)?;
         if message.is_recalled() {
-            return Ok(Ok(Answer::Recalled(message, false)));
+            return Ok(Ok(Answer::Recalled(Recalled { message, changed: false })));
         }
         let v = i(ver).map_err(fatal)?;
         // The conversation first: if it is missing, nothing has been written yet.
@@ -82,7 +80,7 @@ impl Tx<'_> {
             )],
         )
         .await?;
-        Ok(Ok(Answer::Recalled(message, true)))
+        Ok(Ok(Answer::Recalled(Recalled { message, changed: true })))
     }
 
     pub async fn mark_read(&mut self, user: &str, conv_id: &str, seq: u64, ver: u64) -> OpResult {
@@ -158,41 +156,23 @@ impl Tx<'_> {
         if self.find_one::<ConvDoc>(CONVERSATIONS, doc! { "_id": &conv_id }).await?.is_some() {
             return Ok(Err(StoreError::Conflict(format!("conversation {conv_id} already exists"))));
         }
-        let mut users: Vec<(String, Role)> = vec![(g.owner.clone(), Role::Owner)];
-        for m in &g.members {
-            if !users.iter().any(|(x, _)| x == m) {
-                users.push((m.clone(), Role::Member));
-            }
-        }
-        let members: Vec<MemberDoc> = users
+        let plan = g.plan(ver);
+        let members: Vec<MemberDoc> = plan
+            .members
             .iter()
-            .map(|(user, role)| MemberDoc { group_id: g.id.clone(), user: user.clone(), role: *role, joined_at: g.ts })
+            .map(|m| MemberDoc {
+                group_id: g.id.clone(),
+                user: m.user_id.clone(),
+                role: m.role,
+                joined_at: m.joined_at,
+            })
             .collect();
-        let state = UserConvState { active: true, ver, ..UserConvState::default() };
-        let mut rows = Vec::with_capacity(users.len());
-        for (user, _) in &users {
-            let row = RowDoc::new(user, &conv_id, &state).map_err(fatal)?.to_document().map_err(fatal)?;
-            rows.push(stmt(doc! { "user": user, "conv_id": &conv_id }, row, true));
+        let mut rows = Vec::with_capacity(plan.members.len());
+        for m in &plan.members {
+            let row = RowDoc::new(&m.user_id, &conv_id, &plan.row).map_err(fatal)?.to_document().map_err(fatal)?;
+            rows.push(stmt(doc! { "user": &m.user_id, "conv_id": &conv_id }, row, true));
         }
-        let group = Group::new(g.id.clone(), g.name.clone(), g.owner.clone(), g.ts, users.len() as u64);
-        let message = Message {
-            conv_id: conv_id.clone(),
-            seq: 1,
-            sender: None,
-            client_msg_id: None,
-            body: g.system_body.clone(),
-            reply_to: None,
-            ts: g.ts,
-            ver,
-        };
-        let conv = Conversation {
-            conv_id: conv_id.clone(),
-            kind: ConvKind::Group,
-            members: Vec::new(),
-            group_id: Some(g.id.clone()),
-            last_seq: 1,
-            ver,
-        };
+        let (group, message, conv) = (plan.group, plan.message, plan.conv);
         self.insert(MEMBERS, &members).await?;
         self.update(USER_CONVS, rows).await?;
         self.insert(GROUPS, &[GroupDoc::from_group(&group).map_err(fatal)?]).await?;
@@ -203,18 +183,17 @@ impl Tx<'_> {
     }
 
     pub async fn change_members(&mut self, c: &MemberChange, ver: u64) -> OpResult {
-        let Some(group) = self.find_one::<GroupDoc>(GROUPS, doc! { "_id": &c.group_id }).await? else {
-            return not_found(format!("group {}", c.group_id));
+        let group = self.find_one::<GroupDoc>(GROUPS, doc! { "_id": &c.group_id }).await?;
+        let group = match live_group(group.map(GroupDoc::into_group).transpose().map_err(fatal)?, &c.group_id) {
+            Ok(g) => g,
+            Err(e) => return Ok(Err(e)),
         };
-        if group.dismissed {
-            return Ok(Err(StoreError::Conflict(format!("group {} is dismissed", c.group_id))));
-        }
         let conv_id = group_conv_id(&c.group_id);
         let Some(conv) = self.find_one::<ConvDoc>(CONVERSATIONS, doc! { "_id": &conv_id }).await? else {
             return Ok(Err(StoreError::Unavailable(format!("group {} has no conversation", c.group_id))));
         };
-        let last_seq = u(conv.last_seq).map_err(fatal)?;
-        let seq = last_seq + 1;
+        let seq = u(conv.last_seq).map_err(fatal)? + 1;
+        // What the store holds of the users the change names.
         let users: Vec<&str> = c
             .add
             .iter()
@@ -225,79 +204,33 @@ impl Tx<'_> {
             .collect();
         let found: Vec<MemberDoc> =
             self.find_all(MEMBERS, doc! { "group_id": &c.group_id, "user": { "$in": &users } }).await?;
-        let before_members: HashMap<String, MemberDoc> = found.into_iter().map(|m| (m.user.clone(), m)).collect();
+        let before_members: HashMap<String, Member> =
+            found.into_iter().map(|m| (m.user.clone(), m.into_member())).collect();
         let found: Vec<RowDoc> =
             self.find_all(USER_CONVS, doc! { "conv_id": &conv_id, "user": { "$in": &users } }).await?;
         let mut before_rows: HashMap<String, UserConvState> = HashMap::new();
         for r in found {
             before_rows.insert(r.user.clone(), r.state().map_err(fatal)?);
         }
-
-        // Apply the change in memory, in the embedded store's order: adds, then removes.
-        let mut members: HashMap<String, Option<Member>> = users
+        let delta = c.apply(seq, ver, &before_members, &before_rows, group.member_count);
+        let inserts: Vec<MemberDoc> = delta
+            .insert
             .iter()
-            .map(|x| ((*x).to_owned(), before_members.get(*x).cloned().map(MemberDoc::into_member)))
+            .map(|m| MemberDoc {
+                group_id: c.group_id.clone(),
+                user: m.user_id.clone(),
+                role: m.role,
+                joined_at: m.joined_at,
+            })
             .collect();
-        let mut rows: HashMap<String, Option<UserConvState>> =
-            users.iter().map(|x| ((*x).to_owned(), before_rows.get(*x).cloned())).collect();
-        let mut count = u(group.member_count).map_err(fatal)?;
-        for (user, role) in &c.add {
-            let slot = members.entry(user.clone()).or_default();
-            if slot.is_some() {
-                continue;
-            }
-            *slot = Some(Member { user_id: user.clone(), role: *role, joined_at: c.ts });
-            count += 1;
-            let row = rows.entry(user.clone()).or_default();
-            let mut state = row.clone().unwrap_or_default();
-            state.join(seq, ver);
-            *row = Some(state);
-        }
-        for user in &c.remove {
-            if members.entry(user.clone()).or_default().take().is_some() {
-                count = count.saturating_sub(1);
-            }
-            if let Some(Some(state)) = rows.get_mut(user) {
-                state.leave(seq, ver);
-            }
-        }
-
-        // Write what changed.
-        let mut inserts: Vec<MemberDoc> = Vec::new();
-        let mut deletes: Vec<&str> = Vec::new();
-        for user in &users {
-            let after = members.get(*user).cloned().flatten();
-            match (before_members.contains_key(*user), after) {
-                (false, Some(m)) => inserts.push(MemberDoc {
-                    group_id: c.group_id.clone(),
-                    user: m.user_id,
-                    role: m.role,
-                    joined_at: m.joined_at,
-                }),
-                (true, None) => deletes.push(user),
-                _ => {}
-            }
-        }
+        let deletes: Vec<&str> = delta.delete.iter().map(String::as_str).collect();
         let mut row_stmts = Vec::new();
-        for user in &users {
-            let after = rows.get(*user).cloned().flatten();
-            if let Some(state) = after {
-                if before_rows.get(*user) != Some(&state) {
-                    let row = RowDoc::new(user, &conv_id, &state).map_err(fatal)?.to_document().map_err(fatal)?;
-                    row_stmts.push(stmt(doc! { "user": *user, "conv_id": &conv_id }, row, true));
-                }
-            }
+        for (user, state) in &delta.rows {
+            let row = RowDoc::new(user, &conv_id, state).map_err(fatal)?.to_document().map_err(fatal)?;
+            row_stmts.push(stmt(doc! { "user": user, "conv_id": &conv_id }, row, true));
         }
-        let message = Message {
-            conv_id: conv_id.clone(),
-            seq,
-            sender: None,
-            client_msg_id: None,
-            body: c.system_body.clone(),
-            reply_to: None,
-            ts: c.ts,
-            ver,
-        };
+        let count = delta.member_count;
+        let message = Message::system(conv_id.clone(), seq, c.system_body.clone(), c.ts, ver);
         let v = i(ver).map_err(fatal)?;
         let moved = self
             .update(

@@ -12,7 +12,7 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use confab_actors::error::StoreError;
 use confab_actors::outbox::{
-    Attempt, Delivery, DeliveryQuery, DeliveryState, NewEvent, OutboxEvent, Replay, Trim, Trimmed,
+    Attempt, Change, Delivery, DeliveryQuery, DeliveryState, NewEvent, OutboxEvent, Replay, Trim, Trimmed,
 };
 use confab_actors::store::StoreResult;
 use mongodb::bson::{doc, Bson, Document};
@@ -160,17 +160,9 @@ pub(crate) async fn record(
         if !on {
             continue;
         }
-        let event = match (op, answer) {
-            (Op::Append(_), Answer::Appended(a)) if !a.duplicate => NewEvent::sent(&a.message),
-            (Op::Recall { .. }, Answer::Recalled(m, true)) => NewEvent::recalled(m, confab_actors::clock::now_ms()),
-            (Op::CreateGroup(_), Answer::Created(g, m)) => NewEvent::group_created(g, m),
-            (Op::ChangeMembers(c), Answer::Message(m)) => NewEvent::members_changed(&c.group_id, m),
-            _ => match group_event(op, answer) {
-                Some(e) => e,
-                None => continue,
-            },
-        };
-        events.push(event);
+        if let Some(event) = change(op, answer).and_then(|c| c.event()) {
+            events.push(event);
+        }
     }
     if events.is_empty() {
         return Ok(());
@@ -202,16 +194,19 @@ pub(crate) async fn record(
 }
 
 /// Events of the group operations that answer `(Group, Message)` besides creation.
-fn group_event(op: &Op, answer: &Answer) -> Option<NewEvent> {
+/// What an operation of a batch changed, named for its webhook event ([`Change::event`]).
+fn change<'a>(op: &'a Op, answer: &'a Answer) -> Option<Change<'a>> {
     use confab_actors::outbox::{GROUP_DISMISSED, GROUP_ROLES_CHANGED, GROUP_UPDATED};
-    let Answer::Created(g, m) = answer else { return None };
-    let kind = match op {
-        Op::UpdateGroup(_) => GROUP_UPDATED,
-        Op::SetRoles(_) => GROUP_ROLES_CHANGED,
-        Op::DismissGroup(_) => GROUP_DISMISSED,
+    Some(match (op, answer) {
+        (Op::Append(_), Answer::Appended(a)) => Change::Appended(a),
+        (Op::Recall { .. }, Answer::Recalled(r)) => Change::Recalled(r),
+        (Op::CreateGroup(_), Answer::Created(g, m)) => Change::GroupCreated(g, m),
+        (Op::ChangeMembers(c), Answer::Message(m)) => Change::MembersChanged { group_id: &c.group_id, message: m },
+        (Op::UpdateGroup(_), Answer::Created(g, m)) => Change::Group { kind: GROUP_UPDATED, group: g, message: m },
+        (Op::SetRoles(_), Answer::Created(g, m)) => Change::Group { kind: GROUP_ROLES_CHANGED, group: g, message: m },
+        (Op::DismissGroup(_), Answer::Created(g, m)) => Change::Group { kind: GROUP_DISMISSED, group: g, message: m },
         _ => return None,
-    };
-    Some(NewEvent::group(kind, g, m))
+    })
 }
 
 pub(crate) async fn events_after(conn: &Conn, after: u64, limit: usize) -> StoreResult<Vec<OutboxEvent>> {

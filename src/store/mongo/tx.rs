@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use confab_actors::error::StoreError;
 use confab_actors::model::{Group, Message, UserConvState};
-use confab_actors::store::Appended;
+use confab_actors::store::{Appended, Recalled};
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::error::Error as MongoError;
@@ -23,8 +23,7 @@ use super::writer::ConvCache;
 pub(crate) enum Answer {
     Appended(Appended),
     Message(Message),
-    /// A recall: the message, and whether this recall changed it.
-    Recalled(Message, bool),
+    Recalled(Recalled),
     State(UserConvState),
     MaybeState(Option<UserConvState>),
     /// The group is boxed to keep the enum small.

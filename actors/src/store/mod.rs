@@ -11,6 +11,10 @@
 //! - Reads never block writers for long; implementations must not block the async runtime
 //!   (use `spawn_blocking` or a dedicated thread for synchronous engines).
 
+mod plan;
+
+pub use plan::{group_conversation, live_group, GroupPlan, MemberDelta};
+
 use async_trait::async_trait;
 
 use crate::error::StoreError;

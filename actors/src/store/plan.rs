@@ -1,0 +1,223 @@
+//! The domain decisions every storage adapter makes the same way, written once: who the
+//! participants of a one-to-one conversation are, what a new group consists of, how a member
+//! change turns into member and row changes, what a live group is, and the system message that
+//! records a change. An adapter reads what a decision needs, calls it, and encodes and persists
+//! the result; it decides nothing itself.
+
+use std::collections::HashMap;
+
+use crate::error::StoreError;
+use crate::model::{group_conv_id, Body, ConvKind, Conversation, Group, Member, Message, Role, UserConvState};
+
+use super::{MemberChange, NewGroup, NewMessage, StoreResult};
+
+impl NewMessage {
+    /// The participants of a one-to-one conversation the message creates if needed (sorted, one
+    /// for a note to oneself); none for a group's.
+    pub fn participants(&self) -> Vec<String> {
+        match &self.direct_members {
+            Some((a, b)) => {
+                let mut p = vec![a.clone(), b.clone()];
+                p.sort();
+                p.dedup();
+                p
+            }
+            None => Vec::new(),
+        }
+    }
+}
+
+/// A new group, whole: what [`crate::store::Store::create_group`] writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupPlan {
+    /// The owner first, then the other members once each.
+    pub members: Vec<Member>,
+    pub group: Group,
+    pub conv: Conversation,
+    /// The first message, the system message announcing the group.
+    pub message: Message,
+    /// An active row for each member.
+    pub row: UserConvState,
+}
+
+impl NewGroup {
+    /// The group as created at version `ver`.
+    pub fn plan(&self, ver: u64) -> GroupPlan {
+        let mut members = vec![Member { user_id: self.owner.clone(), role: Role::Owner, joined_at: self.ts }];
+        for m in &self.members {
+            if !members.iter().any(|x| &x.user_id == m) {
+                members.push(Member { user_id: m.clone(), role: Role::Member, joined_at: self.ts });
+            }
+        }
+        let conv_id = group_conv_id(&self.id);
+        let group = Group::new(self.id.clone(), self.name.clone(), self.owner.clone(), self.ts, members.len() as u64);
+        let conv = Conversation {
+            conv_id: conv_id.clone(),
+            kind: ConvKind::Group,
+            members: Vec::new(),
+            group_id: Some(self.id.clone()),
+            last_seq: 1,
+            ver,
+        };
+        let message = Message::system(conv_id, 1, self.system_body.clone(), self.ts, ver);
+        GroupPlan {
+            members,
+            group,
+            conv,
+            message,
+            row: UserConvState { active: true, ver, ..UserConvState::default() },
+        }
+    }
+}
+
+/// What a member change does to the members and rows of the users it names.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MemberDelta {
+    /// Members to insert.
+    pub insert: Vec<Member>,
+    /// Members (user ids) to delete.
+    pub delete: Vec<String>,
+    /// Rows to write (created or changed), by user.
+    pub rows: Vec<(String, UserConvState)>,
+    /// The group's member count after the change.
+    pub member_count: u64,
+}
+
+impl MemberChange {
+    /// Applies the change, recorded by the message `seq` at version `ver`, to what the store
+    /// holds of its users: `members` (those who are members now) and `rows` (those who have a
+    /// row). Adds first, then removals, each once: adding a member leaves them as they are,
+    /// removing a non-member changes nothing; added users' rows turn active with their cursor
+    /// just before the message ([`UserConvState::join`]), removed users' turn inactive
+    /// ([`UserConvState::leave`]).
+    pub fn apply(
+        &self,
+        seq: u64,
+        ver: u64,
+        members: &HashMap<String, Member>,
+        rows: &HashMap<String, UserConvState>,
+        member_count: u64,
+    ) -> MemberDelta {
+        let mut now: HashMap<&str, bool> = members.keys().map(|u| (u.as_str(), true)).collect();
+        let mut changed: HashMap<String, UserConvState> = HashMap::new();
+        let mut delta = MemberDelta { member_count, ..MemberDelta::default() };
+        for (user, role) in &self.add {
+            if now.get(user.as_str()).copied().unwrap_or(false) {
+                continue;
+            }
+            now.insert(user, true);
+            delta.insert.push(Member { user_id: user.clone(), role: *role, joined_at: self.ts });
+            delta.member_count += 1;
+            let mut state = changed.get(user).or_else(|| rows.get(user)).cloned().unwrap_or_default();
+            state.join(seq, ver);
+            changed.insert(user.clone(), state);
+        }
+        for user in &self.remove {
+            if now.get(user.as_str()).copied().unwrap_or(false) {
+                now.insert(user, false);
+                delta.member_count = delta.member_count.saturating_sub(1);
+                match delta.insert.iter().position(|m| &m.user_id == user) {
+                    Some(i) => {
+                        delta.insert.remove(i);
+                    }
+                    None => delta.delete.push(user.clone()),
+                }
+            }
+            if let Some(mut state) = changed.get(user).or_else(|| rows.get(user)).cloned() {
+                if state.leave(seq, ver) {
+                    changed.insert(user.clone(), state);
+                }
+            }
+        }
+        let mut rows: Vec<(String, UserConvState)> = changed.into_iter().collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        delta.rows = rows;
+        delta
+    }
+}
+
+/// The group a change applies to: it must exist (`NotFound`) and not be dismissed (`Conflict`).
+pub fn live_group(group: Option<Group>, group_id: &str) -> StoreResult<Group> {
+    match group {
+        None => Err(StoreError::NotFound(format!("group {group_id}"))),
+        Some(g) if g.dismissed => Err(StoreError::Conflict(format!("group {group_id} is dismissed"))),
+        Some(g) => Ok(g),
+    }
+}
+
+/// A group's conversation, which a live group always has (its absence is corrupt data).
+pub fn group_conversation(conv: Option<Conversation>, group_id: &str) -> StoreResult<Conversation> {
+    conv.ok_or_else(|| StoreError::Unavailable(format!("group {group_id} has no conversation")))
+}
+
+impl Message {
+    /// The system message (no sender, no key) at `seq` of `conv_id`.
+    pub fn system(conv_id: String, seq: u64, body: Body, ts: i64, ver: u64) -> Message {
+        Message { conv_id, seq, sender: None, client_msg_id: None, body, reply_to: None, ts, ver }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn change(add: &[&str], remove: &[&str]) -> MemberChange {
+        MemberChange {
+            group_id: "g".into(),
+            add: add.iter().map(|u| ((*u).to_owned(), Role::Member)).collect(),
+            remove: remove.iter().map(|u| (*u).to_owned()).collect(),
+            ts: 7,
+            system_body: Body::System { event: "x".into(), data: serde_json::Value::Null },
+        }
+    }
+
+    fn member(u: &str) -> (String, Member) {
+        (u.to_owned(), Member { user_id: u.to_owned(), role: Role::Member, joined_at: 1 })
+    }
+
+    #[test]
+    fn a_member_change_applies_adds_then_removals_once() {
+        let members: HashMap<String, Member> = [member("b"), member("c")].into();
+        let rows: HashMap<String, UserConvState> = [
+            ("b".to_owned(), UserConvState { active: true, read_seq: 3, ver: 5, ..Default::default() }),
+            ("c".to_owned(), UserConvState { active: true, read_seq: 1, ver: 5, hidden: true, ..Default::default() }),
+            ("d".to_owned(), UserConvState { active: false, read_seq: 2, left_seq: 2, ver: 4, ..Default::default() }),
+        ]
+        .into();
+        let d = change(&["a", "b", "d"], &["c", "zed"]).apply(9, 20, &members, &rows, 2);
+        assert_eq!(d.insert.iter().map(|m| m.user_id.as_str()).collect::<Vec<_>>(), ["a", "d"]);
+        assert_eq!(d.delete, ["c"]);
+        assert_eq!(d.member_count, 3);
+        let row = |u: &str| d.rows.iter().find(|(x, _)| x == u).map(|(_, s)| s.clone());
+        assert_eq!(row("a").map(|s| (s.active, s.read_seq, s.ver)), Some((true, 8, 20)));
+        assert_eq!(row("d").map(|s| (s.active, s.left_seq, s.read_seq)), Some((true, 0, 8)), "re-joined");
+        assert_eq!(row("c").map(|s| (s.active, s.left_seq, s.hidden)), Some((false, 9, false)));
+        assert!(row("b").is_none(), "a member added again is left as is");
+        assert!(row("zed").is_none(), "no row, nothing to change");
+        // Added and removed in one change: neither inserted nor counted.
+        let d = change(&["n"], &["n"]).apply(9, 20, &members, &rows, 2);
+        assert!(d.insert.is_empty() && d.delete.is_empty() && d.member_count == 2);
+        assert_eq!(d.rows.iter().map(|(_, s)| (s.active, s.left_seq)).collect::<Vec<_>>(), [(false, 9)]);
+    }
+
+    #[test]
+    fn a_new_group_has_its_owner_first_and_each_member_once() {
+        let g = NewGroup {
+            id: "t".into(),
+            name: "T".into(),
+            owner: "o".into(),
+            members: vec!["b".into(), "o".into(), "a".into(), "b".into()],
+            ts: 3,
+            system_body: Body::System { event: "group_created".into(), data: serde_json::Value::Null },
+        };
+        let p = g.plan(11);
+        let who: Vec<(&str, Role)> = p.members.iter().map(|m| (m.user_id.as_str(), m.role)).collect();
+        assert_eq!(who, [("o", Role::Owner), ("b", Role::Member), ("a", Role::Member)]);
+        assert_eq!((p.group.member_count, p.conv.last_seq, p.message.seq, p.message.ver), (3, 1, 1, 11));
+        assert!(live_group(None, "t").is_err());
+        let mut dismissed = p.group.clone();
+        dismissed.dismissed = true;
+        assert!(matches!(live_group(Some(dismissed), "t"), Err(StoreError::Conflict(_))));
+        assert!(live_group(Some(p.group), "t").is_ok());
+    }
+}
