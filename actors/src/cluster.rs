@@ -42,7 +42,16 @@ pub enum PeerCommand {
     MembershipChanged { conv_id: String, seq: u64 },
 }
 
+/// A connected device somewhere in the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteDevice {
+    pub node: String,
+    pub conn_id: u64,
+    pub device: String,
+}
+
 /// A cluster transport. Implemented by the `confab` crate on Redis.
+#[async_trait::async_trait]
 pub trait Cluster: Send + Sync + 'static {
     /// This node's id.
     fn node_id(&self) -> &str;
@@ -71,4 +80,11 @@ pub trait Cluster: Send + Sync + 'static {
 
     /// A device of this node disconnected (`last_here`: the user's last connection on this node).
     fn session_closed(&self, user: &Arc<str>, device: &Arc<str>, conn_id: u64, last_here: bool);
+
+    /// Claims API key `key_id`'s `nonce` for the whole cluster for `ttl`: true when no node had
+    /// (a signed request is accepted once by the cluster). `Err` when the cluster cannot tell now.
+    async fn claim_nonce(&self, key_id: &str, nonce: &str, ttl: std::time::Duration) -> Result<bool, String>;
+
+    /// Every connected device of `user` on a live node. `Err` when the cluster cannot tell now.
+    async fn devices(&self, user: &str) -> Result<Vec<RemoteDevice>, String>;
 }

@@ -21,7 +21,17 @@ impl Link {
     }
 }
 
+#[async_trait::async_trait]
 impl seam::Cluster for Link {
+    async fn claim_nonce(&self, key_id: &str, nonce: &str, ttl: std::time::Duration) -> Result<bool, String> {
+        self.cluster.claim(format!("confab:nonce:{key_id}:{nonce}"), ttl).await.map_err(|e| e.to_string())
+    }
+
+    async fn devices(&self, user: &str) -> Result<Vec<seam::RemoteDevice>, String> {
+        let list = self.cluster.devices(user).await.map_err(|e| e.to_string())?;
+        Ok(list.into_iter().map(|(node, conn_id, device)| seam::RemoteDevice { node, conn_id, device }).collect())
+    }
+
     fn node_id(&self) -> &str {
         self.cluster.node_id()
     }

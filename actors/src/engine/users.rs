@@ -3,6 +3,41 @@
 use super::*;
 
 impl Engine {
+    /// Every connected device of `user`: on every live node of a cluster (each with its node),
+    /// else on this node. With the cluster unable to tell (Redis down), this node's devices.
+    pub async fn devices(&self, user: &str) -> Result<Vec<crate::cluster::RemoteDevice>> {
+        model::validate_id("user", user)?;
+        let cluster = self.core.cluster();
+        if let Some(c) = cluster {
+            match c.devices(user).await {
+                Ok(list) => return Ok(list),
+                Err(e) => tracing::warn!(error = %e, "cannot list devices cluster-wide; answering with this node's"),
+            }
+        }
+        let node = cluster.map(|c| c.node_id().to_owned()).unwrap_or_default();
+        Ok(self
+            .core
+            .registry
+            .devices(user)
+            .into_iter()
+            .map(|(conn_id, d)| crate::cluster::RemoteDevice { node: node.clone(), conn_id, device: d.to_string() })
+            .collect())
+    }
+
+    /// Claims API key `key_id`'s `nonce` for the whole cluster for `ttl`: false when another
+    /// node has seen it. On a single node, or with the cluster unable to tell, true: the node's
+    /// own nonce cache, checked before, is what remains.
+    pub async fn claim_nonce(&self, key_id: &str, nonce: &str, ttl: Duration) -> bool {
+        let Some(c) = self.core.cluster() else { return true };
+        match c.claim_nonce(key_id, nonce, ttl).await {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check the nonce cluster-wide; checked on this node only");
+                true
+            }
+        }
+    }
+
     /// Refuses a user who was disabled, or a token issued (`issued_ms`, unix ms) before the
     /// user's tokens were revoked. Users without a record pass.
     pub async fn check_access(&self, user: &str, issued_ms: Option<u64>) -> Result<()> {

@@ -1,7 +1,7 @@
 //! Conversations: a user's conversation list (with unread counts), their total unread, and a
 //! conversation's history.
 
-use actix_web::{web, HttpRequest};
+use actix_web::web;
 use serde::{Deserialize, Serialize};
 
 use confab_actors::proto::{ConversationsReq, HistoryReq};
@@ -9,9 +9,7 @@ use confab_actors::proto::{ConversationsReq, HistoryReq};
 use confab_actors::engine::{ConversationsResult, HistoryResult};
 
 use super::openapi::{ConvId, Id, SafeInt};
-use super::{
-    caller, de_safe_int, de_safe_int_opt, ok, path_id, path_raw, resource, ApiResult, ErrorBody, Scope, Signed,
-};
+use super::{caller, de_safe_int, de_safe_int_opt, ok, resource, scope, ApiResult, ErrorBody, Signed};
 use crate::http::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -46,9 +44,9 @@ struct ListQuery {
         (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["conversations"])))]
-async fn list(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
-    let (_, q): (_, ListQuery) = Signed::read_query(&req, payload, &state, Scope::Conversations).await?;
-    let user = path_id(&req, "id")?;
+async fn list(s: Signed<scope::Conversations, ListQuery>, state: web::Data<AppState>) -> ApiResult {
+    let user = s.path_id("id")?;
+    let q = s.query;
     ok(&state.engine.conversations(&caller(&user)?, ConversationsReq { since: q.since, limit: q.limit }).await?)
 }
 
@@ -70,9 +68,8 @@ pub struct UnreadRes {
         (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["conversations"])))]
-async fn unread(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
-    Signed::read(&req, payload, &state, Scope::Conversations).await?;
-    let user = path_id(&req, "id")?;
+async fn unread(s: Signed<scope::Conversations>, state: web::Data<AppState>) -> ApiResult {
+    let user = s.path_id("id")?;
     let (unread, conversations) = state.engine.unread_total(&user).await?;
     ok(&UnreadRes { user_id: user, unread, conversations })
 }
@@ -113,9 +110,9 @@ struct HistoryQuery {
         (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["messages"])))]
-async fn history(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
-    let (_, q): (_, HistoryQuery) = Signed::read_query(&req, payload, &state, Scope::Messages).await?;
-    let conv_id = path_raw(&req, "conv_id");
+async fn history(s: Signed<scope::Messages, HistoryQuery>, state: web::Data<AppState>) -> ApiResult {
+    let conv_id = s.path_raw("conv_id");
+    let q = s.query;
     let r = HistoryReq { conv_id, before: q.before, after: q.after, limit: q.limit };
     match q.as_user {
         Some(user) => ok(&state.engine.history(&caller(&user)?, r).await?),

@@ -1,7 +1,7 @@
 //! Groups: create (with owner and members), add and remove members, members, profile, update,
 //! roles, dismiss.
 
-use actix_web::{web, HttpRequest};
+use actix_web::web;
 use serde::{Deserialize, Serialize};
 
 use confab_actors::engine::Caller;
@@ -10,7 +10,7 @@ use confab_actors::model::{Group, Member, Message, Role};
 use confab_actors::proto::{GroupCreateReq, GroupMembersReq, GroupSetRoleReq, GroupUpdateReq};
 
 use super::openapi::Id;
-use super::{caller, ok, path_id, resource, ApiResult, ErrorBody, Scope, Signed};
+use super::{caller, ok, resource, scope, ApiResult, ErrorBody, Signed};
 use crate::http::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -55,9 +55,8 @@ pub struct GroupRes {
         (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["groups"])))]
-async fn create(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
-    let signed = Signed::read(&req, payload, &state, Scope::Groups).await?;
-    let r: CreateBody = signed.json()?;
+async fn create(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResult {
+    let r: CreateBody = s.json()?;
     let owner = caller(&r.owner)?;
     let group =
         state.engine.group_create(&owner, GroupCreateReq { group_id: r.id, name: r.name, members: r.members }).await?;
@@ -74,9 +73,8 @@ async fn create(req: HttpRequest, payload: web::Payload, state: web::Data<AppSta
         (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["groups"])))]
-async fn info(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
-    Signed::read(&req, payload, &state, Scope::Groups).await?;
-    let id = path_id(&req, "id")?;
+async fn info(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResult {
+    let id = s.path_id("id")?;
     ok(&GroupRes { group: state.engine.group_info_admin(&id).await? })
 }
 
@@ -95,9 +93,8 @@ pub struct MembersRes {
         (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["groups"])))]
-async fn members(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
-    Signed::read(&req, payload, &state, Scope::Groups).await?;
-    let id = path_id(&req, "id")?;
+async fn members(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResult {
+    let id = s.path_id("id")?;
     ok(&MembersRes { members: state.engine.group_members_admin(&id).await? })
 }
 
@@ -142,10 +139,9 @@ pub struct GroupChangeRes {
         (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["groups"])))]
-async fn add(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
-    let signed = Signed::read(&req, payload, &state, Scope::Groups).await?;
-    let id = path_id(&req, "id")?;
-    let r: AddBody = signed.json()?;
+async fn add(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResult {
+    let id = s.path_id("id")?;
+    let r: AddBody = s.json()?;
     let by = manager(&state, &id, r.by).await?;
     let message = state.engine.group_add(&by, GroupMembersReq { group_id: id, members: r.members }).await?;
     ok(&GroupChangeRes { message })
@@ -178,10 +174,10 @@ struct RemoveQuery {
         (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["groups"])))]
-async fn remove(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
-    let (_, q): (_, RemoveQuery) = Signed::read_query(&req, payload, &state, Scope::Groups).await?;
-    let id = path_id(&req, "id")?;
-    let user = path_id(&req, "user")?;
+async fn remove(s: Signed<scope::Groups, RemoveQuery>, state: web::Data<AppState>) -> ApiResult {
+    let id = s.path_id("id")?;
+    let user = s.path_id("user")?;
+    let q = s.query;
     let by = manager(&state, &id, q.by).await?;
     let message = state.engine.group_remove(&by, GroupMembersReq { group_id: id, members: vec![user] }).await?;
     ok(&GroupChangeRes { message })
@@ -238,10 +234,9 @@ impl From<(Group, Message)> for GroupUpdateRes {
         (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["groups"])))]
-async fn update(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
-    let signed = Signed::read(&req, payload, &state, Scope::Groups).await?;
-    let id = path_id(&req, "id")?;
-    let r: UpdateBody = signed.json()?;
+async fn update(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResult {
+    let id = s.path_id("id")?;
+    let r: UpdateBody = s.json()?;
     let by = manager(&state, &id, r.by).await?;
     let change = GroupUpdateReq { group_id: id, name: r.name, avatar: r.avatar, notice: r.notice, ext: r.ext };
     ok(&GroupUpdateRes::from(state.engine.group_update(&by, change).await?))
@@ -271,10 +266,9 @@ pub struct DismissBody {
         (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["groups"])))]
-async fn dismiss(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
-    let signed = Signed::read(&req, payload, &state, Scope::Groups).await?;
-    let id = path_id(&req, "id")?;
-    let r: DismissBody = if signed.body.is_empty() { DismissBody::default() } else { signed.json()? };
+async fn dismiss(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResult {
+    let id = s.path_id("id")?;
+    let r: DismissBody = s.json_or_default()?;
     let group = state.engine.group_info_admin(&id).await?;
     if group.dismissed {
         return Err(confab_actors::conversation::dismissed().into());
@@ -312,11 +306,10 @@ pub struct RoleBody {
         (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["groups"])))]
-async fn set_role(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
-    let signed = Signed::read(&req, payload, &state, Scope::Groups).await?;
-    let id = path_id(&req, "id")?;
-    let user = path_id(&req, "user")?;
-    let r: RoleBody = signed.json()?;
+async fn set_role(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResult {
+    let id = s.path_id("id")?;
+    let user = s.path_id("user")?;
+    let r: RoleBody = s.json()?;
     let by = manager(&state, &id, r.by).await?;
     let change = GroupSetRoleReq { group_id: id, user_id: user, role: r.role };
     ok(&GroupUpdateRes::from(state.engine.group_set_role(&by, change).await?))

@@ -1,6 +1,6 @@
 //! Messages: send (as a user or as the system), and recall any message.
 
-use actix_web::{web, HttpRequest};
+use actix_web::web;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 
@@ -9,7 +9,7 @@ use confab_actors::model::{self, ConvKind, Message};
 use confab_actors::proto::{SendReq, SeqReq};
 
 use super::openapi::{ConvId, Id, SafeInt};
-use super::{caller, de_safe_int_opt, ok, path_int, path_raw, resource, ApiResult, ErrorBody, Scope, Signed};
+use super::{caller, de_safe_int_opt, ok, resource, scope, ApiResult, ErrorBody, Signed};
 use crate::http::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -97,9 +97,8 @@ struct SystemBody {
         (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["messages"])))]
-async fn send(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
-    let signed = Signed::read(&req, payload, &state, Scope::Messages).await?;
-    let r: SendBody = signed.json()?;
+async fn send(s: Signed<scope::Messages>, state: web::Data<AppState>) -> ApiResult {
+    let r: SendBody = s.json()?;
     let message = match (&r.from, &r.conv_id) {
         (Some(from), _) => {
             // A disabled user cannot send, over HTTP either.
@@ -165,11 +164,10 @@ pub struct MessageRes {
         (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["messages"])))]
-async fn recall(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
-    let signed = Signed::read(&req, payload, &state, Scope::Messages).await?;
-    let conv_id = path_raw(&req, "conv_id");
-    let seq = path_int(&req, "seq")?;
-    let r: RecallBody = if signed.body.is_empty() { RecallBody::default() } else { signed.json()? };
+async fn recall(s: Signed<scope::Messages>, state: web::Data<AppState>) -> ApiResult {
+    let conv_id = s.path_raw("conv_id");
+    let seq = s.path_int("seq")?;
+    let r: RecallBody = s.json_or_default()?;
     let message = match r.by {
         Some(by) => state.engine.recall(&caller(&by)?, SeqReq { conv_id, seq }).await?,
         None => state.engine.recall_admin(&state.api.system_user, &conv_id, seq).await?,

@@ -1,9 +1,10 @@
 //! The signed HTTP integration API under `/api/v1` (docs/http-api.md).
 //!
-//! One file per resource; handlers stay thin: [`Signed::read`] (or [`Signed::read_query`] for
-//! the few endpoints with query parameters) checks the signature, the scope and the query string
-//! and returns the body, the handler parses it, calls [`Engine`](confab_actors::engine::Engine)
-//! with a [`Caller`] on device `api`, and maps errors through the one error table.
+//! One file per resource; handlers stay thin: the [`Signed`] extractor checks the key, the
+//! signature, the nonce, the scope (a type, e.g. `Signed<scope::Groups>`) and the query string
+//! (`Signed<S, Q>` parses parameters `Q`; without `Q` any is refused) before the handler runs;
+//! the handler parses the body, calls [`Engine`](confab_actors::engine::Engine) with a
+//! [`Caller`] on device `api`, and answers. Errors map through the one error table.
 
 pub mod auth;
 mod conversations;
@@ -13,12 +14,14 @@ pub mod openapi;
 mod users;
 mod webhooks;
 
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError};
 use futures_util::StreamExt as _;
 use serde::de::DeserializeOwned;
+use serde::Deserialize;
 use serde::Serialize;
 
 use confab_actors::engine::Caller;
@@ -89,103 +92,141 @@ fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// A request whose signature and scope were checked, with its body.
-pub struct Signed {
-    pub body: web::Bytes,
+/// The scope an endpoint needs, as a type (see [`Signed`]).
+pub trait ScopeOf {
+    const SCOPE: Scope;
 }
 
-impl Signed {
-    /// Checks the request (see [`Signed::verify`]) for an endpoint that takes no query
-    /// parameters: any query string is refused (`invalid_request`), so a misspelt or misplaced
-    /// parameter is never silently ignored.
-    pub async fn read(
-        req: &HttpRequest,
-        payload: web::Payload,
-        state: &AppState,
-        scope: Scope,
-    ) -> Result<Signed, ApiError> {
-        let signed = Self::verify(req, payload, state, scope).await?;
-        if !req.query_string().is_empty() {
-            return Err(Error::invalid("this endpoint takes no query parameters").into());
-        }
-        Ok(signed)
-    }
-
-    /// Checks the request (see [`Signed::verify`]) for an endpoint whose query parameters are
-    /// `Q` (a struct with `deny_unknown_fields`, so unknown parameters are refused), and parses
-    /// them (`invalid_request` otherwise).
-    pub async fn read_query<Q: DeserializeOwned>(
-        req: &HttpRequest,
-        payload: web::Payload,
-        state: &AppState,
-        scope: Scope,
-    ) -> Result<(Signed, Q), ApiError> {
-        let signed = Self::verify(req, payload, state, scope).await?;
-        let q = web::Query::<Q>::from_query(req.query_string())
-            .map_err(|e| Error::invalid(format!("invalid query: {e}")))?;
-        Ok((signed, q.into_inner()))
-    }
-
-    /// Checks the key (before reading anything), reads the body up to `api.max_body_bytes`, then
-    /// checks timestamp, signature, nonce and scope. The query string is looked at only after
-    /// this (by the callers): it is covered by the signature, and a request that is not correctly
-    /// signed must learn nothing beyond "unauthorized", not even which parameters an endpoint
-    /// takes.
-    async fn verify(
-        req: &HttpRequest,
-        mut payload: web::Payload,
-        state: &AppState,
-        scope: Scope,
-    ) -> Result<Signed, ApiError> {
-        let api = &state.api;
-        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-        let headers = auth::Headers {
-            key: header("x-confab-key"),
-            timestamp: header("x-confab-timestamp"),
-            nonce: header("x-confab-nonce"),
-            signature: header("x-confab-signature"),
-        };
-        api.verifier.key(&headers)?;
-        let too_large =
-            || Error::new(ErrorCode::BodyTooLarge, format!("the body exceeds {} bytes", api.max_body_bytes));
-        let declared = header("content-length").and_then(|v| v.parse::<usize>().ok());
-        if declared.is_some_and(|n| n > api.max_body_bytes) {
-            return Err(too_large().into());
-        }
-        let mut body = web::BytesMut::new();
-        while let Some(chunk) = payload.next().await {
-            let chunk = chunk.map_err(|e| Error::invalid(format!("could not read the body: {e}")))?;
-            if body.len() + chunk.len() > api.max_body_bytes {
-                return Err(too_large().into());
+/// The scopes as types: `Signed<scope::Groups>` is a request signed with a key that has the
+/// `groups` scope.
+pub mod scope {
+    use super::{Scope, ScopeOf};
+    macro_rules! scopes {
+        ($($name:ident),*) => {$(
+            pub struct $name;
+            impl ScopeOf for $name {
+                const SCOPE: Scope = Scope::$name;
             }
-            body.extend_from_slice(&chunk);
-        }
-        let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        api.verifier.verify(&headers, req.method().as_str(), path, &body, scope, now_secs())?;
-        // In a cluster the nonce must be new to every node, not only to this one. With Redis
-        // down, this node's own cache (checked above) is what remains.
-        if let Some(cluster) = req.app_data::<web::Data<crate::cluster::Cluster>>() {
-            let key = format!("confab:nonce:{}:{}", headers.key.unwrap_or(""), headers.nonce.unwrap_or(""));
-            let ttl = std::time::Duration::from_secs(2 * auth::WINDOW_SECS + 1);
-            match cluster.claim(key, ttl).await {
-                Ok(true) => {}
-                Ok(false) => {
-                    return Err(Error::new(
-                        ErrorCode::NonceReplayed,
-                        "this nonce was already used; sign each request with a new one",
-                    )
-                    .into())
+        )*};
+    }
+    scopes!(Users, Messages, Conversations, Groups, Webhooks, Any);
+}
+
+/// No query parameters: an endpoint that takes none refuses any (`invalid_request`), so a
+/// misspelt or misplaced parameter is never silently ignored.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoQuery {}
+
+/// A request whose key, timestamp, signature, nonce and scope `S` were checked, with its body
+/// and its query parameters `Q` (a struct with `deny_unknown_fields`: unknown parameters are
+/// refused). As an extractor it does all of that before the handler runs, so a handler is:
+/// parse, one `Engine` call, a response.
+pub struct Signed<S, Q = NoQuery> {
+    req: HttpRequest,
+    body: web::Bytes,
+    pub query: Q,
+    _scope: PhantomData<S>,
+}
+
+impl<S: ScopeOf + 'static, Q: DeserializeOwned + 'static> FromRequest for Signed<S, Q> {
+    type Error = ApiError;
+    type Future = futures_util::future::LocalBoxFuture<'static, Result<Self, ApiError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
+        let req = req.clone();
+        let payload = payload.take();
+        Box::pin(async move {
+            let state = req
+                .app_data::<web::Data<AppState>>()
+                .cloned()
+                .ok_or_else(|| ApiError(Error::internal("the API's state is missing")))?;
+            let body = verify(&req, payload, &state, S::SCOPE).await?;
+            // Only after the signature: an unsigned request learns nothing of the parameters.
+            let query = web::Query::<Q>::from_query(req.query_string()).map_err(|e| {
+                if std::any::TypeId::of::<Q>() == std::any::TypeId::of::<NoQuery>() {
+                    Error::invalid("this endpoint takes no query parameters")
+                } else {
+                    Error::invalid(format!("invalid query: {e}"))
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot check the nonce cluster-wide; checked on this node only"),
-            }
-        }
-        Ok(Signed { body: body.freeze() })
+            })?;
+            Ok(Signed { req, body, query: query.into_inner(), _scope: PhantomData })
+        })
     }
+}
 
+impl<S, Q> Signed<S, Q> {
     /// The body as JSON of type `T` (`invalid_request` otherwise).
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
         serde_json::from_slice(&self.body).map_err(|e| Error::invalid(format!("invalid JSON body: {e}")))
     }
+
+    /// The body as JSON of type `T`, or `T::default()` when there is none.
+    pub fn json_or_default<T: DeserializeOwned + Default>(&self) -> Result<T, Error> {
+        if self.body.is_empty() {
+            return Ok(T::default());
+        }
+        self.json()
+    }
+
+    /// A path segment (`{id}`), checked as an id.
+    pub fn path_id(&self, name: &str) -> Result<String, Error> {
+        path_id(&self.req, name)
+    }
+
+    /// A path segment as given (conversation ids are checked by the engine).
+    pub fn path_raw(&self, name: &str) -> String {
+        path_raw(&self.req, name)
+    }
+
+    /// An integer path segment, at most [`MAX_SAFE_INT`].
+    pub fn path_int(&self, name: &str) -> Result<u64, Error> {
+        path_int(&self.req, name)
+    }
+}
+
+/// Checks the key (before reading anything), reads the body up to `api.max_body_bytes`, then
+/// checks timestamp, signature, nonce and scope. The query string is looked at only after
+/// this (by [`Signed`]): it is covered by the signature, and a request that is not correctly
+/// signed must learn nothing beyond "unauthorized", not even which parameters an endpoint
+/// takes.
+async fn verify(
+    req: &HttpRequest,
+    mut payload: actix_web::dev::Payload,
+    state: &AppState,
+    scope: Scope,
+) -> Result<web::Bytes, ApiError> {
+    let api = &state.api;
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let headers = auth::Headers {
+        key: header("x-confab-key"),
+        timestamp: header("x-confab-timestamp"),
+        nonce: header("x-confab-nonce"),
+        signature: header("x-confab-signature"),
+    };
+    api.verifier.key(&headers)?;
+    let too_large = || Error::new(ErrorCode::BodyTooLarge, format!("the body exceeds {} bytes", api.max_body_bytes));
+    let declared = header("content-length").and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > api.max_body_bytes) {
+        return Err(too_large().into());
+    }
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| Error::invalid(format!("could not read the body: {e}")))?;
+        if body.len() + chunk.len() > api.max_body_bytes {
+            return Err(too_large().into());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let path = req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    api.verifier.verify(&headers, req.method().as_str(), path, &body, scope, now_secs())?;
+    // In a cluster the nonce must be new to every node, not only to this one.
+    let ttl = std::time::Duration::from_secs(2 * auth::WINDOW_SECS + 1);
+    if !state.engine.claim_nonce(headers.key.unwrap_or(""), headers.nonce.unwrap_or(""), ttl).await {
+        let e = Error::new(ErrorCode::NonceReplayed, "this nonce was already used; sign each request with a new one");
+        return Err(e.into());
+    }
+    Ok(body.freeze())
 }
 
 /// The largest seq, cursor or event id the API takes: 2^53−1, the largest integer a JSON number
@@ -219,21 +260,21 @@ pub fn de_safe_int_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<
 }
 
 /// An integer path segment (`{seq}`, an event id), at most [`MAX_SAFE_INT`].
-pub fn path_int(req: &HttpRequest, name: &str) -> Result<u64, Error> {
+fn path_int(req: &HttpRequest, name: &str) -> Result<u64, Error> {
     let v = req.match_info().get(name).unwrap_or("");
     let n = v.parse().map_err(|_| Error::invalid(format!("{name} must be a non-negative integer")))?;
     safe_int(name, n)
 }
 
 /// A path segment (`{id}`), checked as an id.
-pub fn path_id(req: &HttpRequest, name: &str) -> Result<String, Error> {
+fn path_id(req: &HttpRequest, name: &str) -> Result<String, Error> {
     let v = req.match_info().get(name).unwrap_or("");
     validate_id(name, v)?;
     Ok(v.to_string())
 }
 
 /// A path segment as given (conversation ids are checked by the engine).
-pub fn path_raw(req: &HttpRequest, name: &str) -> String {
+fn path_raw(req: &HttpRequest, name: &str) -> String {
     req.match_info().get(name).unwrap_or("").to_string()
 }
 
@@ -265,6 +306,6 @@ pub fn resource(path: &str) -> actix_web::Resource {
 
 async fn unknown(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
     // Whatever the query string: an unknown resource is `not_found`, not a bad query.
-    Signed::verify(&req, payload, &state, Scope::Any).await?;
+    verify(&req, payload.into_inner(), &state, Scope::Any).await?;
     Err(Error::not_found(format!("no such resource: {} {}", req.method(), req.path())).into())
 }

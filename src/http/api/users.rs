@@ -1,13 +1,13 @@
 //! Users: profiles, disable/enable, token revocation, mint access tokens, list online devices.
 
-use actix_web::{web, HttpRequest};
+use actix_web::web;
 use serde::{Deserialize, Serialize};
 
 use confab_actors::error::Error;
 use confab_actors::model::{validate_id, User, UserPatch};
 
 use super::openapi::Id;
-use super::{ok, path_id, resource, ApiResult, ErrorBody, Scope, Signed};
+use super::{ok, resource, scope, ApiResult, ErrorBody, Signed};
 use crate::http::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -50,10 +50,9 @@ pub struct TokenRes {
         (status = 503, description = "unavailable (the user's record could not be read)", body = ErrorBody)
     ),
     security(("confab_signature" = ["users"])))]
-async fn mint_token(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
-    let signed = Signed::read(&req, payload, &state, Scope::Users).await?;
-    let user = path_id(&req, "id")?;
-    let r: TokenReq = signed.json()?;
+async fn mint_token(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiResult {
+    let user = s.path_id("id")?;
+    let r: TokenReq = s.json()?;
     validate_id("device", &r.device)?;
     let ttl = r.ttl_secs.unwrap_or(state.api.token_ttl_secs);
     // Issued no earlier than the user's last revocation: a token minted right after one (even in
@@ -88,28 +87,12 @@ pub struct DevicesRes {
         (status = 400, description = "invalid_request (a bad user id)", body = ErrorBody)
     ),
     security(("confab_signature" = ["users"])))]
-async fn devices(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
-    Signed::read(&req, payload, &state, Scope::Users).await?;
-    let user = path_id(&req, "id")?;
-    if let Some(cluster) = req.app_data::<web::Data<crate::cluster::Cluster>>() {
-        match cluster.devices(&user).await {
-            Ok(list) => {
-                let devices = list
-                    .into_iter()
-                    .map(|(node, conn_id, device)| Device { device, conn_id, node: Some(node) })
-                    .collect();
-                return ok(&DevicesRes { user_id: user, devices });
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot list devices cluster-wide; answering with this node's"),
-        }
-    }
-    let node = req.app_data::<web::Data<crate::cluster::Cluster>>().map(|c| c.node_id().to_owned());
-    let devices = state
-        .engine
-        .registry()
-        .devices(&user)
+async fn devices(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiResult {
+    let user = s.path_id("id")?;
+    let devices = state.engine.devices(&user).await?;
+    let devices = devices
         .into_iter()
-        .map(|(conn_id, d)| Device { device: d.to_string(), conn_id, node: node.clone() })
+        .map(|d| Device { device: d.device, conn_id: d.conn_id, node: (!d.node.is_empty()).then_some(d.node) })
         .collect();
     ok(&DevicesRes { user_id: user, devices })
 }
@@ -146,9 +129,8 @@ pub struct UserRes {
         (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["users"])))]
-async fn upsert(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
-    let signed = Signed::read(&req, payload, &state, Scope::Users).await?;
-    let r: UpsertBody = signed.json()?;
+async fn upsert(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiResult {
+    let r: UpsertBody = s.json()?;
     let patch = UserPatch {
         id: r.id,
         nickname: r.nickname.map(|n| n.trim().to_string()),
@@ -169,9 +151,8 @@ async fn upsert(req: HttpRequest, payload: web::Payload, state: web::Data<AppSta
         (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["users"])))]
-async fn get(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
-    Signed::read(&req, payload, &state, Scope::Users).await?;
-    let id = path_id(&req, "id")?;
+async fn get(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiResult {
+    let id = s.path_id("id")?;
     let user = state.engine.store().user(&id).await.map_err(Error::from)?;
     ok(&UserRes { user: user.ok_or_else(|| Error::not_found("no such user"))? })
 }
@@ -185,9 +166,8 @@ async fn get(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>
         (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["users"])))]
-async fn disable(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
-    Signed::read(&req, payload, &state, Scope::Users).await?;
-    let id = path_id(&req, "id")?;
+async fn disable(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiResult {
+    let id = s.path_id("id")?;
     ok(&UserRes { user: state.engine.user_set_disabled(&id, true).await? })
 }
 
@@ -200,9 +180,8 @@ async fn disable(req: HttpRequest, payload: web::Payload, state: web::Data<AppSt
         (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["users"])))]
-async fn enable(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
-    Signed::read(&req, payload, &state, Scope::Users).await?;
-    let id = path_id(&req, "id")?;
+async fn enable(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiResult {
+    let id = s.path_id("id")?;
     ok(&UserRes { user: state.engine.user_set_disabled(&id, false).await? })
 }
 
@@ -216,8 +195,7 @@ async fn enable(req: HttpRequest, payload: web::Payload, state: web::Data<AppSta
         (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["users"])))]
-async fn revoke_tokens(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
-    Signed::read(&req, payload, &state, Scope::Users).await?;
-    let id = path_id(&req, "id")?;
+async fn revoke_tokens(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiResult {
+    let id = s.path_id("id")?;
     ok(&UserRes { user: state.engine.user_revoke_tokens(&id).await? })
 }

@@ -2,14 +2,14 @@
 
 use std::sync::Arc;
 
-use actix_web::{web, HttpRequest};
+use actix_web::web;
 use serde::{Deserialize, Serialize};
 
 use confab_actors::error::{Error, ErrorCode};
 use confab_actors::outbox::{Delivery, DeliveryQuery, DeliveryState, Outbox, OutboxEvent, Replay};
 
 use super::openapi::{Id, SafeInt};
-use super::{de_safe_int_opt, ok, path_int, resource, ApiResult, ErrorBody, Scope, Signed};
+use super::{de_safe_int_opt, ok, resource, scope, ApiResult, ErrorBody, Signed};
 use crate::http::AppState;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -58,8 +58,8 @@ pub struct DeliveriesRes {
         (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["webhooks"])))]
-async fn deliveries(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
-    let (_, q): (_, DeliveriesQuery) = Signed::read_query(&req, payload, &state, Scope::Webhooks).await?;
+async fn deliveries(s: Signed<scope::Webhooks, DeliveriesQuery>, state: web::Data<AppState>) -> ApiResult {
+    let q = s.query;
     let limit = q.limit.unwrap_or(50);
     if !(1..=100).contains(&limit) {
         return Err(Error::invalid("limit must be 1 to 100").into());
@@ -86,9 +86,8 @@ pub struct EventRes {
         (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["webhooks"])))]
-async fn event(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
-    Signed::read(&req, payload, &state, Scope::Webhooks).await?;
-    let id = path_int(&req, "id")?;
+async fn event(s: Signed<scope::Webhooks>, state: web::Data<AppState>) -> ApiResult {
+    let id = s.path_int("id")?;
     let outbox = outbox(&state)?;
     let event = outbox.event(id).await.map_err(Error::from)?.ok_or_else(|| Error::not_found("no such event"))?;
     let deliveries = outbox.event_deliveries(id).await.map_err(Error::from)?;
@@ -130,9 +129,8 @@ pub struct ReplayRes {
         (status = 503, description = "unavailable", body = ErrorBody)
     ),
     security(("confab_signature" = ["webhooks"])))]
-async fn replay(req: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> ApiResult {
-    let signed = Signed::read(&req, payload, &state, Scope::Webhooks).await?;
-    let r: ReplayReq = signed.json()?;
+async fn replay(s: Signed<scope::Webhooks>, state: web::Data<AppState>) -> ApiResult {
+    let r: ReplayReq = s.json()?;
     let (from_id, to_id) = (r.from_id.unwrap_or(1), r.to_id.unwrap_or(u64::MAX));
     if from_id > to_id {
         return Err(Error::invalid("from_id must not be greater than to_id").into());
