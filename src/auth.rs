@@ -13,11 +13,27 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
-use crate::http::ws::config::{TokenInfo, TokenVerifier};
 use confab_actors::error::{Error, ErrorCode};
 use confab_actors::model::validate_id;
 
 type HmacSha256 = Hmac<Sha256>;
+
+/// What a valid token says (see [`TokenVerifier`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenInfo {
+    pub user: String,
+    pub device: String,
+    /// When it was issued, unix ms (a revocation refuses tokens issued before it).
+    pub issued_ms: u64,
+    /// When it expires, unix ms.
+    pub expires_ms: u64,
+}
+
+/// Verifies an access token (signature, expiry, lifetime): implemented by the transport, which
+/// holds the secret.
+pub trait TokenVerifier: Send + Sync {
+    fn verify(&self, token: &str) -> Result<TokenInfo, Error>;
+}
 
 /// The claims confab puts in and reads from a token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

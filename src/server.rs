@@ -67,6 +67,7 @@ pub async fn serve(
     let arbiters: Vec<Arbiter> = (0..n_arbiters).map(|_| Arbiter::new()).collect();
     let directory = Directory::new(arbiters.iter().map(|a| a.handle()).collect());
     let engine = Engine::new(store, registry.clone(), metrics, cfg.limits(), directory);
+    engine.core().set_node(&cfg.cluster.node_id);
     crate::webhooks::install(&cfg, &engine, outbox.clone())?;
     let cluster = start_cluster(&cfg, &engine)?;
     let api = crate::http::api::ApiState::from_config(&cfg);
@@ -88,7 +89,7 @@ pub async fn serve(
     let workers = if cfg.server.workers == 0 { cores() } else { cfg.server.workers };
     let socket_options = cfg.socket_options();
     let server = HttpServer::new(move || {
-        let app = App::new().app_data(state.clone());
+        let app = App::new().app_data(state.clone()).wrap(actix_web::middleware::from_fn(http::trace_request));
         let app = match &cluster_data {
             Some(c) => app.app_data(c.clone()),
             None => app,

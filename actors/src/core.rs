@@ -55,6 +55,9 @@ pub struct Core {
     pub(crate) presence: std::sync::Mutex<PresenceQueue>,
     /// Rate limits per user, for requests over WebSocket (see [`crate::limits`]).
     pub user_limits: crate::limits::UserLimits,
+    /// The node's tracing span (`node{node=<cluster.node_id>}`), set once at start-up: the
+    /// parent of every session, request and conversation span, so each log line names its node.
+    node_span: std::sync::OnceLock<tracing::Span>,
 }
 
 /// See [`Engine::presence`](crate::engine::Engine::presence).
@@ -79,7 +82,20 @@ impl Core {
             presence: Default::default(),
             user_limits: crate::limits::UserLimits::new(&limits.rates),
             limits,
+            node_span: Default::default(),
         }
+    }
+
+    /// Names this node in every span below it (call once, after the subscriber is installed:
+    /// a span made before that stays disabled).
+    pub fn set_node(&self, node_id: &str) {
+        let _ = self.node_span.set(tracing::info_span!("node", node = %node_id));
+    }
+
+    /// The node's span (disabled before [`Self::set_node`]), the parent of the spans of
+    /// sessions, requests and conversations.
+    pub fn span(&self) -> tracing::Span {
+        self.node_span.get().cloned().unwrap_or_else(tracing::Span::none)
     }
 
     /// The cluster transport, if this node is part of a cluster.

@@ -43,20 +43,62 @@ fn find<'a>(all: &'a [Value], case: &str, system: &str) -> Option<&'a Value> {
     all.iter().find(|l| l["case"] == case && l["system"] == system && l.get("error").is_none())
 }
 
-/// One target: what it compares, the bound, what was measured, met or not (`null`: not measured).
-fn target(name: &str, case: &str, want: &str, got: Option<f64>, met: impl Fn(f64) -> bool, note: Value) -> Value {
-    json!({
-        "target": name,
-        "case": case,
-        "want": want,
-        "got": got.map(r3),
-        "met": got.map(met),
-        "note": note,
-    })
+/// What a target reads off the results of its case.
+enum Measure<'a> {
+    /// `field` of `system` divided by `field` of `baseline`.
+    Ratio { field: &'a str, system: &'a str, baseline: &'a str },
+    /// `field` of confab's line.
+    Confab(&'a str),
 }
 
-fn ratio_of(all: &[Value], case: &str, field: &str, baseline: &str) -> Option<f64> {
-    ratio_between(all, case, field, "confab", baseline)
+/// The bound a target's measure must keep.
+enum Bound {
+    AtLeast(f64),
+    AtMost(f64),
+}
+
+/// One of the targets.
+struct Goal<'a> {
+    name: &'a str,
+    case: &'a str,
+    measure: Measure<'a>,
+    bound: Bound,
+    /// Reported with the result.
+    note: Value,
+}
+
+impl Goal<'_> {
+    /// The target as a result: what it compares, the bound, what was measured, met or not
+    /// (`null`: not measured), whether the systems it compares were busy (open-loop results only
+    /// mean something if the offered load was carried), and the note.
+    fn evaluate(&self, all: &[Value]) -> Value {
+        let (got, unit) = match self.measure {
+            Measure::Ratio { field, system, baseline } => (ratio_between(all, self.case, field, system, baseline), "x"),
+            Measure::Confab(field) => (find(all, self.case, "confab").and_then(|l| num(l, field)), ""),
+        };
+        let (want, met) = match self.bound {
+            Bound::AtLeast(x) => (format!(">= {x:?}{unit}"), got.map(|g| g >= x)),
+            Bound::AtMost(x) => (format!("<= {x:?}{unit}"), got.map(|g| g <= x)),
+        };
+        let want = if unit.is_empty() { want.trim_end_matches(".0").to_owned() } else { want };
+        let mut t = json!({
+            "target": self.name,
+            "case": self.case,
+            "want": want,
+            "got": got.map(r3),
+            "met": met,
+            "note": self.note,
+        });
+        let busy: Vec<&str> = all
+            .iter()
+            .filter(|l| l["case"] == self.case && l["busy"] == true)
+            .filter_map(|l| l["system"].as_str())
+            .collect();
+        if !busy.is_empty() {
+            t["busy_systems"] = json!(busy);
+        }
+        t
+    }
 }
 
 fn ratio_between(all: &[Value], case: &str, field: &str, system: &str, baseline: &str) -> Option<f64> {
@@ -67,121 +109,75 @@ fn ratio_between(all: &[Value], case: &str, field: &str, system: &str, baseline:
 
 /// The targets, evaluated on this run's cases (`fanout`, `pairs`, `idle` sizes as given).
 pub fn targets(all: &[Value], fanout_n: usize, pairs_p: usize, idle_small: usize, idle_big: usize) -> Vec<Value> {
+    use Bound::{AtLeast, AtMost};
     let fc = format!("fanout/{fanout_n}/closed");
     let fo = format!("fanout/{fanout_n}/open");
     let pc = format!("pairs/{pairs_p}/closed");
     let po = format!("pairs/{pairs_p}/open");
     let is = format!("idle/{idle_small}");
     let ib = format!("idle/{idle_big}");
-    let mut out = vec![
-        target(
+    let vs = |field, baseline| Measure::Ratio { field, system: "confab", baseline };
+    let between = |field, system, baseline| Measure::Ratio { field, system, baseline };
+    let goal = |name, case, measure, bound| Goal { name, case, measure, bound, note: Value::Null };
+    let capped = find(all, &ib, "confab").and_then(|l| l.get("capped_by").cloned()).unwrap_or(Value::Null);
+    let goals = [
+        goal(
             "fanout deliveries per server CPU-second vs socket.io",
             &fc,
-            ">= 3.0x",
-            ratio_of(all, &fc, "deliveries_per_cpu_s", "socketio"),
-            |r| r >= 3.0,
-            json!(null),
+            vs("deliveries_per_cpu_s", "socketio"),
+            AtLeast(3.0),
         ),
-        target(
+        goal(
             "fanout deliveries per server CPU-second vs bare relay",
             &fc,
-            ">= 0.7x",
-            ratio_of(all, &fc, "deliveries_per_cpu_s", "relay"),
-            |r| r >= 0.7,
-            json!(null),
+            vs("deliveries_per_cpu_s", "relay"),
+            AtLeast(0.7),
         ),
-        target(
-            "pairs throughput (durably stored) vs socket.io",
+        goal("pairs throughput (durably stored) vs socket.io", &pc, vs("deliveries_per_s", "socketio"), AtLeast(1.5)),
+        goal("fanout p99 at fixed load vs bare relay", &fo, vs("p99_ms", "relay"), AtMost(2.0)),
+        goal("pairs p99 at fixed load vs bare relay", &po, vs("p99_ms", "relay"), AtMost(2.0)),
+        goal("idle server memory per connection (KiB)", &is, Measure::Confab("kib_per_conn"), AtMost(12.0)),
+        goal(
+            "cross-node pairs throughput, confab-2node vs socketio-2node",
             &pc,
-            ">= 1.5x",
-            ratio_of(all, &pc, "deliveries_per_s", "socketio"),
-            |r| r >= 1.5,
-            json!(null),
+            between("deliveries_per_s", "confab-2node", "socketio-2node"),
+            AtLeast(2.0),
         ),
-        target(
-            "fanout p99 at fixed load vs bare relay",
+        goal(
+            "fanout deliveries per CPU-second, confab-2node vs one confab node",
+            &fc,
+            between("deliveries_per_cpu_s", "confab-2node", "confab"),
+            AtLeast(0.8),
+        ),
+        // The same, against one node on the same MongoDB: what the second node and Redis cost,
+        // apart from what MongoDB costs against the embedded store.
+        goal(
+            "fanout deliveries per CPU-second, confab-2node vs one confab node on the same MongoDB",
+            &fc,
+            between("deliveries_per_cpu_s", "confab-2node", "confab-mongo"),
+            AtLeast(0.8),
+        ),
+        // At the same offered load (open loop) both setups carry the same deliveries, so CPU per
+        // delivery compares like for like; the closed loop's figure also reflects that the
+        // two-node setup, bound by its MongoDB's commit latency, runs at a lower rate (fewer
+        // frames per write).
+        goal(
+            "fanout deliveries per CPU-second at the same offered load (open loop), confab-2node vs one confab node",
             &fo,
-            "<= 2.0x",
-            ratio_of(all, &fo, "p99_ms", "relay"),
-            |r| r <= 2.0,
-            json!(null),
+            between("deliveries_per_cpu_s", "confab-2node", "confab"),
+            AtLeast(0.8),
         ),
-        target(
-            "pairs p99 at fixed load vs bare relay",
-            &po,
-            "<= 2.0x",
-            ratio_of(all, &po, "p99_ms", "relay"),
-            |r| r <= 2.0,
-            json!(null),
-        ),
-        target(
-            "idle server memory per connection (KiB)",
-            &is,
-            "<= 12",
-            find(all, &is, "confab").and_then(|l| num(l, "kib_per_conn")),
-            |k| k <= 12.0,
-            json!(null),
-        ),
+        Goal {
+            note: capped,
+            ..goal(
+                "idle connections held on one node",
+                &ib,
+                Measure::Confab("conns_open_at_end"),
+                AtLeast(idle_big as f64),
+            )
+        },
     ];
-    out.push(target(
-        "cross-node pairs throughput, confab-2node vs socketio-2node",
-        &pc,
-        ">= 2.0x",
-        ratio_between(all, &pc, "deliveries_per_s", "confab-2node", "socketio-2node"),
-        |r| r >= 2.0,
-        json!(null),
-    ));
-    out.push(target(
-        "fanout deliveries per CPU-second, confab-2node vs one confab node",
-        &fc,
-        ">= 0.8x",
-        ratio_between(all, &fc, "deliveries_per_cpu_s", "confab-2node", "confab"),
-        |r| r >= 0.8,
-        json!(null),
-    ));
-    // The same, against one node on the same MongoDB: what the second node and Redis cost,
-    // apart from what MongoDB costs against the embedded store.
-    out.push(target(
-        "fanout deliveries per CPU-second, confab-2node vs one confab node on the same MongoDB",
-        &fc,
-        ">= 0.8x",
-        ratio_between(all, &fc, "deliveries_per_cpu_s", "confab-2node", "confab-mongo"),
-        |r| r >= 0.8,
-        json!(null),
-    ));
-    // At the same offered load (open loop) both setups carry the same deliveries, so CPU per
-    // delivery compares like for like; the closed loop's figure also reflects that the two-node
-    // setup, bound by its MongoDB's commit latency, runs at a lower rate (fewer frames per write).
-    out.push(target(
-        "fanout deliveries per CPU-second at the same offered load (open loop), confab-2node vs one confab node",
-        &fo,
-        ">= 0.8x",
-        ratio_between(all, &fo, "deliveries_per_cpu_s", "confab-2node", "confab"),
-        |r| r >= 0.8,
-        json!(null),
-    ));
-    let big = find(all, &ib, "confab");
-    let note = big.and_then(|l| l.get("capped_by").cloned()).unwrap_or(Value::Null);
-    out.push(target(
-        "idle connections held on one node",
-        &ib,
-        &format!(">= {idle_big}"),
-        big.and_then(|l| num(l, "conns_open_at_end")),
-        |n| n >= idle_big as f64,
-        note,
-    ));
-    // Open-loop results only mean something if the offered load was carried.
-    for (t, case) in out.iter_mut().zip([&fc, &fc, &pc, &fo, &po, &is, &pc, &fc, &fc, &fo, &ib]) {
-        let busy: Vec<&str> = all
-            .iter()
-            .filter(|l| &l["case"] == case && l["busy"] == true)
-            .filter_map(|l| l["system"].as_str())
-            .collect();
-        if !busy.is_empty() {
-            t["busy_systems"] = json!(busy);
-        }
-    }
-    out
+    goals.iter().map(|g| g.evaluate(all)).collect()
 }
 
 fn cell(v: &Value, field: &str, digits: usize) -> String {

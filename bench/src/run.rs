@@ -40,56 +40,60 @@ pub struct Target<'a> {
     pub dialect: &'a Dialect,
 }
 
-/// Connects `users[i]` (in `room`) to node `i % nodes`, `CONNECT_CONCURRENCY` at a time.
-/// Returns the connections in order; fails if any could not connect.
-async fn connect_all(
-    t: &Target<'_>,
-    users: &[String],
-    room: Option<&str>,
-    per_ip: usize,
-    first_ip: usize,
-    stats: &Arc<Stats>,
-) -> anyhow::Result<Vec<Conn>> {
-    let (conns, failed, first_err) = connect_some(t, users, room, per_ip, first_ip, stats).await?;
-    if failed > 0 {
-        bail!("{failed} of {} connections failed; first: {}", users.len(), first_err.unwrap_or_default());
-    }
-    Ok(conns.into_iter().flatten().collect())
+/// The outcome of connecting a list of users: the connections in order (`None` where one
+/// failed), how many failed and the first failure.
+struct Connected {
+    conns: Vec<Option<Conn>>,
+    failed: usize,
+    first_err: Option<String>,
 }
 
-type Connected = (Vec<Option<Conn>>, usize, Option<String>);
+impl Connected {
+    /// Every connection, or an error if any failed.
+    fn all(self) -> anyhow::Result<Vec<Conn>> {
+        if self.failed > 0 {
+            bail!(
+                "{} of {} connections failed; first: {}",
+                self.failed,
+                self.conns.len(),
+                self.first_err.unwrap_or_default()
+            );
+        }
+        Ok(self.conns.into_iter().flatten().collect())
+    }
+}
 
-async fn connect_some(
+/// Connects `users[i]` (in `room`) to node `i % nodes`, `CONNECT_CONCURRENCY` at a time, at most
+/// `per_ip` from one source address.
+async fn connect(
     t: &Target<'_>,
     users: &[String],
     room: Option<&str>,
     per_ip: usize,
-    first_ip: usize,
     stats: &Arc<Stats>,
 ) -> anyhow::Result<Connected> {
     let wire = t.dialect.wire;
     let all = futures_util::stream::iter(users.iter().enumerate())
         .map(|(i, user)| {
             let addr = t.addrs[i % t.addrs.len()];
-            let src = client::source_ip(first_ip + i, per_ip);
+            let src = client::source_ip(i, per_ip);
             async move { (i, client::open(t.dialect, addr, src, user, room).await) }
         })
         .buffer_unordered(CONNECT_CONCURRENCY)
         .map(|(i, res)| (i, res.map(|ws| client::spawn(ws, wire, stats.clone()))))
         .collect::<Vec<_>>();
     let results = tokio::time::timeout(CONNECT_BUDGET, all).await.context("connecting took longer than the budget")?;
-    let mut conns: Vec<Option<Conn>> = (0..users.len()).map(|_| None).collect();
-    let (mut failed, mut first_err) = (0, None);
+    let mut out = Connected { conns: (0..users.len()).map(|_| None).collect(), failed: 0, first_err: None };
     for (i, r) in results {
         match r {
-            Ok(c) => conns[i] = Some(c),
+            Ok(c) => out.conns[i] = Some(c),
             Err(e) => {
-                failed += 1;
-                first_err.get_or_insert_with(|| format!("{e:#}"));
+                out.failed += 1;
+                out.first_err.get_or_insert_with(|| format!("{e:#}"));
             }
         }
     }
-    Ok((conns, failed, first_err))
+    Ok(out)
 }
 
 /// Calls `emit(i, scheduled_ns)` at `rate` per second until the run stops; late calls catch up
@@ -216,7 +220,7 @@ async fn messaging(case: &Case, t: &Target<'_>) -> anyhow::Result<Value> {
     let stats = Arc::new(Stats::new(track));
     let t_connect = Instant::now();
     let conns: Vec<Arc<Conn>> =
-        connect_all(t, &users, room, case.conns_per_ip, 0, &stats).await?.into_iter().map(Arc::new).collect();
+        connect(t, &users, room, case.conns_per_ip, &stats).await?.all()?.into_iter().map(Arc::new).collect();
     let mut tasks = Vec::new();
     if case.scenario == Scenario::Fanout {
         // The sender: on node 0, after every member.
@@ -327,7 +331,7 @@ async fn idle(case: &Case, t: &Target<'_>) -> anyhow::Result<Value> {
     let (rss0, _) = procfs::mem_sum_kib(t.pids);
     let users: Vec<String> = (0..case.size).map(|i| format!("i{i}")).collect();
     let t_connect = Instant::now();
-    let (conns, failed, first_err) = connect_some(t, &users, None, case.conns_per_ip, 0, &stats).await?;
+    let Connected { conns, failed, first_err } = connect(t, &users, None, case.conns_per_ip, &stats).await?;
     let connect_s = t_connect.elapsed().as_secs_f64();
     let ok = conns.iter().flatten().count();
     // Let allocators and garbage collectors settle before reading memory.

@@ -41,6 +41,30 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .configure(api::routes);
 }
 
+/// Middleware: each HTTP request runs in a span `http{method, path, status}` under the node's
+/// span (debug level: disabled, so free, unless the filter enables it). The API's signed
+/// requests add their key (`key`); the `/ws` upgrade's session gets a span of its own.
+pub async fn trace_request(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    use tracing::Instrument;
+    let node = req.app_data::<web::Data<AppState>>().map_or_else(tracing::Span::none, |s| s.engine.core().span());
+    let span = tracing::debug_span!(
+        parent: &node,
+        "http",
+        method = %req.method(),
+        path = %req.path(),
+        key = tracing::field::Empty,
+        status = tracing::field::Empty,
+    );
+    let res = next.call(req).instrument(span.clone()).await;
+    if let Ok(r) = &res {
+        span.record("status", r.status().as_u16());
+    }
+    res
+}
+
 /// The JSON error body every HTTP error uses: `{"error": {"code", "message"}}`.
 pub fn error_response(e: &Error) -> HttpResponse {
     let status = StatusCode::from_u16(e.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -225,7 +225,8 @@ pub fn install(cfg: &Config, engine: &confab_actors::engine::Engine, outbox: Arc
     let mut hooks = confab_actors::outbox::Hooks::default();
     if !cfg.webhooks.endpoints.is_empty() {
         outbox.enable();
-        spawn(Settings::from_config(cfg), outbox.clone())?;
+        let span = tracing::info_span!(parent: &engine.core().span(), "webhooks");
+        spawn(Settings::from_config(cfg), outbox.clone(), span)?;
         hooks.outbox = Some(outbox);
     }
     if let Some(b) = before_send {
@@ -237,12 +238,14 @@ pub fn install(cfg: &Config, engine: &confab_actors::engine::Engine, outbox: Arc
     Ok(())
 }
 
-/// Starts the dispatcher on the current (actix) runtime. It runs until the runtime stops.
-pub fn spawn(settings: Settings, outbox: Arc<dyn Outbox>) -> anyhow::Result<()> {
+/// Starts the dispatcher on the current (actix) runtime, in `span` (its log lines and each
+/// delivery's span `delivery{endpoint, event, kind}` are under it). It runs until the runtime
+/// stops.
+pub fn spawn(settings: Settings, outbox: Arc<dyn Outbox>, span: tracing::Span) -> anyhow::Result<()> {
     // No redirects: the signature covers the configured URL's path, and a 3xx is a failure.
     let client =
         reqwest::Client::builder().timeout(settings.timeout).redirect(reqwest::redirect::Policy::none()).build()?;
-    actix::spawn(run(settings, outbox, client));
+    actix::spawn(tracing::Instrument::instrument(run(settings, outbox, client), span));
     Ok(())
 }
 
@@ -387,11 +390,13 @@ async fn step(
         lane.in_flight.insert(event.id);
         lane.busy_keys.insert(key.clone());
         let (client, ep, settings, done) = (client.clone(), lane.ep.clone(), s.clone(), done.clone());
-        actix::spawn(async move {
+        let span = tracing::debug_span!("delivery", endpoint = %ep.name, event = event.id, kind = event.kind.as_str());
+        let send = async move {
             let delivery = attempt(&client, &url, &ep, &settings, delivery, &event).await;
             // The loop stores the outcome before it reads pending deliveries again.
             let _ = done.send(Done { lane: idx, key, delivery }).await;
-        });
+        };
+        actix::spawn(tracing::Instrument::instrument(send, span));
     }
     Ok(())
 }

@@ -8,6 +8,8 @@ mod common;
 mod disk_full;
 mod hardening;
 mod http_api;
+mod layers;
+mod observability;
 mod store;
 mod store_mongo;
 mod webhooks;

@@ -60,8 +60,12 @@ impl Engine {
         let metrics = self.core.metrics.clone();
         let enc = |id: &RawValue, r: Result<_>| -> Option<ByteString> {
             Some(match r {
-                Ok(v) => v,
+                Ok(v) => {
+                    tracing::debug!("answered");
+                    v
+                }
                 Err(e) => {
+                    tracing::debug!(code = e.code.as_str(), error = %e, "refused");
                     metrics.request_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if e.code == ErrorCode::RateLimited {
                         metrics.rate_limited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

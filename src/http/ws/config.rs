@@ -40,22 +40,7 @@ impl std::fmt::Debug for SessionConfig {
     }
 }
 
-/// What a valid token says (see [`TokenVerifier`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenInfo {
-    pub user: String,
-    pub device: String,
-    /// When it was issued, unix ms (a revocation refuses tokens issued before it).
-    pub issued_ms: u64,
-    /// When it expires, unix ms.
-    pub expires_ms: u64,
-}
-
-/// Verifies an access token (signature, expiry, lifetime): implemented by the transport, which
-/// holds the secret.
-pub trait TokenVerifier: Send + Sync {
-    fn verify(&self, token: &str) -> Result<TokenInfo, Error>;
-}
+pub use crate::auth::{TokenInfo, TokenVerifier};
 
 /// How the connection's token checked out when it connected.
 #[derive(Debug, Clone)]

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use actix_ws::{AggregatedMessage, AggregatedMessageStream, CloseCode, CloseReason, ProtocolError};
 use bytestring::ByteString;
+use tracing::Instrument;
 
 use confab_actors::engine::{Caller, Engine};
 use confab_actors::error::{Error, ErrorCode};
@@ -76,6 +77,9 @@ pub struct WsSession {
     /// The expiry (`auth.expires_ms`) the client was told about with `token_expiring`.
     expiry_noticed: u64,
     close: Option<CloseReason>,
+    /// `ws{user, device, conn}` under the node's span: entered while the session handles
+    /// anything, the parent of its requests' spans.
+    span: tracing::Span,
 }
 
 impl WsSession {
@@ -94,6 +98,8 @@ impl WsSession {
         let Transport { ws, stream, control, frame_too_large, hold } = transport;
         let out = Arc::new(OutQueue::new(cfg.outbound_queue));
         let outlet = Outlet::new(out.clone(), control);
+        let span =
+            tracing::info_span!(parent: &engine.core().span(), "ws", user = %user, device = %device, conn = conn_id);
         let session = Self {
             engine,
             caller: Caller { user, device, conn_id: Some(conn_id) },
@@ -112,6 +118,7 @@ impl WsSession {
             inflight: Arc::new(AtomicUsize::new(0)),
             expiry_noticed: 0,
             close: None,
+            span,
         };
         (session, outlet)
     }
@@ -213,8 +220,10 @@ impl WsSession {
         let engine = self.engine.clone();
         let caller = self.caller.clone();
         let id = req.id;
+        // Disabled (no allocation, no formatting) unless the filter enables debug.
+        let span = tracing::debug_span!(parent: &self.span, "request", op = req.op.name(), id = %id.get());
         match req.op {
-            Op::Refresh(r) => self.refresh(id, r, slot, ctx),
+            Op::Refresh(r) => span.in_scope(|| self.refresh(id, r, slot, ctx)),
             // Sends reach their conversation actor now, in the order the frames arrived. A
             // stored send is acknowledged by the conversation's fan-out (which frees its slot
             // first), so only a failure has an answer to queue here. It is awaited on a task of
@@ -228,29 +237,33 @@ impl WsSession {
                     req_id: id.clone(),
                     slot: Some(slot.clone()),
                 };
-                let pending = engine.send(&caller, send, Some(origin));
+                let pending = span.in_scope(|| engine.send(&caller, send, Some(origin)));
                 let me = SessionHandle {
                     conn_id: self.conn_id,
                     device: caller.device.clone(),
                     tx: self.out.clone(),
                     kick: self.kick.clone(),
                 };
-                actix::spawn(async move {
-                    if let Err(e) = pending.await {
-                        let metrics = engine.metrics();
-                        metrics.request_errors.fetch_add(1, Relaxed);
-                        if e.code == ErrorCode::RateLimited {
-                            metrics.rate_limited.fetch_add(1, Relaxed);
+                actix::spawn(
+                    async move {
+                        if let Err(e) = pending.await {
+                            tracing::debug!(code = e.code.as_str(), error = %e, "refused");
+                            let metrics = engine.metrics();
+                            metrics.request_errors.fetch_add(1, Relaxed);
+                            if e.code == ErrorCode::RateLimited {
+                                metrics.rate_limited.fetch_add(1, Relaxed);
+                            }
+                            slot.free();
+                            // A full queue kicks the session, as for any other frame.
+                            me.push(&proto::encode_error(Some(&id), &e), metrics);
                         }
-                        slot.free();
-                        // A full queue kicks the session, as for any other frame.
-                        me.push(&proto::encode_error(Some(&id), &e), metrics);
                     }
-                });
+                    .instrument(span),
+                );
             }
             op => {
                 let done = slot.clone();
-                let fut = async move { engine.dispatch(caller, id, op, Some(done)).await };
+                let fut = async move { engine.dispatch(caller, id, op, Some(done)).await }.instrument(span);
                 ctx.spawn(fut.into_actor(self).map(move |reply, act, ctx| {
                     slot.free();
                     if let Some(frame) = reply {
@@ -319,7 +332,8 @@ impl WsSession {
                 act.kick.revoke(e.code == ErrorCode::UserDisabled);
             }
             Err(e) => {
-                tracing::debug!(user = %act.caller.user, error = %e, "cannot check the session's access yet");
+                let _entered = act.span.enter();
+                tracing::debug!(error = %e, "cannot check the session's access yet");
                 act.auth.verified = false;
                 ctx.run_later(RECHECK_EVERY, |act, ctx| act.recheck(ctx, false));
             }
@@ -356,6 +370,8 @@ impl Actor for WsSession {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        let span = self.span.clone();
+        let _entered = span.enter();
         let m = self.engine.metrics();
         m.connections.fetch_add(1, Relaxed);
         m.connections_total.fetch_add(1, Relaxed);
@@ -397,10 +413,11 @@ impl Actor for WsSession {
                 act.control(ctx, |mut ws| async move { ws.ping(b"").await });
             }
         });
-        tracing::debug!(user = %self.caller.user, device = %self.caller.device, conn = self.conn_id, "session started");
+        tracing::debug!("session started");
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        let _entered = self.span.clone().entered();
         let last = self.engine.registry().unregister(&self.caller.user, self.conn_id);
         self.engine.session_closed(&self.caller.user, &self.caller.device, self.conn_id, last);
         self.engine.metrics().connections.fetch_sub(1, Relaxed);
@@ -408,13 +425,15 @@ impl Actor for WsSession {
         // The outlet writes what is queued before the close frame: the queue is closed first.
         self.out.close();
         self.control_backlog.fetch_add(1, Relaxed);
+        let code = u16::from(reason.code);
         self.spawn_control(move |ws| ws.close(Some(reason)));
-        tracing::debug!(user = %self.caller.user, conn = self.conn_id, "session stopped");
+        tracing::debug!(code, "session stopped");
     }
 }
 
 impl StreamHandler<Result<AggregatedMessage, ProtocolError>> for WsSession {
     fn handle(&mut self, item: Result<AggregatedMessage, ProtocolError>, ctx: &mut Self::Context) {
+        let _entered = self.span.clone().entered();
         self.last_heard = Instant::now();
         match item {
             Ok(AggregatedMessage::Text(text)) => self.on_text(text, ctx),
