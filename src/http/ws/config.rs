@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use actix_ws::AggregatedMessageStream;
 
-use confab_actors::error::Error;
 use confab_actors::limits::RateConfig;
 
 use super::outlet::ControlBody;
