@@ -49,7 +49,9 @@ pub fn mint(secret: &str, user: &str, device: &str, ttl_secs: u64) -> Result<Str
     validate_id("user", user)?;
     validate_id("device", device)?;
     let iat = now_secs();
-    let claims = Claims { sub: user.into(), dev: device.into(), iat, exp: iat + ttl_secs };
+    // `confab token --ttl` takes any u64: a lifetime past the end of time means no expiry, not an
+    // overflow (a panic in debug builds, an already expired token in release builds).
+    let claims = Claims { sub: user.into(), dev: device.into(), iat, exp: iat.saturating_add(ttl_secs) };
     let payload = serde_json::to_vec(&claims).map_err(|e| Error::internal(e.to_string()))?;
     let signing_input = format!("{}.{}", B64.encode(HEADER), B64.encode(payload));
     let mut m = mac(secret.as_bytes());
@@ -106,6 +108,12 @@ mod tests {
         let t = mint(SECRET, "alice", "phone", 60).unwrap();
         let c = verify(SECRET, &t).unwrap();
         assert_eq!((c.sub.as_str(), c.dev.as_str()), ("alice", "phone"));
+    }
+
+    #[test]
+    fn a_lifetime_past_the_end_of_time_never_expires() {
+        let t = mint(SECRET, "alice", "phone", u64::MAX).unwrap();
+        assert_eq!(verify(SECRET, &t).unwrap().exp, u64::MAX);
     }
 
     #[test]
