@@ -6,6 +6,7 @@ mod cluster;
 mod cluster_nodes;
 mod common;
 mod http_api;
+mod properties;
 mod store;
 mod store_mongo;
 mod webhooks;
