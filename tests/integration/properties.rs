@@ -737,8 +737,9 @@ where
     Fut: Future<Output = (DynStore, Option<tempfile::TempDir>)>,
 {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    // No regression files: a failure prints the shrunk operations, to turn into a test.
-    let config = Config { cases, failure_persistence: None, ..Config::default() };
+    // No regression files: a failure prints the shrunk operations, to turn into a test. Shrinking
+    // replays whole cases on a fresh store each; two minutes of it is enough to read a failure.
+    let config = Config { cases, failure_persistence: None, max_shrink_time: 120_000, ..Config::default() };
     let mut runner = TestRunner::new(config);
     let started = std::time::Instant::now();
     let result = runner.run(&ops(max_ops), |ops| rt.block_on(run_case(&open, &ops)));
