@@ -89,6 +89,8 @@ fn sign(secret: &str, user: &str, device: &str, ttl_secs: u64, issued_ms: u64) -
     validate_id("user", user)?;
     validate_id("device", device)?;
     let iat = issued_ms / 1000;
+    // `confab token --ttl` takes any u64: a lifetime past the end of time means no expiry, not an
+    // overflow (a panic in debug builds, an already expired token in release builds).
     let claims = Claims {
         sub: user.into(),
         dev: device.into(),
@@ -248,6 +250,14 @@ mod tests {
         let odd =
             serde_json::json!({"sub": "a", "dev": "d", "iat": now, "exp": now + 60, "iat_ms": (now + 100) * 1000});
         assert!(tokens().verify(&forge(odd)).is_err(), "iat_ms must agree with iat");
+    }
+
+    #[test]
+    fn a_lifetime_past_the_end_of_time_saturates() {
+        let t = mint(SECRET, "alice", "phone", u64::MAX).unwrap();
+        assert_eq!(verify_signature(SECRET, &t).unwrap().exp, u64::MAX);
+        // The node still refuses it: its lifetime exceeds auth.max_token_ttl_secs.
+        assert!(verify(SECRET, &t).unwrap_err().message.contains("lifetime"));
     }
 
     #[test]

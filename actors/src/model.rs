@@ -825,6 +825,18 @@ mod tests {
     }
 
     #[test]
+    fn bodies_keep_their_numbers_exactly() {
+        // Found by fuzzing (fuzz/fuzz_targets/body.rs): without serde_json's `float_roundtrip`
+        // this number reads back one unit in the last place off, so a location or custom body
+        // changed on its way through the store.
+        let json = r#"{"type":"location","lat":1.1666666666666665,"lng":0}"#;
+        let body: Body = serde_json::from_str(json).unwrap();
+        assert_eq!(body, Body::Location { lat: 1.1666666666666665, lng: 0.0, name: None, address: None });
+        let again: Body = serde_json::from_slice(&serde_json::to_vec(&body).unwrap()).unwrap();
+        assert_eq!(again, body);
+    }
+
+    #[test]
     fn body_types_lists_every_type() {
         for t in BODY_TYPES {
             // A known type with its fields missing fails on a field, not on the type.

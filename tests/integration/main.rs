@@ -10,6 +10,7 @@ mod hardening;
 mod http_api;
 mod layers;
 mod observability;
+mod properties;
 mod store;
 mod store_mongo;
 mod webhooks;
