@@ -318,6 +318,7 @@ pub(crate) struct MemberDoc {
 }
 
 impl MemberDoc {
+    /// The document of `m`, a member of the group `group_id`.
     pub fn new(group_id: &str, m: &Member) -> MemberDoc {
         MemberDoc { group_id: group_id.to_owned(), user: m.user_id.clone(), role: m.role, joined_at: m.joined_at }
     }

@@ -47,6 +47,8 @@ async fn find_fields<T: DeserializeOwned + Send + Sync>(
     find(c, coll, filter, Some(projection), sort).await
 }
 
+/// The documents of `coll` that match `filter`, only the fields of `projection` and in `sort`
+/// order if given.
 async fn find<T: DeserializeOwned + Send + Sync>(
     c: &Conn,
     coll: &str,
