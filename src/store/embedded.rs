@@ -67,7 +67,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use super::WriteQueue;
+use super::{writer_stopped, WriteQueue};
 use async_trait::async_trait;
 use confab_actors::error::StoreError;
 use confab_actors::metrics::Metrics;
@@ -163,7 +163,7 @@ impl EmbeddedStore {
         // Fails at once while the database is closed for recovery, without queueing.
         self.db.db()?;
         self.queue.send(job).await?;
-        reply.await.map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?
+        reply.await.map_err(|_| writer_stopped())?
     }
 
     /// Runs a read on a blocking thread in its own read transaction.
@@ -237,10 +237,7 @@ impl Drop for EmbeddedStore {
 #[async_trait]
 impl Store for EmbeddedStore {
     async fn ping(&self) -> StoreResult<()> {
-        let open = self.queue.is_open();
-        if !open {
-            return Err(StoreError::Unavailable("the store writer is not running".into()));
-        }
+        self.queue.ensure_open()?;
         if !self.db.healthy() {
             return Err(StoreError::Unavailable("the store is recovering from an I/O error".into()));
         }

@@ -41,7 +41,7 @@ impl<J> WriteQueue<J> {
         self.metrics.store_queue_depth.fetch_add(1, Relaxed);
         let mut guard = QueuedGuard { metrics: &self.metrics, armed: true };
         if tx.send(job).await.is_err() {
-            return Err(StoreError::Unavailable("the store writer has stopped".into()));
+            return Err(writer_stopped());
         }
         guard.armed = false;
         Ok(())
@@ -58,15 +58,24 @@ impl<J> WriteQueue<J> {
         true
     }
 
-    /// Whether the writer still takes jobs.
-    pub(crate) fn is_open(&self) -> bool {
-        self.sender().is_some_and(|tx| !tx.is_closed())
+    /// Fails unless the writer still takes jobs.
+    pub(crate) fn ensure_open(&self) -> StoreResult<()> {
+        if self.sender().is_some_and(|tx| !tx.is_closed()) {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable("the store writer is not running".into()))
+        }
     }
 
     /// Takes no more jobs: the writer ends once it has taken what is queued.
     pub(crate) fn close(&self) {
         self.tx.lock().unwrap_or_else(|p| p.into_inner()).take();
     }
+}
+
+/// The error of a job whose writer stopped before it answered.
+pub(crate) fn writer_stopped() -> StoreError {
+    StoreError::Unavailable("the store writer has stopped".into())
 }
 
 /// Takes the queue-depth count back unless the job reached the writer's queue.

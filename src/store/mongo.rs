@@ -41,7 +41,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::WriteQueue;
+use super::{writer_stopped, WriteQueue};
 use async_trait::async_trait;
 use confab_actors::error::StoreError;
 use confab_actors::metrics::Metrics;
@@ -185,7 +185,7 @@ impl MongoStore {
         self.conn.check_breaker()?;
         let (reply, answer) = oneshot::channel();
         self.queue.send(Job { op, reply, enqueued: Instant::now() }).await?;
-        answer.await.map_err(|_| StoreError::Unavailable("the store writer has stopped".into()))?
+        answer.await.map_err(|_| writer_stopped())?
     }
 }
 
@@ -200,10 +200,7 @@ impl Drop for MongoStore {
 #[async_trait]
 impl Store for MongoStore {
     async fn ping(&self) -> StoreResult<()> {
-        let open = self.queue.is_open();
-        if !open {
-            return Err(StoreError::Unavailable("the store writer is not running".into()));
-        }
+        self.queue.ensure_open()?;
         self.read("ping", |c| async move {
             c.ping().await?;
             c.ensure_ready().await

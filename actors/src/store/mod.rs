@@ -13,7 +13,7 @@
 
 mod plan;
 
-pub use plan::{group_conversation, live_group, GroupPlan, MemberDelta};
+pub use plan::{group_conversation, list_page, live_group, GroupPlan, MemberDelta};
 
 use async_trait::async_trait;
 

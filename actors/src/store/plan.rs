@@ -1,15 +1,19 @@
 //! The domain decisions every storage adapter makes the same way, written once: who the
 //! participants of a one-to-one conversation are, what a new group consists of, how a member
-//! change turns into member and row changes, what a live group is, and the system message that
-//! records a change. An adapter reads what a decision needs, calls it, and encodes and persists
-//! the result; it decides nothing itself.
+//! change turns into member and row changes, how a role change applies, what a live group is, the
+//! system message that records a change, how far a read cursor moves, what a flags patch changes,
+//! and which conversations make up a page of a user's list. An adapter reads what a decision
+//! needs, calls it, and encodes and persists the result; it decides nothing itself.
 
 use std::collections::HashMap;
 
 use crate::error::StoreError;
-use crate::model::{group_conv_id, Body, ConvKind, Conversation, Group, Member, Message, Role, UserConvState};
+use crate::model::{
+    group_conv_id, Body, ConvKind, Conversation, ConversationView, FlagsPatch, Group, Member, Message, Role,
+    UserConvState,
+};
 
-use super::{MemberChange, NewGroup, NewMessage, StoreResult};
+use super::{MemberChange, NewGroup, NewMessage, RoleChange, StoreResult};
 
 impl NewMessage {
     /// The participants of a one-to-one conversation the message creates if needed (sorted, one
@@ -136,6 +140,30 @@ impl MemberChange {
     }
 }
 
+impl RoleChange {
+    /// Applies the roles in order to `group` and to the members they name (`members`: those of
+    /// them who are members now). Returns each changed member once, in the order of its last
+    /// change, or `NotFound` for a user who is not a member. Giving a user `Owner` makes them the
+    /// group's owner.
+    pub fn apply(&self, group: &mut Group, members: &HashMap<String, Member>) -> StoreResult<Vec<Member>> {
+        let mut changed: Vec<Member> = Vec::with_capacity(self.roles.len());
+        for (user, role) in &self.roles {
+            let mut m = match changed.iter().position(|m| &m.user_id == user) {
+                Some(i) => changed.remove(i),
+                None => members.get(user).cloned().ok_or_else(|| {
+                    StoreError::NotFound(format!("{user} is not a member of group {}", self.group_id))
+                })?,
+            };
+            m.role = *role;
+            if *role == Role::Owner {
+                group.owner = user.clone();
+            }
+            changed.push(m);
+        }
+        Ok(changed)
+    }
+}
+
 /// The group a change applies to: it must exist (`NotFound`) and not be dismissed (`Conflict`).
 pub fn live_group(group: Option<Group>, group_id: &str) -> StoreResult<Group> {
     match group {
@@ -155,6 +183,60 @@ impl Message {
     pub fn system(conv_id: String, seq: u64, body: Body, ts: i64, ver: u64) -> Message {
         Message { conv_id, seq, sender: None, client_msg_id: None, body, reply_to: None, ts, ver }
     }
+}
+
+impl UserConvState {
+    /// Where [`crate::store::Store::mark_read`] moves the read cursor in a conversation whose last
+    /// message is `last_seq`: to `min(seq, last_seq)` if that is past the cursor; `None` when the
+    /// cursor is there or beyond already.
+    pub fn read_target(&self, seq: u64, last_seq: u64) -> Option<u64> {
+        Some(seq.min(last_seq)).filter(|&target| target > self.read_seq)
+    }
+}
+
+impl FlagsPatch {
+    /// Sets the flags the patch names on `state`, leaving the others as they are.
+    pub fn apply(&self, state: &mut UserConvState) {
+        for (flag, patched) in
+            [(&mut state.pinned, self.pinned), (&mut state.muted, self.muted), (&mut state.hidden, self.hidden)]
+        {
+            if let Some(v) = patched {
+                *flag = v;
+            }
+        }
+    }
+}
+
+impl ConversationView {
+    /// A row of `state`'s user's list as they may see it ([`ConversationView::visible`]), its last
+    /// message not loaded yet.
+    pub fn unloaded(conv: Conversation, state: UserConvState) -> ConversationView {
+        ConversationView { conv: ConversationView::visible(conv, &state), state, last_message: None }
+    }
+
+    /// The `seq` of the message to load as `last_message`: the last one the user may see; none
+    /// while there is none.
+    pub fn last_message_seq(&self) -> Option<u64> {
+        Some(self.conv.last_seq).filter(|&seq| seq > 0)
+    }
+}
+
+/// A page of a user's conversation list ([`crate::store::Store::list_conversations`]) out of
+/// their rows, each with its conversation: those whose cursor is after `since`, ascending by
+/// cursor (then conversation id), at most `limit`, their last messages not loaded yet.
+pub fn list_page(
+    rows: impl IntoIterator<Item = (Conversation, UserConvState)>,
+    since: u64,
+    limit: usize,
+) -> Vec<ConversationView> {
+    let mut page: Vec<ConversationView> = rows
+        .into_iter()
+        .map(|(conv, state)| ConversationView::unloaded(conv, state))
+        .filter(|view| view.cursor() > since)
+        .collect();
+    page.sort_by(|a, b| a.cursor().cmp(&b.cursor()).then_with(|| a.conv.conv_id.cmp(&b.conv.conv_id)));
+    page.truncate(limit);
+    page
 }
 
 #[cfg(test)]
@@ -219,5 +301,53 @@ mod tests {
         dismissed.dismissed = true;
         assert!(matches!(live_group(Some(dismissed), "t"), Err(StoreError::Conflict(_))));
         assert!(live_group(Some(p.group), "t").is_ok());
+    }
+
+    #[test]
+    fn a_role_change_applies_in_order_to_members_only() {
+        let members: HashMap<String, Member> = [member("a"), member("b")].into();
+        let mut group = Group::new("g".into(), "G".into(), "a".into(), 1, 2);
+        let c = RoleChange {
+            group_id: "g".into(),
+            roles: vec![("b".into(), Role::Admin), ("a".into(), Role::Member), ("b".into(), Role::Owner)],
+            ts: 2,
+            system_body: Body::System { event: "x".into(), data: serde_json::Value::Null },
+        };
+        let changed = c.apply(&mut group, &members).expect("members");
+        let roles: Vec<(&str, Role)> = changed.iter().map(|m| (m.user_id.as_str(), m.role)).collect();
+        assert_eq!(roles, [("a", Role::Member), ("b", Role::Owner)]);
+        assert_eq!(group.owner, "b");
+        let stranger = RoleChange { roles: vec![("zed".into(), Role::Admin)], ..c };
+        assert!(matches!(stranger.apply(&mut group, &members), Err(StoreError::NotFound(_))));
+    }
+
+    #[test]
+    fn a_list_page_keeps_rows_after_the_cursor_in_cursor_order() {
+        let conv = |id: &str, last_seq: u64, ver: u64| Conversation {
+            conv_id: id.into(),
+            kind: ConvKind::Direct,
+            members: Vec::new(),
+            group_id: None,
+            last_seq,
+            ver,
+        };
+        let row = |ver: u64| UserConvState { active: true, ver, ..UserConvState::default() };
+        let rows = vec![
+            (conv("c", 4, 30), row(1)),
+            (conv("a", 0, 5), row(2)),
+            (conv("b", 2, 30), row(3)),
+            (conv("d", 9, 9), UserConvState { active: false, left_seq: 3, ver: 20, ..UserConvState::default() }),
+        ];
+        let page = list_page(rows, 5, 3);
+        let ids: Vec<(&str, u64)> = page.iter().map(|v| (v.conv.conv_id.as_str(), v.cursor())).collect();
+        assert_eq!(ids, [("d", 20), ("b", 30), ("c", 30)]);
+        assert_eq!(page[0].last_message_seq(), Some(3), "a former member's list stops where they left");
+        assert!(page.iter().all(|v| v.last_message.is_none()));
+        assert_eq!(ConversationView::unloaded(conv("e", 0, 1), row(1)).last_message_seq(), None);
+        let cursor = UserConvState { read_seq: 4, ..UserConvState::default() };
+        assert_eq!(
+            (cursor.read_target(9, 6), cursor.read_target(3, 6), cursor.read_target(9, 4)),
+            (Some(6), None, None)
+        );
     }
 }

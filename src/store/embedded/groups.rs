@@ -1,12 +1,14 @@
 //! Group changes other than membership: profile updates, roles, dismissal. Like every write
 //! operation, each checks everything that can fail with a domain error before its first write.
 
-use confab_actors::model::{group_conv_id, Body, Conversation, Group, Member, Message, Role, UserConvState};
+use std::collections::HashMap;
+
+use confab_actors::model::{group_conv_id, Body, Conversation, Group, Member, Message, UserConvState};
 use confab_actors::store::{group_conversation, live_group, GroupDismiss, GroupUpdate, RoleChange, StoreResult};
 use redb::{ReadableTable, WriteTransaction};
 
 use super::tables::{
-    decode, get_json, next_ver, not_found, put_json, unavailable, CONVS, GROUPS, MEMBERS, MESSAGES, META, USER_CONVS,
+    decode, get_json, next_ver, put_json, unavailable, CONVS, GROUPS, MEMBERS, MESSAGES, META, USER_CONVS,
 };
 
 /// The group (not dismissed) and its conversation, or the domain error.
@@ -52,19 +54,14 @@ pub(super) fn set_roles(txn: &WriteTransaction, c: RoleChange) -> StoreResult<(G
     let (mut group, conv) = load(txn, &c.group_id)?;
     let gid = c.group_id.as_str();
     let mut members = txn.open_table(MEMBERS).map_err(unavailable)?;
-    let mut changed: Vec<Member> = Vec::with_capacity(c.roles.len());
-    for (user, role) in &c.roles {
-        let mut m: Member = match changed.iter().position(|m| m.user_id == *user) {
-            Some(i) => changed.remove(i),
-            None => get_json(&members, (gid, user.as_str()))?
-                .ok_or_else(|| not_found(format!("{user} is not a member of group {gid}")))?,
-        };
-        m.role = *role;
-        if *role == Role::Owner {
-            group.owner = user.clone();
+    // The members the change names, as stored.
+    let mut named = HashMap::new();
+    for (user, _) in &c.roles {
+        if let Some(m) = get_json::<_, Member>(&members, (gid, user.as_str()))? {
+            named.insert(user.clone(), m);
         }
-        changed.push(m);
     }
+    let changed = c.apply(&mut group, &named)?;
     let mut meta = txn.open_table(META).map_err(unavailable)?;
     let ver = next_ver(&mut meta)?;
     for m in &changed {

@@ -292,10 +292,9 @@ pub(super) fn mark_read(
     let mut state = row_or_not_found(&rows, user, conv_id)?;
     let convs = txn.open_table(CONVS).map_err(unavailable)?;
     let conv: Conversation = get_json(&convs, conv_id)?.ok_or_else(|| not_found(format!("conversation {conv_id}")))?;
-    let target = seq.min(conv.last_seq);
-    if target <= state.read_seq {
+    let Some(target) = state.read_target(seq, conv.last_seq) else {
         return Ok(None);
-    }
+    };
     let mut meta = txn.open_table(META).map_err(unavailable)?;
     state.read_seq = target;
     state.ver = next_ver(&mut meta)?;
@@ -312,15 +311,7 @@ pub(super) fn set_flags(
     let mut rows = txn.open_table(USER_CONVS).map_err(unavailable)?;
     let mut state = row_or_not_found(&rows, user, conv_id)?;
     let mut meta = txn.open_table(META).map_err(unavailable)?;
-    if let Some(v) = patch.pinned {
-        state.pinned = v;
-    }
-    if let Some(v) = patch.muted {
-        state.muted = v;
-    }
-    if let Some(v) = patch.hidden {
-        state.hidden = v;
-    }
+    patch.apply(&mut state);
     state.ver = next_ver(&mut meta)?;
     put_json(&mut rows, (user, conv_id), &state)?;
     Ok(state)

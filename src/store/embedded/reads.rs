@@ -2,7 +2,7 @@
 //! MVCC snapshot of the last commit); none of them waits for the writer.
 
 use confab_actors::model::{Changes, Conversation, ConversationView, Group, Member, Message, UserConvState};
-use confab_actors::store::{HistoryQuery, StoreResult};
+use confab_actors::store::{list_page, HistoryQuery, StoreResult};
 use redb::{ReadTransaction, ReadableTable};
 
 use super::tables::{
@@ -73,14 +73,15 @@ pub(super) fn user_conv(txn: &ReadTransaction, user: &str, conv_id: &str) -> Sto
     get_json(&rows, (user, conv_id))
 }
 
-fn last_message(
+/// Loads the last message of the view (the one its user may see).
+fn load_last_message(
     messages: &impl ReadableTable<(&'static str, u64), &'static [u8]>,
-    conv: &Conversation,
-) -> StoreResult<Option<Message>> {
-    if conv.last_seq == 0 {
-        return Ok(None);
+    view: &mut ConversationView,
+) -> StoreResult<()> {
+    if let Some(seq) = view.last_message_seq() {
+        view.last_message = get_json(messages, (view.conv.conv_id.as_str(), seq))?;
     }
-    get_json(messages, (conv.conv_id.as_str(), conv.last_seq))
+    Ok(())
 }
 
 pub(super) fn conversation_view(
@@ -96,26 +97,23 @@ pub(super) fn conversation_view(
     let Some(conv) = get_json::<_, Conversation>(&convs, conv_id)? else {
         return Ok(None);
     };
-    let conv = ConversationView::visible(conv, &state);
+    let mut view = ConversationView::unloaded(conv, state);
     let messages = txn.open_table(MESSAGES).map_err(unavailable)?;
-    let last_message = last_message(&messages, &conv)?;
-    Ok(Some(ConversationView { conv, state, last_message }))
+    load_last_message(&messages, &mut view)?;
+    Ok(Some(view))
 }
 
-/// Scans all of the user's rows (a prefix range on `(user, _)`), keeps those whose cursor is
-/// after `since`, sorts by cursor and loads the last message of the page only.
+/// Scans all of the user's rows (a prefix range on `(user, _)`), picks the page
+/// ([`list_page`]) and loads the last message of the page's conversations only.
 pub(super) fn list_conversations(
     txn: &ReadTransaction,
     user: &str,
     since: u64,
     limit: usize,
 ) -> StoreResult<Vec<ConversationView>> {
-    if limit == 0 {
-        return Ok(Vec::new());
-    }
     let rows = txn.open_table(USER_CONVS).map_err(unavailable)?;
     let convs = txn.open_table(CONVS).map_err(unavailable)?;
-    let mut page: Vec<(u64, Conversation, UserConvState)> = Vec::new();
+    let mut found: Vec<(Conversation, UserConvState)> = Vec::new();
     for item in rows.range((user, "")..).map_err(unavailable)? {
         let (k, v) = item.map_err(unavailable)?;
         let (row_user, conv_id) = k.value();
@@ -123,24 +121,16 @@ pub(super) fn list_conversations(
             break;
         }
         let state: UserConvState = decode(v.value())?;
-        let Some(conv) = get_json::<_, Conversation>(&convs, conv_id)? else {
-            continue;
-        };
-        let view = ConversationView { conv: ConversationView::visible(conv, &state), state, last_message: None };
-        let cursor = view.cursor();
-        if cursor > since {
-            page.push((cursor, view.conv, view.state));
+        if let Some(conv) = get_json::<_, Conversation>(&convs, conv_id)? {
+            found.push((conv, state));
         }
     }
-    page.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.conv_id.cmp(&b.1.conv_id)));
-    page.truncate(limit);
+    let mut page = list_page(found, since, limit);
     let messages = txn.open_table(MESSAGES).map_err(unavailable)?;
-    let mut out = Vec::with_capacity(page.len());
-    for (_, conv, state) in page {
-        let last_message = last_message(&messages, &conv)?;
-        out.push(ConversationView { conv, state, last_message });
+    for view in &mut page {
+        load_last_message(&messages, view)?;
     }
-    Ok(out)
+    Ok(page)
 }
 
 pub(super) fn changes(txn: &ReadTransaction, user: &str, conv_id: &str, since: u64) -> StoreResult<Changes> {

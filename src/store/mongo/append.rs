@@ -15,7 +15,7 @@ use confab_actors::store::{Appended, NewMessage};
 use mongodb::bson::{doc, Document};
 use mongodb::options::ReturnDocument;
 
-use super::docs::{body_json, i, q, u, ConvDoc, MessageDoc, ReplyDoc, CONVERSATIONS, MESSAGES, USER_CONVS};
+use super::docs::{i, q, u, ConvDoc, MessageDoc, CONVERSATIONS, MESSAGES, USER_CONVS};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -207,18 +207,7 @@ impl Tx<'_> {
                     ts: m.ts,
                     ver: vers[idx],
                 };
-                messages.push(MessageDoc {
-                    conv_id: conv_id.clone(),
-                    seq: i(seq).map_err(fatal)?,
-                    sender: m.sender.clone(),
-                    client_msg_id: m.client_msg_id.clone(),
-                    body: body_json(&m.body).map_err(fatal)?,
-                    reply_to: message.reply_to.as_ref().map(ReplyDoc::from_ref).transpose().map_err(fatal)?,
-                    ts: m.ts,
-                    ver: i(vers[idx]).map_err(fatal)?,
-                    system_key: if m.sender.is_none() { m.client_msg_id.clone() } else { None },
-                    recall_ver: None,
-                });
+                messages.push(MessageDoc::from_message(&message).map_err(fatal)?);
                 if let Some(s) = &m.sender {
                     match senders.iter_mut().find(|x| &x.0 == s) {
                         Some(x) => {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use confab_actors::error::StoreError;
 use confab_actors::metrics::Metrics;
 use confab_actors::store::StoreResult;
-use mongodb::bson::{doc, Document};
+use mongodb::bson::{doc, Bson, Document};
 use mongodb::error::{Error as MongoError, ErrorKind, WriteFailure};
 use mongodb::event::command::CommandEvent;
 use mongodb::event::EventHandler;
@@ -202,6 +202,20 @@ pub(crate) fn is_duplicate_key(e: &MongoError) -> bool {
         ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == DUPLICATE_KEY,
         ErrorKind::Command(c) => c.code == DUPLICATE_KEY,
         _ => false,
+    }
+}
+
+/// Whether a write error of an `update` command's reply is a unique index violation.
+pub(crate) fn is_duplicate_key_reply(write_error: &Document) -> bool {
+    int_field(write_error, "code") == Some(i64::from(DUPLICATE_KEY))
+}
+
+/// An integer field of a server reply (`int32` or `int64`).
+pub(crate) fn int_field(reply: &Document, key: &str) -> Option<i64> {
+    match reply.get(key) {
+        Some(Bson::Int32(n)) => Some(i64::from(*n)),
+        Some(Bson::Int64(n)) => Some(*n),
+        _ => None,
     }
 }
 

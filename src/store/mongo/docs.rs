@@ -161,6 +161,11 @@ impl ConvDoc {
             ver: u(self.ver)?,
         })
     }
+
+    /// The `seq` of the conversation's next message.
+    pub fn next_seq(&self) -> StoreResult<u64> {
+        Ok(u(self.last_seq)? + 1)
+    }
 }
 
 /// A flag: a BSON boolean, also accepted as the integers 0 and 1 (which some MongoDB-compatible
@@ -313,6 +318,11 @@ pub(crate) struct MemberDoc {
 }
 
 impl MemberDoc {
+    /// The document of `m`, a member of the group `group_id`.
+    pub fn new(group_id: &str, m: &Member) -> MemberDoc {
+        MemberDoc { group_id: group_id.to_owned(), user: m.user_id.clone(), role: m.role, joined_at: m.joined_at }
+    }
+
     pub fn into_member(self) -> Member {
         Member { user_id: self.user, role: self.role, joined_at: self.joined_at }
     }

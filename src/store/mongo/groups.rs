@@ -2,21 +2,21 @@
 //! transaction. Like the other operations, each checks everything that can fail with a domain
 //! error before its first write.
 
+use std::collections::HashMap;
+
 use confab_actors::error::StoreError;
-use confab_actors::model::{group_conv_id, Body, Group, Message, Role};
+use confab_actors::model::{group_conv_id, Body, Group, Member, Message};
 use confab_actors::store::{live_group, GroupDismiss, GroupUpdate, RoleChange};
 use mongodb::bson::{doc, Document};
 
-use super::docs::{
-    i, u, ConvDoc, GroupDoc, MemberDoc, MessageDoc, CONVERSATIONS, GROUPS, MEMBERS, MESSAGES, USER_CONVS,
-};
+use super::docs::{i, ConvDoc, GroupDoc, MemberDoc, MessageDoc, CONVERSATIONS, GROUPS, MEMBERS, MESSAGES, USER_CONVS};
 use super::tx::{fatal, stmt, Answer, AttemptError, AttemptResult, Tx};
 
 type OpResult = AttemptResult<Result<Answer, StoreError>>;
 
 impl Tx<'_> {
     /// The group (not dismissed) and its conversation, or the domain error.
-    async fn live_group(&mut self, group_id: &str) -> AttemptResult<Result<(Group, ConvDoc), StoreError>> {
+    pub(super) async fn live_group(&mut self, group_id: &str) -> AttemptResult<Result<(Group, ConvDoc), StoreError>> {
         let group = self.find_one::<GroupDoc>(GROUPS, doc! { "_id": group_id }).await?;
         let group = match live_group(group.map(GroupDoc::into_group).transpose().map_err(fatal)?, group_id) {
             Ok(g) => g,
@@ -29,30 +29,50 @@ impl Tx<'_> {
         Ok(Ok((group, conv)))
     }
 
-    /// Appends the system message after the conversation's last one and stores the group's
-    /// changed fields (`set`).
-    async fn record(&mut self, group: Group, conv: ConvDoc, body: &Body, ts: i64, ver: u64, set: Document) -> OpResult {
-        let seq = u(conv.last_seq).map_err(fatal)? + 1;
-        let v = i(ver).map_err(fatal)?;
+    /// The members of the group among `users`, by user.
+    pub(super) async fn members_among(
+        &mut self,
+        group_id: &str,
+        users: &[&str],
+    ) -> AttemptResult<HashMap<String, Member>> {
+        let found: Vec<MemberDoc> =
+            self.find_all(MEMBERS, doc! { "group_id": group_id, "user": { "$in": users } }).await?;
+        Ok(found.into_iter().map(|m| (m.user.clone(), m.into_member())).collect())
+    }
+
+    /// Appends the system message after `conv`'s last one: moves the conversation's `last_seq`
+    /// on condition that it is still the value read (else another node appended meanwhile: the
+    /// attempt is `Stale`), and inserts the message.
+    pub(super) async fn append_system(
+        &mut self,
+        conv: &ConvDoc,
+        body: &Body,
+        ts: i64,
+        ver: u64,
+    ) -> AttemptResult<Message> {
+        let seq = conv.next_seq().map_err(fatal)?;
         let moved = self
-            .update(
+            .set_one(
                 CONVERSATIONS,
-                vec![stmt(
-                    doc! { "_id": &conv.id, "last_seq": conv.last_seq },
-                    doc! { "$set": { "last_seq": i(seq).map_err(fatal)?, "ver": v } },
-                    false,
-                )],
+                doc! { "_id": &conv.id, "last_seq": conv.last_seq },
+                doc! { "last_seq": i(seq).map_err(fatal)?, "ver": i(ver).map_err(fatal)? },
             )
             .await?;
         if moved.n_modified != 1 {
-            return Err(AttemptError::Stale(vec![conv.id]));
+            return Err(AttemptError::Stale(vec![conv.id.clone()]));
         }
         let message = Message::system(conv.id.clone(), seq, body.clone(), ts, ver);
         self.insert(MESSAGES, &[MessageDoc::from_message(&message).map_err(fatal)?]).await?;
+        self.overlay.insert(conv.id.clone(), seq);
+        Ok(message)
+    }
+
+    /// Appends the system message and stores the group's changed fields (`set`).
+    async fn record(&mut self, group: Group, conv: ConvDoc, body: &Body, ts: i64, ver: u64, set: Document) -> OpResult {
+        let message = self.append_system(&conv, body, ts, ver).await?;
         if !set.is_empty() {
-            self.update(GROUPS, vec![stmt(doc! { "_id": &group.id }, doc! { "$set": set }, false)]).await?;
+            self.set_one(GROUPS, doc! { "_id": &group.id }, set).await?;
         }
-        self.overlay.insert(conv.id, seq);
         Ok(Ok(Answer::Created(Box::new(group), message)))
     }
 
@@ -79,24 +99,17 @@ impl Tx<'_> {
             Err(e) => return Ok(Err(e)),
         };
         let users: Vec<&str> = c.roles.iter().map(|(u, _)| u.as_str()).collect();
-        let found: Vec<MemberDoc> =
-            self.find_all(MEMBERS, doc! { "group_id": &c.group_id, "user": { "$in": &users } }).await?;
-        let mut final_roles: Vec<(String, Role)> = Vec::new();
-        for (user, role) in &c.roles {
-            if !found.iter().any(|m| m.user == *user) {
-                return Ok(Err(StoreError::NotFound(format!("{user} is not a member of group {}", c.group_id))));
-            }
-            final_roles.retain(|(x, _)| x != user);
-            final_roles.push((user.clone(), *role));
-            if *role == Role::Owner {
-                group.owner = user.clone();
-            }
-        }
-        let stmts = final_roles
+        let members = self.members_among(&c.group_id, &users).await?;
+        let changed = match c.apply(&mut group, &members) {
+            Ok(changed) => changed,
+            Err(e) => return Ok(Err(e)),
+        };
+        let stmts = changed
             .iter()
-            .map(|(user, role)| {
-                let role = mongodb::bson::to_bson(role).map_err(|e| fatal(StoreError::Unavailable(e.to_string())))?;
-                Ok(stmt(doc! { "group_id": &c.group_id, "user": user }, doc! { "$set": { "role": role } }, false))
+            .map(|m| {
+                let role =
+                    mongodb::bson::to_bson(&m.role).map_err(|e| fatal(StoreError::Unavailable(e.to_string())))?;
+                Ok(stmt(doc! { "group_id": &c.group_id, "user": &m.user_id }, doc! { "$set": { "role": role } }, false))
             })
             .collect::<AttemptResult<Vec<_>>>()?;
         self.update(MEMBERS, stmts).await?;

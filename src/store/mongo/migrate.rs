@@ -24,16 +24,16 @@ use anyhow::{bail, Context as _};
 use confab_actors::metrics::Metrics;
 use confab_actors::model::{Conversation, Group, Member, Message, User, UserConvState};
 use confab_actors::outbox::{Delivery, OutboxEvent};
-use mongodb::bson::{doc, Bson, Document};
+use mongodb::bson::{doc, Document};
 use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition, TableError, TableHandle};
-use serde::Deserialize;
 
-use super::conn::{Conn, DUPLICATE_KEY};
+use super::conn::{int_field, is_duplicate_key_reply, Conn};
 use super::docs::{
     i, ConvDoc, GroupDoc, MessageDoc, RowDoc, CONVERSATIONS, DELETIONS, GROUPS, MEMBERS, MESSAGES, META, USERS,
     USER_CONVS, VER_ID,
 };
 use super::outbox::{DeliveryDoc, EventDoc, DELIVERIES, OUTBOX, OUTBOX_ID, WEBHOOK_META};
+use super::tx::{stmt, UpdateReply};
 use super::users::UserDoc;
 use super::MongoOptions;
 
@@ -72,16 +72,6 @@ impl fmt::Display for MigrationReport {
     }
 }
 
-#[derive(Deserialize)]
-struct UpdateReply {
-    #[serde(default)]
-    n: i64,
-    #[serde(default)]
-    upserted: Vec<Document>,
-    #[serde(rename = "writeErrors", default)]
-    write_errors: Vec<Document>,
-}
-
 /// Upserts sent in chunks of unordered statements.
 struct Bulk<'a> {
     conn: &'a Conn,
@@ -116,7 +106,7 @@ impl<'a> Bulk<'a> {
     }
 
     async fn push(&mut self, key: Document, update: Document) -> anyhow::Result<()> {
-        self.stmts.push(doc! { "q": key, "u": update, "upsert": true, "multi": false });
+        self.stmts.push(stmt(key, update, true));
         if self.stmts.len() >= CHUNK {
             self.flush().await?;
         }
@@ -140,28 +130,18 @@ impl<'a> Bulk<'a> {
         let reply = self.conn.db.run_command(cmd).await.with_context(|| format!("writing to {}", self.coll))?;
         let reply: UpdateReply = mongodb::bson::from_document(reply).context("unexpected update reply")?;
         for e in &reply.write_errors {
-            let code = match e.get("code") {
-                Some(Bson::Int32(c)) => i64::from(*c),
-                Some(Bson::Int64(c)) => *c,
-                _ => 0,
-            };
-            if code != i64::from(DUPLICATE_KEY) {
+            if !is_duplicate_key_reply(e) {
                 bail!("writing to {}: {e}", self.coll);
             }
             if let Some(refused) = &mut self.refused_keys {
-                let key = match e.get("index") {
-                    Some(Bson::Int32(n)) => usize::try_from(*n).ok(),
-                    Some(Bson::Int64(n)) => usize::try_from(*n).ok(),
-                    _ => None,
-                }
-                .and_then(|n| keys.get(n));
+                let key = int_field(e, "index").and_then(|n| usize::try_from(n).ok()).and_then(|n| keys.get(n));
                 match key {
                     Some(k) => refused.push(k.clone()),
                     None => bail!("writing to {}: a write error names no statement: {e}", self.coll),
                 }
             }
         }
-        let inserted = reply.upserted.len() as u64;
+        let inserted = reply.upserted().len() as u64;
         self.inserted += inserted;
         self.refused += reply.write_errors.len() as u64;
         self.existing += u64::try_from(reply.n).unwrap_or(0).saturating_sub(inserted).min(count);
@@ -196,6 +176,16 @@ fn bson_doc<T: serde::Serialize>(v: &T) -> anyhow::Result<Document> {
     Ok(mongodb::bson::to_document(v)?)
 }
 
+/// Raises the counter `id` in `meta` to `value` unless it is there already.
+async fn raise_counter(conn: &Conn, id: &str, value: u64) -> anyhow::Result<()> {
+    conn.db
+        .collection::<Document>(META)
+        .update_one(doc! { "_id": id }, doc! { "$max": { "value": i(value)? } })
+        .upsert(true)
+        .await?;
+    Ok(())
+}
+
 /// Copies the embedded store in `dir` into the MongoDB database of `opts`. Must run on the runtime
 /// that drives it (the command line's).
 pub async fn migrate_from_embedded(dir: &Path, opts: MongoOptions) -> anyhow::Result<MigrationReport> {
@@ -212,12 +202,7 @@ pub async fn migrate_from_embedded(dir: &Path, opts: MongoOptions) -> anyhow::Re
 
     // 1. The version counter: everything copied keeps its ver, later writes must be above it.
     let ver = txn.open_table(E_META)?.get("ver")?.map(|g| g.value()).unwrap_or(0);
-    conn.db
-        .collection::<Document>(META)
-        .update_one(doc! { "_id": VER_ID }, doc! { "$max": { "value": i(ver)? } })
-        .upsert(true)
-        .await
-        .context("raising the version counter")?;
+    raise_counter(&conn, VER_ID, ver).await.context("raising the version counter")?;
 
     // 2. The webhook event id counter: events copied keep their id (the receivers' de-duplication
     //    key), events pushed on MongoDB must get higher ones. The embedded `next_id` is the last id
@@ -234,12 +219,7 @@ pub async fn migrate_from_embedded(dir: &Path, opts: MongoOptions) -> anyhow::Re
         }
     }
     if last_event_id > 0 {
-        conn.db
-            .collection::<Document>(META)
-            .update_one(doc! { "_id": OUTBOX_ID }, doc! { "$max": { "value": i(last_event_id)? } })
-            .upsert(true)
-            .await
-            .context("raising the webhook event id counter")?;
+        raise_counter(&conn, OUTBOX_ID, last_event_id).await.context("raising the webhook event id counter")?;
     }
 
     // 3. Users, early (a disabled user or revoked tokens must hold on MongoDB as soon as possible).

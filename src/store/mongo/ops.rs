@@ -6,8 +6,8 @@
 use std::collections::{BTreeSet, HashMap};
 
 use confab_actors::error::StoreError;
-use confab_actors::model::{group_conv_id, Body, FlagsPatch, Member, Message, ReplyRef, UserConvState};
-use confab_actors::store::{live_group, MemberChange, NewGroup, Recalled};
+use confab_actors::model::{group_conv_id, Body, FlagsPatch, ReplyRef, UserConvState};
+use confab_actors::store::{MemberChange, NewGroup, Recalled};
 use mongodb::bson::{doc, Document};
 use mongodb::options::ReturnDocument;
 use serde::Deserialize;
@@ -16,7 +16,7 @@ use super::docs::{
     body_json, i, q, u, ConvDoc, DeletionDoc, GroupDoc, MemberDoc, MessageDoc, RowDoc, CONVERSATIONS, DELETIONS,
     GROUPS, MEMBERS, MESSAGES, USER_CONVS,
 };
-use super::tx::{fatal, stmt, stmt_all, Answer, AttemptError, AttemptResult, Tx};
+use super::tx::{fatal, stmt, stmt_all, Answer, AttemptResult, Tx};
 
 type OpResult = AttemptResult<Result<Answer, StoreError>>;
 
@@ -35,8 +35,7 @@ impl Tx<'_> {
     }
 
     async fn set_row(&mut self, user: &str, conv_id: &str, set: Document) -> AttemptResult<()> {
-        self.update(USER_CONVS, vec![stmt(doc! { "user": user, "conv_id": conv_id }, doc! { "$set": set }, false)])
-            .await?;
+        self.set_one(USER_CONVS, doc! { "user": user, "conv_id": conv_id }, set).await?;
         Ok(())
     }
 
@@ -51,24 +50,15 @@ impl Tx<'_> {
         }
         let v = i(ver).map_err(fatal)?;
         // The conversation first: if it is missing, nothing has been written yet.
-        let conv = self
-            .update(CONVERSATIONS, vec![stmt(doc! { "_id": conv_id }, doc! { "$set": { "ver": v } }, false)])
-            .await?;
+        let conv = self.set_one(CONVERSATIONS, doc! { "_id": conv_id }, doc! { "ver": v }).await?;
         if conv.n == 0 {
             return Ok(Err(StoreError::Unavailable(format!("message {conv_id}/{seq} has no conversation"))));
         }
         message.body = Body::Recalled { by: by.to_owned() };
         message.ver = ver;
         let body = body_json(&message.body).map_err(fatal)?;
-        self.update(
-            MESSAGES,
-            vec![stmt(
-                doc! { "conv_id": conv_id, "seq": q(seq) },
-                doc! { "$set": { "body": body, "ver": v, "recall_ver": v } },
-                false,
-            )],
-        )
-        .await?;
+        let set = doc! { "body": body, "ver": v, "recall_ver": v };
+        self.set_one(MESSAGES, doc! { "conv_id": conv_id, "seq": q(seq) }, set).await?;
         // Replies keep their place and sender, but no longer quote the recalled text.
         let mut scrubbed = ReplyRef { seq, sender: None, quote: String::new(), recalled: false };
         scrubbed.scrub();
@@ -91,10 +81,9 @@ impl Tx<'_> {
             return not_found(format!("conversation {conv_id}"));
         };
         let mut state = row.state().map_err(fatal)?;
-        let target = seq.min(u(conv.last_seq).map_err(fatal)?);
-        if target <= state.read_seq {
+        let Some(target) = state.read_target(seq, u(conv.last_seq).map_err(fatal)?) else {
             return Ok(Ok(Answer::MaybeState(None)));
-        }
+        };
         state.read_seq = target;
         state.ver = ver;
         self.set_row(user, conv_id, doc! { "read_seq": i(target).map_err(fatal)?, "ver": i(ver).map_err(fatal)? })
@@ -157,16 +146,7 @@ impl Tx<'_> {
             return Ok(Err(StoreError::Conflict(format!("conversation {conv_id} already exists"))));
         }
         let plan = g.plan(ver);
-        let members: Vec<MemberDoc> = plan
-            .members
-            .iter()
-            .map(|m| MemberDoc {
-                group_id: g.id.clone(),
-                user: m.user_id.clone(),
-                role: m.role,
-                joined_at: m.joined_at,
-            })
-            .collect();
+        let members: Vec<MemberDoc> = plan.members.iter().map(|m| MemberDoc::new(&g.id, m)).collect();
         let mut rows = Vec::with_capacity(plan.members.len());
         for m in &plan.members {
             let row = RowDoc::new(&m.user_id, &conv_id, &plan.row).map_err(fatal)?.to_document().map_err(fatal)?;
@@ -183,16 +163,11 @@ impl Tx<'_> {
     }
 
     pub async fn change_members(&mut self, c: &MemberChange, ver: u64) -> OpResult {
-        let group = self.find_one::<GroupDoc>(GROUPS, doc! { "_id": &c.group_id }).await?;
-        let group = match live_group(group.map(GroupDoc::into_group).transpose().map_err(fatal)?, &c.group_id) {
-            Ok(g) => g,
+        let (group, conv) = match self.live_group(&c.group_id).await? {
+            Ok(x) => x,
             Err(e) => return Ok(Err(e)),
         };
-        let conv_id = group_conv_id(&c.group_id);
-        let Some(conv) = self.find_one::<ConvDoc>(CONVERSATIONS, doc! { "_id": &conv_id }).await? else {
-            return Ok(Err(StoreError::Unavailable(format!("group {} has no conversation", c.group_id))));
-        };
-        let seq = u(conv.last_seq).map_err(fatal)? + 1;
+        let seq = conv.next_seq().map_err(fatal)?;
         // What the store holds of the users the change names.
         let users: Vec<&str> = c
             .add
@@ -202,49 +177,22 @@ impl Tx<'_> {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let found: Vec<MemberDoc> =
-            self.find_all(MEMBERS, doc! { "group_id": &c.group_id, "user": { "$in": &users } }).await?;
-        let before_members: HashMap<String, Member> =
-            found.into_iter().map(|m| (m.user.clone(), m.into_member())).collect();
+        let before_members = self.members_among(&c.group_id, &users).await?;
         let found: Vec<RowDoc> =
-            self.find_all(USER_CONVS, doc! { "conv_id": &conv_id, "user": { "$in": &users } }).await?;
+            self.find_all(USER_CONVS, doc! { "conv_id": &conv.id, "user": { "$in": &users } }).await?;
         let mut before_rows: HashMap<String, UserConvState> = HashMap::new();
         for r in found {
             before_rows.insert(r.user.clone(), r.state().map_err(fatal)?);
         }
         let delta = c.apply(seq, ver, &before_members, &before_rows, group.member_count);
-        let inserts: Vec<MemberDoc> = delta
-            .insert
-            .iter()
-            .map(|m| MemberDoc {
-                group_id: c.group_id.clone(),
-                user: m.user_id.clone(),
-                role: m.role,
-                joined_at: m.joined_at,
-            })
-            .collect();
+        let inserts: Vec<MemberDoc> = delta.insert.iter().map(|m| MemberDoc::new(&c.group_id, m)).collect();
         let deletes: Vec<&str> = delta.delete.iter().map(String::as_str).collect();
         let mut row_stmts = Vec::new();
         for (user, state) in &delta.rows {
-            let row = RowDoc::new(user, &conv_id, state).map_err(fatal)?.to_document().map_err(fatal)?;
-            row_stmts.push(stmt(doc! { "user": user, "conv_id": &conv_id }, row, true));
+            let row = RowDoc::new(user, &conv.id, state).map_err(fatal)?.to_document().map_err(fatal)?;
+            row_stmts.push(stmt(doc! { "user": user, "conv_id": &conv.id }, row, true));
         }
-        let count = delta.member_count;
-        let message = Message::system(conv_id.clone(), seq, c.system_body.clone(), c.ts, ver);
-        let v = i(ver).map_err(fatal)?;
-        let moved = self
-            .update(
-                CONVERSATIONS,
-                vec![stmt(
-                    doc! { "_id": &conv_id, "last_seq": conv.last_seq },
-                    doc! { "$set": { "last_seq": i(seq).map_err(fatal)?, "ver": v } },
-                    false,
-                )],
-            )
-            .await?;
-        if moved.n_modified != 1 {
-            return Err(AttemptError::Stale(vec![conv_id]));
-        }
+        let message = self.append_system(&conv, &c.system_body, c.ts, ver).await?;
         self.insert(MEMBERS, &inserts).await?;
         if !deletes.is_empty() {
             self.conn
@@ -255,17 +203,8 @@ impl Tx<'_> {
                 .map_err(|e| self.err("delete from members", e))?;
         }
         self.update(USER_CONVS, row_stmts).await?;
-        self.insert(MESSAGES, &[MessageDoc::from_message(&message).map_err(fatal)?]).await?;
-        self.update(
-            GROUPS,
-            vec![stmt(
-                doc! { "_id": &c.group_id },
-                doc! { "$set": { "member_count": i(count).map_err(fatal)? } },
-                false,
-            )],
-        )
-        .await?;
-        self.overlay.insert(conv_id, seq);
+        let count = i(delta.member_count).map_err(fatal)?;
+        self.set_one(GROUPS, doc! { "_id": &c.group_id }, doc! { "member_count": count }).await?;
         Ok(Ok(Answer::Message(message)))
     }
 }

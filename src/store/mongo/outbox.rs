@@ -16,11 +16,10 @@ use confab_actors::outbox::{
 };
 use confab_actors::store::StoreResult;
 use mongodb::bson::{doc, Bson, Document};
-use mongodb::options::ReturnDocument;
 use serde::{Deserialize, Serialize};
 
 use super::conn::Conn;
-use super::docs::{i, q, u, CounterDoc, META};
+use super::docs::{i, q, u};
 use super::reads::find_all;
 use super::tx::{fatal, Answer, AttemptResult, Tx};
 use super::writer::Op;
@@ -168,17 +167,7 @@ pub(crate) async fn record(
         return Ok(());
     }
     let n = events.len() as u64;
-    let counter = tx
-        .conn
-        .coll::<CounterDoc>(META)
-        .find_one_and_update(doc! { "_id": OUTBOX_ID }, doc! { "$inc": { "value": i(n).map_err(fatal)? } })
-        .upsert(true)
-        .return_document(ReturnDocument::After)
-        .session(&mut tx.session)
-        .await
-        .map_err(|e| tx.err("taking event ids", e))?
-        .ok_or_else(|| fatal(StoreError::Unavailable("the event id counter is missing".into())))?;
-    let first = u(counter.value).map_err(fatal)? + 1 - n;
+    let first = tx.take_from_counter(OUTBOX_ID, "event id", n).await?;
     for (idx, pos) in pushed {
         if let Some(slot) = answers.get_mut(idx) {
             *slot = Some(Ok(Answer::EventId(first + pos as u64)));

@@ -4,7 +4,7 @@
 use std::collections::{HashMap, HashSet};
 
 use confab_actors::model::{Changes, Conversation, ConversationView, Group, Member, Message, UserConvState};
-use confab_actors::store::{HistoryQuery, StoreResult};
+use confab_actors::store::{list_page, HistoryQuery, StoreResult};
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Document};
 use mongodb::Cursor;
@@ -25,14 +25,42 @@ pub(crate) async fn collect<T: DeserializeOwned + Send + Sync>(c: &Conn, cursor:
     cursor.try_collect().await.map_err(|e| c.fail("reading a cursor", &e))
 }
 
+/// The documents of `coll` that match `filter`, in `sort` order if given.
 pub(crate) async fn find_all<T: DeserializeOwned + Send + Sync>(
     c: &Conn,
     coll: &str,
     filter: Document,
     sort: Option<Document>,
 ) -> StoreResult<Vec<T>> {
+    find(c, coll, filter, None, sort).await
+}
+
+/// The fields `projection` of the documents of `coll` that match `filter`, in `sort` order if
+/// given.
+async fn find_fields<T: DeserializeOwned + Send + Sync>(
+    c: &Conn,
+    coll: &str,
+    filter: Document,
+    projection: Document,
+    sort: Option<Document>,
+) -> StoreResult<Vec<T>> {
+    find(c, coll, filter, Some(projection), sort).await
+}
+
+/// The documents of `coll` that match `filter`, only the fields of `projection` and in `sort`
+/// order if given.
+async fn find<T: DeserializeOwned + Send + Sync>(
+    c: &Conn,
+    coll: &str,
+    filter: Document,
+    projection: Option<Document>,
+    sort: Option<Document>,
+) -> StoreResult<Vec<T>> {
     let collection = c.coll::<T>(coll);
     let mut find = collection.find(filter);
+    if let Some(projection) = projection {
+        find = find.projection(projection);
+    }
     if let Some(sort) = sort {
         find = find.sort(sort);
     }
@@ -61,13 +89,8 @@ struct SeqOnly {
 /// The seqs among `seqs` that `user` deleted for themselves in the conversation.
 async fn deleted_among(c: &Conn, user: &str, conv_id: &str, seqs: &[i64]) -> StoreResult<HashSet<i64>> {
     let filter = doc! { "user": user, "conv_id": conv_id, "seq": { "$in": seqs } };
-    let cursor = c
-        .coll::<SeqOnly>(DELETIONS)
-        .find(filter)
-        .projection(doc! { "_id": 0, "seq": 1 })
-        .await
-        .map_err(|e| c.fail("find in deletions", &e))?;
-    Ok(collect(c, cursor).await?.into_iter().map(|d| d.seq).collect())
+    let found: Vec<SeqOnly> = find_fields(c, DELETIONS, filter, doc! { "_id": 0, "seq": 1 }, None).await?;
+    Ok(found.into_iter().map(|d| d.seq).collect())
 }
 
 pub(crate) async fn history(
@@ -123,23 +146,22 @@ pub(crate) async fn conversation_view(c: &Conn, user: &str, conv_id: &str) -> St
     let Some(conv) = conversation(c, conv_id).await? else {
         return Ok(None);
     };
-    let conv = ConversationView::visible(conv, &state);
-    let last_message = if conv.last_seq == 0 { None } else { message(c, conv_id, conv.last_seq).await? };
-    Ok(Some(ConversationView { conv, state, last_message }))
+    let mut view = ConversationView::unloaded(conv, state);
+    if let Some(seq) = view.last_message_seq() {
+        view.last_message = message(c, conv_id, seq).await?;
+    }
+    Ok(Some(view))
 }
 
 /// Reads all of the user's rows (index `user_conv`), then only the conversations that changed
-/// after `since` or whose row did, orders by cursor and loads the last messages of the page in one
-/// query.
+/// after `since` or whose row did, picks the page ([`list_page`]) and loads the last messages of
+/// the page in one query.
 pub(crate) async fn list_conversations(
     c: &Conn,
     user: &str,
     since: u64,
     limit: usize,
 ) -> StoreResult<Vec<ConversationView>> {
-    if limit == 0 {
-        return Ok(Vec::new());
-    }
     let rows: Vec<RowDoc> = find_all(c, USER_CONVS, doc! { "user": user }, None).await?;
     if rows.is_empty() {
         return Ok(Vec::new());
@@ -153,39 +175,29 @@ pub(crate) async fn list_conversations(
     let convs: Vec<ConvDoc> = find_all(c, CONVERSATIONS, filter, None).await?;
     let mut convs: HashMap<String, Conversation> =
         convs.into_iter().map(|d| d.into_conv().map(|cv| (cv.conv_id.clone(), cv))).collect::<StoreResult<_>>()?;
-    let mut page: Vec<(u64, Conversation, UserConvState)> = Vec::new();
+    let mut found = Vec::with_capacity(convs.len());
     for row in &rows {
         let Some(conv) = convs.remove(&row.conv_id) else { continue };
-        let state = row.state()?;
-        let view = ConversationView { conv: ConversationView::visible(conv, &state), state, last_message: None };
-        let cursor = view.cursor();
-        if cursor > since {
-            page.push((cursor, view.conv, view.state));
-        }
+        found.push((conv, row.state()?));
     }
-    page.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.conv_id.cmp(&b.1.conv_id)));
-    page.truncate(limit);
+    let mut page = list_page(found, since, limit);
 
     let wanted: Vec<Document> = page
         .iter()
-        .filter(|(_, conv, _)| conv.last_seq > 0)
-        .map(|(_, conv, _)| doc! { "conv_id": &conv.conv_id, "seq": q(conv.last_seq) })
+        .filter_map(|view| view.last_message_seq().map(|seq| doc! { "conv_id": &view.conv.conv_id, "seq": q(seq) }))
         .collect();
-    let mut last: HashMap<String, Message> = HashMap::new();
     if !wanted.is_empty() {
         let docs: Vec<MessageDoc> = find_all(c, MESSAGES, doc! { "$or": wanted }, None).await?;
+        let mut last: HashMap<String, Message> = HashMap::new();
         for d in docs {
             let m = d.into_message()?;
             last.insert(m.conv_id.clone(), m);
         }
+        for view in &mut page {
+            view.last_message = last.remove(&view.conv.conv_id).filter(|m| Some(m.seq) == view.last_message_seq());
+        }
     }
-    Ok(page
-        .into_iter()
-        .map(|(_, conv, state)| {
-            let last_message = last.remove(&conv.conv_id).filter(|m| m.seq == conv.last_seq);
-            ConversationView { conv, state, last_message }
-        })
-        .collect())
+    Ok(page)
 }
 
 #[derive(Deserialize)]
@@ -202,25 +214,17 @@ struct Deleted {
 
 pub(crate) async fn changes(c: &Conn, user: &str, conv_id: &str, since: u64) -> StoreResult<Changes> {
     let mut out = Changes { recalled: Vec::new(), deleted: Vec::new(), ver: since };
-    let cursor = c
-        .coll::<Recalled>(MESSAGES)
-        .find(doc! { "conv_id": conv_id, "recall_ver": { "$gt": q(since) } })
-        .projection(doc! { "_id": 0, "seq": 1, "recall_ver": 1 })
-        .sort(doc! { "recall_ver": 1 })
-        .await
-        .map_err(|e| c.fail("find in messages", &e))?;
-    for r in collect(c, cursor).await? {
+    let filter = doc! { "conv_id": conv_id, "recall_ver": { "$gt": q(since) } };
+    let fields = doc! { "_id": 0, "seq": 1, "recall_ver": 1 };
+    let recalled: Vec<Recalled> = find_fields(c, MESSAGES, filter, fields, Some(doc! { "recall_ver": 1 })).await?;
+    for r in recalled {
         out.recalled.push(u(r.seq)?);
         out.ver = out.ver.max(u(r.recall_ver)?);
     }
-    let cursor = c
-        .coll::<Deleted>(DELETIONS)
-        .find(doc! { "user": user, "conv_id": conv_id, "ver": { "$gt": q(since) } })
-        .projection(doc! { "_id": 0, "seq": 1, "ver": 1 })
-        .sort(doc! { "seq": 1 })
-        .await
-        .map_err(|e| c.fail("find in deletions", &e))?;
-    for d in collect(c, cursor).await? {
+    let filter = doc! { "user": user, "conv_id": conv_id, "ver": { "$gt": q(since) } };
+    let fields = doc! { "_id": 0, "seq": 1, "ver": 1 };
+    let deleted: Vec<Deleted> = find_fields(c, DELETIONS, filter, fields, Some(doc! { "seq": 1 })).await?;
+    for d in deleted {
         out.deleted.push(u(d.seq)?);
         out.ver = out.ver.max(u(d.ver)?);
     }

@@ -7,14 +7,14 @@ use confab_actors::error::StoreError;
 use confab_actors::model::{Group, Message, UserConvState};
 use confab_actors::store::{Appended, Recalled};
 use futures_util::TryStreamExt;
-use mongodb::bson::{doc, Bson, Document};
+use mongodb::bson::{doc, Document};
 use mongodb::error::Error as MongoError;
 use mongodb::options::{ReadConcern, ReturnDocument};
 use mongodb::ClientSession;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::conn::{durable, is_duplicate_key, is_transient, Conn, DUPLICATE_KEY};
+use super::conn::{durable, is_duplicate_key, is_duplicate_key_reply, is_transient, Conn};
 use super::docs::{i, u, CounterDoc, META, VER_ID};
 use super::writer::ConvCache;
 
@@ -78,7 +78,7 @@ pub(crate) struct UpdateReply {
     #[serde(default)]
     upserted: Vec<Upserted>,
     #[serde(rename = "writeErrors", default)]
-    write_errors: Vec<Document>,
+    pub write_errors: Vec<Document>,
 }
 
 impl UpdateReply {
@@ -129,16 +129,22 @@ impl<'a> Tx<'a> {
 
     /// Takes `n` versions from the store-wide counter; returns the first.
     pub async fn reserve_vers(&mut self, n: u64) -> AttemptResult<u64> {
+        self.take_from_counter(VER_ID, "version", n).await
+    }
+
+    /// Takes `n` numbers from the counter `id` in `meta`; returns the first. `name` names the
+    /// counter in errors ("taking versions", "the version counter is missing").
+    pub async fn take_from_counter(&mut self, id: &str, name: &str, n: u64) -> AttemptResult<u64> {
         let doc = self
             .conn
             .coll::<CounterDoc>(META)
-            .find_one_and_update(doc! { "_id": VER_ID }, doc! { "$inc": { "value": i(n).map_err(fatal)? } })
+            .find_one_and_update(doc! { "_id": id }, doc! { "$inc": { "value": i(n).map_err(fatal)? } })
             .upsert(true)
             .return_document(ReturnDocument::After)
             .session(&mut self.session)
             .await
-            .map_err(|e| self.err("taking versions", e))?
-            .ok_or_else(|| fatal(StoreError::Unavailable("the version counter is missing".into())))?;
+            .map_err(|e| self.err(&format!("taking {name}s"), e))?
+            .ok_or_else(|| fatal(StoreError::Unavailable(format!("the {name} counter is missing"))))?;
         let last = u(doc.value).map_err(fatal)?;
         Ok(last + 1 - n)
     }
@@ -201,17 +207,17 @@ impl<'a> Tx<'a> {
         let reply: UpdateReply = mongodb::bson::from_document(reply)
             .map_err(|e| fatal(StoreError::Unavailable(format!("unexpected reply to update {coll}: {e}"))))?;
         if let Some(first) = reply.write_errors.first() {
-            let code = match first.get("code") {
-                Some(Bson::Int32(c)) => i64::from(*c),
-                Some(Bson::Int64(c)) => *c,
-                _ => 0,
-            };
-            if code == i64::from(DUPLICATE_KEY) {
+            if is_duplicate_key_reply(first) {
                 return Err(AttemptError::DuplicateKey);
             }
             return Err(fatal(StoreError::Unavailable(format!("update {coll} failed: {first}"))));
         }
         Ok(reply)
+    }
+
+    /// Sets the fields `set` of the one document of `coll` that matches `filter` (if any).
+    pub async fn set_one(&mut self, coll: &str, filter: Document, set: Document) -> AttemptResult<UpdateReply> {
+        self.update(coll, vec![stmt(filter, doc! { "$set": set }, false)]).await
     }
 
     pub async fn commit(&mut self) -> Result<(), MongoError> {
