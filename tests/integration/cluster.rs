@@ -4,7 +4,7 @@
 //! (presence re-asserted, subscriber back, fast failures meanwhile). Several "nodes" run in one process: each `Cluster` is one node.
 //!
 //! They need `CONFAB_TEST_REDIS_URL` (set by `scripts/test`, which starts redis-server). Without it
-//! each test prints "skipped: CONFAB_TEST_REDIS_URL not set" and passes, unless
+//! each test prints "skipped: CONFAB_TEST_REDIS_URL is not set" and passes, unless
 //! `CONFAB_REQUIRE_SERVICES=1`, which makes it fail. The restart test starts a redis-server of
 //! its own on a spare port. Node ids and user ids are unique per test, so tests share one Redis.
 
@@ -20,16 +20,7 @@ use tokio::sync::mpsc;
 
 /// The Redis to test against, or `None` (after saying so) when there is none.
 fn test_url() -> Option<String> {
-    match std::env::var("CONFAB_TEST_REDIS_URL") {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            if std::env::var("CONFAB_REQUIRE_SERVICES").as_deref() == Ok("1") {
-                panic!("CONFAB_TEST_REDIS_URL is not set but CONFAB_REQUIRE_SERVICES=1");
-            }
-            eprintln!("skipped: CONFAB_TEST_REDIS_URL not set");
-            None
-        }
-    }
+    crate::common::service("CONFAB_TEST_REDIS_URL")
 }
 
 /// A prefix no other test (or earlier run) uses.
@@ -682,14 +673,10 @@ fn metrics_render_as_prometheus_text() {
     assert!(text.contains("confab_cluster_redis_up 0\n"), "{text}");
 }
 
-/// Whether a tool the deployment checks need is missing: says so, or fails when services are
-/// required (`CONFAB_REQUIRE_SERVICES=1`, as in `scripts/test`, which installs them).
-fn missing(what: &str) -> bool {
-    if std::env::var("CONFAB_REQUIRE_SERVICES").as_deref() == Ok("1") {
-        panic!("{what} is not available but CONFAB_REQUIRE_SERVICES=1");
-    }
-    eprintln!("skipped: {what} is not available");
-    true
+/// A tool the deployment checks need is missing: says so, or fails when services are required
+/// (`CONFAB_REQUIRE_SERVICES=1`, as in `scripts/test`, which installs them).
+fn missing(what: &str) {
+    crate::common::skip_without(&format!("{what} is not available"));
 }
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");

@@ -18,21 +18,11 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 use crate::common::{text, BinaryNode, Client};
+use crate::http_api::ok_at;
 
+/// The MongoDB and the Redis to test against, or `None` (after saying so) when either is missing.
 fn services() -> Option<(String, String)> {
-    let mongo = std::env::var("CONFAB_TEST_MONGODB_URI").ok();
-    let redis = std::env::var("CONFAB_TEST_REDIS_URL").ok();
-    match (mongo, redis) {
-        (Some(m), Some(r)) => Some((m, r)),
-        _ => {
-            assert!(
-                std::env::var("CONFAB_REQUIRE_SERVICES").as_deref() != Ok("1"),
-                "CONFAB_REQUIRE_SERVICES=1 but CONFAB_TEST_MONGODB_URI / CONFAB_TEST_REDIS_URL are not set"
-            );
-            eprintln!("skipped: set CONFAB_TEST_MONGODB_URI and CONFAB_TEST_REDIS_URL (./scripts/test does)");
-            None
-        }
-    }
+    Some((crate::common::service("CONFAB_TEST_MONGODB_URI")?, crate::common::service("CONFAB_TEST_REDIS_URL")?))
 }
 
 /// A redis-server of the test's own, on a spare port, that the test stops and restarts.
@@ -123,43 +113,37 @@ impl Drop for TxnProxy {
     }
 }
 
-/// Nodes of one cluster: same database, same Redis.
+/// Nodes of one cluster: same database, same Redis (a redis-server of the cluster's own: clusters
+/// of tests running at the same time must not share Redis, or node channels, presence and
+/// broadcasts would mix).
 struct Cluster {
     _proxy: TxnProxy,
-    _redis: Option<(OwnRedis, tempfile::TempDir)>,
+    redis: OwnRedis,
+    _redis_dir: tempfile::TempDir,
     dir: tempfile::TempDir,
     mongo: String,
     db: String,
-    redis: String,
     nodes: Vec<Option<BinaryNode>>,
     /// Extra settings for every node.
     extra: Vec<(String, String)>,
 }
 
 impl Cluster {
-    /// `n` nodes on a redis-server of the cluster's own: clusters of tests running at the same
-    /// time must not share Redis (node channels, presence and broadcasts would mix).
+    /// `n` nodes.
     async fn start(n: usize, mongo: &str) -> Cluster {
         Self::start_with(n, mongo, &[]).await
     }
 
+    /// `n` nodes with `extra` settings.
     async fn start_with(n: usize, mongo: &str, extra: &[(&str, &str)]) -> Cluster {
-        let rdir = tempfile::tempdir().unwrap();
-        let redis = OwnRedis::start(rdir.path());
-        let mut c = Self::start_on(n, mongo, &redis.url(), extra).await;
-        c._redis = Some((redis, rdir));
-        c
-    }
-
-    /// `n` nodes on the given Redis.
-    async fn start_on(n: usize, mongo: &str, redis: &str, extra: &[(&str, &str)]) -> Cluster {
+        let redis_dir = tempfile::tempdir().unwrap();
+        let redis = OwnRedis::start(redis_dir.path());
         let dir = tempfile::tempdir().unwrap();
         let db = format!("confab_cluster_{}", confab_actors::engine::random_id().to_lowercase());
         let proxy = TxnProxy::start(mongo);
         let mongo = format!("mongodb://127.0.0.1:{}", proxy.port);
         let extra = extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let mut c =
-            Cluster { _proxy: proxy, _redis: None, dir, mongo, db, redis: redis.into(), nodes: Vec::new(), extra };
+        let mut c = Cluster { _proxy: proxy, redis, _redis_dir: redis_dir, dir, mongo, db, nodes: Vec::new(), extra };
         for i in 0..n {
             let node = c.spawn(i).await;
             c.nodes.push(Some(node));
@@ -200,6 +184,7 @@ impl Cluster {
         let id = format!("n{i}");
         let path = self.dir.path().join(&id);
         let keys = crate::http_api::keys();
+        let redis = self.redis.url();
         let env = [
             ("CONFAB__API__KEYS", keys.as_str()),
             ("CONFAB__STORAGE__BACKEND", "mongodb"),
@@ -207,7 +192,7 @@ impl Cluster {
             ("CONFAB__STORAGE__MONGODB__DATABASE", self.db.as_str()),
             ("CONFAB__CLUSTER__ENABLED", "true"),
             ("CONFAB__CLUSTER__NODE_ID", id.as_str()),
-            ("CONFAB__CLUSTER__REDIS_URL", self.redis.as_str()),
+            ("CONFAB__CLUSTER__REDIS_URL", redis.as_str()),
             ("CONFAB__CLUSTER__REDIS_POOL_SIZE", "4"),
             ("CONFAB__LOG__LEVEL", "info"),
         ];
@@ -222,6 +207,11 @@ impl Cluster {
 
     async fn connect(&self, i: usize, user: &str, device: &str) -> Client {
         Client::connect(self.addr(i), user, device).await
+    }
+
+    /// Connects each `(node, "user/device")`, one after the other.
+    async fn connect_each<const N: usize>(&self, devices: [(usize, &str); N]) -> [Client; N] {
+        Client::connect_each(devices.map(|(i, d)| (self.addr(i), d))).await
     }
 
     async fn add_node(&mut self) {
@@ -243,6 +233,14 @@ impl Cluster {
             }
         }
     }
+}
+
+/// `c` creates a group with `members`; returns its id and its conversation's id.
+async fn create_group(c: &mut Client, name: &str, members: impl serde::Serialize) -> (String, String) {
+    let g = c.expect_ok("group_create", json!({"name": name, "members": members})).await;
+    let gid = g["group"]["id"].as_str().unwrap().to_string();
+    let conv = format!("g_{gid}");
+    (gid, conv)
 }
 
 /// The `seq`s of a conversation's message events a client received, in arrival order.
@@ -320,8 +318,7 @@ async fn await_seqs(c: &mut Client, conv: &str, want: &BTreeSet<u64>, within: Du
 async fn one_to_one_across_nodes() {
     let Some((mongo, _)) = services() else { return };
     let cluster = Cluster::start(3, &mongo).await;
-    let mut alice = cluster.connect(0, "alice", "phone").await;
-    let mut bob = cluster.connect(1, "bob", "phone").await;
+    let [mut alice, mut bob] = cluster.connect_each([(0, "alice/phone"), (1, "bob/phone")]).await;
     let conv = crate::common::direct_id("alice", "bob");
 
     let (a, b) = tokio::join!(
@@ -354,11 +351,8 @@ async fn group_spread_over_every_node_and_devices_on_several_nodes() {
         clients.push(cluster.connect(i % 3, u, "phone").await);
     }
     // m0 also has a laptop on another node and a tablet on the third.
-    let mut laptop = cluster.connect(1, "m0", "laptop").await;
-    let mut tablet = cluster.connect(2, "m0", "tablet").await;
-    let g = clients[0].expect_ok("group_create", json!({"name": "spread", "members": &users[1..]})).await;
-    let gid = g["group"]["id"].as_str().unwrap().to_string();
-    let conv = format!("g_{gid}");
+    let [mut laptop, mut tablet] = cluster.connect_each([(1, "m0/laptop"), (2, "m0/tablet")]).await;
+    let (_, conv) = create_group(&mut clients[0], "spread", &users[1..]).await;
 
     // Three senders on three nodes at once.
     let (s0, rest) = clients.split_at_mut(1);
@@ -394,13 +388,9 @@ async fn group_spread_over_every_node_and_devices_on_several_nodes() {
 async fn membership_changes_racing_with_sends() {
     let Some((mongo, _)) = services() else { return };
     let cluster = Cluster::start(3, &mongo).await;
-    let mut owner = cluster.connect(0, "owner", "phone").await;
-    let mut sender = cluster.connect(1, "sender", "phone").await;
-    let mut leaver = cluster.connect(2, "leaver", "phone").await;
-    let mut joiner = cluster.connect(1, "joiner", "phone").await;
-    let g = owner.expect_ok("group_create", json!({"name": "race", "members": ["sender", "leaver"]})).await;
-    let gid = g["group"]["id"].as_str().unwrap().to_string();
-    let conv = format!("g_{gid}");
+    let [mut owner, mut sender, mut leaver, mut joiner] =
+        cluster.connect_each([(0, "owner/phone"), (1, "sender/phone"), (2, "leaver/phone"), (1, "joiner/phone")]).await;
+    let (gid, conv) = create_group(&mut owner, "race", ["sender", "leaver"]).await;
 
     let target = json!({"conv_id": conv});
     let sends = send_many(&mut sender, target, "s", 40);
@@ -438,9 +428,7 @@ async fn kill_9_of_a_node_during_sends_loses_nothing() {
     for (i, u) in members.iter().enumerate() {
         clients.push(cluster.connect(i % 3, u, "phone").await);
     }
-    let g = clients[0].expect_ok("group_create", json!({"name": "crash", "members": &members[1..]})).await;
-    let gid = g["group"]["id"].as_str().unwrap().to_string();
-    let conv = format!("g_{gid}");
+    let (_, conv) = create_group(&mut clients[0], "crash", &members[1..]).await;
 
     // k1 (on node 1) pipelines sends; node 1 dies in the middle of them.
     let victim = &mut clients[1];
@@ -491,22 +479,17 @@ async fn kill_9_of_a_node_during_sends_loses_nothing() {
 #[tokio::test]
 async fn redis_stopped_and_restarted_during_sends() {
     let Some((mongo, _)) = services() else { return };
-    let rdir = tempfile::tempdir().unwrap();
-    let mut redis = OwnRedis::start(rdir.path());
-    let cluster = Cluster::start_on(2, &mongo, &redis.url(), &[]).await;
-    let mut alice = cluster.connect(0, "alice", "phone").await;
-    let mut carol = cluster.connect(0, "carol", "phone").await;
-    let mut bob = cluster.connect(1, "bob", "phone").await;
-    let g = alice.expect_ok("group_create", json!({"name": "r", "members": ["bob", "carol"]})).await;
-    let gid = g["group"]["id"].as_str().unwrap().to_string();
-    let conv = format!("g_{gid}");
+    let mut cluster = Cluster::start(2, &mongo).await;
+    let [mut alice, mut carol, mut bob] =
+        cluster.connect_each([(0, "alice/phone"), (0, "carol/phone"), (1, "bob/phone")]).await;
+    let (_, conv) = create_group(&mut alice, "r", ["bob", "carol"]).await;
     let target = json!({"conv_id": conv});
 
     let before: BTreeSet<u64> = send_many(&mut alice, target.clone(), "before", 5).await.into_iter().collect();
     await_seqs(&mut bob, &conv, &before, Duration::from_secs(10)).await;
 
     // Redis down: sends still succeed, local users still get them live.
-    redis.kill();
+    cluster.redis.kill();
     let during: BTreeSet<u64> = send_many(&mut alice, target.clone(), "during", 5).await.into_iter().collect();
     let local: BTreeSet<u64> = before.union(&during).copied().collect();
     await_seqs(&mut carol, &conv, &local, Duration::from_secs(10)).await;
@@ -514,7 +497,7 @@ async fn redis_stopped_and_restarted_during_sends() {
     assert!(during.is_subset(&history_seqs(&mut bob, &conv).await));
 
     // Redis back: cross-node delivery resumes by itself.
-    redis.restart();
+    cluster.redis.restart();
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut round = 0;
     loop {
@@ -544,14 +527,11 @@ async fn signed_requests_and_access_changes_hold_across_nodes() {
     assert_eq!((status, body["error"]["code"].as_str()), (401, Some("nonce_replayed")), "{body}");
 
     // Disabling a user on one node closes its sessions on every node.
-    let mut far = cluster.connect(1, "mallory", "phone").await;
-    let mut near = cluster.connect(0, "mallory", "laptop").await;
+    let [mut far, mut near] = cluster.connect_each([(1, "mallory/phone"), (0, "mallory/laptop")]).await;
     // Either node lists the devices on both.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let (status, body) =
-            crate::http_api::Req::new("GET", "/api/v1/users/mallory/devices", None).send(cluster.addr(1)).await;
-        assert_eq!(status, 200, "{body}");
+        let body = ok_at(cluster.addr(1), "GET", "/api/v1/users/mallory/devices", None).await;
         let mut seen: Vec<(String, String)> = body["devices"]
             .as_array()
             .unwrap()
@@ -565,9 +545,7 @@ async fn signed_requests_and_access_changes_hold_across_nodes() {
         assert!(Instant::now() < deadline, "devices across nodes: {seen:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (status, body) =
-        crate::http_api::Req::new("POST", "/api/v1/users/mallory/disable", None).send(cluster.addr(0)).await;
-    assert_eq!(status, 200, "{body}");
+    ok_at(cluster.addr(0), "POST", "/api/v1/users/mallory/disable", None).await;
     assert_eq!(near.wait_closed(Duration::from_secs(5)).await, Some(1008));
     assert_eq!(far.wait_closed(Duration::from_secs(5)).await, Some(1008), "the other node kept the session");
     cluster.stop().await;
@@ -579,20 +557,16 @@ async fn signed_requests_and_access_changes_hold_across_nodes() {
 #[tokio::test]
 async fn a_disable_made_while_redis_is_down_reaches_every_node_when_it_returns() {
     let Some((mongo, _)) = services() else { return };
-    let rdir = tempfile::tempdir().unwrap();
-    let mut redis = OwnRedis::start(rdir.path());
-    let cluster = Cluster::start_on(2, &mongo, &redis.url(), &[]).await;
+    let mut cluster = Cluster::start(2, &mongo).await;
     let mut far = cluster.connect(1, "mallory", "phone").await;
     far.expect_ok("ping", json!({})).await;
-    redis.kill();
+    cluster.redis.kill();
     // Both nodes notice Redis is gone before the disable (so its broadcast fails).
     cluster.wait_redis_down(2).await;
-    let (status, body) =
-        crate::http_api::Req::new("POST", "/api/v1/users/mallory/disable", None).send(cluster.addr(0)).await;
-    assert_eq!(status, 200, "{body}");
+    ok_at(cluster.addr(0), "POST", "/api/v1/users/mallory/disable", None).await;
     // Nothing can reach node 1 yet; its session is still open.
     assert!(far.wait_closed(Duration::from_millis(1500)).await.is_none(), "closed without Redis?");
-    redis.restart();
+    cluster.redis.restart();
     assert_eq!(far.wait_closed(Duration::from_secs(10)).await, Some(1008), "the disable never reached node 1");
     cluster.stop().await;
 }
@@ -603,14 +577,11 @@ async fn a_disable_made_while_redis_is_down_reaches_every_node_when_it_returns()
 #[tokio::test]
 async fn acks_stay_fast_while_redis_is_down() {
     let Some((mongo, _)) = services() else { return };
-    let rdir = tempfile::tempdir().unwrap();
-    let mut redis = OwnRedis::start(rdir.path());
-    let cluster = Cluster::start_on(2, &mongo, &redis.url(), crate::common::NO_RATE_LIMITS).await;
-    let mut a = cluster.connect(0, "alice", "phone").await;
-    let mut b = cluster.connect(1, "bob", "phone").await;
+    let mut cluster = Cluster::start_with(2, &mongo, crate::common::NO_RATE_LIMITS).await;
+    let [mut a, mut b] = cluster.connect_each([(0, "alice/phone"), (1, "bob/phone")]).await;
     a.send_msg(json!({"to": "bob"}), "warm-a", text("hi")).await;
     b.send_msg(json!({"to": "alice"}), "warm-b", text("hi")).await;
-    redis.kill();
+    cluster.redis.kill();
     cluster.wait_redis_down(2).await;
     // Alternate senders on the two nodes: every ack follows a message the other node stored.
     let mut slow = Vec::new();
@@ -627,7 +598,7 @@ async fn acks_stay_fast_while_redis_is_down() {
     eprintln!("acks during the Redis outage: median {median:?}, max {:?}", slow.last().unwrap());
     // Waiting for the other node's fan-out took at least the gap wait (100 ms) per ack.
     assert!(median < Duration::from_millis(100), "acks wait for a fan-out that cannot come: median {median:?}");
-    redis.restart();
+    cluster.redis.restart();
     cluster.stop().await;
 }
 
@@ -675,9 +646,7 @@ async fn presence_webhooks_are_decided_for_the_whole_cluster() {
     let count = |events: &[Value], kind: &str, user: &str| {
         events.iter().filter(|e| e["type"] == kind && e["data"]["user"] == user).count()
     };
-    let phone = cluster.connect(0, "alice", "phone").await;
-    let laptop = cluster.connect(1, "alice", "laptop").await;
-    let bob = cluster.connect(2, "bob", "phone").await;
+    let [phone, laptop, bob] = cluster.connect_each([(0, "alice/phone"), (1, "alice/laptop"), (2, "bob/phone")]).await;
     receiver
         .wait_for("alice and bob online", 20, |e| {
             count(e, "user.online", "alice") == 1 && count(e, "user.online", "bob") == 1

@@ -41,6 +41,27 @@ pub const NO_RATE_LIMITS: &[(&str, &str)] = &[
     ("CONFAB__LIMITS__MAX_CONNECTIONS_PER_IP", "0"),
 ];
 
+/// Skips a test whose service or tool is missing: says so on stderr, or panics when services are
+/// required (`CONFAB_REQUIRE_SERVICES=1`, as `scripts/test` sets).
+pub fn skip_without(what: &str) {
+    if std::env::var("CONFAB_REQUIRE_SERVICES").as_deref() == Ok("1") {
+        panic!("{what} but CONFAB_REQUIRE_SERVICES=1");
+    }
+    eprintln!("skipped: {what}");
+}
+
+/// The address of a service the environment variable `var` names, or `None` (after
+/// [`skip_without`]) when it is unset or empty.
+pub fn service(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(v) if !v.is_empty() => Some(v),
+        _ => {
+            skip_without(&format!("{var} is not set"));
+            None
+        }
+    }
+}
+
 /// A valid token for `user` on `device` (one hour).
 pub fn token(user: &str, device: &str) -> String {
     confab::auth::mint(SECRET, user, device, 3600).unwrap()
@@ -54,6 +75,21 @@ pub fn text(s: &str) -> Value {
 /// The one-to-one conversation id of two users, as the server derives it.
 pub fn direct_id(a: &str, b: &str) -> String {
     confab_actors::model::direct_conv_id(a, b)
+}
+
+/// The `seq`s of a `messages` array (a history page), in order.
+pub fn seqs(messages: &Value) -> Vec<u64> {
+    messages.as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect()
+}
+
+/// The `(user_id, role)` pairs of a group's member list (a `members` answer), in order.
+pub fn roles(answer: &Value) -> Vec<(&str, &str)> {
+    answer["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| (m["user_id"].as_str().unwrap(), m["role"].as_str().unwrap()))
+        .collect()
 }
 
 fn env_pairs(dir: &Path, extra: &[(&str, &str)]) -> Vec<(String, String)> {
@@ -108,6 +144,11 @@ impl TestNode {
     /// Connects `user` on `device`.
     pub async fn connect(&self, user: &str, device: &str) -> Client {
         Client::connect(self.addr, user, device).await
+    }
+
+    /// Connects each of `devices`, written `user/device`, one after the other.
+    pub async fn connect_each<const N: usize>(&self, devices: [&str; N]) -> [Client; N] {
+        Client::connect_each(devices.map(|d| (self.addr, d))).await
     }
 
     /// `GET path`: (status, body).
@@ -205,6 +246,16 @@ impl Client {
         c.user = user.into();
         c.device = device.into();
         c
+    }
+
+    /// Connects each `(node address, "user/device")`, one after the other.
+    pub async fn connect_each<const N: usize>(devices: [(SocketAddr, &str); N]) -> [Client; N] {
+        let mut clients = Vec::with_capacity(N);
+        for (addr, d) in devices {
+            let (user, device) = d.split_once('/').unwrap_or_else(|| panic!("{d} is not user/device"));
+            clients.push(Client::connect(addr, user, device).await);
+        }
+        clients.try_into().unwrap_or_else(|_| unreachable!("one client per device"))
     }
 
     /// Connects, or returns the refusal. `recv_buffer` shrinks the socket's receive buffer (for
@@ -376,6 +427,13 @@ impl Client {
         assert_eq!(r["error"]["code"], code, "{op} {data}: expected {code}, got {r}");
         assert!(r.get("result").is_none());
         r["error"].clone()
+    }
+
+    /// Asserts that a refused send left its `client_msg_id` unused: sent now (with `body`), it
+    /// stores message `seq`.
+    pub async fn assert_key_unused(&mut self, target: Value, cmid: &str, body: Value, seq: u64) {
+        let m = self.send_msg(target, cmid, body).await;
+        assert_eq!(m["seq"], seq, "{cmid} was consumed by a refused send: {m}");
     }
 
     /// Sends a text message; returns the stored message from the ack.

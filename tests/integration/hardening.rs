@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::OpCode;
+use tokio_tungstenite::tungstenite::protocol::frame::FrameHeader;
 
-use crate::common::{direct_id, text, token, Auth, Client, TestNode, NO_RATE_LIMITS, SECRET};
-use crate::http_api::{keys, Req};
-use crate::ws_groups::{seqs, team};
+use crate::common::{direct_id, seqs, text, token, Auth, Client, TestNode, NO_RATE_LIMITS, SECRET};
+use crate::http_api::{node_with, ok, Req};
+use crate::ws_groups::team;
 
 // ---- confidentiality: former members ----
 
@@ -114,29 +116,16 @@ async fn former_members_keep_the_history_of_a_dismissed_group() {
 
 // ---- access ----
 
-fn api_node(extra: &[(&str, &str)]) -> TestNode {
-    let keys = keys();
-    let mut all = vec![("CONFAB__API__KEYS", keys.as_str())];
-    all.extend_from_slice(extra);
-    TestNode::with(&all)
-}
-
-async fn api(node: &TestNode, method: &'static str, path: &str, body: Option<Value>) -> Value {
-    let (status, v) = Req::new(method, path, body.clone()).send(node.addr).await;
-    assert_eq!(status, 200, "{method} {path} {body:?}: {v}");
-    v
-}
-
 /// A connection opened while its user is being disabled never survives the disable: whatever the
 /// interleaving, it is refused at the upgrade or closed (1008) right after.
 #[tokio::test]
 async fn a_connection_racing_a_disable_does_not_survive_it() {
-    let node = api_node(NO_RATE_LIMITS);
+    let node = node_with(NO_RATE_LIMITS);
     // The window is short (the access check's read, then the session's registration): the
     // rounds sweep the disable's start over a few milliseconds around the connection's.
     for round in 0..200u64 {
         let user = format!("racer{round}");
-        api(&node, "POST", &format!("/api/v1/users/{user}/enable"), None).await;
+        ok(&node, "POST", &format!("/api/v1/users/{user}/enable"), None).await;
         let t = token(&user, "phone");
         let offset = Duration::from_micros((round * 7919) % 6000);
         let (connect_after, disable_after) =
@@ -165,10 +154,10 @@ async fn a_connection_racing_a_disable_does_not_survive_it() {
 /// From the moment a user is disabled its sessions' requests are refused, before the close frame.
 #[tokio::test]
 async fn requests_after_a_disable_are_refused_at_once() {
-    let node = api_node(&[]);
+    let node = node_with(&[]);
     let mut alice = node.connect("alice", "phone").await;
     alice.send_msg(json!({"to": "bob"}), "1", text("hi")).await;
-    api(&node, "POST", "/api/v1/users/alice/disable", None).await;
+    ok(&node, "POST", "/api/v1/users/alice/disable", None).await;
     // Whatever arrives is refused (or finds the connection closed); nothing is stored.
     if let Some(key) = alice.try_send_req("send", json!({"to": "bob", "client_msg_id": "2", "body": text("x")})).await {
         if let Some(r) = alice.try_reply(&key, Duration::from_secs(2)).await {
@@ -176,7 +165,7 @@ async fn requests_after_a_disable_are_refused_at_once() {
         }
     }
     assert_eq!(alice.wait_closed(Duration::from_secs(3)).await, Some(1008));
-    let h = api(&node, "GET", &format!("/api/v1/conversations/{}/messages", direct_id("alice", "bob")), None).await;
+    let h = ok(&node, "GET", &format!("/api/v1/conversations/{}/messages", direct_id("alice", "bob")), None).await;
     assert_eq!(h["last_seq"], 1);
 }
 
@@ -185,11 +174,11 @@ async fn requests_after_a_disable_are_refused_at_once() {
 /// after it over the API works even within the same millisecond.
 #[tokio::test]
 async fn a_revocation_refuses_exactly_the_tokens_issued_before_it() {
-    let node = api_node(&[]);
+    let node = node_with(&[]);
     let mint = |device: &'static str| {
         let node = &node;
         async move {
-            let t = api(node, "POST", "/api/v1/users/alice/tokens", Some(json!({"device": device}))).await;
+            let t = ok(node, "POST", "/api/v1/users/alice/tokens", Some(json!({"device": device}))).await;
             t["token"].as_str().unwrap().to_owned()
         }
     };
@@ -197,7 +186,7 @@ async fn a_revocation_refuses_exactly_the_tokens_issued_before_it() {
     let (before, after) = loop {
         let start = crate::http_api::now();
         let before = mint("a").await;
-        api(&node, "POST", "/api/v1/users/alice/tokens/revoke", None).await;
+        ok(&node, "POST", "/api/v1/users/alice/tokens/revoke", None).await;
         let after = mint("b").await;
         if crate::http_api::now() == start {
             break (before, after);
@@ -283,8 +272,7 @@ async fn a_session_ends_with_its_token_unless_refreshed() {
 #[tokio::test]
 async fn a_recall_leaves_nothing_of_the_text_in_quotes() {
     let node = TestNode::start();
-    let mut alice = node.connect("alice", "phone").await;
-    let mut bob = node.connect("bob", "phone").await;
+    let [mut alice, mut bob] = node.connect_each(["alice/phone", "bob/phone"]).await;
     let ab = direct_id("alice", "bob");
     let m = alice.send_msg(json!({"to": "bob"}), "1", text("my bank pin is 1234")).await;
     let r1 = bob
@@ -313,9 +301,7 @@ async fn a_recall_leaves_nothing_of_the_text_in_quotes() {
 #[tokio::test]
 async fn concurrent_recalls_announce_once() {
     let node = TestNode::with(NO_RATE_LIMITS);
-    let mut a1 = node.connect("alice", "phone").await;
-    let mut a2 = node.connect("alice", "laptop").await;
-    let mut bob = node.connect("bob", "phone").await;
+    let [mut a1, mut a2, mut bob] = node.connect_each(["alice/phone", "alice/laptop", "bob/phone"]).await;
     let ab = direct_id("alice", "bob");
     const N: u64 = 20;
     for i in 1..=N {
@@ -423,20 +409,12 @@ async fn raw_ws(addr: SocketAddr, user: &str) -> TcpStream {
     s
 }
 
-/// A masked client frame header (mask 0, so the payload goes as is).
+/// A masked client frame header (mask 0, so the payload goes as is), as tungstenite writes it.
 fn header(fin: bool, opcode: u8, len: u64) -> Vec<u8> {
-    let mut h = vec![if fin { 0x80 } else { 0 } | opcode];
-    if len < 126 {
-        h.push(0x80 | len as u8);
-    } else if len <= 0xffff {
-        h.push(0x80 | 126);
-        h.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        h.push(0x80 | 127);
-        h.extend_from_slice(&len.to_be_bytes());
-    }
-    h.extend_from_slice(&[0, 0, 0, 0]);
-    h
+    let h = FrameHeader { is_final: fin, opcode: OpCode::from(opcode), mask: Some([0; 4]), ..FrameHeader::default() };
+    let mut out = Vec::new();
+    h.format(len, &mut out).unwrap();
+    out
 }
 
 /// Reads server frames until a close frame; returns its code (None: the connection ended first).

@@ -7,10 +7,12 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use crate::common::{direct_id, text, Client, TestNode};
+use crate::common::{direct_id, roles, seqs, text, Client, TestNode};
 
-const ADMIN_SECRET: &str = "admin-secret-0123456789abcdef";
-const USERS_SECRET: &str = "users-secret-0123456789abcdef";
+/// The secret of API key `admin`.
+pub(crate) const ADMIN_SECRET: &str = "admin-secret-0123456789abcdef";
+/// The secret of API key `users`.
+pub(crate) const USERS_SECRET: &str = "users-secret-0123456789abcdef";
 
 /// `api.keys` as the environment gives it: `admin` holds every scope, `users` only `users`.
 pub(crate) fn keys() -> String {
@@ -21,7 +23,8 @@ pub(crate) fn keys() -> String {
     .to_string()
 }
 
-fn node_with(extra: &[(&str, &str)]) -> TestNode {
+/// A node with the API keys of [`keys`] and the `extra` settings.
+pub(crate) fn node_with(extra: &[(&str, &str)]) -> TestNode {
     let keys = keys();
     let mut all = vec![("CONFAB__API__KEYS", keys.as_str())];
     all.extend_from_slice(extra);
@@ -77,7 +80,8 @@ impl Req {
         }
     }
 
-    fn key(mut self, id: &str, secret: &str) -> Req {
+    /// Signs with key `id` instead of `admin`.
+    pub(crate) fn key(mut self, id: &str, secret: &str) -> Req {
         self.key = Some(id.into());
         self.secret = secret.into();
         self
@@ -110,10 +114,20 @@ impl Req {
 }
 
 /// A signed request with the admin key that must succeed; returns the JSON.
-async fn ok(node: &TestNode, method: &'static str, path: &str, body: Option<Value>) -> Value {
-    let (status, v) = Req::new(method, path, body.clone()).send(node.addr).await;
+pub(crate) async fn ok(node: &TestNode, method: &'static str, path: &str, body: Option<Value>) -> Value {
+    ok_at(node.addr, method, path, body).await
+}
+
+/// [`ok`] to the node at `addr`.
+pub(crate) async fn ok_at(addr: SocketAddr, method: &'static str, path: &str, body: Option<Value>) -> Value {
+    let (status, v) = Req::new(method, path, body.clone()).send(addr).await;
     assert_eq!(status, 200, "{method} {path} {body:?}: {v}");
     v
+}
+
+/// Creates group `id` over the API, owned by `owner` with `members`; returns the answer.
+async fn create_group(node: &TestNode, id: &str, name: &str, owner: &str, members: &[&str]) -> Value {
+    ok(node, "POST", "/api/v1/groups", Some(json!({"id": id, "name": name, "owner": owner, "members": members}))).await
 }
 
 /// A signed request with the admin key that must fail with `code` and `status`.
@@ -378,9 +392,7 @@ async fn tokens_and_devices() {
 #[tokio::test]
 async fn messages_sent_over_http_reach_websocket_devices() {
     let node = node_with(&[]);
-    let mut bob = node.connect("bob", "phone").await;
-    let mut bob2 = node.connect("bob", "tablet").await;
-    let mut alice = node.connect("alice", "phone").await;
+    let [mut bob, mut bob2, mut alice] = node.connect_each(["bob/phone", "bob/tablet", "alice/phone"]).await;
     let send = json!({"from": "alice", "to": "bob", "client_msg_id": "h1", "body": text("hello from the backend")});
     let r = ok(&node, "POST", "/api/v1/messages", Some(send.clone())).await;
     let ab = direct_id("alice", "bob");
@@ -422,13 +434,7 @@ async fn messages_sent_over_http_reach_websocket_devices() {
     err(&node, "POST", "/api/v1/messages", Some(no_from), 400, "invalid_request").await;
 
     // A system message to a group: sender null, a system body, every member's devices.
-    ok(
-        &node,
-        "POST",
-        "/api/v1/groups",
-        Some(json!({"id": "team", "name": "Team", "owner": "alice", "members": ["bob"]})),
-    )
-    .await;
+    create_group(&node, "team", "Team", "alice", &["bob"]).await;
     for c in [&mut bob, &mut bob2, &mut alice] {
         c.next_event("message").await;
         c.next_event("membership").await;
@@ -463,17 +469,15 @@ async fn history_conversations_and_unread() {
     let c = json!({"from": "carol", "to": "alice", "client_msg_id": "c1", "body": text("from carol")});
     ok(&node, "POST", "/api/v1/messages", Some(c)).await;
 
-    let seqs =
-        |v: &Value| v["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect::<Vec<_>>();
     let h = ok(&node, "GET", &format!("/api/v1/conversations/{ab}/messages"), None).await;
     assert_eq!(
-        (seqs(&h), h["last_seq"].as_u64(), h["has_more"].as_bool()),
+        (seqs(&h["messages"]), h["last_seq"].as_u64(), h["has_more"].as_bool()),
         (vec![1, 2, 3, 4, 5], Some(5), Some(false))
     );
     let h = ok(&node, "GET", &format!("/api/v1/conversations/{ab}/messages?before=4&limit=2"), None).await;
-    assert_eq!((seqs(&h), h["has_more"].as_bool()), (vec![2, 3], Some(true)));
+    assert_eq!((seqs(&h["messages"]), h["has_more"].as_bool()), (vec![2, 3], Some(true)));
     let h = ok(&node, "GET", &format!("/api/v1/conversations/{ab}/messages?after=3&as_user=alice"), None).await;
-    assert_eq!(seqs(&h), vec![4, 5]);
+    assert_eq!(seqs(&h["messages"]), vec![4, 5]);
     err(&node, "GET", &format!("/api/v1/conversations/{ab}/messages?as_user=carol"), None, 403, "not_member").await;
     err(&node, "GET", &format!("/api/v1/conversations/{ab}/messages?before=2&after=1"), None, 400, "invalid_request")
         .await;
@@ -546,16 +550,8 @@ async fn recall_as_a_user_or_as_the_administrator() {
 #[tokio::test]
 async fn groups_over_http() {
     let node = node_with(&[]);
-    let mut alice = node.connect("alice", "phone").await;
-    let mut bob = node.connect("bob", "phone").await;
-    let mut dave = node.connect("dave", "phone").await;
-    let g = ok(
-        &node,
-        "POST",
-        "/api/v1/groups",
-        Some(json!({"id": "team", "name": "Team", "owner": "alice", "members": ["bob", "carol"]})),
-    )
-    .await;
+    let [mut alice, mut bob, mut dave] = node.connect_each(["alice/phone", "bob/phone", "dave/phone"]).await;
+    let g = create_group(&node, "team", "Team", "alice", &["bob", "carol"]).await;
     assert_eq!(
         (g["group"]["id"].as_str(), g["group"]["owner"].as_str(), g["group"]["member_count"].as_u64()),
         (Some("team"), Some("alice"), Some(3))
@@ -581,13 +577,7 @@ async fn groups_over_http() {
 
     assert_eq!(ok(&node, "GET", "/api/v1/groups/team", None).await, g);
     let m = ok(&node, "GET", "/api/v1/groups/team/members", None).await;
-    let list: Vec<(&str, &str)> = m["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| (x["user_id"].as_str().unwrap(), x["role"].as_str().unwrap()))
-        .collect();
-    assert_eq!(list, [("alice", "owner"), ("bob", "member"), ("carol", "member")]);
+    assert_eq!(roles(&m), [("alice", "owner"), ("bob", "member"), ("carol", "member")]);
     err(&node, "GET", "/api/v1/groups/nope/members", None, 404, "not_found").await;
 
     // Add: on behalf of the owner by default; `by` applies the group's rules.
@@ -721,9 +711,7 @@ async fn disabled_users_and_revoked_tokens_are_shut_out() {
     use crate::common::{token, Auth};
     let node = node_with(&[]);
     // Users without a record work as before.
-    let mut phone = node.connect("alice", "phone").await;
-    let mut tablet = node.connect("alice", "tablet").await;
-    let mut bob = node.connect("bob", "phone").await;
+    let [mut phone, mut tablet, mut bob] = node.connect_each(["alice/phone", "alice/tablet", "bob/phone"]).await;
     let u = ok(&node, "POST", "/api/v1/users/alice/disable", None).await;
     assert_eq!(u["user"]["disabled"], true);
     for c in [&mut phone, &mut tablet] {
@@ -759,16 +747,8 @@ async fn disabled_users_and_revoked_tokens_are_shut_out() {
 #[tokio::test]
 async fn group_profile_roles_and_dismissal() {
     let node = node_with(&[]);
-    let mut alice = node.connect("alice", "phone").await;
-    let mut bob = node.connect("bob", "phone").await;
-    let mut carol = node.connect("carol", "phone").await;
-    ok(
-        &node,
-        "POST",
-        "/api/v1/groups",
-        Some(json!({"id": "team", "name": "Team", "owner": "alice", "members": ["bob", "carol"]})),
-    )
-    .await;
+    let [mut alice, mut bob, mut carol] = node.connect_each(["alice/phone", "bob/phone", "carol/phone"]).await;
+    create_group(&node, "team", "Team", "alice", &["bob", "carol"]).await;
     for c in [&mut alice, &mut bob, &mut carol] {
         c.next_event("membership").await;
         c.next_event("message").await;
@@ -819,13 +799,7 @@ async fn group_profile_roles_and_dismissal() {
     let t = alice.expect_ok("group_set_role", json!({"group_id": "team", "user_id": "carol", "role": "owner"})).await;
     assert_eq!(t["group"]["owner"], "carol");
     let m = ok(&node, "GET", "/api/v1/groups/team/members", None).await;
-    let roles: Vec<(&str, &str)> = m["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| (x["user_id"].as_str().unwrap(), x["role"].as_str().unwrap()))
-        .collect();
-    assert_eq!(roles, [("carol", "owner"), ("alice", "admin"), ("bob", "admin")]);
+    assert_eq!(roles(&m), [("carol", "owner"), ("alice", "admin"), ("bob", "admin")]);
     alice.expect_err("group_dismiss", json!({"group_id": "team"}), "forbidden").await;
     err(&node, "POST", "/api/v1/groups/team/dismiss", Some(json!({"by": "bob"})), 403, "forbidden").await;
     for c in [&mut alice, &mut bob, &mut carol] {
@@ -863,13 +837,7 @@ async fn group_profile_roles_and_dismissal() {
 async fn system_messages_to_groups_are_idempotent() {
     let node = node_with(&[]);
     let mut bob = node.connect("bob", "phone").await;
-    ok(
-        &node,
-        "POST",
-        "/api/v1/groups",
-        Some(json!({"id": "news", "name": "News", "owner": "alice", "members": ["bob"]})),
-    )
-    .await;
+    create_group(&node, "news", "News", "alice", &["bob"]).await;
     bob.next_event("membership").await;
     bob.next_event("message").await;
     let send = json!({"from": null, "conv_id": "g_news", "client_msg_id": "sys-1", "body": {"type": "system", "event": "promo", "data": {"n": 1}}});

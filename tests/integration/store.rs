@@ -17,7 +17,7 @@ use confab_actors::store::{HistoryQuery, MemberChange, NewGroup, NewMessage, Sto
 
 pub type DynStore = Arc<dyn Store>;
 
-const TS: i64 = 1_700_000_000_000;
+pub(crate) const TS: i64 = 1_700_000_000_000;
 
 fn text(s: &str) -> Body {
     Body::Text { text: s.to_owned() }
@@ -28,7 +28,7 @@ fn system(event: &str) -> Body {
 }
 
 /// A direct message from `from` to `to`.
-fn direct(from: &str, to: &str, cmid: Option<&str>, body: &str) -> NewMessage {
+pub(crate) fn direct(from: &str, to: &str, cmid: Option<&str>, body: &str) -> NewMessage {
     NewMessage {
         conv_id: direct_conv_id(from, to),
         direct_members: Some((from.to_owned(), to.to_owned())),
@@ -41,7 +41,7 @@ fn direct(from: &str, to: &str, cmid: Option<&str>, body: &str) -> NewMessage {
 }
 
 /// A message from `from` to group `group_id`.
-fn to_group(group_id: &str, from: &str, body: &str) -> NewMessage {
+pub(crate) fn to_group(group_id: &str, from: &str, body: &str) -> NewMessage {
     NewMessage {
         conv_id: group_conv_id(group_id),
         direct_members: None,
@@ -53,7 +53,7 @@ fn to_group(group_id: &str, from: &str, body: &str) -> NewMessage {
     }
 }
 
-fn new_group(id: &str, owner: &str, members: &[&str]) -> NewGroup {
+pub(crate) fn new_group(id: &str, owner: &str, members: &[&str]) -> NewGroup {
     NewGroup {
         id: id.to_owned(),
         name: format!("group {id}"),
@@ -64,7 +64,7 @@ fn new_group(id: &str, owner: &str, members: &[&str]) -> NewGroup {
     }
 }
 
-fn change(group_id: &str, add: &[(&str, Role)], remove: &[&str], ts: i64) -> MemberChange {
+pub(crate) fn change(group_id: &str, add: &[(&str, Role)], remove: &[&str], ts: i64) -> MemberChange {
     MemberChange {
         group_id: group_id.to_owned(),
         add: add.iter().map(|(u, r)| ((*u).to_owned(), *r)).collect(),
@@ -1099,6 +1099,18 @@ pub async fn check_ver_increases(s: DynStore) {
     assert!(vers.windows(2).all(|w| w[0] < w[1]), "vers: {vers:?}");
 }
 
+/// Once closed (by `close`, the adapter's own), a store refuses writes and `ping` but still
+/// answers reads; closing again is harmless.
+pub async fn check_close_stops_writes_but_not_reads(s: DynStore, close: impl AsyncFn()) {
+    let m = s.append(direct("alice", "bob", None, "hi")).await.expect("append").message;
+    close().await;
+    let err = s.append(direct("alice", "bob", None, "late")).await.expect_err("closed");
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+    assert!(s.ping().await.is_err(), "a closed store is not ready");
+    assert_eq!(s.message(&m.conv_id, 1).await.expect("read after close"), Some(m));
+    close().await; // idempotent
+}
+
 /// Writes everything `check_persisted_read` expects to find after a restart.
 pub async fn check_persisted_write(s: DynStore) {
     let conv = direct_conv_id("alice", "bob");
@@ -1241,13 +1253,7 @@ mod embedded {
     async fn close_stops_writes_but_not_reads() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Arc::new(open(dir.path()));
-        let m = store.append(direct("alice", "bob", None, "hi")).await.expect("append").message;
-        store.close().await;
-        let err = store.append(direct("alice", "bob", None, "late")).await.expect_err("closed");
-        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
-        assert!(store.ping().await.is_err(), "a closed store is not ready");
-        assert_eq!(store.message(&m.conv_id, 1).await.expect("read after close"), Some(m));
-        store.close().await; // idempotent
+        check_close_stops_writes_but_not_reads(store.clone(), async || store.close().await).await;
     }
 
     /// Appends submitted one after another (without waiting for each answer) get seqs in
@@ -1296,23 +1302,17 @@ mod embedded {
 
 /// Runs every generic check on a `MongoStore` over a fresh database (skipped without MongoDB).
 mod mongodb {
-    use std::sync::Arc;
+    use crate::store_mongo::fresh;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn check_outbox() {
-        let Some(uri) = crate::store_mongo::test_uri() else { return };
-        let db = crate::store_mongo::fresh_db();
-        let metrics = Arc::new(confab_actors::metrics::Metrics::default());
-        let store = Arc::new(crate::store_mongo::open(&uri, &db, metrics).await);
+        let Some(store) = fresh().await else { return };
         super::check_outbox(store.clone(), store).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn check_outbox_trim() {
-        let Some(uri) = crate::store_mongo::test_uri() else { return };
-        let db = crate::store_mongo::fresh_db();
-        let metrics = Arc::new(confab_actors::metrics::Metrics::default());
-        let store = Arc::new(crate::store_mongo::open(&uri, &db, metrics).await);
+        let Some(store) = fresh().await else { return };
         super::check_outbox_trim(store).await;
     }
 
@@ -1320,7 +1320,7 @@ mod mongodb {
         ($($check:ident),* $(,)?) => {$(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $check() {
-                let Some(store) = crate::store_mongo::fresh().await else { return };
+                let Some(store) = fresh().await else { return };
                 super::$check(store).await;
             }
         )*};

@@ -4,7 +4,7 @@
 //! and `confab migrate` (including users and the webhook outbox).
 //!
 //! They need `CONFAB_TEST_MONGODB_URI` (set by `scripts/test`, which starts nx-27017). Without it
-//! each test prints "skipped: CONFAB_TEST_MONGODB_URI not set" and passes, unless
+//! each test prints "skipped: CONFAB_TEST_MONGODB_URI is not set" and passes, unless
 //! `CONFAB_REQUIRE_SERVICES=1`, which makes it fail. Every test uses a fresh database.
 
 use std::net::SocketAddr;
@@ -16,28 +16,22 @@ use std::time::{Duration, Instant};
 use confab::store::{EmbeddedStore, MongoOptions, MongoStore};
 use confab_actors::error::StoreError;
 use confab_actors::metrics::Metrics;
-use confab_actors::model::{direct_conv_id, group_conv_id, Body, Role, UserPatch};
+use confab_actors::model::{direct_conv_id, group_conv_id, Role, UserPatch};
 use confab_actors::outbox::{Attempt, Delivery, DeliveryQuery, DeliveryState, NewEvent, Outbox, USER_ONLINE};
-use confab_actors::store::{HistoryQuery, NewGroup, NewMessage, Store};
+use confab_actors::store::{HistoryQuery, NewMessage, Store};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::common::{text, TestNode};
-use crate::store::{check_persisted_read, check_persisted_write, DynStore};
+use crate::store::{
+    change, check_close_stops_writes_but_not_reads, check_persisted_read, check_persisted_write, direct, new_group,
+    to_group, DynStore, TS,
+};
 
 /// The MongoDB to test against, or `None` (after saying so) when there is none.
 pub fn test_uri() -> Option<String> {
-    match std::env::var("CONFAB_TEST_MONGODB_URI") {
-        Ok(uri) if !uri.is_empty() => Some(uri),
-        _ => {
-            if std::env::var("CONFAB_REQUIRE_SERVICES").as_deref() == Ok("1") {
-                panic!("CONFAB_TEST_MONGODB_URI is not set but CONFAB_REQUIRE_SERVICES=1");
-            }
-            eprintln!("skipped: CONFAB_TEST_MONGODB_URI not set");
-            None
-        }
-    }
+    crate::common::service("CONFAB_TEST_MONGODB_URI")
 }
 
 /// A database name no other test uses.
@@ -60,35 +54,9 @@ pub async fn open(uri: &str, db: &str, metrics: Arc<Metrics>) -> MongoStore {
 }
 
 /// A fresh store on a fresh database, or `None` when there is no MongoDB to test against.
-pub async fn fresh() -> Option<DynStore> {
+pub async fn fresh() -> Option<Arc<MongoStore>> {
     let uri = test_uri()?;
     Some(Arc::new(open(&uri, &fresh_db(), Arc::new(Metrics::default())).await))
-}
-
-const TS: i64 = 1_700_000_000_000;
-
-fn direct(from: &str, to: &str, cmid: Option<&str>, body: &str) -> NewMessage {
-    NewMessage {
-        conv_id: direct_conv_id(from, to),
-        direct_members: Some((from.to_owned(), to.to_owned())),
-        sender: Some(from.to_owned()),
-        client_msg_id: cmid.map(str::to_owned),
-        body: Body::Text { text: body.to_owned() },
-        reply_to: None,
-        ts: TS,
-    }
-}
-
-fn to_group(group_id: &str, from: &str, body: &str) -> NewMessage {
-    NewMessage {
-        conv_id: group_conv_id(group_id),
-        direct_members: None,
-        sender: Some(from.to_owned()),
-        client_msg_id: None,
-        body: Body::Text { text: body.to_owned() },
-        reply_to: None,
-        ts: TS,
-    }
 }
 
 fn seqs_of(store: &DynStore, conv: &str) -> impl std::future::Future<Output = Vec<u64>> {
@@ -124,15 +92,8 @@ async fn persistence_across_reopen() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn close_stops_writes_but_not_reads() {
-    let Some(uri) = test_uri() else { return };
-    let store = open(&uri, &fresh_db(), Arc::new(Metrics::default())).await;
-    let m = store.append(direct("alice", "bob", None, "hi")).await.expect("append").message;
-    store.close().await;
-    let err = store.append(direct("alice", "bob", None, "late")).await.expect_err("closed");
-    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
-    assert!(store.ping().await.is_err(), "a closed store is not ready");
-    assert_eq!(store.message(&m.conv_id, 1).await.expect("read after close"), Some(m));
-    store.close().await;
+    let Some(store) = fresh().await else { return };
+    check_close_stops_writes_but_not_reads(store.clone(), async || store.close().await).await;
 }
 
 /// Appends submitted one after another (without waiting) get seqs in submission order.
@@ -167,17 +128,7 @@ async fn two_nodes_share_conversations() {
     assert!(vers.windows(2).all(|w| w[0] < w[1]), "ver grows across nodes: {vers:?}");
 
     // A group created on one node and written from both.
-    let (_, first) = b
-        .create_group(NewGroup {
-            id: "g".into(),
-            name: "g".into(),
-            owner: "alice".into(),
-            members: vec!["bob".into()],
-            ts: TS,
-            system_body: Body::System { event: "group_created".into(), data: json!({}) },
-        })
-        .await
-        .expect("create");
+    let (_, first) = b.create_group(new_group("g", "alice", &["bob"])).await.expect("create");
     assert_eq!(first.seq, 1);
     assert_eq!(a.append(to_group("g", "alice", "1")).await.expect("append").message.seq, 2);
     assert_eq!(b.append(to_group("g", "bob", "2")).await.expect("append").message.seq, 3);
@@ -319,17 +270,8 @@ async fn commands_per_message_under_load() {
 
     // A 500-member group.
     let members: Vec<String> = (1..500).map(|i| format!("member{i}")).collect();
-    store
-        .create_group(NewGroup {
-            id: "big".into(),
-            name: "big".into(),
-            owner: "owner".into(),
-            members: members.clone(),
-            ts: TS,
-            system_body: Body::System { event: "group_created".into(), data: json!({}) },
-        })
-        .await
-        .expect("create");
+    let member_ids: Vec<&str> = members.iter().map(String::as_str).collect();
+    store.create_group(new_group("big", "owner", &member_ids)).await.expect("create");
     store.append(to_group("big", "owner", "warm")).await.expect("append");
     let msgs = (0..400).map(|i| to_group("big", &members[i % members.len()], "x")).collect();
     let (w, r, _) = measure(&store, &metrics, msgs).await;
@@ -448,6 +390,15 @@ fn target_of(uri: &str) -> SocketAddr {
     std::net::ToSocketAddrs::to_socket_addrs(host).expect("resolve").next().expect("an address")
 }
 
+/// Waits until the node answers `/readyz` with 200 again.
+async fn wait_node_ready(node: &TestNode, within: Duration) {
+    let deadline = Instant::now() + within;
+    while node.get("/readyz").await.0 != 200 {
+        assert!(Instant::now() < deadline, "the node did not become ready again");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn wait_ready(store: &MongoStore, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
@@ -535,8 +486,7 @@ async fn node_on_mongodb_readiness_and_recovery() {
     let Some(uri) = test_uri() else { return };
     let (proxy, node) = node_behind_proxy(&uri, "400", &[]).await;
     assert_eq!(node.get("/readyz").await.0, 200);
-    let mut alice = node.connect("alice", "phone").await;
-    let mut bob = node.connect("bob", "phone").await;
+    let [mut alice, mut bob] = node.connect_each(["alice/phone", "bob/phone"]).await;
     let m = alice.send_msg(json!({"to": "bob"}), "c1", text("hi")).await;
     assert_eq!(m["seq"], 1);
     assert_eq!(bob.next_event("message").await["seq"], 1);
@@ -550,11 +500,7 @@ async fn node_on_mongodb_readiness_and_recovery() {
     bob.no_event_within(200).await;
 
     proxy.restore();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while node.get("/readyz").await.0 != 200 {
-        assert!(Instant::now() < deadline, "the node did not become ready again");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_node_ready(&node, Duration::from_secs(15)).await;
     let m = alice.send_msg(json!({"to": "bob"}), "c2", text("again")).await;
     assert_eq!(m["seq"], 2, "the failed send was not stored");
     assert_eq!(bob.next_event("message").await["seq"], 2);
@@ -581,11 +527,7 @@ async fn a_mongodb_outage_neither_blocks_reconnects_nor_readiness() {
     assert!(t.elapsed() < Duration::from_secs(3), "reconnecting took {:?}", t.elapsed());
     bob.expect_ok("ping", json!({})).await;
     proxy.restore();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while node.get("/readyz").await.0 != 200 {
-        assert!(Instant::now() < deadline, "the node did not become ready again");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_node_ready(&node, Duration::from_secs(20)).await;
     let m = bob.send_msg(json!({"to": "alice"}), "b1", text("back")).await;
     assert_eq!(m["seq"], 2);
 }
@@ -600,16 +542,7 @@ async fn migrate_from_embedded_is_complete_and_idempotent() {
         let embedded: DynStore = Arc::new(EmbeddedStore::open(dir.path(), Arc::new(Metrics::default())).expect("open"));
         check_persisted_write(embedded.clone()).await;
         // Someone removed from a group stays removed after a second migration.
-        embedded
-            .change_members(confab_actors::store::MemberChange {
-                group_id: "gp".into(),
-                add: vec![("dave".into(), Role::Member)],
-                remove: vec![],
-                ts: TS,
-                system_body: Body::System { event: "members_added".into(), data: json!({}) },
-            })
-            .await
-            .expect("add dave");
+        embedded.change_members(change("gp", &[("dave", Role::Member)], &[], TS)).await.expect("add dave");
     }
     let db = fresh_db();
     let report = confab::store::mongo::migrate_from_embedded(dir.path(), options(&uri, &db)).await.expect("migrate");
@@ -617,16 +550,7 @@ async fn migrate_from_embedded_is_complete_and_idempotent() {
     assert_eq!(report.refused(), 0);
     let store: DynStore = Arc::new(open(&uri, &db, Arc::new(Metrics::default())).await);
     // check_persisted_read expects the group before dave joined; remove him on MongoDB.
-    store
-        .change_members(confab_actors::store::MemberChange {
-            group_id: "gp".into(),
-            add: vec![],
-            remove: vec!["dave".into()],
-            ts: TS,
-            system_body: Body::System { event: "members_removed".into(), data: json!({}) },
-        })
-        .await
-        .expect("remove dave");
+    store.change_members(change("gp", &[], &["dave"], TS)).await.expect("remove dave");
     let gp = store.conversation(&group_conv_id("gp")).await.expect("conversation").expect("migrated");
     assert_eq!(gp.last_seq, 4, "2 migrated changes + seq 3 (dave added) + seq 4 (removed)");
 

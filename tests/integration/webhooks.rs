@@ -12,11 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::common::{direct_id, text, BinaryNode, TestNode};
-use crate::http_api::{now, signature};
+use crate::http_api::{keys as api_keys, now, signature, Req, ADMIN_SECRET, USERS_SECRET};
 
 const HOOK_SECRET: &str = "hook-secret-0123456789abcdef";
-const ADMIN_SECRET: &str = "admin-secret-0123456789abcdef";
-const USERS_SECRET: &str = "users-secret-0123456789abcdef";
 
 /// What the receiver does and saw.
 #[derive(Default)]
@@ -198,14 +196,6 @@ async fn handle(
     }
 }
 
-fn api_keys() -> String {
-    json!([
-        {"id": "admin", "secret": ADMIN_SECRET, "scopes": ["admin"]},
-        {"id": "users", "secret": USERS_SECRET, "scopes": ["users"]},
-    ])
-    .to_string()
-}
-
 pub(crate) fn endpoints(r: &Receiver, events: &[&str]) -> String {
     // A name per receiver: the log of one test never mixes with another's.
     json!([{"name": format!("backend-{}", r.addr.port()), "url": r.url("/hook"), "events": events, "key_id": "hook", "secret": HOOK_SECRET}])
@@ -227,26 +217,15 @@ fn webhook_env<'a>(keys: &'a str, eps: &'a str) -> Vec<(&'a str, &'a str)> {
     ]
 }
 
-/// A signed API request with key `admin` (or another).
-async fn api(addr: SocketAddr, key: (&str, &str), method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let body = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
-    let ts = now().to_string();
-    let nonce = format!("w-{}-{}", now(), N.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
-    let sig = signature(key.1, method, path, &ts, &nonce, &body);
-    let mut rb = reqwest::Client::new()
-        .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("http://{addr}{path}"))
-        .header("X-Confab-Key", key.0)
-        .header("X-Confab-Timestamp", &ts)
-        .header("X-Confab-Nonce", &nonce)
-        .header("X-Confab-Signature", sig);
-    if !body.is_empty() {
-        rb = rb.header("Content-Type", "application/json").body(body);
-    }
-    let resp = rb.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+/// A signed API request with key `admin` (or another): the status and the JSON answer.
+async fn api(
+    addr: SocketAddr,
+    key: (&str, &str),
+    method: &'static str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    Req::new(method, path, body).key(key.0, key.1).send(addr).await
 }
 
 const ADMIN: (&str, &str) = ("admin", ADMIN_SECRET);
@@ -287,8 +266,7 @@ async fn every_event_arrives_once_in_order_through_failures_and_replays() {
     });
     let (keys, eps) = (api_keys(), endpoints(&r, &[]));
     let node = TestNode::with(&webhook_env(&keys, &eps));
-    let mut alice = node.connect("alice", "phone").await;
-    let mut bob = node.connect("bob", "phone").await;
+    let [mut alice, mut bob] = node.connect_each(["alice/phone", "bob/phone"]).await;
     let ab = direct_id("alice", "bob");
     for i in 0..5 {
         alice.send_msg(json!({"to": "bob"}), &format!("a{i}"), text(&format!("hi {i}"))).await;
@@ -545,16 +523,19 @@ fn before_send_env<'a>(r_url: &'a str, fail_open: &'a str) -> Vec<(&'a str, &'a 
     ]
 }
 
+/// A node with the API keys whose `before_send` check is `r`'s `/check`.
+fn before_send_node(r: &Receiver, fail_open: &str) -> TestNode {
+    let (url, keys) = (r.url("/check"), api_keys());
+    let mut env = before_send_env(&url, fail_open);
+    env.push(("CONFAB__API__KEYS", keys.as_str()));
+    TestNode::with(&env)
+}
+
 #[tokio::test]
 async fn before_send_accepts_rejects_and_rewrites() {
     let r = Receiver::start().await;
-    let url = r.url("/check");
-    let keys = api_keys();
-    let mut env = before_send_env(&url, "true");
-    env.push(("CONFAB__API__KEYS", keys.as_str()));
-    let node = TestNode::with(&env);
-    let mut alice = node.connect("alice", "phone").await;
-    let mut bob = node.connect("bob", "phone").await;
+    let node = before_send_node(&r, "true");
+    let [mut alice, mut bob] = node.connect_each(["alice/phone", "bob/phone"]).await;
     let m = alice.send_msg(json!({"to": "bob"}), "c1", text("hello")).await;
     assert_eq!(m["body"]["text"], "hello");
     let e = alice
@@ -647,11 +628,7 @@ async fn a_stopping_node_records_its_users_going_offline() {
 #[tokio::test]
 async fn system_messages_skip_before_send() {
     let r = Receiver::start().await;
-    let url = r.url("/check");
-    let keys = api_keys();
-    let mut env = before_send_env(&url, "false");
-    env.push(("CONFAB__API__KEYS", keys.as_str()));
-    let node = TestNode::with(&env);
+    let node = before_send_node(&r, "false");
     // The receiver answers 500 to a check of the text "broken": the check cannot be made.
     let user = json!({"from": "alice", "to": "bob", "client_msg_id": "u1", "body": text("broken")});
     let (st, v) = api(node.addr, ADMIN, "POST", "/api/v1/messages", Some(user)).await;

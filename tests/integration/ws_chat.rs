@@ -3,19 +3,13 @@
 
 use serde_json::{json, Value};
 
-use crate::common::{direct_id, text, TestNode};
-
-fn seqs(messages: &Value) -> Vec<u64> {
-    messages.as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect()
-}
+use crate::common::{direct_id, seqs, text, Client, TestNode};
 
 #[tokio::test]
 async fn direct_send_acks_and_fans_out_to_every_other_device() {
     let node = TestNode::start();
-    let mut a_phone = node.connect("alice", "phone").await;
-    let mut a_laptop = node.connect("alice", "laptop").await;
-    let mut b_phone = node.connect("bob", "phone").await;
-    let mut b_tablet = node.connect("bob", "tablet").await;
+    let [mut a_phone, mut a_laptop, mut b_phone, mut b_tablet] =
+        node.connect_each(["alice/phone", "alice/laptop", "bob/phone", "bob/tablet"]).await;
     let conv = direct_id("alice", "bob");
     assert!(conv.starts_with("d_") && conv.len() == 34, "{conv}");
 
@@ -60,8 +54,7 @@ async fn direct_send_acks_and_fans_out_to_every_other_device() {
 #[tokio::test]
 async fn a_user_may_write_to_themselves() {
     let node = TestNode::start();
-    let mut phone = node.connect("alice", "phone").await;
-    let mut laptop = node.connect("alice", "laptop").await;
+    let [mut phone, mut laptop] = node.connect_each(["alice/phone", "alice/laptop"]).await;
     let m = phone.send_msg(json!({"to": "alice"}), "note-1", text("note")).await;
     assert_eq!(m["conv_id"], direct_id("alice", "alice"));
     assert_eq!(m["seq"], 1);
@@ -76,8 +69,7 @@ async fn a_user_may_write_to_themselves() {
 #[tokio::test]
 async fn every_body_type_is_accepted_and_echoed_intact() {
     let node = TestNode::start();
-    let mut alice = node.connect("alice", "phone").await;
-    let mut bob = node.connect("bob", "phone").await;
+    let [mut alice, mut bob] = node.connect_each(["alice/phone", "bob/phone"]).await;
     let bodies = vec![
         json!({"type": "text", "text": "héllo wörld ✓"}),
         json!({"type": "image", "url": "https://cdn.example/i.png", "width": 640, "height": 480, "size": 12345}),
@@ -106,9 +98,7 @@ async fn every_body_type_is_accepted_and_echoed_intact() {
 #[tokio::test]
 async fn resending_a_client_msg_id_returns_the_original_and_stores_nothing() {
     let node = TestNode::start();
-    let mut alice = node.connect("alice", "phone").await;
-    let mut laptop = node.connect("alice", "laptop").await;
-    let mut bob = node.connect("bob", "phone").await;
+    let [mut alice, mut laptop, mut bob] = node.connect_each(["alice/phone", "alice/laptop", "bob/phone"]).await;
     let conv = direct_id("alice", "bob");
     let first = alice.send_msg(json!({"to": "bob"}), "dup-1", text("once")).await;
     assert_eq!(bob.next_event("message").await, first);
@@ -225,10 +215,8 @@ async fn history_pages_latest_before_after_and_gap_fill() {
 #[tokio::test]
 async fn conversations_list_unread_paging_and_flags() {
     let node = TestNode::start();
-    let mut alice = node.connect("alice", "phone").await;
-    let mut carol = node.connect("carol", "phone").await;
-    let mut bob = node.connect("bob", "phone").await;
-    let mut bob2 = node.connect("bob", "tablet").await;
+    let [mut alice, mut carol, mut bob, mut bob2] =
+        node.connect_each(["alice/phone", "carol/phone", "bob/phone", "bob/tablet"]).await;
     let ab = direct_id("alice", "bob");
     let cb = direct_id("carol", "bob");
     for i in 1..=3 {
@@ -321,8 +309,7 @@ async fn conversations_list_unread_paging_and_flags() {
 #[tokio::test]
 async fn hidden_lasts_until_a_new_message() {
     let node = TestNode::start();
-    let mut alice = node.connect("alice", "phone").await;
-    let mut bob = node.connect("bob", "phone").await;
+    let [mut alice, mut bob] = node.connect_each(["alice/phone", "bob/phone"]).await;
     let ab = direct_id("alice", "bob");
     alice.send_msg(json!({"to": "bob"}), "1", text("1")).await;
     let item = bob.expect_ok("set_flags", json!({"conv_id": ab, "hidden": true})).await;
@@ -348,18 +335,23 @@ async fn hidden_lasts_until_a_new_message() {
     assert_eq!(bob.expect_ok("conversation", json!({"conv_id": ab})).await["hidden"], false);
 }
 
-#[tokio::test]
-async fn read_moves_forward_only_and_sends_receipts() {
+/// A node where alice (on her phone) has sent bob `n` messages (texts and client ids `1`..=`n`)
+/// and bob's phone and tablet have received them: the node, the three clients (alice, bob's phone,
+/// bob's tablet) and the conversation's id.
+async fn alice_wrote_to_bob(n: u64) -> (TestNode, [Client; 3], String) {
     let node = TestNode::start();
-    let mut alice = node.connect("alice", "phone").await;
-    let mut bob = node.connect("bob", "phone").await;
-    let mut bob2 = node.connect("bob", "tablet").await;
-    let ab = direct_id("alice", "bob");
-    for i in 1..=3 {
-        alice.send_msg(json!({"to": "bob"}), &format!("{i}"), text("x")).await;
+    let [mut alice, mut bob, mut bob2] = node.connect_each(["alice/phone", "bob/phone", "bob/tablet"]).await;
+    for i in 1..=n {
+        alice.send_msg(json!({"to": "bob"}), &format!("{i}"), text(&format!("{i}"))).await;
     }
     bob.drain_events(100).await;
     bob2.drain_events(50).await;
+    (node, [alice, bob, bob2], direct_id("alice", "bob"))
+}
+
+#[tokio::test]
+async fn read_moves_forward_only_and_sends_receipts() {
+    let (node, [mut alice, mut bob, mut bob2], ab) = alice_wrote_to_bob(3).await;
 
     assert_eq!(bob.expect_ok("read", json!({"conv_id": ab, "seq": 2})).await, json!({"read_seq": 2}));
     let want = json!({"conv_id": ab, "user_id": "bob", "read_seq": 2});
@@ -388,9 +380,7 @@ async fn read_moves_forward_only_and_sends_receipts() {
 #[tokio::test]
 async fn recall_by_sender_reaches_every_device_and_history() {
     let node = TestNode::start();
-    let mut alice = node.connect("alice", "phone").await;
-    let mut alice2 = node.connect("alice", "laptop").await;
-    let mut bob = node.connect("bob", "phone").await;
+    let [mut alice, mut alice2, mut bob] = node.connect_each(["alice/phone", "alice/laptop", "bob/phone"]).await;
     let ab = direct_id("alice", "bob");
     alice.send_msg(json!({"to": "bob"}), "1", text("oops")).await;
     alice.send_msg(json!({"to": "bob"}), "2", text("fine")).await;
@@ -454,16 +444,7 @@ async fn recall_after_the_window_is_refused() {
 
 #[tokio::test]
 async fn delete_for_me_hides_only_for_that_user() {
-    let node = TestNode::start();
-    let mut alice = node.connect("alice", "phone").await;
-    let mut bob = node.connect("bob", "phone").await;
-    let mut bob2 = node.connect("bob", "tablet").await;
-    let ab = direct_id("alice", "bob");
-    for i in 1..=4 {
-        alice.send_msg(json!({"to": "bob"}), &format!("{i}"), text(&format!("{i}"))).await;
-    }
-    bob.drain_events(100).await;
-    bob2.drain_events(50).await;
+    let (node, [mut alice, mut bob, mut bob2], ab) = alice_wrote_to_bob(4).await;
     let v0 = bob.expect_ok("changes", json!({"conv_id": ab})).await["ver"].clone();
 
     assert_eq!(bob.expect_ok("delete", json!({"conv_id": ab, "seqs": [2, 3]})).await, json!({"deleted": 2}));
@@ -501,8 +482,7 @@ async fn delete_for_me_hides_only_for_that_user() {
 #[tokio::test]
 async fn reply_to_stores_a_quote() {
     let node = TestNode::start();
-    let mut alice = node.connect("alice", "phone").await;
-    let mut bob = node.connect("bob", "phone").await;
+    let [mut alice, mut bob] = node.connect_each(["alice/phone", "bob/phone"]).await;
     let ab = direct_id("alice", "bob");
     let long = "x".repeat(100);
     alice.send_msg(json!({"to": "bob"}), "1", text(&long)).await;
@@ -528,9 +508,7 @@ async fn reply_to_stores_a_quote() {
     let h = bob.expect_ok("history", json!({"conv_id": ab})).await;
     assert_eq!(h["last_seq"], 4);
     assert_eq!(h["messages"][2]["reply_to"]["quote"], "x".repeat(80));
-    // The refused key was not consumed: it can be used now.
-    let m = bob.send_msg(json!({"to": "alice"}), "b3", text("ok")).await;
-    assert_eq!(m["seq"], 5);
+    bob.assert_key_unused(json!({"to": "alice"}), "b3", text("ok"), 5).await;
 }
 
 #[tokio::test]

@@ -153,8 +153,7 @@ async fn malformed_frames_get_their_codes_and_the_connection_stays_usable() {
 #[tokio::test]
 async fn invalid_bodies_are_refused_and_nothing_is_stored() {
     let node = TestNode::with(&[("CONFAB__CHAT__MAX_TEXT_CHARS", "10")]);
-    let mut alice = node.connect("alice", "phone").await;
-    let mut bob = node.connect("bob", "phone").await;
+    let [mut alice, mut bob] = node.connect_each(["alice/phone", "bob/phone"]).await;
     let ab = direct_id("alice", "bob");
     let first = alice.send_msg(json!({"to": "bob"}), "ok", text("0123456789")).await;
     assert_eq!(bob.next_event("message").await, first);
@@ -196,9 +195,7 @@ async fn invalid_bodies_are_refused_and_nothing_is_stored() {
     assert_eq!(h["last_seq"], 1);
     assert_eq!(h["messages"].as_array().unwrap().len(), 1);
     assert_eq!(alice.expect_ok("conversation", json!({"conv_id": ab})).await["cursor"], v_before);
-    // The refused keys were not consumed.
-    let m = alice.send_msg(json!({"to": "bob"}), "bad-0", text("fixed")).await;
-    assert_eq!(m["seq"], 2);
+    alice.assert_key_unused(json!({"to": "bob"}), "bad-0", text("fixed"), 2).await;
 }
 
 #[tokio::test]

@@ -5,17 +5,11 @@ use std::collections::HashMap;
 
 use serde_json::{json, Value};
 
-use crate::common::{text, Client, TestNode};
-
-pub(crate) fn seqs(messages: &Value) -> Vec<u64> {
-    messages.as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect()
-}
+use crate::common::{roles, seqs, text, Client, TestNode};
 
 /// alice creates group `team` with bob and carol; everyone's creation events are consumed.
 pub(crate) async fn team(node: &TestNode) -> (Client, Client, Client) {
-    let mut alice = node.connect("alice", "phone").await;
-    let mut bob = node.connect("bob", "phone").await;
-    let mut carol = node.connect("carol", "phone").await;
+    let [mut alice, mut bob, mut carol] = node.connect_each(["alice/phone", "bob/phone", "carol/phone"]).await;
     alice.expect_ok("group_create", json!({"group_id": "team", "name": "Team", "members": ["bob", "carol"]})).await;
     for c in [&mut alice, &mut bob, &mut carol] {
         c.next_event("message").await;
@@ -27,11 +21,8 @@ pub(crate) async fn team(node: &TestNode) -> (Client, Client, Client) {
 #[tokio::test]
 async fn create_announces_the_group_to_every_member() {
     let node = TestNode::start();
-    let mut alice = node.connect("alice", "phone").await;
-    let mut bob = node.connect("bob", "phone").await;
-    let mut bob2 = node.connect("bob", "tablet").await;
-    let mut carol = node.connect("carol", "phone").await;
-    let mut dave = node.connect("dave", "phone").await;
+    let [mut alice, mut bob, mut bob2, mut carol, mut dave] =
+        node.connect_each(["alice/phone", "bob/phone", "bob/tablet", "carol/phone", "dave/phone"]).await;
     let r = alice
         .expect_ok(
             "group_create",
@@ -70,17 +61,7 @@ async fn create_announces_the_group_to_every_member() {
     dave.no_event_within(100).await;
 
     let members = bob.expect_ok("group_members", json!({"group_id": "team"})).await;
-    let list: Vec<(String, String)> = members["members"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| (m["user_id"].as_str().unwrap().to_string(), m["role"].as_str().unwrap().to_string()))
-        .collect();
-    let want: Vec<(String, String)> = [("alice", "owner"), ("bob", "member"), ("carol", "member")]
-        .iter()
-        .map(|(u, r)| (u.to_string(), r.to_string()))
-        .collect();
-    assert_eq!(list, want);
+    assert_eq!(roles(&members), [("alice", "owner"), ("bob", "member"), ("carol", "member")]);
     assert_eq!(members["members"][0]["joined_at"], g["created_at"]);
     assert_eq!(carol.expect_ok("group_info", json!({"group_id": "team"})).await["group"], *g);
 
@@ -408,8 +389,7 @@ async fn groups_hold_at_most_max_members() {
 #[tokio::test]
 async fn long_member_lists_are_cut_with_their_count() {
     let node = TestNode::start();
-    let mut alice = node.connect("alice", "phone").await;
-    let mut m000 = node.connect("m000", "phone").await;
+    let [mut alice, mut m000] = node.connect_each(["alice/phone", "m000/phone"]).await;
     let members: Vec<String> = (0..150).map(|i| format!("m{i:03}")).collect();
     alice.expect_ok("group_create", json!({"group_id": "big", "name": "Big", "members": members})).await;
     for c in [&mut alice, &mut m000] {

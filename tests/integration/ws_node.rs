@@ -35,8 +35,7 @@ async fn health_readiness_and_metrics() {
     assert_eq!(node.metric("confab_messages_in_total").await, 0.0);
     assert_eq!(node.metric("confab_connections").await, 0.0);
 
-    let mut alice = node.connect("alice", "phone").await;
-    let mut bob = node.connect("bob", "phone").await;
+    let [mut alice, mut bob] = node.connect_each(["alice/phone", "bob/phone"]).await;
     for i in 0..3 {
         alice.send_msg(json!({"to": "bob"}), &format!("{i}"), text("m")).await;
     }
@@ -149,8 +148,7 @@ async fn silent_clients_time_out() {
 #[tokio::test]
 async fn idle_conversation_actors_stop_and_come_back() {
     let node = TestNode::with(&[("CONFAB__GROUPS__IDLE_TIMEOUT_SECS", "1")]);
-    let mut alice = node.connect("alice", "phone").await;
-    let mut bob = node.connect("bob", "phone").await;
+    let [mut alice, mut bob] = node.connect_each(["alice/phone", "bob/phone"]).await;
     alice.send_msg(json!({"to": "bob"}), "1", text("one")).await;
     alice.expect_ok("group_create", json!({"group_id": "g", "name": "G", "members": ["bob"]})).await;
     alice.send_msg(json!({"conv_id": "g_g"}), "2", text("two")).await;
