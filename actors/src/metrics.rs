@@ -145,130 +145,127 @@ impl Default for Metrics {
     }
 }
 
+/// A metric read as one sample: an `AtomicI64` is a gauge (it goes up and down), an `AtomicU64`
+/// a counter (it only goes up).
+trait Sample {
+    /// The Prometheus type.
+    fn kind(&self) -> &'static str;
+    fn value(&self) -> String;
+}
+
+impl Sample for AtomicI64 {
+    fn kind(&self) -> &'static str {
+        "gauge"
+    }
+    fn value(&self) -> String {
+        self.load(Relaxed).to_string()
+    }
+}
+
+impl Sample for AtomicU64 {
+    fn kind(&self) -> &'static str {
+        "counter"
+    }
+    fn value(&self) -> String {
+        self.load(Relaxed).to_string()
+    }
+}
+
+/// Writes a metric's `# HELP`, `# TYPE` and sample.
+fn sample(out: &mut String, name: &str, help: &str, m: &dyn Sample) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {}\n{name} {}", m.kind(), m.value());
+}
+
 impl Metrics {
     /// Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(4096);
-        let mut gauge = |name: &str, help: &str, kind: &str, v: String| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}");
-        };
-        gauge("confab_connections", "Open WebSocket sessions.", "gauge", self.connections.load(Relaxed).to_string());
-        gauge(
-            "confab_connections_total",
-            "WebSocket sessions accepted.",
-            "counter",
-            self.connections_total.load(Relaxed).to_string(),
-        );
-        gauge(
+        sample(&mut out, "confab_connections", "Open WebSocket sessions.", &self.connections);
+        sample(&mut out, "confab_connections_total", "WebSocket sessions accepted.", &self.connections_total);
+        sample(
+            &mut out,
             "confab_slow_consumers_dropped_total",
             "Sessions closed because their outgoing queue was full.",
-            "counter",
-            self.slow_consumers_dropped.load(Relaxed).to_string(),
+            &self.slow_consumers_dropped,
         );
-        gauge(
+        sample(
+            &mut out,
             "confab_sockets_open",
             "TCP connections open (WebSocket or not), including those still writing after a close.",
-            "gauge",
-            self.sockets_open.load(Relaxed).to_string(),
+            &self.sockets_open,
         );
-        gauge(
-            "confab_sockets_total",
-            "TCP connections accepted.",
-            "counter",
-            self.sockets_total.load(Relaxed).to_string(),
-        );
-        gauge(
+        sample(&mut out, "confab_sockets_total", "TCP connections accepted.", &self.sockets_total);
+        sample(
+            &mut out,
             "confab_rate_limited_total",
             "Requests and connections refused by a rate limit.",
-            "counter",
-            self.rate_limited.load(Relaxed).to_string(),
+            &self.rate_limited,
         );
-        gauge("confab_messages_in_total", "Messages stored.", "counter", self.messages_in.load(Relaxed).to_string());
-        gauge(
+        sample(&mut out, "confab_messages_in_total", "Messages stored.", &self.messages_in);
+        sample(
+            &mut out,
             "confab_messages_duplicate_total",
             "Re-sends answered without storing.",
-            "counter",
-            self.messages_duplicate.load(Relaxed).to_string(),
+            &self.messages_duplicate,
         );
-        gauge(
+        sample(
+            &mut out,
             "confab_gap_fills_total",
             "Gaps in a conversation's seq (messages stored by other nodes) read back from the store.",
-            "counter",
-            self.gap_fills.load(Relaxed).to_string(),
+            &self.gap_fills,
         );
-        gauge(
+        sample(
+            &mut out,
             "confab_peer_messages_stale_total",
             "Messages from other nodes that arrived after they were fanned out here.",
-            "counter",
-            self.peer_messages_stale.load(Relaxed).to_string(),
+            &self.peer_messages_stale,
         );
-        gauge(
-            "confab_frames_out_total",
-            "Frames queued to sessions.",
-            "counter",
-            self.frames_out.load(Relaxed).to_string(),
-        );
-        gauge(
-            "confab_deliveries_out_total",
-            "Message events queued to sessions.",
-            "counter",
-            self.deliveries_out.load(Relaxed).to_string(),
-        );
-        gauge(
-            "confab_request_errors_total",
-            "Requests answered with an error.",
-            "counter",
-            self.request_errors.load(Relaxed).to_string(),
-        );
-        gauge(
-            "confab_conversation_actors",
-            "Conversation actors alive.",
-            "gauge",
-            self.conversation_actors.load(Relaxed).to_string(),
-        );
-        gauge(
+        sample(&mut out, "confab_frames_out_total", "Frames queued to sessions.", &self.frames_out);
+        sample(&mut out, "confab_deliveries_out_total", "Message events queued to sessions.", &self.deliveries_out);
+        sample(&mut out, "confab_request_errors_total", "Requests answered with an error.", &self.request_errors);
+        sample(&mut out, "confab_conversation_actors", "Conversation actors alive.", &self.conversation_actors);
+        sample(
+            &mut out,
             "confab_fanout_queue_depth",
             "Messages waiting for fan-out in conversation actors.",
-            "gauge",
-            self.fanout_queue_depth.load(Relaxed).to_string(),
+            &self.fanout_queue_depth,
         );
-        gauge(
+        sample(
+            &mut out,
             "confab_store_queue_depth",
             "Store operations waiting for the writer.",
-            "gauge",
-            self.store_queue_depth.load(Relaxed).to_string(),
+            &self.store_queue_depth,
         );
-        gauge(
+        sample(
+            &mut out,
             "confab_store_commits_total",
             "Store commits (each may hold many operations).",
-            "counter",
-            self.store_commits.load(Relaxed).to_string(),
+            &self.store_commits,
         );
-        gauge(
+        sample(
+            &mut out,
             "confab_store_ops_committed_total",
             "Store write operations committed.",
-            "counter",
-            self.store_batch_ops.load(Relaxed).to_string(),
+            &self.store_batch_ops,
         );
-        let healthy = self.store_embedded_healthy.load(Relaxed);
-        if healthy >= 0 {
-            gauge(
+        if self.store_embedded_healthy.load(Relaxed) >= 0 {
+            sample(
+                &mut out,
                 "confab_store_embedded_healthy",
                 "1 while the embedded store is healthy, 0 while it recovers from an I/O error.",
-                "gauge",
-                healthy.to_string(),
+                &self.store_embedded_healthy,
             );
-            gauge(
+            sample(
+                &mut out,
                 "confab_store_embedded_outages_total",
                 "Times the embedded store went down after an I/O error.",
-                "counter",
-                self.store_embedded_outages.load(Relaxed).to_string(),
+                &self.store_embedded_outages,
             );
-            gauge(
+            sample(
+                &mut out,
                 "confab_store_embedded_reopens_total",
                 "Times the embedded store re-opened its database after an I/O error.",
-                "counter",
-                self.store_embedded_reopens.load(Relaxed).to_string(),
+                &self.store_embedded_reopens,
             );
         }
         let _ = writeln!(
@@ -296,5 +293,23 @@ impl Metrics {
             "Store write latency from enqueue to durable commit.",
         );
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gauges_and_counters_render_with_their_types() {
+        let m = Metrics::default();
+        m.connections.store(-2, Relaxed);
+        m.messages_in.store(7, Relaxed);
+        let text = m.render();
+        assert!(text.contains("# TYPE confab_connections gauge\nconfab_connections -2\n"), "{text}");
+        assert!(text.contains("# TYPE confab_messages_in_total counter\nconfab_messages_in_total 7\n"), "{text}");
+        assert!(!text.contains("confab_store_embedded"), "not an embedded store: {text}");
+        m.store_embedded_healthy.store(0, Relaxed);
+        assert!(m.render().contains("# TYPE confab_store_embedded_healthy gauge\nconfab_store_embedded_healthy 0\n"));
     }
 }

@@ -217,6 +217,7 @@ pub struct SetFlagsReq {
 }
 
 impl SetFlagsReq {
+    /// The flags to change.
     pub fn patch(&self) -> FlagsPatch {
         FlagsPatch { pinned: self.pinned, muted: self.muted, hidden: self.hidden }
     }
@@ -261,6 +262,7 @@ pub struct GroupUpdateReq {
 }
 
 impl GroupUpdateReq {
+    /// The profile change.
     pub fn patch(self) -> GroupPatch {
         GroupPatch { name: self.name, avatar: self.avatar, notice: self.notice, ext: self.ext }
     }
@@ -483,4 +485,72 @@ pub struct GroupEvent<'a> {
     pub change: &'a str,
     /// The group's profile after the change.
     pub group: &'a Option<Group>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn parse(op: &str, data: serde_json::Value) -> Result<Op, Error> {
+        let frame = json!({"id": 1, "op": op, "data": data}).to_string();
+        parse_request(&frame).map(|r| r.op).map_err(|bad| bad.error)
+    }
+
+    #[test]
+    fn absent_optional_fields_read_as_none() {
+        let text = json!({"type": "text", "text": "hi"});
+        let Ok(Op::Send(r)) = parse("send", json!({"to": "bob", "client_msg_id": "c", "body": text})) else {
+            panic!("send")
+        };
+        assert_eq!((r.conv_id, r.to.as_deref(), r.reply_to), (None, Some("bob"), None));
+        let Ok(Op::History(r)) = parse("history", json!({"conv_id": "g_t"})) else { panic!("history") };
+        assert_eq!((r.before, r.after, r.limit), (None, None, None));
+        let Ok(Op::Conversations(r)) = parse("conversations", json!({})) else { panic!("conversations") };
+        assert_eq!((r.since, r.limit), (0, None));
+        let Ok(Op::Changes(r)) = parse("changes", json!({"conv_id": "g_t"})) else { panic!("changes") };
+        assert_eq!(r.since, 0);
+        let Ok(Op::SetFlags(r)) = parse("set_flags", json!({"conv_id": "g_t"})) else { panic!("set_flags") };
+        assert_eq!(r.patch(), FlagsPatch::default());
+        let Ok(Op::GroupCreate(r)) = parse("group_create", json!({"name": "n"})) else { panic!("group_create") };
+        assert_eq!((r.group_id, r.members.len()), (None, 0));
+        let Ok(Op::GroupUpdate(r)) = parse("group_update", json!({"group_id": "t"})) else { panic!("group_update") };
+        assert_eq!(r.patch(), GroupPatch::default());
+        let Ok(Op::ProfileUpdate(r)) = parse("profile_update", json!({})) else { panic!("profile_update") };
+        assert_eq!((r.nickname, r.avatar, r.ext), (None, None, None));
+    }
+
+    #[test]
+    fn requests_refuse_unknown_fields() {
+        let text = json!({"type": "text", "text": "hi"});
+        let requests = [
+            ("ping", json!({})),
+            ("send", json!({"conv_id": "g_t", "client_msg_id": "c", "body": text})),
+            ("history", json!({"conv_id": "g_t"})),
+            ("conversations", json!({})),
+            ("conversation", json!({"conv_id": "g_t"})),
+            ("read", json!({"conv_id": "g_t", "seq": 1})),
+            ("recall", json!({"conv_id": "g_t", "seq": 1})),
+            ("delete", json!({"conv_id": "g_t", "seqs": [1]})),
+            ("changes", json!({"conv_id": "g_t"})),
+            ("set_flags", json!({"conv_id": "g_t"})),
+            ("group_create", json!({"name": "n"})),
+            ("group_add", json!({"group_id": "t", "members": []})),
+            ("group_info", json!({"group_id": "t"})),
+            ("group_update", json!({"group_id": "t"})),
+            ("group_set_role", json!({"group_id": "t", "user_id": "u", "role": "admin"})),
+            ("users_get", json!({"ids": []})),
+            ("profile_update", json!({})),
+            ("refresh", json!({"token": "x"})),
+        ];
+        for (op, mut data) in requests {
+            assert!(parse(op, data.clone()).is_ok(), "{op}");
+            data["nickame"] = json!("typo");
+            let e = parse(op, data).err().map(|e| (e.code, e.message));
+            assert!(
+                matches!(&e, Some((ErrorCode::InvalidRequest, m)) if m.contains("unknown field `nickame`")),
+                "{op}: {e:?}"
+            );
+        }
+    }
 }

@@ -231,21 +231,27 @@ impl Handler<AppendDone> for ConversationActor {
     }
 }
 
-impl Handler<Submit> for ConversationActor {
-    type Result = ResponseFuture<Result<Message>>;
-
-    fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) -> Self::Result {
+impl ConversationActor {
+    /// Takes a request answered once its message is stored: `start` checks it and sets it going
+    /// with the sender to answer on. An error of `start` (or an actor not ready) is answered at
+    /// once; an actor that stops before answering answers `internal`.
+    fn answer_later(
+        &mut self,
+        ctx: &mut Context<Self>,
+        start: impl FnOnce(&mut Self, &mut Context<Self>, oneshot::Sender<Result<Message>>) -> Result<()>,
+    ) -> ResponseFuture<Result<Message>> {
         self.last_active = Instant::now();
         let (tx, rx) = oneshot::channel();
-        let respond =
-            Box::pin(async move { rx.await.unwrap_or_else(|_| Err(Error::internal("conversation stopped"))) });
-        if let Err(e) = self.check_ready() {
+        if let Err(e) = self.check_ready().and_then(|()| start(self, ctx, tx)) {
             return Box::pin(async move { Err(e) });
         }
+        Box::pin(async move { rx.await.unwrap_or_else(|_| Err(Error::internal("conversation stopped"))) })
+    }
+
+    /// Checks a message's sender and appends it (with its quote, for a reply).
+    fn submit(&mut self, msg: Submit, ctx: &mut Context<Self>, tx: oneshot::Sender<Result<Message>>) -> Result<()> {
         if let Some(sender) = &msg.sender {
-            if let Err(e) = self.check_member(sender) {
-                return Box::pin(async move { Err(e) });
-            }
+            self.check_member(sender)?;
         }
         let direct_members = match self.kind {
             ConvKind::Direct => {
@@ -289,7 +295,15 @@ impl Handler<Submit> for ConversationActor {
                 }));
             }
         }
-        respond
+        Ok(())
+    }
+}
+
+impl Handler<Submit> for ConversationActor {
+    type Result = ResponseFuture<Result<Message>>;
+
+    fn handle(&mut self, msg: Submit, ctx: &mut Context<Self>) -> Self::Result {
+        self.answer_later(ctx, |act, ctx, tx| act.submit(msg, ctx, tx))
     }
 }
 
@@ -346,59 +360,54 @@ impl Handler<Recall> for ConversationActor {
     }
 }
 
+/// A group change checked and ready: its store write (the system message, and the group when it
+/// changed), and what it changes in this actor once stored.
+type PlannedChange = (StoreFuture<(Message, Option<Group>)>, Applied);
+
 impl Handler<Membership> for ConversationActor {
     type Result = ResponseFuture<Result<Message>>;
 
     fn handle(&mut self, msg: Membership, ctx: &mut Context<Self>) -> Self::Result {
-        self.last_active = Instant::now();
-        let (tx, rx) = oneshot::channel();
-        let respond =
-            Box::pin(async move { rx.await.unwrap_or_else(|_| Err(Error::internal("conversation stopped"))) });
-        let fail = |e: Error| -> Self::Result { Box::pin(async move { Err(e) }) };
-        if let Err(e) = self.check_ready() {
-            return fail(e);
-        }
+        self.answer_later(ctx, |act, ctx, tx| act.change_membership(msg, ctx, tx))
+    }
+}
+
+impl ConversationActor {
+    /// Checks a group change and writes it; the mailbox waits until it is stored.
+    fn change_membership(
+        &mut self,
+        msg: Membership,
+        ctx: &mut Context<Self>,
+        tx: oneshot::Sender<Result<Message>>,
+    ) -> Result<()> {
         if self.kind != ConvKind::Group {
-            return fail(Error::invalid("not a group conversation"));
+            return Err(Error::invalid("not a group conversation"));
         }
-        let role = match self.check_member(&msg.by) {
-            Ok(r) => r,
-            Err(e) => return fail(e),
-        };
+        let role = self.check_member(&msg.by)?;
         let by = msg.by.to_string();
         let origin = msg.origin;
         let store = self.core.store.clone();
         let group_id = self.group_id().to_string();
         let ts = now_ms();
-        let (write, applied): (StoreFuture<(Message, Option<Group>)>, Applied) = match msg.op {
+        let (write, applied): PlannedChange = match msg.op {
             MembershipOp::Update(patch) => {
-                if let Err(e) = rules::check_profile_change(role) {
-                    return fail(e);
-                }
+                rules::check_profile_change(role)?;
                 let u = GroupUpdate { group_id, ts, system_body: rules::group_updated(&patch, &by), patch };
                 (Box::pin(async move { store.update_group(u).await.map(|(g, m)| (m, Some(g))) }), Applied::Profile)
             }
             MembershipOp::SetRole(user, new_role) => {
                 let current = self.roles.get(user.as_str()).copied();
-                let roles = match rules::plan_role_change(&by, role, &user, current, new_role) {
-                    Ok(r) => r,
-                    Err(e) => return fail(e),
-                };
+                let roles = rules::plan_role_change(&by, role, &user, current, new_role)?;
                 let c =
                     RoleChange { group_id, ts, system_body: rules::roles_changed(&roles, &by), roles: roles.clone() };
                 (Box::pin(async move { store.set_roles(c).await.map(|(g, m)| (m, Some(g))) }), Applied::Roles(roles))
             }
             MembershipOp::Dismiss => {
-                if let Err(e) = rules::check_dismiss(role) {
-                    return fail(e);
-                }
+                rules::check_dismiss(role)?;
                 let d = GroupDismiss { group_id, ts, system_body: rules::group_dismissed(&by) };
                 (Box::pin(async move { store.dismiss_group(d).await.map(|(g, m)| (m, Some(g))) }), Applied::Dismissed)
             }
-            op => match self.member_change(op, by, group_id, ts, role) {
-                Ok(planned) => planned,
-                Err(refused) => return refused,
-            },
+            op => self.member_change(op, by, group_id, ts, role)?,
         };
         let stored = self.store_write(write);
         let fut =
@@ -416,13 +425,10 @@ impl Handler<Membership> for ConversationActor {
             }
             act.release(ctx);
         }));
-        respond
+        Ok(())
     }
-}
 
-impl ConversationActor {
     /// Checks an add, remove or leave and prepares its store write.
-    #[allow(clippy::type_complexity)]
     pub(super) fn member_change(
         &self,
         op: MembershipOp,
@@ -430,18 +436,16 @@ impl ConversationActor {
         group_id: String,
         ts: i64,
         role: Role,
-    ) -> std::result::Result<(StoreFuture<(Message, Option<Group>)>, Applied), ResponseFuture<Result<Message>>> {
-        let fail = |e: Error| -> ResponseFuture<Result<Message>> { Box::pin(async move { Err(e) }) };
+    ) -> Result<PlannedChange> {
         let op = match op {
             MembershipOp::Add(users) => rules::MemberOp::Add(users),
             MembershipOp::Remove(users) => rules::MemberOp::Remove(users),
             MembershipOp::Leave => rules::MemberOp::Leave,
             MembershipOp::Update(_) | MembershipOp::SetRole(..) | MembershipOp::Dismiss => {
-                return Err(fail(Error::internal("not a membership change")))
+                return Err(Error::internal("not a membership change"))
             }
         };
-        let plan =
-            rules::plan_member_change(op, &by, role, &self.roles, self.core.limits.max_group_members).map_err(fail)?;
+        let plan = rules::plan_member_change(op, &by, role, &self.roles, self.core.limits.max_group_members)?;
         let change = MemberChange {
             group_id,
             add: plan.add.iter().map(|u| (u.clone(), Role::Member)).collect(),

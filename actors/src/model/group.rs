@@ -1,0 +1,141 @@
+//! Groups: their profile, members and roles, and changes to the profile.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+use super::body::check_url;
+use super::validate_ext;
+
+/// Longest group notice, in characters.
+pub const MAX_NOTICE_CHARS: usize = 2048;
+
+/// A member's role in a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Owner,
+    Admin,
+    Member,
+}
+
+impl Role {
+    /// Whether the role is the owner's or an admin's, who manage the group.
+    pub fn can_manage(self) -> bool {
+        matches!(self, Role::Owner | Role::Admin)
+    }
+}
+
+/// A group's profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Group {
+    pub id: String,
+    pub name: String,
+    pub owner: String,
+    pub created_at: i64,
+    pub member_count: u64,
+    /// An image URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar: Option<String>,
+    /// The group's notice (announcement).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice: Option<String>,
+    /// App-defined JSON object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub ext: Option<serde_json::Value>,
+    /// True once the group was dismissed: it refuses sends and changes (`group_dismissed`).
+    #[serde(default)]
+    pub dismissed: bool,
+}
+
+impl Group {
+    /// A new group's profile (no avatar, notice or ext).
+    pub fn new(id: String, name: String, owner: String, created_at: i64, member_count: u64) -> Group {
+        Group { id, name, owner, created_at, member_count, avatar: None, notice: None, ext: None, dismissed: false }
+    }
+}
+
+/// One member of a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Member {
+    pub user_id: String,
+    pub role: Role,
+    pub joined_at: i64,
+}
+
+/// Changes a group's profile; `None` keeps a field as it is. Serialized, its `None` fields
+/// dropped, it is the data of the `group_updated` system message.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct GroupPatch {
+    /// 1 to 128 characters.
+    pub name: Option<String>,
+    /// An image URL.
+    pub avatar: Option<String>,
+    /// At most 2048 characters; an empty string clears it.
+    pub notice: Option<String>,
+    /// A JSON object of at most 4096 bytes.
+    pub ext: Option<serde_json::Value>,
+}
+
+impl GroupPatch {
+    /// Checks the fields and that at least one is given; trims the name.
+    pub fn validate(&mut self) -> Result<()> {
+        if self.name.is_none() && self.avatar.is_none() && self.notice.is_none() && self.ext.is_none() {
+            return Err(Error::invalid("give at least one of name, avatar, notice, ext"));
+        }
+        if let Some(n) = &mut self.name {
+            *n = n.trim().to_string();
+            if n.is_empty() || n.chars().count() > 128 {
+                return Err(Error::invalid("name must be 1 to 128 characters"));
+            }
+        }
+        if let Some(a) = &self.avatar {
+            check_url("avatar", a).map_err(|e| Error::invalid(e.message))?;
+        }
+        if let Some(n) = &self.notice {
+            if n.chars().count() > MAX_NOTICE_CHARS {
+                return Err(Error::invalid(format!("notice must be at most {MAX_NOTICE_CHARS} characters")));
+            }
+        }
+        if let Some(e) = &self.ext {
+            validate_ext(e)?;
+        }
+        Ok(())
+    }
+
+    /// Applies the patch to a group's profile.
+    pub fn apply(&self, g: &mut Group) {
+        if let Some(n) = &self.name {
+            g.name = n.clone();
+        }
+        if let Some(a) = &self.avatar {
+            g.avatar = Some(a.clone());
+        }
+        if let Some(n) = &self.notice {
+            g.notice = if n.is_empty() { None } else { Some(n.clone()) };
+        }
+        if let Some(e) = &self.ext {
+            g.ext = Some(e.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_patch_serializes_under_its_field_names() {
+        let patch = GroupPatch {
+            name: Some("n".into()),
+            avatar: Some("https://a/b.png".into()),
+            notice: Some(String::new()),
+            ext: Some(serde_json::json!({"k": 1})),
+        };
+        assert_eq!(
+            serde_json::to_value(&patch).ok(),
+            Some(serde_json::json!({"name": "n", "avatar": "https://a/b.png", "notice": "", "ext": {"k": 1}}))
+        );
+    }
+}

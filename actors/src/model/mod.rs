@@ -1,0 +1,21 @@
+//! Domain types: ids, message bodies and their validation, conversations, groups.
+//!
+//! These are plain serde types with no I/O. The same structs are stored by the storage adapters and
+//! sent on the wire, so their JSON shape is part of the protocol (`docs/protocol.md`). The patches
+//! ([`FlagsPatch`], [`GroupPatch`], [`UserPatch`]) are plain values the transports build from
+//! their own request types.
+
+mod body;
+mod group;
+mod ids;
+mod message;
+mod user;
+
+pub use body::{Body, BODY_TYPES, MAX_CUSTOM_BYTES, MAX_NAME_LEN, MAX_URL_LEN, QUOTE_CHARS};
+pub use group::{Group, GroupPatch, Member, Role, MAX_NOTICE_CHARS};
+pub use ids::{
+    conv_kind, direct_conv_id, group_conv_id, validate_cursor, validate_id, ConvKind, MAX_ID_LEN, MAX_PAGE,
+    MAX_SAFE_INT,
+};
+pub use message::{Changes, Conversation, ConversationView, FlagsPatch, Message, ReplyRef, UserConvState};
+pub use user::{validate_ext, Profile, User, UserPatch, MAX_EXT_BYTES, MAX_NICKNAME_CHARS, MAX_PROFILE_LOOKUP};

@@ -1,0 +1,157 @@
+//! Users: their record, the public profile other users see, and changes to it.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+use super::body::check_url;
+use super::validate_id;
+
+/// Longest nickname, in characters.
+pub const MAX_NICKNAME_CHARS: usize = 64;
+/// Largest encoded `ext` object of a user or a group.
+pub const MAX_EXT_BYTES: usize = 4096;
+/// Most users a profile lookup may ask for.
+pub const MAX_PROFILE_LOOKUP: usize = 100;
+
+/// A user's record. Users never created explicitly have none: they are enabled and have no profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct User {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nickname: Option<String>,
+    /// An image URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar: Option<String>,
+    /// App-defined JSON object (`{}` when unset).
+    #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
+    pub ext: serde_json::Value,
+    /// A disabled user cannot connect or send; their sessions are closed.
+    #[serde(default)]
+    pub disabled: bool,
+    /// Tokens issued (`iat`) before this time, unix seconds, are refused; 0 = none. The second
+    /// of [`User::tokens_valid_after_ms`], kept for clients that read seconds.
+    #[serde(default)]
+    pub tokens_valid_after: u64,
+    /// Tokens issued before this time, unix milliseconds, are refused; 0 = none. Records written
+    /// before it existed have only `tokens_valid_after` (see [`User::revoked_before_ms`]).
+    #[serde(default)]
+    pub tokens_valid_after_ms: u64,
+    /// Milliseconds since the Unix epoch.
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}
+
+impl User {
+    /// A record with no profile, enabled.
+    pub fn new(id: &str, ts: i64) -> User {
+        User {
+            id: id.to_owned(),
+            nickname: None,
+            avatar: None,
+            ext: empty_object(),
+            disabled: false,
+            tokens_valid_after: 0,
+            tokens_valid_after_ms: 0,
+            created_at: ts,
+            updated_at: ts,
+        }
+    }
+
+    /// Tokens issued before this time (unix ms) are refused.
+    pub fn revoked_before_ms(&self) -> u64 {
+        self.tokens_valid_after_ms.max(self.tokens_valid_after.saturating_mul(1000))
+    }
+
+    /// Revokes every token issued before `at_ms`.
+    pub fn revoke_tokens(&mut self, at_ms: u64) {
+        self.tokens_valid_after_ms = self.tokens_valid_after_ms.max(at_ms);
+        self.tokens_valid_after = self.tokens_valid_after.max(self.tokens_valid_after_ms / 1000);
+    }
+
+    /// The public part other users see.
+    pub fn profile(&self) -> Profile {
+        Profile {
+            id: self.id.clone(),
+            nickname: self.nickname.clone(),
+            avatar: self.avatar.clone(),
+            ext: self.ext.clone(),
+            updated_at: self.updated_at,
+        }
+    }
+
+    /// Applies a profile patch (absent fields are kept).
+    pub fn apply(&mut self, p: &UserPatch) {
+        if let Some(n) = &p.nickname {
+            self.nickname = Some(n.clone());
+        }
+        if let Some(a) = &p.avatar {
+            self.avatar = Some(a.clone());
+        }
+        if let Some(e) = &p.ext {
+            self.ext = e.clone();
+        }
+        self.updated_at = p.ts;
+    }
+}
+
+/// A user's public profile (WebSocket `users_get`, `profile_update`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Profile {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nickname: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub avatar: Option<String>,
+    #[schema(value_type = Object)]
+    pub ext: serde_json::Value,
+    pub updated_at: i64,
+}
+
+/// Creates a user's record or changes its profile; `None` keeps a field as it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserPatch {
+    pub id: String,
+    pub nickname: Option<String>,
+    pub avatar: Option<String>,
+    pub ext: Option<serde_json::Value>,
+    /// Server time in ms.
+    pub ts: i64,
+}
+
+impl UserPatch {
+    /// Checks the fields: nickname 1 to 64 characters, avatar a URL, ext an object of at most 4 KiB.
+    pub fn validate(&self) -> Result<()> {
+        validate_id("id", &self.id)?;
+        if let Some(n) = &self.nickname {
+            let n = n.trim();
+            if n.is_empty() || n.chars().count() > MAX_NICKNAME_CHARS {
+                return Err(Error::invalid(format!("nickname must be 1 to {MAX_NICKNAME_CHARS} characters")));
+            }
+        }
+        if let Some(a) = &self.avatar {
+            check_url("avatar", a).map_err(|e| Error::invalid(e.message))?;
+        }
+        if let Some(e) = &self.ext {
+            validate_ext(e)?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks an `ext` value: a JSON object of at most [`MAX_EXT_BYTES`] encoded.
+pub fn validate_ext(ext: &serde_json::Value) -> Result<()> {
+    if !ext.is_object() {
+        return Err(Error::invalid("ext must be a JSON object"));
+    }
+    let n = serde_json::to_vec(ext).map(|v| v.len()).unwrap_or(usize::MAX);
+    if n > MAX_EXT_BYTES {
+        return Err(Error::invalid(format!("ext must be at most {MAX_EXT_BYTES} bytes encoded")));
+    }
+    Ok(())
+}
