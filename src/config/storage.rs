@@ -1,0 +1,95 @@
+//! `[storage]`: which store, and its settings.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::{range, ConfigError};
+
+/// `[storage]`: the store backend (`embedded` or `mongodb`) and its settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    pub backend: String,
+    pub path: PathBuf,
+    pub mongodb: MongoDb,
+}
+
+/// `[storage.mongodb]`: used when `storage.backend = "mongodb"` (and by `confab migrate`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MongoDb {
+    pub uri: String,
+    pub database: String,
+    pub connect_timeout_ms: u64,
+    pub server_selection_timeout_ms: u64,
+    pub op_timeout_ms: u64,
+}
+
+impl Storage {
+    /// Checks the backend and what it needs (`[storage.mongodb]` has its own checks).
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        match self.backend.as_str() {
+            "embedded" => {
+                if self.path.as_os_str().is_empty() {
+                    return Err(ConfigError("storage.path must not be empty".into()));
+                }
+            }
+            "mongodb" => {
+                let uri = &self.mongodb.uri;
+                if !uri.starts_with("mongodb://") {
+                    return Err(ConfigError(format!(
+                        "storage.mongodb.uri = {uri:?} must start with mongodb:// (set it when storage.backend = \"mongodb\")"
+                    )));
+                }
+            }
+            other => {
+                return Err(ConfigError(format!(
+                    "storage.backend = {other:?} is not supported (use \"embedded\" or \"mongodb\")"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl MongoDb {
+    /// Checks `[storage.mongodb]`, naming the setting at fault.
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let db = &self.database;
+        if db.is_empty() || db.len() > 63 || db.contains(['/', '\\', '.', ' ', '"', '$', '\0']) {
+            return Err(ConfigError(format!("storage.mongodb.database = {db:?} is not a valid MongoDB database name")));
+        }
+        range("storage.mongodb.connect_timeout_ms", self.connect_timeout_ms, 100, 600_000)?;
+        range("storage.mongodb.server_selection_timeout_ms", self.server_selection_timeout_ms, 100, 600_000)?;
+        range("storage.mongodb.op_timeout_ms", self.op_timeout_ms, 100, 600_000)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::{assert_refused, env};
+    use crate::config::*;
+
+    #[test]
+    fn mongodb_backend() {
+        let c = Config::load_with_env(
+            None,
+            env(&[
+                ("CONFAB__STORAGE__BACKEND", "mongodb"),
+                ("CONFAB__STORAGE__MONGODB__URI", "mongodb://db1:27017,db2:27017/?replicaSet=rs0"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(c.storage.backend, "mongodb");
+        assert_eq!(c.storage.mongodb.database, "confab");
+        assert_eq!(c.storage.mongodb.uri, "mongodb://db1:27017,db2:27017/?replicaSet=rs0");
+        assert_refused(
+            &[("CONFAB__STORAGE__BACKEND", "mongodb"), ("CONFAB__STORAGE__MONGODB__URI", "")],
+            "storage.mongodb.uri",
+        );
+        assert_refused(&[("CONFAB__STORAGE__MONGODB__DATABASE", "a.b")], "storage.mongodb.database");
+        assert_refused(&[("CONFAB__STORAGE__BACKEND", "sqlite")], "storage.backend");
+    }
+}
