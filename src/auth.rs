@@ -122,6 +122,11 @@ pub struct Tokens {
 }
 
 impl Tokens {
+    /// The token rules of `[auth]`.
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
+        Tokens::new(&cfg.auth.secret, cfg.auth.max_token_ttl_secs, cfg.auth.max_clock_skew_secs)
+    }
+
     pub fn new(secret: &str, max_ttl_secs: u64, max_skew_secs: u64) -> Self {
         Tokens { secret: secret.to_owned(), max_ttl_secs, max_skew_secs }
     }

@@ -66,8 +66,7 @@ fn main() -> anyhow::Result<()> {
     };
     match cli.command.unwrap_or(Command::Serve) {
         Command::Token { user, device, ttl } => {
-            let (t, _) = cfg
-                .tokens()
+            let (t, _) = confab::auth::Tokens::from_config(&cfg)
                 .mint(&user, &device, ttl.unwrap_or(cfg.auth.token_ttl_secs), 0)
                 .map_err(|e| anyhow::anyhow!("{}", e.message))?;
             println!("{t}");

@@ -18,8 +18,10 @@ use confab_actors::outbox::Outbox;
 use confab_actors::registry::Registry;
 use confab_actors::store::Store;
 
+use crate::auth::Tokens;
 use crate::cluster::{Cluster, ClusterOptions};
 use crate::config::Config;
+use crate::http::ws::config::SessionConfig;
 use crate::http::{self, AppState};
 use crate::store::{EmbeddedStore, MongoOptions, MongoStore};
 
@@ -77,8 +79,8 @@ pub async fn serve(
     let proxies = crate::http::conn::TrustedProxies::parse(&cfg.server.trusted_proxies).map_err(anyhow::Error::msg)?;
     let state = web::Data::new(AppState {
         engine,
-        session: cfg.session_config(),
-        tokens: cfg.tokens(),
+        session: SessionConfig::from_config(&cfg),
+        tokens: Tokens::from_config(&cfg),
         ip_limits: crate::http::conn::IpLimits::new(&cfg.rates()),
         proxies,
         access_check_timeout: std::time::Duration::from_millis(cfg.auth.access_check_timeout_ms),
@@ -87,7 +89,7 @@ pub async fn serve(
     });
     let cluster_data = cluster.clone().map(web::Data::new);
     let workers = if cfg.server.workers == 0 { cores() } else { cfg.server.workers };
-    let socket_options = cfg.socket_options();
+    let socket_options = crate::http::conn::SocketOptions::from_config(&cfg);
     let server = HttpServer::new(move || {
         let app = App::new().app_data(state.clone()).wrap(actix_web::middleware::from_fn(http::trace_request));
         let app = match &cluster_data {

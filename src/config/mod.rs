@@ -18,7 +18,7 @@ use serde::Deserialize;
 
 pub use api::{Api, ApiKey, API_SCOPES};
 pub use cluster::{is_node_id_char, Cluster};
-pub use server::{Auth, Chat, Groups, Limits, Log, Server, Session};
+pub use server::{networks, Auth, Chat, Groups, Limits, Log, Server, Session};
 pub use storage::{MongoDb, Storage};
 pub use webhooks::{BeforeSendConfig, WebhookEndpoint, Webhooks};
 

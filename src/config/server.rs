@@ -1,13 +1,12 @@
 //! The sections of one node's serving side: `[server]`, `[auth]`, `[session]`, `[limits]`,
 //! `[chat]`, `[groups]` and `[log]`, their checks, and the settings derived from them.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::{list_or_string, range, Config, ConfigError};
-use crate::http::ws::config::SessionConfig;
 use confab_actors::engine::Limits as EngineLimits;
 use confab_actors::limits::{Rate, RateConfig};
 
@@ -118,8 +117,7 @@ impl Config {
         range("server.send_buffer_bytes", self.server.send_buffer_bytes, 0, 64 << 20)?;
         range("server.write_timeout_secs", self.server.write_timeout_secs, 0, 86400)?;
         range("server.ready_timeout_ms", self.server.ready_timeout_ms, 10, 60_000)?;
-        crate::http::conn::TrustedProxies::parse(&self.server.trusted_proxies)
-            .map_err(|e| ConfigError(format!("server.trusted_proxies: {e}")))?;
+        networks(&self.server.trusted_proxies).map_err(|e| ConfigError(format!("server.trusted_proxies: {e}")))?;
         range("session.heartbeat_interval_secs", self.session.heartbeat_interval_secs, 1, 3600)?;
         if self.session.client_timeout_secs <= self.session.heartbeat_interval_secs {
             return Err(ConfigError(
@@ -170,31 +168,26 @@ impl Config {
             max_connections_per_ip: l.max_connections_per_ip,
         }
     }
+}
 
-    /// The token rules of `[auth]`.
-    pub fn tokens(&self) -> crate::auth::Tokens {
-        crate::auth::Tokens::new(&self.auth.secret, self.auth.max_token_ttl_secs, self.auth.max_clock_skew_secs)
+/// Addresses and networks (`10.0.0.0/8`, `::1`, `192.168.1.7`) as `(address, prefix length)`
+/// (`server.trusted_proxies`).
+pub fn networks(list: &[String]) -> Result<Vec<(IpAddr, u8)>, String> {
+    let mut out = Vec::with_capacity(list.len());
+    for item in list {
+        let (addr, bits) = match item.split_once('/') {
+            Some((a, b)) => (a, Some(b)),
+            None => (item.as_str(), None),
+        };
+        let ip: IpAddr = addr.trim().parse().map_err(|_| format!("{item:?} is not an address or network"))?;
+        let max = if ip.is_ipv4() { 32 } else { 128 };
+        let bits = match bits {
+            Some(b) => {
+                b.trim().parse::<u8>().ok().filter(|b| *b <= max).ok_or_else(|| format!("{item:?}: bad prefix"))?
+            }
+            None => max,
+        };
+        out.push((ip, bits));
     }
-
-    /// The socket options of `[server]`.
-    pub fn socket_options(&self) -> crate::http::conn::SocketOptions {
-        crate::http::conn::SocketOptions {
-            send_buffer: (self.server.send_buffer_bytes > 0).then_some(self.server.send_buffer_bytes),
-            write_timeout: (self.server.write_timeout_secs > 0)
-                .then(|| Duration::from_secs(self.server.write_timeout_secs)),
-        }
-    }
-
-    /// What each WebSocket session needs, from `[session]`, `[server]`, `[limits]` and `[auth]`.
-    pub fn session_config(&self) -> SessionConfig {
-        SessionConfig {
-            heartbeat_interval: Duration::from_secs(self.session.heartbeat_interval_secs),
-            client_timeout: Duration::from_secs(self.session.client_timeout_secs),
-            outbound_queue: self.session.outbound_queue,
-            max_inflight: self.session.max_inflight_requests,
-            max_frame_bytes: self.server.max_frame_bytes,
-            rates: self.rates(),
-            tokens: Some(std::sync::Arc::new(self.tokens())),
-        }
-    }
+    Ok(out)
 }

@@ -29,6 +29,17 @@ pub struct SocketOptions {
     pub write_timeout: Option<Duration>,
 }
 
+impl SocketOptions {
+    /// The socket options of `[server]`.
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
+        SocketOptions {
+            send_buffer: (cfg.server.send_buffer_bytes > 0).then_some(cfg.server.send_buffer_bytes),
+            write_timeout: (cfg.server.write_timeout_secs > 0)
+                .then(|| Duration::from_secs(cfg.server.write_timeout_secs)),
+        }
+    }
+}
+
 /// Counts one open socket for as long as the connection lives (dropped with actix-http's
 /// per-connection data).
 struct SocketGuard(Arc<Metrics>);
@@ -66,23 +77,7 @@ pub struct TrustedProxies(Vec<(IpAddr, u8)>);
 impl TrustedProxies {
     /// Parses addresses and networks (`10.0.0.0/8`, `::1`, `192.168.1.7`).
     pub fn parse(list: &[String]) -> Result<Self, String> {
-        let mut out = Vec::with_capacity(list.len());
-        for item in list {
-            let (addr, bits) = match item.split_once('/') {
-                Some((a, b)) => (a, Some(b)),
-                None => (item.as_str(), None),
-            };
-            let ip: IpAddr = addr.trim().parse().map_err(|_| format!("{item:?} is not an address or network"))?;
-            let max = if ip.is_ipv4() { 32 } else { 128 };
-            let bits = match bits {
-                Some(b) => {
-                    b.trim().parse::<u8>().ok().filter(|b| *b <= max).ok_or_else(|| format!("{item:?}: bad prefix"))?
-                }
-                None => max,
-            };
-            out.push((ip, bits));
-        }
-        Ok(TrustedProxies(out))
+        crate::config::networks(list).map(TrustedProxies)
     }
 
     fn trusts(&self, ip: IpAddr) -> bool {

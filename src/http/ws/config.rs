@@ -26,6 +26,21 @@ pub struct SessionConfig {
     pub tokens: Option<Arc<dyn TokenVerifier>>,
 }
 
+impl SessionConfig {
+    /// What each WebSocket session needs, from `[session]`, `[server]`, `[limits]` and `[auth]`.
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
+        SessionConfig {
+            heartbeat_interval: Duration::from_secs(cfg.session.heartbeat_interval_secs),
+            client_timeout: Duration::from_secs(cfg.session.client_timeout_secs),
+            outbound_queue: cfg.session.outbound_queue,
+            max_inflight: cfg.session.max_inflight_requests,
+            max_frame_bytes: cfg.server.max_frame_bytes,
+            rates: cfg.rates(),
+            tokens: Some(Arc::new(crate::auth::Tokens::from_config(cfg))),
+        }
+    }
+}
+
 impl std::fmt::Debug for SessionConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SessionConfig")
