@@ -5,7 +5,9 @@ use super::*;
 
 impl ConversationActor {
     pub fn new(core: Arc<Core>, directory: Arc<Directory>, conv_id: Arc<str>, kind: ConvKind, init: Init) -> Self {
+        let span = tracing::info_span!(parent: &core.span(), "conversation", conv = %conv_id);
         Self {
+            span,
             core,
             directory,
             conv_id,
@@ -94,7 +96,7 @@ impl ConversationActor {
             }
             Err(e) => {
                 if e.code != ErrorCode::NotFound && e.code != ErrorCode::GroupDismissed {
-                    tracing::warn!(conv_id = %act.conv_id, error = %e, "conversation load failed");
+                    tracing::warn!(parent: &act.span, error = %e, "conversation load failed");
                 }
                 act.state = State::Failed(e);
                 // Answer what is already queued with this error, then make room for a fresh
@@ -250,6 +252,8 @@ impl ConversationActor {
 
     /// Checks a message's sender and appends it (with its quote, for a reply).
     fn submit(&mut self, msg: Submit, ctx: &mut Context<Self>, tx: oneshot::Sender<Result<Message>>) -> Result<()> {
+        let conn = msg.origin.as_ref().map(|o| o.conn_id);
+        tracing::debug!(parent: &self.span, sender = ?msg.sender, conn, reply_to = msg.reply_to, "submit");
         if let Some(sender) = &msg.sender {
             self.check_member(sender)?;
         }
@@ -312,6 +316,7 @@ impl Handler<Recall> for ConversationActor {
 
     fn handle(&mut self, msg: Recall, _ctx: &mut Context<Self>) -> Self::Result {
         self.last_active = Instant::now();
+        tracing::debug!(parent: &self.span, by = %msg.by, seq = msg.seq, admin = msg.admin, "recall");
         let checked =
             self.check_ready().and_then(|_| if msg.admin { Ok(Role::Owner) } else { self.check_member(&msg.by) });
         let role = match checked {
@@ -383,6 +388,7 @@ impl ConversationActor {
         if self.kind != ConvKind::Group {
             return Err(Error::invalid("not a group conversation"));
         }
+        tracing::debug!(parent: &self.span, by = %msg.by, op = ?msg.op, "group change");
         let role = self.check_member(&msg.by)?;
         let by = msg.by.to_string();
         let origin = msg.origin;

@@ -83,6 +83,7 @@ impl ConversationActor {
     pub(super) fn pump(&mut self, ctx: &mut Context<Self>) {
         let mut budget = self.core.limits.fanout_chunk.max(1);
         let registry = &self.core.registry;
+        let span = &self.span;
         while budget > 0 {
             let Some(job) = self.jobs.front_mut() else { break };
             let end = (job.next + budget).min(job.members.len());
@@ -125,6 +126,8 @@ impl ConversationActor {
             job.next = end;
             if job.next >= job.members.len() {
                 if job.delivery {
+                    let (seq, recipients, took) = (job.seq, job.members.len(), job.started.elapsed());
+                    tracing::debug!(parent: span, seq, recipients, ?took, "fan-out");
                     self.core.metrics.fanout_seconds.observe(job.started.elapsed());
                     self.core.metrics.fanout_queue_depth.fetch_sub(1, Relaxed);
                 }

@@ -313,4 +313,6 @@ pub struct ConversationActor {
     last_active: Instant,
     /// Resolves once the store has been handed the latest write (see [`Self::store_write`]).
     handed_over: Option<oneshot::Receiver<()>>,
+    /// `conversation{conv}` under the node's span: the parent of the actor's log lines.
+    span: tracing::Span,
 }

@@ -22,7 +22,7 @@ impl ConversationActor {
                     break;
                 }
                 // With nothing in flight, no missing seq can still arrive: don't wait for it.
-                tracing::warn!(conv_id = %self.conv_id, expected = self.next_fanout, got = head, "seq gap in fan-out");
+                tracing::warn!(parent: &self.span, expected = self.next_fanout, got = head, "seq gap in fan-out");
             }
             let Some(p) = self.ready.remove(&head) else { break };
             if head < self.next_fanout {
@@ -106,7 +106,7 @@ impl ConversationActor {
                         if act.gap_misses >= GAP_FILL_TRIES
                             && act.ready.first_key_value().is_some_and(|(&h, _)| h > act.next_fanout)
                         {
-                            tracing::warn!(conv_id = %act.conv_id, from, head, "seq gap not in the store; skipped");
+                            tracing::warn!(parent: &act.span, from, head, "seq gap not in the store; skipped");
                             act.gap_misses = 0;
                             if let Some((&h, _)) = act.ready.first_key_value() {
                                 act.next_fanout = h;
@@ -114,7 +114,7 @@ impl ConversationActor {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(conv_id = %act.conv_id, error = %e, "gap fill failed; retrying");
+                        tracing::warn!(parent: &act.span, error = %e, "gap fill failed; retrying");
                     }
                 }
                 act.release(ctx);
@@ -152,7 +152,7 @@ impl ConversationActor {
                 }
                 Err(e) => {
                     // Keep the old membership and try again with the next change.
-                    tracing::warn!(conv_id = %act.conv_id, error = %e, "membership reload failed");
+                    tracing::warn!(parent: &act.span, error = %e, "membership reload failed");
                 }
             }
             act.release(ctx);

@@ -65,7 +65,7 @@ impl Engine {
                     v
                 }
                 Err(e) => {
-                    tracing::debug!(code = e.code.as_str(), error = %e, "refused");
+                    tracing::debug!(code = %e.code, error = %e.message, "refused");
                     metrics.request_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     if e.code == ErrorCode::RateLimited {
                         metrics.rate_limited.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -221,7 +221,7 @@ impl WsSession {
         let caller = self.caller.clone();
         let id = req.id;
         // Disabled (no allocation, no formatting) unless the filter enables debug.
-        let span = tracing::debug_span!(parent: &self.span, "request", op = req.op.name(), id = %id.get());
+        let span = tracing::debug_span!(parent: &self.span, "request", op = %req.op.name(), id = %id.get());
         match req.op {
             Op::Refresh(r) => span.in_scope(|| self.refresh(id, r, slot, ctx)),
             // Sends reach their conversation actor now, in the order the frames arrived. A
@@ -247,7 +247,7 @@ impl WsSession {
                 actix::spawn(
                     async move {
                         if let Err(e) = pending.await {
-                            tracing::debug!(code = e.code.as_str(), error = %e, "refused");
+                            tracing::debug!(code = %e.code, error = %e.message, "refused");
                             let metrics = engine.metrics();
                             metrics.request_errors.fetch_add(1, Relaxed);
                             if e.code == ErrorCode::RateLimited {
