@@ -9,17 +9,61 @@ use confab_actors::error::Error;
 use confab_actors::model::{Group, Member, Message, Role};
 use confab_actors::proto::{GroupCreateReq, GroupMembersReq, GroupSetRoleReq, GroupUpdateReq};
 
-use super::openapi::Id;
-use super::{caller, ok, resource, scope, ApiResult, ErrorBody, Signed};
+use super::openapi::{operation_errors, Id};
+use super::{caller, ok, path, resources, scope, ApiResult, Signed};
 use crate::http::AppState;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/groups").route(web::post().to(create)))
-        .service(resource("/groups/{id}").route(web::get().to(info)).route(web::patch().to(update)))
-        .service(resource("/groups/{id}/dismiss").route(web::post().to(dismiss)))
-        .service(resource("/groups/{id}/members").route(web::get().to(members)).route(web::post().to(add)))
-        .service(resource("/groups/{id}/members/{user}").route(web::delete().to(remove)))
-        .service(resource("/groups/{id}/members/{user}/role").route(web::put().to(set_role)));
+resources! {
+    Groups:
+    "/groups" => post create;
+    "/groups/{id}" => get info, patch update;
+    "/groups/{id}/dismiss" => post dismiss;
+    "/groups/{id}/members" => get members, post add;
+    "/groups/{id}/members/{user}" => delete remove;
+    "/groups/{id}/members/{user}/role" => put set_role;
+}
+
+operation_errors! {
+    CreateErrors: InvalidRequest("a bad id, name, owner or member, too many members"), Conflict("the id is taken"),
+        Unavailable;
+    ReadErrors: InvalidRequest("a bad group id"), NotFound, Unavailable;
+    AddErrors: InvalidRequest("bad ids, 0 or over 1000 users, the group would grow too large"), Forbidden,
+        NotMember("by"), NotFound, Conflict("every user given is already a member"), GroupDismissed, Internal,
+        Unavailable;
+    RemoveErrors: InvalidRequest("a bad id, an unknown parameter"), Forbidden("by may not remove this member"),
+        NotMember("by"), NotFound("the group, or the user is not a member"), GroupDismissed, Internal, Unavailable;
+    UpdateErrors: InvalidRequest("no field, a bad value"), Forbidden, NotMember("by"), NotFound, GroupDismissed,
+        Internal, Unavailable;
+    DismissErrors: InvalidRequest("a bad id"), Forbidden("by is not the owner"), NotMember("by"), NotFound,
+        GroupDismissed, Internal, Unavailable;
+    SetRoleErrors: InvalidRequest("a bad id, the owner's own role"), Forbidden("by is not the owner"), NotMember("by"),
+        NotFound("the group, or the user is not a member"), Conflict("the member already has the role"), GroupDismissed,
+        Internal, Unavailable;
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct GroupRes {
+    group: Group,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct GroupChangeRes {
+    /// The system message recording the change.
+    message: Message,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct GroupUpdateRes {
+    /// The group after the change.
+    group: Group,
+    /// The system message recording the change.
+    message: Message,
+}
+
+impl From<(Group, Message)> for GroupUpdateRes {
+    fn from((group, message): (Group, Message)) -> Self {
+        Self { group, message }
+    }
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -40,21 +84,10 @@ pub struct CreateBody {
     members: Vec<String>,
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct GroupRes {
-    group: Group,
-}
-
 /// Creates a group with its owner and members.
-#[utoipa::path(post, path = "/api/v1/groups", tag = "groups",
+#[utoipa::path(post, path = "/groups",
     request_body = CreateBody,
-    responses(
-        (status = 200, description = "The group", body = GroupRes),
-        (status = 400, description = "invalid_request (a bad id, name, owner or member, too many members)", body = ErrorBody),
-        (status = 409, description = "conflict (the id is taken)", body = ErrorBody),
-        (status = 503, description = "unavailable", body = ErrorBody)
-    ),
-    security(("confab_signature" = ["groups"])))]
+    responses((status = 200, description = "The group", body = GroupRes), CreateErrors))]
 async fn create(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResult {
     let r: CreateBody = s.json()?;
     let owner = caller(&r.owner)?;
@@ -64,17 +97,11 @@ async fn create(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResu
 }
 
 /// A group's profile.
-#[utoipa::path(get, path = "/api/v1/groups/{id}", tag = "groups",
-    params(("id" = Id, Path, description = "The group id")),
-    responses(
-        (status = 200, description = "The group", body = GroupRes),
-        (status = 400, description = "invalid_request (a bad group id)", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody),
-        (status = 503, description = "unavailable", body = ErrorBody)
-    ),
-    security(("confab_signature" = ["groups"])))]
+#[utoipa::path(get, path = "/groups/{id}",
+    params(path::Group),
+    responses((status = 200, description = "The group", body = GroupRes), ReadErrors))]
 async fn info(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResult {
-    let id = s.path_id("id")?;
+    let path::Group { id } = s.path()?;
     ok(&GroupRes { group: state.engine.group_info_admin(&id).await? })
 }
 
@@ -84,17 +111,11 @@ pub struct MembersRes {
 }
 
 /// A group's members: owner, admins, then members, each by id.
-#[utoipa::path(get, path = "/api/v1/groups/{id}/members", tag = "groups",
-    params(("id" = Id, Path, description = "The group id")),
-    responses(
-        (status = 200, description = "The members", body = MembersRes),
-        (status = 400, description = "invalid_request (a bad group id)", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody),
-        (status = 503, description = "unavailable", body = ErrorBody)
-    ),
-    security(("confab_signature" = ["groups"])))]
+#[utoipa::path(get, path = "/groups/{id}/members",
+    params(path::Group),
+    responses((status = 200, description = "The members", body = MembersRes), ReadErrors))]
 async fn members(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResult {
-    let id = s.path_id("id")?;
+    let path::Group { id } = s.path()?;
     ok(&MembersRes { members: state.engine.group_members_admin(&id).await? })
 }
 
@@ -118,29 +139,13 @@ pub struct AddBody {
     by: Option<String>,
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct GroupChangeRes {
-    /// The system message recording the change.
-    message: Message,
-}
-
 /// Adds members.
-#[utoipa::path(post, path = "/api/v1/groups/{id}/members", tag = "groups",
-    params(("id" = Id, Path, description = "The group id")),
+#[utoipa::path(post, path = "/groups/{id}/members",
+    params(path::Group),
     request_body = AddBody,
-    responses(
-        (status = 200, description = "The change made", body = GroupChangeRes),
-        (status = 400, description = "invalid_request (bad ids, 0 or over 1000 users, the group would grow too large)", body = ErrorBody),
-        (status = 403, description = "forbidden, not_member (by)", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody),
-        (status = 409, description = "conflict (every user given is already a member)", body = ErrorBody),
-        (status = 410, description = "group_dismissed", body = ErrorBody),
-        (status = 500, description = "internal", body = ErrorBody),
-        (status = 503, description = "unavailable", body = ErrorBody)
-    ),
-    security(("confab_signature" = ["groups"])))]
+    responses((status = 200, description = "The change made", body = GroupChangeRes), AddErrors))]
 async fn add(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResult {
-    let id = s.path_id("id")?;
+    let path::Group { id } = s.path()?;
     let r: AddBody = s.json()?;
     let by = manager(&state, &id, r.by).await?;
     let message = state.engine.group_add(&by, GroupMembersReq { group_id: id, members: r.members }).await?;
@@ -158,25 +163,11 @@ struct RemoveQuery {
 }
 
 /// Removes one member.
-#[utoipa::path(delete, path = "/api/v1/groups/{id}/members/{user}", tag = "groups",
-    params(
-        ("id" = Id, Path, description = "The group id"),
-        ("user" = Id, Path, description = "The member to remove"),
-        RemoveQuery,
-    ),
-    responses(
-        (status = 200, description = "The change made", body = GroupChangeRes),
-        (status = 400, description = "invalid_request (a bad id, an unknown parameter)", body = ErrorBody),
-        (status = 403, description = "forbidden (by may not remove this member), not_member (by)", body = ErrorBody),
-        (status = 404, description = "not_found (the group, or the user is not a member)", body = ErrorBody),
-        (status = 410, description = "group_dismissed", body = ErrorBody),
-        (status = 500, description = "internal", body = ErrorBody),
-        (status = 503, description = "unavailable", body = ErrorBody)
-    ),
-    security(("confab_signature" = ["groups"])))]
+#[utoipa::path(delete, path = "/groups/{id}/members/{user}",
+    params(path::Member, RemoveQuery),
+    responses((status = 200, description = "The change made", body = GroupChangeRes), RemoveErrors))]
 async fn remove(s: Signed<scope::Groups, RemoveQuery>, state: web::Data<AppState>) -> ApiResult {
-    let id = s.path_id("id")?;
-    let user = s.path_id("user")?;
+    let path::Member { id, user } = s.path()?;
     let q = s.query;
     let by = manager(&state, &id, q.by).await?;
     let message = state.engine.group_remove(&by, GroupMembersReq { group_id: id, members: vec![user] }).await?;
@@ -205,37 +196,14 @@ pub struct UpdateBody {
     by: Option<String>,
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct GroupUpdateRes {
-    /// The group after the change.
-    group: Group,
-    /// The system message recording the change.
-    message: Message,
-}
-
-impl From<(Group, Message)> for GroupUpdateRes {
-    fn from((group, message): (Group, Message)) -> Self {
-        Self { group, message }
-    }
-}
-
 /// Changes a group's profile (at least one field); members get a `group` event and a
 /// `group_updated` system message.
-#[utoipa::path(patch, path = "/api/v1/groups/{id}", tag = "groups",
-    params(("id" = Id, Path, description = "The group id")),
+#[utoipa::path(patch, path = "/groups/{id}",
+    params(path::Group),
     request_body = UpdateBody,
-    responses(
-        (status = 200, description = "The change made", body = GroupUpdateRes),
-        (status = 400, description = "invalid_request (no field, a bad value)", body = ErrorBody),
-        (status = 403, description = "forbidden, not_member (by)", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody),
-        (status = 410, description = "group_dismissed", body = ErrorBody),
-        (status = 500, description = "internal", body = ErrorBody),
-        (status = 503, description = "unavailable", body = ErrorBody)
-    ),
-    security(("confab_signature" = ["groups"])))]
+    responses((status = 200, description = "The change made", body = GroupUpdateRes), UpdateErrors))]
 async fn update(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResult {
-    let id = s.path_id("id")?;
+    let path::Group { id } = s.path()?;
     let r: UpdateBody = s.json()?;
     let by = manager(&state, &id, r.by).await?;
     let change = GroupUpdateReq { group_id: id, name: r.name, avatar: r.avatar, notice: r.notice, ext: r.ext };
@@ -253,21 +221,12 @@ pub struct DismissBody {
 
 /// Dismisses a group: members get a `group` event and a last `group_dismissed` system message,
 /// their conversation rows turn inactive, and the group refuses sends and changes after.
-#[utoipa::path(post, path = "/api/v1/groups/{id}/dismiss", tag = "groups",
-    params(("id" = Id, Path, description = "The group id")),
+#[utoipa::path(post, path = "/groups/{id}/dismiss",
+    params(path::Group),
     request_body(content = Option<DismissBody>, description = "Optional"),
-    responses(
-        (status = 200, description = "The group dismissed", body = GroupUpdateRes),
-        (status = 400, description = "invalid_request (a bad id)", body = ErrorBody),
-        (status = 403, description = "forbidden (by is not the owner), not_member (by)", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody),
-        (status = 410, description = "group_dismissed", body = ErrorBody),
-        (status = 500, description = "internal", body = ErrorBody),
-        (status = 503, description = "unavailable", body = ErrorBody)
-    ),
-    security(("confab_signature" = ["groups"])))]
+    responses((status = 200, description = "The group dismissed", body = GroupUpdateRes), DismissErrors))]
 async fn dismiss(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResult {
-    let id = s.path_id("id")?;
+    let path::Group { id } = s.path()?;
     let r: DismissBody = s.json_or_default()?;
     let group = state.engine.group_info_admin(&id).await?;
     if group.dismissed {
@@ -289,26 +248,12 @@ pub struct RoleBody {
 }
 
 /// Sets a member's role; members get a `group` event and a `roles_changed` system message.
-#[utoipa::path(put, path = "/api/v1/groups/{id}/members/{user}/role", tag = "groups",
-    params(
-        ("id" = Id, Path, description = "The group id"),
-        ("user" = Id, Path, description = "The member"),
-    ),
+#[utoipa::path(put, path = "/groups/{id}/members/{user}/role",
+    params(path::Member),
     request_body = RoleBody,
-    responses(
-        (status = 200, description = "The change made", body = GroupUpdateRes),
-        (status = 400, description = "invalid_request (a bad id, the owner's own role)", body = ErrorBody),
-        (status = 403, description = "forbidden (by is not the owner), not_member (by)", body = ErrorBody),
-        (status = 404, description = "not_found (the group, or the user is not a member)", body = ErrorBody),
-        (status = 409, description = "conflict (the member already has the role)", body = ErrorBody),
-        (status = 410, description = "group_dismissed", body = ErrorBody),
-        (status = 500, description = "internal", body = ErrorBody),
-        (status = 503, description = "unavailable", body = ErrorBody)
-    ),
-    security(("confab_signature" = ["groups"])))]
+    responses((status = 200, description = "The change made", body = GroupUpdateRes), SetRoleErrors))]
 async fn set_role(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResult {
-    let id = s.path_id("id")?;
-    let user = s.path_id("user")?;
+    let path::Member { id, user } = s.path()?;
     let r: RoleBody = s.json()?;
     let by = manager(&state, &id, r.by).await?;
     let change = GroupSetRoleReq { group_id: id, user_id: user, role: r.role };

@@ -1,20 +1,35 @@
-//! Messages: send (as a user or as the system), and recall any message.
+//! Messages: send (as a user or as the system), recall any message, and read a conversation's
+//! history.
 
 use actix_web::web;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::{json, Value};
 
+use confab_actors::engine::HistoryResult;
 use confab_actors::error::Error;
 use confab_actors::model::{self, ConvKind, Message};
-use confab_actors::proto::{SendReq, SeqReq};
+use confab_actors::proto::{HistoryReq, SendReq, SeqReq};
 
-use super::openapi::{ConvId, Id, SafeInt};
-use super::{caller, de_safe_int_opt, ok, resource, scope, ApiResult, ErrorBody, Signed};
+use super::openapi::{operation_errors, ConvId, Id, SafeInt};
+use super::{caller, de_safe_int_opt, ok, path, resources, scope, ApiResult, Signed};
 use crate::http::AppState;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/messages").route(web::post().to(send)))
-        .service(resource("/conversations/{conv_id}/messages/{seq}/recall").route(web::post().to(recall)));
+resources! {
+    Messages:
+    "/messages" => post send;
+    "/conversations/{conv_id}/messages" => get history;
+    "/conversations/{conv_id}/messages/{seq}/recall" => post recall;
+}
+
+operation_errors! {
+    SendErrors: InvalidRequest, InvalidBody, NotMember, UserDisabled("from"),
+        NotFound("the conversation, group or reply_to"), GroupDismissed,
+        MessageRejected("by before_send; never for system messages"), Internal, Unavailable;
+    RecallErrors: InvalidRequest("a bad conversation id, seq or by"), NotMember, Forbidden,
+        RecallWindowExpired("with by"), NotFound("the conversation or message"), GroupDismissed, Unavailable;
+    HistoryErrors:
+        InvalidRequest("a bad conversation id, before, after, limit or as_user, both before and after, an unknown parameter"),
+        NotMember("as_user"), NotFound, Unavailable;
 }
 
 /// `from` must be given: a user id, or `null` for the system (a missing field is an error, so a
@@ -84,19 +99,12 @@ struct SystemBody {
 }
 
 /// Sends a message as a user or as the system; idempotent by `(from, client_msg_id)`.
-#[utoipa::path(post, path = "/api/v1/messages", tag = "messages",
+#[utoipa::path(post, path = "/messages",
     request_body = SendBody,
     responses(
         (status = 200, description = "The message stored (or, for a re-send, stored before)", body = SendRes),
-        (status = 400, description = "invalid_request, invalid_body", body = ErrorBody),
-        (status = 403, description = "not_member, user_disabled (from)", body = ErrorBody),
-        (status = 404, description = "not_found (the conversation, group or reply_to)", body = ErrorBody),
-        (status = 410, description = "group_dismissed", body = ErrorBody),
-        (status = 422, description = "message_rejected (by before_send; never for system messages)", body = ErrorBody),
-        (status = 500, description = "internal", body = ErrorBody),
-        (status = 503, description = "unavailable", body = ErrorBody)
-    ),
-    security(("confab_signature" = ["messages"])))]
+        SendErrors,
+    ))]
 async fn send(s: Signed<scope::Messages>, state: web::Data<AppState>) -> ApiResult {
     let r: SendBody = s.json()?;
     let message = match (&r.from, &r.conv_id) {
@@ -149,28 +157,52 @@ pub struct MessageRes {
 }
 
 /// Recalls a message: as a user with the WebSocket rules (`by`), or administratively.
-#[utoipa::path(post, path = "/api/v1/conversations/{conv_id}/messages/{seq}/recall", tag = "messages",
-    params(
-        ("conv_id" = ConvId, Path, description = "`d_…` or `g_<group id>`"),
-        ("seq" = SafeInt, Path, description = "The message's seq"),
-    ),
+#[utoipa::path(post, path = "/conversations/{conv_id}/messages/{seq}/recall",
+    params(path::Message),
     request_body(content = Option<RecallBody>, description = "Optional; an empty body is an administrative recall"),
-    responses(
-        (status = 200, description = "The message, recalled", body = MessageRes),
-        (status = 400, description = "invalid_request (a bad conversation id, seq or by)", body = ErrorBody),
-        (status = 403, description = "not_member, forbidden, recall_window_expired (with by)", body = ErrorBody),
-        (status = 404, description = "not_found (the conversation or message)", body = ErrorBody),
-        (status = 410, description = "group_dismissed", body = ErrorBody),
-        (status = 503, description = "unavailable", body = ErrorBody)
-    ),
-    security(("confab_signature" = ["messages"])))]
+    responses((status = 200, description = "The message, recalled", body = MessageRes), RecallErrors))]
 async fn recall(s: Signed<scope::Messages>, state: web::Data<AppState>) -> ApiResult {
-    let conv_id = s.path_raw("conv_id");
-    let seq = s.path_int("seq")?;
+    let path::Message { conv_id, seq } = s.path()?;
     let r: RecallBody = s.json_or_default()?;
     let message = match r.by {
         Some(by) => state.engine.recall(&caller(&by)?, SeqReq { conv_id, seq }).await?,
         None => state.engine.recall_admin(&state.api.system_user, &conv_id, seq).await?,
     };
     ok(&MessageRes { message })
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct HistoryQuery {
+    /// Messages before this seq (at most one of before and after).
+    #[serde(default, deserialize_with = "de_safe_int_opt")]
+    #[param(value_type = Option<SafeInt>)]
+    before: Option<u64>,
+    /// Messages after this seq.
+    #[serde(default, deserialize_with = "de_safe_int_opt")]
+    #[param(value_type = Option<SafeInt>)]
+    after: Option<u64>,
+    /// 1 to 100 (default 50).
+    #[serde(default)]
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<usize>,
+    /// Read as this member (membership checked, their deletions hidden); else as an administrator.
+    #[serde(default)]
+    #[param(value_type = Option<Id>)]
+    as_user: Option<String>,
+}
+
+/// A conversation's history, paged by `seq`.
+#[utoipa::path(get, path = "/conversations/{conv_id}/messages",
+    params(path::Conv, HistoryQuery),
+    responses((status = 200, description = "The page of messages", body = HistoryResult), HistoryErrors))]
+async fn history(s: Signed<scope::Messages, HistoryQuery>, state: web::Data<AppState>) -> ApiResult {
+    let path::Conv { conv_id } = s.path()?;
+    let q = s.query;
+    let r = HistoryReq { conv_id, before: q.before, after: q.after, limit: q.limit };
+    match q.as_user {
+        Some(user) => ok(&state.engine.history(&caller(&user)?, r).await?),
+        None => ok(&state.engine.history_admin(r).await?),
+    }
 }

@@ -1,16 +1,19 @@
 //! The signed HTTP integration API under `/api/v1` (docs/http-api.md).
 //!
-//! One file per resource; handlers stay thin: the [`Signed`] extractor checks the key, the
-//! signature, the nonce, the scope (a type, e.g. `Signed<scope::Groups>`) and the query string
-//! (`Signed<S, Q>` parses parameters `Q`; without `Q` any is refused) before the handler runs;
-//! the handler parses the body, calls [`Engine`](confab_actors::engine::Engine) with a
-//! [`Caller`] on device `api`, and answers. Errors map through the one error table.
+//! One file per scope, which lists its routes once (`resources!`: the routes and their OpenAPI
+//! description); handlers stay thin: the [`Signed`] extractor checks the key, the signature, the
+//! nonce, the scope (a type, e.g. `Signed<scope::Groups>`) and the query string (`Signed<S, Q>`
+//! parses parameters `Q`; without `Q` any is refused) before the handler runs; the handler reads
+//! its path parameters (a type of [`path`]) and the body, calls
+//! [`Engine`](confab_actors::engine::Engine) with a [`Caller`] on device `api`, and answers.
+//! Errors map through the one error table.
 
 pub mod auth;
 mod conversations;
 mod groups;
 mod messages;
 pub mod openapi;
+pub mod path;
 mod users;
 mod webhooks;
 
@@ -169,19 +172,9 @@ impl<S, Q> Signed<S, Q> {
         self.json()
     }
 
-    /// A path segment (`{id}`), checked as an id.
-    pub fn path_id(&self, name: &str) -> Result<String, Error> {
-        path_id(&self.req, name)
-    }
-
-    /// A path segment as given (conversation ids are checked by the engine).
-    pub fn path_raw(&self, name: &str) -> String {
-        path_raw(&self.req, name)
-    }
-
-    /// An integer path segment, at most [`MAX_SAFE_INT`].
-    pub fn path_int(&self, name: &str) -> Result<u64, Error> {
-        path_int(&self.req, name)
+    /// The path's parameters, as the type `P` declares them (see [`path`](mod@path)).
+    pub fn path<P: path::PathParams>(&self) -> Result<P, Error> {
+        P::read(&self.req)
     }
 }
 
@@ -298,6 +291,28 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .default_service(web::to(unknown)),
     );
 }
+
+/// Declares a resource module's operations once, each path with its methods and handlers:
+/// `routes`, which registers them under `/api/v1` (other methods on a path answer `not_found`),
+/// and `Api`, their OpenAPI description, every one tagged and signed with scope `$scope` (see
+/// [`openapi::Scoped`]).
+macro_rules! resources {
+    ($scope:ident: $($path:literal => $($method:ident $handler:ident),+;)+) => {
+        /// Registers these operations.
+        pub fn routes(cfg: &mut actix_web::web::ServiceConfig) {
+            $(cfg.service($crate::http::api::resource($path)$(.route(actix_web::web::$method().to($handler)))+);)+
+        }
+
+        /// The description of these operations.
+        #[derive(utoipa::OpenApi)]
+        #[openapi(paths($($($handler),+),+), modifiers(&SCOPE))]
+        pub struct Api;
+
+        const SCOPE: $crate::http::api::openapi::Scoped =
+            $crate::http::api::openapi::Scoped($crate::http::api::Scope::$scope);
+    };
+}
+use resources;
 
 /// A resource whose other methods answer `not_found` like unknown paths.
 pub fn resource(path: &str) -> actix_web::Resource {

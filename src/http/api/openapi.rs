@@ -2,20 +2,28 @@
 //! they exchange. Served at `/api-docs/openapi.json`, printed by `confab openapi`, and committed
 //! as `docs/openapi.json` (a test keeps the file equal to what the code generates).
 //!
-//! The statuses every operation can answer before its handler runs ([`COMMON_ERRORS`]: signing,
-//! body size, scope, query string, all checked by [`Signed`](super::Signed)) are added to every
-//! operation here, in one place; each handler's annotation declares the statuses of its own
-//! checks and of the engine calls it makes.
+//! Each resource module describes its operations (`users::Api`, …, paths relative to `/api/v1`),
+//! every one tagged with the module's scope and declaring it as the scope its key needs
+//! ([`Scoped`]). The statuses every operation can answer before its handler runs
+//! ([`COMMON_ERRORS`]: signing, body size, scope, query string, all checked by
+//! [`Signed`](super::Signed)) are added to every operation here, in one place; each handler's
+//! annotation lists, after its success response, the errors of its own checks and of the engine
+//! calls it makes (declared with `operation_errors!` as error codes, which the error table sorts
+//! into statuses).
 
 use std::collections::btree_map::Entry;
+use std::collections::BTreeMap;
 
 use actix_web::HttpResponse;
-use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
-use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
-use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{Content, Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
 
-use super::{conversations, groups, messages, users, webhooks, MAX_SAFE_INT};
+use confab_actors::error::ErrorCode;
+
+use super::{conversations, groups, messages, users, webhooks, Scope, MAX_SAFE_INT};
 
 /// The error body of every failed request.
 #[derive(serde::Serialize, utoipa::ToSchema)]
@@ -38,55 +46,51 @@ pub const ID_PATTERN: &str = r"^(?!\.{1,2}$)[A-Za-z0-9_.@:-]{1,64}$";
 /// A conversation id: `d_` and 32 lowercase hex digits (one-to-one), or `g_` and a group id.
 pub const CONV_ID_PATTERN: &str = r"^(d_[0-9a-f]{32}|g_(?!\.{1,2}$)[A-Za-z0-9_.@:-]{1,64})$";
 
-/// The schema of ids, for `value_type = Id` (the Rust fields stay `String`).
-pub struct Id;
+/// Declares a type that stands for a schema in `value_type = …` (the Rust fields stay `String` or
+/// `u64`): `$schema`, an [`ObjectBuilder`], is its schema.
+macro_rules! schema_type {
+    ($(#[$doc:meta])* $name:ident = $schema:expr) => {
+        $(#[$doc])*
+        pub struct $name;
 
-impl PartialSchema for Id {
-    fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .min_length(Some(1))
-            .max_length(Some(64))
-            .pattern(Some(ID_PATTERN))
-            .description(Some("1 to 64 characters of `A-Z a-z 0-9 _ - . @ :`, not `.` or `..`"))
-            .into()
-    }
+        impl PartialSchema for $name {
+            fn schema() -> RefOr<Schema> {
+                $schema.into()
+            }
+        }
+
+        impl ToSchema for $name {}
+    };
 }
 
-impl ToSchema for Id {}
-
-/// The schema of conversation ids, for `value_type = ConvId`.
-pub struct ConvId;
-
-impl PartialSchema for ConvId {
-    fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::String)
-            .pattern(Some(CONV_ID_PATTERN))
-            .description(Some("`d_<32 lowercase hex digits>` (one-to-one) or `g_<group id>` (group)"))
-            .into()
-    }
+schema_type! {
+    /// The schema of ids, for `value_type = Id`.
+    Id = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .min_length(Some(1))
+        .max_length(Some(64))
+        .pattern(Some(ID_PATTERN))
+        .description(Some("1 to 64 characters of `A-Z a-z 0-9 _ - . @ :`, not `.` or `..`"))
 }
 
-impl ToSchema for ConvId {}
-
-/// The schema of seqs, cursors and event ids in requests, for `value_type = SafeInt`: larger
-/// ones are refused (see [`MAX_SAFE_INT`]).
-pub struct SafeInt;
-
-impl PartialSchema for SafeInt {
-    fn schema() -> RefOr<Schema> {
-        ObjectBuilder::new()
-            .schema_type(Type::Integer)
-            .format(Some(utoipa::openapi::SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::Int64)))
-            .minimum(Some(0))
-            .maximum(Some(MAX_SAFE_INT))
-            .description(Some("A seq, cursor or event id: 0 to 2^53-1 (9007199254740991); larger ones are refused"))
-            .into()
-    }
+schema_type! {
+    /// The schema of conversation ids, for `value_type = ConvId`.
+    ConvId = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(CONV_ID_PATTERN))
+        .description(Some("`d_<32 lowercase hex digits>` (one-to-one) or `g_<group id>` (group)"))
 }
 
-impl ToSchema for SafeInt {}
+schema_type! {
+    /// The schema of seqs, cursors and event ids in requests, for `value_type = SafeInt`: larger
+    /// ones are refused (see [`MAX_SAFE_INT`]).
+    SafeInt = ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Int64)))
+        .minimum(Some(0))
+        .maximum(Some(MAX_SAFE_INT))
+        .description(Some("A seq, cursor or event id: 0 to 2^53-1 (9007199254740991); larger ones are refused"))
+}
 
 /// The statuses every operation under `/api/v1` can answer whatever its handler does, with their
 /// codes: `Signed` checks the key, the body's size (also of a GET), the timestamp, signature,
@@ -114,21 +118,18 @@ struct CommonErrors;
 
 impl Modify for CommonErrors {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        for item in openapi.paths.paths.values_mut() {
-            let ops = [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch];
-            for op in ops.into_iter().flatten() {
-                for (status, codes) in COMMON_ERRORS {
-                    match op.responses.responses.entry((*status).to_owned()) {
-                        Entry::Vacant(v) => {
-                            v.insert(error_response(codes.join(", ")).into());
-                        }
-                        Entry::Occupied(o) => {
-                            if let RefOr::T(r) = o.into_mut() {
-                                let named = codes_named(&r.description);
-                                let missing: Vec<&str> = codes.iter().copied().filter(|c| !named.contains(c)).collect();
-                                if !missing.is_empty() {
-                                    r.description = format!("{}, {}", missing.join(", "), r.description);
-                                }
+        for op in operations_mut(openapi) {
+            for (status, codes) in COMMON_ERRORS {
+                match op.responses.responses.entry((*status).to_owned()) {
+                    Entry::Vacant(v) => {
+                        v.insert(error_response(codes.join(", ")).into());
+                    }
+                    Entry::Occupied(o) => {
+                        if let RefOr::T(r) = o.into_mut() {
+                            let named = codes_named(&r.description);
+                            let missing: Vec<&str> = codes.iter().copied().filter(|c| !named.contains(c)).collect();
+                            if !missing.is_empty() {
+                                r.description = format!("{}, {}", missing.join(", "), r.description);
                             }
                         }
                     }
@@ -138,7 +139,65 @@ impl Modify for CommonErrors {
     }
 }
 
-fn error_response(description: String) -> utoipa::openapi::Response {
+/// The modifier of a resource module's description (`users::Api`, …): every operation there is
+/// tagged with the scope its handlers are signed for (`Signed<scope::…>`), and declares that
+/// scope as the one its key needs.
+pub struct Scoped(pub Scope);
+
+impl Modify for Scoped {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let scope = self.0.as_str();
+        for op in operations_mut(openapi) {
+            op.tags = Some(vec![scope.to_owned()]);
+            op.security = Some(vec![SecurityRequirement::new(SIGNATURE, [scope])]);
+        }
+    }
+}
+
+/// Every operation of the description.
+fn operations_mut(openapi: &mut utoipa::openapi::OpenApi) -> impl Iterator<Item = &mut Operation> {
+    openapi.paths.paths.values_mut().flat_map(|item| {
+        [&mut item.get, &mut item.put, &mut item.post, &mut item.delete, &mut item.patch].into_iter().flatten()
+    })
+}
+
+/// The error responses of an operation's own checks and engine calls, for its annotation's
+/// `responses(…)` (`operation_errors!` declares them): one response per status that the error
+/// table gives the codes, naming its codes in the order given, each with its detail (if any) in
+/// parentheses.
+pub fn error_responses(errors: &[(ErrorCode, &str)]) -> BTreeMap<String, RefOr<Response>> {
+    let mut named: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (code, detail) in errors {
+        let name = if detail.is_empty() { code.as_str().to_owned() } else { format!("{} ({detail})", code.as_str()) };
+        named.entry(code.http_status().to_string()).or_default().push(name);
+    }
+    named.into_iter().map(|(status, names)| (status, error_response(names.join(", ")).into())).collect()
+}
+
+/// Declares, for each operation of a module, a type naming the errors it answers besides
+/// [`COMMON_ERRORS`], to list after its success response in `#[utoipa::path(responses(…))]`:
+/// `AddErrors: Forbidden, NotMember("by"), …;`, codes of
+/// [`ErrorCode`], each with an optional detail. See
+/// [`error_responses`].
+macro_rules! operation_errors {
+    ($($name:ident: $($code:ident $(($detail:literal))?),+;)+) => {$(
+        struct $name;
+
+        impl utoipa::IntoResponses for $name {
+            fn responses() -> std::collections::BTreeMap<
+                String,
+                utoipa::openapi::RefOr<utoipa::openapi::response::Response>,
+            > {
+                $crate::http::api::openapi::error_responses(&[
+                    $((confab_actors::error::ErrorCode::$code, concat!("" $(, $detail)?)),)+
+                ])
+            }
+        }
+    )+};
+}
+pub(super) use operation_errors;
+
+fn error_response(description: String) -> Response {
     ResponseBuilder::new()
         .description(description)
         .content("application/json", Content::new(Some(Ref::from_schema_name("ErrorBody"))))
@@ -151,13 +210,16 @@ X-Confab-Nonce (fresh per request), X-Confab-Signature = lowercase hex HMAC-SHA2
 path-with-query \"\\n\" timestamp \"\\n\" nonce \"\\n\" hex(SHA-256(body))). The scopes listed per operation are \
 the key scopes it needs (`admin` grants all). See docs/http-api.md.";
 
+/// The name of the signature's security scheme.
+const SIGNATURE: &str = "confab_signature";
+
 struct Security;
 
 impl Modify for Security {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
-            "confab_signature",
+            SIGNATURE,
             SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::with_description("X-Confab-Signature", SIGNING))),
         );
     }
@@ -166,30 +228,12 @@ impl Modify for Security {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "confab HTTP integration API", version = "1", description = "Signed HTTP API for backends: see docs/http-api.md."),
-    paths(
-        users::upsert,
-        users::get,
-        users::disable,
-        users::enable,
-        users::revoke_tokens,
-        users::mint_token,
-        users::devices,
-        messages::send,
-        messages::recall,
-        conversations::history,
-        conversations::list,
-        conversations::unread,
-        groups::create,
-        groups::info,
-        groups::members,
-        groups::add,
-        groups::remove,
-        groups::update,
-        groups::dismiss,
-        groups::set_role,
-        webhooks::deliveries,
-        webhooks::event,
-        webhooks::replay,
+    nest(
+        (path = "/api/v1", api = users::Api),
+        (path = "/api/v1", api = messages::Api),
+        (path = "/api/v1", api = conversations::Api),
+        (path = "/api/v1", api = groups::Api),
+        (path = "/api/v1", api = webhooks::Api),
     ),
     components(schemas(ErrorBody, ErrorDetail, Id, ConvId, SafeInt)),
     modifiers(&Security, &CommonErrors),
@@ -291,6 +335,16 @@ mod tests {
                     assert!(named.contains(c), "{name}: {status} does not name {c}: {r}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn every_operation_is_tagged_with_the_scope_it_needs() {
+        let spec = spec();
+        for (name, op) in operations(&spec) {
+            let tags = op["tags"].as_array().expect("tags");
+            assert_eq!(tags.len(), 1, "{name}: {tags:?}");
+            assert_eq!(op["security"], serde_json::json!([{ "confab_signature": [tags[0]] }]), "{name}");
         }
     }
 

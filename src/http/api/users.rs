@@ -6,18 +6,33 @@ use serde::{Deserialize, Serialize};
 use confab_actors::error::Error;
 use confab_actors::model::{validate_id, User, UserPatch};
 
-use super::openapi::Id;
-use super::{ok, resource, scope, ApiResult, ErrorBody, Signed};
+use super::openapi::{operation_errors, Id};
+use super::{ok, path, resources, scope, ApiResult, Signed};
 use crate::http::AppState;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/users").route(web::post().to(upsert)))
-        .service(resource("/users/{id}").route(web::get().to(get)))
-        .service(resource("/users/{id}/disable").route(web::post().to(disable)))
-        .service(resource("/users/{id}/enable").route(web::post().to(enable)))
-        .service(resource("/users/{id}/tokens/revoke").route(web::post().to(revoke_tokens)))
-        .service(resource("/users/{id}/tokens").route(web::post().to(mint_token)))
-        .service(resource("/users/{id}/devices").route(web::get().to(devices)));
+resources! {
+    Users:
+    "/users" => post upsert;
+    "/users/{id}" => get get;
+    "/users/{id}/disable" => post disable;
+    "/users/{id}/enable" => post enable;
+    "/users/{id}/tokens/revoke" => post revoke_tokens;
+    "/users/{id}/tokens" => post mint_token;
+    "/users/{id}/devices" => get devices;
+}
+
+operation_errors! {
+    MintTokenErrors: InvalidRequest("a bad user or device id, a ttl_secs over auth.max_token_ttl_secs"), Internal,
+        Unavailable("the user's record could not be read");
+    DevicesErrors: InvalidRequest("a bad user id");
+    UpsertErrors: InvalidRequest("a bad id, nickname, avatar or ext"), Unavailable;
+    GetErrors: InvalidRequest("a bad user id"), NotFound, Unavailable;
+    AccessErrors: InvalidRequest("a bad user id"), Unavailable;
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct UserRes {
+    user: User,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -40,18 +55,12 @@ pub struct TokenRes {
 }
 
 /// Mints an access token for the WebSocket endpoint.
-#[utoipa::path(post, path = "/api/v1/users/{id}/tokens", tag = "users",
-    params(("id" = Id, Path, description = "The user id")),
+#[utoipa::path(post, path = "/users/{id}/tokens",
+    params(path::User),
     request_body = TokenReq,
-    responses(
-        (status = 200, description = "The token", body = TokenRes),
-        (status = 400, description = "invalid_request (a bad user or device id, a ttl_secs over auth.max_token_ttl_secs)", body = ErrorBody),
-        (status = 500, description = "internal", body = ErrorBody),
-        (status = 503, description = "unavailable (the user's record could not be read)", body = ErrorBody)
-    ),
-    security(("confab_signature" = ["users"])))]
+    responses((status = 200, description = "The token", body = TokenRes), MintTokenErrors))]
 async fn mint_token(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiResult {
-    let user = s.path_id("id")?;
+    let path::User { id: user } = s.path()?;
     let r: TokenReq = s.json()?;
     validate_id("device", &r.device)?;
     let ttl = r.ttl_secs.unwrap_or(state.api.token_ttl_secs);
@@ -80,15 +89,11 @@ pub struct DevicesRes {
 
 /// The user's connected devices: on every node of a cluster, else on this node. (With Redis
 /// down, a clustered node answers with its own devices only.)
-#[utoipa::path(get, path = "/api/v1/users/{id}/devices", tag = "users",
-    params(("id" = Id, Path, description = "The user id")),
-    responses(
-        (status = 200, description = "The connected devices", body = DevicesRes),
-        (status = 400, description = "invalid_request (a bad user id)", body = ErrorBody)
-    ),
-    security(("confab_signature" = ["users"])))]
+#[utoipa::path(get, path = "/users/{id}/devices",
+    params(path::User),
+    responses((status = 200, description = "The connected devices", body = DevicesRes), DevicesErrors))]
 async fn devices(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiResult {
-    let user = s.path_id("id")?;
+    let path::User { id: user } = s.path()?;
     let devices = state.engine.devices(&user).await?;
     let devices = devices
         .into_iter()
@@ -115,20 +120,10 @@ pub struct UpsertBody {
     ext: Option<serde_json::Value>,
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct UserRes {
-    user: User,
-}
-
 /// Creates a user's record or updates its profile; absent fields are kept.
-#[utoipa::path(post, path = "/api/v1/users", tag = "users",
+#[utoipa::path(post, path = "/users",
     request_body = UpsertBody,
-    responses(
-        (status = 200, description = "The user", body = UserRes),
-        (status = 400, description = "invalid_request (a bad id, nickname, avatar or ext)", body = ErrorBody),
-        (status = 503, description = "unavailable", body = ErrorBody)
-    ),
-    security(("confab_signature" = ["users"])))]
+    responses((status = 200, description = "The user", body = UserRes), UpsertErrors))]
 async fn upsert(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiResult {
     let r: UpsertBody = s.json()?;
     let patch = UserPatch {
@@ -142,60 +137,37 @@ async fn upsert(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiResul
 }
 
 /// A user's record (`not_found` when the user was never created explicitly).
-#[utoipa::path(get, path = "/api/v1/users/{id}", tag = "users",
-    params(("id" = Id, Path, description = "The user id")),
-    responses(
-        (status = 200, description = "The user", body = UserRes),
-        (status = 400, description = "invalid_request (a bad user id)", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody),
-        (status = 503, description = "unavailable", body = ErrorBody)
-    ),
-    security(("confab_signature" = ["users"])))]
+#[utoipa::path(get, path = "/users/{id}",
+    params(path::User),
+    responses((status = 200, description = "The user", body = UserRes), GetErrors))]
 async fn get(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiResult {
-    let id = s.path_id("id")?;
+    let path::User { id } = s.path()?;
     let user = state.engine.store().user(&id).await.map_err(Error::from)?;
     ok(&UserRes { user: user.ok_or_else(|| Error::not_found("no such user"))? })
 }
 
-/// Disables a user: it cannot connect or send, and its sessions are closed (1008 `user_disabled`).
-#[utoipa::path(post, path = "/api/v1/users/{id}/disable", tag = "users",
-    params(("id" = Id, Path, description = "The user id")),
-    responses(
-        (status = 200, description = "The user, disabled", body = UserRes),
-        (status = 400, description = "invalid_request (a bad user id)", body = ErrorBody),
-        (status = 503, description = "unavailable", body = ErrorBody)
-    ),
-    security(("confab_signature" = ["users"])))]
-async fn disable(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiResult {
-    let id = s.path_id("id")?;
-    ok(&UserRes { user: state.engine.user_set_disabled(&id, true).await? })
+/// Declares the handlers of `POST /users/{id}/…` that change a user's access with one engine call
+/// on the user id (`user_set_disabled(true)` calls `engine.user_set_disabled(&id, true)`) and
+/// answer the user, with their descriptions.
+macro_rules! access_changes {
+    ($($(#[$doc:meta])* $name:ident: $path:literal, $answer:literal, $call:ident($($arg:expr),*);)+) => {$(
+        $(#[$doc])*
+        #[utoipa::path(post, path = $path,
+            params(path::User),
+            responses((status = 200, description = $answer, body = UserRes), AccessErrors))]
+        async fn $name(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiResult {
+            let path::User { id } = s.path()?;
+            ok(&UserRes { user: state.engine.$call(&id $(, $arg)*).await? })
+        }
+    )+};
 }
 
-/// Enables a disabled user again.
-#[utoipa::path(post, path = "/api/v1/users/{id}/enable", tag = "users",
-    params(("id" = Id, Path, description = "The user id")),
-    responses(
-        (status = 200, description = "The user, enabled", body = UserRes),
-        (status = 400, description = "invalid_request (a bad user id)", body = ErrorBody),
-        (status = 503, description = "unavailable", body = ErrorBody)
-    ),
-    security(("confab_signature" = ["users"])))]
-async fn enable(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiResult {
-    let id = s.path_id("id")?;
-    ok(&UserRes { user: state.engine.user_set_disabled(&id, false).await? })
-}
-
-/// Revokes every token issued to the user until now (their `iat` is before `tokens_valid_after`)
-/// and closes the user's sessions (1008 `token_revoked`).
-#[utoipa::path(post, path = "/api/v1/users/{id}/tokens/revoke", tag = "users",
-    params(("id" = Id, Path, description = "The user id")),
-    responses(
-        (status = 200, description = "The user, with tokens revoked", body = UserRes),
-        (status = 400, description = "invalid_request (a bad user id)", body = ErrorBody),
-        (status = 503, description = "unavailable", body = ErrorBody)
-    ),
-    security(("confab_signature" = ["users"])))]
-async fn revoke_tokens(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiResult {
-    let id = s.path_id("id")?;
-    ok(&UserRes { user: state.engine.user_revoke_tokens(&id).await? })
+access_changes! {
+    /// Disables a user: it cannot connect or send, and its sessions are closed (1008 `user_disabled`).
+    disable: "/users/{id}/disable", "The user, disabled", user_set_disabled(true);
+    /// Enables a disabled user again.
+    enable: "/users/{id}/enable", "The user, enabled", user_set_disabled(false);
+    /// Revokes every token issued to the user until now (their `iat` is before `tokens_valid_after`)
+    /// and closes the user's sessions (1008 `token_revoked`).
+    revoke_tokens: "/users/{id}/tokens/revoke", "The user, with tokens revoked", user_revoke_tokens();
 }

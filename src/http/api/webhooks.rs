@@ -8,14 +8,21 @@ use serde::{Deserialize, Serialize};
 use confab_actors::error::{Error, ErrorCode};
 use confab_actors::outbox::{Delivery, DeliveryQuery, DeliveryState, Outbox, OutboxEvent, Replay};
 
-use super::openapi::{Id, SafeInt};
-use super::{de_safe_int_opt, ok, resource, scope, ApiResult, ErrorBody, Signed};
+use super::openapi::{operation_errors, Id, SafeInt};
+use super::{de_safe_int_opt, ok, path, resources, scope, ApiResult, Signed};
 use crate::http::AppState;
 
-pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/webhooks/deliveries").route(web::get().to(deliveries)))
-        .service(resource("/webhooks/events/{id}").route(web::get().to(event)))
-        .service(resource("/webhooks/replay").route(web::post().to(replay)));
+resources! {
+    Webhooks:
+    "/webhooks/deliveries" => get deliveries;
+    "/webhooks/events/{id}" => get event;
+    "/webhooks/replay" => post replay;
+}
+
+operation_errors! {
+    DeliveriesErrors: InvalidRequest("a bad parameter value, an unknown parameter"), Unavailable;
+    EventErrors: InvalidRequest("a bad event id"), NotFound, Unavailable;
+    ReplayErrors: InvalidRequest("a bad id range"), Unavailable;
 }
 
 fn outbox(state: &AppState) -> Result<Arc<dyn Outbox>, Error> {
@@ -50,14 +57,9 @@ pub struct DeliveriesRes {
 }
 
 /// The delivery log: deliveries with their state and attempts.
-#[utoipa::path(get, path = "/api/v1/webhooks/deliveries", tag = "webhooks",
+#[utoipa::path(get, path = "/webhooks/deliveries",
     params(DeliveriesQuery),
-    responses(
-        (status = 200, description = "The deliveries", body = DeliveriesRes),
-        (status = 400, description = "invalid_request (a bad parameter value, an unknown parameter)", body = ErrorBody),
-        (status = 503, description = "unavailable", body = ErrorBody)
-    ),
-    security(("confab_signature" = ["webhooks"])))]
+    responses((status = 200, description = "The deliveries", body = DeliveriesRes), DeliveriesErrors))]
 async fn deliveries(s: Signed<scope::Webhooks, DeliveriesQuery>, state: web::Data<AppState>) -> ApiResult {
     let q = s.query;
     let limit = q.limit.unwrap_or(50);
@@ -77,17 +79,11 @@ pub struct EventRes {
 }
 
 /// One event and its deliveries.
-#[utoipa::path(get, path = "/api/v1/webhooks/events/{id}", tag = "webhooks",
-    params(("id" = SafeInt, Path, description = "The event id")),
-    responses(
-        (status = 200, description = "The event and its deliveries", body = EventRes),
-        (status = 400, description = "invalid_request (a bad event id)", body = ErrorBody),
-        (status = 404, description = "not_found", body = ErrorBody),
-        (status = 503, description = "unavailable", body = ErrorBody)
-    ),
-    security(("confab_signature" = ["webhooks"])))]
+#[utoipa::path(get, path = "/webhooks/events/{id}",
+    params(path::Event),
+    responses((status = 200, description = "The event and its deliveries", body = EventRes), EventErrors))]
 async fn event(s: Signed<scope::Webhooks>, state: web::Data<AppState>) -> ApiResult {
-    let id = s.path_int("id")?;
+    let path::Event { id } = s.path()?;
     let outbox = outbox(&state)?;
     let event = outbox.event(id).await.map_err(Error::from)?.ok_or_else(|| Error::not_found("no such event"))?;
     let deliveries = outbox.event_deliveries(id).await.map_err(Error::from)?;
@@ -121,14 +117,9 @@ pub struct ReplayRes {
 }
 
 /// Queues deliveries again (by id range, or the failed ones); receivers de-duplicate by event id.
-#[utoipa::path(post, path = "/api/v1/webhooks/replay", tag = "webhooks",
+#[utoipa::path(post, path = "/webhooks/replay",
     request_body = ReplayReq,
-    responses(
-        (status = 200, description = "How many deliveries were queued again", body = ReplayRes),
-        (status = 400, description = "invalid_request (a bad id range)", body = ErrorBody),
-        (status = 503, description = "unavailable", body = ErrorBody)
-    ),
-    security(("confab_signature" = ["webhooks"])))]
+    responses((status = 200, description = "How many deliveries were queued again", body = ReplayRes), ReplayErrors))]
 async fn replay(s: Signed<scope::Webhooks>, state: web::Data<AppState>) -> ApiResult {
     let r: ReplayReq = s.json()?;
     let (from_id, to_id) = (r.from_id.unwrap_or(1), r.to_id.unwrap_or(u64::MAX));
