@@ -25,6 +25,7 @@
 //! by the first operation that reaches it, and until then writes and `ping` fail.
 
 mod append;
+mod batch;
 mod conn;
 mod docs;
 mod groups;
@@ -54,9 +55,10 @@ use confab_actors::store::{
 };
 use tokio::sync::{mpsc, oneshot};
 
+use batch::Op;
 use conn::{Conn, Reach};
 use tx::Answer;
-use writer::{Job, Op};
+use writer::Job;
 
 pub use migrate::{migrate_from_embedded, MigrationReport};
 

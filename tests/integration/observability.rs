@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use crate::common::{http_get, text, BinaryNode};
+use crate::http_api::Req;
 
 /// The log with its colour codes taken out.
 fn plain_log(dir: &std::path::Path) -> String {
@@ -44,8 +45,12 @@ async fn line_with(dir: &std::path::Path, parts: &[&str]) -> String {
 async fn log_lines_name_the_node_user_device_connection_and_request() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("node");
-    let env =
-        [("CONFAB__LOG__LEVEL", "warn,confab=debug,confab_actors=debug"), ("CONFAB__CLUSTER__NODE_ID", "n-trace")];
+    let keys = crate::http_api::keys();
+    let env = [
+        ("CONFAB__LOG__LEVEL", "warn,confab=debug,confab_actors=debug"),
+        ("CONFAB__CLUSTER__NODE_ID", "n-trace"),
+        ("CONFAB__API__KEYS", keys.as_str()),
+    ];
     let node = BinaryNode::start(&dir, &env).await;
     let mut alice = node.connect("alice", "phone").await;
     let mut bob = node.connect("bob", "tablet").await;
@@ -55,6 +60,10 @@ async fn log_lines_name_the_node_user_device_connection_and_request() {
     alice.expect_err("history", json!({"conv_id": "g_nope"}), "not_found").await;
     let (status, _) = http_get(node.addr, "/readyz").await;
     assert_eq!(status, 200);
+    // An API request refused for its scope: the key `users` may not read groups.
+    let req = Req::new("GET", "/api/v1/groups/g1", None).key("users", crate::http_api::USERS_SECRET);
+    let (status, body) = req.send(node.addr).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("scope_missing")), "{body}");
 
     // The session's own lines carry its node, user, device and connection.
     let started = line_with(&dir, &["node{node=n-trace}", "ws{user=bob device=tablet conn=", "session started"]).await;
@@ -62,7 +71,10 @@ async fn log_lines_name_the_node_user_device_connection_and_request() {
     // A request's lines add the op and the request id, under its session.
     let refused = line_with(&dir, &["ws{user=alice device=phone conn=", "request{op=history", "refused"]).await;
     assert!(refused.contains("node{node=n-trace}"), "{refused}");
-    assert!(refused.contains("code=\"not_found\"") || refused.contains("code=not_found"), "{refused}");
+    assert!(refused.contains("code=not_found"), "{refused}");
+    // An HTTP request's lines carry its method, path and API key.
+    let api = line_with(&dir, &["http{method=GET path=/api/v1/groups/g1 key=users", "refused"]).await;
+    assert!(api.contains("node{node=n-trace}") && api.contains("scope_missing"), "{api}");
     // A conversation's steps carry the conversation.
     let conv = crate::common::direct_id("alice", "bob");
     line_with(&dir, &["node{node=n-trace}", &format!("conversation{{conv={conv}}}"), "fan-out"]).await;
@@ -90,7 +102,7 @@ async fn at_the_default_level_requests_make_no_log_lines() {
     bob.close().await;
     node.stop().await;
     let log = plain_log(&dir);
-    for noisy in ["request{", "session started", "refused", "answered", "fan-out"] {
+    for noisy in ["request{", "http{", "session started", "refused", "answered", "fan-out", "submit"] {
         assert!(!log.contains(noisy), "{noisy:?} logged at level info:\n{log}");
     }
 }

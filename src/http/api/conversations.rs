@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use confab_actors::engine::ConversationsResult;
 use confab_actors::proto::ConversationsReq;
 
-use super::openapi::{operation_errors, SafeInt};
+use super::schema::{operation_errors, SafeInt};
 use super::{caller, de_safe_int, ok, path, resources, scope, ApiResult, Signed};
 use crate::http::AppState;
 

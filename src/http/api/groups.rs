@@ -9,7 +9,7 @@ use confab_actors::error::Error;
 use confab_actors::model::{Group, Member, Message, Role};
 use confab_actors::proto::{GroupCreateReq, GroupMembersReq, GroupSetRoleReq, GroupUpdateReq};
 
-use super::openapi::{operation_errors, Id};
+use super::schema::{operation_errors, Id};
 use super::{caller, ok, path, resources, scope, ApiResult, Signed};
 use crate::http::AppState;
 

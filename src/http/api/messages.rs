@@ -10,7 +10,7 @@ use confab_actors::error::Error;
 use confab_actors::model::{self, ConvKind, Message};
 use confab_actors::proto::{HistoryReq, SendReq, SeqReq};
 
-use super::openapi::{operation_errors, ConvId, Id, SafeInt};
+use super::schema::{operation_errors, ConvId, Id, SafeInt};
 use super::{caller, de_safe_int_opt, ok, path, resources, scope, ApiResult, Signed};
 use crate::http::AppState;
 

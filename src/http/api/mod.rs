@@ -14,6 +14,7 @@ mod groups;
 mod messages;
 pub mod openapi;
 pub mod path;
+pub mod schema;
 mod users;
 mod webhooks;
 
@@ -35,7 +36,7 @@ use crate::config::Config;
 use crate::http::{error_response, AppState};
 
 pub use auth::Scope;
-pub use openapi::ErrorBody;
+pub use schema::ErrorBody;
 
 /// The API's share of the node's state.
 pub struct ApiState {
@@ -80,6 +81,7 @@ impl ResponseError for ApiError {
         StatusCode::from_u16(self.0.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
     fn error_response(&self) -> HttpResponse {
+        tracing::debug!(code = %self.0.code, error = %self.0.message, "refused");
         error_response(&self.0)
     }
 }
@@ -197,7 +199,9 @@ async fn verify(
         nonce: header("x-confab-nonce"),
         signature: header("x-confab-signature"),
     };
-    api.verifier.key(&headers)?;
+    let key = api.verifier.key(&headers)?;
+    // The request's span (`http`, see `crate::http::trace_request`) names the key from here on.
+    tracing::Span::current().record("key", tracing::field::display(&key.id));
     let too_large = || Error::new(ErrorCode::BodyTooLarge, format!("the body exceeds {} bytes", api.max_body_bytes));
     let declared = header("content-length").and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > api.max_body_bytes) {
@@ -295,7 +299,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 /// Declares a resource module's operations once, each path with its methods and handlers:
 /// `routes`, which registers them under `/api/v1` (other methods on a path answer `not_found`),
 /// and `Api`, their OpenAPI description, every one tagged and signed with scope `$scope` (see
-/// [`openapi::Scoped`]).
+/// [`schema::Scoped`]).
 macro_rules! resources {
     ($scope:ident: $($path:literal => $($method:ident $handler:ident),+;)+) => {
         /// Registers these operations.
@@ -308,8 +312,8 @@ macro_rules! resources {
         #[openapi(paths($($($handler),+),+), modifiers(&SCOPE))]
         pub struct Api;
 
-        const SCOPE: $crate::http::api::openapi::Scoped =
-            $crate::http::api::openapi::Scoped($crate::http::api::Scope::$scope);
+        const SCOPE: $crate::http::api::schema::Scoped =
+            $crate::http::api::schema::Scoped($crate::http::api::Scope::$scope);
     };
 }
 use resources;

@@ -10,7 +10,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use confab_actors::error::Error;
 
-use super::openapi::{ConvId, Id, SafeInt};
+use super::schema::{ConvId, Id, SafeInt};
 
 /// Parameters read from a request's path, in the order declared (see [`Signed::path`](super::Signed::path)).
 pub trait PathParams: Sized {

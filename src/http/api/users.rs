@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use confab_actors::error::Error;
 use confab_actors::model::{validate_id, User, UserPatch};
 
-use super::openapi::{operation_errors, Id};
+use super::schema::{operation_errors, Id};
 use super::{ok, path, resources, scope, ApiResult, Signed};
 use crate::http::AppState;
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use confab_actors::error::{Error, ErrorCode};
 use confab_actors::outbox::{Delivery, DeliveryQuery, DeliveryState, Outbox, OutboxEvent, Replay};
 
-use super::openapi::{operation_errors, Id, SafeInt};
+use super::schema::{operation_errors, Id, SafeInt};
 use super::{de_safe_int_opt, ok, path, resources, scope, ApiResult, Signed};
 use crate::http::AppState;
 

@@ -23,8 +23,8 @@ struct Quoted {
     conv_id: String,
     seq: i64,
 }
+use super::batch::Op;
 use super::tx::{fatal, stmt, Answer, AttemptError, AttemptResult, Tx};
-use super::writer::Op;
 
 /// How a conversation's `last_seq` is advanced in this flush.
 enum Plan {

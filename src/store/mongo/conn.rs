@@ -159,7 +159,7 @@ impl Conn {
                 .map_err(|e| self.fail(&format!("creating the indexes of {name}"), &e))?;
         }
         // Collections used inside transactions must exist beforehand on older servers.
-        for name in [docs::CONVERSATIONS, docs::GROUPS, META, super::outbox::OUTBOX] {
+        for name in [docs::CONVERSATIONS, docs::GROUPS, META, docs::OUTBOX] {
             if let Err(e) = self.db.create_collection(name).await {
                 // It exists already (NamespaceExists, 48): created earlier or by another node.
                 if !matches!(*e.kind, ErrorKind::Command(ref c) if c.code == 48) {

@@ -24,6 +24,13 @@ pub(crate) const USERS: &str = "users";
 /// `_id` of the store-wide version counter in `meta`.
 pub(crate) const VER_ID: &str = "ver";
 
+/// Webhooks: events, delivery attempts, dispatcher leases and cursors.
+pub(crate) const OUTBOX: &str = "outbox";
+pub(crate) const DELIVERIES: &str = "webhook_deliveries";
+pub(crate) const WEBHOOK_META: &str = "webhook_meta";
+/// `_id` of the event id counter in `meta`.
+pub(crate) const OUTBOX_ID: &str = "outbox";
+
 /// A `u64` as stored (`int64`).
 pub(crate) fn i(v: u64) -> StoreResult<i64> {
     i64::try_from(v).map_err(|_| StoreError::Unavailable(format!("{v} does not fit in a MongoDB int64")))
@@ -393,7 +400,7 @@ pub(crate) fn indexes() -> Vec<(&'static str, Vec<IndexModel>)> {
         (MEMBERS, vec![index(doc! { "group_id": 1, "user": 1 }, "group_user", true, None)]),
         // Webhooks: an endpoint's pending deliveries in event order; the log by event.
         (
-            super::outbox::DELIVERIES,
+            DELIVERIES,
             vec![
                 index(doc! { "endpoint": 1, "event_id": 1 }, "endpoint_event", true, None),
                 index(doc! { "endpoint": 1, "state": 1, "event_id": 1 }, "endpoint_state_event", false, None),

@@ -32,7 +32,8 @@ use super::docs::{
     i, ConvDoc, GroupDoc, MessageDoc, RowDoc, CONVERSATIONS, DELETIONS, GROUPS, MEMBERS, MESSAGES, META, USERS,
     USER_CONVS, VER_ID,
 };
-use super::outbox::{DeliveryDoc, EventDoc, DELIVERIES, OUTBOX, OUTBOX_ID, WEBHOOK_META};
+use super::docs::{DELIVERIES, OUTBOX, OUTBOX_ID, WEBHOOK_META};
+use super::outbox::{DeliveryDoc, EventDoc};
 use super::tx::{stmt, UpdateReply};
 use super::users::UserDoc;
 use super::MongoOptions;

@@ -18,17 +18,11 @@ use confab_actors::store::StoreResult;
 use mongodb::bson::{doc, Bson, Document};
 use serde::{Deserialize, Serialize};
 
+use super::batch::Op;
 use super::conn::Conn;
-use super::docs::{i, q, u};
+use super::docs::{i, q, u, DELIVERIES, OUTBOX, OUTBOX_ID, WEBHOOK_META};
 use super::reads::find_all;
 use super::tx::{fatal, Answer, AttemptResult, Tx};
-use super::writer::Op;
-
-pub(crate) const OUTBOX: &str = "outbox";
-pub(crate) const DELIVERIES: &str = "webhook_deliveries";
-pub(crate) const WEBHOOK_META: &str = "webhook_meta";
-/// `_id` of the event id counter in `meta`.
-pub(crate) const OUTBOX_ID: &str = "outbox";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct EventDoc {

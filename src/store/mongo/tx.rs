@@ -14,9 +14,9 @@ use mongodb::ClientSession;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::batch::ConvCache;
 use super::conn::{durable, is_duplicate_key, is_duplicate_key_reply, is_transient, Conn};
 use super::docs::{i, u, CounterDoc, META, VER_ID};
-use super::writer::ConvCache;
 
 /// What an operation of the batch answers.
 #[derive(Debug, Clone)]

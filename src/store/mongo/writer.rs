@@ -19,14 +19,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use confab_actors::error::StoreError;
-use confab_actors::model::FlagsPatch;
-use confab_actors::store::{
-    Appended, GroupDismiss, GroupUpdate, MemberChange, NewGroup, NewMessage, RoleChange, StoreResult,
-};
+use confab_actors::store::{Appended, StoreResult};
 use mongodb::bson::{doc, Document};
 use tokio::sync::{mpsc, oneshot};
 
 use super::append::{dedupe_filter, dedupe_key};
+use super::batch::{ConvCache, Op};
 use super::conn::{is_unknown_commit, Conn, Reach};
 use super::docs::{u, ConvDoc, MessageDoc, CONVERSATIONS, MESSAGES};
 use super::reads;
@@ -38,93 +36,11 @@ pub(crate) const QUEUE_CAPACITY: usize = 4096;
 pub(crate) const MAX_BATCH: usize = 1024;
 /// Attempts at one batch (conflicts, stale caches, duplicates) before giving up.
 const MAX_ATTEMPTS: u32 = 12;
-/// Cached `last_seq`s kept at most; the cache starts over when it grows past this.
-const CACHE_CAPACITY: usize = 200_000;
-/// How long a conversation found written by another node is advanced with `findAndModify`.
-const CONTENDED_FOR: Duration = Duration::from_secs(30);
-
-/// A write operation.
-#[derive(Debug)]
-pub(crate) enum Op {
-    Append(NewMessage),
-    Recall { conv_id: String, seq: u64, by: String },
-    MarkRead { user: String, conv_id: String, seq: u64 },
-    SetFlags { user: String, conv_id: String, patch: FlagsPatch },
-    Delete { user: String, conv_id: String, seqs: Vec<u64> },
-    CreateGroup(NewGroup),
-    ChangeMembers(MemberChange),
-    UpdateGroup(GroupUpdate),
-    SetRoles(RoleChange),
-    DismissGroup(GroupDismiss),
-    // An outbox event with no store change of its own (presence); `outbox::record` gives its id.
-    PushEvent(confab_actors::outbox::NewEvent),
-}
 
 pub(crate) struct Job {
     pub op: Op,
     pub reply: oneshot::Sender<StoreResult<Answer>>,
     pub enqueued: Instant,
-}
-
-struct Cached {
-    last_seq: u64,
-    contended_until: Option<Instant>,
-}
-
-/// The writer's knowledge of conversations' `last_seq`, from its own commits.
-#[derive(Default)]
-pub(crate) struct ConvCache {
-    map: HashMap<String, Cached>,
-}
-
-impl ConvCache {
-    /// The cached `last_seq`, unless unknown or the conversation is contended.
-    pub fn usable(&self, conv_id: &str) -> Option<u64> {
-        let c = self.map.get(conv_id)?;
-        match c.contended_until {
-            Some(t) if Instant::now() < t => None,
-            _ => Some(c.last_seq),
-        }
-    }
-
-    fn apply(&mut self, overlay: HashMap<String, u64>) {
-        if self.map.len() + overlay.len() > CACHE_CAPACITY {
-            self.map.clear();
-        }
-        for (conv_id, last_seq) in overlay {
-            self.map
-                .entry(conv_id)
-                .and_modify(|c| c.last_seq = last_seq)
-                .or_insert(Cached { last_seq, contended_until: None });
-        }
-    }
-
-    fn forget<'a>(&mut self, convs: impl IntoIterator<Item = &'a String>) {
-        for c in convs {
-            self.map.remove(c);
-        }
-    }
-
-    /// After a stale attempt: the actual values. Those that differ from the cache were written by
-    /// another node: count them as contended for a while.
-    fn refresh(&mut self, checked: &[String], actual: &HashMap<String, u64>) {
-        let now = Instant::now();
-        for conv_id in checked {
-            match actual.get(conv_id) {
-                None => {
-                    self.map.remove(conv_id);
-                }
-                Some(&last_seq) => {
-                    let differs = self.map.get(conv_id).map(|c| c.last_seq) != Some(last_seq);
-                    let entry = self.map.entry(conv_id.clone()).or_insert(Cached { last_seq, contended_until: None });
-                    entry.last_seq = last_seq;
-                    if differs {
-                        entry.contended_until = Some(now + CONTENDED_FOR);
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// The writer task. Ends when every sender is gone and the queue is empty.
