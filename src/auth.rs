@@ -36,6 +36,7 @@ pub trait TokenVerifier: Send + Sync {
 }
 
 /// The claims confab puts in and reads from a token.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
     /// The user id.
@@ -45,11 +46,9 @@ pub struct Claims {
     pub iat: u64,
     pub exp: u64,
     /// Not valid before (Unix seconds).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbf: Option<u64>,
     /// The issue time in milliseconds (`iat` is its second). Tokens without it count as issued
     /// at the start of their `iat` second.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat_ms: Option<u64>,
 }
 

@@ -39,6 +39,7 @@ pub const EVENT_KINDS: &[&str] = &[
 ];
 
 /// One event of the outbox.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OutboxEvent {
     /// Store-wide, strictly increasing in commit order; the de-duplication key.
@@ -47,10 +48,8 @@ pub struct OutboxEvent {
     #[serde(rename = "type")]
     pub kind: String,
     /// The conversation the event belongs to (absent for presence events).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conv_id: Option<String>,
     /// The message's `seq`, for message and group events.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
     /// Server time of the change, ms since the Unix epoch.
     pub ts: i64,
@@ -209,15 +208,14 @@ impl DeliveryState {
 }
 
 /// One POST of an event to an endpoint.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Attempt {
     /// When it started, ms since the Unix epoch.
     pub at: i64,
     /// The HTTP status answered, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     /// Why it failed (timeout, connection refused, non-2xx).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// How long it took, ms.
     pub ms: u64,
@@ -387,6 +385,7 @@ pub trait Outbox: Send + Sync + 'static {
 }
 
 /// What `before_send` is asked about.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Serialize)]
 pub struct SendCheck {
     pub conv_id: String,
@@ -394,7 +393,6 @@ pub struct SendCheck {
     pub device: String,
     pub client_msg_id: String,
     pub body: Body,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<u64>,
 }
 

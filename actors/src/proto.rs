@@ -311,15 +311,16 @@ pub struct RefreshResult {
 // ---- replies and events ----
 
 /// A row of the conversation list as clients see it.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ConversationItem {
     pub conv_id: String,
     pub kind: ConvKind,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub group_id: Option<String>,
     pub last_seq: u64,
+    #[serialize_always]
     pub last_message: Option<Message>,
     pub read_seq: u64,
     pub unread: u64,
@@ -449,6 +450,7 @@ pub fn put_list(data: &mut serde_json::Value, key: &str, list: &[String]) {
 }
 
 /// Event `membership`: a group's membership changed.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Serialize)]
 pub struct MembershipEvent<'a> {
     pub group_id: &'a str,
@@ -459,9 +461,7 @@ pub struct MembershipEvent<'a> {
     pub added: &'a [String],
     pub removed: &'a [String],
     /// How many were added, when `added` was cut.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub added_count: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub removed_count: Option<usize>,
 }
 

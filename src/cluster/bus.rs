@@ -99,6 +99,7 @@ impl Batch {
 }
 
 /// A cluster-wide event, sent to every other node.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Broadcast {
@@ -108,7 +109,6 @@ pub enum Broadcast {
         user: String,
         #[serde(default)]
         disabled: bool,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         tokens_before_ms: Option<u64>,
     },
     /// A conversation's membership changed: drop what is cached about it.

@@ -18,6 +18,7 @@ pub const BODY_TYPES: &[&str] =
     &["text", "image", "audio", "video", "file", "code", "location", "custom", "system", "recalled"];
 
 /// A message's content, tagged by `type`.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Body {
@@ -26,55 +27,42 @@ pub enum Body {
     },
     Image {
         url: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         width: Option<u32>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         height: Option<u32>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         size: Option<u64>,
     },
     Audio {
         url: String,
         duration_ms: u64,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         size: Option<u64>,
     },
     Video {
         url: String,
         duration_ms: u64,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         width: Option<u32>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         height: Option<u32>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         size: Option<u64>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         thumbnail_url: Option<String>,
     },
     File {
         url: String,
         name: String,
         size: u64,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         mime: Option<String>,
     },
     Code {
         code: String,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         lang: Option<String>,
     },
     Location {
         lat: f64,
         lng: f64,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         name: Option<String>,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         address: Option<String>,
     },
     /// App-defined JSON; `summary` is what conversation lists and quotes show.
     Custom {
         data: serde_json::Value,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
         summary: Option<String>,
     },
     /// Server-generated (group created, members added, ...). Clients cannot send it.

@@ -27,6 +27,7 @@ impl Role {
 }
 
 /// A group's profile.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Group {
     pub id: String,
@@ -35,13 +36,10 @@ pub struct Group {
     pub created_at: i64,
     pub member_count: u64,
     /// An image URL.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub avatar: Option<String>,
     /// The group's notice (announcement).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notice: Option<String>,
     /// App-defined JSON object.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub ext: Option<serde_json::Value>,
     /// True once the group was dismissed: it refuses sends and changes (`group_dismissed`).

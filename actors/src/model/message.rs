@@ -39,17 +39,17 @@ impl ReplyRef {
 }
 
 /// A stored message. `seq` is contiguous per conversation, starting at 1.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Message {
     pub conv_id: String,
     pub seq: u64,
     /// The sending user; `None` for system messages.
+    #[serialize_always]
     pub sender: Option<String>,
     /// The sender's idempotency key; for system messages, the key the HTTP API was given, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_msg_id: Option<String>,
     pub body: Body,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<ReplyRef>,
     /// Server time of storing, milliseconds since the Unix epoch.
     pub ts: i64,
@@ -65,6 +65,7 @@ impl Message {
 }
 
 /// Shared state of a conversation.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Conversation {
     pub conv_id: String,
@@ -73,7 +74,6 @@ pub struct Conversation {
     /// Empty for groups (see the group's members).
     pub members: Vec<String>,
     /// For group conversations, the group id.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_id: Option<String>,
     /// Highest `seq` stored; 0 when empty.
     pub last_seq: u64,

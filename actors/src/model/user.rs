@@ -15,13 +15,12 @@ pub const MAX_EXT_BYTES: usize = 4096;
 pub const MAX_PROFILE_LOOKUP: usize = 100;
 
 /// A user's record. Users never created explicitly have none: they are enabled and have no profile.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct User {
     pub id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nickname: Option<String>,
     /// An image URL.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub avatar: Option<String>,
     /// App-defined JSON object (`{}` when unset).
     #[serde(default = "empty_object")]
@@ -101,12 +100,11 @@ impl User {
 }
 
 /// A user's public profile (WebSocket `users_get`, `profile_update`).
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Profile {
     pub id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nickname: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub avatar: Option<String>,
     #[schema(value_type = Object)]
     pub ext: serde_json::Value,

@@ -71,13 +71,13 @@ async fn mint_token(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiR
     ok(&TokenRes { token, expires_at: claims.exp })
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Device {
     device: String,
     /// Unique on its node.
     conn_id: u64,
     /// The node the device is connected to (its `cluster.node_id`; absent on a single node).
-    #[serde(skip_serializing_if = "Option::is_none")]
     node: Option<String>,
 }
 

@@ -47,34 +47,30 @@ pub(crate) fn u(v: i64) -> StoreResult<u64> {
 }
 
 /// `messages`: one document per message.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct MessageDoc {
     pub conv_id: String,
     pub seq: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sender: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_msg_id: Option<String>,
     /// The `Body` as JSON text. App-defined JSON (`custom` data, `system` data) may hold keys with
     /// `$` or `.` or nest deeper than BSON's 100 levels; as text it can never make the server refuse
     /// an insert (which would fail a whole group-commit batch).
     pub body: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<ReplyDoc>,
     pub ts: i64,
     pub ver: i64,
     /// A system message's `client_msg_id` (unique: system sends are idempotent too).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub system_key: Option<String>,
     /// Set when the message was recalled: the `ver` of the recall (indexed for `changes`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recall_ver: Option<i64>,
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct ReplyDoc {
     pub seq: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sender: Option<String>,
     pub quote: String,
     /// The quoted message was recalled and `quote` scrubbed.
@@ -133,6 +129,7 @@ impl MessageDoc {
 }
 
 /// `conversations`: `_id` is the conversation id.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct ConvDoc {
     #[serde(rename = "_id")]
@@ -140,7 +137,6 @@ pub(crate) struct ConvDoc {
     pub kind: ConvKind,
     #[serde(default)]
     pub members: Vec<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_id: Option<String>,
     pub last_seq: i64,
     pub ver: i64,
@@ -258,6 +254,7 @@ pub(crate) struct DeletionDoc {
 }
 
 /// `groups`: `_id` is the group id.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct GroupDoc {
     #[serde(rename = "_id")]
@@ -266,12 +263,9 @@ pub(crate) struct GroupDoc {
     pub owner: String,
     pub created_at: i64,
     pub member_count: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub avatar: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub notice: Option<String>,
     /// App-defined JSON object, as JSON text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ext: Option<String>,
     #[serde(default, deserialize_with = "flag")]
     pub dismissed: bool,

@@ -24,15 +24,14 @@ use super::docs::{i, q, u, DELIVERIES, OUTBOX, OUTBOX_ID, WEBHOOK_META};
 use super::reads::find_all;
 use super::tx::{fatal, Answer, AttemptResult, Tx};
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct EventDoc {
     #[serde(rename = "_id")]
     pub id: i64,
     #[serde(rename = "type")]
     pub kind: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conv_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<i64>,
     pub ts: i64,
     /// The data as JSON text (app-defined JSON may hold keys BSON refuses).
@@ -65,12 +64,11 @@ impl EventDoc {
     }
 }
 
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct AttemptDoc {
     at: i64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     status: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     error: Option<String>,
     ms: i64,
 }

@@ -15,15 +15,15 @@ use super::docs::{i, u, USERS};
 use super::reads::{find_all, find_one};
 
 /// `users`: a user's record. `ext` is stored as JSON text (app-defined keys may hold `$` or `.`).
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct UserDoc {
     #[serde(rename = "_id")]
     pub id: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nickname: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub avatar: Option<String>,
     #[serde(default)]
+    #[serialize_always]
     pub ext: Option<String>,
     #[serde(default, deserialize_with = "super::docs::flag")]
     pub disabled: bool,
