@@ -40,7 +40,8 @@ pub const EVENT_KINDS: &[&str] = &[
 
 /// One event of the outbox.
 #[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OutboxEvent {
     /// Store-wide, strictly increasing in commit order; the de-duplication key.
     pub id: u64,
@@ -54,7 +55,7 @@ pub struct OutboxEvent {
     /// Server time of the change, ms since the Unix epoch.
     pub ts: i64,
     /// The event's data: `{"message": …}`, `{"group": …, "message": …}`, `{"user": …}`.
-    #[schema(value_type = Object)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub data: serde_json::Value,
 }
 
@@ -186,7 +187,8 @@ impl NewEvent {
 }
 
 /// Where a delivery stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryState {
     /// Not delivered yet; retried with back-off.
@@ -209,7 +211,8 @@ impl DeliveryState {
 
 /// One POST of an event to an endpoint.
 #[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Attempt {
     /// When it started, ms since the Unix epoch.
     pub at: i64,
@@ -225,7 +228,8 @@ pub struct Attempt {
 pub const MAX_LOGGED_ATTEMPTS: usize = 20;
 
 /// The delivery of one event to one endpoint: its state and attempt log.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Delivery {
     pub endpoint: String,
     pub event_id: u64,

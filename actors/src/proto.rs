@@ -312,7 +312,8 @@ pub struct RefreshResult {
 
 /// A row of the conversation list as clients see it.
 #[serde_with::skip_serializing_none]
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConversationItem {
     pub conv_id: String,
     pub kind: ConvKind,

@@ -70,6 +70,14 @@ impl seam::Cluster for Link {
 
 /// Hands one thing another node sent to the engine.
 pub fn dispatch(engine: &Engine, incoming: Incoming) {
+    let what = match &incoming {
+        Incoming::Batch(_) => "batch",
+        Incoming::Broadcast { .. } => "broadcast",
+        Incoming::Presence { .. } => "presence",
+        Incoming::Resubscribed => "resubscribed",
+    };
+    // Under the node's span (debug: disabled, so free, unless the filter enables it).
+    let _span = tracing::debug_span!(parent: &engine.core().span(), "peer", what).entered();
     match incoming {
         Incoming::Batch(b) => engine.deliver_from_peer(PeerDelivery {
             ordered: b.ordered,

@@ -93,7 +93,8 @@ fn peer_init(conv_id: &str, users: &[Arc<str>]) -> Init {
 }
 
 /// A page of history (the reply to `history`).
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HistoryResult {
     pub messages: Vec<Message>,
     pub last_seq: u64,
@@ -101,7 +102,8 @@ pub struct HistoryResult {
 }
 
 /// A page of the conversation list (the reply to `conversations`).
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConversationsResult {
     pub conversations: Vec<ConversationItem>,
     pub next_since: u64,

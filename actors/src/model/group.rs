@@ -11,7 +11,8 @@ use super::validate_ext;
 pub const MAX_NOTICE_CHARS: usize = 2048;
 
 /// A member's role in a group.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     Owner,
@@ -28,7 +29,8 @@ impl Role {
 
 /// A group's profile.
 #[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Group {
     pub id: String,
     pub name: String,
@@ -40,7 +42,7 @@ pub struct Group {
     /// The group's notice (announcement).
     pub notice: Option<String>,
     /// App-defined JSON object.
-    #[schema(value_type = Option<Object>)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub ext: Option<serde_json::Value>,
     /// True once the group was dismissed: it refuses sends and changes (`group_dismissed`).
     #[serde(default)]
@@ -55,7 +57,8 @@ impl Group {
 }
 
 /// One member of a group.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Member {
     pub user_id: String,
     pub role: Role,

@@ -38,7 +38,8 @@ pub fn validate_cursor(kind: &str, v: u64) -> Result<()> {
 }
 
 /// The kind of a conversation, visible in its id prefix.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum ConvKind {
     /// One-to-one; id `d_<32 hex>` derived from the two user ids.

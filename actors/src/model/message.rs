@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 use super::{Body, ConvKind};
 
 /// What a reply points at, with a short quote so clients can render it without a fetch.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReplyRef {
     pub seq: u64,
     pub sender: Option<String>,
@@ -40,7 +41,8 @@ impl ReplyRef {
 
 /// A stored message. `seq` is contiguous per conversation, starting at 1.
 #[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Message {
     pub conv_id: String,
     pub seq: u64,

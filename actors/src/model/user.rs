@@ -16,7 +16,8 @@ pub const MAX_PROFILE_LOOKUP: usize = 100;
 
 /// A user's record. Users never created explicitly have none: they are enabled and have no profile.
 #[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct User {
     pub id: String,
     pub nickname: Option<String>,
@@ -24,7 +25,7 @@ pub struct User {
     pub avatar: Option<String>,
     /// App-defined JSON object (`{}` when unset).
     #[serde(default = "empty_object")]
-    #[schema(value_type = Object)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub ext: serde_json::Value,
     /// A disabled user cannot connect or send; their sessions are closed.
     #[serde(default)]
@@ -101,12 +102,13 @@ impl User {
 
 /// A user's public profile (WebSocket `users_get`, `profile_update`).
 #[serde_with::skip_serializing_none]
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Profile {
     pub id: String,
     pub nickname: Option<String>,
     pub avatar: Option<String>,
-    #[schema(value_type = Object)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub ext: serde_json::Value,
     pub updated_at: i64,
 }
