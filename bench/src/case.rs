@@ -26,27 +26,52 @@ impl Scenario {
     }
 }
 
+/// How load arrives. Every mode but `closed` writes one message per frame and per write, as
+/// messages from independent people arrive; `closed` lets a sender's queued frames go out in one
+/// write (bursty: the server reads many messages per wake-up, which flatters servers that batch).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
-    /// A window of messages in flight: the next is sent when an earlier one was delivered.
+    /// A window of messages in flight: the next is sent when an earlier one was delivered. What
+    /// is queued on a connection goes out in one write (bursty).
     Closed,
-    /// A fixed send rate whatever the system does (latency is measured from the scheduled time).
+    /// Fan-out only: one sender, one message in flight (`--fanout-window` for more), one message
+    /// per write: each message fanned out alone.
+    Steady,
+    /// Fan-out only: several members each keep one message of their own in flight into the same
+    /// group, one message per write (a busy group's talkers).
+    Senders,
+    /// A fixed send rate whatever the system does (latency is measured from the scheduled time);
+    /// one message per write.
     Open,
     /// No messages.
     Idle,
 }
 
 impl Mode {
+    pub const ALL: [Mode; 5] = [Mode::Closed, Mode::Steady, Mode::Senders, Mode::Open, Mode::Idle];
+
     pub fn name(self) -> &'static str {
         match self {
             Mode::Closed => "closed",
+            Mode::Steady => "steady",
+            Mode::Senders => "senders",
             Mode::Open => "open",
             Mode::Idle => "idle",
         }
     }
 
     pub fn parse(s: &str) -> Option<Mode> {
-        [Mode::Closed, Mode::Open, Mode::Idle].into_iter().find(|x| x.name() == s)
+        Mode::ALL.into_iter().find(|x| x.name() == s)
+    }
+
+    /// A loop that waits for deliveries before sending more.
+    pub fn is_closed_loop(self) -> bool {
+        matches!(self, Mode::Closed | Mode::Steady | Mode::Senders)
+    }
+
+    /// Whether a connection may write several queued messages at once.
+    pub fn coalesces(self) -> bool {
+        self == Mode::Closed
     }
 }
 
@@ -59,8 +84,11 @@ pub struct Case {
     pub requested: usize,
     pub capped_by: Option<String>,
     pub mode: Mode,
-    /// Closed loop: messages in flight (fanout: in total; pairs: per sending user).
+    /// Closed loop: messages in flight (fanout: in total, or per sender in `senders`; pairs: per
+    /// sending user).
     pub window: usize,
+    /// Fan-out `senders` mode: how many members send.
+    pub senders: usize,
     /// Open loop: messages per second, all senders together.
     pub rate: f64,
     /// Sending before the measured window (conversations load, caches warm).
@@ -82,10 +110,12 @@ impl Case {
         }
     }
 
-    /// Deliveries per message.
+    /// Deliveries per message: every member but the sending connection (in `senders` mode the
+    /// senders are members; otherwise the sender is not in the measured group).
     pub fn recipients(&self) -> usize {
-        match self.scenario {
-            Scenario::Fanout => self.size,
+        match (self.scenario, self.mode) {
+            (Scenario::Fanout, Mode::Senders) => self.size.saturating_sub(1),
+            (Scenario::Fanout, _) => self.size,
             _ => 1,
         }
     }
@@ -103,8 +133,13 @@ pub struct Plan {
     pub pairs_open_rate: f64,
     /// Closed-loop fan-out: deliveries in flight (window = this / members, 4..=64 messages).
     pub fanout_inflight_deliveries: usize,
+    /// Closed-loop fan-out: messages in flight, instead of the window derived from
+    /// `fanout_inflight_deliveries` (`--fanout-window`).
+    pub fanout_window: Option<usize>,
     /// Closed-loop pairs: messages in flight per sending user.
     pub pairs_window: usize,
+    /// Fan-out `senders` mode: members sending into the group.
+    pub fanout_senders: usize,
     pub warmup: Duration,
     pub duration: Duration,
     pub idle_duration: Duration,
@@ -122,7 +157,9 @@ impl Plan {
             fanout_open_deliveries: 50_000.0,
             pairs_open_rate: 20_000.0,
             fanout_inflight_deliveries: 16_000,
+            fanout_window: None,
             pairs_window: 4,
+            fanout_senders: 20,
             warmup: Duration::from_secs(3),
             duration: Duration::from_secs(15),
             idle_duration: Duration::from_secs(5),
@@ -140,7 +177,9 @@ impl Plan {
             fanout_open_deliveries: 5_000.0,
             pairs_open_rate: 1_000.0,
             fanout_inflight_deliveries: 800,
+            fanout_window: None,
             pairs_window: 4,
+            fanout_senders: 5,
             warmup: Duration::from_millis(500),
             duration: Duration::from_millis(1500),
             idle_duration: Duration::from_millis(500),
@@ -160,6 +199,7 @@ impl Plan {
             capped_by: None,
             mode,
             window: 0,
+            senders: 1,
             rate: 0.0,
             warmup: self.warmup,
             duration: self.duration,
@@ -169,8 +209,14 @@ impl Plan {
         let mut out = Vec::new();
         if scenarios.contains(&Scenario::Fanout) {
             for &n in &self.fanout_sizes {
-                let window = (self.fanout_inflight_deliveries / n.max(1)).clamp(4, 64);
+                let window = self.fanout_window.unwrap_or((self.fanout_inflight_deliveries / n.max(1)).clamp(4, 64));
                 out.push(Case { window, ..base(Scenario::Fanout, n, Mode::Closed) });
+                // One message at a time unless asked (`--fanout-window`): each message is fanned
+                // out alone, as in a group whose messages do not overlap at the server.
+                out.push(Case { window: self.fanout_window.unwrap_or(1), ..base(Scenario::Fanout, n, Mode::Steady) });
+                // Each sender one message at a time: up to `senders` messages overlap.
+                let senders = self.fanout_senders.clamp(1, n.saturating_sub(1).max(1));
+                out.push(Case { window: 1, senders, ..base(Scenario::Fanout, n, Mode::Senders) });
                 out.push(Case {
                     rate: self.fanout_open_deliveries / n.max(1) as f64,
                     ..base(Scenario::Fanout, n, Mode::Open)
@@ -199,5 +245,25 @@ impl Plan {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fanout_has_every_publishing_pattern() {
+        let cases = Plan::full().cases(&[Scenario::Fanout], None);
+        let at_500: Vec<&Case> = cases.iter().filter(|c| c.size == 500).collect();
+        let modes: Vec<Mode> = at_500.iter().map(|c| c.mode).collect();
+        assert_eq!(modes, [Mode::Closed, Mode::Steady, Mode::Senders, Mode::Open]);
+        let senders = at_500[2];
+        assert_eq!((senders.senders, senders.window, senders.recipients()), (20, 1, 499));
+        assert_eq!((at_500[0].window, at_500[1].window, at_500[1].recipients()), (32, 1, 500));
+        assert!(at_500[0].mode.coalesces() && !at_500[1].mode.coalesces() && !senders.mode.coalesces());
+        assert!(!Mode::Open.is_closed_loop() && Mode::Senders.is_closed_loop());
+        let big = cases.iter().find(|c| c.size == 5000 && c.mode == Mode::Closed).map(|c| c.window);
+        assert_eq!(big, Some(4));
     }
 }

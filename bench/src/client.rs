@@ -120,13 +120,15 @@ impl Conn {
 }
 
 /// Hands `ws` to a task that reads and writes it until the run stops or the server closes it.
-pub fn spawn(ws: Ws, wire: Wire, stats: Arc<Stats>) -> Conn {
+/// With `coalesce`, frames queued together go out in one write (a bursty client); without, each
+/// frame is written and flushed on its own (one message per write, as people send).
+pub fn spawn(ws: Ws, wire: Wire, stats: Arc<Stats>, coalesce: bool) -> Conn {
     let (tx, rx) = mpsc::channel(SEND_QUEUE);
-    let task = tokio::spawn(run(ws, wire, rx, stats));
+    let task = tokio::spawn(run(ws, wire, rx, stats, coalesce));
     Conn { tx, task }
 }
 
-async fn run(mut ws: Ws, wire: Wire, mut rx: mpsc::Receiver<String>, stats: Arc<Stats>) {
+async fn run(mut ws: Ws, wire: Wire, mut rx: mpsc::Receiver<String>, stats: Arc<Stats>, coalesce: bool) {
     loop {
         tokio::select! {
             biased;
@@ -152,9 +154,9 @@ async fn run(mut ws: Ws, wire: Wire, mut rx: mpsc::Receiver<String>, stats: Arc<
             },
             out = rx.recv() => {
                 let Some(frame) = out else { break };
-                // Write everything queued, then flush once.
+                // Bursty: write everything queued, then flush once. Otherwise one write per frame.
                 let mut ok = ws.feed(Message::text(frame)).await.is_ok();
-                while ok {
+                while ok && coalesce {
                     match rx.try_recv() {
                         Ok(f) => ok = ws.feed(Message::text(f)).await.is_ok(),
                         Err(_) => break,

@@ -71,6 +71,7 @@ async fn connect(
     room: Option<&str>,
     per_ip: usize,
     stats: &Arc<Stats>,
+    coalesce: bool,
 ) -> anyhow::Result<Connected> {
     let wire = t.dialect.wire;
     let all = futures_util::stream::iter(users.iter().enumerate())
@@ -80,7 +81,7 @@ async fn connect(
             async move { (i, client::open(t.dialect, addr, src, user, room).await) }
         })
         .buffer_unordered(CONNECT_CONCURRENCY)
-        .map(|(i, res)| (i, res.map(|ws| client::spawn(ws, wire, stats.clone()))))
+        .map(|(i, res)| (i, res.map(|ws| client::spawn(ws, wire, stats.clone(), coalesce))))
         .collect::<Vec<_>>();
     let results = tokio::time::timeout(CONNECT_BUDGET, all).await.context("connecting took longer than the budget")?;
     let mut out = Connected { conns: (0..users.len()).map(|_| None).collect(), failed: 0, first_err: None };
@@ -113,9 +114,10 @@ async fn pace(stats: &Stats, rate: f64, mut emit: impl FnMut(u64, u64)) {
     }
 }
 
-async fn fanout_closed(stats: Arc<Stats>, sender: Arc<Conn>, dialect: Dialect, window: u64) {
+/// One fan-out sender (`me`): keeps `window` of its messages in flight.
+async fn fanout_closed(stats: Arc<Stats>, me: usize, sender: Arc<Conn>, dialect: Dialect, window: u64) {
     let Track::Fanout { inflight, notify, .. } = &stats.track else { return };
-    let mut k: u32 = 0;
+    let (Some(inflight), Some(notify)) = (inflight.get(me), notify.get(me)) else { return };
     while !stats.is_stopping() {
         while inflight.load(Relaxed) >= window {
             if tokio::time::timeout(STALL, notify.notified()).await.is_err() && !stats.is_stopping() {
@@ -126,12 +128,11 @@ async fn fanout_closed(stats: Arc<Stats>, sender: Arc<Conn>, dialect: Dialect, w
                 return;
             }
         }
-        stats.fanout_begin(k);
+        let k = stats.fanout_begin(me);
         let ts = stats.now_ns();
-        if sender.send(dialect.group_frame(ROOM, u64::from(k), &payload(ts, k, 0)), &stats) {
+        if sender.send(dialect.group_frame(ROOM, u64::from(k), &payload(ts, k, me as u32)), &stats) {
             stats.on_sent(ts);
         }
-        k = k.wrapping_add(1);
     }
 }
 
@@ -190,7 +191,7 @@ async fn measure(case: &Case, pids: &[u32], stats: &Stats) -> Window {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Window { wall_s, cpu: CpuDelta::between(a, b, wall_s), rss_kib, peak_rss_kib, drained }
+    Window { wall_s, cpu: CpuDelta::between(&a, &b, wall_s), rss_kib, peak_rss_kib, drained }
 }
 
 fn round(x: f64, digits: i32) -> f64 {
@@ -204,10 +205,11 @@ fn opt(x: Option<f64>, digits: i32) -> Value {
 
 /// Runs a fan-out or pairs case.
 async fn messaging(case: &Case, t: &Target<'_>) -> anyhow::Result<Value> {
-    let closed = case.mode == Mode::Closed;
+    let closed = case.mode.is_closed_loop();
+    let coalesce = case.mode.coalesces();
     let (track, users, room): (Track, Vec<String>, Option<&str>) = match case.scenario {
         Scenario::Fanout => (
-            if closed { Track::fanout(case.size as u32) } else { Track::None },
+            if closed { Track::fanout(case.recipients() as u32, case.senders) } else { Track::None },
             (0..case.size).map(|i| format!("m{i}")).collect(),
             Some(ROOM),
         ),
@@ -220,7 +222,12 @@ async fn messaging(case: &Case, t: &Target<'_>) -> anyhow::Result<Value> {
     let stats = Arc::new(Stats::new(track));
     let t_connect = Instant::now();
     let conns: Vec<Arc<Conn>> =
-        connect(t, &users, room, case.conns_per_ip, &stats).await?.all()?.into_iter().map(Arc::new).collect();
+        connect(t, &users, room, case.conns_per_ip, &stats, coalesce).await?.all()?.into_iter().map(Arc::new).collect();
+    let mut sender_conns = 0;
+    // The fan-out sender's connection, held here until the drain is over: if it dropped with its
+    // sending task when sending stops, the connection would be reset (zero linger) and the
+    // frames still in flight to the server discarded with it.
+    let mut kept: Vec<Arc<Conn>> = Vec::new();
     let mut tasks = Vec::new();
     if case.scenario == Scenario::Fanout {
         // The sender: on node 0, after every member.
@@ -234,11 +241,23 @@ async fn messaging(case: &Case, t: &Target<'_>) -> anyhow::Result<Value> {
                 bail!("group_create failed: {}", reply.chars().take(300).collect::<String>());
             }
         }
-        let sender = Arc::new(client::spawn(ws, t.dialect.wire, stats.clone()));
         let d = t.dialect.clone();
-        if closed {
-            tasks.push(tokio::spawn(fanout_closed(stats.clone(), sender, d, case.window as u64)));
+        if case.mode == Mode::Senders {
+            // The group's creator leaves; members 0..senders talk (each also receives the others').
+            let _ = ws.close(None).await;
+            drop(ws);
+            for (me, conn) in conns.iter().take(case.senders).enumerate() {
+                tasks.push(tokio::spawn(fanout_closed(stats.clone(), me, conn.clone(), d.clone(), case.window as u64)));
+            }
+        } else if closed {
+            sender_conns = 1;
+            let sender = Arc::new(client::spawn(ws, t.dialect.wire, stats.clone(), coalesce));
+            kept.push(sender.clone());
+            tasks.push(tokio::spawn(fanout_closed(stats.clone(), 0, sender, d, case.window as u64)));
         } else {
+            sender_conns = 1;
+            let sender = Arc::new(client::spawn(ws, t.dialect.wire, stats.clone(), coalesce));
+            kept.push(sender.clone());
             let (st, rate) = (stats.clone(), case.rate);
             tasks.push(tokio::spawn(async move {
                 pace(&st, rate, |i, ts| {
@@ -279,7 +298,7 @@ async fn messaging(case: &Case, t: &Target<'_>) -> anyhow::Result<Value> {
     for task in &tasks {
         task.abort();
     }
-    for c in &conns {
+    for c in conns.iter().chain(&kept) {
         c.task.abort();
     }
 
@@ -293,7 +312,9 @@ async fn messaging(case: &Case, t: &Target<'_>) -> anyhow::Result<Value> {
         "window": closed.then_some(case.window),
         "rate_msgs_per_s": (!closed).then_some(round(case.rate, 1)),
         "target_deliveries_per_s": (!closed).then_some(round(case.rate * case.recipients() as f64, 0)),
-        "conns": conns.len() + usize::from(case.scenario == Scenario::Fanout),
+        "senders": (case.mode == Mode::Senders).then_some(case.senders),
+        "one_message_per_write": !coalesce,
+        "conns": conns.len() + sender_conns,
         "setup_s": round(setup_s, 2),
         "duration_s": round(w.wall_s, 3),
         "sent": s.sent_win.load(Relaxed),
@@ -313,6 +334,10 @@ async fn messaging(case: &Case, t: &Target<'_>) -> anyhow::Result<Value> {
         "kib_per_conn": Value::Null,
         "generator_cores": round(w.cpu.generator_s / w.wall_s, 3),
         "others_cores": round(w.cpu.others_cores, 3),
+        // Every message handed to a connection, warm-up and drain included: with `acks` (confab
+        // acknowledges each send, and the group's creation once) it tells a message never
+        // acknowledged from one acknowledged and not delivered.
+        "sent_total": sent_total,
         "lost": lost,
         "drained": w.drained,
         "acks": s.acks.load(Relaxed),
@@ -331,7 +356,7 @@ async fn idle(case: &Case, t: &Target<'_>) -> anyhow::Result<Value> {
     let (rss0, _) = procfs::mem_sum_kib(t.pids);
     let users: Vec<String> = (0..case.size).map(|i| format!("i{i}")).collect();
     let t_connect = Instant::now();
-    let Connected { conns, failed, first_err } = connect(t, &users, None, case.conns_per_ip, &stats).await?;
+    let Connected { conns, failed, first_err } = connect(t, &users, None, case.conns_per_ip, &stats, false).await?;
     let connect_s = t_connect.elapsed().as_secs_f64();
     let ok = conns.iter().flatten().count();
     // Let allocators and garbage collectors settle before reading memory.
@@ -341,7 +366,7 @@ async fn idle(case: &Case, t: &Target<'_>) -> anyhow::Result<Value> {
     let t0 = Instant::now();
     tokio::time::sleep(case.duration).await;
     let wall_s = t0.elapsed().as_secs_f64();
-    let cpu = CpuDelta::between(a, CpuSnap::take(t.pids), wall_s);
+    let cpu = CpuDelta::between(&a, &CpuSnap::take(t.pids), wall_s);
     let (rss_kib, peak_rss_kib) = procfs::mem_sum_kib(t.pids);
     let still_open = conns.iter().flatten().filter(|c| !c.task.is_finished()).count();
     stats.stop();

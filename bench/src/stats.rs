@@ -19,20 +19,22 @@ const RING: usize = 1 << 14;
 pub enum Track {
     /// Open loop or idle: nothing waits.
     None,
-    /// One sender, `expected` deliveries per message: message `k` completes when the last
-    /// member got it, which frees one place in the sender's window.
-    Fanout { ring: Vec<AtomicU32>, expected: u32, inflight: AtomicU64, notify: Notify },
+    /// One or more senders into one group, `expected` deliveries per message: message `k`
+    /// (numbered across all senders) completes when the last member got it, which frees one
+    /// place in its sender's window (`inflight[sender]`).
+    Fanout { ring: Vec<AtomicU32>, expected: u32, inflight: Vec<AtomicU64>, notify: Vec<Notify>, next_k: AtomicU32 },
     /// Many senders, one delivery per message: sender `s` has `outstanding[s]` undelivered.
     Pairs { outstanding: Vec<AtomicU32>, notify: Vec<Notify> },
 }
 
 impl Track {
-    pub fn fanout(expected: u32) -> Track {
+    pub fn fanout(expected: u32, senders: usize) -> Track {
         Track::Fanout {
             ring: (0..RING).map(|_| AtomicU32::new(0)).collect(),
             expected,
-            inflight: AtomicU64::new(0),
-            notify: Notify::new(),
+            inflight: (0..senders).map(|_| AtomicU64::new(0)).collect(),
+            notify: (0..senders).map(|_| Notify::new()).collect(),
+            next_k: AtomicU32::new(0),
         }
     }
 
@@ -110,8 +112,7 @@ impl Stats {
     pub fn stop(&self) {
         self.stopping.store(true, Relaxed);
         match &self.track {
-            Track::Fanout { notify, .. } => notify.notify_one(),
-            Track::Pairs { notify, .. } => notify.iter().for_each(Notify::notify_one),
+            Track::Fanout { notify, .. } | Track::Pairs { notify, .. } => notify.iter().for_each(Notify::notify_one),
             Track::None => {}
         }
     }
@@ -138,10 +139,12 @@ impl Stats {
             self.hist.record_us(now.saturating_sub(m.ts_ns) / 1000);
         }
         match &self.track {
-            Track::Fanout { ring, expected, inflight, notify } => {
+            Track::Fanout { ring, expected, inflight, notify, .. } => {
                 if ring[m.k as usize % RING].fetch_add(1, Relaxed) + 1 == *expected {
-                    inflight.fetch_sub(1, Relaxed);
-                    notify.notify_one();
+                    if let (Some(i), Some(n)) = (inflight.get(m.sender as usize), notify.get(m.sender as usize)) {
+                        i.fetch_sub(1, Relaxed);
+                        n.notify_one();
+                    }
                 }
             }
             Track::Pairs { outstanding, notify } => {
@@ -162,11 +165,14 @@ impl Stats {
         }
     }
 
-    /// Fanout closed loop: claims slot `k` for a new message.
-    pub fn fanout_begin(&self, k: u32) {
-        if let Track::Fanout { ring, inflight, .. } = &self.track {
-            ring[k as usize % RING].store(0, Relaxed);
-            inflight.fetch_add(1, Relaxed);
+    /// Fanout closed loop: numbers a new message of `sender` and claims its slot.
+    pub fn fanout_begin(&self, sender: usize) -> u32 {
+        let Track::Fanout { ring, inflight, next_k, .. } = &self.track else { return 0 };
+        let k = next_k.fetch_add(1, Relaxed);
+        ring[k as usize % RING].store(0, Relaxed);
+        if let Some(i) = inflight.get(sender) {
+            i.fetch_add(1, Relaxed);
         }
+        k
     }
 }

@@ -33,14 +33,13 @@ fn now_unix() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// Cores the rest of the machine uses, sampled over `d` while nothing of ours runs.
+/// Cores the rest of the machine uses (summed per process), sampled over `d` while nothing of
+/// ours runs.
 fn others_now(d: Duration) -> f64 {
-    let (b0, _) = procfs::machine_cpu_secs();
-    let g0 = procfs::cpu_secs(std::process::id());
+    let me = [std::process::id()];
+    let a = procfs::others_ticks(&me);
     std::thread::sleep(d);
-    let (b1, _) = procfs::machine_cpu_secs();
-    let g1 = procfs::cpu_secs(std::process::id());
-    ((b1 - b0) - (g1 - g0)).max(0.0) / d.as_secs_f64()
+    procfs::others_cores(&a, &procfs::others_ticks(&me), d.as_secs_f64())
 }
 
 fn wait_quiet(limit: Duration) -> f64 {
@@ -198,6 +197,7 @@ pub fn run_suite(opts: &Options) -> anyhow::Result<()> {
     let targets = report::targets(
         &all,
         first(&opts.plan.fanout_sizes),
+        opts.plan.fanout_sizes.iter().copied().max().unwrap_or(0),
         first(&opts.plan.pairs_sizes),
         first(&opts.plan.idle_sizes),
         idle_big,

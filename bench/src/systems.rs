@@ -4,6 +4,9 @@
 //!
 //! - `confab`: `target/release/confab` with `CONFAB__*` settings, a fresh data directory,
 //!   persistence on (every message fsynced before its acknowledgement).
+//! - `confab-base`: the same with another build of confab (`--compare-bin`, which
+//!   `scripts/bench --compare REV` builds from an earlier commit), so a change shows as a ratio
+//!   measured in the same invocation.
 //! - `relay`: `target/release/confab-relay`.
 //! - `socketio`: `node bench/peers/socketio/server.js`, one process, in-memory adapter.
 //! - `socketio-2node`: two such processes joined by `@socket.io/redis-adapter` through a
@@ -31,6 +34,7 @@ use crate::wire::{Dialect, Wire};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum System {
     Confab,
+    ConfabBase,
     Relay,
     SocketIo,
     SocketIo2,
@@ -39,12 +43,20 @@ pub enum System {
 }
 
 impl System {
-    pub const ALL: [System; 6] =
-        [System::Relay, System::SocketIo, System::SocketIo2, System::Confab, System::Confab2, System::ConfabMongo];
+    pub const ALL: [System; 7] = [
+        System::Relay,
+        System::SocketIo,
+        System::SocketIo2,
+        System::ConfabBase,
+        System::Confab,
+        System::Confab2,
+        System::ConfabMongo,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             System::Confab => "confab",
+            System::ConfabBase => "confab-base",
             System::Relay => "relay",
             System::SocketIo => "socketio",
             System::SocketIo2 => "socketio-2node",
@@ -59,7 +71,7 @@ impl System {
 
     pub fn wire(self) -> Wire {
         match self {
-            System::Confab | System::Confab2 | System::ConfabMongo => Wire::Confab,
+            System::Confab | System::ConfabBase | System::Confab2 | System::ConfabMongo => Wire::Confab,
             System::Relay => Wire::Relay,
             System::SocketIo | System::SocketIo2 => Wire::SocketIo,
         }
@@ -70,6 +82,8 @@ impl System {
 #[derive(Debug, Clone)]
 pub struct Env {
     pub confab_bin: PathBuf,
+    /// The build `confab-base` runs (`--compare-bin`).
+    pub compare_bin: Option<PathBuf>,
     pub relay_bin: PathBuf,
     pub socketio_dir: PathBuf,
     pub node: String,
@@ -156,9 +170,10 @@ fn start_redis(env: &Env, log: &Path, guard: &mut Guard) -> anyhow::Result<Strin
     Ok(format!("redis://127.0.0.1:{port}"))
 }
 
-/// `confab serve` with the settings every run uses; its embedded store (if used) in `dir`.
-fn confab_command(env: &Env, tuning: Tuning, dir: &Path) -> Command {
-    let mut cmd = Command::new(&env.confab_bin);
+/// `bin serve` (a confab build) with the settings every run uses; its embedded store (if used)
+/// in `dir`.
+fn confab_command(env: &Env, bin: &Path, tuning: Tuning, dir: &Path) -> Command {
+    let mut cmd = Command::new(bin);
     cmd.arg("serve")
         .env("CONFAB__SERVER__BIND", "127.0.0.1:0")
         .env("CONFAB__SERVER__MAX_FRAME_BYTES", "1048576")
@@ -273,10 +288,16 @@ pub fn start(system: System, env: &Env, tuning: Tuning, tag: &str) -> anyhow::Re
     let mut addrs = Vec::new();
     let mut data_dir = None;
     match system {
-        System::Confab => {
+        System::Confab | System::ConfabBase => {
+            let bin = match system {
+                System::ConfabBase => {
+                    env.compare_bin.as_deref().ok_or_else(|| anyhow!("confab-base needs --compare-bin"))?
+                }
+                _ => env.confab_bin.as_path(),
+            };
             let dir = std::env::temp_dir().join(format!("confab-bench-{}-{tag}", std::process::id()));
             let _ = std::fs::remove_dir_all(&dir);
-            let cmd = confab_command(env, tuning, &dir);
+            let cmd = confab_command(env, bin, tuning, &dir);
             data_dir = Some(dir);
             let (child, addr) = spawn_listening(cmd, "confab listening on", &log("confab"))?;
             guard.0.push(child);
@@ -295,7 +316,7 @@ pub fn start(system: System, env: &Env, tuning: Tuning, tag: &str) -> anyhow::Re
             };
             let database = format!("confab_bench_{}_{}", std::process::id(), tag.replace(['-', '/', '.'], "_"));
             for i in 0..(if cluster { 2 } else { 1 }) {
-                let mut cmd = confab_command(env, tuning, &dir.join(format!("n{i}")));
+                let mut cmd = confab_command(env, &env.confab_bin, tuning, &dir.join(format!("n{i}")));
                 cmd.env("CONFAB__STORAGE__BACKEND", "mongodb")
                     .env("CONFAB__STORAGE__MONGODB__URI", &mongodb_uri)
                     .env("CONFAB__STORAGE__MONGODB__DATABASE", &database);

@@ -22,6 +22,9 @@ pub struct Server {
     pub send_buffer_bytes: usize,
     /// `TCP_USER_TIMEOUT` of every connection; 0: the kernel's default (about 15 minutes).
     pub write_timeout_secs: u64,
+    /// `TCP_NODELAY` on every connection: each frame leaves at once instead of waiting for the
+    /// peer's acknowledgement of the previous one (Nagle's algorithm).
+    pub tcp_nodelay: bool,
     /// Proxies (addresses or networks) whose `X-Forwarded-For` names the client.
     #[serde(deserialize_with = "string_list")]
     pub trusted_proxies: Vec<String>,

@@ -20,7 +20,7 @@ struct Cli {
     #[arg(long)]
     quick: bool,
     /// Systems to run, comma-separated (confab, relay, socketio, socketio-2node, confab-2node,
-    /// confab-mongo).
+    /// confab-mongo, confab-base). `--compare-bin` adds confab-base before confab.
     #[arg(
         long,
         value_delimiter = ',',
@@ -30,12 +30,16 @@ struct Cli {
     /// Scenarios to run, comma-separated (fanout, pairs, idle).
     #[arg(long, value_delimiter = ',', default_value = "fanout,pairs,idle")]
     scenarios: Vec<String>,
-    /// Modes to run, comma-separated (closed, open, idle).
-    #[arg(long, value_delimiter = ',', default_value = "closed,open,idle")]
+    /// Modes to run, comma-separated (closed, steady, senders, open, idle; see BENCHMARKS.md).
+    #[arg(long, value_delimiter = ',', default_value = "closed,steady,senders,open,idle")]
     modes: Vec<String>,
     /// Fan-out group sizes (default: 500,5000; quick: 50).
     #[arg(long, value_delimiter = ',')]
     fanout_sizes: Option<Vec<usize>>,
+    /// Fan-out messages in flight in the `closed` and `steady` loops (default: `closed` 16,000
+    /// deliveries' worth, 4 to 64 messages; `steady` 1). `senders` keeps one per sender.
+    #[arg(long)]
+    fanout_window: Option<usize>,
     /// Numbers of pairs (default: 500; quick: 25).
     #[arg(long, value_delimiter = ',')]
     pairs_sizes: Option<Vec<usize>>,
@@ -48,6 +52,9 @@ struct Cli {
     /// Seconds of load before measuring (default 3; quick 0.5).
     #[arg(long)]
     warmup: Option<f64>,
+    /// Seconds given, after sending stops, for messages in flight (default 5; quick 2).
+    #[arg(long)]
+    drain: Option<f64>,
     /// Before each run, wait up to this many seconds for other processes to go quiet.
     #[arg(long, default_value_t = 0.0)]
     wait_quiet: f64,
@@ -60,6 +67,10 @@ struct Cli {
     /// The confab server binary (default: next to this one).
     #[arg(long)]
     confab_bin: Option<PathBuf>,
+    /// Another confab build, run as system `confab-base` beside `confab` (every ratio of confab
+    /// against it is then measured in this invocation). `scripts/bench --compare REV` builds one.
+    #[arg(long)]
+    compare_bin: Option<PathBuf>,
     /// The relay binary (default: next to this one).
     #[arg(long)]
     relay_bin: Option<PathBuf>,
@@ -83,11 +94,15 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let exe_dir =
         std::env::current_exe()?.parent().map(PathBuf::from).ok_or_else(|| anyhow!("no executable directory"))?;
-    let systems = cli
+    let mut systems = cli
         .systems
         .iter()
         .map(|s| System::parse(s).ok_or_else(|| anyhow!("unknown system {s:?}")))
         .collect::<Result<Vec<_>, _>>()?;
+    if cli.compare_bin.is_some() && !systems.contains(&System::ConfabBase) {
+        let at = systems.iter().position(|&s| s == System::Confab).unwrap_or(systems.len());
+        systems.insert(at, System::ConfabBase);
+    }
     let scenarios = cli
         .scenarios
         .iter()
@@ -102,6 +117,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(v) = cli.fanout_sizes {
         plan.fanout_sizes = v;
     }
+    if let Some(w) = cli.fanout_window {
+        plan.fanout_window = Some(w.max(1));
+    }
     if let Some(v) = cli.pairs_sizes {
         plan.pairs_sizes = v;
     }
@@ -115,10 +133,14 @@ fn main() -> anyhow::Result<()> {
     if let Some(w) = cli.warmup {
         plan.warmup = secs(w)?;
     }
+    if let Some(d) = cli.drain {
+        plan.drain = secs(d)?;
+    }
     let nanos =
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     let env = Env {
         confab_bin: cli.confab_bin.unwrap_or_else(|| exe_dir.join("confab")),
+        compare_bin: cli.compare_bin,
         relay_bin: cli.relay_bin.unwrap_or_else(|| exe_dir.join("confab-relay")),
         socketio_dir: cli.socketio_dir,
         node: cli.node,

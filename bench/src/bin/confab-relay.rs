@@ -163,6 +163,8 @@ fn main() -> anyhow::Result<()> {
             move || App::new().app_data(hub.clone()).route("/ws", web::get().to(ws))
         })
         .workers(workers)
+        // As confab and socket.io (Node's `ws` sets noDelay) do: frames leave when written.
+        .tcp_nodelay(true)
         .backlog(4096)
         .listen(listener)?
         .run();
