@@ -107,6 +107,9 @@ pub struct Metrics {
     pub db_commands_write: AtomicU64,
     pub db_commands_read: AtomicU64,
     pub db_commands_other: AtomicU64,
+    /// BSON bytes of the commands sent and of the replies received (MongoDB command monitoring).
+    pub db_bytes_sent: AtomicU64,
+    pub db_bytes_received: AtomicU64,
     /// Database commands that failed (error reply or no reply).
     pub db_command_failures: AtomicU64,
 }
@@ -140,6 +143,8 @@ impl Default for Metrics {
             db_commands_write: AtomicU64::new(0),
             db_commands_read: AtomicU64::new(0),
             db_commands_other: AtomicU64::new(0),
+            db_bytes_sent: AtomicU64::new(0),
+            db_bytes_received: AtomicU64::new(0),
             db_command_failures: AtomicU64::new(0),
         }
     }
@@ -276,6 +281,13 @@ impl Metrics {
             [("write", &self.db_commands_write), ("read", &self.db_commands_read), ("other", &self.db_commands_other)]
         {
             let _ = writeln!(out, "confab_store_db_commands_total{{kind=\"{kind}\"}} {}", v.load(Relaxed));
+        }
+        let _ = writeln!(
+            out,
+            "# HELP confab_store_db_bytes_total BSON bytes of the store's database commands (sent) and their replies (received).\n# TYPE confab_store_db_bytes_total counter"
+        );
+        for (dir, v) in [("sent", &self.db_bytes_sent), ("received", &self.db_bytes_received)] {
+            let _ = writeln!(out, "confab_store_db_bytes_total{{direction=\"{dir}\"}} {}", v.load(Relaxed));
         }
         let _ = writeln!(
             out,

@@ -159,6 +159,8 @@ struct Counts {
     writes: u64,
     reads: u64,
     other: u64,
+    sent: u64,
+    received: u64,
 }
 
 fn counts(m: &Metrics) -> Counts {
@@ -166,10 +168,23 @@ fn counts(m: &Metrics) -> Counts {
         writes: m.db_commands_write.load(Relaxed),
         reads: m.db_commands_read.load(Relaxed),
         other: m.db_commands_other.load(Relaxed),
+        sent: m.db_bytes_sent.load(Relaxed),
+        received: m.db_bytes_received.load(Relaxed),
     }
 }
 
-async fn measure(store: &DynStore, metrics: &Metrics, msgs: Vec<NewMessage>) -> (f64, f64, u64) {
+/// Bytes to and from the database per message between two counts: printed for BENCHMARKS.md,
+/// and bounded: a message of a few bytes of text costs its document, its conversation's and
+/// sender's updates and the batch's share of the transaction, not kilobytes more.
+fn bytes_per_message(label: &str, before: &Counts, after: &Counts, n: usize) {
+    let (sent, received) =
+        ((after.sent - before.sent) as f64 / n as f64, (after.received - before.received) as f64 / n as f64);
+    eprintln!("{label}: {sent:.0} bytes sent and {received:.0} received per message");
+    assert!(sent > 100.0, "a stored message is counted: {sent}");
+    assert!(sent < 4096.0 && received < 4096.0, "{label}: {sent} / {received} bytes per message");
+}
+
+async fn measure(store: &DynStore, metrics: &Metrics, label: &str, msgs: Vec<NewMessage>) -> (f64, f64, u64) {
     let before = counts(metrics);
     let n = msgs.len();
     let mut handles = Vec::new();
@@ -182,6 +197,7 @@ async fn measure(store: &DynStore, metrics: &Metrics, msgs: Vec<NewMessage>) -> 
         assert!(!a.duplicate);
     }
     let after = counts(metrics);
+    bytes_per_message(label, &before, &after, n);
     let per = |a: u64, b: u64| (a - b) as f64 / n as f64;
     (per(after.writes, before.writes), per(after.reads, before.reads), after.other - before.other)
 }
@@ -191,6 +207,7 @@ async fn measure(store: &DynStore, metrics: &Metrics, msgs: Vec<NewMessage>) -> 
 async fn measure_closed(
     store: &DynStore,
     metrics: &Metrics,
+    label: &str,
     senders: usize,
     each: usize,
     make: impl Fn(usize, usize) -> NewMessage,
@@ -210,6 +227,7 @@ async fn measure_closed(
         h.await.expect("join");
     }
     let after = counts(metrics);
+    bytes_per_message(label, &before, &after, senders * each);
     let n = (senders * each) as f64;
     ((after.writes - before.writes) as f64 / n, (after.reads - before.reads) as f64 / n)
 }
@@ -229,6 +247,7 @@ async fn commands_per_message_under_load() {
         store.append(direct("alice", "bob", None, &format!("seq{i}"))).await.expect("append");
     }
     let after = counts(&metrics);
+    bytes_per_message("one-to-one, one at a time", &before, &after, 5);
     let (w1, r1) = ((after.writes - before.writes) as f64 / 5.0, (after.reads - before.reads) as f64 / 5.0);
     eprintln!("one-to-one, one at a time: {w1:.2} writes and {r1:.2} reads per message");
     assert_eq!(r1, 0.0, "no reads in steady state");
@@ -244,7 +263,7 @@ async fn commands_per_message_under_load() {
             )
         })
         .collect();
-    let (w, r, other) = measure(&store, &metrics, msgs).await;
+    let (w, r, other) = measure(&store, &metrics, "one-to-one, 400 concurrent", msgs).await;
     eprintln!("one-to-one, 400 concurrent: {w:.3} writes and {r:.3} reads per message ({other} other)");
     assert!(w <= 1.0, "at most one write per message amortised: {w}");
     assert_eq!(r, 0.0, "no reads in steady state");
@@ -253,7 +272,10 @@ async fn commands_per_message_under_load() {
     for p in 0..16 {
         store.append(direct("dan", &format!("friend{p}"), None, "warm")).await.expect("append");
     }
-    let (w, r) = measure_closed(&store, &metrics, 16, 25, |s, _| direct("dan", &format!("friend{s}"), None, "x")).await;
+    let (w, r) = measure_closed(&store, &metrics, "one-to-one, 16 closed-loop senders", 16, 25, |s, _| {
+        direct("dan", &format!("friend{s}"), None, "x")
+    })
+    .await;
     eprintln!("one-to-one, 16 closed-loop senders: {w:.3} writes and {r:.3} reads per message");
     assert!(w <= 1.0, "at most one write per message amortised: {w}");
     assert_eq!(r, 0.0, "no reads in steady state");
@@ -263,7 +285,7 @@ async fn commands_per_message_under_load() {
         store.append(direct("carol", &format!("peer{p}"), None, "warm")).await.expect("append");
     }
     let msgs = (0..400).map(|i| direct("carol", &format!("peer{}", i % 50), None, "x")).collect();
-    let (w, r, _) = measure(&store, &metrics, msgs).await;
+    let (w, r, _) = measure(&store, &metrics, "50 one-to-one conversations, 400 concurrent", msgs).await;
     eprintln!("50 one-to-one conversations, 400 concurrent: {w:.3} writes and {r:.3} reads per message");
     assert!(w <= 1.0, "at most one write per message amortised: {w}");
     assert_eq!(r, 0.0, "no reads in steady state");
@@ -274,18 +296,22 @@ async fn commands_per_message_under_load() {
     store.create_group(new_group("big", "owner", &member_ids)).await.expect("create");
     store.append(to_group("big", "owner", "warm")).await.expect("append");
     let msgs = (0..400).map(|i| to_group("big", &members[i % members.len()], "x")).collect();
-    let (w, r, _) = measure(&store, &metrics, msgs).await;
+    let (w, r, _) = measure(&store, &metrics, "500-member group, 400 concurrent", msgs).await;
     eprintln!("500-member group, 400 concurrent: {w:.3} writes and {r:.3} reads per message");
     assert!(w <= 1.0, "at most one write per message amortised: {w}");
     assert_eq!(r, 0.0, "no reads in steady state");
     assert_eq!(seqs_of(&store, &group_conv_id("big")).await.len(), 402);
-    let (w, r) = measure_closed(&store, &metrics, 16, 25, |s, _| to_group("big", &members[s], "x")).await;
+    let (w, r) = measure_closed(&store, &metrics, "500-member group, 16 closed-loop senders", 16, 25, |s, _| {
+        to_group("big", &members[s], "x")
+    })
+    .await;
     eprintln!("500-member group, 16 closed-loop senders: {w:.3} writes and {r:.3} reads per message");
     assert!(w <= 1.0, "at most one write per message amortised: {w}");
     assert_eq!(r, 0.0, "no reads in steady state");
 
     let text = metrics.render();
     assert!(text.contains("confab_store_db_commands_total{kind=\"write\"}"), "{text}");
+    assert!(text.contains("confab_store_db_bytes_total{direction=\"sent\"}"), "{text}");
     eprintln!(
         "commits {} for {} write operations",
         metrics.store_commits.load(Relaxed),

@@ -46,9 +46,32 @@ pub(crate) fn durable() -> WriteConcern {
     WriteConcern::builder().w(Acknowledgment::Majority).journal(true).build()
 }
 
+/// Bytes of a BSON document, counted by writing it nowhere (no allocation).
+fn bson_len(doc: &mongodb::bson::Document) -> u64 {
+    struct Count(u64);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len() as u64;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = doc.to_writer(&mut c);
+    c.0
+}
+
 fn count_command(metrics: &Metrics, event: CommandEvent) {
     match event {
+        CommandEvent::Succeeded(e) => {
+            metrics.db_bytes_received.fetch_add(bson_len(&e.reply), Relaxed);
+        }
         CommandEvent::Started(e) => {
+            // The command with its documents (the driver hands them to monitoring as one
+            // document), as BSON: about what goes on the wire.
+            metrics.db_bytes_sent.fetch_add(bson_len(&e.command), Relaxed);
             let counter = match e.command_name.as_str() {
                 "insert" | "update" | "delete" | "findAndModify" | "commitTransaction" | "abortTransaction" => {
                     &metrics.db_commands_write
