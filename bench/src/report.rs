@@ -221,7 +221,7 @@ pub fn targets(
             AtLeast(1.0),
         ));
     }
-    if find(all, &fc, "confab-base").is_some() {
+    if all.iter().any(|l| l["system"] == "confab-base") {
         for case in [&fs, &fm, &pc] {
             goals.push(goal(
                 "no regression against the compared build",
