@@ -100,7 +100,6 @@ pub async fn serve(
     })
     .on_connect(move |conn, ext| crate::http::conn::on_connect(conn, ext, socket_options, &socket_metrics))
     .workers(workers)
-    .tcp_nodelay(cfg.server.tcp_nodelay)
     .shutdown_timeout(cfg.server.shutdown_timeout_secs)
     .disable_signals()
     .listen(listener)?

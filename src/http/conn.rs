@@ -27,6 +27,9 @@ pub struct SocketOptions {
     /// the write timeout of a client that stopped reading, including after the server closed it
     /// (1013): its socket does not stay open waiting to flush.
     pub write_timeout: Option<Duration>,
+    /// `TCP_NODELAY`: a frame leaves when it is written, instead of waiting (Nagle's algorithm)
+    /// for the peer to acknowledge the previous one, which clients delay by up to 40 ms.
+    pub nodelay: bool,
 }
 
 impl SocketOptions {
@@ -36,6 +39,7 @@ impl SocketOptions {
             send_buffer: (cfg.server.send_buffer_bytes > 0).then_some(cfg.server.send_buffer_bytes),
             write_timeout: (cfg.server.write_timeout_secs > 0)
                 .then(|| Duration::from_secs(cfg.server.write_timeout_secs)),
+            nodelay: cfg.server.tcp_nodelay,
         }
     }
 }
@@ -56,6 +60,9 @@ pub fn on_connect(conn: &dyn std::any::Any, ext: &mut Extensions, opts: SocketOp
     metrics.sockets_total.fetch_add(1, Relaxed);
     ext.insert(Arc::new(SocketGuard(metrics.clone())));
     let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>() else { return };
+    if let Err(e) = tcp.set_nodelay(opts.nodelay) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
     let sock = socket2::SockRef::from(tcp);
     if let Some(n) = opts.send_buffer {
         if let Err(e) = sock.set_send_buffer_size(n) {
@@ -189,6 +196,28 @@ mod tests {
         assert!(t.trusts("::ffff:10.9.9.9".parse().unwrap()), "IPv4-mapped IPv6");
         assert!(TrustedProxies::parse(&["10.0.0.0/33".into()]).is_err());
         assert!(TrustedProxies::parse(&["proxy".into()]).is_err());
+    }
+
+    /// What every accepted connection gets: `on_connect` is the server's only place for it.
+    #[actix_web::test]
+    async fn accepted_sockets_get_the_configured_options() {
+        let listener = actix_web::rt::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics = Arc::new(Metrics::default());
+        for nodelay in [true, false] {
+            let client = actix_web::rt::net::TcpStream::connect(addr).await.unwrap();
+            let (server, _) = listener.accept().await.unwrap();
+            let opts = SocketOptions { send_buffer: Some(65536), write_timeout: Some(Duration::from_secs(7)), nodelay };
+            let mut ext = Extensions::new();
+            on_connect(&server, &mut ext, opts, &metrics);
+            assert_eq!(server.nodelay().unwrap(), nodelay);
+            let sock = socket2::SockRef::from(&server);
+            assert!(sock.send_buffer_size().unwrap() >= 65536, "Linux doubles it");
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            assert_eq!(sock.tcp_user_timeout().unwrap(), Some(Duration::from_secs(7)));
+            drop(client);
+        }
+        assert_eq!(metrics.sockets_total.load(Relaxed), 2);
     }
 
     #[test]
