@@ -237,7 +237,10 @@ impl WsSession {
                     req_id: id.clone(),
                     slot: Some(slot.clone()),
                 };
-                let pending = span.in_scope(|| engine.send(&caller, send, Some(origin)));
+                // Boxed: the send's state machine is large (it can await the `before_send` hook),
+                // and unboxed it was copied into the task, into place at its first poll and over
+                // again when it finished (~3.5% of the CPU of one-to-one traffic, in memmove).
+                let pending = Box::pin(span.in_scope(|| engine.send(&caller, send, Some(origin))));
                 let me = SessionHandle {
                     conn_id: self.conn_id,
                     device: caller.device.clone(),
