@@ -223,11 +223,10 @@ async fn messaging(case: &Case, t: &Target<'_>) -> anyhow::Result<Value> {
     let t_connect = Instant::now();
     let conns: Vec<Arc<Conn>> =
         connect(t, &users, room, case.conns_per_ip, &stats, coalesce).await?.all()?.into_iter().map(Arc::new).collect();
-    let mut sender_conns = 0;
-    // The fan-out sender's connection, held here until the drain is over: if it dropped with its
-    // sending task when sending stops, the connection would be reset (zero linger) and the
-    // frames still in flight to the server discarded with it.
-    let mut kept: Vec<Arc<Conn>> = Vec::new();
+    // The fan-out sender's own connection (not a member's), held here until the drain is over:
+    // if it dropped with its sending task when sending stops, the connection would be reset
+    // (zero linger) and the frames still in flight to the server discarded with it.
+    let mut sender_conn: Option<Arc<Conn>> = None;
     let mut tasks = Vec::new();
     if case.scenario == Scenario::Fanout {
         // The sender: on node 0, after every member.
@@ -249,24 +248,22 @@ async fn messaging(case: &Case, t: &Target<'_>) -> anyhow::Result<Value> {
             for (me, conn) in conns.iter().take(case.senders).enumerate() {
                 tasks.push(tokio::spawn(fanout_closed(stats.clone(), me, conn.clone(), d.clone(), case.window as u64)));
             }
-        } else if closed {
-            sender_conns = 1;
-            let sender = Arc::new(client::spawn(ws, t.dialect.wire, stats.clone(), coalesce));
-            kept.push(sender.clone());
-            tasks.push(tokio::spawn(fanout_closed(stats.clone(), 0, sender, d, case.window as u64)));
         } else {
-            sender_conns = 1;
             let sender = Arc::new(client::spawn(ws, t.dialect.wire, stats.clone(), coalesce));
-            kept.push(sender.clone());
-            let (st, rate) = (stats.clone(), case.rate);
-            tasks.push(tokio::spawn(async move {
-                pace(&st, rate, |i, ts| {
-                    if sender.send(d.group_frame(ROOM, i, &payload(ts, i as u32, 0)), &st) {
-                        st.on_sent(ts);
-                    }
-                })
-                .await
-            }));
+            sender_conn = Some(sender.clone());
+            if closed {
+                tasks.push(tokio::spawn(fanout_closed(stats.clone(), 0, sender, d, case.window as u64)));
+            } else {
+                let (st, rate) = (stats.clone(), case.rate);
+                tasks.push(tokio::spawn(async move {
+                    pace(&st, rate, |i, ts| {
+                        if sender.send(d.group_frame(ROOM, i, &payload(ts, i as u32, 0)), &st) {
+                            st.on_sent(ts);
+                        }
+                    })
+                    .await
+                }));
+            }
         }
     } else if closed {
         for (me, conn) in conns.iter().enumerate() {
@@ -298,7 +295,7 @@ async fn messaging(case: &Case, t: &Target<'_>) -> anyhow::Result<Value> {
     for task in &tasks {
         task.abort();
     }
-    for c in conns.iter().chain(&kept) {
+    for c in conns.iter().chain(&sender_conn) {
         c.task.abort();
     }
 
@@ -314,7 +311,7 @@ async fn messaging(case: &Case, t: &Target<'_>) -> anyhow::Result<Value> {
         "target_deliveries_per_s": (!closed).then_some(round(case.rate * case.recipients() as f64, 0)),
         "senders": (case.mode == Mode::Senders).then_some(case.senders),
         "one_message_per_write": !coalesce,
-        "conns": conns.len() + sender_conns,
+        "conns": conns.len() + usize::from(sender_conn.is_some()),
         "setup_s": round(setup_s, 2),
         "duration_s": round(w.wall_s, 3),
         "sent": s.sent_win.load(Relaxed),
