@@ -16,6 +16,17 @@ impl OwnedRuntime {
         Ok(OwnedRuntime(Some(rt)))
     }
 
+    /// Takes the runtime out (dropping what is left then does nothing), e.g. to finish work on it
+    /// from a thread of its own.
+    pub fn take(&mut self) -> Option<OwnedRuntime> {
+        self.0.take().map(|rt| OwnedRuntime(Some(rt)))
+    }
+
+    /// Runs a future to completion on it, on the calling thread (not inside another runtime).
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> Option<F::Output> {
+        self.0.as_ref().map(|rt| rt.block_on(f))
+    }
+
     /// Where to spawn onto it.
     pub fn handle(&self) -> Option<tokio::runtime::Handle> {
         self.0.as_ref().map(|rt| rt.handle().clone())

@@ -34,7 +34,8 @@ pub async fn open_store(cfg: &Config, metrics: Arc<Metrics>) -> anyhow::Result<A
 /// Like [`open_store`], also returning the same store as the webhook outbox.
 pub async fn open_stores(cfg: &Config, metrics: Arc<Metrics>) -> anyhow::Result<(Arc<dyn Store>, Arc<dyn Outbox>)> {
     if cfg.storage.backend == "mongodb" {
-        let opts = MongoOptions::from_config(&cfg.storage.mongodb);
+        let mut opts = MongoOptions::from_config(&cfg.storage.mongodb);
+        opts.node = cfg.cluster.node_id.clone();
         let store = MongoStore::open(opts, metrics)
             .await
             .with_context(|| format!("opening the MongoDB store (database {:?})", cfg.storage.mongodb.database))?;

@@ -352,7 +352,9 @@ pub trait Outbox: Send + Sync + 'static {
     /// Appends an event that has no store change of its own (presence). Returns its id.
     async fn push_event(&self, event: NewEvent) -> StoreResult<u64>;
 
-    /// Events with an id greater than `after`, ascending, at most `limit`.
+    /// Events with an id greater than `after`, ascending, at most `limit`. Ids may have holes
+    /// (the retention, and versions a store skipped), but no event with an id below one returned
+    /// ever appears later: a reader may move its cursor past every id it got.
     async fn events_after(&self, after: u64, limit: usize) -> StoreResult<Vec<OutboxEvent>>;
 
     async fn event(&self, id: u64) -> StoreResult<Option<OutboxEvent>>;

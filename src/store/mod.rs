@@ -4,7 +4,7 @@ pub mod embedded;
 pub mod mongo;
 
 pub use embedded::EmbeddedStore;
-pub use mongo::{MongoOptions, MongoStore};
+pub use mongo::{CommandMonitor, MongoOptions, MongoStore};
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};

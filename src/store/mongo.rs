@@ -26,10 +26,12 @@
 
 mod append;
 mod batch;
+mod clock;
 mod conn;
 mod docs;
 mod groups;
 mod migrate;
+mod nodes;
 mod ops;
 mod outbox;
 mod reads;
@@ -72,6 +74,20 @@ pub struct MongoOptions {
     pub server_selection_timeout: Duration,
     /// Longest time for one read or one write batch.
     pub op_timeout: Duration,
+    /// The node's id (`cluster.node_id`), the first part of its document in `nodes`.
+    pub node: String,
+    /// Sees every command the client sends (besides the metrics): for diagnostics and tests.
+    pub monitor: Option<CommandMonitor>,
+}
+
+/// A function that sees every command event of the store's client.
+#[derive(Clone)]
+pub struct CommandMonitor(pub Arc<dyn Fn(&mongodb::event::command::CommandEvent) + Send + Sync>);
+
+impl std::fmt::Debug for CommandMonitor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CommandMonitor")
+    }
 }
 
 impl MongoOptions {
@@ -83,6 +99,8 @@ impl MongoOptions {
             connect_timeout: Duration::from_secs(3),
             server_selection_timeout: Duration::from_secs(3),
             op_timeout: Duration::from_secs(10),
+            node: String::new(),
+            monitor: None,
         }
     }
 
@@ -93,6 +111,8 @@ impl MongoOptions {
             connect_timeout: Duration::from_millis(c.connect_timeout_ms),
             server_selection_timeout: Duration::from_millis(c.server_selection_timeout_ms),
             op_timeout: Duration::from_millis(c.op_timeout_ms),
+            node: String::new(),
+            monitor: None,
         }
     }
 }
@@ -192,10 +212,24 @@ impl MongoStore {
 }
 
 impl Drop for MongoStore {
-    /// Closes the queue; the runtime (and with it the writer and the client) shuts down without
-    /// blocking. Nobody waits for an answer any more: every caller holds a reference to the store.
+    /// Closes the queue and lets the writer finish in the background: it commits what is queued
+    /// and leaves the cluster (`clock::unregister`), for at most the operation timeout, then the
+    /// runtime (and with it the client) shuts down. Nobody waits for an answer any more: every
+    /// caller holds a reference to the store.
     fn drop(&mut self) {
         self.queue.close();
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let (Some(writer), Some(rt)) = (writer, self._rt.take()) else { return };
+        let limit = self.conn.op_timeout;
+        let spawned = std::thread::Builder::new().name("confab-mongo-close".into()).spawn(move || {
+            rt.block_on(async move {
+                let _ = tokio::time::timeout(limit, writer).await;
+            });
+            drop(rt);
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot finish the MongoDB store writer in the background");
+        }
     }
 }
 

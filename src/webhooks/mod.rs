@@ -34,8 +34,6 @@ use crate::config::{Config, WebhookEndpoint};
 pub const LEASE: &str = "webhooks";
 /// Events read per poll and endpoint; pending deliveries considered per poll and endpoint.
 const BATCH: usize = 500;
-/// How long a hole in the event ids is waited for before the events after it go on.
-const HOLE_WAIT: Duration = Duration::from_secs(10);
 /// Events examined per retention step (one store call: one writer transaction on the embedded
 /// store, a few bounded commands on MongoDB).
 pub const TRIM_BATCH: usize = 500;
@@ -135,8 +133,6 @@ struct Lane {
     url: Option<reqwest::Url>,
     kinds: HashSet<String>,
     cursor: Option<u64>,
-    /// Since when the next event id is missing while later ones exist.
-    hole_since: Option<Instant>,
     in_flight: HashSet<u64>,
     busy_keys: HashSet<String>,
 }
@@ -258,7 +254,6 @@ async fn run(s: Settings, outbox: Arc<dyn Outbox>, client: reqwest::Client) {
             kinds: ep.events.iter().cloned().collect(),
             ep: ep.clone(),
             cursor: None,
-            hole_since: None,
             in_flight: HashSet::new(),
             busy_keys: HashSet::new(),
         })
@@ -316,11 +311,8 @@ async fn run(s: Settings, outbox: Arc<dyn Outbox>, client: reqwest::Client) {
         if !leader {
             continue;
         }
-        // Every id up to the furthest cursor was either seen by that endpoint or skipped after
-        // HOLE_WAIT: a hole there is a trimmed event (or one skipped already), not a late one.
-        let settled = lanes.iter().filter_map(|l| l.cursor).max().unwrap_or(0);
         for (idx, lane) in lanes.iter_mut().enumerate() {
-            if let Err(e) = step(&s, &outbox, &client, idx, lane, settled, &done_tx).await {
+            if let Err(e) = step(&s, &outbox, &client, idx, lane, &done_tx).await {
                 tracing::warn!(endpoint = %lane.ep.name, error = %e, "webhook dispatch: store unavailable");
             }
         }
@@ -335,7 +327,6 @@ async fn step(
     client: &reqwest::Client,
     idx: usize,
     lane: &mut Lane,
-    settled: u64,
     done: &mpsc::Sender<Done>,
 ) -> confab_actors::store::StoreResult<()> {
     let cursor = match lane.cursor {
@@ -343,23 +334,9 @@ async fn step(
         None => outbox.cursor(&lane.ep.name).await?,
     };
     lane.cursor = Some(cursor);
-    let mut events = outbox.events_after(cursor, BATCH).await?;
-    // Ids are handed out without holes (in the transaction that stores the event), so a hole is
-    // an event not visible yet: stop before it, and wait for it a while before going on. Holes up
-    // to `settled` (events the retention removed) are passed at once.
-    let contiguous = contiguous(cursor, events.iter().map(|e| e.id), settled);
-    if contiguous < events.len() {
-        let since = *lane.hole_since.get_or_insert_with(Instant::now);
-        if since.elapsed() < HOLE_WAIT {
-            events.truncate(contiguous);
-        } else {
-            let after = if contiguous == 0 { cursor } else { events[contiguous - 1].id };
-            tracing::warn!(endpoint = %lane.ep.name, after, "skipping a hole in the outbox ids");
-            lane.hole_since = None;
-        }
-    } else {
-        lane.hole_since = None;
-    }
+    // No event can appear later with an id below one read here (the store's contract: one
+    // writer on the embedded store, the version watermark on MongoDB), so the cursor may pass it.
+    let events = outbox.events_after(cursor, BATCH).await?;
     if let Some(last) = events.last().map(|e| e.id) {
         let ids: Vec<u64> =
             events.iter().filter(|e| lane.kinds.is_empty() || lane.kinds.contains(&e.kind)).map(|e| e.id).collect();
@@ -399,20 +376,6 @@ async fn step(
         actix::spawn(tracing::Instrument::instrument(send, span));
     }
     Ok(())
-}
-
-/// How many of `ids` (ascending, after `cursor`) follow each other without a hole. Missing ids
-/// all up to `settled` were removed by the retention and are no hole.
-fn contiguous(cursor: u64, ids: impl Iterator<Item = u64>, settled: u64) -> usize {
-    let mut expected = cursor + 1;
-    ids.take_while(|&id| {
-        let ok = id == expected || (id > expected && id - 1 <= settled);
-        if ok {
-            expected = id + 1;
-        }
-        ok
-    })
-    .count()
 }
 
 /// What a receiver gets: the event as JSON.
@@ -463,19 +426,4 @@ async fn attempt(
         }
     }
     delivery
-}
-
-#[cfg(test)]
-mod tests {
-    use super::contiguous;
-
-    #[test]
-    fn holes_up_to_the_settled_id_are_trimmed_events() {
-        assert_eq!(contiguous(0, [1, 2, 3].into_iter(), 0), 3);
-        assert_eq!(contiguous(0, [1, 3, 4].into_iter(), 0), 1, "2 may still come");
-        assert_eq!(contiguous(0, [5, 6, 9, 10].into_iter(), 8), 4, "1 to 4 and 7 to 8 were trimmed");
-        assert_eq!(contiguous(0, [5, 6, 9, 10].into_iter(), 7), 2, "8 is past every cursor: it may still come");
-        assert_eq!(contiguous(10, [12].into_iter(), 20), 1);
-        assert_eq!(contiguous(10, [].into_iter(), 20), 0);
-    }
 }

@@ -465,6 +465,27 @@ async fn kill_9_of_a_node_during_sends_loses_nothing() {
             assert!(acked.is_subset(&hist), "{u}: acknowledged messages missing after the crash");
         }
     }
+    // The dead node's version watermark holds `conversations` back for at most its lease (5 s,
+    // docs/storage.md): then a live node evicts it and the list shows the last message.
+    let since_kill = Instant::now();
+    let after = send_many(&mut clients[0], json!({"conv_id": conv}), "after", 1).await;
+    let newest = after.iter().chain(acked.iter()).max().copied().unwrap_or(0);
+    let mut k4 = cluster.connect(2, "k4", "tablet").await;
+    loop {
+        let r = k4.expect_ok("conversations", json!({"since": 0, "limit": 100})).await;
+        let last = r["conversations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["conv_id"] == conv.as_str())
+            .map(|c| c["last_seq"].as_u64().unwrap());
+        if last.is_some_and(|l| l >= newest) {
+            break;
+        }
+        assert!(since_kill.elapsed() < Duration::from_secs(8), "the dead node held sync back: {r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("conversations showed a message sent after the kill {:?} after the kill", since_kill.elapsed());
     // Devices on live nodes got what they got once each, in order, and history has everything.
     for (i, c) in clients.iter_mut().enumerate() {
         if i % 3 != 1 {

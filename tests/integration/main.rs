@@ -9,6 +9,7 @@ mod disk_full;
 mod hardening;
 mod http_api;
 mod layers;
+mod mongo_versions;
 mod observability;
 mod properties;
 mod store;

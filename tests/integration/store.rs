@@ -952,15 +952,20 @@ pub async fn check_outbox(s: DynStore, o: Arc<dyn confab_actors::outbox::Outbox>
     assert_eq!(pending[0].0.attempts, 0, "a replay starts over");
     assert_eq!(pending[0].0.log.len(), 2, "and keeps the log");
 
-    // Ids past one digit page like the rest (numbers compare as numbers).
-    while o.push_event(NewEvent::presence("bob", true, TS)).await.expect("push") < 12 {}
-    let page: Vec<u64> = o.events_after(9, 3).await.expect("page").iter().map(|e| e.id).collect();
-    assert_eq!(page, [10, 11, 12]);
-    o.enqueue("ep", &[10, 11, 12], 12).await.expect("enqueue");
-    let mut first = o.event_deliveries(1).await.expect("deliveries").remove(0);
+    // Ids past one digit page like the rest (numbers compare as numbers; the embedded store's ids
+    // count from 1, so its 10th to 12th events have them).
+    for _ in 0..7 {
+        o.push_event(NewEvent::presence("bob", true, TS)).await.expect("push");
+    }
+    let all: Vec<u64> = o.events_after(0, 100).await.expect("events").iter().map(|e| e.id).collect();
+    assert_eq!(all.len(), 12);
+    let page: Vec<u64> = o.events_after(all[8], 3).await.expect("page").iter().map(|e| e.id).collect();
+    assert_eq!(page, all[9..12]);
+    o.enqueue("ep", &page, page[2]).await.expect("enqueue");
+    let mut first = o.event_deliveries(all[0]).await.expect("deliveries").remove(0);
     first.record(Attempt { at: TS, status: Some(200), error: None, ms: 1 }, DeliveryState::Delivered, 0);
     o.save_delivery(&first).await.expect("save");
-    for id in [1, 10, 11, 12] {
+    for id in [all[0], page[0], page[1], page[2]] {
         let ds = o.event_deliveries(id).await.expect("deliveries");
         assert_eq!(ds.iter().map(|d| d.event_id).collect::<Vec<_>>(), [id], "saving one delivery touches no other");
     }

@@ -163,10 +163,33 @@ struct Counts {
     received: u64,
 }
 
-fn counts(m: &Metrics) -> Counts {
+/// The store's metrics, and the reads of the clock's node documents (one per heartbeat, however
+/// many messages: see `clock`), which are left out of the reads counted per message.
+struct Probe {
+    metrics: Arc<Metrics>,
+    clock_reads: Arc<AtomicU64>,
+}
+
+impl Probe {
+    fn options(&self, uri: &str, db: &str) -> MongoOptions {
+        let mut o = options(uri, db);
+        let reads = self.clock_reads.clone();
+        o.monitor = Some(confab::store::CommandMonitor(Arc::new(move |ev| {
+            if let mongodb::event::command::CommandEvent::Started(e) = ev {
+                if e.command_name == "find" && e.command.get_str("find") == Ok("nodes") {
+                    reads.fetch_add(1, Relaxed);
+                }
+            }
+        })));
+        o
+    }
+}
+
+fn counts(p: &Probe) -> Counts {
+    let m = &p.metrics;
     Counts {
         writes: m.db_commands_write.load(Relaxed),
-        reads: m.db_commands_read.load(Relaxed),
+        reads: m.db_commands_read.load(Relaxed) - p.clock_reads.load(Relaxed),
         other: m.db_commands_other.load(Relaxed),
         sent: m.db_bytes_sent.load(Relaxed),
         received: m.db_bytes_received.load(Relaxed),
@@ -184,8 +207,8 @@ fn bytes_per_message(label: &str, before: &Counts, after: &Counts, n: usize) {
     assert!(sent < 4096.0 && received < 4096.0, "{label}: {sent} / {received} bytes per message");
 }
 
-async fn measure(store: &DynStore, metrics: &Metrics, label: &str, msgs: Vec<NewMessage>) -> (f64, f64, u64) {
-    let before = counts(metrics);
+async fn measure(store: &DynStore, probe: &Probe, label: &str, msgs: Vec<NewMessage>) -> (f64, f64, u64) {
+    let before = counts(probe);
     let n = msgs.len();
     let mut handles = Vec::new();
     for m in msgs {
@@ -196,7 +219,7 @@ async fn measure(store: &DynStore, metrics: &Metrics, label: &str, msgs: Vec<New
         let a = h.await.expect("join").expect("append");
         assert!(!a.duplicate);
     }
-    let after = counts(metrics);
+    let after = counts(probe);
     bytes_per_message(label, &before, &after, n);
     let per = |a: u64, b: u64| (a - b) as f64 / n as f64;
     (per(after.writes, before.writes), per(after.reads, before.reads), after.other - before.other)
@@ -206,13 +229,13 @@ async fn measure(store: &DynStore, metrics: &Metrics, label: &str, msgs: Vec<New
 /// a steady closed-loop load, where a batch holds about one message per sender.
 async fn measure_closed(
     store: &DynStore,
-    metrics: &Metrics,
+    probe: &Probe,
     label: &str,
     senders: usize,
     each: usize,
     make: impl Fn(usize, usize) -> NewMessage,
 ) -> (f64, f64) {
-    let before = counts(metrics);
+    let before = counts(probe);
     let mut handles = Vec::new();
     for s in 0..senders {
         let store = store.clone();
@@ -226,7 +249,7 @@ async fn measure_closed(
     for h in handles {
         h.await.expect("join");
     }
-    let after = counts(metrics);
+    let after = counts(probe);
     bytes_per_message(label, &before, &after, senders * each);
     let n = (senders * each) as f64;
     ((after.writes - before.writes) as f64 / n, (after.reads - before.reads) as f64 / n)
@@ -237,16 +260,18 @@ async fn measure_closed(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn commands_per_message_under_load() {
     let Some(uri) = test_uri() else { return };
-    let metrics = Arc::new(Metrics::default());
-    let store: DynStore = Arc::new(open(&uri, &fresh_db(), metrics.clone()).await);
+    let probe = Probe { metrics: Arc::new(Metrics::default()), clock_reads: Arc::new(AtomicU64::new(0)) };
+    let store = MongoStore::open(probe.options(&uri, &fresh_db()), probe.metrics.clone()).await.expect("open");
+    let store: DynStore = Arc::new(store);
+    let metrics = &probe.metrics;
 
     // Unloaded: one message at a time is one whole transaction.
     store.append(direct("alice", "bob", None, "warm")).await.expect("append");
-    let before = counts(&metrics);
+    let before = counts(&probe);
     for i in 0..5 {
         store.append(direct("alice", "bob", None, &format!("seq{i}"))).await.expect("append");
     }
-    let after = counts(&metrics);
+    let after = counts(&probe);
     bytes_per_message("one-to-one, one at a time", &before, &after, 5);
     let (w1, r1) = ((after.writes - before.writes) as f64 / 5.0, (after.reads - before.reads) as f64 / 5.0);
     eprintln!("one-to-one, one at a time: {w1:.2} writes and {r1:.2} reads per message");
@@ -263,7 +288,7 @@ async fn commands_per_message_under_load() {
             )
         })
         .collect();
-    let (w, r, other) = measure(&store, &metrics, "one-to-one, 400 concurrent", msgs).await;
+    let (w, r, other) = measure(&store, &probe, "one-to-one, 400 concurrent", msgs).await;
     eprintln!("one-to-one, 400 concurrent: {w:.3} writes and {r:.3} reads per message ({other} other)");
     assert!(w <= 1.0, "at most one write per message amortised: {w}");
     assert_eq!(r, 0.0, "no reads in steady state");
@@ -272,7 +297,7 @@ async fn commands_per_message_under_load() {
     for p in 0..16 {
         store.append(direct("dan", &format!("friend{p}"), None, "warm")).await.expect("append");
     }
-    let (w, r) = measure_closed(&store, &metrics, "one-to-one, 16 closed-loop senders", 16, 25, |s, _| {
+    let (w, r) = measure_closed(&store, &probe, "one-to-one, 16 closed-loop senders", 16, 25, |s, _| {
         direct("dan", &format!("friend{s}"), None, "x")
     })
     .await;
@@ -285,7 +310,7 @@ async fn commands_per_message_under_load() {
         store.append(direct("carol", &format!("peer{p}"), None, "warm")).await.expect("append");
     }
     let msgs = (0..400).map(|i| direct("carol", &format!("peer{}", i % 50), None, "x")).collect();
-    let (w, r, _) = measure(&store, &metrics, "50 one-to-one conversations, 400 concurrent", msgs).await;
+    let (w, r, _) = measure(&store, &probe, "50 one-to-one conversations, 400 concurrent", msgs).await;
     eprintln!("50 one-to-one conversations, 400 concurrent: {w:.3} writes and {r:.3} reads per message");
     assert!(w <= 1.0, "at most one write per message amortised: {w}");
     assert_eq!(r, 0.0, "no reads in steady state");
@@ -296,12 +321,12 @@ async fn commands_per_message_under_load() {
     store.create_group(new_group("big", "owner", &member_ids)).await.expect("create");
     store.append(to_group("big", "owner", "warm")).await.expect("append");
     let msgs = (0..400).map(|i| to_group("big", &members[i % members.len()], "x")).collect();
-    let (w, r, _) = measure(&store, &metrics, "500-member group, 400 concurrent", msgs).await;
+    let (w, r, _) = measure(&store, &probe, "500-member group, 400 concurrent", msgs).await;
     eprintln!("500-member group, 400 concurrent: {w:.3} writes and {r:.3} reads per message");
     assert!(w <= 1.0, "at most one write per message amortised: {w}");
     assert_eq!(r, 0.0, "no reads in steady state");
     assert_eq!(seqs_of(&store, &group_conv_id("big")).await.len(), 402);
-    let (w, r) = measure_closed(&store, &metrics, "500-member group, 16 closed-loop senders", 16, 25, |s, _| {
+    let (w, r) = measure_closed(&store, &probe, "500-member group, 16 closed-loop senders", 16, 25, |s, _| {
         to_group("big", &members[s], "x")
     })
     .await;
@@ -698,7 +723,7 @@ async fn migrate_carries_users_and_the_webhook_outbox() {
     assert_eq!(store.cursor(hook).await.expect("cursor"), 3);
     assert!(store.lease("webhooks", "node-b", TS + 1, 60_000).await.expect("lease"), "leases are not copied");
     let new_id = store.push_event(online(10)).await.expect("push on MongoDB");
-    assert_eq!(new_id, 5, "event ids continue above the migrated ones");
+    assert!(new_id > 4, "event ids continue above the migrated ones: {new_id}");
 
     // A second run adds nothing and changes nothing.
     let users_before = store.users(&["alice".into(), "bob".into(), "carol".into()]).await.expect("users");
@@ -716,28 +741,32 @@ async fn migrate_carries_users_and_the_webhook_outbox() {
     assert_eq!(after[..4], events[..]);
     assert_eq!(store.deliveries(&all_deliveries()).await.expect("deliveries"), deliveries);
     assert_eq!(store.cursor(hook).await.expect("cursor"), 3);
-    assert_eq!(store.push_event(online(11)).await.expect("push on MongoDB"), 6, "the counter did not move back");
+    assert!(store.push_event(online(11)).await.expect("push on MongoDB") > new_id, "ids never move back");
 }
 
-/// Webhook events of a database that has events of its own under the same ids are refused, and so
-/// are their deliveries (they would deliver the other event).
+/// Webhook events of a database that has events of its own under the same ids (another node's
+/// data directory migrated before) are refused, and so are their deliveries (they would deliver
+/// the other event).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrate_refuses_webhook_events_that_collide() {
     let Some(uri) = test_uri() else { return };
-    let dir = tempfile::tempdir().expect("tempdir");
+    let db = fresh_db();
+    let (first, second) = (tempfile::tempdir().expect("tempdir"), tempfile::tempdir().expect("tempdir"));
     {
-        let embedded = EmbeddedStore::open(dir.path(), Arc::new(Metrics::default())).expect("open");
+        let embedded = EmbeddedStore::open(first.path(), Arc::new(Metrics::default())).expect("open");
+        embedded.push_event(online(100)).await.expect("push");
+    }
+    let report = confab::store::mongo::migrate_from_embedded(first.path(), options(&uri, &db)).await.expect("migrate");
+    assert_eq!(report.refused(), 0);
+    {
+        let embedded = EmbeddedStore::open(second.path(), Arc::new(Metrics::default())).expect("open");
         for n in 0..2 {
             embedded.push_event(online(n)).await.expect("push");
         }
         embedded.enqueue("hook", &[1, 2], 2).await.expect("enqueue");
     }
-    let db = fresh_db();
     let store = Arc::new(open(&uri, &db, Arc::new(Metrics::default())).await);
-    let foreign = store.push_event(online(100)).await.expect("push on MongoDB");
-    assert_eq!(foreign, 1);
-
-    let report = confab::store::mongo::migrate_from_embedded(dir.path(), options(&uri, &db)).await.expect("migrate");
+    let report = confab::store::mongo::migrate_from_embedded(second.path(), options(&uri, &db)).await.expect("migrate");
     eprintln!("{report}");
     let line = |name: &str| report.collections.iter().find(|c| c.0 == name).map(|c| (c.1, c.2, c.3));
     assert_eq!(line("outbox"), Some((1, 0, 1)));
@@ -746,5 +775,5 @@ async fn migrate_refuses_webhook_events_that_collide() {
     assert_eq!(store.event(1).await.expect("event").expect("kept").ts, TS + 100, "not overwritten");
     assert!(store.event_deliveries(1).await.expect("deliveries").is_empty());
     assert_eq!(store.event_deliveries(2).await.expect("deliveries").len(), 1);
-    assert_eq!(store.push_event(online(101)).await.expect("push on MongoDB"), 3);
+    assert!(store.push_event(online(101)).await.expect("push on MongoDB") > 2);
 }

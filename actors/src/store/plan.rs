@@ -222,17 +222,20 @@ impl ConversationView {
 }
 
 /// A page of a user's conversation list ([`crate::store::Store::list_conversations`]) out of
-/// their rows, each with its conversation: those whose cursor is after `since`, ascending by
-/// cursor (then conversation id), at most `limit`, their last messages not loaded yet.
+/// their rows, each with its conversation: those whose cursor is after `since` and at most
+/// `until` (a store whose versions may commit out of order passes its watermark; else
+/// `u64::MAX`), ascending by cursor (then conversation id), at most `limit`, their last messages
+/// not loaded yet.
 pub fn list_page(
     rows: impl IntoIterator<Item = (Conversation, UserConvState)>,
     since: u64,
+    until: u64,
     limit: usize,
 ) -> Vec<ConversationView> {
     let mut page: Vec<ConversationView> = rows
         .into_iter()
         .map(|(conv, state)| ConversationView::unloaded(conv, state))
-        .filter(|view| view.cursor() > since)
+        .filter(|view| view.cursor() > since && view.cursor() <= until)
         .collect();
     page.sort_by(|a, b| a.cursor().cmp(&b.cursor()).then_with(|| a.conv.conv_id.cmp(&b.conv.conv_id)));
     page.truncate(limit);
@@ -338,7 +341,7 @@ mod tests {
             (conv("b", 2, 30), row(3)),
             (conv("d", 9, 9), UserConvState { active: false, left_seq: 3, ver: 20, ..UserConvState::default() }),
         ];
-        let page = list_page(rows, 5, 3);
+        let page = list_page(rows, 5, u64::MAX, 3);
         let ids: Vec<(&str, u64)> = page.iter().map(|v| (v.conv.conv_id.as_str(), v.cursor())).collect();
         assert_eq!(ids, [("d", 20), ("b", 30), ("c", 30)]);
         assert_eq!(page[0].last_message_seq(), Some(3), "a former member's list stops where they left");

@@ -125,7 +125,7 @@ pub(super) fn list_conversations(
             found.push((conv, state));
         }
     }
-    let mut page = list_page(found, since, limit);
+    let mut page = list_page(found, since, u64::MAX, limit);
     let messages = txn.open_table(MESSAGES).map_err(unavailable)?;
     for view in &mut page {
         load_last_message(&messages, view)?;

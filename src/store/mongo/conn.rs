@@ -16,11 +16,15 @@ use mongodb::event::EventHandler;
 use mongodb::options::{Acknowledgment, ClientOptions, ReadConcern, WriteConcern};
 use mongodb::{Client, Collection, Database};
 
-use super::docs::{self, CounterDoc, META, VER_ID};
+use super::clock::Clock;
+use super::docs::{self, META, VER_ID};
 use super::MongoOptions;
 
 /// How long operations fail at once after MongoDB was found unreachable, before one tries again.
 const BREAKER_COOL_DOWN: Duration = Duration::from_secs(1);
+
+/// What the retired version counter holds (see `ensure_ready`).
+pub(crate) const RETIRED_COUNTER: &str = "retired: versions come from each node's clock (docs/storage.md)";
 
 /// Server error code of a unique index violation.
 pub(crate) const DUPLICATE_KEY: i32 = 11000;
@@ -39,6 +43,8 @@ pub(crate) struct Conn {
     epoch: Instant,
     /// Webhooks are on: write batches also insert their outbox events.
     pub outbox: AtomicBool,
+    /// This node's version clock and its registration in `nodes`.
+    pub clock: Clock,
 }
 
 /// The write concern of every write: acknowledged by a majority of the replica set, journaled.
@@ -102,7 +108,13 @@ impl Conn {
         co.write_concern = Some(durable());
         co.read_concern = Some(ReadConcern::majority());
         let m = metrics.clone();
-        co.command_event_handler = Some(EventHandler::callback(move |ev| count_command(&m, ev)));
+        let monitor = opts.monitor.clone();
+        co.command_event_handler = Some(EventHandler::callback(move |ev: CommandEvent| {
+            if let Some(monitor) = &monitor {
+                (monitor.0)(&ev);
+            }
+            count_command(&m, ev)
+        }));
         let client = Client::with_options(co)
             .map_err(|e| StoreError::Unavailable(format!("cannot create the MongoDB client: {e}")))?;
         let db = client.database(&opts.database);
@@ -116,6 +128,7 @@ impl Conn {
             down_until_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             outbox: AtomicBool::new(false),
+            clock: Clock::new(&opts.node),
         })
     }
 
@@ -166,7 +179,8 @@ impl Conn {
         self.ready.load(Relaxed)
     }
 
-    /// Creates the indexes and the version counter once (idempotent, safe on every node at once).
+    /// Creates the indexes and retires the old version counter once (idempotent, safe on every
+    /// node at once).
     pub async fn ensure_ready(&self) -> StoreResult<()> {
         if self.is_ready() {
             return Ok(());
@@ -190,11 +204,14 @@ impl Conn {
                 }
             }
         }
-        self.coll::<CounterDoc>(META)
-            .update_one(doc! { "_id": VER_ID }, doc! { "$setOnInsert": { "value": 0_i64 } })
+        // Versions come from each node's clock (`clock`), no longer from the counter `{_id: "ver"}`
+        // earlier versions of confab took them from. A node of such a version still running
+        // would commit below the watermark: its `$inc` on this text fails, so it cannot write.
+        self.coll::<Document>(META)
+            .update_one(doc! { "_id": VER_ID }, doc! { "$set": { "value": RETIRED_COUNTER } })
             .upsert(true)
             .await
-            .map_err(|e| self.fail("creating the version counter", &e))?;
+            .map_err(|e| self.fail("retiring the version counter", &e))?;
         self.ready.store(true, Relaxed);
         Ok(())
     }

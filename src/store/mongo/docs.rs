@@ -21,15 +21,13 @@ pub(crate) const MEMBERS: &str = "members";
 pub(crate) const META: &str = "meta";
 pub(crate) const USERS: &str = "users";
 
-/// `_id` of the store-wide version counter in `meta`.
+/// `_id` of the retired store-wide version counter in `meta` (see `conn::RETIRED_COUNTER`).
 pub(crate) const VER_ID: &str = "ver";
 
 /// Webhooks: events, delivery attempts, dispatcher leases and cursors.
 pub(crate) const OUTBOX: &str = "outbox";
 pub(crate) const DELIVERIES: &str = "webhook_deliveries";
 pub(crate) const WEBHOOK_META: &str = "webhook_meta";
-/// `_id` of the event id counter in `meta`.
-pub(crate) const OUTBOX_ID: &str = "outbox";
 
 /// A `u64` as stored (`int64`).
 pub(crate) fn i(v: u64) -> StoreResult<i64> {
@@ -327,14 +325,6 @@ impl MemberDoc {
     pub fn into_member(self) -> Member {
         Member { user_id: self.user, role: self.role, joined_at: self.joined_at }
     }
-}
-
-/// `meta`: counters. `{_id: "ver", value}` is the last store-wide version handed out.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub(crate) struct CounterDoc {
-    #[serde(rename = "_id")]
-    pub id: String,
-    pub value: i64,
 }
 
 fn index(keys: Document, name: &str, unique: bool, partial: Option<Document>) -> IndexModel {

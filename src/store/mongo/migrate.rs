@@ -29,10 +29,9 @@ use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition, Table
 
 use super::conn::{int_field, is_duplicate_key_reply, Conn};
 use super::docs::{
-    i, ConvDoc, GroupDoc, MessageDoc, RowDoc, CONVERSATIONS, DELETIONS, GROUPS, MEMBERS, MESSAGES, META, USERS,
-    USER_CONVS, VER_ID,
+    i, ConvDoc, GroupDoc, MessageDoc, RowDoc, CONVERSATIONS, DELETIONS, GROUPS, MEMBERS, MESSAGES, USERS, USER_CONVS,
 };
-use super::docs::{DELIVERIES, OUTBOX, OUTBOX_ID, WEBHOOK_META};
+use super::docs::{DELIVERIES, OUTBOX, WEBHOOK_META};
 use super::outbox::{DeliveryDoc, EventDoc};
 use super::tx::{stmt, UpdateReply};
 use super::users::UserDoc;
@@ -177,16 +176,6 @@ fn bson_doc<T: serde::Serialize>(v: &T) -> anyhow::Result<Document> {
     Ok(mongodb::bson::to_document(v)?)
 }
 
-/// Raises the counter `id` in `meta` to `value` unless it is there already.
-async fn raise_counter(conn: &Conn, id: &str, value: u64) -> anyhow::Result<()> {
-    conn.db
-        .collection::<Document>(META)
-        .update_one(doc! { "_id": id }, doc! { "$max": { "value": i(value)? } })
-        .upsert(true)
-        .await?;
-    Ok(())
-}
-
 /// Copies the embedded store in `dir` into the MongoDB database of `opts`. Must run on the runtime
 /// that drives it (the command line's).
 pub async fn migrate_from_embedded(dir: &Path, opts: MongoOptions) -> anyhow::Result<MigrationReport> {
@@ -201,13 +190,11 @@ pub async fn migrate_from_embedded(dir: &Path, opts: MongoOptions) -> anyhow::Re
     let txn = db.begin_read()?;
     let mut report = MigrationReport::default();
 
-    // 1. The version counter: everything copied keeps its ver, later writes must be above it.
+    // 1. Versions and webhook event ids: everything copied keeps its ver and its id (the
+    //    receivers' de-duplication key); the nodes' clocks must hand out higher ones, so the
+    //    version floor (see `clock`) is raised to the highest of both. The embedded `next_id` is
+    //    the last event id handed out (at least the highest event kept).
     let ver = txn.open_table(E_META)?.get("ver")?.map(|g| g.value()).unwrap_or(0);
-    raise_counter(&conn, VER_ID, ver).await.context("raising the version counter")?;
-
-    // 2. The webhook event id counter: events copied keep their id (the receivers' de-duplication
-    //    key), events pushed on MongoDB must get higher ones. The embedded `next_id` is the last id
-    //    handed out (at least the highest event kept).
     let outbox = open_opt(&txn, E_OUTBOX)?;
     let webhook_meta = open_opt(&txn, E_WEBHOOK_META)?;
     let mut last_event_id = match &outbox {
@@ -219,9 +206,7 @@ pub async fn migrate_from_embedded(dir: &Path, opts: MongoOptions) -> anyhow::Re
             last_event_id = last_event_id.max(json::<u64>(v.value(), "webhook event id counter")?);
         }
     }
-    if last_event_id > 0 {
-        raise_counter(&conn, OUTBOX_ID, last_event_id).await.context("raising the webhook event id counter")?;
-    }
+    super::nodes::raise_floor(&conn, ver.max(last_event_id)).await.context("raising the version floor")?;
 
     // 3. Users, early (a disabled user or revoked tokens must hold on MongoDB as soon as possible).
     //    The profile is only set on insert; `disabled` and `tokens_valid_after` merge to the more

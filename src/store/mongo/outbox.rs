@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::batch::Op;
 use super::conn::Conn;
-use super::docs::{i, q, u, DELIVERIES, OUTBOX, OUTBOX_ID, WEBHOOK_META};
+use super::docs::{i, q, u, DELIVERIES, OUTBOX, WEBHOOK_META};
 use super::reads::find_all;
 use super::tx::{fatal, Answer, AttemptResult, Tx};
 
@@ -159,7 +159,9 @@ pub(crate) async fn record(
         return Ok(());
     }
     let n = events.len() as u64;
-    let first = tx.take_from_counter(OUTBOX_ID, "event id", n).await?;
+    // Event ids come from the node's clock, like versions: ordered the same way, and read only up
+    // to the watermark (`events_after`).
+    let first = tx.reserve_vers(n);
     for (idx, pos) in pushed {
         if let Some(slot) = answers.get_mut(idx) {
             *slot = Some(Ok(Answer::EventId(first + pos as u64)));
@@ -200,7 +202,12 @@ pub(crate) async fn events_after(conn: &Conn, after: u64, limit: usize) -> Store
         .map_err(|e| conn.fail("find in outbox", &e))
         .map(|c| super::reads::collect(conn, c))?
         .await?;
-    docs.into_iter().map(EventDoc::into_event).collect()
+    // Only up to the watermark: an event id above it may still be committed below one found.
+    let until = match docs.last() {
+        Some(d) => super::nodes::watermark_reaching(conn, u(d.id)?).await?,
+        None => return Ok(Vec::new()),
+    };
+    docs.into_iter().map(EventDoc::into_event).filter(|e| e.as_ref().map_or(true, |e| e.id <= until)).collect()
 }
 
 pub(crate) async fn event(conn: &Conn, id: u64) -> StoreResult<Option<OutboxEvent>> {

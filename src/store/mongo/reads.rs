@@ -16,6 +16,7 @@ use super::docs::{
     q, u, ConvDoc, GroupDoc, MemberDoc, MessageDoc, RowDoc, CONVERSATIONS, DELETIONS, GROUPS, MEMBERS, MESSAGES,
     USER_CONVS,
 };
+use super::nodes;
 
 fn limit_of(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -180,7 +181,13 @@ pub(crate) async fn list_conversations(
         let Some(conv) = convs.remove(&row.conv_id) else { continue };
         found.push((conv, row.state()?));
     }
-    let mut page = list_page(found, since, limit);
+    // Only up to the watermark: a version above it may still be committed below what is found.
+    let newest = found.iter().map(|(conv, state)| conv.ver.max(state.ver)).max();
+    let until = match newest {
+        Some(v) if v > since => nodes::watermark_reaching(c, v).await?,
+        _ => since,
+    };
+    let mut page = list_page(found, since, until, limit);
 
     let wanted: Vec<Document> = page
         .iter()
@@ -213,20 +220,32 @@ struct Deleted {
 }
 
 pub(crate) async fn changes(c: &Conn, user: &str, conv_id: &str, since: u64) -> StoreResult<Changes> {
-    let mut out = Changes { recalled: Vec::new(), deleted: Vec::new(), ver: since };
     let filter = doc! { "conv_id": conv_id, "recall_ver": { "$gt": q(since) } };
     let fields = doc! { "_id": 0, "seq": 1, "recall_ver": 1 };
     let recalled: Vec<Recalled> = find_fields(c, MESSAGES, filter, fields, Some(doc! { "recall_ver": 1 })).await?;
-    for r in recalled {
-        out.recalled.push(u(r.seq)?);
-        out.ver = out.ver.max(u(r.recall_ver)?);
-    }
     let filter = doc! { "user": user, "conv_id": conv_id, "ver": { "$gt": q(since) } };
     let fields = doc! { "_id": 0, "seq": 1, "ver": 1 };
     let deleted: Vec<Deleted> = find_fields(c, DELETIONS, filter, fields, Some(doc! { "seq": 1 })).await?;
+    let mut found: Vec<(bool, u64, u64)> = Vec::with_capacity(recalled.len() + deleted.len());
+    for r in recalled {
+        found.push((true, u(r.seq)?, u(r.recall_ver)?));
+    }
     for d in deleted {
-        out.deleted.push(u(d.seq)?);
-        out.ver = out.ver.max(u(d.ver)?);
+        found.push((false, u(d.seq)?, u(d.ver)?));
+    }
+    // Only up to the watermark, like the conversation list.
+    let until = match found.iter().map(|f| f.2).max() {
+        Some(v) => nodes::watermark_reaching(c, v).await?,
+        None => since,
+    };
+    let mut out = Changes { recalled: Vec::new(), deleted: Vec::new(), ver: since };
+    for (recall, seq, ver) in found.into_iter().filter(|f| f.2 <= until) {
+        if recall {
+            out.recalled.push(seq)
+        } else {
+            out.deleted.push(seq)
+        }
+        out.ver = out.ver.max(ver);
     }
     Ok(out)
 }

@@ -9,14 +9,15 @@ use confab_actors::store::{Appended, Recalled};
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Document};
 use mongodb::error::Error as MongoError;
-use mongodb::options::{ReadConcern, ReturnDocument};
+use mongodb::options::ReadConcern;
 use mongodb::ClientSession;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::batch::ConvCache;
 use super::conn::{durable, is_duplicate_key, is_duplicate_key_reply, is_transient, Conn};
-use super::docs::{i, u, CounterDoc, META, VER_ID};
+use super::docs::i;
+use super::nodes::{lease_until, NODES};
 
 /// What an operation of the batch answers.
 #[derive(Debug, Clone)]
@@ -127,26 +128,25 @@ impl<'a> Tx<'a> {
         classify(self.conn, what, e)
     }
 
-    /// Takes `n` versions from the store-wide counter; returns the first.
-    pub async fn reserve_vers(&mut self, n: u64) -> AttemptResult<u64> {
-        self.take_from_counter(VER_ID, "version", n).await
+    /// Takes `n` versions from this node's clock; returns the first.
+    pub fn reserve_vers(&self, n: u64) -> u64 {
+        self.conn.clock.reserve(n)
     }
 
-    /// Takes `n` numbers from the counter `id` in `meta`; returns the first. `name` names the
-    /// counter in errors ("taking versions", "the version counter is missing").
-    pub async fn take_from_counter(&mut self, id: &str, name: &str, n: u64) -> AttemptResult<u64> {
-        let doc = self
-            .conn
-            .coll::<CounterDoc>(META)
-            .find_one_and_update(doc! { "_id": id }, doc! { "$inc": { "value": i(n).map_err(fatal)? } })
-            .upsert(true)
-            .return_document(ReturnDocument::After)
-            .session(&mut self.session)
-            .await
-            .map_err(|e| self.err(&format!("taking {name}s"), e))?
-            .ok_or_else(|| fatal(StoreError::Unavailable(format!("the {name} counter is missing"))))?;
-        let last = u(doc.value).map_err(fatal)?;
-        Ok(last + 1 - n)
+    /// Publishes, in this transaction, this node's `closed` (the highest version it has handed
+    /// out, so everything this transaction writes) and renews its lease (see `clock`). A node that
+    /// was evicted finds no document: the attempt ends and runs again once it registered again.
+    pub async fn publish_closed(&mut self) -> AttemptResult<()> {
+        let closed = i(self.conn.clock.last()).map_err(fatal)?;
+        let filter = doc! { "_id": self.conn.clock.id() };
+        let reply = self.set_one(NODES, filter, doc! { "closed": closed, "until": lease_until() }).await?;
+        if reply.n == 0 {
+            self.conn.clock.lost();
+            return Err(AttemptError::Transient(StoreError::Unavailable(
+                "this store node was evicted from the cluster (its lease ran out); registering again".into(),
+            )));
+        }
+        Ok(())
     }
 
     pub async fn find_one<T: DeserializeOwned + Send + Sync>(

@@ -3,10 +3,13 @@
 //! Callers queue a [`Job`] on a bounded channel and wait for its answer. The task takes one job,
 //! drains up to [`MAX_BATCH`] more that are already queued, and commits them all in ONE MongoDB
 //! transaction (write concern majority, journaled), in arrival order; only then does it answer.
-//! Each operation of the batch takes its `ver` from one `findAndModify {$inc: n}` on the counter,
-//! so a batch of appends costs five commands in steady state, however many messages it holds:
-//! `findAndModify` (vers), `update` (conversations), `insert` (messages), `update` (senders' rows)
-//! and `commitTransaction`. No reads: the `last_seq` of active conversations is cached here.
+//! Each operation of the batch takes its `ver` from this node's clock (`clock`), and the
+//! transaction ends by publishing the node's `closed` version in the node's own document, so a
+//! batch of appends costs five commands in steady state, however many messages it holds:
+//! `update` (conversations), `insert` (messages), `update` (senders' rows), `update` (the node's
+//! document) and `commitTransaction`. No reads: the `last_seq` of active conversations is cached
+//! here. No document is written by the transactions of two nodes unless they touch the same
+//! conversation, group or user.
 //!
 //! An attempt that cannot commit writes nothing, and is run again when that can help: on a write
 //! conflict with another node; on a stale cached `last_seq` (the conversation is re-read, and
@@ -25,8 +28,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::append::{dedupe_filter, dedupe_key};
 use super::batch::{ConvCache, Op};
+use super::clock;
 use super::conn::{is_unknown_commit, Conn, Reach};
 use super::docs::{u, ConvDoc, MessageDoc, CONVERSATIONS, MESSAGES};
+use super::nodes;
 use super::reads;
 use super::tx::{clone_err, Answer, AttemptError, Tx};
 
@@ -43,11 +48,28 @@ pub(crate) struct Job {
     pub enqueued: Instant,
 }
 
-/// The writer task. Ends when every sender is gone and the queue is empty.
+/// The writer task. Ends when every sender is gone and the queue is empty, then takes the node
+/// out of the cluster's watermark (`nodes::unregister`).
 pub(crate) async fn run(conn: Arc<Conn>, mut rx: mpsc::Receiver<Job>) {
     let mut cache = ConvCache::default();
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = rx.recv().await {
+    let mut last_beat = Instant::now();
+    loop {
+        // Idle for a heartbeat: publish a fresh `closed` and renew the lease.
+        let first = match tokio::time::timeout(clock::HEARTBEAT, rx.recv()).await {
+            Ok(Some(job)) => job,
+            Ok(None) => break,
+            Err(_) => {
+                beat(&conn, false).await;
+                last_beat = Instant::now();
+                continue;
+            }
+        };
+        // Busy: still read the others' `closed` every heartbeat, so this node's clock keeps up.
+        if last_beat.elapsed() >= clock::HEARTBEAT {
+            beat(&conn, true).await;
+            last_beat = Instant::now();
+        }
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -68,7 +90,21 @@ pub(crate) async fn run(conn: Arc<Conn>, mut rx: mpsc::Receiver<Job>) {
             let _ = job.reply.send(answer);
         }
     }
+    match tokio::time::timeout(conn.op_timeout, nodes::unregister(&conn)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "leaving the cluster's version watermark failed (its lease runs out)"),
+        Err(_) => tracing::warn!("leaving the cluster's version watermark timed out (its lease runs out)"),
+    }
     tracing::debug!("mongodb store writer stopped");
+}
+
+/// One heartbeat, bounded by the operation timeout; a failure only waits for the next one.
+async fn beat(conn: &Conn, busy: bool) {
+    match tokio::time::timeout(conn.op_timeout, nodes::heartbeat(conn, busy)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "store node heartbeat failed"),
+        Err(_) => tracing::debug!("store node heartbeat timed out"),
+    }
 }
 
 /// Where an attempt was when it ended.
@@ -102,7 +138,7 @@ async fn commit_batch(conn: &Conn, cache: &mut ConvCache, ops: &[&Op]) -> (Vec<S
     }
     let mut last_error = StoreError::Unavailable("too many write conflicts".into());
     // Stale caches and duplicates are settled in a bounded number of attempts; write conflicts
-    // (another node's transaction holds a document, typically the version counter) are waited out
+    // (another node's transaction holds a document: the same conversation, group or row) are waited out
     // until the deadline.
     let mut attempts = 0;
     let mut conflicts: u32 = 0;
@@ -237,10 +273,13 @@ async fn attempt_once(
     if todo == 0 {
         return Ok(Committed { answers, overlay: HashMap::new(), dup_of: Vec::new() });
     }
+    if !conn.clock.is_registered() {
+        nodes::register(conn).await.map_err(AttemptError::Fatal)?;
+    }
     let mut tx = Tx::begin(conn, cache).await?;
     let result = async {
         // One ver per operation still to do, in batch order.
-        let first = tx.reserve_vers(todo).await?;
+        let first = tx.reserve_vers(todo);
         let mut vers = vec![0_u64; n];
         let mut next = first;
         for (idx, s) in settled.iter().enumerate() {
@@ -280,7 +319,9 @@ async fn attempt_once(
         }
         tx.flush(&pending, ops, &vers, &mut answers).await?;
         // Webhooks: the batch's events, in the same transaction (nothing when they are off).
-        super::outbox::record(&mut tx, ops, &mut answers).await
+        super::outbox::record(&mut tx, ops, &mut answers).await?;
+        // Last: this node promises never to commit at or below what the batch used.
+        tx.publish_closed().await
     }
     .await;
     if let Err(e) = result {

@@ -1,0 +1,180 @@
+//! This node's document in `nodes` and the watermark every sync read stays at or below: the
+//! half of the version scheme that talks to MongoDB (`clock` has the scheme and the clock).
+
+use std::time::{Duration, Instant};
+
+use confab_actors::clock::now_ms;
+use confab_actors::store::StoreResult;
+use futures_util::TryStreamExt;
+use mongodb::bson::doc;
+use serde::{Deserialize, Serialize};
+
+use super::conn::Conn;
+use super::docs::{i, u};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct NodeDoc {
+    #[serde(rename = "_id")]
+    id: String,
+    closed: i64,
+    /// Lease end (this node's clock, ms since the epoch); absent on the floor document.
+    until: Option<i64>,
+}
+
+/// The lease end of a renewal made now.
+pub(crate) fn lease_until() -> i64 {
+    now_ms().saturating_add(LEASE_MS)
+}
+
+/// How long a sync read waits for the watermark to pass what it found before it leaves out the
+/// newer part (which the next read returns).
+pub(crate) const READ_WAIT: Duration = Duration::from_millis(250);
+/// How long a node's document counts without being renewed.
+pub(crate) const LEASE_MS: i64 = 5_000;
+/// `_id` of the floor document in [`NODES`]: the highest `closed` of every node evicted or stopped.
+const FLOOR_ID: &str = "~floor";
+/// The collection of node documents.
+pub(crate) const NODES: &str = "nodes";
+/// What the node documents say.
+struct Nodes {
+    /// `min(closed)` over the live nodes; the floor when there is none.
+    watermark: u64,
+    /// The highest `closed` of all, the floor included.
+    highest: u64,
+}
+
+async fn read_nodes(conn: &Conn) -> StoreResult<Vec<NodeDoc>> {
+    let cursor = conn.coll::<NodeDoc>(NODES).find(doc! {}).await.map_err(|e| conn.fail("find in nodes", &e))?;
+    cursor.try_collect().await.map_err(|e| conn.fail("reading nodes", &e))
+}
+
+/// Reads the node documents, evicting those whose lease ran out (their `closed` goes to the floor
+/// first, then the document is deleted if it was not renewed meanwhile).
+async fn nodes(conn: &Conn) -> StoreResult<Nodes> {
+    let docs = read_nodes(conn).await?;
+    let now = now_ms();
+    let (mut floor, mut highest, mut watermark) = (0_u64, 0_u64, u64::MAX);
+    for d in &docs {
+        let closed = u(d.closed)?;
+        highest = highest.max(closed);
+        match d.until {
+            None => floor = floor.max(closed),
+            Some(until) if until < now && d.id != conn.clock.id() => {
+                if !evict(conn, d).await? {
+                    watermark = watermark.min(closed);
+                }
+            }
+            Some(_) => watermark = watermark.min(closed),
+        }
+    }
+    Ok(Nodes { watermark: if watermark == u64::MAX { floor } else { watermark }, highest })
+}
+
+/// Evicts a node whose lease ran out. `true` when its document is gone (it may be left out).
+async fn evict(conn: &Conn, d: &NodeDoc) -> StoreResult<bool> {
+    raise_floor(conn, u(d.closed)?).await?;
+    let r = conn
+        .coll::<NodeDoc>(NODES)
+        .delete_one(doc! { "_id": &d.id, "until": d.until })
+        .await
+        .map_err(|e| conn.fail("evicting a node", &e))?;
+    if r.deleted_count == 1 {
+        tracing::warn!(node = %d.id, "evicted a store node whose lease ran out");
+        return Ok(true);
+    }
+    // Renewed meanwhile (alive after all) or evicted by someone else: look again.
+    let still = conn
+        .coll::<NodeDoc>(NODES)
+        .find_one(doc! { "_id": &d.id })
+        .await
+        .map_err(|e| conn.fail("find in nodes", &e))?;
+    Ok(still.is_none())
+}
+
+/// Raises the floor to at least `v`.
+pub(crate) async fn raise_floor(conn: &Conn, v: u64) -> StoreResult<()> {
+    conn.coll::<NodeDoc>(NODES)
+        .update_one(doc! { "_id": FLOOR_ID }, doc! { "$max": { "closed": i(v)? } })
+        .upsert(true)
+        .await
+        .map_err(|e| conn.fail("raising the version floor", &e))?;
+    Ok(())
+}
+
+/// Registers this node (again): inserts its document, then moves its clock past every `closed`
+/// and the floor, read after the insert.
+pub(crate) async fn register(conn: &Conn) -> StoreResult<()> {
+    let before = nodes(conn).await?;
+    conn.clock.observe(before.highest);
+    let closed = i(conn.clock.last())?;
+    conn.coll::<NodeDoc>(NODES)
+        .update_one(doc! { "_id": conn.clock.id() }, doc! { "$set": { "closed": closed, "until": lease_until() } })
+        .upsert(true)
+        .await
+        .map_err(|e| conn.fail("registering the node", &e))?;
+    let after = nodes(conn).await?;
+    conn.clock.observe(after.highest);
+    conn.clock.registered();
+    tracing::debug!(node = conn.clock.id(), "store node registered");
+    Ok(())
+}
+
+/// Work of an idle writer (every `clock::HEARTBEAT`): reads the others' `closed` (keeping the clocks
+/// in step), then publishes a fresh `closed` and renews the lease. `busy` skips the publishing
+/// (the batches do it).
+pub(crate) async fn heartbeat(conn: &Conn, busy: bool) -> StoreResult<()> {
+    if !conn.is_ready() {
+        return Ok(());
+    }
+    if !conn.clock.is_registered() {
+        return register(conn).await;
+    }
+    let seen = nodes(conn).await?;
+    conn.clock.observe(seen.highest);
+    if busy {
+        return Ok(());
+    }
+    let closed = i(conn.clock.reserve(1))?;
+    let r = conn
+        .coll::<NodeDoc>(NODES)
+        .update_one(doc! { "_id": conn.clock.id() }, doc! { "$set": { "closed": closed, "until": lease_until() } })
+        .await
+        .map_err(|e| conn.fail("renewing the node lease", &e))?;
+    if r.matched_count == 0 {
+        tracing::warn!(node = conn.clock.id(), "this store node was evicted (lease ran out); registering again");
+        conn.clock.lost();
+    }
+    Ok(())
+}
+
+/// Leaves the cluster after the writer stopped: the node's `closed` goes to the floor and its
+/// document is deleted, so it does not hold the watermark back until its lease runs out.
+pub(crate) async fn unregister(conn: &Conn) -> StoreResult<()> {
+    if !conn.clock.is_registered() {
+        return Ok(());
+    }
+    conn.clock.lost();
+    raise_floor(conn, conn.clock.last()).await?;
+    conn.coll::<NodeDoc>(NODES)
+        .delete_one(doc! { "_id": conn.clock.id() })
+        .await
+        .map_err(|e| conn.fail("unregistering the node", &e))?;
+    Ok(())
+}
+
+/// The watermark: every version at or below it is committed or never will be.
+pub(crate) async fn watermark(conn: &Conn) -> StoreResult<u64> {
+    Ok(nodes(conn).await?.watermark)
+}
+
+/// The watermark once it reaches `wanted`, or what it is after [`READ_WAIT`].
+pub(crate) async fn watermark_reaching(conn: &Conn, wanted: u64) -> StoreResult<u64> {
+    let start = Instant::now();
+    loop {
+        let w = watermark(conn).await?;
+        if w >= wanted || start.elapsed() >= READ_WAIT {
+            return Ok(w);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
