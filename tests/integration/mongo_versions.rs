@@ -41,7 +41,9 @@ fn recorder(written: Arc<Written>) -> CommandMonitor {
         let docs: Vec<String> = match e.command_name.as_str() {
             "update" => statements(cmd, "updates", "q"),
             "delete" => statements(cmd, "deletes", "q"),
-            "insert" => statements(cmd, "documents", "_id"),
+            "insert" => {
+                statements(cmd, "documents", "_id").into_iter().map(|id| format!("{{\"_id\": {id}}}")).collect()
+            }
             "findAndModify" => cmd.get("query").map(|q| vec![q.to_string()]).unwrap_or_default(),
             _ => return,
         };
@@ -93,6 +95,19 @@ async fn two_nodes_transactions_share_no_document() {
             assert!(!docs.iter().any(|d| d.starts_with("meta ")), "{name} wrote a counter: {docs:?}");
             let own = docs.iter().filter(|d| d.starts_with("nodes ")).count();
             assert_eq!(own, 1, "{name}: each transaction publishes its node's closed version once: {docs:?}");
+            // Every statement names its document by the collection's shard key (docs/storage.md,
+            // "Sharding"), so each goes to one shard.
+            for d in docs {
+                let (coll, filter) = d.split_once(' ').unwrap();
+                let keys: &[&str] = match coll {
+                    "user_convs" => &["\"user\"", "\"conv_id\""],
+                    "conversations" | "nodes" | "outbox" => &["\"_id\""],
+                    // An insert goes where its document's shard key (`conv_id`) says.
+                    "messages" => &[],
+                    other => panic!("{name}: a send wrote {other}: {d}"),
+                };
+                assert!(keys.iter().all(|k| filter.contains(k)), "{name}: {d} is not targeted by its shard key");
+            }
         }
     }
     for (ta, da) in &a_txns {
