@@ -167,14 +167,32 @@ pub(crate) async fn watermark(conn: &Conn) -> StoreResult<u64> {
     Ok(nodes(conn).await?.watermark)
 }
 
-/// The watermark once it reaches `wanted`, or what it is after [`READ_WAIT`].
-pub(crate) async fn watermark_reaching(conn: &Conn, wanted: u64) -> StoreResult<u64> {
+/// Runs `read` after reading the watermark `W`, and answers what it found with `W`. `W` first:
+/// a node publishes its `closed` in the transaction that commits the versions below it, so every
+/// version at or below `W` is visible to a read that starts afterwards (read the other way round,
+/// a change committed between the two reads could be below `W` and missing from what was read).
+/// `read` answers the newest version it found; when that is above `W`, `W` is read again until it
+/// passes it (for at most [`READ_WAIT`]) and `read` runs once more; the caller shows only what is
+/// at or below the `W` answered.
+pub(crate) async fn below_watermark<T, F, Fut>(conn: &Conn, mut read: F) -> StoreResult<(T, u64)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = StoreResult<(T, Option<u64>)>>,
+{
+    let w = watermark(conn).await?;
+    let (found, newest) = read().await?;
+    let Some(newest) = newest.filter(|&n| n > w) else { return Ok((found, w)) };
+    // Wait (reading only the node documents) until the watermark passes what was found, then read
+    // once more under it; what was committed meanwhile above it is for the next read.
     let start = Instant::now();
-    loop {
-        let w = watermark(conn).await?;
-        if w >= wanted || start.elapsed() >= READ_WAIT {
-            return Ok(w);
+    let mut later = w;
+    while later < newest {
+        if start.elapsed() >= READ_WAIT {
+            return Ok((found, w));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+        later = watermark(conn).await?;
     }
+    let (found, _) = read().await?;
+    Ok((found, later))
 }

@@ -192,7 +192,7 @@ fn change<'a>(op: &'a Op, answer: &'a Answer) -> Option<Change<'a>> {
     })
 }
 
-pub(crate) async fn events_after(conn: &Conn, after: u64, limit: usize) -> StoreResult<Vec<OutboxEvent>> {
+async fn events_from(conn: &Conn, after: u64, limit: usize) -> StoreResult<(Vec<EventDoc>, Option<u64>)> {
     let docs: Vec<EventDoc> = conn
         .coll::<EventDoc>(OUTBOX)
         .find(doc! { "_id": { "$gt": q(after) } })
@@ -202,11 +202,13 @@ pub(crate) async fn events_after(conn: &Conn, after: u64, limit: usize) -> Store
         .map_err(|e| conn.fail("find in outbox", &e))
         .map(|c| super::reads::collect(conn, c))?
         .await?;
+    let newest = docs.last().map(|d| u(d.id)).transpose()?;
+    Ok((docs, newest))
+}
+
+pub(crate) async fn events_after(conn: &Conn, after: u64, limit: usize) -> StoreResult<Vec<OutboxEvent>> {
     // Only up to the watermark: an event id above it may still be committed below one found.
-    let until = match docs.last() {
-        Some(d) => super::nodes::watermark_reaching(conn, u(d.id)?).await?,
-        None => return Ok(Vec::new()),
-    };
+    let (docs, until) = super::nodes::below_watermark(conn, || events_from(conn, after, limit)).await?;
     docs.into_iter().map(EventDoc::into_event).filter(|e| e.as_ref().map_or(true, |e| e.id <= until)).collect()
 }
 

@@ -154,18 +154,16 @@ pub(crate) async fn conversation_view(c: &Conn, user: &str, conv_id: &str) -> St
     Ok(Some(view))
 }
 
-/// Reads all of the user's rows (index `user_conv`), then only the conversations that changed
-/// after `since` or whose row did, picks the page ([`list_page`]) and loads the last messages of
-/// the page in one query.
-pub(crate) async fn list_conversations(
+/// The user's rows whose conversation or row changed after `since`, each with its conversation,
+/// and the newest version among them.
+async fn changed_conversations(
     c: &Conn,
     user: &str,
     since: u64,
-    limit: usize,
-) -> StoreResult<Vec<ConversationView>> {
+) -> StoreResult<(Vec<(Conversation, UserConvState)>, Option<u64>)> {
     let rows: Vec<RowDoc> = find_all(c, USER_CONVS, doc! { "user": user }, None).await?;
     if rows.is_empty() {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), None));
     }
     let all: Vec<&str> = rows.iter().map(|r| r.conv_id.as_str()).collect();
     let changed: Vec<&str> = rows.iter().filter(|r| r.ver > q(since)).map(|r| r.conv_id.as_str()).collect();
@@ -181,12 +179,21 @@ pub(crate) async fn list_conversations(
         let Some(conv) = convs.remove(&row.conv_id) else { continue };
         found.push((conv, row.state()?));
     }
+    let newest = found.iter().map(|(conv, state)| conv.ver.max(state.ver)).max().filter(|&v| v > since);
+    Ok((found, newest))
+}
+
+/// Reads all of the user's rows (index `user_conv`), then only the conversations that changed
+/// after `since` or whose row did, picks the page ([`list_page`]) and loads the last messages of
+/// the page in one query.
+pub(crate) async fn list_conversations(
+    c: &Conn,
+    user: &str,
+    since: u64,
+    limit: usize,
+) -> StoreResult<Vec<ConversationView>> {
     // Only up to the watermark: a version above it may still be committed below what is found.
-    let newest = found.iter().map(|(conv, state)| conv.ver.max(state.ver)).max();
-    let until = match newest {
-        Some(v) if v > since => nodes::watermark_reaching(c, v).await?,
-        _ => since,
-    };
+    let (found, until) = nodes::below_watermark(c, || changed_conversations(c, user, since)).await?;
     let mut page = list_page(found, since, until, limit);
 
     let wanted: Vec<Document> = page
@@ -219,7 +226,14 @@ struct Deleted {
     ver: i64,
 }
 
-pub(crate) async fn changes(c: &Conn, user: &str, conv_id: &str, since: u64) -> StoreResult<Changes> {
+/// Recalls in the conversation and the user's deletions after `since`, as `(recall?, seq, ver)`,
+/// and the newest version among them.
+async fn changes_after(
+    c: &Conn,
+    user: &str,
+    conv_id: &str,
+    since: u64,
+) -> StoreResult<(Vec<(bool, u64, u64)>, Option<u64>)> {
     let filter = doc! { "conv_id": conv_id, "recall_ver": { "$gt": q(since) } };
     let fields = doc! { "_id": 0, "seq": 1, "recall_ver": 1 };
     let recalled: Vec<Recalled> = find_fields(c, MESSAGES, filter, fields, Some(doc! { "recall_ver": 1 })).await?;
@@ -233,11 +247,13 @@ pub(crate) async fn changes(c: &Conn, user: &str, conv_id: &str, since: u64) -> 
     for d in deleted {
         found.push((false, u(d.seq)?, u(d.ver)?));
     }
+    let newest = found.iter().map(|f| f.2).max();
+    Ok((found, newest))
+}
+
+pub(crate) async fn changes(c: &Conn, user: &str, conv_id: &str, since: u64) -> StoreResult<Changes> {
     // Only up to the watermark, like the conversation list.
-    let until = match found.iter().map(|f| f.2).max() {
-        Some(v) => nodes::watermark_reaching(c, v).await?,
-        None => since,
-    };
+    let (found, until) = nodes::below_watermark(c, || changes_after(c, user, conv_id, since)).await?;
     let mut out = Changes { recalled: Vec::new(), deleted: Vec::new(), ver: since };
     for (recall, seq, ver) in found.into_iter().filter(|f| f.2 <= until) {
         if recall {
