@@ -213,7 +213,7 @@ impl MongoStore {
 
 impl Drop for MongoStore {
     /// Closes the queue and lets the writer finish in the background: it commits what is queued
-    /// and leaves the cluster (`clock::unregister`), for at most the operation timeout, then the
+    /// and leaves the cluster (`nodes::unregister`), for at most the operation timeout, then the
     /// runtime (and with it the client) shuts down. Nobody waits for an answer any more: every
     /// caller holds a reference to the store.
     fn drop(&mut self) {

@@ -8,8 +8,10 @@
 //! - Each node has one document in `nodes`, `{_id, closed, until}`, written only by that node:
 //!   `closed` promises that the node will never again commit a version at or below it. Every write
 //!   transaction of the node sets it to the highest version the transaction used (in the same
-//!   transaction, so a reader that sees the promise sees the writes); an idle node moves it to a
-//!   fresh version every [`HEARTBEAT`] and renews its lease `until`.
+//!   transaction, so a reader that sees the promise sees the writes). Every [`HEARTBEAT`] each
+//!   node reads the others' and moves its clock past them; an idle node whose `closed` another
+//!   passed publishes the highest (so it does not hold the watermark back), and renews its lease
+//!   `until` every second.
 //! - A sync read (`conversations`, `changes`, webhook events) shows only versions at or below the
 //!   watermark `W = min(closed)` over the nodes: nothing can commit at or below `W` afterwards.
 //! - A node whose lease ran out is evicted by the next reader (its `closed` folded into the floor
@@ -20,9 +22,8 @@
 //!   and moving its clock past the largest: any watermark computed without it is below its
 //!   versions from then on.
 
-use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
 use std::time::Duration;
 
 use confab_actors::clock::now_ms;
@@ -38,6 +39,9 @@ pub(crate) struct Clock {
     /// This node's document id: the configured node id and a random part, new at every start.
     id: String,
     last: AtomicU64,
+    /// The `closed` this node published last, and when (ms since the epoch) its lease was renewed.
+    published: AtomicU64,
+    renewed_ms: AtomicI64,
     registered: AtomicBool,
 }
 
@@ -47,11 +51,14 @@ fn physical() -> u64 {
 
 impl Clock {
     pub fn new(node: &str) -> Clock {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
-        h.write_u32(std::process::id());
         let node = if node.is_empty() { "node" } else { node };
-        Clock { id: format!("{node}.{:016x}", h.finish()), last: AtomicU64::new(0), registered: AtomicBool::new(false) }
+        Clock {
+            id: format!("{node}.{}", confab_actors::engine::random_id()),
+            last: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            renewed_ms: AtomicI64::new(0),
+            registered: AtomicBool::new(false),
+        }
     }
 
     pub fn id(&self) -> &str {
@@ -77,6 +84,18 @@ impl Clock {
     /// Moves the clock to at least `v` (versions seen elsewhere).
     pub fn observe(&self, v: u64) {
         self.last.fetch_max(v, Relaxed);
+    }
+
+    /// Records a `closed` published (and the lease renewed) by a committed write of this node.
+    pub fn published(&self, closed: u64) {
+        self.published.fetch_max(closed, Relaxed);
+        self.renewed_ms.store(now_ms(), Relaxed);
+    }
+
+    /// Whether an idle node must publish: another node's `closed` (or the floor) passed this
+    /// node's, which then holds the watermark back, or its lease is due for renewal.
+    pub fn must_publish(&self, highest_seen: u64, renew_every_ms: i64) -> bool {
+        highest_seen > self.published.load(Relaxed) || now_ms() - self.renewed_ms.load(Relaxed) >= renew_every_ms
     }
 
     pub fn is_registered(&self) -> bool {

@@ -12,6 +12,18 @@ use serde::{Deserialize, Serialize};
 use super::conn::Conn;
 use super::docs::{i, u};
 
+/// The collection of node documents.
+pub(crate) const NODES: &str = "nodes";
+/// `_id` of the floor document in [`NODES`]: the highest `closed` of every node evicted or stopped.
+const FLOOR_ID: &str = "~floor";
+/// How long a node's document counts without being renewed.
+pub(crate) const LEASE_MS: i64 = 5_000;
+/// How often an idle node renews its lease when nothing else makes it write its document.
+const RENEW_EVERY_MS: i64 = LEASE_MS / 5;
+/// How long a sync read waits for the watermark to pass what it found before it leaves out the
+/// newer part (which the next read returns).
+pub(crate) const READ_WAIT: Duration = Duration::from_millis(250);
+
 #[derive(Debug, Serialize, Deserialize)]
 struct NodeDoc {
     #[serde(rename = "_id")]
@@ -26,15 +38,6 @@ pub(crate) fn lease_until() -> i64 {
     now_ms().saturating_add(LEASE_MS)
 }
 
-/// How long a sync read waits for the watermark to pass what it found before it leaves out the
-/// newer part (which the next read returns).
-pub(crate) const READ_WAIT: Duration = Duration::from_millis(250);
-/// How long a node's document counts without being renewed.
-pub(crate) const LEASE_MS: i64 = 5_000;
-/// `_id` of the floor document in [`NODES`]: the highest `closed` of every node evicted or stopped.
-const FLOOR_ID: &str = "~floor";
-/// The collection of node documents.
-pub(crate) const NODES: &str = "nodes";
 /// What the node documents say.
 struct Nodes {
     /// `min(closed)` over the live nodes; the floor when there is none.
@@ -106,12 +109,13 @@ pub(crate) async fn raise_floor(conn: &Conn, v: u64) -> StoreResult<()> {
 pub(crate) async fn register(conn: &Conn) -> StoreResult<()> {
     let before = nodes(conn).await?;
     conn.clock.observe(before.highest);
-    let closed = i(conn.clock.last())?;
+    let closed = conn.clock.last();
     conn.coll::<NodeDoc>(NODES)
-        .update_one(doc! { "_id": conn.clock.id() }, doc! { "$set": { "closed": closed, "until": lease_until() } })
+        .update_one(doc! { "_id": conn.clock.id() }, doc! { "$set": { "closed": i(closed)?, "until": lease_until() } })
         .upsert(true)
         .await
         .map_err(|e| conn.fail("registering the node", &e))?;
+    conn.clock.published(closed);
     let after = nodes(conn).await?;
     conn.clock.observe(after.highest);
     conn.clock.registered();
@@ -119,9 +123,10 @@ pub(crate) async fn register(conn: &Conn) -> StoreResult<()> {
     Ok(())
 }
 
-/// Work of an idle writer (every `clock::HEARTBEAT`): reads the others' `closed` (keeping the clocks
-/// in step), then publishes a fresh `closed` and renews the lease. `busy` skips the publishing
-/// (the batches do it).
+/// Work of the writer every `clock::HEARTBEAT`: reads the others' `closed` and moves its clock
+/// past them. An idle one (`busy` false; a busy one's batches publish) then publishes the highest
+/// `closed` seen when another node's passed its own (it would hold the watermark back), and renews
+/// its lease every [`RENEW_EVERY_MS`]: idle nodes write once a second, not at every beat.
 pub(crate) async fn heartbeat(conn: &Conn, busy: bool) -> StoreResult<()> {
     if !conn.is_ready() {
         return Ok(());
@@ -131,18 +136,22 @@ pub(crate) async fn heartbeat(conn: &Conn, busy: bool) -> StoreResult<()> {
     }
     let seen = nodes(conn).await?;
     conn.clock.observe(seen.highest);
-    if busy {
+    if busy || !conn.clock.must_publish(seen.highest, RENEW_EVERY_MS) {
         return Ok(());
     }
-    let closed = i(conn.clock.reserve(1))?;
+    // The highest `closed` seen (the clock is past it): every node then holds the same value, and
+    // no node writes again until one commits something.
+    let closed = conn.clock.last();
     let r = conn
         .coll::<NodeDoc>(NODES)
-        .update_one(doc! { "_id": conn.clock.id() }, doc! { "$set": { "closed": closed, "until": lease_until() } })
+        .update_one(doc! { "_id": conn.clock.id() }, doc! { "$set": { "closed": i(closed)?, "until": lease_until() } })
         .await
         .map_err(|e| conn.fail("renewing the node lease", &e))?;
     if r.matched_count == 0 {
         tracing::warn!(node = conn.clock.id(), "this store node was evicted (lease ran out); registering again");
         conn.clock.lost();
+    } else {
+        conn.clock.published(closed);
     }
     Ok(())
 }

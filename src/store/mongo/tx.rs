@@ -134,19 +134,21 @@ impl<'a> Tx<'a> {
     }
 
     /// Publishes, in this transaction, this node's `closed` (the highest version it has handed
-    /// out, so everything this transaction writes) and renews its lease (see `clock`). A node that
-    /// was evicted finds no document: the attempt ends and runs again once it registered again.
-    pub async fn publish_closed(&mut self) -> AttemptResult<()> {
-        let closed = i(self.conn.clock.last()).map_err(fatal)?;
+    /// out, so everything this transaction writes) and renews its lease (see `clock`); returns
+    /// it. A node that was evicted finds no document: the attempt ends and runs again once it
+    /// registered again.
+    pub async fn publish_closed(&mut self) -> AttemptResult<u64> {
+        let closed = self.conn.clock.last();
         let filter = doc! { "_id": self.conn.clock.id() };
-        let reply = self.set_one(NODES, filter, doc! { "closed": closed, "until": lease_until() }).await?;
+        let set = doc! { "closed": i(closed).map_err(fatal)?, "until": lease_until() };
+        let reply = self.set_one(NODES, filter, set).await?;
         if reply.n == 0 {
             self.conn.clock.lost();
             return Err(AttemptError::Transient(StoreError::Unavailable(
                 "this store node was evicted from the cluster (its lease ran out); registering again".into(),
             )));
         }
-        Ok(())
+        Ok(closed)
     }
 
     pub async fn find_one<T: DeserializeOwned + Send + Sync>(

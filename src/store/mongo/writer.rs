@@ -324,10 +324,13 @@ async fn attempt_once(
         tx.publish_closed().await
     }
     .await;
-    if let Err(e) = result {
-        tx.abort().await;
-        return Err(e);
-    }
+    let closed = match result {
+        Ok(closed) => closed,
+        Err(e) => {
+            tx.abort().await;
+            return Err(e);
+        }
+    };
     *phase = Phase::Committing;
     let mut tries = 0;
     loop {
@@ -348,6 +351,7 @@ async fn attempt_once(
             Err(e) => return Err(super::tx::classify(conn, "commit", e)),
         }
     }
+    conn.clock.published(closed);
     Ok(Committed { answers, overlay: std::mem::take(&mut tx.overlay), dup_of: std::mem::take(&mut tx.dup_of) })
 }
 
