@@ -7,6 +7,7 @@ use confab_actors::clock::now_ms;
 use confab_actors::store::StoreResult;
 use futures_util::TryStreamExt;
 use mongodb::bson::doc;
+use mongodb::ClientSession;
 use serde::{Deserialize, Serialize};
 
 use super::conn::Conn;
@@ -46,15 +47,23 @@ struct Nodes {
     highest: u64,
 }
 
-async fn read_nodes(conn: &Conn) -> StoreResult<Vec<NodeDoc>> {
-    let cursor = conn.coll::<NodeDoc>(NODES).find(doc! {}).await.map_err(|e| conn.fail("find in nodes", &e))?;
-    cursor.try_collect().await.map_err(|e| conn.fail("reading nodes", &e))
+async fn read_nodes(conn: &Conn, session: Option<&mut ClientSession>) -> StoreResult<Vec<NodeDoc>> {
+    let coll = conn.coll::<NodeDoc>(NODES);
+    let find = coll.find(doc! {});
+    let failed = |e| conn.fail("find in nodes", &e);
+    match session {
+        None => find.await.map_err(failed)?.try_collect().await.map_err(failed),
+        Some(s) => {
+            let mut cursor = find.session(&mut *s).await.map_err(failed)?;
+            cursor.stream(s).try_collect().await.map_err(failed)
+        }
+    }
 }
 
 /// Reads the node documents, evicting those whose lease ran out (their `closed` goes to the floor
 /// first, then the document is deleted if it was not renewed meanwhile).
-async fn nodes(conn: &Conn) -> StoreResult<Nodes> {
-    let docs = read_nodes(conn).await?;
+async fn nodes(conn: &Conn, session: Option<&mut ClientSession>) -> StoreResult<Nodes> {
+    let docs = read_nodes(conn, session).await?;
     let now = now_ms();
     let (mut floor, mut highest, mut watermark) = (0_u64, 0_u64, u64::MAX);
     for d in &docs {
@@ -107,7 +116,7 @@ pub(crate) async fn raise_floor(conn: &Conn, v: u64) -> StoreResult<()> {
 /// Registers this node (again): inserts its document, then moves its clock past every `closed`
 /// and the floor, read after the insert.
 pub(crate) async fn register(conn: &Conn) -> StoreResult<()> {
-    let before = nodes(conn).await?;
+    let before = nodes(conn, None).await?;
     conn.clock.observe(before.highest);
     let closed = conn.clock.last();
     conn.coll::<NodeDoc>(NODES)
@@ -116,7 +125,7 @@ pub(crate) async fn register(conn: &Conn) -> StoreResult<()> {
         .await
         .map_err(|e| conn.fail("registering the node", &e))?;
     conn.clock.published(closed);
-    let after = nodes(conn).await?;
+    let after = nodes(conn, None).await?;
     conn.clock.observe(after.highest);
     conn.clock.registered();
     tracing::debug!(node = conn.clock.id(), "store node registered");
@@ -134,7 +143,7 @@ pub(crate) async fn heartbeat(conn: &Conn, busy: bool) -> StoreResult<()> {
     if !conn.clock.is_registered() {
         return register(conn).await;
     }
-    let seen = nodes(conn).await?;
+    let seen = nodes(conn, None).await?;
     conn.clock.observe(seen.highest);
     if busy || !conn.clock.must_publish(seen.highest, RENEW_EVERY_MS) {
         return Ok(());
@@ -171,37 +180,53 @@ pub(crate) async fn unregister(conn: &Conn) -> StoreResult<()> {
     Ok(())
 }
 
-/// The watermark: every version at or below it is committed or never will be.
-pub(crate) async fn watermark(conn: &Conn) -> StoreResult<u64> {
-    Ok(nodes(conn).await?.watermark)
+/// A sync read under the watermark `W`. `W` is read first, in a causally consistent session the
+/// read then uses: a node publishes its `closed` in the transaction that commits the versions
+/// below it, so every version at or below `W` is visible to the read (read the other way round,
+/// a change committed between the two could be below `W` and missing; outside one session, a
+/// read after a failover could see less than the one before it). When the read found versions
+/// above `W`, [`Watermarked::catch_up`] waits for `W` to pass them (for at most [`READ_WAIT`]) and
+/// the read runs once more; the caller shows only what is at or below [`Watermarked::until`].
+pub(crate) struct Watermarked {
+    session: ClientSession,
+    w: u64,
 }
 
-/// Runs `read` after reading the watermark `W`, and answers what it found with `W`. `W` first:
-/// a node publishes its `closed` in the transaction that commits the versions below it, so every
-/// version at or below `W` is visible to a read that starts afterwards (read the other way round,
-/// a change committed between the two reads could be below `W` and missing from what was read).
-/// `read` answers the newest version it found; when that is above `W`, `W` is read again until it
-/// passes it (for at most [`READ_WAIT`]) and `read` runs once more; the caller shows only what is
-/// at or below the `W` answered.
-pub(crate) async fn below_watermark<T, F, Fut>(conn: &Conn, mut read: F) -> StoreResult<(T, u64)>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = StoreResult<(T, Option<u64>)>>,
-{
-    let w = watermark(conn).await?;
-    let (found, newest) = read().await?;
-    let Some(newest) = newest.filter(|&n| n > w) else { return Ok((found, w)) };
-    // Wait (reading only the node documents) until the watermark passes what was found, then read
-    // once more under it; what was committed meanwhile above it is for the next read.
-    let start = Instant::now();
-    let mut later = w;
-    while later < newest {
-        if start.elapsed() >= READ_WAIT {
-            return Ok((found, w));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-        later = watermark(conn).await?;
+impl Watermarked {
+    pub async fn begin(conn: &Conn) -> StoreResult<Watermarked> {
+        let mut session = conn
+            .client
+            .start_session()
+            .causal_consistency(true)
+            .await
+            .map_err(|e| conn.fail("starting a session", &e))?;
+        let w = nodes(conn, Some(&mut session)).await?.watermark;
+        Ok(Watermarked { session, w })
     }
-    let (found, _) = read().await?;
-    Ok((found, later))
+
+    pub fn session(&mut self) -> &mut ClientSession {
+        &mut self.session
+    }
+
+    pub fn until(&self) -> u64 {
+        self.w
+    }
+
+    /// After a read that found `newest`: `true` when `W` was below it and has passed it now
+    /// (read again); `false` when there is nothing to wait for, or it did not pass in time.
+    pub async fn catch_up(&mut self, conn: &Conn, newest: Option<u64>) -> StoreResult<bool> {
+        let Some(newest) = newest.filter(|&n| n > self.w) else { return Ok(false) };
+        let start = Instant::now();
+        loop {
+            if start.elapsed() >= READ_WAIT {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let w = nodes(conn, Some(&mut self.session)).await?.watermark;
+            if w >= newest {
+                self.w = w;
+                return Ok(true);
+            }
+        }
+    }
 }

@@ -15,7 +15,9 @@ use confab_actors::outbox::{
     Attempt, Change, Delivery, DeliveryQuery, DeliveryState, NewEvent, OutboxEvent, Replay, Trim, Trimmed,
 };
 use confab_actors::store::StoreResult;
+use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document};
+use mongodb::ClientSession;
 use serde::{Deserialize, Serialize};
 
 use super::batch::Op;
@@ -192,23 +194,33 @@ fn change<'a>(op: &'a Op, answer: &'a Answer) -> Option<Change<'a>> {
     })
 }
 
-async fn events_from(conn: &Conn, after: u64, limit: usize) -> StoreResult<(Vec<EventDoc>, Option<u64>)> {
-    let docs: Vec<EventDoc> = conn
+async fn events_from(
+    conn: &Conn,
+    s: &mut ClientSession,
+    after: u64,
+    limit: usize,
+) -> StoreResult<(Vec<EventDoc>, Option<u64>)> {
+    let mut cursor = conn
         .coll::<EventDoc>(OUTBOX)
         .find(doc! { "_id": { "$gt": q(after) } })
         .sort(doc! { "_id": 1 })
         .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+        .session(&mut *s)
         .await
-        .map_err(|e| conn.fail("find in outbox", &e))
-        .map(|c| super::reads::collect(conn, c))?
-        .await?;
+        .map_err(|e| conn.fail("find in outbox", &e))?;
+    let docs: Vec<EventDoc> = cursor.stream(s).try_collect().await.map_err(|e| conn.fail("reading a cursor", &e))?;
     let newest = docs.last().map(|d| u(d.id)).transpose()?;
     Ok((docs, newest))
 }
 
 pub(crate) async fn events_after(conn: &Conn, after: u64, limit: usize) -> StoreResult<Vec<OutboxEvent>> {
     // Only up to the watermark: an event id above it may still be committed below one found.
-    let (docs, until) = super::nodes::below_watermark(conn, || events_from(conn, after, limit)).await?;
+    let mut w = super::nodes::Watermarked::begin(conn).await?;
+    let (mut docs, newest) = events_from(conn, w.session(), after, limit).await?;
+    if w.catch_up(conn, newest).await? {
+        docs = events_from(conn, w.session(), after, limit).await?.0;
+    }
+    let until = w.until();
     docs.into_iter().map(EventDoc::into_event).filter(|e| e.as_ref().map_or(true, |e| e.id <= until)).collect()
 }
 

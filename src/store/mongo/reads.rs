@@ -7,7 +7,7 @@ use confab_actors::model::{Changes, Conversation, ConversationView, Group, Membe
 use confab_actors::store::{list_page, HistoryQuery, StoreResult};
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Document};
-use mongodb::Cursor;
+use mongodb::{ClientSession, Cursor};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
@@ -33,29 +33,31 @@ pub(crate) async fn find_all<T: DeserializeOwned + Send + Sync>(
     filter: Document,
     sort: Option<Document>,
 ) -> StoreResult<Vec<T>> {
-    find(c, coll, filter, None, sort).await
+    find(c, coll, filter, None, sort, None).await
 }
 
 /// The fields `projection` of the documents of `coll` that match `filter`, in `sort` order if
-/// given.
+/// given, in `session` if given.
 async fn find_fields<T: DeserializeOwned + Send + Sync>(
     c: &Conn,
     coll: &str,
     filter: Document,
     projection: Document,
     sort: Option<Document>,
+    session: Option<&mut ClientSession>,
 ) -> StoreResult<Vec<T>> {
-    find(c, coll, filter, Some(projection), sort).await
+    find(c, coll, filter, Some(projection), sort, session).await
 }
 
 /// The documents of `coll` that match `filter`, only the fields of `projection` and in `sort`
-/// order if given.
+/// order if given, in `session` if given (a causally consistent one: see `nodes::Watermarked`).
 async fn find<T: DeserializeOwned + Send + Sync>(
     c: &Conn,
     coll: &str,
     filter: Document,
     projection: Option<Document>,
     sort: Option<Document>,
+    session: Option<&mut ClientSession>,
 ) -> StoreResult<Vec<T>> {
     let collection = c.coll::<T>(coll);
     let mut find = collection.find(filter);
@@ -65,8 +67,14 @@ async fn find<T: DeserializeOwned + Send + Sync>(
     if let Some(sort) = sort {
         find = find.sort(sort);
     }
-    let cursor = find.await.map_err(|e| c.fail(&format!("find in {coll}"), &e))?;
-    collect(c, cursor).await
+    let failed = |e| c.fail(&format!("find in {coll}"), &e);
+    match session {
+        None => collect(c, find.await.map_err(failed)?).await,
+        Some(s) => {
+            let mut cursor = find.session(&mut *s).await.map_err(failed)?;
+            cursor.stream(s).try_collect().await.map_err(|e| c.fail("reading a cursor", &e))
+        }
+    }
 }
 
 pub(crate) async fn find_one<T: DeserializeOwned + Send + Sync>(
@@ -90,7 +98,7 @@ struct SeqOnly {
 /// The seqs among `seqs` that `user` deleted for themselves in the conversation.
 async fn deleted_among(c: &Conn, user: &str, conv_id: &str, seqs: &[i64]) -> StoreResult<HashSet<i64>> {
     let filter = doc! { "user": user, "conv_id": conv_id, "seq": { "$in": seqs } };
-    let found: Vec<SeqOnly> = find_fields(c, DELETIONS, filter, doc! { "_id": 0, "seq": 1 }, None).await?;
+    let found: Vec<SeqOnly> = find_fields(c, DELETIONS, filter, doc! { "_id": 0, "seq": 1 }, None, None).await?;
     Ok(found.into_iter().map(|d| d.seq).collect())
 }
 
@@ -158,10 +166,11 @@ pub(crate) async fn conversation_view(c: &Conn, user: &str, conv_id: &str) -> St
 /// and the newest version among them.
 async fn changed_conversations(
     c: &Conn,
+    s: &mut ClientSession,
     user: &str,
     since: u64,
 ) -> StoreResult<(Vec<(Conversation, UserConvState)>, Option<u64>)> {
-    let rows: Vec<RowDoc> = find_all(c, USER_CONVS, doc! { "user": user }, None).await?;
+    let rows: Vec<RowDoc> = find(c, USER_CONVS, doc! { "user": user }, None, None, Some(&mut *s)).await?;
     if rows.is_empty() {
         return Ok((Vec::new(), None));
     }
@@ -171,7 +180,7 @@ async fn changed_conversations(
         "_id": { "$in": &all },
         "$or": [ { "ver": { "$gt": q(since) } }, { "_id": { "$in": &changed } } ],
     };
-    let convs: Vec<ConvDoc> = find_all(c, CONVERSATIONS, filter, None).await?;
+    let convs: Vec<ConvDoc> = find(c, CONVERSATIONS, filter, None, None, Some(s)).await?;
     let mut convs: HashMap<String, Conversation> =
         convs.into_iter().map(|d| d.into_conv().map(|cv| (cv.conv_id.clone(), cv))).collect::<StoreResult<_>>()?;
     let mut found = Vec::with_capacity(convs.len());
@@ -193,8 +202,12 @@ pub(crate) async fn list_conversations(
     limit: usize,
 ) -> StoreResult<Vec<ConversationView>> {
     // Only up to the watermark: a version above it may still be committed below what is found.
-    let (found, until) = nodes::below_watermark(c, || changed_conversations(c, user, since)).await?;
-    let mut page = list_page(found, since, until, limit);
+    let mut w = nodes::Watermarked::begin(c).await?;
+    let (mut found, newest) = changed_conversations(c, w.session(), user, since).await?;
+    if w.catch_up(c, newest).await? {
+        found = changed_conversations(c, w.session(), user, since).await?.0;
+    }
+    let mut page = list_page(found, since, w.until(), limit);
 
     let wanted: Vec<Document> = page
         .iter()
@@ -230,16 +243,18 @@ struct Deleted {
 /// and the newest version among them.
 async fn changes_after(
     c: &Conn,
+    s: &mut ClientSession,
     user: &str,
     conv_id: &str,
     since: u64,
 ) -> StoreResult<(Vec<(bool, u64, u64)>, Option<u64>)> {
     let filter = doc! { "conv_id": conv_id, "recall_ver": { "$gt": q(since) } };
     let fields = doc! { "_id": 0, "seq": 1, "recall_ver": 1 };
-    let recalled: Vec<Recalled> = find_fields(c, MESSAGES, filter, fields, Some(doc! { "recall_ver": 1 })).await?;
+    let sort = Some(doc! { "recall_ver": 1 });
+    let recalled: Vec<Recalled> = find_fields(c, MESSAGES, filter, fields, sort, Some(&mut *s)).await?;
     let filter = doc! { "user": user, "conv_id": conv_id, "ver": { "$gt": q(since) } };
     let fields = doc! { "_id": 0, "seq": 1, "ver": 1 };
-    let deleted: Vec<Deleted> = find_fields(c, DELETIONS, filter, fields, Some(doc! { "seq": 1 })).await?;
+    let deleted: Vec<Deleted> = find_fields(c, DELETIONS, filter, fields, Some(doc! { "seq": 1 }), Some(s)).await?;
     let mut found: Vec<(bool, u64, u64)> = Vec::with_capacity(recalled.len() + deleted.len());
     for r in recalled {
         found.push((true, u(r.seq)?, u(r.recall_ver)?));
@@ -253,7 +268,12 @@ async fn changes_after(
 
 pub(crate) async fn changes(c: &Conn, user: &str, conv_id: &str, since: u64) -> StoreResult<Changes> {
     // Only up to the watermark, like the conversation list.
-    let (found, until) = nodes::below_watermark(c, || changes_after(c, user, conv_id, since)).await?;
+    let mut w = nodes::Watermarked::begin(c).await?;
+    let (mut found, newest) = changes_after(c, w.session(), user, conv_id, since).await?;
+    if w.catch_up(c, newest).await? {
+        found = changes_after(c, w.session(), user, conv_id, since).await?.0;
+    }
+    let until = w.until();
     let mut out = Changes { recalled: Vec::new(), deleted: Vec::new(), ver: since };
     for (recall, seq, ver) in found.into_iter().filter(|f| f.2 <= until) {
         if recall {
