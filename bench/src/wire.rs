@@ -50,6 +50,28 @@ pub struct Marker {
     pub sender: u32,
 }
 
+/// The `client_msg_id` of a sender's message number `id`: shaped like a random (version 4) UUID,
+/// as apps make them (`crypto.randomUUID()`, `UUID.randomUUID()`), unique per sender. Ids that
+/// grow with time would be cheaper for the store's idempotency index (docs/storage.md): random
+/// ones are what confab must expect, so they are what the harness sends.
+pub fn client_msg_id(id: u64) -> String {
+    fn mix(mut z: u64) -> u64 {
+        // splitmix64's finaliser: a bijection, so distinct ids give distinct halves.
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    let (a, b) = (mix(id.wrapping_add(0x9e37_79b9_7f4a_7c15)), mix(id ^ 0x5851_f42d_4c95_7f2d));
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        0x8000 | (b >> 48) & 0x3fff,
+        b & 0xffff_ffff_ffff
+    )
+}
+
 fn hex(s: &[u8]) -> Option<u64> {
     let mut v = 0u64;
     for &c in s {
@@ -129,7 +151,8 @@ impl Dialect {
     pub fn group_frame(&self, room: &str, id: u64, payload: &str) -> String {
         match self.wire {
             Wire::Confab => format!(
-                r#"{{"id":{id},"op":"send","data":{{"conv_id":"g_{room}","client_msg_id":"c{id}","body":{{"type":"text","text":"{payload}"}}}}}}"#
+                r#"{{"id":{id},"op":"send","data":{{"conv_id":"g_{room}","client_msg_id":"{}","body":{{"type":"text","text":"{payload}"}}}}}}"#,
+                client_msg_id(id)
             ),
             Wire::Relay => format!("r:{room}\n{payload}"),
             Wire::SocketIo => format!(r#"42["g",{{"r":"{room}","p":"{payload}"}}]"#),
@@ -140,7 +163,8 @@ impl Dialect {
     pub fn direct_frame(&self, to: &str, id: u64, payload: &str) -> String {
         match self.wire {
             Wire::Confab => format!(
-                r#"{{"id":{id},"op":"send","data":{{"to":"{to}","client_msg_id":"c{id}","body":{{"type":"text","text":"{payload}"}}}}}}"#
+                r#"{{"id":{id},"op":"send","data":{{"to":"{to}","client_msg_id":"{}","body":{{"type":"text","text":"{payload}"}}}}}}"#,
+                client_msg_id(id)
             ),
             Wire::Relay => format!("u:{to}\n{payload}"),
             Wire::SocketIo => format!(r#"42["d",{{"to":"{to}","p":"{payload}"}}]"#),
@@ -218,6 +242,19 @@ mod tests {
         assert_eq!(s.wire.classify("2"), Incoming::Ping);
         assert_eq!(s.wire.classify(r#"42["m",{}]"#), Incoming::Delivery);
         assert_eq!(s.wire.classify(r#"40{"sid":"x"}"#), Incoming::Other);
+    }
+
+    #[test]
+    fn client_msg_ids_are_uuid_shaped_distinct_and_accepted() {
+        let ids: std::collections::HashSet<String> = (0..100_000).map(client_msg_id).collect();
+        assert_eq!(ids.len(), 100_000);
+        let id = client_msg_id(7);
+        assert_eq!(id.len(), 36, "{id}");
+        assert_eq!(id.as_bytes()[14], b'4', "{id}");
+        // confab's id alphabet: A-Z a-z 0-9 _ - . @ : (docs/protocol.md), at most 64 characters.
+        assert!(id.bytes().all(|c| c.is_ascii_alphanumeric() || b"_-.@:".contains(&c)), "{id}");
+        // Not ordered by number: consecutive ids land far apart, as random ones do.
+        assert!(client_msg_id(1) > client_msg_id(2) || client_msg_id(2) > client_msg_id(3));
     }
 
     #[test]

@@ -29,6 +29,14 @@ const PAGE: usize = 50;
 const PAGES: usize = 100;
 /// `--no-dedupe` (a diagnostic): no DEDUPE lookups or inserts, to show what that index costs.
 static NO_DEDUPE: AtomicBool = AtomicBool::new(false);
+/// `--local-dedupe`: the DEDUPE key starts with the conversation, `(conv_id, sender, client id)`,
+/// so a batch's inserts land next to the conversation's other rows instead of on random pages.
+static LOCAL_DEDUPE: AtomicBool = AtomicBool::new(false);
+/// `--hash-dedupe`: today's layout, but the DEDUPE key is a 128-bit hash of `(sender, client id)`.
+static HASH_DEDUPE: AtomicBool = AtomicBool::new(false);
+/// `--ordered-ids`: client ids that grow with time (12 hex digits of the send time, then 10
+/// random characters, as ULIDs and UUIDv7 do) instead of 22 random characters.
+static ORDERED_IDS: AtomicBool = AtomicBool::new(false);
 const ALL: &[&str] =
     &["redb-now", "redb-now-nodurable", "redb-now-wal", "redb-binary", "redb-wal", "fjall", "log-only"];
 
@@ -224,6 +232,11 @@ fn dkey(sender: &str, cmid: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128_with_seed(cmid.as_bytes(), xxhash_rust::xxh3::xxh3_64(sender.as_bytes()))
 }
 
+/// The conversation-local DEDUPE key: the conversation number, then a 64-bit hash.
+fn local_dkey(conv_no: u64, sender: &str, cmid: &str) -> u128 {
+    (u128::from(conv_no) << 64) | u128::from(xxhash_rust::xxh3::xxh3_64_with_seed(cmid.as_bytes(), xxhash_rust::xxh3::xxh3_64(sender.as_bytes())))
+}
+
 /// A dedupe hit is only a duplicate if the stored message has the same key (the hash may collide).
 fn same_key(m: Message, sender: &str, cmid: &str) -> Option<Message> {
     Some(m).filter(|m| m.sender.as_deref() == Some(sender) && m.client_msg_id.as_deref() == Some(cmid))
@@ -243,7 +256,7 @@ trait Ops {
     fn ver(&mut self) -> R<u64>;
     fn put_ver(&mut self, ver: u64) -> R<()>;
     /// The message stored under `(sender, client_msg_id)`, if any.
-    fn dedupe_hit(&mut self, sender: &str, cmid: &str) -> R<Option<Message>>;
+    fn dedupe_hit(&mut self, conv_id: &str, sender: &str, cmid: &str) -> R<Option<Message>>;
     fn put_dedupe(&mut self, sender: &str, cmid: &str, conv_id: &str, seq: u64) -> R<()>;
     fn conv(&mut self, conv_id: &str) -> R<Option<Conv>>;
     fn put_conv(&mut self, c: &Conv) -> R<()>;
@@ -271,7 +284,7 @@ fn append_batch(ops: &mut impl Ops, batch: Vec<NewMsg>) -> R<Vec<Message>> {
     let mut out = Vec::with_capacity(batch.len());
     let dedupe = !NO_DEDUPE.load(Relaxed);
     for m in batch {
-        if let Some(stored) = dedupe.then(|| ops.dedupe_hit(&m.sender, &m.cmid)).transpose()?.flatten() {
+        if let Some(stored) = dedupe.then(|| ops.dedupe_hit(&m.conv_id, &m.sender, &m.cmid)).transpose()?.flatten() {
             out.push(stored);
             continue;
         }
@@ -339,6 +352,7 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const CONVS: TableDefinition<&str, &[u8]> = TableDefinition::new("conversations");
 const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 const DEDUPE: TableDefinition<(&str, &str), (&str, u64)> = TableDefinition::new("dedupe");
+const DEDUPE_H: TableDefinition<u128, (&str, u64)> = TableDefinition::new("dedupe_h");
 const USER_CONVS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("user_convs");
 const CONV_USERS: TableDefinition<(&str, &str), ()> = TableDefinition::new("conv_users");
 const REPLIES: TableDefinition<(&str, u64, u64), ()> = TableDefinition::new("replies");
@@ -350,6 +364,7 @@ type Bytes = &'static [u8];
 struct JsonTx<'t> {
     meta: Table<'t, Str, u64>,
     dedupe: Table<'t, (Str, Str), (Str, u64)>,
+    dedupe_h: Table<'t, u128, (Str, u64)>,
     msgs: Table<'t, (Str, u64), Bytes>,
     convs: Table<'t, Str, Bytes>,
     rows: Table<'t, (Str, Str), Bytes>,
@@ -362,7 +377,8 @@ impl<'t> JsonTx<'t> {
         let (meta, dedupe, msgs) = (txn.open_table(META)?, txn.open_table(DEDUPE)?, txn.open_table(MESSAGES)?);
         let (convs, rows, conv_users) =
             (txn.open_table(CONVS)?, txn.open_table(USER_CONVS)?, txn.open_table(CONV_USERS)?);
-        Ok(JsonTx { meta, dedupe, msgs, convs, rows, conv_users, _replies: txn.open_table(REPLIES)? })
+        let dedupe_h = txn.open_table(DEDUPE_H)?;
+        Ok(JsonTx { meta, dedupe, dedupe_h, msgs, convs, rows, conv_users, _replies: txn.open_table(REPLIES)? })
     }
 }
 
@@ -374,13 +390,31 @@ impl Ops for JsonTx<'_> {
         self.meta.insert("ver", ver)?;
         Ok(())
     }
-    fn dedupe_hit(&mut self, sender: &str, cmid: &str) -> R<Option<Message>> {
-        let Some(hit) = self.dedupe.get((sender, cmid))? else { return Ok(None) };
+    fn dedupe_hit(&mut self, conv_id: &str, sender: &str, cmid: &str) -> R<Option<Message>> {
+        if HASH_DEDUPE.load(Relaxed) {
+            let Some(hit) = self.dedupe_h.get(dkey(sender, cmid))? else { return Ok(None) };
+            let v = self.msgs.get(hit.value())?.ok_or("dedupe entry points at a missing message")?;
+            return Ok(same_key(serde_json::from_slice(v.value())?, sender, cmid));
+        }
+        let local;
+        let key = if LOCAL_DEDUPE.load(Relaxed) {
+            local = format!("{sender}\0{cmid}");
+            (conv_id, local.as_str())
+        } else {
+            (sender, cmid)
+        };
+        let Some(hit) = self.dedupe.get(key)? else { return Ok(None) };
         let v = self.msgs.get(hit.value())?.ok_or("dedupe entry points at a missing message")?;
         Ok(Some(serde_json::from_slice(v.value())?))
     }
     fn put_dedupe(&mut self, sender: &str, cmid: &str, conv_id: &str, seq: u64) -> R<()> {
-        self.dedupe.insert((sender, cmid), (conv_id, seq))?;
+        if HASH_DEDUPE.load(Relaxed) {
+            self.dedupe_h.insert(dkey(sender, cmid), (conv_id, seq))?;
+        } else if LOCAL_DEDUPE.load(Relaxed) {
+            self.dedupe.insert((conv_id, format!("{sender}\0{cmid}").as_str()), (conv_id, seq))?;
+        } else {
+            self.dedupe.insert((sender, cmid), (conv_id, seq))?;
+        }
         Ok(())
     }
     fn conv(&mut self, conv_id: &str) -> R<Option<Conv>> {
@@ -484,8 +518,15 @@ impl<K: Kv> Ops for BinOps<'_, K> {
     fn put_ver(&mut self, ver: u64) -> R<()> {
         self.kv.put(Key::Meta("ver"), &be(ver))
     }
-    fn dedupe_hit(&mut self, sender: &str, cmid: &str) -> R<Option<Message>> {
-        let key = dkey(sender, cmid);
+    fn dedupe_hit(&mut self, conv_id: &str, sender: &str, cmid: &str) -> R<Option<Message>> {
+        let key = if LOCAL_DEDUPE.load(Relaxed) {
+            match self.conv_no(conv_id, false)? {
+                Some(n) => local_dkey(n, sender, cmid),
+                None => return Ok(None),
+            }
+        } else {
+            dkey(sender, cmid)
+        };
         if self.pending.as_ref().is_some_and(|p| p.contains(&key)) {
             return Err("a re-send within one batch: not in this workload".into());
         }
@@ -499,7 +540,8 @@ impl<K: Kv> Ops for BinOps<'_, K> {
         Ok(same_key(m, sender, cmid))
     }
     fn put_dedupe(&mut self, sender: &str, cmid: &str, conv_id: &str, seq: u64) -> R<()> {
-        let (n, key) = (self.no(conv_id)?, dkey(sender, cmid));
+        let n = self.no(conv_id)?;
+        let key = if LOCAL_DEDUPE.load(Relaxed) { local_dkey(n, sender, cmid) } else { dkey(sender, cmid) };
         if let Some(p) = &mut self.pending {
             p.insert(key);
         }
@@ -869,7 +911,12 @@ impl Workload {
             self.ts += 1;
             let (conv_id, sender) = (self.convs[u / 2].clone(), self.users[u].clone());
             let members = (self.users[u & !1].clone(), self.users[u | 1].clone());
-            NewMsg { conv_id, members, sender, cmid: self.rng.text(22), text: self.rng.text(40), ts: self.ts }
+            let cmid = if ORDERED_IDS.load(Relaxed) {
+                format!("{:012x}{}", self.ts, self.rng.text(10))
+            } else {
+                self.rng.text(22)
+            };
+            NewMsg { conv_id, members, sender, cmid, text: self.rng.text(40), ts: self.ts }
         };
         (0..n).map(&mut one).collect()
     }
@@ -982,9 +1029,12 @@ fn parse_opts() -> R<Opts> {
             "--dir" => o.dir = PathBuf::from(val()?),
             "--hex-ids" => o.hex_ids = true,
             "--no-dedupe" => NO_DEDUPE.store(true, Relaxed),
+            "--local-dedupe" => LOCAL_DEDUPE.store(true, Relaxed),
+            "--hash-dedupe" => HASH_DEDUPE.store(true, Relaxed),
+            "--ordered-ids" => ORDERED_IDS.store(true, Relaxed),
             _ => {
                 let usage =
-                    "[--messages N] [--prefill N] [--rounds N] [--wal-every N] [--hex-ids] [--no-dedupe] [--dir PATH]";
+                    "[--messages N] [--prefill N] [--rounds N] [--wal-every N] [--hex-ids] [--no-dedupe] [--local-dedupe] [--hash-dedupe] [--ordered-ids] [--dir PATH]";
                 return Err(format!("usage: storemicro [--designs {}] {usage}", ALL.join(",")).into());
             }
         }
