@@ -40,6 +40,9 @@ pub enum PeerCommand {
     /// A group's membership or roles changed: a node with an actor for the conversation reloads
     /// them (its next message is checked against the new membership).
     MembershipChanged { conv_id: String, seq: u64 },
+    /// The contacts of a one-to-one conversation's two users changed (a block, a friendship): a
+    /// node with an actor for the conversation reloads what it caches of them.
+    ContactsChanged { conv_id: String },
 }
 
 /// A connected device somewhere in the cluster.

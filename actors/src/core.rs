@@ -25,6 +25,17 @@ pub struct Limits {
     pub conversation_mailbox: usize,
     /// Rate limits (`[limits]`).
     pub rates: crate::limits::RateConfig,
+    /// Who may message whom one-to-one (`chat.who_may_message`).
+    pub who_may_message: crate::rules::WhoMayMessage,
+    /// Accounts exempt from `who_may_message` and from blocks (`chat.staff` and the HTTP API's
+    /// system user).
+    pub staff: Arc<std::collections::HashSet<String>>,
+}
+
+impl Limits {
+    pub fn is_staff(&self, user: &str) -> bool {
+        self.staff.contains(user)
+    }
 }
 
 impl Default for Limits {
@@ -37,6 +48,8 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(300),
             conversation_mailbox: 1024,
             rates: crate::limits::RateConfig::default(),
+            who_may_message: crate::rules::WhoMayMessage::Open,
+            staff: Arc::default(),
         }
     }
 }

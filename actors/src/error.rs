@@ -73,6 +73,9 @@ error_codes! {
     TokenRevoked = "token_revoked", 401, "The token was issued before the user's tokens were revoked (`POST /api/v1/users/{id}/tokens/revoke`, to the millisecond). Mint a new one. Open connections holding such a token are closed (1008, reason `token_revoked`) and their requests refused.";
     GroupDismissed = "group_dismissed", 410, "The group was dismissed: it refuses sends and further changes.";
     MessageRejected = "message_rejected", 422, "The `before_send` webhook refused the message (the message gives its reason), or it could not be asked and `webhooks.before_send.fail_open` is false.";
+    Blocked = "blocked", 403, "The recipient blocked the sender: a one-to-one message or a friend request to them is refused. Nothing says more (the blocked user cannot tell a block from anything else this code covers).";
+    NotFriends = "not_friends", 403, "The node's messaging policy (`chat.who_may_message`) allows one-to-one messages only between friends (or people who share a group), and these two are not; or a friends-only change (delete, remark, tags) was asked for a non-friend. Nothing was stored.";
+    RequestNotPending = "request_not_pending", 409, "Accept, reject or cancel of a friend request that is not pending (never sent, already answered or withdrawn: a stale or duplicated answer). Nothing changed.";
     RateLimited = "rate_limited", 429, "A rate limit was reached (`limits.*`: requests or messages per connection, messages, group creations or users added per user, connections per IP address); nothing was done. The message says which limit and when a retry may pass.";
     Internal = "internal", 500, "An unexpected server error.";
 }
@@ -133,6 +136,10 @@ pub enum StoreError {
     /// The operation named something that does not exist.
     #[error("not found: {0}")]
     NotFound(String),
+    /// A rule of the domain, decided inside the store's transaction (see `store::plan`), refused
+    /// the operation: it becomes that code on the wire.
+    #[error("{0}: {1}")]
+    Refused(ErrorCode, String),
 }
 
 impl From<StoreError> for Error {
@@ -141,6 +148,7 @@ impl From<StoreError> for Error {
             StoreError::Unavailable(m) => Error::new(ErrorCode::Unavailable, m),
             StoreError::Conflict(m) => Error::new(ErrorCode::Conflict, m),
             StoreError::NotFound(m) => Error::new(ErrorCode::NotFound, m),
+            StoreError::Refused(code, m) => Error::new(code, m),
         }
     }
 }

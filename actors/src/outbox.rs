@@ -4,9 +4,10 @@
 //! `confab` crate (`src/webhooks/`); storage adapters implement [`Outbox`].
 //!
 //! Event kinds: `message.sent`, `message.recalled`, `group.created`, `group.members_changed`,
-//! `group.updated`, `group.roles_changed`, `group.dismissed`, `user.online`, `user.offline`. Every event has a store-wide increasing `id` (the
+//! `group.updated`, `group.roles_changed`, `group.dismissed`, `user.online`, `user.offline`,
+//! `contact.changed`. Every event has a store-wide increasing `id` (the
 //! de-duplication key receivers use) and an ordering key: its conversation, or `user:<id>` for
-//! presence events.
+//! presence and contact events (the acting user).
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -24,6 +25,7 @@ pub const GROUP_ROLES_CHANGED: &str = "group.roles_changed";
 pub const GROUP_DISMISSED: &str = "group.dismissed";
 pub const USER_ONLINE: &str = "user.online";
 pub const USER_OFFLINE: &str = "user.offline";
+pub const CONTACT_CHANGED: &str = "contact.changed";
 
 /// Every event kind, as configured in `webhooks.endpoints[].events`.
 pub const EVENT_KINDS: &[&str] = &[
@@ -36,6 +38,7 @@ pub const EVENT_KINDS: &[&str] = &[
     GROUP_DISMISSED,
     USER_ONLINE,
     USER_OFFLINE,
+    CONTACT_CHANGED,
 ];
 
 /// One event of the outbox.
@@ -95,6 +98,8 @@ pub enum Change<'a> {
         group: &'a Group,
         message: &'a Message,
     },
+    /// A contact change (friend request and its answers, friendship, remark, block).
+    Contact(&'a crate::store::ContactChange, &'a crate::store::ContactPlan),
 }
 
 impl Change<'_> {
@@ -108,6 +113,8 @@ impl Change<'_> {
             Change::GroupCreated(g, m) => NewEvent::group_created(g, m),
             Change::MembersChanged { group_id, message } => NewEvent::members_changed(group_id, message),
             Change::Group { kind, group, message } => NewEvent::group(kind, group, message),
+            Change::Contact(_, plan) if !plan.changed => return None,
+            Change::Contact(c, plan) => NewEvent::contact(c, plan),
         })
     }
 }
@@ -171,6 +178,20 @@ impl NewEvent {
             seq: Some(m.seq),
             ts: m.ts,
             data: serde_json::json!({ "group_id": group_id, "message": m }),
+        }
+    }
+
+    /// A contact change: `change` names it (`friend_request`, `friend_accept`, …), `user` made
+    /// it about `peer`, `contacts` are the rows it wrote (the user's first).
+    pub fn contact(c: &crate::store::ContactChange, plan: &crate::store::ContactPlan) -> NewEvent {
+        let mut rows = vec![&plan.user];
+        rows.extend(plan.peer.as_ref());
+        NewEvent {
+            kind: CONTACT_CHANGED,
+            conv_id: None,
+            seq: None,
+            ts: c.ts,
+            data: serde_json::json!({ "change": c.op.kind(), "user": c.user, "peer": c.peer, "contacts": rows }),
         }
     }
 

@@ -82,6 +82,16 @@ ops! {
     "users_get" => UsersGet(UsersGetReq),
     "profile_update" => ProfileUpdate(ProfileUpdateReq),
     "refresh" => Refresh(RefreshReq),
+    "friend_request" => FriendRequest(FriendRequestReq),
+    "friend_accept" => FriendAccept(UserReq),
+    "friend_reject" => FriendReject(UserReq),
+    "friend_cancel" => FriendCancel(UserReq),
+    "friend_delete" => FriendDelete(UserReq),
+    "contact_update" => ContactUpdate(ContactUpdateReq),
+    "block" => Block(UserReq),
+    "unblock" => Unblock(UserReq),
+    "contact" => Contact(UserReq),
+    "contacts" => Contacts(ConversationsReq),
 }
 
 /// Parses one text frame.
@@ -239,6 +249,34 @@ pub struct GroupCreateReq {
 pub struct GroupMembersReq {
     pub group_id: String,
     pub members: Vec<String>,
+}
+
+/// Names another user (contacts).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserReq {
+    pub user_id: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FriendRequestReq {
+    pub user_id: String,
+    /// A short message to the user asked (at most 200 characters).
+    #[serde(default)]
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContactUpdateReq {
+    pub user_id: String,
+    /// The private alias (`""` removes it); absent: unchanged.
+    #[serde(default)]
+    pub remark: Option<String>,
+    /// The private tags, replacing the old ones; absent: unchanged.
+    #[serde(default)]
+    pub tags: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

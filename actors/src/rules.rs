@@ -1,5 +1,6 @@
 //! The group and message rules, as plain functions: who may change a group's members, profile
-//! and roles, who may recall what and when, and the system messages that record changes. The
+//! and roles, who may recall what and when, who may message whom one-to-one, and the system
+//! messages that record changes. The
 //! conversation actor and the engine call them; nothing here does I/O or holds state.
 
 use std::collections::HashMap;
@@ -9,6 +10,74 @@ use std::time::Duration;
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::{Body, GroupPatch, Message, Role};
 use crate::proto;
+
+/// Who may send one-to-one messages to whom (`chat.who_may_message`). Staff accounts
+/// (`chat.staff`, and the HTTP API's system user) are exempt either way round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhoMayMessage {
+    /// Anyone may message anyone.
+    #[default]
+    Open,
+    /// Only friends.
+    Friends,
+    /// Friends, or users who are both members of some group.
+    FriendsOrGroups,
+}
+
+/// What two users of a one-to-one conversation are to each other, as the conversation caches it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Relation {
+    pub friends: bool,
+    /// The users (of the two) who blocked the other.
+    pub blocked_by: Vec<Arc<str>>,
+    /// Whether they share a group; `None` when not looked up.
+    pub share_group: Option<bool>,
+}
+
+/// The answer of [`check_direct_send`].
+#[derive(Debug, Clone)]
+pub enum DirectVerdict {
+    Allow,
+    Refuse(Error),
+    /// The answer depends on whether they share a group, which is unknown or may be stale:
+    /// look it up and ask again.
+    LookUpGroups,
+}
+
+/// Checks a one-to-one message from `sender` to `recipient`: refused (`blocked`) when the
+/// recipient blocked the sender, then (`not_friends`) when the policy wants a relation they do not
+/// have. A staff sender or recipient passes both. `groups_fresh`: `rel.share_group` was looked up
+/// recently enough to refuse on it.
+pub fn check_direct_send(
+    policy: WhoMayMessage,
+    is_staff: impl Fn(&str) -> bool,
+    sender: &str,
+    recipient: &str,
+    rel: &Relation,
+    groups_fresh: bool,
+) -> DirectVerdict {
+    if sender == recipient || is_staff(sender) || is_staff(recipient) {
+        return DirectVerdict::Allow;
+    }
+    if rel.blocked_by.iter().any(|u| &**u == recipient) {
+        return DirectVerdict::Refuse(Error::new(ErrorCode::Blocked, "this user does not accept your messages"));
+    }
+    let not_friends = || Error::new(ErrorCode::NotFriends, "you may only message your friends");
+    match policy {
+        WhoMayMessage::Open => DirectVerdict::Allow,
+        _ if rel.friends => DirectVerdict::Allow,
+        WhoMayMessage::Friends => DirectVerdict::Refuse(not_friends()),
+        WhoMayMessage::FriendsOrGroups => match rel.share_group {
+            Some(true) => DirectVerdict::Allow,
+            Some(false) if groups_fresh => DirectVerdict::Refuse(Error::new(
+                ErrorCode::NotFriends,
+                "you may only message your friends and people in your groups",
+            )),
+            _ => DirectVerdict::LookUpGroups,
+        },
+    }
+}
 
 /// A change of members, as asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -196,6 +265,39 @@ pub fn group_dismissed(by: &str) -> Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn direct_sends_under_each_policy() {
+        use WhoMayMessage::*;
+        let staff = |u: &str| u == "ops";
+        let verdict = |policy, sender: &str, recipient: &str, rel: &Relation, fresh| match check_direct_send(
+            policy, staff, sender, recipient, rel, fresh,
+        ) {
+            DirectVerdict::Allow => "allow".to_owned(),
+            DirectVerdict::Refuse(e) => e.code.as_str().to_owned(),
+            DirectVerdict::LookUpGroups => "look".to_owned(),
+        };
+        let none = Relation::default();
+        let friends = Relation { friends: true, ..Relation::default() };
+        let blocked_by_b = Relation { friends: true, blocked_by: vec![Arc::from("b")], share_group: None };
+        let grouped = Relation { share_group: Some(true), ..Relation::default() };
+        let apart = Relation { share_group: Some(false), ..Relation::default() };
+        assert_eq!(verdict(Open, "a", "b", &none, false), "allow");
+        assert_eq!(verdict(Friends, "a", "b", &none, false), "not_friends");
+        assert_eq!(verdict(Friends, "a", "b", &friends, false), "allow");
+        // A block refuses whatever the policy; only the blocked side; staff pass either way.
+        assert_eq!(verdict(Open, "a", "b", &blocked_by_b, false), "blocked");
+        assert_eq!(verdict(Open, "b", "a", &blocked_by_b, false), "allow");
+        assert_eq!(verdict(Friends, "a", "ops", &none, false), "allow");
+        assert_eq!(verdict(Friends, "ops", "a", &blocked_by_b, false), "allow");
+        assert_eq!(verdict(Friends, "a", "a", &none, false), "allow");
+        // Groups: a stale "apart" is looked up again before refusing.
+        assert_eq!(verdict(FriendsOrGroups, "a", "b", &grouped, false), "allow");
+        assert_eq!(verdict(FriendsOrGroups, "a", "b", &apart, true), "not_friends");
+        assert_eq!(verdict(FriendsOrGroups, "a", "b", &apart, false), "look");
+        assert_eq!(verdict(FriendsOrGroups, "a", "b", &none, true), "look");
+        assert_eq!(verdict(FriendsOrGroups, "a", "b", &friends, false), "allow");
+    }
 
     fn roles(v: &[(&str, Role)]) -> HashMap<Arc<str>, Role> {
         v.iter().map(|(u, r)| (Arc::from(*u), *r)).collect()

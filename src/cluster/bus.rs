@@ -118,6 +118,8 @@ pub enum Broadcast {
         #[serde(default)]
         seq: u64,
     },
+    /// The contacts of a one-to-one conversation's users changed: reload what is cached of them.
+    ContactsChanged { conv_id: String },
     /// An event this version does not know (sent by a newer node).
     #[serde(other)]
     Unknown,

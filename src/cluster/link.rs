@@ -51,6 +51,7 @@ impl seam::Cluster for Link {
                 Broadcast::CloseUser { user, disabled, tokens_before_ms }
             }
             PeerCommand::MembershipChanged { conv_id, seq } => Broadcast::MembershipChanged { conv_id, seq },
+            PeerCommand::ContactsChanged { conv_id } => Broadcast::ContactsChanged { conv_id },
         };
         self.cluster.announce(event);
     }
@@ -94,6 +95,7 @@ pub fn dispatch(engine: &Engine, incoming: Incoming) {
             Broadcast::MembershipChanged { conv_id, seq } => {
                 engine.peer_command(PeerCommand::MembershipChanged { conv_id, seq })
             }
+            Broadcast::ContactsChanged { conv_id } => engine.peer_command(PeerCommand::ContactsChanged { conv_id }),
             Broadcast::Unknown => tracing::debug!(%from, "ignored a cluster event this version does not know"),
         },
         Incoming::Presence { user, online } => engine.presence(&user, online),

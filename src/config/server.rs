@@ -84,6 +84,12 @@ pub struct Session {
 pub struct Chat {
     pub max_text_chars: usize,
     pub recall_window_secs: u64,
+    /// Who may message whom one-to-one: `open`, `friends` or `friends_or_groups`.
+    #[serde(default)]
+    pub who_may_message: confab_actors::rules::WhoMayMessage,
+    /// Accounts exempt from `who_may_message` and from blocks (operators, service accounts).
+    #[serde(default, deserialize_with = "string_list")]
+    pub staff: Vec<String>,
 }
 
 /// `[groups]`: group sizes and the conversation actors.
@@ -131,6 +137,11 @@ impl Config {
         range("session.max_inflight_requests", self.session.max_inflight_requests, 1, 10_000)?;
         range("chat.max_text_chars", self.chat.max_text_chars, 1, 1 << 20)?;
         range("chat.recall_window_secs", self.chat.recall_window_secs, 0, 365 * 86400)?;
+        for u in &self.chat.staff {
+            if confab_actors::model::validate_id("user", u).is_err() {
+                return Err(ConfigError(format!("chat.staff: {u:?} is not a valid user id")));
+            }
+        }
         range("groups.max_members", self.groups.max_members, 2, 1_000_000)?;
         range("groups.fanout_chunk", self.groups.fanout_chunk, 1, 100_000)?;
         range("groups.idle_timeout_secs", self.groups.idle_timeout_secs, 1, 86400)?;
@@ -155,6 +166,11 @@ impl Config {
             idle_timeout: Duration::from_secs(self.groups.idle_timeout_secs),
             conversation_mailbox: 1024,
             rates: self.rates(),
+            who_may_message: self.chat.who_may_message,
+            // The HTTP API's system user sends the backend's notifications: never refused.
+            staff: std::sync::Arc::new(
+                self.chat.staff.iter().cloned().chain(std::iter::once(self.api.system_user.clone())).collect(),
+            ),
         }
     }
 

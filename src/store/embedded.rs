@@ -20,6 +20,8 @@
 //! | `members`       | `(group_id, user)`          | `Member` JSON             | active members                        |
 //! | `users`         | `user_id`                   | `User` JSON               | profiles, disabled, token revocation  |
 //! | `replies`       | `(conv_id, quoted, seq)`    | `()`                      | a recall scrubs the quotes of replies |
+//! | `contacts`      | `(owner, peer)`             | `Contact` JSON            | friends, requests, blocks             |
+//! | `contacts_by_ver` | `(owner, ver)`            | `peer`                    | `contacts` sync by version            |
 //!
 //! With webhooks on, changes also write their event to the outbox tables of `outbox` in the same
 //! transaction (`outbox`, `webhook_deliveries`, `webhook_pending`, `webhook_meta`).
@@ -53,6 +55,7 @@
 //! Reads run on `tokio::task::spawn_blocking` in a redb `ReadTransaction` (an MVCC snapshot of the
 //! last commit) of the database open at that moment, and never wait for the writer.
 
+mod contacts;
 mod groups;
 mod health;
 mod ops;
@@ -72,12 +75,13 @@ use async_trait::async_trait;
 use confab_actors::error::StoreError;
 use confab_actors::metrics::Metrics;
 use confab_actors::model::{
-    Changes, Conversation, ConversationView, FlagsPatch, Group, Member, Message, User, UserConvState, UserPatch,
+    Changes, Contact, Conversation, ConversationView, FlagsPatch, Group, Member, Message, User, UserConvState,
+    UserPatch,
 };
 use confab_actors::outbox::Change;
 use confab_actors::store::{
-    Appended, GroupDismiss, GroupUpdate, HistoryQuery, MemberChange, NewGroup, NewMessage, Recalled, RoleChange, Store,
-    StoreResult,
+    Appended, ContactChange, ContactPlan, GroupDismiss, GroupUpdate, HistoryQuery, MemberChange, NewGroup, NewMessage,
+    Recalled, RoleChange, Store, StoreResult,
 };
 use redb::{ReadTransaction, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
@@ -217,6 +221,8 @@ fn create_tables(txn: &WriteTransaction) -> StoreResult<()> {
     outbox::create_tables(txn)?;
     txn.open_table(tables::USERS).map_err(unavailable)?;
     txn.open_table(tables::REPLIES).map_err(unavailable)?;
+    txn.open_table(tables::CONTACTS).map_err(unavailable)?;
+    txn.open_table(tables::CONTACTS_BY_VER).map_err(unavailable)?;
     ops::index_replies(txn)?;
     Ok(())
 }
@@ -367,6 +373,31 @@ impl Store for EmbeddedStore {
 
     async fn dismiss_group(&self, d: GroupDismiss) -> StoreResult<(Group, Message)> {
         self.group_change(confab_actors::outbox::GROUP_DISMISSED, d, groups::dismiss_group).await
+    }
+
+    async fn change_contact(&self, c: ContactChange) -> StoreResult<ContactPlan> {
+        let emit = self.outbox.load(Relaxed);
+        self.write(move |txn| {
+            let plan = contacts::change(txn, &c)?;
+            emit_event(txn, emit, Change::Contact(&c, &plan))?;
+            Ok(plan)
+        })
+        .await
+    }
+
+    async fn contact(&self, owner: &str, peer: &str) -> StoreResult<Option<Contact>> {
+        let (owner, peer) = (owner.to_owned(), peer.to_owned());
+        self.read(move |txn| contacts::contact(txn, &owner, &peer)).await
+    }
+
+    async fn list_contacts(&self, owner: &str, since: u64, limit: usize) -> StoreResult<Vec<Contact>> {
+        let owner = owner.to_owned();
+        self.read(move |txn| contacts::list(txn, &owner, since, limit)).await
+    }
+
+    async fn share_group(&self, a: &str, b: &str) -> StoreResult<bool> {
+        let (a, b) = (a.to_owned(), b.to_owned());
+        self.read(move |txn| contacts::share_group(txn, &a, &b)).await
     }
 
     async fn upsert_user(&self, p: UserPatch) -> StoreResult<User> {

@@ -28,6 +28,7 @@ mod append;
 mod batch;
 mod clock;
 mod conn;
+mod contacts;
 mod docs;
 mod groups;
 mod migrate;
@@ -49,11 +50,12 @@ use async_trait::async_trait;
 use confab_actors::error::StoreError;
 use confab_actors::metrics::Metrics;
 use confab_actors::model::{
-    Changes, Conversation, ConversationView, FlagsPatch, Group, Member, Message, User, UserConvState, UserPatch,
+    Changes, Contact, Conversation, ConversationView, FlagsPatch, Group, Member, Message, User, UserConvState,
+    UserPatch,
 };
 use confab_actors::store::{
-    Appended, GroupDismiss, GroupUpdate, HistoryQuery, MemberChange, NewGroup, NewMessage, Recalled, RoleChange, Store,
-    StoreResult,
+    Appended, ContactChange, ContactPlan, GroupDismiss, GroupUpdate, HistoryQuery, MemberChange, NewGroup, NewMessage,
+    Recalled, RoleChange, Store, StoreResult,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -369,6 +371,28 @@ impl Store for MongoStore {
             Answer::Created(g, m) => Ok((*g, m)),
             _ => Err(unexpected()),
         }
+    }
+
+    async fn change_contact(&self, c: ContactChange) -> StoreResult<ContactPlan> {
+        match self.write(Op::ChangeContact(c)).await? {
+            Answer::Contact(plan) => Ok(*plan),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn contact(&self, owner: &str, peer: &str) -> StoreResult<Option<Contact>> {
+        let (owner, peer) = (owner.to_owned(), peer.to_owned());
+        self.read("contact", move |c| async move { contacts::contact(&c, &owner, &peer).await }).await
+    }
+
+    async fn list_contacts(&self, owner: &str, since: u64, limit: usize) -> StoreResult<Vec<Contact>> {
+        let owner = owner.to_owned();
+        self.read("list_contacts", move |c| async move { contacts::list(&c, &owner, since, limit).await }).await
+    }
+
+    async fn share_group(&self, a: &str, b: &str) -> StoreResult<bool> {
+        let (a, b) = (a.to_owned(), b.to_owned());
+        self.read("share_group", move |c| async move { contacts::share_group(&c, &a, &b).await }).await
     }
 
     async fn upsert_user(&self, p: UserPatch) -> StoreResult<User> {

@@ -706,3 +706,36 @@ async fn presence_webhooks_are_decided_for_the_whole_cluster() {
     receiver.wait_for("carol offline after the stop", 20, |e| count(e, "user.offline", "carol") == 1).await;
     cluster.stop().await;
 }
+
+/// A block made on one node holds on the node where the blocked user is connected, whose actor of
+/// the conversation is live (and caches the relation), at once: the change is broadcast like a
+/// membership change.
+#[tokio::test]
+async fn a_block_made_on_one_node_holds_on_every_node() {
+    let Some((mongo, _)) = services() else { return };
+    let cluster = Cluster::start(2, &mongo).await;
+    let [mut alice, mut bob] = cluster.connect_each([(1, "alice/phone"), (0, "bob/phone")]).await;
+    alice.send_msg(json!({"to": "bob"}), "a1", text("hi")).await;
+    bob.next_event("message").await;
+    bob.expect_ok("block", json!({"user_id": "alice"})).await;
+    // The broadcast is asynchronous but fast: the first send after a short moment is refused.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let r = alice
+            .request("send", json!({"to": "bob", "client_msg_id": format!("a{}", n + 1), "body": text("?")}))
+            .await;
+        if r["error"]["code"] == "blocked" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "alice's node never learnt of the block: {r}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("refused after {n} send(s)");
+    assert!(n <= 2, "the block took {n} sends to hold on the other node");
+    bob.expect_ok("unblock", json!({"user_id": "alice"})).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    alice.send_msg(json!({"to": "bob"}), "after", text("thanks")).await;
+    cluster.stop().await;
+}

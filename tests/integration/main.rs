@@ -16,6 +16,7 @@ mod store;
 mod store_mongo;
 mod webhooks;
 mod ws_chat;
+mod ws_contacts;
 mod ws_errors;
 mod ws_groups;
 mod ws_node;

@@ -1171,6 +1171,115 @@ pub async fn check_persisted_read(s: DynStore) {
 
 /// Runs every generic check on a fresh embedded store, plus the embedded-only checks.
 /// The conformance checks every store passes, listed once: `checks!(m)` calls `m!(check, …)`.
+/// Friend requests and their answers, friendship, remarks, blocks; refusals write nothing; each
+/// change gives the rows it writes one new `ver`; `list_contacts` pages by `ver`.
+pub async fn check_contacts(s: DynStore) {
+    use confab_actors::error::ErrorCode;
+    use confab_actors::model::{ContactOp, RequestDirection};
+    use confab_actors::store::ContactChange;
+    let change =
+        |user: &str, peer: &str, op: ContactOp, ts: i64| ContactChange { user: user.into(), peer: peer.into(), op, ts };
+    let refused = |r: Result<_, StoreError>, want: ErrorCode| match r {
+        Err(StoreError::Refused(code, _)) => assert_eq!(code, want),
+        other => panic!("expected {want:?}, got {other:?}"),
+    };
+    let request = |msg: &str| ContactOp::Request { message: msg.into() };
+
+    // Nothing to answer yet: refused, nothing written.
+    refused(s.change_contact(change("bob", "ann", ContactOp::Accept, TS)).await, ErrorCode::RequestNotPending);
+    assert!(s.contact("bob", "ann").await.unwrap().is_none());
+    assert!(s.list_contacts("bob", 0, 10).await.unwrap().is_empty());
+
+    // ann asks bob: both rows, one version.
+    let p = s.change_contact(change("ann", "bob", request("hi"), TS)).await.unwrap();
+    assert!(p.changed);
+    let theirs = p.peer.clone().expect("bob's row is written");
+    assert_eq!(
+        p.user.request.as_ref().map(|r| (r.direction, r.message.as_str())),
+        Some((RequestDirection::Outgoing, "hi"))
+    );
+    assert_eq!(theirs.request.as_ref().map(|r| r.direction), Some(RequestDirection::Incoming));
+    assert_eq!(p.user.ver, theirs.ver);
+    assert_eq!(s.contact("bob", "ann").await.unwrap(), Some(theirs.clone()));
+    let v1 = p.user.ver;
+
+    // A stale answer the other way round, and a cancel by the wrong side: refused.
+    refused(s.change_contact(change("ann", "bob", ContactOp::Accept, TS + 1)).await, ErrorCode::RequestNotPending);
+    refused(s.change_contact(change("bob", "ann", ContactOp::Cancel, TS + 1)).await, ErrorCode::RequestNotPending);
+    refused(s.change_contact(change("ann", "bob", ContactOp::Delete, TS + 1)).await, ErrorCode::NotFriends);
+    assert_eq!(s.contact("bob", "ann").await.unwrap(), Some(theirs));
+
+    // bob accepts: friends both ways; a duplicated accept is refused.
+    let p = s.change_contact(change("bob", "ann", ContactOp::Accept, TS + 2)).await.unwrap();
+    assert!(p.user.friend && p.user.request.is_none() && p.user.friend_since == Some(TS + 2));
+    let ann = p.peer.expect("ann's row changes too");
+    assert!(ann.friend && ann.request.is_none());
+    assert!(p.user.ver > v1);
+    refused(s.change_contact(change("bob", "ann", ContactOp::Accept, TS + 3)).await, ErrorCode::RequestNotPending);
+    refused(s.change_contact(change("ann", "bob", request("again"), TS + 3)).await, ErrorCode::Conflict);
+
+    // Remark and tags are the owner's alone.
+    let upd = ContactOp::Update { remark: Some("Bobby".into()), tags: Some(vec!["work".into()]) };
+    let p = s.change_contact(change("ann", "bob", upd, TS + 4)).await.unwrap();
+    assert!(p.peer.is_none());
+    assert_eq!((p.user.remark.as_deref(), p.user.tags.as_slice()), (Some("Bobby"), &["work".to_owned()][..]));
+    assert_eq!(s.contact("bob", "ann").await.unwrap().unwrap().remark, None);
+
+    // A block is the blocker's alone, independent of friendship; blocking twice writes nothing.
+    let p = s.change_contact(change("bob", "ann", ContactOp::Block, TS + 5)).await.unwrap();
+    assert!(p.user.blocked && p.user.friend && p.peer.is_none());
+    let again = s.change_contact(change("bob", "ann", ContactOp::Block, TS + 6)).await.unwrap();
+    assert!(!again.changed);
+    assert_eq!(again.user.ver, p.user.ver);
+    assert!(!s.contact("ann", "bob").await.unwrap().unwrap().blocked);
+
+    // Delete: both rows, remark and tags gone. Then the blocked ann may not ask again.
+    let p = s.change_contact(change("ann", "bob", ContactOp::Delete, TS + 7)).await.unwrap();
+    assert!(!p.user.friend && p.user.remark.is_none() && p.user.tags.is_empty());
+    assert!(!p.peer.expect("bob's row").friend);
+    refused(s.change_contact(change("ann", "bob", request("please"), TS + 8)).await, ErrorCode::Blocked);
+    s.change_contact(change("bob", "ann", ContactOp::Unblock, TS + 9)).await.unwrap();
+
+    // Both ask: the second request accepts the first.
+    s.change_contact(change("cat", "ann", request(""), TS + 10)).await.unwrap();
+    let p = s.change_contact(change("ann", "cat", request(""), TS + 11)).await.unwrap();
+    assert!(p.user.friend && p.peer.expect("cat's row").friend);
+    // A rejected request leaves both rows without it; a cancelled one too.
+    s.change_contact(change("dan", "ann", request("x"), TS + 12)).await.unwrap();
+    let p = s.change_contact(change("ann", "dan", ContactOp::Reject, TS + 13)).await.unwrap();
+    assert!(p.user.request.is_none() && p.peer.expect("dan's row").request.is_none());
+    s.change_contact(change("ann", "eve", request("x"), TS + 14)).await.unwrap();
+    s.change_contact(change("ann", "eve", ContactOp::Cancel, TS + 15)).await.unwrap();
+    assert!(s.contact("eve", "ann").await.unwrap().unwrap().request.is_none());
+    // Befriend (the import) is idempotent.
+    let p = s.change_contact(change("fay", "gus", ContactOp::Befriend, TS + 16)).await.unwrap();
+    assert!(p.changed && p.user.friend && p.peer.unwrap().friend);
+    assert!(!s.change_contact(change("gus", "fay", ContactOp::Befriend, TS + 17)).await.unwrap().changed);
+
+    // ann's rows by version: bob, cat, dan, eve, each once, at its last change; paging by `ver`.
+    let all = s.list_contacts("ann", 0, 100).await.unwrap();
+    let peers: Vec<&str> = all.iter().map(|c| c.user_id.as_str()).collect();
+    assert_eq!(peers, ["bob", "cat", "dan", "eve"]);
+    assert!(all.windows(2).all(|w| w[0].ver < w[1].ver));
+    let first = s.list_contacts("ann", 0, 2).await.unwrap();
+    assert_eq!(first, all[..2]);
+    let rest = s.list_contacts("ann", first[1].ver, 100).await.unwrap();
+    assert_eq!(rest, all[2..]);
+    assert!(s.list_contacts("ann", all[3].ver, 100).await.unwrap().is_empty());
+}
+
+/// `share_group`: only active members of the same group.
+pub async fn check_share_group(s: DynStore) {
+    assert!(!s.share_group("a", "b").await.unwrap());
+    s.create_group(new_group("g1", "a", &["b"])).await.unwrap();
+    s.create_group(new_group("g2", "c", &["d"])).await.unwrap();
+    assert!(s.share_group("a", "b").await.unwrap());
+    assert!(s.share_group("b", "a").await.unwrap());
+    assert!(!s.share_group("a", "c").await.unwrap());
+    s.change_members(change("g1", &[], &["b"], TS + 1)).await.unwrap();
+    assert!(!s.share_group("a", "b").await.unwrap(), "b left");
+}
+
 macro_rules! checks {
     ($apply:ident) => {
         $apply!(
@@ -1192,6 +1301,8 @@ macro_rules! checks {
             check_users,
             check_group_update_roles_dismiss,
             check_system_dedupe,
+            check_contacts,
+            check_share_group,
         );
     };
 }

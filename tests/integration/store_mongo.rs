@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use confab::store::{EmbeddedStore, MongoOptions, MongoStore};
 use confab_actors::error::StoreError;
 use confab_actors::metrics::Metrics;
-use confab_actors::model::{direct_conv_id, group_conv_id, Role, UserPatch};
+use confab_actors::model::{direct_conv_id, group_conv_id, ContactOp, Role, UserPatch};
 use confab_actors::outbox::{Attempt, Delivery, DeliveryQuery, DeliveryState, NewEvent, Outbox, USER_ONLINE};
-use confab_actors::store::{HistoryQuery, NewMessage, Store};
+use confab_actors::store::{ContactChange, HistoryQuery, NewMessage, Store};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -659,6 +659,10 @@ async fn migrate_carries_users_and_the_webhook_outbox() {
         embedded.upsert_user(profile).await.expect("alice");
         embedded.set_user_disabled("carol", true, TS + 1).await.expect("disable carol");
         embedded.revoke_tokens("bob", 1_700_000_500_000, TS + 2).await.expect("revoke bob");
+        for (user, peer, op) in [("alice", "bob", ContactOp::Befriend), ("carol", "alice", ContactOp::Block)] {
+            let c = ContactChange { user: user.into(), peer: peer.into(), op, ts: TS + 3 };
+            embedded.change_contact(c).await.expect("contact");
+        }
         let mut ids = Vec::new();
         for n in 0..4 {
             ids.push(embedded.push_event(online(n)).await.expect("push"));
@@ -697,6 +701,12 @@ async fn migrate_carries_users_and_the_webhook_outbox() {
     assert_eq!(line("outbox"), Some((4, 0)));
     assert_eq!(line("webhook_deliveries"), Some((3, 0)));
     assert_eq!(line("webhook_meta"), Some((1, 0)), "the cursor; not the lease");
+    assert_eq!(line("contacts"), Some((3, 0)), "alice's and bob's rows, carol's block");
+    let alice_bob = store.contact("alice", "bob").await.expect("contact").expect("migrated");
+    assert!(alice_bob.friend && alice_bob.friend_since == Some(TS + 3));
+    assert!(store.contact("carol", "alice").await.expect("contact").expect("migrated").blocked);
+    let rows = store.list_contacts("bob", 0, 10).await.expect("list");
+    assert_eq!(rows.iter().map(|r| r.user_id.as_str()).collect::<Vec<_>>(), ["alice"], "synced by ver");
 
     // Users: profiles survive, nobody is enabled again, no revoked token comes back.
     let alice = store.user("alice").await.expect("user").expect("migrated");

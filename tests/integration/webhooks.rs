@@ -656,3 +656,32 @@ async fn system_messages_skip_before_send() {
     assert_eq!(st, 200, "{v}");
     assert_eq!(r.get(|s| s.checks.len()), 1, "a system message was checked");
 }
+
+/// Contact changes are `contact.changed` events, written with the change; one that changed
+/// nothing (a second block) is not.
+#[tokio::test]
+async fn contact_changes_are_webhook_events() {
+    let r = Receiver::start().await;
+    let (keys, eps) = (api_keys(), endpoints(&r, &["contact.changed"]));
+    let node = TestNode::with(&webhook_env(&keys, &eps));
+    let [mut alice, mut bob] = node.connect_each(["alice/phone", "bob/phone"]).await;
+    alice.expect_ok("friend_request", json!({"user_id": "bob", "message": "hi"})).await;
+    bob.expect_ok("friend_accept", json!({"user_id": "alice"})).await;
+    bob.expect_ok("block", json!({"user_id": "alice"})).await;
+    bob.expect_ok("block", json!({"user_id": "alice"})).await;
+    bob.expect_err("friend_accept", json!({"user_id": "alice"}), "request_not_pending").await;
+    let events = r.wait_for("three contact changes", 10, |u| u.len() >= 3).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(r.unique().len(), 3, "{events:#?}");
+    check_order(&events);
+    let changes: Vec<(&str, &str, usize)> = events
+        .iter()
+        .map(|e| {
+            let d = &e["data"];
+            (d["change"].as_str().unwrap(), d["user"].as_str().unwrap(), d["contacts"].as_array().unwrap().len())
+        })
+        .collect();
+    assert_eq!(changes, [("friend_request", "alice", 2), ("friend_accept", "bob", 2), ("block", "bob", 1)]);
+    assert!(events.iter().all(|e| e["type"] == "contact.changed" && e.get("conv_id").is_none()));
+    assert_eq!(events[2]["data"]["contacts"][0]["blocked"], true);
+}

@@ -2,6 +2,7 @@
 //! (checked by [`crate::rules`], written through the store in submission order).
 
 use super::*;
+use crate::rules::DirectVerdict;
 
 impl ConversationActor {
     pub fn new(core: Arc<Core>, directory: Arc<Directory>, conv_id: Arc<str>, kind: ConvKind, init: Init) -> Self {
@@ -32,6 +33,7 @@ impl ConversationActor {
             recipients: RecipientCache::default(),
             last_active: Instant::now(),
             handed_over: None,
+            relation: None,
         }
     }
 
@@ -58,6 +60,7 @@ impl ConversationActor {
         let conv_id = self.conv_id.clone();
         let kind = self.kind;
         let init = self.init.clone();
+        let policy = self.core.limits.who_may_message;
         let fut = async move {
             let conv = store.conversation(&conv_id).await?;
             let last_seq = conv.as_ref().map(|c| c.last_seq).unwrap_or(0);
@@ -85,13 +88,18 @@ impl ConversationActor {
                     }
                 }
             }
-            Ok::<_, Error>((last_seq, roles))
+            let relation = match roles.keys().cloned().collect::<Vec<_>>().as_slice() {
+                [a, b] if kind == ConvKind::Direct => Some(relation::load(store, policy, a.clone(), b.clone()).await?),
+                _ => None,
+            };
+            Ok::<_, Error>((last_seq, roles, relation))
         };
         ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
-            Ok((last_seq, roles)) => {
+            Ok((last_seq, roles, relation)) => {
                 act.next_fanout = last_seq + 1;
                 act.members_seq = last_seq;
                 act.set_members(roles);
+                act.relation = relation;
                 act.state = State::Ready;
             }
             Err(e) => {
@@ -256,7 +264,36 @@ impl ConversationActor {
         tracing::debug!(parent: &self.span, sender = ?msg.sender, conn, reply_to = msg.reply_to, "submit");
         if let Some(sender) = &msg.sender {
             self.check_member(sender)?;
+            match self.check_relation(sender) {
+                DirectVerdict::Allow => {}
+                DirectVerdict::Refuse(e) => return Err(e),
+                DirectVerdict::LookUpGroups => {
+                    // Rare (a refusal in sight): look again, holding the mailbox so order is kept.
+                    self.reload_relation(ctx, move |act, ctx| {
+                        let sender = msg.sender.clone().unwrap_or_else(|| Arc::from(""));
+                        match act.check_relation(&sender) {
+                            DirectVerdict::Allow => act.submit_checked(msg, ctx, tx),
+                            DirectVerdict::Refuse(e) => {
+                                let _ = tx.send(Err(e));
+                            }
+                            // The lookup just made failed.
+                            DirectVerdict::LookUpGroups => {
+                                let e =
+                                    Error::new(ErrorCode::Unavailable, "could not check who may message whom; retry");
+                                let _ = tx.send(Err(e));
+                            }
+                        }
+                    });
+                    return Ok(());
+                }
+            }
         }
+        self.submit_checked(msg, ctx, tx);
+        Ok(())
+    }
+
+    /// [`Self::submit`] once the sender passed the checks.
+    fn submit_checked(&mut self, msg: Submit, ctx: &mut Context<Self>, tx: oneshot::Sender<Result<Message>>) {
         let direct_members = match self.kind {
             ConvKind::Direct => {
                 let mut it = self.members.iter();
@@ -299,7 +336,6 @@ impl ConversationActor {
                 }));
             }
         }
-        Ok(())
     }
 }
 

@@ -14,15 +14,18 @@
 //! Idle actors stop after `idle_timeout` and are re-created on demand by the [`Directory`].
 //!
 //! Files: [`actor`] (its life and requests), [`ordering`] (releasing in `seq` order),
-//! [`fanout`] (delivering), [`directory`] (finding or starting an actor). The rules it applies
+//! [`fanout`] (delivering), [`directory`] (finding or starting an actor), [`relation`] (blocks and
+//! who may message whom, for one-to-one conversations). The rules it applies
 //! are plain functions in [`crate::rules`].
 
 mod actor;
 mod directory;
 mod fanout;
 mod ordering;
+mod relation;
 
 pub use directory::Directory;
+pub use relation::ReloadRelation;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
@@ -315,4 +318,6 @@ pub struct ConversationActor {
     handed_over: Option<oneshot::Receiver<()>>,
     /// `conversation{conv}` under the node's span: the parent of the actor's log lines.
     span: tracing::Span,
+    /// One-to-one conversations: what the two users are to each other ([`relation`]).
+    relation: Option<relation::Cached>,
 }

@@ -1,6 +1,7 @@
 //! The WebSocket ops: one `Op` in, its reply encoded.
 
 use super::*;
+use crate::model::ContactOp;
 
 #[derive(Serialize)]
 pub(super) struct GroupResult {
@@ -46,6 +47,11 @@ pub(super) struct Pong {
 }
 
 impl Engine {
+    /// A contact change by the caller, as its reply.
+    async fn change_contact_result(&self, caller: &Caller, peer: &str, op: ContactOp) -> Result<ContactResult> {
+        self.change_contact(&caller.user, peer, op, caller.conn_id).await.map(|contact| ContactResult { contact })
+    }
+
     /// Runs one request and encodes its reply. Returns `None` when the reply was already queued
     /// on the connection by the conversation actor (a successful WebSocket `send` or group
     /// change). `slot` is the request's slot on its connection: whoever queues the reply frees
@@ -131,6 +137,34 @@ impl Engine {
             Op::ProfileUpdate(req) => {
                 enc(&id, ok(&id, self.profile_update(&caller, req).await.map(|user| ProfileResult { user })))
             }
+            Op::FriendRequest(req) => {
+                let op = ContactOp::Request { message: req.message };
+                enc(&id, ok(&id, self.change_contact_result(&caller, &req.user_id, op).await))
+            }
+            Op::FriendAccept(req) => {
+                enc(&id, ok(&id, self.change_contact_result(&caller, &req.user_id, ContactOp::Accept).await))
+            }
+            Op::FriendReject(req) => {
+                enc(&id, ok(&id, self.change_contact_result(&caller, &req.user_id, ContactOp::Reject).await))
+            }
+            Op::FriendCancel(req) => {
+                enc(&id, ok(&id, self.change_contact_result(&caller, &req.user_id, ContactOp::Cancel).await))
+            }
+            Op::FriendDelete(req) => {
+                enc(&id, ok(&id, self.change_contact_result(&caller, &req.user_id, ContactOp::Delete).await))
+            }
+            Op::ContactUpdate(req) => {
+                let op = ContactOp::Update { remark: req.remark, tags: req.tags };
+                enc(&id, ok(&id, self.change_contact_result(&caller, &req.user_id, op).await))
+            }
+            Op::Block(req) => {
+                enc(&id, ok(&id, self.change_contact_result(&caller, &req.user_id, ContactOp::Block).await))
+            }
+            Op::Unblock(req) => {
+                enc(&id, ok(&id, self.change_contact_result(&caller, &req.user_id, ContactOp::Unblock).await))
+            }
+            Op::Contact(req) => enc(&id, ok(&id, self.contact(&caller.user, &req.user_id).await)),
+            Op::Contacts(req) => enc(&id, ok(&id, self.contacts(&caller.user, req.since, req.limit).await)),
             // The session answers `refresh` itself (it changes the connection's token).
             Op::Refresh(_) => enc(&id, Err(Error::invalid("refresh is answered by the WebSocket session"))),
         }

@@ -6,10 +6,12 @@
 //! flags). [`Engine::dispatch`] maps a parsed [`proto::Op`] to its method and encodes the reply.
 //!
 //! One file per kind of operation, each an `impl Engine` block: [`send`] (messages and recalls),
-//! [`reads`] (history, lists, cursors, flags), [`groups`], [`users`] (profiles and access),
+//! [`reads`] (history, lists, cursors, flags), [`groups`], [`contacts`] (friends and blocks),
+//! [`users`] (profiles and access),
 //! [`presence`] (online and offline), [`peer`] (what other nodes send) and [`dispatch`] (the
 //! WebSocket ops). The state they share is [`crate::core::Core`].
 
+mod contacts;
 mod dispatch;
 mod groups;
 mod peer;
@@ -29,7 +31,8 @@ use serde_json::value::RawValue;
 
 use crate::cluster::{PeerCommand, PeerDelivery};
 use crate::conversation::{
-    ConversationActor, Directory, Init, Membership, MembershipOp, Origin, PeerMessage, Recall, ReloadMembers, Submit,
+    ConversationActor, Directory, Init, Membership, MembershipOp, Origin, PeerMessage, Recall, ReloadMembers,
+    ReloadRelation, Submit,
 };
 use crate::error::{Error, ErrorCode, Result};
 use crate::inflight::Slot;
@@ -40,6 +43,7 @@ use crate::registry::{Registry, Revocation};
 use crate::store::{HistoryQuery, NewGroup, Store};
 
 pub use crate::core::{Core, Limits};
+pub use contacts::{ContactLookup, ContactResult, ContactsResult};
 use groups::GroupOp;
 pub use users::access_of;
 

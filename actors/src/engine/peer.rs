@@ -38,6 +38,11 @@ impl Engine {
                     addr.do_send(ReloadMembers(seq));
                 }
             }
+            PeerCommand::ContactsChanged { conv_id } => {
+                if let Some(addr) = self.directory.peek(&conv_id) {
+                    addr.do_send(ReloadRelation);
+                }
+            }
         }
     }
 

@@ -1,4 +1,4 @@
-//! Domain types: ids, message bodies and their validation, conversations, groups.
+//! Domain types: ids, message bodies and their validation, conversations, groups, contacts.
 //!
 //! These are plain serde types with no I/O. The same structs are stored by the storage adapters and
 //! sent on the wire, so their JSON shape is part of the protocol (`docs/protocol.md`). The patches
@@ -6,12 +6,17 @@
 //! their own request types.
 
 mod body;
+mod contact;
 mod group;
 mod ids;
 mod message;
 mod user;
 
 pub use body::{Body, BODY_TYPES, MAX_CUSTOM_BYTES, MAX_NAME_LEN, MAX_URL_LEN, QUOTE_CHARS};
+pub use contact::{
+    validate_pair, Contact, ContactOp, FriendRequest, RequestDirection, MAX_REMARK_CHARS, MAX_REQUEST_MESSAGE_CHARS,
+    MAX_TAGS, MAX_TAG_CHARS,
+};
 pub use group::{Group, GroupPatch, Member, Role, MAX_NOTICE_CHARS};
 pub use ids::{
     conv_kind, direct_conv_id, group_conv_id, validate_cursor, validate_id, ConvKind, MAX_ID_LEN, MAX_PAGE,

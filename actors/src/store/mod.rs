@@ -13,14 +13,14 @@
 
 mod plan;
 
-pub use plan::{group_conversation, list_page, live_group, GroupPlan, MemberDelta};
+pub use plan::{group_conversation, list_page, live_group, ContactPlan, GroupPlan, MemberDelta};
 
 use async_trait::async_trait;
 
 use crate::error::StoreError;
 use crate::model::{
-    Body, Changes, Conversation, ConversationView, FlagsPatch, Group, GroupPatch, Member, Message, ReplyRef, Role,
-    User, UserConvState, UserPatch,
+    Body, Changes, Contact, ContactOp, Conversation, ConversationView, FlagsPatch, Group, GroupPatch, Member, Message,
+    ReplyRef, Role, User, UserConvState, UserPatch,
 };
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -130,6 +130,15 @@ pub struct GroupDismiss {
     pub system_body: Body,
 }
 
+/// A change between two users' contact rows, made by `user` about `peer`.
+#[derive(Debug, Clone)]
+pub struct ContactChange {
+    pub user: String,
+    pub peer: String,
+    pub op: ContactOp,
+    pub ts: i64,
+}
+
 /// Everything the engine stores. One trait object (`Arc<dyn Store>`) is shared by all actors.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -237,6 +246,24 @@ pub trait Store: Send + Sync + 'static {
 
     /// Disables or enables a user, creating the record if needed. Returns the record.
     async fn set_user_disabled(&self, id: &str, disabled: bool, ts: i64) -> StoreResult<User>;
+
+    // ---- contacts ----
+
+    /// Applies a contact change atomically: reads both users' rows, decides with
+    /// [`ContactChange::plan`] (which may refuse: `Refused`, nothing written) and writes the rows
+    /// that changed under one new `ver`. Returns the plan as written; a row that did not change
+    /// keeps its old `ver`. With webhooks on, the change's event is written in the same
+    /// transaction.
+    async fn change_contact(&self, c: ContactChange) -> StoreResult<ContactPlan>;
+
+    /// `owner`'s row about `peer`, or `None`.
+    async fn contact(&self, owner: &str, peer: &str) -> StoreResult<Option<Contact>>;
+
+    /// `owner`'s rows with a `ver` greater than `since`, ascending by `ver`, at most `limit`.
+    async fn list_contacts(&self, owner: &str, since: u64, limit: usize) -> StoreResult<Vec<Contact>>;
+
+    /// Whether `a` and `b` are both active members of some group.
+    async fn share_group(&self, a: &str, b: &str) -> StoreResult<bool>;
 
     /// Refuses every token issued before `before_ms` (unix ms; [`User::revoke_tokens`]), creating
     /// the record if needed. Never moves the bound back. Returns the record.

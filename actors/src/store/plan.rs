@@ -2,18 +2,19 @@
 //! participants of a one-to-one conversation are, what a new group consists of, how a member
 //! change turns into member and row changes, how a role change applies, what a live group is, the
 //! system message that records a change, how far a read cursor moves, what a flags patch changes,
-//! and which conversations make up a page of a user's list. An adapter reads what a decision
+//! which conversations make up a page of a user's list, and what a contact change does to the two
+//! users' rows. An adapter reads what a decision
 //! needs, calls it, and encodes and persists the result; it decides nothing itself.
 
 use std::collections::HashMap;
 
-use crate::error::StoreError;
+use crate::error::{ErrorCode, StoreError};
 use crate::model::{
-    group_conv_id, Body, ConvKind, Conversation, ConversationView, FlagsPatch, Group, Member, Message, Role,
-    UserConvState,
+    group_conv_id, Body, Contact, ContactOp, ConvKind, Conversation, ConversationView, FlagsPatch, FriendRequest,
+    Group, Member, Message, RequestDirection, Role, UserConvState,
 };
 
-use super::{MemberChange, NewGroup, NewMessage, RoleChange, StoreResult};
+use super::{ContactChange, MemberChange, NewGroup, NewMessage, RoleChange, StoreResult};
 
 impl NewMessage {
     /// The participants of a one-to-one conversation the message creates if needed (sorted, one
@@ -353,4 +354,124 @@ mod tests {
             (Some(6), None, None)
         );
     }
+}
+
+/// A contact change, whole: what [`crate::store::Store::change_contact`] writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContactPlan {
+    /// The acting user's row after the change.
+    pub user: Contact,
+    /// The peer's row after the change, when it changes.
+    pub peer: Option<Contact>,
+    /// Whether anything is written (false: the rows already were as asked, e.g. a second block).
+    pub changed: bool,
+}
+
+impl ContactChange {
+    /// Decides the change from the two rows as stored (`None`: no row yet), at version `ver`.
+    /// Refuses (`Refused`, nothing written) what the rows do not allow: accepting, rejecting or
+    /// cancelling a request that is not pending (a stale or duplicated answer), asking a user who
+    /// blocked the asker, asking or deleting with the wrong friendship state, a remark for a
+    /// non-friend. A change that would change nothing (blocking twice, importing friends who are
+    /// friends) is `Ok` with `changed` false, and the adapter writes nothing.
+    pub fn plan(&self, user_row: Option<Contact>, peer_row: Option<Contact>, ver: u64) -> StoreResult<ContactPlan> {
+        let (user_id, peer_id, ts) = (self.user.as_str(), self.peer.as_str(), self.ts);
+        let existed = (user_row.is_some(), peer_row.is_some());
+        let mut mine = user_row.unwrap_or_else(|| Contact::empty(user_id, peer_id));
+        let mut theirs = peer_row.unwrap_or_else(|| Contact::empty(peer_id, user_id));
+        let (before_mine, before_theirs) = (mine.clone(), theirs.clone());
+        let pending = |row: &Contact, d: RequestDirection| row.request.as_ref().is_some_and(|r| r.direction == d);
+        let befriend = |mine: &mut Contact, theirs: &mut Contact| {
+            for row in [mine, theirs] {
+                row.friend = true;
+                row.friend_since = Some(ts);
+                row.request = None;
+            }
+        };
+        match &self.op {
+            ContactOp::Request { message } => {
+                if theirs.blocked {
+                    return Err(refused(ErrorCode::Blocked, "this user does not accept your requests"));
+                }
+                if mine.friend {
+                    return Err(refused(ErrorCode::Conflict, "already friends"));
+                }
+                if pending(&mine, RequestDirection::Incoming) {
+                    // Both asked: the second request accepts the first.
+                    befriend(&mut mine, &mut theirs);
+                } else {
+                    mine.request =
+                        Some(FriendRequest { direction: RequestDirection::Outgoing, message: message.clone(), ts });
+                    theirs.request =
+                        Some(FriendRequest { direction: RequestDirection::Incoming, message: message.clone(), ts });
+                }
+            }
+            ContactOp::Accept | ContactOp::Reject => {
+                if !pending(&mine, RequestDirection::Incoming) {
+                    return Err(refused(ErrorCode::RequestNotPending, "no pending request from this user"));
+                }
+                if self.op == ContactOp::Accept {
+                    befriend(&mut mine, &mut theirs);
+                } else {
+                    mine.request = None;
+                    theirs.request = None;
+                }
+            }
+            ContactOp::Cancel => {
+                if !pending(&mine, RequestDirection::Outgoing) {
+                    return Err(refused(ErrorCode::RequestNotPending, "no pending request to this user"));
+                }
+                mine.request = None;
+                theirs.request = None;
+            }
+            ContactOp::Delete => {
+                if !mine.friend {
+                    return Err(refused(ErrorCode::NotFriends, "not friends"));
+                }
+                for row in [&mut mine, &mut theirs] {
+                    row.friend = false;
+                    row.friend_since = None;
+                    row.remark = None;
+                    row.tags.clear();
+                }
+            }
+            ContactOp::Update { remark, tags } => {
+                if !mine.friend {
+                    return Err(refused(ErrorCode::NotFriends, "remarks and tags are for friends"));
+                }
+                if let Some(r) = remark {
+                    mine.remark = Some(r.clone()).filter(|r| !r.is_empty());
+                }
+                if let Some(t) = tags {
+                    mine.tags = t.clone();
+                }
+            }
+            ContactOp::Block => mine.blocked = true,
+            ContactOp::Unblock => mine.blocked = false,
+            ContactOp::Befriend => {
+                if !mine.friend || !theirs.friend {
+                    befriend(&mut mine, &mut theirs);
+                }
+            }
+        }
+        let stamp = |row: &mut Contact| {
+            row.ver = ver;
+            row.updated_at = ts;
+        };
+        let mine_changed = mine != before_mine || !existed.0;
+        if mine_changed {
+            stamp(&mut mine);
+        }
+        let peer = if theirs != before_theirs || (!existed.1 && self.op.touches_peer()) {
+            stamp(&mut theirs);
+            Some(theirs)
+        } else {
+            None
+        };
+        Ok(ContactPlan { changed: mine_changed || peer.is_some(), user: mine, peer })
+    }
+}
+
+fn refused(code: ErrorCode, message: &str) -> StoreError {
+    StoreError::Refused(code, message.to_owned())
 }

@@ -9,6 +9,7 @@
 //! Errors map through the one error table.
 
 pub mod auth;
+mod contacts;
 mod conversations;
 mod groups;
 mod messages;
@@ -288,6 +289,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/api/v1")
             .configure(users::routes)
+            .configure(contacts::routes)
             .configure(messages::routes)
             .configure(conversations::routes)
             .configure(groups::routes)

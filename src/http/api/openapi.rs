@@ -16,7 +16,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::schema::{CommonErrors, ConvId, ErrorBody, ErrorDetail, Id, SafeInt, SIGNATURE};
-use super::{conversations, groups, messages, users, webhooks};
+use super::{contacts, conversations, groups, messages, users, webhooks};
 #[cfg(test)]
 use super::{
     schema::{codes_named, COMMON_ERRORS},
@@ -46,6 +46,7 @@ impl Modify for Security {
     info(title = "confab HTTP integration API", version = "1", description = "Signed HTTP API for backends: see docs/http-api.md."),
     nest(
         (path = "/api/v1", api = users::Api),
+        (path = "/api/v1", api = contacts::Api),
         (path = "/api/v1", api = messages::Api),
         (path = "/api/v1", api = conversations::Api),
         (path = "/api/v1", api = groups::Api),

@@ -35,6 +35,11 @@ pub(crate) const MEMBERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition
 /// their quotes without a scan.
 pub(crate) const REPLIES: TableDefinition<(&str, u64, u64), ()> = TableDefinition::new("replies");
 
+/// `(owner, peer)` → `Contact` (JSON): the owner's row about the peer.
+pub(crate) const CONTACTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("contacts");
+/// `(owner, ver)` → `peer`: the owner's rows by the `ver` of their last change.
+pub(crate) const CONTACTS_BY_VER: TableDefinition<(&str, u64), &str> = TableDefinition::new("contacts_by_ver");
+
 /// `user_id` → `User` (JSON).
 pub(crate) const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 

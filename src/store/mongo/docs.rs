@@ -20,6 +20,7 @@ pub(crate) const GROUPS: &str = "groups";
 pub(crate) const MEMBERS: &str = "members";
 pub(crate) const META: &str = "meta";
 pub(crate) const USERS: &str = "users";
+pub(crate) const CONTACTS: &str = "contacts";
 
 /// `_id` of the retired store-wide version counter in `meta` (see `conn::RETIRED_COUNTER`).
 pub(crate) const VER_ID: &str = "ver";
@@ -382,6 +383,8 @@ pub(crate) fn indexes() -> Vec<(&'static str, Vec<IndexModel>)> {
         ),
         (DELETIONS, vec![index(doc! { "user": 1, "conv_id": 1, "seq": 1 }, "user_conv_seq", true, None)]),
         (MEMBERS, vec![index(doc! { "group_id": 1, "user": 1 }, "group_user", true, None)]),
+        // A user's changed rows, for the `contacts` sync (`_id` is `"<owner>/<peer>"`).
+        (CONTACTS, vec![index(doc! { "owner": 1, "ver": 1 }, "owner_ver", false, None)]),
         // Webhooks: an endpoint's pending deliveries in event order; the log by event.
         (
             DELIVERIES,

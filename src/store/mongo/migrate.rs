@@ -29,7 +29,8 @@ use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition, Table
 
 use super::conn::{int_field, is_duplicate_key_reply, Conn};
 use super::docs::{
-    i, ConvDoc, GroupDoc, MessageDoc, RowDoc, CONVERSATIONS, DELETIONS, GROUPS, MEMBERS, MESSAGES, USERS, USER_CONVS,
+    i, ConvDoc, GroupDoc, MessageDoc, RowDoc, CONTACTS, CONVERSATIONS, DELETIONS, GROUPS, MEMBERS, MESSAGES, USERS,
+    USER_CONVS,
 };
 use super::docs::{DELIVERIES, OUTBOX, WEBHOOK_META};
 use super::outbox::{DeliveryDoc, EventDoc};
@@ -39,10 +40,11 @@ use super::MongoOptions;
 
 // The embedded store's own table definitions. `webhook_pending` is not read: it mirrors the
 // deliveries' state, which is all MongoDB keeps.
+use super::contacts::{contact_id, ContactDoc};
 use crate::store::embedded::outbox::{DELIVERIES as E_DELIVERIES, OUTBOX as E_OUTBOX, WEBHOOK_META as E_WEBHOOK_META};
 use crate::store::embedded::tables::{
-    CONVS as E_CONVS, DELETIONS as E_DELETIONS, GROUPS as E_GROUPS, MEMBERS as E_MEMBERS, MESSAGES as E_MESSAGES,
-    META as E_META, RECALLS as E_RECALLS, USERS as E_USERS, USER_CONVS as E_USER_CONVS,
+    CONTACTS as E_CONTACTS, CONVS as E_CONVS, DELETIONS as E_DELETIONS, GROUPS as E_GROUPS, MEMBERS as E_MEMBERS,
+    MESSAGES as E_MESSAGES, META as E_META, RECALLS as E_RECALLS, USERS as E_USERS, USER_CONVS as E_USER_CONVS,
 };
 
 /// Statements per `update` command.
@@ -230,6 +232,20 @@ pub async fn migrate_from_embedded(dir: &Path, opts: MongoOptions) -> anyhow::Re
             }
             update.insert("$setOnInsert", d);
             bulk.push(doc! { "_id": &user.id }, update).await?;
+        }
+    }
+    bulk.finish(&mut report).await?;
+
+    // 3b. Contacts, right after the users (a block must hold as soon as possible too): inserted
+    //     where missing, a row that exists on MongoDB (changed there since) is kept.
+    let mut bulk = Bulk::new(&conn, CONTACTS);
+    if let Some(contacts) = open_opt(&txn, E_CONTACTS)? {
+        for item in contacts.iter()? {
+            let (_, v) = item?;
+            let row: confab_actors::model::Contact = json(v.value(), "contact")?;
+            let mut d = bson_doc(&ContactDoc::from_contact(&row)?)?;
+            d.remove("_id");
+            bulk.insert_missing(doc! { "_id": contact_id(&row.owner, &row.user_id) }, d).await?;
         }
     }
     bulk.finish(&mut report).await?;

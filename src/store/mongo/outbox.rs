@@ -190,6 +190,7 @@ fn change<'a>(op: &'a Op, answer: &'a Answer) -> Option<Change<'a>> {
         (Op::UpdateGroup(_), Answer::Created(g, m)) => Change::Group { kind: GROUP_UPDATED, group: g, message: m },
         (Op::SetRoles(_), Answer::Created(g, m)) => Change::Group { kind: GROUP_ROLES_CHANGED, group: g, message: m },
         (Op::DismissGroup(_), Answer::Created(g, m)) => Change::Group { kind: GROUP_DISMISSED, group: g, message: m },
+        (Op::ChangeContact(c), Answer::Contact(plan)) => Change::Contact(c, plan),
         _ => return None,
     })
 }

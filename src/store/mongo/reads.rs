@@ -36,6 +36,17 @@ pub(crate) async fn find_all<T: DeserializeOwned + Send + Sync>(
     find(c, coll, filter, None, sort, None).await
 }
 
+/// The documents of `coll` that match `filter`, in `sort` order if given, in `session`.
+pub(crate) async fn find_in<T: DeserializeOwned + Send + Sync>(
+    c: &Conn,
+    coll: &str,
+    filter: Document,
+    sort: Option<Document>,
+    session: &mut ClientSession,
+) -> StoreResult<Vec<T>> {
+    find(c, coll, filter, None, sort, Some(session)).await
+}
+
 /// The fields `projection` of the documents of `coll` that match `filter`, in `sort` order if
 /// given, in `session` if given.
 async fn find_fields<T: DeserializeOwned + Send + Sync>(

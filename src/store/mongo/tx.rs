@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use confab_actors::error::StoreError;
 use confab_actors::model::{Group, Message, UserConvState};
-use confab_actors::store::{Appended, Recalled};
+use confab_actors::store::{Appended, ContactPlan, Recalled};
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Document};
 use mongodb::error::Error as MongoError;
@@ -31,6 +31,7 @@ pub(crate) enum Answer {
     Created(Box<Group>, Message),
     /// The id of a pushed outbox event.
     EventId(u64),
+    Contact(Box<ContactPlan>),
 }
 
 /// Why an attempt did not commit. Nothing of it is written in any case.
@@ -56,6 +57,7 @@ pub(crate) fn clone_err(e: &StoreError) -> StoreError {
         StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
         StoreError::Conflict(m) => StoreError::Conflict(m.clone()),
         StoreError::NotFound(m) => StoreError::NotFound(m.clone()),
+        StoreError::Refused(code, m) => StoreError::Refused(*code, m.clone()),
     }
 }
 
