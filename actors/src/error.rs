@@ -76,6 +76,8 @@ error_codes! {
     Blocked = "blocked", 403, "The recipient blocked the sender: a one-to-one message or a friend request to them is refused. Nothing says more (the blocked user cannot tell a block from anything else this code covers).";
     NotFriends = "not_friends", 403, "The node's messaging policy (`chat.who_may_message`) allows one-to-one messages only between friends (or people who share a group), and these two are not; or a friends-only change (delete, remark, tags) was asked for a non-friend. Nothing was stored.";
     RequestNotPending = "request_not_pending", 409, "Accept, reject or cancel of a friend request that is not pending (never sent, already answered or withdrawn: a stale or duplicated answer). Nothing changed.";
+    Muted = "muted", 403, "The sender is muted in this group: until the time the message gives (`group_mute`), or everyone but the owner and admins is (`group_mute_all`). Nothing was stored.";
+    Banned = "banned", 403, "The user is banned from this group (`group_ban`): they cannot be added or rejoin until unbanned. Nothing changed.";
     RateLimited = "rate_limited", 429, "A rate limit was reached (`limits.*`: requests or messages per connection, messages, group creations or users added per user, connections per IP address); nothing was done. The message says which limit and when a retry may pass.";
     Internal = "internal", 500, "An unexpected server error.";
 }

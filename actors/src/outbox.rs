@@ -4,8 +4,8 @@
 //! `confab` crate (`src/webhooks/`); storage adapters implement [`Outbox`].
 //!
 //! Event kinds: `message.sent`, `message.recalled`, `group.created`, `group.members_changed`,
-//! `group.updated`, `group.roles_changed`, `group.dismissed`, `user.online`, `user.offline`,
-//! `contact.changed`. Every event has a store-wide increasing `id` (the
+//! `group.updated`, `group.roles_changed`, `group.dismissed`, `group.muted`, `user.online`,
+//! `user.offline`, `contact.changed`. Every event has a store-wide increasing `id` (the
 //! de-duplication key receivers use) and an ordering key: its conversation, or `user:<id>` for
 //! presence and contact events (the acting user).
 
@@ -23,6 +23,7 @@ pub const GROUP_MEMBERS_CHANGED: &str = "group.members_changed";
 pub const GROUP_UPDATED: &str = "group.updated";
 pub const GROUP_ROLES_CHANGED: &str = "group.roles_changed";
 pub const GROUP_DISMISSED: &str = "group.dismissed";
+pub const GROUP_MUTED: &str = "group.muted";
 pub const USER_ONLINE: &str = "user.online";
 pub const USER_OFFLINE: &str = "user.offline";
 pub const CONTACT_CHANGED: &str = "contact.changed";
@@ -36,6 +37,7 @@ pub const EVENT_KINDS: &[&str] = &[
     GROUP_UPDATED,
     GROUP_ROLES_CHANGED,
     GROUP_DISMISSED,
+    GROUP_MUTED,
     USER_ONLINE,
     USER_OFFLINE,
     CONTACT_CHANGED,

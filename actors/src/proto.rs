@@ -82,6 +82,12 @@ ops! {
     "users_get" => UsersGet(UsersGetReq),
     "profile_update" => ProfileUpdate(ProfileUpdateReq),
     "refresh" => Refresh(RefreshReq),
+    "group_mute" => GroupMute(GroupMuteReq),
+    "group_unmute" => GroupUnmute(GroupMembersReq),
+    "group_mute_all" => GroupMuteAll(GroupMuteAllReq),
+    "group_ban" => GroupBan(GroupMembersReq),
+    "group_unban" => GroupUnban(GroupMembersReq),
+    "group_bans" => GroupBans(GroupReq),
     "friend_request" => FriendRequest(FriendRequestReq),
     "friend_accept" => FriendAccept(UserReq),
     "friend_reject" => FriendReject(UserReq),
@@ -249,6 +255,23 @@ pub struct GroupCreateReq {
 pub struct GroupMembersReq {
     pub group_id: String,
     pub members: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupMuteReq {
+    pub group_id: String,
+    pub members: Vec<String>,
+    /// Muted until this time, unix milliseconds (in the future, at most a year away).
+    pub until: i64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupMuteAllReq {
+    pub group_id: String,
+    /// `true`: only the owner and admins may send; `false`: everyone again.
+    pub on: bool,
 }
 
 /// Names another user (contacts).

@@ -191,6 +191,58 @@ pub fn plan_role_change(
     Ok(roles)
 }
 
+/// Checks that `by` (role `by_role`) may mute, unmute, ban or unban each of `users` (their
+/// roles in `roles`, absent when not members): owners and admins may; nobody acts on the owner,
+/// only the owner on admins, and nobody on themselves. `members_only`: every user must be a member
+/// (mutes). Returns the users sorted and deduplicated.
+pub fn check_moderation(
+    by: &str,
+    by_role: Role,
+    users: &[String],
+    roles: &HashMap<Arc<str>, Role>,
+    members_only: bool,
+) -> Result<Vec<String>> {
+    if !by_role.can_manage() {
+        return Err(Error::forbidden("only the owner or admins may mute or ban"));
+    }
+    let mut out: Vec<String> = users.to_vec();
+    out.sort();
+    out.dedup();
+    for u in &out {
+        if u == by {
+            return Err(Error::invalid("you cannot mute or ban yourself"));
+        }
+        match roles.get(u.as_str()) {
+            Some(Role::Owner) => return Err(Error::forbidden("the owner cannot be muted or banned")),
+            Some(Role::Admin) if by_role != Role::Owner => {
+                return Err(Error::forbidden("only the owner may mute or ban an admin"))
+            }
+            None if members_only => return Err(Error::not_found(format!("{u} is not a member of the group"))),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// A mute's end: in the future, at most [`crate::model::MAX_MUTE_MS`] from `now`.
+pub fn check_mute_until(until: i64, now: i64) -> Result<()> {
+    if until <= now || until - now > crate::model::MAX_MUTE_MS {
+        return Err(Error::invalid("until must be a time (unix ms) in the future, at most a year away"));
+    }
+    Ok(())
+}
+
+/// Refuses a group message from a muted member.
+pub fn check_not_muted(member: Option<&crate::model::Member>, mute_all: bool, now: i64) -> Result<()> {
+    match member {
+        Some(m) if m.is_muted(mute_all, now) => Err(match m.muted_until.filter(|&t| t > now) {
+            Some(t) => Error::new(ErrorCode::Muted, format!("you are muted in this group until {t}")),
+            None => Error::new(ErrorCode::Muted, "only the owner and admins may send in this group now"),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Only the owner dismisses a group.
 pub fn check_dismiss(role: Role) -> Result<()> {
     if role != Role::Owner {
@@ -220,7 +272,9 @@ pub fn check_recall(m: &Message, by: &str, manager: bool, window: Duration, now:
 /// The system events that change a group's membership or roles.
 pub fn changes_membership(m: &Message) -> bool {
     matches!(&m.body, Body::System { event, .. } if matches!(event.as_str(),
-        "members_added" | "members_removed" | "member_left" | "roles_changed" | "group_dismissed"))
+        "members_added" | "members_removed" | "member_left" | "roles_changed" | "group_dismissed"
+        | "members_muted" | "members_unmuted" | "group_muted" | "group_unmuted" | "members_banned"
+        | "members_unbanned"))
 }
 
 // ---- the system messages that record group changes ----
@@ -255,6 +309,38 @@ pub fn roles_changed(roles: &[(String, Role)], by: &str) -> Body {
     let listed: Vec<serde_json::Value> =
         roles.iter().map(|(u, r)| serde_json::json!({ "user": u, "role": r })).collect();
     Body::System { event: "roles_changed".into(), data: serde_json::json!({ "by": by, "roles": listed }) }
+}
+
+/// `members_muted` (`until`: unix ms) or `members_unmuted` (`until` `None`): `by` and the
+/// users (cut to [`proto::LIST_INLINE`]).
+pub fn members_muted(users: &[String], until: Option<i64>, by: &str) -> Body {
+    let mut data = serde_json::json!({ "by": by });
+    proto::put_list(&mut data, "users", users);
+    let event = match until {
+        Some(t) => {
+            data["until"] = serde_json::Value::from(t);
+            "members_muted"
+        }
+        None => "members_unmuted",
+    };
+    Body::System { event: event.into(), data }
+}
+
+/// `group_muted` (everyone but the owner and admins) or `group_unmuted`: `by`.
+pub fn group_muted(on: bool, by: &str) -> Body {
+    let event = if on { "group_muted" } else { "group_unmuted" };
+    Body::System { event: event.into(), data: serde_json::json!({ "by": by }) }
+}
+
+/// `members_banned` (with `removed`: those of them who were members) or `members_unbanned`.
+pub fn members_banned(users: &[String], removed: &[String], banned: bool, by: &str) -> Body {
+    let mut data = serde_json::json!({ "by": by });
+    proto::put_list(&mut data, "users", users);
+    if banned {
+        proto::put_list(&mut data, "removed", removed);
+    }
+    let event = if banned { "members_banned" } else { "members_unbanned" };
+    Body::System { event: event.into(), data }
 }
 
 /// `group_dismissed`: `by`.

@@ -21,6 +21,7 @@
 //! | `users`         | `user_id`                   | `User` JSON               | profiles, disabled, token revocation  |
 //! | `replies`       | `(conv_id, quoted, seq)`    | `()`                      | a recall scrubs the quotes of replies |
 //! | `contacts`      | `(owner, peer)`             | `Contact` JSON            | friends, requests, blocks             |
+//! | `group_bans`    | `(group_id, user)`          | `GroupBan` JSON           | users banned from a group             |
 //! | `contacts_by_ver` | `(owner, ver)`            | `peer`                    | `contacts` sync by version            |
 //!
 //! With webhooks on, changes also write their event to the outbox tables of `outbox` in the same
@@ -75,13 +76,13 @@ use async_trait::async_trait;
 use confab_actors::error::StoreError;
 use confab_actors::metrics::Metrics;
 use confab_actors::model::{
-    Changes, Contact, Conversation, ConversationView, FlagsPatch, Group, Member, Message, User, UserConvState,
-    UserPatch,
+    Changes, Contact, Conversation, ConversationView, FlagsPatch, Group, GroupBan, Member, Message, User,
+    UserConvState, UserPatch,
 };
 use confab_actors::outbox::Change;
 use confab_actors::store::{
-    Appended, ContactChange, ContactPlan, GroupDismiss, GroupUpdate, HistoryQuery, MemberChange, NewGroup, NewMessage,
-    Recalled, RoleChange, Store, StoreResult,
+    Appended, ContactChange, ContactPlan, GroupDismiss, GroupUpdate, HistoryQuery, MemberChange, MuteChange, NewGroup,
+    NewMessage, Recalled, RoleChange, Store, StoreResult,
 };
 use redb::{ReadTransaction, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
@@ -222,6 +223,7 @@ fn create_tables(txn: &WriteTransaction) -> StoreResult<()> {
     txn.open_table(tables::USERS).map_err(unavailable)?;
     txn.open_table(tables::REPLIES).map_err(unavailable)?;
     txn.open_table(tables::CONTACTS).map_err(unavailable)?;
+    txn.open_table(tables::GROUP_BANS).map_err(unavailable)?;
     txn.open_table(tables::CONTACTS_BY_VER).map_err(unavailable)?;
     ops::index_replies(txn)?;
     Ok(())
@@ -369,6 +371,15 @@ impl Store for EmbeddedStore {
 
     async fn set_roles(&self, c: RoleChange) -> StoreResult<(Group, Message)> {
         self.group_change(confab_actors::outbox::GROUP_ROLES_CHANGED, c, groups::set_roles).await
+    }
+
+    async fn mute_members(&self, c: MuteChange) -> StoreResult<(Group, Message)> {
+        self.group_change(confab_actors::outbox::GROUP_MUTED, c, groups::mute_members).await
+    }
+
+    async fn bans(&self, group_id: &str) -> StoreResult<Vec<GroupBan>> {
+        let group_id = group_id.to_owned();
+        self.read(move |txn| groups::bans(txn, &group_id)).await
     }
 
     async fn dismiss_group(&self, d: GroupDismiss) -> StoreResult<(Group, Message)> {

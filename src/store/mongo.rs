@@ -50,12 +50,12 @@ use async_trait::async_trait;
 use confab_actors::error::StoreError;
 use confab_actors::metrics::Metrics;
 use confab_actors::model::{
-    Changes, Contact, Conversation, ConversationView, FlagsPatch, Group, Member, Message, User, UserConvState,
-    UserPatch,
+    Changes, Contact, Conversation, ConversationView, FlagsPatch, Group, GroupBan, Member, Message, User,
+    UserConvState, UserPatch,
 };
 use confab_actors::store::{
-    Appended, ContactChange, ContactPlan, GroupDismiss, GroupUpdate, HistoryQuery, MemberChange, NewGroup, NewMessage,
-    Recalled, RoleChange, Store, StoreResult,
+    Appended, ContactChange, ContactPlan, GroupDismiss, GroupUpdate, HistoryQuery, MemberChange, MuteChange, NewGroup,
+    NewMessage, Recalled, RoleChange, Store, StoreResult,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -364,6 +364,18 @@ impl Store for MongoStore {
             Answer::Created(g, m) => Ok((*g, m)),
             _ => Err(unexpected()),
         }
+    }
+
+    async fn mute_members(&self, c: MuteChange) -> StoreResult<(Group, Message)> {
+        match self.write(Op::MuteMembers(c)).await? {
+            Answer::Created(g, m) => Ok((*g, m)),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn bans(&self, group_id: &str) -> StoreResult<Vec<GroupBan>> {
+        let group_id = group_id.to_owned();
+        self.read("bans", move |c| async move { groups::bans(&c, &group_id).await }).await
     }
 
     async fn dismiss_group(&self, d: GroupDismiss) -> StoreResult<(Group, Message)> {

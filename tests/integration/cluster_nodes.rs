@@ -739,3 +739,41 @@ async fn a_block_made_on_one_node_holds_on_every_node() {
     alice.send_msg(json!({"to": "bob"}), "after", text("thanks")).await;
     cluster.stop().await;
 }
+
+/// A mute and a ban made on one node hold on the node where the member sends (its group actor
+/// live), through the membership broadcast.
+#[tokio::test]
+async fn a_mute_and_a_ban_made_on_one_node_hold_on_every_node() {
+    let Some((mongo, _)) = services() else { return };
+    let cluster = Cluster::start(2, &mongo).await;
+    let [mut own, mut bob] = cluster.connect_each([(0, "own/phone"), (1, "bob/phone")]).await;
+    own.expect_ok("group_create", json!({"group_id": "club", "name": "Club", "members": ["bob"]})).await;
+    bob.send_msg(json!({"conv_id": "g_club"}), "b0", text("hi")).await;
+    let until = crate::http_api::now() as i64 * 1000 + 60_000;
+    own.expect_ok("group_mute", json!({"group_id": "club", "members": ["bob"], "until": until})).await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let r = bob
+            .request("send", json!({"conv_id": "g_club", "client_msg_id": format!("b{n}"), "body": text("?")}))
+            .await;
+        if r["error"]["code"] == "muted" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob's node never learnt of the mute: {r}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!("muted after {n} send(s)");
+    own.expect_ok("group_ban", json!({"group_id": "club", "members": ["bob"]})).await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let r = bob.request("send", json!({"conv_id": "g_club", "client_msg_id": "late", "body": text("?")})).await;
+        if r["error"]["code"] == "not_member" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob's node never learnt of the ban: {r}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.stop().await;
+}

@@ -425,6 +425,8 @@ async fn step(s: &DynStore, m: &mut Model, op: &Op, ts: i64) -> Result<(), TestC
                 group_id: gid.to_owned(),
                 add: add.iter().map(|(u, r)| (USERS[*u].to_owned(), *r)).collect(),
                 remove: remove.iter().map(|u| USERS[*u].to_owned()).collect(),
+                ban: Vec::new(),
+                unban: Vec::new(),
                 ts,
                 system_body: system("members_changed"),
             };

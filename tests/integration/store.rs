@@ -69,6 +69,8 @@ pub(crate) fn change(group_id: &str, add: &[(&str, Role)], remove: &[&str], ts: 
         group_id: group_id.to_owned(),
         add: add.iter().map(|(u, r)| ((*u).to_owned(), *r)).collect(),
         remove: remove.iter().map(|u| (*u).to_owned()).collect(),
+        ban: Vec::new(),
+        unban: Vec::new(),
         ts,
         system_body: system("members_changed"),
     }
@@ -1268,6 +1270,58 @@ pub async fn check_contacts(s: DynStore) {
     assert!(s.list_contacts("ann", all[3].ver, 100).await.unwrap().is_empty());
 }
 
+/// Mutes are stored on members and the group; bans are recorded with a removal, refuse adds
+/// (writing nothing) and end with an unban.
+pub async fn check_mutes_and_bans(s: DynStore) {
+    use confab_actors::error::ErrorCode;
+    use confab_actors::model::GroupBan;
+    use confab_actors::store::MuteChange;
+    s.create_group(new_group("g1", "own", &["bob", "carol"])).await.unwrap();
+    let mute = |mutes: Vec<(&str, Option<i64>)>, all: Option<bool>, ts: i64| MuteChange {
+        group_id: "g1".into(),
+        mutes: mutes.into_iter().map(|(u, t)| (u.to_owned(), t)).collect(),
+        all,
+        ts,
+        system_body: system("members_muted"),
+    };
+    let (g, m) = s.mute_members(mute(vec![("bob", Some(TS + 60_000))], Some(true), TS + 1)).await.unwrap();
+    assert!(g.mute_all);
+    assert_eq!(m.seq, 2);
+    assert!(s.group("g1").await.unwrap().unwrap().mute_all);
+    let members = s.members("g1").await.unwrap();
+    let muted = |who: &str| members.iter().find(|x| x.user_id == who).unwrap().muted_until;
+    assert_eq!((muted("bob"), muted("carol")), (Some(TS + 60_000), None));
+    match s.mute_members(mute(vec![("zed", Some(TS + 5))], None, TS + 2)).await {
+        Err(StoreError::NotFound(_)) => {}
+        other => panic!("muting a non-member: {other:?}"),
+    }
+    let (g, _) = s.mute_members(mute(vec![("bob", None)], Some(false), TS + 3)).await.unwrap();
+    assert!(!g.mute_all);
+    assert!(s.members("g1").await.unwrap().iter().all(|x| x.muted_until.is_none()));
+
+    // Ban bob (a member) and dave (not one): bob is removed; neither can be added back.
+    let mut ban = change("g1", &[], &["bob"], TS + 4);
+    ban.ban = ["bob", "dave"].iter().map(|u| GroupBan { user_id: (*u).into(), by: "own".into(), ts: TS + 4 }).collect();
+    s.change_members(ban).await.unwrap();
+    let mut banned: Vec<String> = s.bans("g1").await.unwrap().into_iter().map(|b| b.user_id).collect();
+    banned.sort();
+    assert_eq!(banned, ["bob", "dave"]);
+    assert_eq!(s.group("g1").await.unwrap().unwrap().member_count, 2);
+    let last = s.conversation("g_g1").await.unwrap().unwrap().last_seq;
+    match s.change_members(change("g1", &[("dave", Role::Member), ("erin", Role::Member)], &[], TS + 5)).await {
+        Err(StoreError::Refused(ErrorCode::Banned, _)) => {}
+        other => panic!("adding a banned user: {other:?}"),
+    }
+    assert_eq!(s.conversation("g_g1").await.unwrap().unwrap().last_seq, last, "a refused add writes nothing");
+    assert_eq!(s.group("g1").await.unwrap().unwrap().member_count, 2);
+    let mut unban = change("g1", &[], &[], TS + 6);
+    unban.unban = vec!["bob".into()];
+    s.change_members(unban).await.unwrap();
+    s.change_members(change("g1", &[("bob", Role::Member)], &[], TS + 7)).await.unwrap();
+    assert_eq!(s.bans("g1").await.unwrap().len(), 1);
+    assert!(s.bans("nope").await.unwrap().is_empty());
+}
+
 /// `share_group`: only active members of the same group.
 pub async fn check_share_group(s: DynStore) {
     assert!(!s.share_group("a", "b").await.unwrap());
@@ -1303,6 +1357,7 @@ macro_rules! checks {
             check_system_dedupe,
             check_contacts,
             check_share_group,
+            check_mutes_and_bans,
         );
     };
 }

@@ -659,6 +659,10 @@ async fn migrate_carries_users_and_the_webhook_outbox() {
         embedded.upsert_user(profile).await.expect("alice");
         embedded.set_user_disabled("carol", true, TS + 1).await.expect("disable carol");
         embedded.revoke_tokens("bob", 1_700_000_500_000, TS + 2).await.expect("revoke bob");
+        embedded.create_group(crate::store::new_group("club", "alice", &["bob"])).await.expect("group");
+        let mut ban = crate::store::change("club", &[], &["bob"], TS + 3);
+        ban.ban = vec![confab_actors::model::GroupBan { user_id: "bob".into(), by: "alice".into(), ts: TS + 3 }];
+        embedded.change_members(ban).await.expect("ban");
         for (user, peer, op) in [("alice", "bob", ContactOp::Befriend), ("carol", "alice", ContactOp::Block)] {
             let c = ContactChange { user: user.into(), peer: peer.into(), op, ts: TS + 3 };
             embedded.change_contact(c).await.expect("contact");
@@ -702,6 +706,8 @@ async fn migrate_carries_users_and_the_webhook_outbox() {
     assert_eq!(line("webhook_deliveries"), Some((3, 0)));
     assert_eq!(line("webhook_meta"), Some((1, 0)), "the cursor; not the lease");
     assert_eq!(line("contacts"), Some((3, 0)), "alice's and bob's rows, carol's block");
+    assert_eq!(line("group_bans"), Some((1, 0)));
+    assert_eq!(store.bans("club").await.expect("bans")[0].user_id, "bob");
     let alice_bob = store.contact("alice", "bob").await.expect("contact").expect("migrated");
     assert!(alice_bob.friend && alice_bob.friend_since == Some(TS + 3));
     assert!(store.contact("carol", "alice").await.expect("contact").expect("migrated").blocked);

@@ -422,3 +422,134 @@ async fn long_member_lists_are_cut_with_their_count() {
     let listed = alice.expect_ok("group_members", json!({"group_id": "big"})).await;
     assert_eq!(listed["members"].as_array().unwrap().len(), 151 + 120 - 101 - 1);
 }
+
+/// Mutes: one member until a time, everyone but the owner and admins, with the permission rules;
+/// a muted send is refused with `muted`, stores nothing and uses no key; each change is a system
+/// message and a `group` event.
+#[tokio::test]
+async fn mutes_refuse_sends_until_lifted_or_expired() {
+    let node = TestNode::start();
+    let [mut own, mut adm, mut bob, mut carol] =
+        node.connect_each(["own/phone", "adm/phone", "bob/phone", "carol/phone"]).await;
+    own.expect_ok("group_create", json!({"group_id": "club", "name": "Club", "members": ["adm", "bob", "carol"]}))
+        .await;
+    own.expect_ok("group_set_role", json!({"group_id": "club", "user_id": "adm", "role": "admin"})).await;
+    assert_eq!(bob.next_event("group").await["change"], "roles");
+    let g = json!({"conv_id": "g_club"});
+    let now = crate::http_api::now() as i64 * 1000;
+
+    // Who may mute whom.
+    bob.expect_err("group_mute", json!({"group_id": "club", "members": ["carol"], "until": now + 60_000}), "forbidden")
+        .await;
+    adm.expect_err("group_mute", json!({"group_id": "club", "members": ["own"], "until": now + 60_000}), "forbidden")
+        .await;
+    own.expect_err("group_mute", json!({"group_id": "club", "members": ["bob"], "until": now - 1}), "invalid_request")
+        .await;
+    own.expect_err("group_mute", json!({"group_id": "club", "members": ["zed"], "until": now + 60_000}), "not_found")
+        .await;
+
+    let m = adm.expect_ok("group_mute", json!({"group_id": "club", "members": ["bob"], "until": now + 60_000})).await;
+    assert_eq!(m["message"]["body"]["event"], "members_muted");
+    assert_eq!(m["message"]["body"]["data"]["users"], json!(["bob"]));
+    let e = bob.next_event("group").await;
+    assert_eq!(e["change"], "muted");
+    let err =
+        bob.expect_err("send", json!({"conv_id": "g_club", "client_msg_id": "b1", "body": text("hi")}), "muted").await;
+    assert!(err["message"].as_str().unwrap().contains("until"), "{err}");
+    carol.send_msg(g.clone(), "c1", text("carol may")).await;
+    // Unmuted: the refused key is still free.
+    own.expect_ok("group_unmute", json!({"group_id": "club", "members": ["bob"]})).await;
+    let b1 = bob.send_msg(g.clone(), "b1", text("hi")).await;
+
+    // Everyone but the owner and admins.
+    own.expect_ok("group_mute_all", json!({"group_id": "club", "on": true})).await;
+    let info = own.expect_ok("group_info", json!({"group_id": "club"})).await;
+    assert_eq!(info["group"]["mute_all"], true);
+    carol.expect_err("send", json!({"conv_id": "g_club", "client_msg_id": "c2", "body": text("?")}), "muted").await;
+    adm.send_msg(g.clone(), "a1", text("admins may")).await;
+    own.expect_ok("group_mute_all", json!({"group_id": "club", "on": false})).await;
+    carol.send_msg(g.clone(), "c2", text("again")).await;
+
+    // A mute ends by itself.
+    let now = crate::http_api::now() as i64 * 1000;
+    own.expect_ok("group_mute", json!({"group_id": "club", "members": ["bob"], "until": now + 1500})).await;
+    bob.expect_err("send", json!({"conv_id": "g_club", "client_msg_id": "b2", "body": text("?")}), "muted").await;
+    tokio::time::sleep(std::time::Duration::from_millis(2600)).await;
+    let b2 = bob.send_msg(g.clone(), "b2", text("free")).await;
+    assert!(b2["seq"].as_u64() > b1["seq"].as_u64());
+    let members = own.expect_ok("group_members", json!({"group_id": "club"})).await;
+    let bob_row = members["members"].as_array().unwrap().iter().find(|m| m["user_id"] == "bob").unwrap().clone();
+    assert!(bob_row["muted_until"].as_i64().is_some(), "the expired mute is still recorded: {bob_row}");
+}
+
+/// Bans: a banned member is removed and cannot be re-added until unbanned; users who are not
+/// members can be banned beforehand; the ban list is for the owner and admins.
+#[tokio::test]
+async fn banned_users_are_removed_and_cannot_be_added_back() {
+    let node = TestNode::start();
+    let [mut own, mut bob, mut carol] = node.connect_each(["own/phone", "bob/phone", "carol/phone"]).await;
+    own.expect_ok("group_create", json!({"group_id": "club", "name": "Club", "members": ["bob", "carol"]})).await;
+    bob.next_event("membership").await;
+    carol.expect_err("group_ban", json!({"group_id": "club", "members": ["bob"]}), "forbidden").await;
+    let m = own.expect_ok("group_ban", json!({"group_id": "club", "members": ["bob", "dave"]})).await;
+    assert_eq!(m["message"]["body"]["event"], "members_banned");
+    assert_eq!(m["message"]["body"]["data"]["removed"], json!(["bob"]));
+    let ev = bob.next_event("membership").await;
+    assert_eq!(ev["removed"], json!(["bob"]));
+    bob.expect_err("send", json!({"conv_id": "g_club", "client_msg_id": "b1", "body": text("?")}), "not_member").await;
+    // Not back, whoever asks, until unbanned; the refusal changes nothing.
+    let before = own.expect_ok("group_info", json!({"group_id": "club"})).await["group"]["member_count"].clone();
+    own.expect_err("group_add", json!({"group_id": "club", "members": ["bob"]}), "banned").await;
+    own.expect_err("group_add", json!({"group_id": "club", "members": ["dave", "erin"]}), "banned").await;
+    assert_eq!(own.expect_ok("group_info", json!({"group_id": "club"})).await["group"]["member_count"], before);
+    let bans = own.expect_ok("group_bans", json!({"group_id": "club"})).await;
+    let users: Vec<&str> = bans["bans"].as_array().unwrap().iter().map(|b| b["user_id"].as_str().unwrap()).collect();
+    assert_eq!(users, ["bob", "dave"]);
+    assert_eq!(bans["bans"][0]["by"], "own");
+    carol.expect_err("group_bans", json!({"group_id": "club"}), "forbidden").await;
+    bob.expect_err("group_bans", json!({"group_id": "club"}), "not_member").await;
+
+    own.expect_ok("group_unban", json!({"group_id": "club", "members": ["bob"]})).await;
+    own.expect_ok("group_add", json!({"group_id": "club", "members": ["bob"]})).await;
+    bob.send_msg(json!({"conv_id": "g_club"}), "b1", text("back")).await;
+}
+
+/// The same over the HTTP API, as the owner or as a named manager.
+#[tokio::test]
+async fn moderation_over_the_http_api() {
+    use crate::http_api::{node_with, ok, Req};
+    let node = node_with(&[]);
+    let mut bob = node.connect("bob", "phone").await;
+    ok(
+        &node,
+        "POST",
+        "/api/v1/groups",
+        Some(json!({"id": "club", "name": "Club", "owner": "own", "members": ["bob"]})),
+    )
+    .await;
+    let until = crate::http_api::now() as i64 * 1000 + 60_000;
+    let r = ok(
+        &node,
+        "POST",
+        "/api/v1/groups/club/moderation",
+        Some(json!({"action": "mute", "members": ["bob"], "until": until})),
+    )
+    .await;
+    assert_eq!(r["message"]["body"]["event"], "members_muted");
+    bob.expect_err("send", json!({"conv_id": "g_club", "client_msg_id": "b1", "body": text("?")}), "muted").await;
+    for (body, status, code) in [
+        (json!({"action": "mute", "members": ["bob"]}), 400, "invalid_request"),
+        (json!({"action": "shout", "members": ["bob"]}), 400, "invalid_request"),
+        (json!({"action": "ban", "members": ["own"]}), 400, "invalid_request"),
+        (json!({"action": "ban", "members": ["bob"], "by": "bob"}), 403, "forbidden"),
+    ] {
+        let (s, v) = Req::new("POST", "/api/v1/groups/club/moderation", Some(body.clone())).send(node.addr).await;
+        assert_eq!((s, v["error"]["code"].as_str()), (status, Some(code)), "{body}: {v}");
+    }
+    ok(&node, "POST", "/api/v1/groups/club/moderation", Some(json!({"action": "ban", "members": ["bob"]}))).await;
+    let bans = ok(&node, "GET", "/api/v1/groups/club/bans", None).await;
+    assert_eq!(bans["bans"][0]["user_id"], "bob");
+    let (s, v) =
+        Req::new("POST", "/api/v1/groups/club/members", Some(json!({"members": ["bob"]}))).send(node.addr).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (403, Some("banned")), "{v}");
+}

@@ -16,6 +16,8 @@ impl ConversationActor {
             init,
             state: State::Loading,
             roles: HashMap::new(),
+            muted: HashMap::new(),
+            mute_all: false,
             members: Arc::new(Vec::new()),
             members_seq: 0,
             next_fanout: 1,
@@ -43,7 +45,22 @@ impl ConversationActor {
 
     pub(super) fn set_members(&mut self, roles: HashMap<Arc<str>, Role>) {
         self.members = Arc::new(roles.keys().cloned().collect());
+        self.muted.retain(|u, _| roles.contains_key(u));
         self.roles = roles;
+    }
+
+    /// Sets the cached mutes from members (and the group's `mute_all`) as loaded.
+    pub(super) fn set_mutes(&mut self, members: &[Member], mute_all: bool) {
+        self.muted =
+            members.iter().filter_map(|m| m.muted_until.map(|t| (Arc::<str>::from(m.user_id.as_str()), t))).collect();
+        self.mute_all = mute_all;
+    }
+
+    /// Refuses a group message from a muted member.
+    pub(super) fn check_not_muted(&self, sender: &str, role: Role) -> Result<()> {
+        let member =
+            Member { user_id: String::new(), role, joined_at: 0, muted_until: self.muted.get(sender).copied() };
+        rules::check_not_muted(Some(&member), self.mute_all, now_ms())
     }
 
     pub(super) fn check_ready(&self) -> Result<()> {
@@ -65,17 +82,20 @@ impl ConversationActor {
             let conv = store.conversation(&conv_id).await?;
             let last_seq = conv.as_ref().map(|c| c.last_seq).unwrap_or(0);
             let mut roles = HashMap::new();
+            let mut mutes = (Vec::new(), false);
             match kind {
                 ConvKind::Group => {
                     let gid = conv_id.strip_prefix("g_").unwrap_or("");
                     match store.group(gid).await? {
                         None => return Err(Error::not_found("no such group")),
                         Some(g) if g.dismissed => return Err(dismissed()),
-                        Some(_) => {}
+                        Some(g) => mutes.1 = g.mute_all,
                     }
-                    for m in store.members(gid).await? {
-                        roles.insert(Arc::<str>::from(m.user_id), m.role);
+                    let members = store.members(gid).await?;
+                    for m in &members {
+                        roles.insert(Arc::<str>::from(m.user_id.as_str()), m.role);
                     }
+                    mutes.0 = members.into_iter().filter(|m| m.muted_until.is_some()).collect();
                 }
                 ConvKind::Direct => {
                     let users = match (&conv, init) {
@@ -92,13 +112,14 @@ impl ConversationActor {
                 [a, b] if kind == ConvKind::Direct => Some(relation::load(store, policy, a.clone(), b.clone()).await?),
                 _ => None,
             };
-            Ok::<_, Error>((last_seq, roles, relation))
+            Ok::<_, Error>((last_seq, roles, relation, mutes))
         };
         ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
-            Ok((last_seq, roles, relation)) => {
+            Ok((last_seq, roles, relation, (muted, mute_all))) => {
                 act.next_fanout = last_seq + 1;
                 act.members_seq = last_seq;
                 act.set_members(roles);
+                act.set_mutes(&muted, mute_all);
                 act.relation = relation;
                 act.state = State::Ready;
             }
@@ -263,7 +284,10 @@ impl ConversationActor {
         let conn = msg.origin.as_ref().map(|o| o.conn_id);
         tracing::debug!(parent: &self.span, sender = ?msg.sender, conn, reply_to = msg.reply_to, "submit");
         if let Some(sender) = &msg.sender {
-            self.check_member(sender)?;
+            let role = self.check_member(sender)?;
+            if self.kind == ConvKind::Group {
+                self.check_not_muted(sender, role)?;
+            }
             match self.check_relation(sender) {
                 DirectVerdict::Allow => {}
                 DirectVerdict::Refuse(e) => return Err(e),
@@ -449,6 +473,63 @@ impl ConversationActor {
                 let d = GroupDismiss { group_id, ts, system_body: rules::group_dismissed(&by) };
                 (Box::pin(async move { store.dismiss_group(d).await.map(|(g, m)| (m, Some(g))) }), Applied::Dismissed)
             }
+            MembershipOp::Mute(users, until) => {
+                if let Some(t) = until {
+                    rules::check_mute_until(t, ts)?;
+                }
+                let users = rules::check_moderation(&by, role, &users, &self.roles, true)?;
+                let c = MuteChange {
+                    group_id,
+                    mutes: users.iter().map(|u| (u.clone(), until)).collect(),
+                    all: None,
+                    ts,
+                    system_body: rules::members_muted(&users, until, &by),
+                };
+                let write = Box::pin(async move { store.mute_members(c).await.map(|(g, m)| (m, Some(g))) });
+                (write, Applied::Mutes { users, until, all: None })
+            }
+            MembershipOp::MuteAll(on) => {
+                rules::check_profile_change(role)?;
+                let c = MuteChange {
+                    group_id,
+                    mutes: Vec::new(),
+                    all: Some(on),
+                    ts,
+                    system_body: rules::group_muted(on, &by),
+                };
+                let write = Box::pin(async move { store.mute_members(c).await.map(|(g, m)| (m, Some(g))) });
+                (write, Applied::Mutes { users: Vec::new(), until: None, all: Some(on) })
+            }
+            MembershipOp::Ban(users) => {
+                let users = rules::check_moderation(&by, role, &users, &self.roles, false)?;
+                let remove: Vec<String> =
+                    users.iter().filter(|u| self.roles.contains_key(u.as_str())).cloned().collect();
+                let change = MemberChange {
+                    group_id,
+                    add: Vec::new(),
+                    remove: remove.clone(),
+                    ban: users.iter().map(|u| GroupBan { user_id: u.clone(), by: by.clone(), ts }).collect(),
+                    unban: Vec::new(),
+                    ts,
+                    system_body: rules::members_banned(&users, &remove, true, &by),
+                };
+                let write = Box::pin(async move { store.change_members(change).await.map(|m| (m, None)) });
+                (write, Applied::Members { add: Vec::new(), remove })
+            }
+            MembershipOp::Unban(users) => {
+                let users = rules::check_moderation(&by, role, &users, &self.roles, false)?;
+                let change = MemberChange {
+                    group_id,
+                    add: Vec::new(),
+                    remove: Vec::new(),
+                    ban: Vec::new(),
+                    unban: users.clone(),
+                    ts,
+                    system_body: rules::members_banned(&users, &[], false, &by),
+                };
+                let write = Box::pin(async move { store.change_members(change).await.map(|m| (m, None)) });
+                (write, Applied::Members { add: Vec::new(), remove: Vec::new() })
+            }
             op => self.member_change(op, by, group_id, ts, role)?,
         };
         let stored = self.store_write(write);
@@ -483,15 +564,15 @@ impl ConversationActor {
             MembershipOp::Add(users) => rules::MemberOp::Add(users),
             MembershipOp::Remove(users) => rules::MemberOp::Remove(users),
             MembershipOp::Leave => rules::MemberOp::Leave,
-            MembershipOp::Update(_) | MembershipOp::SetRole(..) | MembershipOp::Dismiss => {
-                return Err(Error::internal("not a membership change"))
-            }
+            _ => return Err(Error::internal("not a membership change")),
         };
         let plan = rules::plan_member_change(op, &by, role, &self.roles, self.core.limits.max_group_members)?;
         let change = MemberChange {
             group_id,
             add: plan.add.iter().map(|u| (u.clone(), Role::Member)).collect(),
             remove: plan.remove.clone(),
+            ban: Vec::new(),
+            unban: Vec::new(),
             ts,
             system_body: rules::members_changed(&plan, &by),
         };
@@ -552,6 +633,18 @@ impl ConversationActor {
                 }
                 self.set_members(roles);
                 group_event(self, "roles")
+            }
+            Applied::Mutes { users, until, all } => {
+                for u in users {
+                    match until {
+                        Some(t) => self.muted.insert(Arc::from(u.as_str()), t),
+                        None => self.muted.remove(u.as_str()),
+                    };
+                }
+                if let Some(all) = all {
+                    self.mute_all = all;
+                }
+                group_event(self, "muted")
             }
             Applied::Dismissed => {
                 // Nobody is a member any more; every later request gets `group_dismissed`.

@@ -44,12 +44,12 @@ use crate::core::Core;
 use crate::error::StoreError;
 use crate::error::{Error, ErrorCode, Result};
 use crate::inflight::Slot;
-use crate::model::{self, Body, ConvKind, Group, GroupPatch, Message, ReplyRef, Role};
+use crate::model::{self, Body, ConvKind, Group, GroupBan, GroupPatch, Member, Message, ReplyRef, Role};
 use crate::proto;
 use crate::registry::RecipientCache;
 use crate::rules;
 use crate::store::{
-    Appended, GroupDismiss, GroupUpdate, HistoryQuery, MemberChange, NewMessage, RoleChange, StoreResult,
+    Appended, GroupDismiss, GroupUpdate, HistoryQuery, MemberChange, MuteChange, NewMessage, RoleChange, StoreResult,
 };
 
 /// A store write, boxed so the actor can hand it to [`ConversationActor::store_write`].
@@ -117,6 +117,13 @@ pub enum MembershipOp {
     SetRole(String, Role),
     /// Dismiss the group (owner only).
     Dismiss,
+    /// Mute members until a time (unix ms), or unmute them (`None`). Owner or admins.
+    Mute(Vec<String>, Option<i64>),
+    /// Mute (or unmute) everyone but the owner and admins.
+    MuteAll(bool),
+    /// Ban users (members are removed), or lift their bans.
+    Ban(Vec<String>),
+    Unban(Vec<String>),
 }
 
 /// The error every request to a dismissed group gets.
@@ -130,6 +137,7 @@ enum Applied {
     Profile,
     Roles(Vec<(String, Role)>),
     Dismissed,
+    Mutes { users: Vec<String>, until: Option<i64>, all: Option<bool> },
 }
 
 /// Change a group's membership, profile or roles, or dismiss it. Replies with the system message
@@ -282,6 +290,10 @@ pub struct ConversationActor {
     state: State,
     /// Members and their roles (one-to-one participants have role `member`).
     roles: HashMap<Arc<str>, Role>,
+    /// Groups: members muted until a time (unix ms), and whether everyone but the owner and admins
+    /// is muted; checked on every send without a read.
+    muted: HashMap<Arc<str>, i64>,
+    mute_all: bool,
     /// The same members as a list, shared with fan-out jobs; replaced, never mutated.
     members: Arc<Vec<Arc<str>>>,
     /// The `seq` as of which `members` is known (the last membership change applied, or the

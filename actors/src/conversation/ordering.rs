@@ -147,7 +147,11 @@ impl ConversationActor {
                         act.set_members(HashMap::new());
                         act.state = State::Failed(dismissed());
                     } else {
-                        act.set_members(members.into_iter().map(|m| (Arc::<str>::from(m.user_id), m.role)).collect());
+                        let mute_all = group.as_ref().is_some_and(|g| g.mute_all);
+                        act.set_members(
+                            members.iter().map(|m| (Arc::<str>::from(m.user_id.as_str()), m.role)).collect(),
+                        );
+                        act.set_mutes(&members, mute_all);
                     }
                 }
                 Err(e) => {

@@ -32,6 +32,11 @@ impl From<(Group, Message)> for GroupChangeResult {
 }
 
 #[derive(Serialize)]
+pub(super) struct BansResult {
+    bans: Vec<model::GroupBan>,
+}
+
+#[derive(Serialize)]
 pub(super) struct UsersResult {
     users: Vec<model::Profile>,
 }
@@ -136,6 +141,16 @@ impl Engine {
             Op::UsersGet(req) => enc(&id, ok(&id, self.users_get(&req.ids).await.map(|users| UsersResult { users }))),
             Op::ProfileUpdate(req) => {
                 enc(&id, ok(&id, self.profile_update(&caller, req).await.map(|user| ProfileResult { user })))
+            }
+            Op::GroupMute(req) => acked(self.group_op(&caller, GroupOp::Mute(req), origin.clone()).await, message),
+            Op::GroupUnmute(req) => acked(self.group_op(&caller, GroupOp::Unmute(req), origin.clone()).await, message),
+            Op::GroupMuteAll(req) => {
+                acked(self.group_op(&caller, GroupOp::MuteAll(req), origin.clone()).await, message)
+            }
+            Op::GroupBan(req) => acked(self.group_op(&caller, GroupOp::Ban(req), origin.clone()).await, message),
+            Op::GroupUnban(req) => acked(self.group_op(&caller, GroupOp::Unban(req), origin.clone()).await, message),
+            Op::GroupBans(req) => {
+                enc(&id, ok(&id, self.group_bans(Some(&caller), &req.group_id).await.map(|bans| BansResult { bans })))
             }
             Op::FriendRequest(req) => {
                 let op = ContactOp::Request { message: req.message };

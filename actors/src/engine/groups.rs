@@ -11,6 +11,11 @@ pub(super) enum GroupOp {
     Update(proto::GroupUpdateReq),
     SetRole(proto::GroupSetRoleReq),
     Dismiss(String),
+    Mute(proto::GroupMuteReq),
+    Unmute(proto::GroupMembersReq),
+    MuteAll(proto::GroupMuteAllReq),
+    Ban(proto::GroupMembersReq),
+    Unban(proto::GroupMembersReq),
 }
 
 impl Engine {
@@ -144,6 +149,34 @@ impl Engine {
         Ok((self.group_info_admin(group_id).await?, m))
     }
 
+    /// Mutes members until `until` (unix ms), or unmutes them (`None`); owner or admins.
+    pub async fn group_mute(
+        &self,
+        caller: &Caller,
+        group_id: &str,
+        members: Vec<String>,
+        until: Option<i64>,
+    ) -> Result<Message> {
+        let req = proto::GroupMembersReq { group_id: group_id.to_owned(), members };
+        let op = match until {
+            Some(until) => GroupOp::Mute(proto::GroupMuteReq { group_id: req.group_id, members: req.members, until }),
+            None => GroupOp::Unmute(req),
+        };
+        self.group_op(caller, op, None).await
+    }
+
+    /// Mutes (or unmutes) everyone but the owner and admins.
+    pub async fn group_mute_all(&self, caller: &Caller, group_id: &str, on: bool) -> Result<Message> {
+        self.group_op(caller, GroupOp::MuteAll(proto::GroupMuteAllReq { group_id: group_id.to_owned(), on }), None)
+            .await
+    }
+
+    /// Bans users (removing the members among them), or lifts their bans.
+    pub async fn group_ban(&self, caller: &Caller, group_id: &str, members: Vec<String>, ban: bool) -> Result<Message> {
+        let req = proto::GroupMembersReq { group_id: group_id.to_owned(), members };
+        self.group_op(caller, if ban { GroupOp::Ban(req) } else { GroupOp::Unban(req) }, None).await
+    }
+
     /// Checks a group change request and runs it through the group's actor (see
     /// [`Engine::membership`] for `origin`). Users a WebSocket client adds count against its
     /// user's limit.
@@ -173,8 +206,43 @@ impl Engine {
                 (req.group_id, MembershipOp::SetRole(req.user_id, req.role))
             }
             GroupOp::Dismiss(group_id) => (group_id, MembershipOp::Dismiss),
+            GroupOp::Mute(req) => {
+                Self::check_users(&req.members)?;
+                (req.group_id, MembershipOp::Mute(req.members, Some(req.until)))
+            }
+            GroupOp::Unmute(req) => {
+                Self::check_users(&req.members)?;
+                (req.group_id, MembershipOp::Mute(req.members, None))
+            }
+            GroupOp::MuteAll(req) => (req.group_id, MembershipOp::MuteAll(req.on)),
+            GroupOp::Ban(req) => {
+                Self::check_users(&req.members)?;
+                (req.group_id, MembershipOp::Ban(req.members))
+            }
+            GroupOp::Unban(req) => {
+                Self::check_users(&req.members)?;
+                (req.group_id, MembershipOp::Unban(req.members))
+            }
         };
         self.membership(caller, &group_id, op, origin).await
+    }
+
+    /// A group's ban list, for its owner and admins (`admin`: the HTTP API, anyone).
+    pub async fn group_bans(&self, caller: Option<&Caller>, group_id: &str) -> Result<Vec<model::GroupBan>> {
+        model::validate_id("group_id", group_id)?;
+        if let Some(caller) = caller {
+            let member = self.core.store.members(group_id).await?.into_iter().find(|m| *m.user_id == *caller.user);
+            match member {
+                Some(m) if m.role.can_manage() => {}
+                Some(_) => return Err(Error::forbidden("only the owner or admins see the ban list")),
+                None => return Err(Error::not_member()),
+            }
+        } else {
+            self.group_info_admin(group_id).await?;
+        }
+        let mut bans = self.core.store.bans(group_id).await?;
+        bans.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        Ok(bans)
     }
 
     // ---- users ----

@@ -47,23 +47,62 @@ pub struct Group {
     /// True once the group was dismissed: it refuses sends and changes (`group_dismissed`).
     #[serde(default)]
     pub dismissed: bool,
+    /// Everyone but the owner and admins is muted (`group_mute_all`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mute_all: bool,
 }
 
 impl Group {
     /// A new group's profile (no avatar, notice or ext).
     pub fn new(id: String, name: String, owner: String, created_at: i64, member_count: u64) -> Group {
-        Group { id, name, owner, created_at, member_count, avatar: None, notice: None, ext: None, dismissed: false }
+        Group {
+            id,
+            name,
+            owner,
+            created_at,
+            member_count,
+            avatar: None,
+            notice: None,
+            ext: None,
+            dismissed: false,
+            mute_all: false,
+        }
     }
 }
 
 /// One member of a group.
+#[serde_with::skip_serializing_none]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Member {
     pub user_id: String,
     pub role: Role,
     pub joined_at: i64,
+    /// Muted until this time, unix milliseconds (`group_mute`); absent when not muted.
+    #[serde(default)]
+    pub muted_until: Option<i64>,
 }
+
+impl Member {
+    /// Whether the member may not send at `now` (muted themselves, or everyone is and they do not
+    /// manage the group).
+    pub fn is_muted(&self, mute_all: bool, now: i64) -> bool {
+        self.muted_until.is_some_and(|t| t > now) || (mute_all && !self.role.can_manage())
+    }
+}
+
+/// A user banned from a group: not a member, and not to be added or to rejoin until unbanned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct GroupBan {
+    pub user_id: String,
+    /// Who banned them.
+    pub by: String,
+    pub ts: i64,
+}
+
+/// Longest a mute may last: one year.
+pub const MAX_MUTE_MS: i64 = 365 * 24 * 3600 * 1000;
 
 /// Changes a group's profile; `None` keeps a field as it is. Serialized, its `None` fields
 /// dropped, it is the data of the `group_updated` system message.

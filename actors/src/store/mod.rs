@@ -19,8 +19,8 @@ use async_trait::async_trait;
 
 use crate::error::StoreError;
 use crate::model::{
-    Body, Changes, Contact, ContactOp, Conversation, ConversationView, FlagsPatch, Group, GroupPatch, Member, Message,
-    ReplyRef, Role, User, UserConvState, UserPatch,
+    Body, Changes, Contact, ContactOp, Conversation, ConversationView, FlagsPatch, Group, GroupBan, GroupPatch, Member,
+    Message, ReplyRef, Role, User, UserConvState, UserPatch,
 };
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -97,8 +97,25 @@ pub struct MemberChange {
     /// Users to remove; their conversation row turns inactive (kept, so they can see they left;
     /// [`UserConvState::leave`] with the system message's `seq`).
     pub remove: Vec<String>,
+    /// Users to ban (recorded after the removals): a ban stays until `unban`, and `add` of a
+    /// banned user is refused (`Refused(Banned)`, nothing written).
+    pub ban: Vec<GroupBan>,
+    /// Users whose ban ends.
+    pub unban: Vec<String>,
     pub ts: i64,
     /// The system message that records the change in the conversation.
+    pub system_body: Body,
+}
+
+/// Mutes or unmutes members, or the whole group, recorded together with a system message.
+#[derive(Debug, Clone)]
+pub struct MuteChange {
+    pub group_id: String,
+    /// `(member, muted until)`: `None` unmutes. Each must be an active member (`NotFound`).
+    pub mutes: Vec<(String, Option<i64>)>,
+    /// Mute (or unmute) everyone but the owner and admins.
+    pub all: Option<bool>,
+    pub ts: i64,
     pub system_body: Body,
 }
 
@@ -226,6 +243,13 @@ pub trait Store: Send + Sync + 'static {
     /// Changes members' roles and appends the system message atomically. `NotFound` if the group
     /// does not exist or a user is not a member, `Conflict` if dismissed.
     async fn set_roles(&self, c: RoleChange) -> StoreResult<(Group, Message)>;
+
+    /// Applies a mute change and appends its system message atomically. `NotFound` if the group
+    /// does not exist or a user is not a member, `Conflict` if dismissed.
+    async fn mute_members(&self, c: MuteChange) -> StoreResult<(Group, Message)>;
+
+    /// The users banned from a group, in no particular order.
+    async fn bans(&self, group_id: &str) -> StoreResult<Vec<GroupBan>>;
 
     /// Dismisses a group: appends the system message, marks the group `dismissed`, removes every
     /// member and turns their conversation rows inactive, atomically. `NotFound` if the group

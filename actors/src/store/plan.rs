@@ -48,10 +48,11 @@ pub struct GroupPlan {
 impl NewGroup {
     /// The group as created at version `ver`.
     pub fn plan(&self, ver: u64) -> GroupPlan {
-        let mut members = vec![Member { user_id: self.owner.clone(), role: Role::Owner, joined_at: self.ts }];
+        let mut members =
+            vec![Member { user_id: self.owner.clone(), role: Role::Owner, joined_at: self.ts, muted_until: None }];
         for m in &self.members {
             if !members.iter().any(|x| &x.user_id == m) {
-                members.push(Member { user_id: m.clone(), role: Role::Member, joined_at: self.ts });
+                members.push(Member { user_id: m.clone(), role: Role::Member, joined_at: self.ts, muted_until: None });
             }
         }
         let conv_id = group_conv_id(&self.id);
@@ -111,7 +112,7 @@ impl MemberChange {
                 continue;
             }
             now.insert(user, true);
-            delta.insert.push(Member { user_id: user.clone(), role: *role, joined_at: self.ts });
+            delta.insert.push(Member { user_id: user.clone(), role: *role, joined_at: self.ts, muted_until: None });
             delta.member_count += 1;
             let mut state = changed.get(user).or_else(|| rows.get(user)).cloned().unwrap_or_default();
             state.join(seq, ver);
@@ -252,13 +253,15 @@ mod tests {
             group_id: "g".into(),
             add: add.iter().map(|u| ((*u).to_owned(), Role::Member)).collect(),
             remove: remove.iter().map(|u| (*u).to_owned()).collect(),
+            ban: Vec::new(),
+            unban: Vec::new(),
             ts: 7,
             system_body: Body::System { event: "x".into(), data: serde_json::Value::Null },
         }
     }
 
     fn member(u: &str) -> (String, Member) {
-        (u.to_owned(), Member { user_id: u.to_owned(), role: Role::Member, joined_at: 1 })
+        (u.to_owned(), Member { user_id: u.to_owned(), role: Role::Member, joined_at: 1, muted_until: None })
     }
 
     #[test]

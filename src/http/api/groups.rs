@@ -1,15 +1,15 @@
 //! Groups: create (with owner and members), add and remove members, members, profile, update,
-//! roles, dismiss.
+//! roles, dismiss, moderation (mutes and bans).
 
 use actix_web::web;
 use serde::{Deserialize, Serialize};
 
 use confab_actors::engine::Caller;
 use confab_actors::error::Error;
-use confab_actors::model::{Group, Member, Message, Role};
+use confab_actors::model::{Group, GroupBan, Member, Message, Role};
 use confab_actors::proto::{GroupCreateReq, GroupMembersReq, GroupSetRoleReq, GroupUpdateReq};
 
-use super::schema::{operation_errors, Id};
+use super::schema::{operation_errors, Id, SafeInt};
 use super::{caller, ok, path, resources, scope, ApiResult, Signed};
 use crate::http::AppState;
 
@@ -21,9 +21,14 @@ resources! {
     "/groups/{id}/members" => get members, post add;
     "/groups/{id}/members/{user}" => delete remove;
     "/groups/{id}/members/{user}/role" => put set_role;
+    "/groups/{id}/moderation" => post moderate;
+    "/groups/{id}/bans" => get bans;
 }
 
 operation_errors! {
+    ModerateErrors: InvalidRequest("a bad id, an unknown action, no members, until not in the next year"),
+        Forbidden("by may not moderate these users"), NotMember("by"), NotFound("the group, or a user to mute is not a member"),
+        GroupDismissed, Internal, Unavailable;
     CreateErrors: InvalidRequest("a bad id, name, owner or member, too many members"), Conflict("the id is taken"),
         Unavailable;
     ReadErrors: InvalidRequest("a bad group id"), NotFound, Unavailable;
@@ -117,6 +122,79 @@ pub struct MembersRes {
 async fn members(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResult {
     let path::Group { id } = s.path()?;
     ok(&MembersRes { members: state.engine.group_members_admin(&id).await? })
+}
+
+/// What `POST /groups/{id}/moderation` does.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ModerationAction {
+    /// Mute `members` until `until`.
+    Mute,
+    Unmute,
+    /// Mute everyone but the owner and admins.
+    MuteAll,
+    UnmuteAll,
+    /// Ban `members` (the members among them are removed).
+    Ban,
+    Unban,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ModerateBody {
+    action: ModerationAction,
+    /// The users (1 to 1000), for every action but `mute_all` and `unmute_all`.
+    #[serde(default)]
+    #[schema(value_type = Vec<Id>)]
+    members: Vec<String>,
+    /// `mute`: until this time, unix milliseconds (at most a year away).
+    #[serde(default)]
+    #[schema(value_type = Option<SafeInt>)]
+    until: Option<i64>,
+    /// Make the change as this user (owner or admin); the owner when absent.
+    #[serde(default)]
+    #[schema(value_type = Option<Id>)]
+    by: Option<String>,
+}
+
+/// Mutes, unmutes, bans or unbans members, or mutes the whole group, with the WebSocket rules
+/// (owner or admins; only the owner acts on admins; nobody on the owner). Each is a system
+/// message in the conversation.
+#[utoipa::path(post, path = "/groups/{id}/moderation",
+    params(path::Group),
+    request_body = ModerateBody,
+    responses((status = 200, description = "The change made", body = GroupChangeRes), ModerateErrors))]
+async fn moderate(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResult {
+    let path::Group { id } = s.path()?;
+    let r: ModerateBody = s.json()?;
+    let by = manager(&state, &id, r.by).await?;
+    let e = &state.engine;
+    let message = match r.action {
+        ModerationAction::Mute => {
+            let until = r.until.ok_or_else(|| Error::invalid("mute needs until"))?;
+            e.group_mute(&by, &id, r.members, Some(until)).await?
+        }
+        ModerationAction::Unmute => e.group_mute(&by, &id, r.members, None).await?,
+        ModerationAction::MuteAll => e.group_mute_all(&by, &id, true).await?,
+        ModerationAction::UnmuteAll => e.group_mute_all(&by, &id, false).await?,
+        ModerationAction::Ban => e.group_ban(&by, &id, r.members, true).await?,
+        ModerationAction::Unban => e.group_ban(&by, &id, r.members, false).await?,
+    };
+    ok(&GroupChangeRes { message })
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct BansRes {
+    bans: Vec<GroupBan>,
+}
+
+/// The users banned from the group.
+#[utoipa::path(get, path = "/groups/{id}/bans",
+    params(path::Group),
+    responses((status = 200, description = "The ban list, by user", body = BansRes), ReadErrors))]
+async fn bans(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResult {
+    let path::Group { id } = s.path()?;
+    ok(&BansRes { bans: state.engine.group_bans(None, &id).await? })
 }
 
 /// Who makes a membership change: `by` (with the group rules: owner or admin), else the owner.

@@ -1,14 +1,17 @@
-//! Group changes other than membership: profile updates, roles, dismissal. Like every write
+//! Group changes other than membership: profile updates, roles, mutes, dismissal; the ban list. Like every write
 //! operation, each checks everything that can fail with a domain error before its first write.
 
 use std::collections::HashMap;
 
-use confab_actors::model::{group_conv_id, Body, Conversation, Group, Member, Message, UserConvState};
-use confab_actors::store::{group_conversation, live_group, GroupDismiss, GroupUpdate, RoleChange, StoreResult};
-use redb::{ReadableTable, WriteTransaction};
+use confab_actors::error::StoreError;
+use confab_actors::model::{group_conv_id, Body, Conversation, Group, GroupBan, Member, Message, UserConvState};
+use confab_actors::store::{
+    group_conversation, live_group, GroupDismiss, GroupUpdate, MuteChange, RoleChange, StoreResult,
+};
+use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::tables::{
-    decode, get_json, next_ver, put_json, unavailable, CONVS, GROUPS, MEMBERS, MESSAGES, META, USER_CONVS,
+    decode, get_json, next_ver, put_json, unavailable, CONVS, GROUPS, GROUP_BANS, MEMBERS, MESSAGES, META, USER_CONVS,
 };
 
 /// The group (not dismissed) and its conversation, or the domain error.
@@ -69,6 +72,43 @@ pub(super) fn set_roles(txn: &WriteTransaction, c: RoleChange) -> StoreResult<(G
     }
     drop(members);
     finish(txn, group, conv, c.system_body, c.ts, ver)
+}
+
+pub(super) fn mute_members(txn: &WriteTransaction, c: MuteChange) -> StoreResult<(Group, Message)> {
+    let (mut group, conv) = load(txn, &c.group_id)?;
+    let gid = c.group_id.as_str();
+    let mut members = txn.open_table(MEMBERS).map_err(unavailable)?;
+    let mut changed = Vec::with_capacity(c.mutes.len());
+    for (user, until) in &c.mutes {
+        let Some(mut m) = get_json::<_, Member>(&members, (gid, user.as_str()))? else {
+            return Err(StoreError::NotFound(format!("{user} is not a member")));
+        };
+        m.muted_until = *until;
+        changed.push(m);
+    }
+    let mut meta = txn.open_table(META).map_err(unavailable)?;
+    let ver = next_ver(&mut meta)?;
+    for m in &changed {
+        put_json(&mut members, (gid, m.user_id.as_str()), m)?;
+    }
+    drop(members);
+    if let Some(all) = c.all {
+        group.mute_all = all;
+    }
+    finish(txn, group, conv, c.system_body, c.ts, ver)
+}
+
+pub(super) fn bans(txn: &ReadTransaction, group_id: &str) -> StoreResult<Vec<GroupBan>> {
+    let bans = txn.open_table(GROUP_BANS).map_err(unavailable)?;
+    let mut out = Vec::new();
+    for item in bans.range((group_id, "")..).map_err(unavailable)? {
+        let (k, v) = item.map_err(unavailable)?;
+        if k.value().0 != group_id {
+            break;
+        }
+        out.push(decode(v.value())?);
+    }
+    Ok(out)
 }
 
 pub(super) fn dismiss_group(txn: &WriteTransaction, d: GroupDismiss) -> StoreResult<(Group, Message)> {

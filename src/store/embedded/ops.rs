@@ -5,7 +5,7 @@
 //! Only `Unavailable` (I/O, corrupt data) can happen after a write; the writer then aborts the
 //! whole batch.
 
-use confab_actors::error::StoreError;
+use confab_actors::error::{ErrorCode, StoreError};
 use confab_actors::model::{
     group_conv_id, Body, ConvKind, Conversation, FlagsPatch, Group, Member, Message, UserConvState,
 };
@@ -19,7 +19,7 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::tables::{
     current_ver, decode, get_json, next_ver, not_found, put_json, unavailable, CONVS, CONV_USERS, DEDUPE, DELETIONS,
-    GROUPS, MEMBERS, MESSAGES, META, RECALLS, REPLIES, REPLIES_INDEXED_KEY, USER_CONVS, VER_KEY,
+    GROUPS, GROUP_BANS, MEMBERS, MESSAGES, META, RECALLS, REPLIES, REPLIES_INDEXED_KEY, USER_CONVS, VER_KEY,
 };
 
 type JsonTable<'t, K> = Table<'t, K, &'static [u8]>;
@@ -377,6 +377,14 @@ pub(super) fn change_members(txn: &WriteTransaction, c: MemberChange) -> StoreRe
     let mut convs = txn.open_table(CONVS).map_err(unavailable)?;
     let mut conv = group_conversation(get_json(&convs, conv_id.as_str())?, &c.group_id)?;
 
+    let (gid, conv_key) = (c.group_id.as_str(), conv_id.as_str());
+    // A banned user is not added (checked before anything is written).
+    let mut bans = txn.open_table(GROUP_BANS).map_err(unavailable)?;
+    for (user, _) in &c.add {
+        if bans.get((gid, user.as_str())).map_err(unavailable)?.is_some() && !c.unban.contains(user) {
+            return Err(StoreError::Refused(ErrorCode::Banned, format!("{user} is banned from this group")));
+        }
+    }
     let mut meta = txn.open_table(META).map_err(unavailable)?;
     let mut members = txn.open_table(MEMBERS).map_err(unavailable)?;
     let mut rows = txn.open_table(USER_CONVS).map_err(unavailable)?;
@@ -384,7 +392,12 @@ pub(super) fn change_members(txn: &WriteTransaction, c: MemberChange) -> StoreRe
     let mut messages = txn.open_table(MESSAGES).map_err(unavailable)?;
     let ver = next_ver(&mut meta)?;
     let seq = conv.last_seq + 1;
-    let (gid, conv_key) = (c.group_id.as_str(), conv_id.as_str());
+    for user in &c.unban {
+        bans.remove((gid, user.as_str())).map_err(unavailable)?;
+    }
+    for ban in &c.ban {
+        put_json(&mut bans, (gid, ban.user_id.as_str()), ban)?;
+    }
     // What the store holds of the users the change names.
     let mut before_members = HashMap::new();
     let mut before_rows = HashMap::new();

@@ -35,6 +35,8 @@ pub(crate) const MEMBERS: TableDefinition<(&str, &str), &[u8]> = TableDefinition
 /// their quotes without a scan.
 pub(crate) const REPLIES: TableDefinition<(&str, u64, u64), ()> = TableDefinition::new("replies");
 
+/// `(group_id, user)` → `GroupBan` (JSON): users banned from a group.
+pub(crate) const GROUP_BANS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("group_bans");
 /// `(owner, peer)` → `Contact` (JSON): the owner's row about the peer.
 pub(crate) const CONTACTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("contacts");
 /// `(owner, ver)` → `peer`: the owner's rows by the `ver` of their last change.

@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use confab_actors::model::FlagsPatch;
-use confab_actors::store::{ContactChange, GroupDismiss, GroupUpdate, MemberChange, NewGroup, NewMessage, RoleChange};
+use confab_actors::store::{
+    ContactChange, GroupDismiss, GroupUpdate, MemberChange, MuteChange, NewGroup, NewMessage, RoleChange,
+};
 
 /// Cached `last_seq`s kept at most; the cache starts over when it grows past this.
 const CACHE_CAPACITY: usize = 200_000;
@@ -27,6 +29,7 @@ pub(crate) enum Op {
     SetRoles(RoleChange),
     DismissGroup(GroupDismiss),
     ChangeContact(ContactChange),
+    MuteMembers(MuteChange),
     // An outbox event with no store change of its own (presence); `outbox::record` gives its id.
     PushEvent(confab_actors::outbox::NewEvent),
 }

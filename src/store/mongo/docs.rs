@@ -5,7 +5,9 @@
 //! serde, which also accepts `int32` for the same fields.
 
 use confab_actors::error::StoreError;
-use confab_actors::model::{Body, ConvKind, Conversation, Group, Member, Message, ReplyRef, Role, UserConvState};
+use confab_actors::model::{
+    Body, ConvKind, Conversation, Group, GroupBan, Member, Message, ReplyRef, Role, UserConvState,
+};
 use confab_actors::store::StoreResult;
 use mongodb::bson::{doc, Document};
 use mongodb::options::IndexOptions;
@@ -21,6 +23,7 @@ pub(crate) const MEMBERS: &str = "members";
 pub(crate) const META: &str = "meta";
 pub(crate) const USERS: &str = "users";
 pub(crate) const CONTACTS: &str = "contacts";
+pub(crate) const GROUP_BANS: &str = "group_bans";
 
 /// `_id` of the retired store-wide version counter in `meta` (see `conn::RETIRED_COUNTER`).
 pub(crate) const VER_ID: &str = "ver";
@@ -268,6 +271,8 @@ pub(crate) struct GroupDoc {
     pub ext: Option<String>,
     #[serde(default, deserialize_with = "flag")]
     pub dismissed: bool,
+    #[serde(default, deserialize_with = "flag")]
+    pub mute_all: bool,
 }
 
 impl GroupDoc {
@@ -288,6 +293,7 @@ impl GroupDoc {
             notice: g.notice.clone(),
             ext,
             dismissed: g.dismissed,
+            mute_all: g.mute_all,
         })
     }
 
@@ -304,7 +310,39 @@ impl GroupDoc {
         g.notice = self.notice;
         g.ext = ext;
         g.dismissed = self.dismissed;
+        g.mute_all = self.mute_all;
         Ok(g)
+    }
+}
+
+/// `group_bans`: a user banned from a group, `_id` `"<group>/<user>"`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct BanDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub group_id: String,
+    pub user: String,
+    pub by: String,
+    pub ts: i64,
+}
+
+pub(crate) fn ban_id(group_id: &str, user: &str) -> String {
+    format!("{group_id}/{user}")
+}
+
+impl BanDoc {
+    pub fn new(group_id: &str, b: &GroupBan) -> BanDoc {
+        BanDoc {
+            id: ban_id(group_id, &b.user_id),
+            group_id: group_id.to_owned(),
+            user: b.user_id.clone(),
+            by: b.by.clone(),
+            ts: b.ts,
+        }
+    }
+
+    pub fn into_ban(self) -> GroupBan {
+        GroupBan { user_id: self.user, by: self.by, ts: self.ts }
     }
 }
 
@@ -315,16 +353,24 @@ pub(crate) struct MemberDoc {
     pub user: String,
     pub role: Role,
     pub joined_at: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub muted_until: Option<i64>,
 }
 
 impl MemberDoc {
     /// The document of `m`, a member of the group `group_id`.
     pub fn new(group_id: &str, m: &Member) -> MemberDoc {
-        MemberDoc { group_id: group_id.to_owned(), user: m.user_id.clone(), role: m.role, joined_at: m.joined_at }
+        MemberDoc {
+            group_id: group_id.to_owned(),
+            user: m.user_id.clone(),
+            role: m.role,
+            joined_at: m.joined_at,
+            muted_until: m.muted_until,
+        }
     }
 
     pub fn into_member(self) -> Member {
-        Member { user_id: self.user, role: self.role, joined_at: self.joined_at }
+        Member { user_id: self.user, role: self.role, joined_at: self.joined_at, muted_until: self.muted_until }
     }
 }
 
@@ -383,6 +429,8 @@ pub(crate) fn indexes() -> Vec<(&'static str, Vec<IndexModel>)> {
         ),
         (DELETIONS, vec![index(doc! { "user": 1, "conv_id": 1, "seq": 1 }, "user_conv_seq", true, None)]),
         (MEMBERS, vec![index(doc! { "group_id": 1, "user": 1 }, "group_user", true, None)]),
+        // `_id` is `"<group>/<user>"`; a group's bans are listed by `group_id`.
+        (GROUP_BANS, vec![index(doc! { "group_id": 1 }, "group", false, None)]),
         // A user's changed rows, for the `contacts` sync (`_id` is `"<owner>/<peer>"`).
         (CONTACTS, vec![index(doc! { "owner": 1, "ver": 1 }, "owner_ver", false, None)]),
         // Webhooks: an endpoint's pending deliveries in event order; the log by event.

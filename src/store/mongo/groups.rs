@@ -1,15 +1,18 @@
-//! Group changes other than membership (profile, roles, dismissal), each inside the batch's
+//! Group changes other than membership (profile, roles, mutes, dismissal), each inside the batch's
 //! transaction. Like the other operations, each checks everything that can fail with a domain
 //! error before its first write.
 
 use std::collections::HashMap;
 
 use confab_actors::error::StoreError;
-use confab_actors::model::{group_conv_id, Body, Group, Member, Message};
-use confab_actors::store::{live_group, GroupDismiss, GroupUpdate, RoleChange};
+use confab_actors::model::{group_conv_id, Body, Group, GroupBan, Member, Message};
+use confab_actors::store::{live_group, GroupDismiss, GroupUpdate, MuteChange, RoleChange, StoreResult};
 use mongodb::bson::{doc, Document};
 
-use super::docs::{i, ConvDoc, GroupDoc, MemberDoc, MessageDoc, CONVERSATIONS, GROUPS, MEMBERS, MESSAGES, USER_CONVS};
+use super::docs::{
+    i, BanDoc, ConvDoc, GroupDoc, MemberDoc, MessageDoc, CONVERSATIONS, GROUPS, GROUP_BANS, MEMBERS, MESSAGES,
+    USER_CONVS,
+};
 use super::tx::{fatal, stmt, Answer, AttemptError, AttemptResult, Tx};
 
 type OpResult = AttemptResult<Result<Answer, StoreError>>;
@@ -117,6 +120,36 @@ impl Tx<'_> {
         self.record(group, conv, &c.system_body, c.ts, ver, set).await
     }
 
+    pub async fn mute_members(&mut self, c: &MuteChange, ver: u64) -> OpResult {
+        let (mut group, conv) = match self.live_group(&c.group_id).await? {
+            Ok(x) => x,
+            Err(e) => return Ok(Err(e)),
+        };
+        let users: Vec<&str> = c.mutes.iter().map(|(u, _)| u.as_str()).collect();
+        let members = self.members_among(&c.group_id, &users).await?;
+        if let Some(missing) = users.iter().find(|u| !members.contains_key(**u)) {
+            return Ok(Err(StoreError::NotFound(format!("{missing} is not a member"))));
+        }
+        let stmts: Vec<Document> = c
+            .mutes
+            .iter()
+            .map(|(user, until)| {
+                let set = match until {
+                    Some(t) => doc! { "$set": { "muted_until": t } },
+                    None => doc! { "$unset": { "muted_until": "" } },
+                };
+                stmt(doc! { "group_id": &c.group_id, "user": user }, set, false)
+            })
+            .collect();
+        self.update(MEMBERS, stmts).await?;
+        let mut set = Document::new();
+        if let Some(all) = c.all {
+            group.mute_all = all;
+            set.insert("mute_all", all);
+        }
+        self.record(group, conv, &c.system_body, c.ts, ver, set).await
+    }
+
     pub async fn dismiss_group(&mut self, d: &GroupDismiss, ver: u64) -> OpResult {
         let (mut group, conv) = match self.live_group(&d.group_id).await? {
             Ok(x) => x,
@@ -145,4 +178,10 @@ impl Tx<'_> {
         let set = doc! { "dismissed": true, "member_count": 0_i64 };
         self.record(group, conv, &d.system_body, d.ts, ver, set).await
     }
+}
+
+/// The users banned from a group (index `group`).
+pub(crate) async fn bans(c: &super::conn::Conn, group_id: &str) -> StoreResult<Vec<GroupBan>> {
+    let docs: Vec<BanDoc> = super::reads::find_all(c, GROUP_BANS, doc! { "group_id": group_id }, None).await?;
+    Ok(docs.into_iter().map(BanDoc::into_ban).collect())
 }

@@ -29,8 +29,8 @@ use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition, Table
 
 use super::conn::{int_field, is_duplicate_key_reply, Conn};
 use super::docs::{
-    i, ConvDoc, GroupDoc, MessageDoc, RowDoc, CONTACTS, CONVERSATIONS, DELETIONS, GROUPS, MEMBERS, MESSAGES, USERS,
-    USER_CONVS,
+    ban_id, i, BanDoc, ConvDoc, GroupDoc, MessageDoc, RowDoc, CONTACTS, CONVERSATIONS, DELETIONS, GROUPS, GROUP_BANS,
+    MEMBERS, MESSAGES, USERS, USER_CONVS,
 };
 use super::docs::{DELIVERIES, OUTBOX, WEBHOOK_META};
 use super::outbox::{DeliveryDoc, EventDoc};
@@ -43,8 +43,9 @@ use super::MongoOptions;
 use super::contacts::{contact_id, ContactDoc};
 use crate::store::embedded::outbox::{DELIVERIES as E_DELIVERIES, OUTBOX as E_OUTBOX, WEBHOOK_META as E_WEBHOOK_META};
 use crate::store::embedded::tables::{
-    CONTACTS as E_CONTACTS, CONVS as E_CONVS, DELETIONS as E_DELETIONS, GROUPS as E_GROUPS, MEMBERS as E_MEMBERS,
-    MESSAGES as E_MESSAGES, META as E_META, RECALLS as E_RECALLS, USERS as E_USERS, USER_CONVS as E_USER_CONVS,
+    CONTACTS as E_CONTACTS, CONVS as E_CONVS, DELETIONS as E_DELETIONS, GROUPS as E_GROUPS, GROUP_BANS as E_GROUP_BANS,
+    MEMBERS as E_MEMBERS, MESSAGES as E_MESSAGES, META as E_META, RECALLS as E_RECALLS, USERS as E_USERS,
+    USER_CONVS as E_USER_CONVS,
 };
 
 /// Statements per `update` command.
@@ -246,6 +247,21 @@ pub async fn migrate_from_embedded(dir: &Path, opts: MongoOptions) -> anyhow::Re
             let mut d = bson_doc(&ContactDoc::from_contact(&row)?)?;
             d.remove("_id");
             bulk.insert_missing(doc! { "_id": contact_id(&row.owner, &row.user_id) }, d).await?;
+        }
+    }
+    bulk.finish(&mut report).await?;
+
+    // 3c. Group bans, before the members (a banned user must not be added back on MongoDB by a
+    //     node that runs while the migration does).
+    let mut bulk = Bulk::new(&conn, GROUP_BANS);
+    if let Some(bans) = open_opt(&txn, E_GROUP_BANS)? {
+        for item in bans.iter()? {
+            let (k, v) = item?;
+            let (group_id, _) = k.value();
+            let ban: confab_actors::model::GroupBan = json(v.value(), "group ban")?;
+            let mut d = bson_doc(&BanDoc::new(group_id, &ban))?;
+            d.remove("_id");
+            bulk.insert_missing(doc! { "_id": ban_id(group_id, &ban.user_id) }, d).await?;
         }
     }
     bulk.finish(&mut report).await?;

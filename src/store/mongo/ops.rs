@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use confab_actors::error::StoreError;
+use confab_actors::error::{ErrorCode, StoreError};
 use confab_actors::model::{group_conv_id, Body, FlagsPatch, ReplyRef, UserConvState};
 use confab_actors::store::{MemberChange, NewGroup, Recalled};
 use mongodb::bson::{doc, Document};
@@ -13,8 +13,8 @@ use mongodb::options::ReturnDocument;
 use serde::Deserialize;
 
 use super::docs::{
-    body_json, i, q, u, ConvDoc, DeletionDoc, GroupDoc, MemberDoc, MessageDoc, RowDoc, CONVERSATIONS, DELETIONS,
-    GROUPS, MEMBERS, MESSAGES, USER_CONVS,
+    ban_id, body_json, i, q, u, BanDoc, ConvDoc, DeletionDoc, GroupDoc, MemberDoc, MessageDoc, RowDoc, CONVERSATIONS,
+    DELETIONS, GROUPS, GROUP_BANS, MEMBERS, MESSAGES, USER_CONVS,
 };
 use super::tx::{fatal, stmt, stmt_all, Answer, AttemptResult, Tx};
 
@@ -167,6 +167,17 @@ impl Tx<'_> {
             Ok(x) => x,
             Err(e) => return Ok(Err(e)),
         };
+        // A banned user is not added (checked before anything is written).
+        let adding: Vec<&str> =
+            c.add.iter().map(|(u, _)| u.as_str()).filter(|u| !c.unban.iter().any(|x| x == u)).collect();
+        if !adding.is_empty() {
+            let ids: Vec<String> = adding.iter().map(|u| ban_id(&c.group_id, u)).collect();
+            let banned: Vec<BanDoc> = self.find_all(GROUP_BANS, doc! { "_id": { "$in": ids } }).await?;
+            if let Some(b) = banned.first() {
+                let e = StoreError::Refused(ErrorCode::Banned, format!("{} is banned from this group", b.user));
+                return Ok(Err(e));
+            }
+        }
         let seq = conv.next_seq().map_err(fatal)?;
         // What the store holds of the users the change names.
         let users: Vec<&str> = c
@@ -203,6 +214,23 @@ impl Tx<'_> {
                 .map_err(|e| self.err("delete from members", e))?;
         }
         self.update(USER_CONVS, row_stmts).await?;
+        if !c.unban.is_empty() {
+            let ids: Vec<String> = c.unban.iter().map(|u| ban_id(&c.group_id, u)).collect();
+            self.conn
+                .coll::<Document>(GROUP_BANS)
+                .delete_many(doc! { "_id": { "$in": ids } })
+                .session(&mut self.session)
+                .await
+                .map_err(|e| self.err("delete from group_bans", e))?;
+        }
+        let mut ban_stmts = Vec::new();
+        for b in &c.ban {
+            let d = BanDoc::new(&c.group_id, b);
+            let set = mongodb::bson::to_document(&d)
+                .map_err(|e| fatal(StoreError::Unavailable(format!("cannot encode a ban: {e}"))))?;
+            ban_stmts.push(stmt(doc! { "_id": &d.id }, doc! { "$set": set }, true));
+        }
+        self.update(GROUP_BANS, ban_stmts).await?;
         let count = i(delta.member_count).map_err(fatal)?;
         self.set_one(GROUPS, doc! { "_id": &c.group_id }, doc! { "member_count": count }).await?;
         Ok(Ok(Answer::Message(message)))

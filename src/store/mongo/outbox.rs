@@ -181,7 +181,7 @@ pub(crate) async fn record(
 /// Events of the group operations that answer `(Group, Message)` besides creation.
 /// What an operation of a batch changed, named for its webhook event ([`Change::event`]).
 fn change<'a>(op: &'a Op, answer: &'a Answer) -> Option<Change<'a>> {
-    use confab_actors::outbox::{GROUP_DISMISSED, GROUP_ROLES_CHANGED, GROUP_UPDATED};
+    use confab_actors::outbox::{GROUP_DISMISSED, GROUP_MUTED, GROUP_ROLES_CHANGED, GROUP_UPDATED};
     Some(match (op, answer) {
         (Op::Append(_), Answer::Appended(a)) => Change::Appended(a),
         (Op::Recall { .. }, Answer::Recalled(r)) => Change::Recalled(r),
@@ -191,6 +191,7 @@ fn change<'a>(op: &'a Op, answer: &'a Answer) -> Option<Change<'a>> {
         (Op::SetRoles(_), Answer::Created(g, m)) => Change::Group { kind: GROUP_ROLES_CHANGED, group: g, message: m },
         (Op::DismissGroup(_), Answer::Created(g, m)) => Change::Group { kind: GROUP_DISMISSED, group: g, message: m },
         (Op::ChangeContact(c), Answer::Contact(plan)) => Change::Contact(c, plan),
+        (Op::MuteMembers(_), Answer::Created(g, m)) => Change::Group { kind: GROUP_MUTED, group: g, message: m },
         _ => return None,
     })
 }

@@ -314,6 +314,7 @@ async fn attempt_once(
                 Op::SetRoles(c) => tx.set_roles(c, ver).await?,
                 Op::DismissGroup(c) => tx.dismiss_group(c, ver).await?,
                 Op::ChangeContact(c) => tx.change_contact(c, ver).await?,
+                Op::MuteMembers(c) => tx.mute_members(c, ver).await?,
                 Op::PushEvent(_) => Ok(Answer::EventId(0)),
             };
             answers[idx] = Some(answer);
