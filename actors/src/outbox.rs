@@ -4,8 +4,8 @@
 //! `confab` crate (`src/webhooks/`); storage adapters implement [`Outbox`].
 //!
 //! Event kinds: `message.sent`, `message.recalled`, `group.created`, `group.members_changed`,
-//! `group.updated`, `group.roles_changed`, `group.dismissed`, `group.muted`, `user.online`,
-//! `user.offline`, `contact.changed`. Every event has a store-wide increasing `id` (the
+//! `group.updated`, `group.roles_changed`, `group.dismissed`, `group.muted`,
+//! `group.join_request`, `user.online`, `user.offline`, `contact.changed`. Every event has a store-wide increasing `id` (the
 //! de-duplication key receivers use) and an ordering key: its conversation, or `user:<id>` for
 //! presence and contact events (the acting user).
 
@@ -24,6 +24,7 @@ pub const GROUP_UPDATED: &str = "group.updated";
 pub const GROUP_ROLES_CHANGED: &str = "group.roles_changed";
 pub const GROUP_DISMISSED: &str = "group.dismissed";
 pub const GROUP_MUTED: &str = "group.muted";
+pub const GROUP_JOIN_REQUEST: &str = "group.join_request";
 pub const USER_ONLINE: &str = "user.online";
 pub const USER_OFFLINE: &str = "user.offline";
 pub const CONTACT_CHANGED: &str = "contact.changed";
@@ -38,6 +39,7 @@ pub const EVENT_KINDS: &[&str] = &[
     GROUP_ROLES_CHANGED,
     GROUP_DISMISSED,
     GROUP_MUTED,
+    GROUP_JOIN_REQUEST,
     USER_ONLINE,
     USER_OFFLINE,
     CONTACT_CHANGED,
@@ -100,6 +102,14 @@ pub enum Change<'a> {
         group: &'a Group,
         message: &'a Message,
     },
+    /// Join requests were made (`requested`) or one was rejected (`rejected`); an approval is a
+    /// membership change.
+    JoinRequests {
+        group_id: &'a str,
+        change: &'static str,
+        requests: &'a [crate::model::JoinRequest],
+        ts: i64,
+    },
     /// A contact change (friend request and its answers, friendship, remark, block).
     Contact(&'a crate::store::ContactChange, &'a crate::store::ContactPlan),
 }
@@ -115,6 +125,14 @@ impl Change<'_> {
             Change::GroupCreated(g, m) => NewEvent::group_created(g, m),
             Change::MembersChanged { group_id, message } => NewEvent::members_changed(group_id, message),
             Change::Group { kind, group, message } => NewEvent::group(kind, group, message),
+            Change::JoinRequests { requests: [], .. } => return None,
+            Change::JoinRequests { group_id, change, requests, ts } => NewEvent {
+                kind: GROUP_JOIN_REQUEST,
+                conv_id: Some(crate::model::group_conv_id(group_id)),
+                seq: None,
+                ts: *ts,
+                data: serde_json::json!({ "group_id": group_id, "change": change, "requests": requests }),
+            },
             Change::Contact(_, plan) if !plan.changed => return None,
             Change::Contact(c, plan) => NewEvent::contact(c, plan),
         })

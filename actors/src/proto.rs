@@ -82,6 +82,11 @@ ops! {
     "users_get" => UsersGet(UsersGetReq),
     "profile_update" => ProfileUpdate(ProfileUpdateReq),
     "refresh" => Refresh(RefreshReq),
+    "group_join" => GroupJoin(GroupJoinReq),
+    "group_invite" => GroupInvite(GroupInviteReq),
+    "group_requests" => GroupRequests(GroupReq),
+    "group_approve" => GroupApprove(GroupUserReq),
+    "group_reject" => GroupReject(GroupUserReq),
     "group_mute" => GroupMute(GroupMuteReq),
     "group_unmute" => GroupUnmute(GroupMembersReq),
     "group_mute_all" => GroupMuteAll(GroupMuteAllReq),
@@ -320,13 +325,49 @@ pub struct GroupUpdateReq {
     pub notice: Option<String>,
     #[serde(default)]
     pub ext: Option<serde_json::Value>,
+    #[serde(default)]
+    pub join_mode: Option<crate::model::JoinMode>,
+    #[serde(default)]
+    pub invite_mode: Option<crate::model::InviteMode>,
 }
 
 impl GroupUpdateReq {
     /// The profile change.
     pub fn patch(self) -> GroupPatch {
-        GroupPatch { name: self.name, avatar: self.avatar, notice: self.notice, ext: self.ext }
+        GroupPatch {
+            name: self.name,
+            avatar: self.avatar,
+            notice: self.notice,
+            ext: self.ext,
+            join_mode: self.join_mode,
+            invite_mode: self.invite_mode,
+        }
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupJoinReq {
+    pub group_id: String,
+    /// For an application: a short message to the owner and admins (at most 200 characters).
+    #[serde(default)]
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupInviteReq {
+    pub group_id: String,
+    pub members: Vec<String>,
+    #[serde(default)]
+    pub message: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupUserReq {
+    pub group_id: String,
+    pub user_id: String,
 }
 
 #[derive(Debug, Deserialize)]

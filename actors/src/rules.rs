@@ -85,6 +85,8 @@ pub enum MemberOp {
     Add(Vec<String>),
     Remove(Vec<String>),
     Leave,
+    /// `by` joins (a free group).
+    Join,
 }
 
 /// A member change that passed the rules: who joins, who goes, and the system event recording it.
@@ -94,7 +96,7 @@ pub struct MemberPlan {
     pub add: Vec<String>,
     /// Members who go, sorted.
     pub remove: Vec<String>,
-    /// `members_added`, `members_removed` or `member_left`.
+    /// `members_added`, `members_removed`, `member_left` or `member_joined`.
     pub event: &'static str,
 }
 
@@ -145,6 +147,15 @@ pub fn plan_member_change(
                 return Err(Error::not_found("none of the users given is a member"));
             }
             Ok(MemberPlan { add: Vec::new(), remove, event: "members_removed" })
+        }
+        MemberOp::Join => {
+            if roles.contains_key(by) {
+                return Err(Error::new(ErrorCode::Conflict, "you are a member already"));
+            }
+            if roles.len() >= max_members {
+                return Err(Error::invalid(format!("a group has at most {max_members} members")));
+            }
+            Ok(MemberPlan { add: vec![by.to_owned()], remove: Vec::new(), event: "member_joined" })
         }
         MemberOp::Leave => {
             if role == Role::Owner {
@@ -272,7 +283,7 @@ pub fn check_recall(m: &Message, by: &str, manager: bool, window: Duration, now:
 /// The system events that change a group's membership or roles.
 pub fn changes_membership(m: &Message) -> bool {
     matches!(&m.body, Body::System { event, .. } if matches!(event.as_str(),
-        "members_added" | "members_removed" | "member_left" | "roles_changed" | "group_dismissed"
+        "members_added" | "members_removed" | "member_left" | "member_joined" | "roles_changed" | "group_dismissed"
         | "members_muted" | "members_unmuted" | "group_muted" | "group_unmuted" | "members_banned"
         | "members_unbanned"))
 }

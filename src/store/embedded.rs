@@ -22,6 +22,7 @@
 //! | `replies`       | `(conv_id, quoted, seq)`    | `()`                      | a recall scrubs the quotes of replies |
 //! | `contacts`      | `(owner, peer)`             | `Contact` JSON            | friends, requests, blocks             |
 //! | `group_bans`    | `(group_id, user)`          | `GroupBan` JSON           | users banned from a group             |
+//! | `group_requests` | `(group_id, user)`         | `JoinRequest` JSON        | pending applications and invitations  |
 //! | `contacts_by_ver` | `(owner, ver)`            | `peer`                    | `contacts` sync by version            |
 //!
 //! With webhooks on, changes also write their event to the outbox tables of `outbox` in the same
@@ -76,7 +77,7 @@ use async_trait::async_trait;
 use confab_actors::error::StoreError;
 use confab_actors::metrics::Metrics;
 use confab_actors::model::{
-    Changes, Contact, Conversation, ConversationView, FlagsPatch, Group, GroupBan, Member, Message, User,
+    Changes, Contact, Conversation, ConversationView, FlagsPatch, Group, GroupBan, JoinRequest, Member, Message, User,
     UserConvState, UserPatch,
 };
 use confab_actors::outbox::Change;
@@ -224,6 +225,7 @@ fn create_tables(txn: &WriteTransaction) -> StoreResult<()> {
     txn.open_table(tables::REPLIES).map_err(unavailable)?;
     txn.open_table(tables::CONTACTS).map_err(unavailable)?;
     txn.open_table(tables::GROUP_BANS).map_err(unavailable)?;
+    txn.open_table(tables::GROUP_REQUESTS).map_err(unavailable)?;
     txn.open_table(tables::CONTACTS_BY_VER).map_err(unavailable)?;
     ops::index_replies(txn)?;
     Ok(())
@@ -380,6 +382,40 @@ impl Store for EmbeddedStore {
     async fn bans(&self, group_id: &str) -> StoreResult<Vec<GroupBan>> {
         let group_id = group_id.to_owned();
         self.read(move |txn| groups::bans(txn, &group_id)).await
+    }
+
+    async fn put_join_requests(&self, group_id: &str, requests: Vec<JoinRequest>) -> StoreResult<()> {
+        let emit = self.outbox.load(Relaxed);
+        let group_id = group_id.to_owned();
+        self.write(move |txn| {
+            groups::put_requests(txn, &group_id, &requests)?;
+            let ts = requests.iter().map(|r| r.ts).max().unwrap_or(0);
+            let change = Change::JoinRequests { group_id: &group_id, change: "requested", requests: &requests, ts };
+            emit_event(txn, emit, change)
+        })
+        .await
+    }
+
+    async fn remove_join_request(&self, group_id: &str, user: &str) -> StoreResult<Option<JoinRequest>> {
+        let emit = self.outbox.load(Relaxed);
+        let (group_id, user) = (group_id.to_owned(), user.to_owned());
+        self.write(move |txn| {
+            let removed = groups::remove_request(txn, &group_id, &user)?;
+            let requests: Vec<JoinRequest> = removed.iter().cloned().collect();
+            let ts = confab_actors::clock::now_ms();
+            emit_event(
+                txn,
+                emit,
+                Change::JoinRequests { group_id: &group_id, change: "rejected", requests: &requests, ts },
+            )?;
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn join_requests(&self, group_id: &str) -> StoreResult<Vec<JoinRequest>> {
+        let group_id = group_id.to_owned();
+        self.read(move |txn| groups::requests(txn, &group_id)).await
     }
 
     async fn dismiss_group(&self, d: GroupDismiss) -> StoreResult<(Group, Message)> {

@@ -50,7 +50,7 @@ use async_trait::async_trait;
 use confab_actors::error::StoreError;
 use confab_actors::metrics::Metrics;
 use confab_actors::model::{
-    Changes, Contact, Conversation, ConversationView, FlagsPatch, Group, GroupBan, Member, Message, User,
+    Changes, Contact, Conversation, ConversationView, FlagsPatch, Group, GroupBan, JoinRequest, Member, Message, User,
     UserConvState, UserPatch,
 };
 use confab_actors::store::{
@@ -376,6 +376,25 @@ impl Store for MongoStore {
     async fn bans(&self, group_id: &str) -> StoreResult<Vec<GroupBan>> {
         let group_id = group_id.to_owned();
         self.read("bans", move |c| async move { groups::bans(&c, &group_id).await }).await
+    }
+
+    async fn put_join_requests(&self, group_id: &str, requests: Vec<JoinRequest>) -> StoreResult<()> {
+        match self.write(Op::PutJoinRequests { group_id: group_id.to_owned(), requests }).await? {
+            Answer::Requests(_) => Ok(()),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn remove_join_request(&self, group_id: &str, user: &str) -> StoreResult<Option<JoinRequest>> {
+        match self.write(Op::RemoveJoinRequest { group_id: group_id.to_owned(), user: user.to_owned() }).await? {
+            Answer::Requests(mut r) => Ok(r.pop()),
+            _ => Err(unexpected()),
+        }
+    }
+
+    async fn join_requests(&self, group_id: &str) -> StoreResult<Vec<JoinRequest>> {
+        let group_id = group_id.to_owned();
+        self.read("join_requests", move |c| async move { groups::requests(&c, &group_id).await }).await
     }
 
     async fn dismiss_group(&self, d: GroupDismiss) -> StoreResult<(Group, Message)> {

@@ -793,6 +793,8 @@ pub async fn check_group_update_roles_dismiss(s: DynStore) {
         avatar: Some("https://x/a.png".into()),
         notice: Some("hello".into()),
         ext: Some(serde_json::json!({ "k": 1 })),
+        join_mode: None,
+        invite_mode: None,
     };
     let (g, m) = s
         .update_group(GroupUpdate { group_id: "g1".into(), patch, ts: TS + 1, system_body: system("group_updated") })
@@ -1322,6 +1324,42 @@ pub async fn check_mutes_and_bans(s: DynStore) {
     assert!(s.bans("nope").await.unwrap().is_empty());
 }
 
+/// Join requests: one per user (a new one replaces the old), refused for banned users and
+/// missing groups, removed by a rejection or by adding the user.
+pub async fn check_join_requests(s: DynStore) {
+    use confab_actors::error::ErrorCode;
+    use confab_actors::model::{GroupBan, JoinRequest, RequestKind};
+    let req = |user: &str, by: &str, message: &str| JoinRequest {
+        user_id: user.into(),
+        kind: if user == by { RequestKind::Application } else { RequestKind::Invitation },
+        by: by.into(),
+        message: message.into(),
+        ts: TS,
+    };
+    s.create_group(new_group("g1", "own", &["bob"])).await.unwrap();
+    match s.put_join_requests("nope", vec![req("a", "a", "")]).await {
+        Err(StoreError::NotFound(_)) => {}
+        other => panic!("a request to no group: {other:?}"),
+    }
+    s.put_join_requests("g1", vec![req("a", "a", "first"), req("c", "bob", "")]).await.unwrap();
+    s.put_join_requests("g1", vec![req("a", "a", "second")]).await.unwrap();
+    let mut all = s.join_requests("g1").await.unwrap();
+    all.sort_by(|x, y| x.user_id.cmp(&y.user_id));
+    assert_eq!(all, [req("a", "a", "second"), req("c", "bob", "")]);
+    assert_eq!(s.remove_join_request("g1", "a").await.unwrap(), Some(req("a", "a", "second")));
+    assert_eq!(s.remove_join_request("g1", "a").await.unwrap(), None);
+    s.change_members(change("g1", &[("c", Role::Member)], &[], TS + 1)).await.unwrap();
+    assert!(s.join_requests("g1").await.unwrap().is_empty(), "adding c settled c's request");
+    let mut ban = change("g1", &[], &[], TS + 2);
+    ban.ban = vec![GroupBan { user_id: "z".into(), by: "own".into(), ts: TS + 2 }];
+    s.change_members(ban).await.unwrap();
+    match s.put_join_requests("g1", vec![req("y", "y", ""), req("z", "z", "")]).await {
+        Err(StoreError::Refused(ErrorCode::Banned, _)) => {}
+        other => panic!("a banned user's request: {other:?}"),
+    }
+    assert!(s.join_requests("g1").await.unwrap().is_empty(), "a refused batch writes nothing");
+}
+
 /// `share_group`: only active members of the same group.
 pub async fn check_share_group(s: DynStore) {
     assert!(!s.share_group("a", "b").await.unwrap());
@@ -1358,6 +1396,7 @@ macro_rules! checks {
             check_contacts,
             check_share_group,
             check_mutes_and_bans,
+            check_join_requests,
         );
     };
 }

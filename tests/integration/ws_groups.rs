@@ -600,3 +600,130 @@ async fn a_group_of_max_members_is_built_over_websocket_and_the_http_api() {
         }
     }
 }
+
+/// Join modes: `closed` (the default) refuses joins, `free` lets anyone in, `approval` makes a
+/// join an application the owner or an admin answers; the managers hear of each request.
+#[tokio::test]
+async fn joins_free_and_by_application() {
+    let node = TestNode::start();
+    let [mut own, mut adm, mut bob, mut dave, mut erin] =
+        node.connect_each(["own/phone", "adm/phone", "bob/phone", "dave/phone", "erin/phone"]).await;
+    own.expect_ok("group_create", json!({"group_id": "club", "name": "Club", "members": ["adm", "bob"]})).await;
+    own.expect_ok("group_set_role", json!({"group_id": "club", "user_id": "adm", "role": "admin"})).await;
+    dave.expect_err("group_join", json!({"group_id": "club"}), "forbidden").await;
+    bob.expect_err("group_join", json!({"group_id": "club"}), "conflict").await;
+    dave.expect_err("group_join", json!({"group_id": "nope"}), "not_found").await;
+
+    // Free: at once, with a system message.
+    bob.expect_err("group_update", json!({"group_id": "club", "join_mode": "free"}), "forbidden").await;
+    own.expect_ok("group_update", json!({"group_id": "club", "join_mode": "free"})).await;
+    let j = dave.expect_ok("group_join", json!({"group_id": "club"})).await;
+    assert_eq!(j["message"]["body"]["event"], "member_joined");
+    assert_eq!(j.get("requests"), None);
+    dave.send_msg(json!({"conv_id": "g_club"}), "d1", text("hello")).await;
+
+    // Approval: an application, seen by the owner and admins.
+    own.expect_ok("group_update", json!({"group_id": "club", "join_mode": "approval"})).await;
+    let j = erin.expect_ok("group_join", json!({"group_id": "club", "message": "let me in"})).await;
+    assert_eq!(j["requests"][0]["kind"], "application");
+    assert_eq!(j.get("message"), None);
+    for c in [&mut own, &mut adm] {
+        let e = c.next_event("group_request").await;
+        assert_eq!((e["change"].as_str(), e["request"]["user_id"].as_str()), (Some("requested"), Some("erin")));
+    }
+    erin.expect_err("send", json!({"conv_id": "g_club", "client_msg_id": "e1", "body": text("?")}), "not_member").await;
+    let list = own.expect_ok("group_requests", json!({"group_id": "club"})).await;
+    assert_eq!(list["requests"][0]["message"], "let me in");
+    bob.expect_err("group_requests", json!({"group_id": "club"}), "forbidden").await;
+    bob.expect_err("group_approve", json!({"group_id": "club", "user_id": "erin"}), "forbidden").await;
+    let m = adm.expect_ok("group_approve", json!({"group_id": "club", "user_id": "erin"})).await;
+    assert_eq!(m["message"]["body"]["data"]["added"], json!(["erin"]));
+    adm.expect_err("group_approve", json!({"group_id": "club", "user_id": "erin"}), "request_not_pending").await;
+    assert!(own.expect_ok("group_requests", json!({"group_id": "club"})).await["requests"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    erin.send_msg(json!({"conv_id": "g_club"}), "e1", text("thanks")).await;
+
+    // Rejected: the applicant is told; a stale answer is refused.
+    let mut frank = node.connect("frank", "phone").await;
+    frank.expect_ok("group_join", json!({"group_id": "club"})).await;
+    own.expect_ok("group_reject", json!({"group_id": "club", "user_id": "frank"})).await;
+    let e = frank.next_event("group_request").await;
+    assert_eq!(e["change"], "rejected");
+    own.expect_err("group_reject", json!({"group_id": "club", "user_id": "frank"}), "request_not_pending").await;
+    // A banned user cannot apply.
+    own.expect_ok("group_ban", json!({"group_id": "club", "members": ["frank"]})).await;
+    frank.expect_err("group_join", json!({"group_id": "club"}), "banned").await;
+}
+
+/// Invite modes: `admins` (the default), `members` (added at once), `members_approved` (an
+/// ordinary member's invitation waits for an answer).
+#[tokio::test]
+async fn invitations_by_members() {
+    let node = TestNode::start();
+    let [mut own, mut bob] = node.connect_each(["own/phone", "bob/phone"]).await;
+    own.expect_ok("group_create", json!({"group_id": "club", "name": "Club", "members": ["bob"]})).await;
+    bob.expect_err("group_invite", json!({"group_id": "club", "members": ["c1"]}), "forbidden").await;
+    let r = own.expect_ok("group_invite", json!({"group_id": "club", "members": ["c1"]})).await;
+    assert_eq!(r["message"]["body"]["data"]["added"], json!(["c1"]));
+    own.expect_ok("group_update", json!({"group_id": "club", "invite_mode": "members"})).await;
+    let r = bob.expect_ok("group_invite", json!({"group_id": "club", "members": ["c2"]})).await;
+    assert_eq!(r["message"]["body"]["data"]["by"], "bob");
+    own.expect_ok("group_update", json!({"group_id": "club", "invite_mode": "members_approved"})).await;
+    let r =
+        bob.expect_ok("group_invite", json!({"group_id": "club", "members": ["c3", "c4"], "message": "friends"})).await;
+    let kinds: Vec<&str> = r["requests"].as_array().unwrap().iter().map(|x| x["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["invitation", "invitation"]);
+    assert_eq!(own.next_event("group_request").await["request"]["by"], "bob");
+    own.expect_ok("group_approve", json!({"group_id": "club", "user_id": "c3"})).await;
+    let left = own.expect_ok("group_requests", json!({"group_id": "club"})).await;
+    assert_eq!(left["requests"][0]["user_id"], "c4");
+    // Adding a user directly also settles their pending request.
+    own.expect_ok("group_add", json!({"group_id": "club", "members": ["c4"]})).await;
+    assert!(own.expect_ok("group_requests", json!({"group_id": "club"})).await["requests"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let info = own.expect_ok("group_info", json!({"group_id": "club"})).await;
+    assert_eq!(
+        (info["group"]["member_count"].as_u64(), info["group"]["invite_mode"].as_str()),
+        (Some(6), Some("members_approved"))
+    );
+}
+
+/// Joining, leaving, inviting and answering requests through the HTTP API on users' behalf.
+#[tokio::test]
+async fn joins_and_requests_over_the_http_api() {
+    use crate::http_api::{node_with, ok, Req};
+    let node = node_with(&[]);
+    ok(
+        &node,
+        "POST",
+        "/api/v1/groups",
+        Some(json!({"id": "club", "name": "Club", "owner": "own", "members": ["bob"]})),
+    )
+    .await;
+    ok(&node, "PATCH", "/api/v1/groups/club", Some(json!({"join_mode": "approval"}))).await;
+    let r = ok(&node, "POST", "/api/v1/groups/club/join", Some(json!({"user": "dave", "message": "hi"}))).await;
+    assert_eq!(r["requests"][0]["user_id"], "dave");
+    let list = ok(&node, "GET", "/api/v1/groups/club/requests", None).await;
+    assert_eq!(list["requests"].as_array().unwrap().len(), 1);
+    let (s, v) = Req::new("POST", "/api/v1/groups/club/requests/dave", Some(json!({"action": "approve", "by": "bob"})))
+        .send(node.addr)
+        .await;
+    assert_eq!((s, v["error"]["code"].as_str()), (403, Some("forbidden")), "{v}");
+    let r = ok(&node, "POST", "/api/v1/groups/club/requests/dave", Some(json!({"action": "approve"}))).await;
+    assert_eq!(r["message"]["body"]["data"]["added"], json!(["dave"]));
+    let (s, v) =
+        Req::new("POST", "/api/v1/groups/club/requests/dave", Some(json!({"action": "reject"}))).send(node.addr).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("request_not_pending")), "{v}");
+    let r = ok(&node, "POST", "/api/v1/groups/club/invitations", Some(json!({"by": "own", "members": ["erin"]}))).await;
+    assert_eq!(r["message"]["body"]["data"]["added"], json!(["erin"]));
+    let r = ok(&node, "POST", "/api/v1/groups/club/leave", Some(json!({"user": "erin"}))).await;
+    assert_eq!(r["message"]["body"]["event"], "member_left");
+    let (s, v) = Req::new("POST", "/api/v1/groups/club/leave", Some(json!({"user": "own"}))).send(node.addr).await;
+    assert_eq!((s, v["error"]["code"].as_str()), (409, Some("owner_cannot_leave")), "{v}");
+    let members = ok(&node, "GET", "/api/v1/groups/club/members", None).await;
+    assert_eq!(members["members"].as_array().unwrap().len(), 3);
+}

@@ -18,6 +18,8 @@ impl ConversationActor {
             roles: HashMap::new(),
             muted: HashMap::new(),
             mute_all: false,
+            join_mode: JoinMode::Closed,
+            invite_mode: InviteMode::Admins,
             members: Arc::new(Vec::new()),
             members_seq: 0,
             next_fanout: 1,
@@ -47,6 +49,13 @@ impl ConversationActor {
         self.members = Arc::new(roles.keys().cloned().collect());
         self.muted.retain(|u, _| roles.contains_key(u));
         self.roles = roles;
+    }
+
+    /// Sets the cached settings of the group as loaded or changed.
+    pub(super) fn set_group(&mut self, g: &Group) {
+        self.mute_all = g.mute_all;
+        self.join_mode = g.join_mode;
+        self.invite_mode = g.invite_mode;
     }
 
     /// Sets the cached mutes from members (and the group's `mute_all`) as loaded.
@@ -82,14 +91,14 @@ impl ConversationActor {
             let conv = store.conversation(&conv_id).await?;
             let last_seq = conv.as_ref().map(|c| c.last_seq).unwrap_or(0);
             let mut roles = HashMap::new();
-            let mut mutes = (Vec::new(), false);
+            let mut mutes = (Vec::new(), None);
             match kind {
                 ConvKind::Group => {
                     let gid = conv_id.strip_prefix("g_").unwrap_or("");
                     match store.group(gid).await? {
                         None => return Err(Error::not_found("no such group")),
                         Some(g) if g.dismissed => return Err(dismissed()),
-                        Some(g) => mutes.1 = g.mute_all,
+                        Some(g) => mutes.1 = Some(g),
                     }
                     let members = store.members(gid).await?;
                     for m in &members {
@@ -115,11 +124,14 @@ impl ConversationActor {
             Ok::<_, Error>((last_seq, roles, relation, mutes))
         };
         ctx.wait(fut.into_actor(self).map(|res, act, ctx| match res {
-            Ok((last_seq, roles, relation, (muted, mute_all))) => {
+            Ok((last_seq, roles, relation, (muted, group))) => {
                 act.next_fanout = last_seq + 1;
                 act.members_seq = last_seq;
                 act.set_members(roles);
-                act.set_mutes(&muted, mute_all);
+                if let Some(g) = &group {
+                    act.set_group(g);
+                }
+                act.set_mutes(&muted, act.mute_all);
                 act.relation = relation;
                 act.state = State::Ready;
             }
@@ -449,7 +461,15 @@ impl ConversationActor {
             return Err(Error::invalid("not a group conversation"));
         }
         tracing::debug!(parent: &self.span, by = %msg.by, op = ?msg.op, "group change");
-        let role = self.check_member(&msg.by)?;
+        let role = match (&msg.op, self.roles.get(&*msg.by)) {
+            (MembershipOp::Join, Some(_)) => return Err(Error::new(ErrorCode::Conflict, "you are a member already")),
+            (MembershipOp::Join, None) if self.join_mode != JoinMode::Free => {
+                return Err(Error::forbidden("this group cannot be joined freely"))
+            }
+            // Checked by `plan_member_change`: the joining user is not a member yet.
+            (MembershipOp::Join, None) => Role::Member,
+            _ => self.check_member(&msg.by)?,
+        };
         let by = msg.by.to_string();
         let origin = msg.origin;
         let store = self.core.store.clone();
@@ -560,8 +580,20 @@ impl ConversationActor {
         ts: i64,
         role: Role,
     ) -> Result<PlannedChange> {
+        // Who may add: the owner and admins; every member for an invitation when the group says
+        // so; the user themselves for a free join.
+        let (op, role) = match op {
+            MembershipOp::Invite(users) if self.invite_mode == InviteMode::Members => {
+                (MembershipOp::Add(users), Role::Admin)
+            }
+            MembershipOp::Invite(users) => (MembershipOp::Add(users), role),
+            MembershipOp::Approve(user) if role.can_manage() => (MembershipOp::Add(vec![user]), role),
+            MembershipOp::Approve(_) => return Err(Error::forbidden("only the owner or admins answer join requests")),
+            op => (op, role),
+        };
         let op = match op {
             MembershipOp::Add(users) => rules::MemberOp::Add(users),
+            MembershipOp::Join => rules::MemberOp::Join,
             MembershipOp::Remove(users) => rules::MemberOp::Remove(users),
             MembershipOp::Leave => rules::MemberOp::Leave,
             _ => return Err(Error::internal("not a membership change")),
@@ -623,7 +655,12 @@ impl ConversationActor {
                     &proto::MembershipEvent::new(self.group_id(), &self.conv_id, m.seq, &add, &remove),
                 )
             }
-            Applied::Profile => group_event(self, "updated"),
+            Applied::Profile => {
+                if let Some(g) = &group {
+                    self.set_group(g);
+                }
+                group_event(self, "updated")
+            }
             Applied::Roles(changes) => {
                 let mut roles = self.roles.clone();
                 for (u, r) in changes {
@@ -666,5 +703,24 @@ impl ConversationActor {
                 ack_group: group.map(Box::new),
             }),
         );
+    }
+}
+
+impl Handler<AskGroupState> for ConversationActor {
+    type Result = Result<GroupState>;
+
+    fn handle(&mut self, msg: AskGroupState, _ctx: &mut Context<Self>) -> Self::Result {
+        self.last_active = Instant::now();
+        self.check_ready()?;
+        if self.kind != ConvKind::Group {
+            return Err(Error::invalid("not a group conversation"));
+        }
+        let managers = self.roles.iter().filter(|(_, r)| r.can_manage()).map(|(u, _)| u.clone()).collect();
+        Ok(GroupState {
+            role: self.roles.get(&*msg.0).copied(),
+            join_mode: self.join_mode,
+            invite_mode: self.invite_mode,
+            managers,
+        })
     }
 }

@@ -44,7 +44,9 @@ use crate::core::Core;
 use crate::error::StoreError;
 use crate::error::{Error, ErrorCode, Result};
 use crate::inflight::Slot;
-use crate::model::{self, Body, ConvKind, Group, GroupBan, GroupPatch, Member, Message, ReplyRef, Role};
+use crate::model::{
+    self, Body, ConvKind, Group, GroupBan, GroupPatch, InviteMode, JoinMode, Member, Message, ReplyRef, Role,
+};
 use crate::proto;
 use crate::registry::RecipientCache;
 use crate::rules;
@@ -124,6 +126,32 @@ pub enum MembershipOp {
     /// Ban users (members are removed), or lift their bans.
     Ban(Vec<String>),
     Unban(Vec<String>),
+    /// The caller joins a `free` group.
+    Join,
+    /// A member adds users: the owner and admins always may; other members when the group's
+    /// `invite_mode` is `members`.
+    Invite(Vec<String>),
+    /// The owner or an admin approves a pending request: the user is added.
+    Approve(String),
+}
+
+/// What the engine needs to know of a group before a join, an invitation or an answer to a
+/// request: the caller's role (`None`: not a member), the group's modes and its managers.
+#[derive(Debug, Clone)]
+pub struct GroupState {
+    pub role: Option<Role>,
+    pub join_mode: JoinMode,
+    pub invite_mode: InviteMode,
+    /// The owner and admins.
+    pub managers: Vec<Arc<str>>,
+}
+
+/// Asks a group's actor for [`GroupState`] as `user` sees it.
+#[derive(Debug, Clone)]
+pub struct AskGroupState(pub Arc<str>);
+
+impl actix::Message for AskGroupState {
+    type Result = Result<GroupState>;
 }
 
 /// The error every request to a dismissed group gets.
@@ -294,6 +322,9 @@ pub struct ConversationActor {
     /// is muted; checked on every send without a read.
     muted: HashMap<Arc<str>, i64>,
     mute_all: bool,
+    /// Groups: how users join and who invites (from the group's settings).
+    join_mode: JoinMode,
+    invite_mode: InviteMode,
     /// The same members as a list, shared with fan-out jobs; replaced, never mutated.
     members: Arc<Vec<Arc<str>>>,
     /// The `seq` as of which `members` is known (the last membership change applied, or the

@@ -32,6 +32,16 @@ impl From<(Group, Message)> for GroupChangeResult {
 }
 
 #[derive(Serialize)]
+pub(super) struct RequestsResult {
+    requests: Vec<model::JoinRequest>,
+}
+
+#[derive(Serialize)]
+pub(super) struct RequestResult {
+    request: model::JoinRequest,
+}
+
+#[derive(Serialize)]
 pub(super) struct BansResult {
     bans: Vec<model::GroupBan>,
 }
@@ -142,6 +152,29 @@ impl Engine {
             Op::ProfileUpdate(req) => {
                 enc(&id, ok(&id, self.profile_update(&caller, req).await.map(|user| ProfileResult { user })))
             }
+            Op::GroupJoin(req) => enc(&id, ok(&id, self.group_join(&caller, &req.group_id, req.message).await)),
+            Op::GroupInvite(req) => {
+                enc(&id, ok(&id, self.group_invite(&caller, &req.group_id, req.members, req.message).await))
+            }
+            Op::GroupRequests(req) => enc(
+                &id,
+                ok(
+                    &id,
+                    self.group_requests(Some(&caller), &req.group_id).await.map(|requests| RequestsResult { requests }),
+                ),
+            ),
+            Op::GroupApprove(req) => {
+                enc(&id, ok(&id, self.group_approve(&caller, &req.group_id, &req.user_id).await.map(message)))
+            }
+            Op::GroupReject(req) => enc(
+                &id,
+                ok(
+                    &id,
+                    self.group_reject(&caller, &req.group_id, &req.user_id)
+                        .await
+                        .map(|request| RequestResult { request }),
+                ),
+            ),
             Op::GroupMute(req) => acked(self.group_op(&caller, GroupOp::Mute(req), origin.clone()).await, message),
             Op::GroupUnmute(req) => acked(self.group_op(&caller, GroupOp::Unmute(req), origin.clone()).await, message),
             Op::GroupMuteAll(req) => {

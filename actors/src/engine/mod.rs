@@ -14,6 +14,7 @@
 mod contacts;
 mod dispatch;
 mod groups;
+mod joins;
 mod peer;
 mod presence;
 mod reads;
@@ -45,6 +46,7 @@ use crate::store::{HistoryQuery, NewGroup, Store};
 pub use crate::core::{Core, Limits};
 pub use contacts::{ContactLookup, ContactResult, ContactsResult};
 use groups::GroupOp;
+pub use joins::JoinResult;
 pub use users::access_of;
 
 /// Who is asking.
@@ -146,9 +148,10 @@ impl Engine {
     }
 
     /// Asks a conversation actor, retrying on a fresh actor if the one found was stopping.
-    async fn call<M>(&self, conv_id: &str, init: Init, msg: M) -> Result<Message>
+    async fn call<M, T>(&self, conv_id: &str, init: Init, msg: M) -> Result<T>
     where
-        M: actix::Message<Result = Result<Message>> + Clone + Send + 'static,
+        M: actix::Message<Result = Result<T>> + Clone + Send + 'static,
+        T: Send + 'static,
         ConversationActor: actix::Handler<M>,
     {
         for _ in 0..4 {

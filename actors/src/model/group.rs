@@ -50,6 +50,65 @@ pub struct Group {
     /// Everyone but the owner and admins is muted (`group_mute_all`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mute_all: bool,
+    /// How users join by themselves (`group_join`).
+    #[serde(default)]
+    pub join_mode: JoinMode,
+    /// Who may invite (`group_invite`).
+    #[serde(default)]
+    pub invite_mode: InviteMode,
+}
+
+/// How users join a group by themselves (`group_join`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum JoinMode {
+    /// Nobody: users are added or invited.
+    #[default]
+    Closed,
+    /// Anyone joins at once.
+    Free,
+    /// A join is an application the owner or admins approve or reject.
+    Approval,
+}
+
+/// Who may invite users into a group (`group_invite`; the owner and admins always add directly).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum InviteMode {
+    /// Only the owner and admins.
+    #[default]
+    Admins,
+    /// Every member; the invited join at once.
+    Members,
+    /// Every member; an ordinary member's invitation waits for the owner's or an admin's approval.
+    MembersApproved,
+}
+
+/// What a pending join request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum RequestKind {
+    /// The user asked to join (`group_join` in `approval` mode).
+    Application,
+    /// A member invited the user (`group_invite` in `members_approved` mode).
+    Invitation,
+}
+
+/// A pending request to join a group, waiting for the owner or an admin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct JoinRequest {
+    /// Who would join.
+    pub user_id: String,
+    pub kind: RequestKind,
+    /// Who asked: the user for an application, the inviting member for an invitation.
+    pub by: String,
+    /// A short message (at most 200 characters).
+    pub message: String,
+    pub ts: i64,
 }
 
 impl Group {
@@ -66,6 +125,8 @@ impl Group {
             ext: None,
             dismissed: false,
             mute_all: false,
+            join_mode: JoinMode::Closed,
+            invite_mode: InviteMode::Admins,
         }
     }
 }
@@ -104,8 +165,8 @@ pub struct GroupBan {
 /// Longest a mute may last: one year.
 pub const MAX_MUTE_MS: i64 = 365 * 24 * 3600 * 1000;
 
-/// Changes a group's profile; `None` keeps a field as it is. Serialized, its `None` fields
-/// dropped, it is the data of the `group_updated` system message.
+/// Changes a group's profile and settings; `None` keeps a field as it is. Serialized, its `None`
+/// fields dropped, it is the data of the `group_updated` system message.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct GroupPatch {
     /// 1 to 128 characters.
@@ -116,13 +177,23 @@ pub struct GroupPatch {
     pub notice: Option<String>,
     /// A JSON object of at most 4096 bytes.
     pub ext: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join_mode: Option<JoinMode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub invite_mode: Option<InviteMode>,
 }
 
 impl GroupPatch {
     /// Checks the fields and that at least one is given; trims the name.
     pub fn validate(&mut self) -> Result<()> {
-        if self.name.is_none() && self.avatar.is_none() && self.notice.is_none() && self.ext.is_none() {
-            return Err(Error::invalid("give at least one of name, avatar, notice, ext"));
+        if self.name.is_none()
+            && self.avatar.is_none()
+            && self.notice.is_none()
+            && self.ext.is_none()
+            && self.join_mode.is_none()
+            && self.invite_mode.is_none()
+        {
+            return Err(Error::invalid("give at least one of name, avatar, notice, ext, join_mode, invite_mode"));
         }
         if let Some(n) = &mut self.name {
             *n = n.trim().to_string();
@@ -158,6 +229,12 @@ impl GroupPatch {
         if let Some(e) = &self.ext {
             g.ext = Some(e.clone());
         }
+        if let Some(m) = self.join_mode {
+            g.join_mode = m;
+        }
+        if let Some(m) = self.invite_mode {
+            g.invite_mode = m;
+        }
     }
 }
 
@@ -172,6 +249,8 @@ mod tests {
             avatar: Some("https://a/b.png".into()),
             notice: Some(String::new()),
             ext: Some(serde_json::json!({"k": 1})),
+            join_mode: None,
+            invite_mode: None,
         };
         assert_eq!(
             serde_json::to_value(&patch).ok(),

@@ -17,7 +17,10 @@ pub use contact::{
     validate_pair, Contact, ContactOp, FriendRequest, RequestDirection, MAX_REMARK_CHARS, MAX_REQUEST_MESSAGE_CHARS,
     MAX_TAGS, MAX_TAG_CHARS,
 };
-pub use group::{Group, GroupBan, GroupPatch, Member, Role, MAX_MUTE_MS, MAX_NOTICE_CHARS};
+pub use group::{
+    Group, GroupBan, GroupPatch, InviteMode, JoinMode, JoinRequest, Member, RequestKind, Role, MAX_MUTE_MS,
+    MAX_NOTICE_CHARS,
+};
 pub use ids::{
     conv_kind, direct_conv_id, group_conv_id, validate_cursor, validate_id, ConvKind, MAX_ID_LEN, MAX_PAGE,
     MAX_SAFE_INT,

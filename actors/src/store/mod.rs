@@ -19,8 +19,8 @@ use async_trait::async_trait;
 
 use crate::error::StoreError;
 use crate::model::{
-    Body, Changes, Contact, ContactOp, Conversation, ConversationView, FlagsPatch, Group, GroupBan, GroupPatch, Member,
-    Message, ReplyRef, Role, User, UserConvState, UserPatch,
+    Body, Changes, Contact, ContactOp, Conversation, ConversationView, FlagsPatch, Group, GroupBan, GroupPatch,
+    JoinRequest, Member, Message, ReplyRef, Role, User, UserConvState, UserPatch,
 };
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -97,6 +97,7 @@ pub struct MemberChange {
     /// Users to remove; their conversation row turns inactive (kept, so they can see they left;
     /// [`UserConvState::leave`] with the system message's `seq`).
     pub remove: Vec<String>,
+    /// (Added users' pending join requests are removed in the same transaction.)
     /// Users to ban (recorded after the removals): a ban stays until `unban`, and `add` of a
     /// banned user is refused (`Refused(Banned)`, nothing written).
     pub ban: Vec<GroupBan>,
@@ -250,6 +251,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// The users banned from a group, in no particular order.
     async fn bans(&self, group_id: &str) -> StoreResult<Vec<GroupBan>>;
+
+    /// Records pending join requests, one per user (a new one replaces the user's old one).
+    /// `Refused(Banned)` if any of the users is banned, `NotFound` / `Conflict` for a missing or
+    /// dismissed group: nothing is written. With webhooks on, writes their event. An add of the
+    /// user (`change_members`) removes their request in its transaction.
+    async fn put_join_requests(&self, group_id: &str, requests: Vec<JoinRequest>) -> StoreResult<()>;
+
+    /// Removes a user's pending request (a rejection) and returns it, or `None` (nothing written).
+    async fn remove_join_request(&self, group_id: &str, user: &str) -> StoreResult<Option<JoinRequest>>;
+
+    /// A group's pending requests, in no particular order.
+    async fn join_requests(&self, group_id: &str) -> StoreResult<Vec<JoinRequest>>;
 
     /// Dismisses a group: appends the system message, marks the group `dismissed`, removes every
     /// member and turns their conversation rows inactive, atomically. `NotFound` if the group

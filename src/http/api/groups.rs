@@ -1,12 +1,12 @@
 //! Groups: create (with owner and members), add and remove members, members, profile, update,
-//! roles, dismiss, moderation (mutes and bans).
+//! roles, dismiss, moderation (mutes and bans), joins, invitations and their requests.
 
 use actix_web::web;
 use serde::{Deserialize, Serialize};
 
 use confab_actors::engine::Caller;
 use confab_actors::error::Error;
-use confab_actors::model::{Group, GroupBan, Member, Message, Role};
+use confab_actors::model::{Group, GroupBan, InviteMode, JoinMode, JoinRequest, Member, Message, Role};
 use confab_actors::proto::{GroupCreateReq, GroupMembersReq, GroupSetRoleReq, GroupUpdateReq};
 
 use super::schema::{operation_errors, Id, SafeInt};
@@ -23,9 +23,23 @@ resources! {
     "/groups/{id}/members/{user}/role" => put set_role;
     "/groups/{id}/moderation" => post moderate;
     "/groups/{id}/bans" => get bans;
+    "/groups/{id}/join" => post join;
+    "/groups/{id}/leave" => post leave;
+    "/groups/{id}/invitations" => post invite;
+    "/groups/{id}/requests" => get requests;
+    "/groups/{id}/requests/{user}" => post answer;
 }
 
 operation_errors! {
+    JoinErrors: InvalidRequest("a bad id, a message over 200 characters"), Forbidden("the group is not open to joins"),
+        Conflict("already a member"), Banned, NotFound, GroupDismissed, Internal, Unavailable;
+    LeaveErrors: InvalidRequest("a bad id"), NotMember, OwnerCannotLeave, NotFound, GroupDismissed, Internal,
+        Unavailable;
+    InviteErrors: InvalidRequest("bad ids, 0 or over 1000 users"), Forbidden("by may not invite to this group"),
+        NotMember("by"), Conflict("every user given is already a member"), Banned, NotFound, GroupDismissed, Internal,
+        Unavailable;
+    AnswerErrors: InvalidRequest("a bad id or action"), Forbidden("by is not the owner or an admin"), NotMember("by"),
+        RequestNotPending, Banned, NotFound, GroupDismissed, Internal, Unavailable;
     ModerateErrors: InvalidRequest("a bad id, an unknown action, no members, until not in the next year"),
         Forbidden("by may not moderate these users"), NotMember("by"), NotFound("the group, or a user to mute is not a member"),
         GroupDismissed, Internal, Unavailable;
@@ -197,6 +211,120 @@ async fn bans(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResult
     ok(&BansRes { bans: state.engine.group_bans(None, &id).await? })
 }
 
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JoinBody {
+    /// The user who joins (or applies).
+    #[schema(value_type = Id)]
+    user: String,
+    /// For an application: a short message to the owner and admins.
+    #[serde(default)]
+    message: String,
+}
+
+/// The user joins the group as they would over WebSocket (`group_join`): at once when its
+/// `join_mode` is `free`, as an application when it is `approval`, refused when `closed`.
+#[utoipa::path(post, path = "/groups/{id}/join",
+    params(path::Group),
+    request_body = JoinBody,
+    responses((status = 200, description = "`message` when joined, `requests` when waiting", body = Object), JoinErrors))]
+async fn join(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResult {
+    let path::Group { id } = s.path()?;
+    let r: JoinBody = s.json()?;
+    ok(&state.engine.group_join(&caller(&r.user)?, &id, r.message).await?)
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LeaveBody {
+    /// The member who leaves.
+    #[schema(value_type = Id)]
+    user: String,
+}
+
+/// The user leaves the group (the owner cannot: `owner_cannot_leave`).
+#[utoipa::path(post, path = "/groups/{id}/leave",
+    params(path::Group),
+    request_body = LeaveBody,
+    responses((status = 200, description = "The change made", body = GroupChangeRes), LeaveErrors))]
+async fn leave(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResult {
+    let path::Group { id } = s.path()?;
+    let r: LeaveBody = s.json()?;
+    ok(&GroupChangeRes { message: state.engine.group_leave(&caller(&r.user)?, &id).await? })
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InviteBody {
+    /// The inviting member.
+    #[schema(value_type = Id)]
+    by: String,
+    /// 1 to 1000 user ids.
+    #[schema(value_type = Vec<Id>, min_items = 1, max_items = 1000)]
+    members: Vec<String>,
+    #[serde(default)]
+    message: String,
+}
+
+/// A member invites users, as `group_invite`: added at once by the owner and admins (or by any
+/// member when the group's `invite_mode` is `members`), waiting for an answer when it is
+/// `members_approved`.
+#[utoipa::path(post, path = "/groups/{id}/invitations",
+    params(path::Group),
+    request_body = InviteBody,
+    responses((status = 200, description = "`message` when added, `requests` when waiting", body = Object), InviteErrors))]
+async fn invite(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResult {
+    let path::Group { id } = s.path()?;
+    let r: InviteBody = s.json()?;
+    ok(&state.engine.group_invite(&caller(&r.by)?, &id, r.members, r.message).await?)
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RequestsRes {
+    requests: Vec<JoinRequest>,
+}
+
+/// The pending applications and invitations, oldest first.
+#[utoipa::path(get, path = "/groups/{id}/requests",
+    params(path::Group),
+    responses((status = 200, description = "The pending requests", body = RequestsRes), ReadErrors))]
+async fn requests(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResult {
+    let path::Group { id } = s.path()?;
+    ok(&RequestsRes { requests: state.engine.group_requests(None, &id).await? })
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Answer {
+    Approve,
+    Reject,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerBody {
+    action: Answer,
+    /// Answer as this user (owner or admin); the owner when absent.
+    #[serde(default)]
+    #[schema(value_type = Option<Id>)]
+    by: Option<String>,
+}
+
+/// Approves (the user is added: `{"message"}`) or rejects (`{"request"}`) a pending request.
+#[utoipa::path(post, path = "/groups/{id}/requests/{user}",
+    params(path::Member),
+    request_body = AnswerBody,
+    responses((status = 200, description = "`message` when approved, `request` when rejected", body = Object), AnswerErrors))]
+async fn answer(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResult {
+    let path::Member { id, user } = s.path()?;
+    let r: AnswerBody = s.json()?;
+    let by = manager(&state, &id, r.by).await?;
+    match r.action {
+        Answer::Approve => ok(&GroupChangeRes { message: state.engine.group_approve(&by, &id, &user).await? }),
+        Answer::Reject => ok(&serde_json::json!({ "request": state.engine.group_reject(&by, &id, &user).await? })),
+    }
+}
+
 /// Who makes a membership change: `by` (with the group rules: owner or admin), else the owner.
 async fn manager(state: &AppState, group_id: &str, by: Option<String>) -> Result<Caller, Error> {
     match by {
@@ -268,6 +396,12 @@ pub struct UpdateBody {
     #[serde(default)]
     #[schema(value_type = Option<Object>)]
     ext: Option<serde_json::Value>,
+    /// How users join by themselves: `closed`, `free` or `approval`.
+    #[serde(default)]
+    join_mode: Option<JoinMode>,
+    /// Who may invite: `admins`, `members` or `members_approved`.
+    #[serde(default)]
+    invite_mode: Option<InviteMode>,
     /// Make the change as this user (owner or admin); the owner when absent.
     #[serde(default)]
     #[schema(value_type = Option<Id>)]
@@ -284,7 +418,15 @@ async fn update(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResu
     let path::Group { id } = s.path()?;
     let r: UpdateBody = s.json()?;
     let by = manager(&state, &id, r.by).await?;
-    let change = GroupUpdateReq { group_id: id, name: r.name, avatar: r.avatar, notice: r.notice, ext: r.ext };
+    let change = GroupUpdateReq {
+        group_id: id,
+        name: r.name,
+        avatar: r.avatar,
+        notice: r.notice,
+        ext: r.ext,
+        join_mode: r.join_mode,
+        invite_mode: r.invite_mode,
+    };
     ok(&GroupUpdateRes::from(state.engine.group_update(&by, change).await?))
 }
 

@@ -3,15 +3,18 @@
 
 use std::collections::HashMap;
 
-use confab_actors::error::StoreError;
-use confab_actors::model::{group_conv_id, Body, Conversation, Group, GroupBan, Member, Message, UserConvState};
+use confab_actors::error::{ErrorCode, StoreError};
+use confab_actors::model::{
+    group_conv_id, Body, Conversation, Group, GroupBan, JoinRequest, Member, Message, UserConvState,
+};
 use confab_actors::store::{
     group_conversation, live_group, GroupDismiss, GroupUpdate, MuteChange, RoleChange, StoreResult,
 };
 use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::tables::{
-    decode, get_json, next_ver, put_json, unavailable, CONVS, GROUPS, GROUP_BANS, MEMBERS, MESSAGES, META, USER_CONVS,
+    decode, get_json, next_ver, put_json, unavailable, CONVS, GROUPS, GROUP_BANS, GROUP_REQUESTS, MEMBERS, MESSAGES,
+    META, USER_CONVS,
 };
 
 /// The group (not dismissed) and its conversation, or the domain error.
@@ -102,6 +105,41 @@ pub(super) fn bans(txn: &ReadTransaction, group_id: &str) -> StoreResult<Vec<Gro
     let bans = txn.open_table(GROUP_BANS).map_err(unavailable)?;
     let mut out = Vec::new();
     for item in bans.range((group_id, "")..).map_err(unavailable)? {
+        let (k, v) = item.map_err(unavailable)?;
+        if k.value().0 != group_id {
+            break;
+        }
+        out.push(decode(v.value())?);
+    }
+    Ok(out)
+}
+
+/// Records pending requests; refused when a user is banned or the group is not live.
+pub(super) fn put_requests(txn: &WriteTransaction, group_id: &str, requests: &[JoinRequest]) -> StoreResult<()> {
+    load(txn, group_id)?;
+    let bans = txn.open_table(GROUP_BANS).map_err(unavailable)?;
+    for r in requests {
+        if bans.get((group_id, r.user_id.as_str())).map_err(unavailable)?.is_some() {
+            return Err(StoreError::Refused(ErrorCode::Banned, format!("{} is banned from this group", r.user_id)));
+        }
+    }
+    let mut table = txn.open_table(GROUP_REQUESTS).map_err(unavailable)?;
+    for r in requests {
+        put_json(&mut table, (group_id, r.user_id.as_str()), r)?;
+    }
+    Ok(())
+}
+
+pub(super) fn remove_request(txn: &WriteTransaction, group_id: &str, user: &str) -> StoreResult<Option<JoinRequest>> {
+    let mut table = txn.open_table(GROUP_REQUESTS).map_err(unavailable)?;
+    let removed = table.remove((group_id, user)).map_err(unavailable)?.map(|v| decode(v.value())).transpose()?;
+    Ok(removed)
+}
+
+pub(super) fn requests(txn: &ReadTransaction, group_id: &str) -> StoreResult<Vec<JoinRequest>> {
+    let table = txn.open_table(GROUP_REQUESTS).map_err(unavailable)?;
+    let mut out = Vec::new();
+    for item in table.range((group_id, "")..).map_err(unavailable)? {
         let (k, v) = item.map_err(unavailable)?;
         if k.value().0 != group_id {
             break;

@@ -19,7 +19,8 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::tables::{
     current_ver, decode, get_json, next_ver, not_found, put_json, unavailable, CONVS, CONV_USERS, DEDUPE, DELETIONS,
-    GROUPS, GROUP_BANS, MEMBERS, MESSAGES, META, RECALLS, REPLIES, REPLIES_INDEXED_KEY, USER_CONVS, VER_KEY,
+    GROUPS, GROUP_BANS, GROUP_REQUESTS, MEMBERS, MESSAGES, META, RECALLS, REPLIES, REPLIES_INDEXED_KEY, USER_CONVS,
+    VER_KEY,
 };
 
 type JsonTable<'t, K> = Table<'t, K, &'static [u8]>;
@@ -397,6 +398,12 @@ pub(super) fn change_members(txn: &WriteTransaction, c: MemberChange) -> StoreRe
     }
     for ban in &c.ban {
         put_json(&mut bans, (gid, ban.user_id.as_str()), ban)?;
+    }
+    if !c.add.is_empty() {
+        let mut requests = txn.open_table(GROUP_REQUESTS).map_err(unavailable)?;
+        for (user, _) in &c.add {
+            requests.remove((gid, user.as_str())).map_err(unavailable)?;
+        }
     }
     // What the store holds of the users the change names.
     let mut before_members = HashMap::new();

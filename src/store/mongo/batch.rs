@@ -30,6 +30,8 @@ pub(crate) enum Op {
     DismissGroup(GroupDismiss),
     ChangeContact(ContactChange),
     MuteMembers(MuteChange),
+    PutJoinRequests { group_id: String, requests: Vec<confab_actors::model::JoinRequest> },
+    RemoveJoinRequest { group_id: String, user: String },
     // An outbox event with no store change of its own (presence); `outbox::record` gives its id.
     PushEvent(confab_actors::outbox::NewEvent),
 }

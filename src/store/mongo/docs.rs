@@ -6,7 +6,8 @@
 
 use confab_actors::error::StoreError;
 use confab_actors::model::{
-    Body, ConvKind, Conversation, Group, GroupBan, Member, Message, ReplyRef, Role, UserConvState,
+    Body, ConvKind, Conversation, Group, GroupBan, InviteMode, JoinMode, JoinRequest, Member, Message, ReplyRef,
+    RequestKind, Role, UserConvState,
 };
 use confab_actors::store::StoreResult;
 use mongodb::bson::{doc, Document};
@@ -24,6 +25,7 @@ pub(crate) const META: &str = "meta";
 pub(crate) const USERS: &str = "users";
 pub(crate) const CONTACTS: &str = "contacts";
 pub(crate) const GROUP_BANS: &str = "group_bans";
+pub(crate) const GROUP_REQUESTS: &str = "group_requests";
 
 /// `_id` of the retired store-wide version counter in `meta` (see `conn::RETIRED_COUNTER`).
 pub(crate) const VER_ID: &str = "ver";
@@ -273,6 +275,10 @@ pub(crate) struct GroupDoc {
     pub dismissed: bool,
     #[serde(default, deserialize_with = "flag")]
     pub mute_all: bool,
+    #[serde(default)]
+    pub join_mode: JoinMode,
+    #[serde(default)]
+    pub invite_mode: InviteMode,
 }
 
 impl GroupDoc {
@@ -294,6 +300,8 @@ impl GroupDoc {
             ext,
             dismissed: g.dismissed,
             mute_all: g.mute_all,
+            join_mode: g.join_mode,
+            invite_mode: g.invite_mode,
         })
     }
 
@@ -311,6 +319,8 @@ impl GroupDoc {
         g.ext = ext;
         g.dismissed = self.dismissed;
         g.mute_all = self.mute_all;
+        g.join_mode = self.join_mode;
+        g.invite_mode = self.invite_mode;
         Ok(g)
     }
 }
@@ -343,6 +353,37 @@ impl BanDoc {
 
     pub fn into_ban(self) -> GroupBan {
         GroupBan { user_id: self.user, by: self.by, ts: self.ts }
+    }
+}
+
+/// `group_requests`: a pending request to join a group, `_id` `"<group>/<user>"`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct RequestDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub group_id: String,
+    pub user: String,
+    pub kind: RequestKind,
+    pub by: String,
+    pub message: String,
+    pub ts: i64,
+}
+
+impl RequestDoc {
+    pub fn new(group_id: &str, r: &JoinRequest) -> RequestDoc {
+        RequestDoc {
+            id: ban_id(group_id, &r.user_id),
+            group_id: group_id.to_owned(),
+            user: r.user_id.clone(),
+            kind: r.kind,
+            by: r.by.clone(),
+            message: r.message.clone(),
+            ts: r.ts,
+        }
+    }
+
+    pub fn into_request(self) -> JoinRequest {
+        JoinRequest { user_id: self.user, kind: self.kind, by: self.by, message: self.message, ts: self.ts }
     }
 }
 
@@ -431,6 +472,8 @@ pub(crate) fn indexes() -> Vec<(&'static str, Vec<IndexModel>)> {
         (MEMBERS, vec![index(doc! { "group_id": 1, "user": 1 }, "group_user", true, None)]),
         // `_id` is `"<group>/<user>"`; a group's bans are listed by `group_id`.
         (GROUP_BANS, vec![index(doc! { "group_id": 1 }, "group", false, None)]),
+        // `_id` is `"<group>/<user>"`; a group's pending requests are listed by `group_id`.
+        (GROUP_REQUESTS, vec![index(doc! { "group_id": 1 }, "group", false, None)]),
         // A user's changed rows, for the `contacts` sync (`_id` is `"<owner>/<peer>"`).
         (CONTACTS, vec![index(doc! { "owner": 1, "ver": 1 }, "owner_ver", false, None)]),
         // Webhooks: an endpoint's pending deliveries in event order; the log by event.

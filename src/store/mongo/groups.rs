@@ -4,14 +4,14 @@
 
 use std::collections::HashMap;
 
-use confab_actors::error::StoreError;
-use confab_actors::model::{group_conv_id, Body, Group, GroupBan, Member, Message};
+use confab_actors::error::{ErrorCode, StoreError};
+use confab_actors::model::{group_conv_id, Body, Group, GroupBan, JoinRequest, Member, Message};
 use confab_actors::store::{live_group, GroupDismiss, GroupUpdate, MuteChange, RoleChange, StoreResult};
 use mongodb::bson::{doc, Document};
 
 use super::docs::{
-    i, BanDoc, ConvDoc, GroupDoc, MemberDoc, MessageDoc, CONVERSATIONS, GROUPS, GROUP_BANS, MEMBERS, MESSAGES,
-    USER_CONVS,
+    ban_id, i, BanDoc, ConvDoc, GroupDoc, MemberDoc, MessageDoc, RequestDoc, CONVERSATIONS, GROUPS, GROUP_BANS,
+    GROUP_REQUESTS, MEMBERS, MESSAGES, USER_CONVS,
 };
 use super::tx::{fatal, stmt, Answer, AttemptError, AttemptResult, Tx};
 
@@ -93,6 +93,8 @@ impl Tx<'_> {
                 None => set.insert(k, mongodb::bson::Bson::Null),
             };
         }
+        set.insert("join_mode", to_bson(&stored.join_mode)?);
+        set.insert("invite_mode", to_bson(&stored.invite_mode)?);
         self.record(group, conv, &up.system_body, up.ts, ver, set).await
     }
 
@@ -150,6 +152,37 @@ impl Tx<'_> {
         self.record(group, conv, &c.system_body, c.ts, ver, set).await
     }
 
+    pub async fn put_join_requests(&mut self, group_id: &str, requests: &[JoinRequest]) -> OpResult {
+        if let Err(e) = self.live_group(group_id).await? {
+            return Ok(Err(e));
+        }
+        let ids: Vec<String> = requests.iter().map(|r| ban_id(group_id, &r.user_id)).collect();
+        let banned: Vec<BanDoc> = self.find_all(GROUP_BANS, doc! { "_id": { "$in": &ids } }).await?;
+        if let Some(b) = banned.first() {
+            return Ok(Err(StoreError::Refused(ErrorCode::Banned, format!("{} is banned from this group", b.user))));
+        }
+        let mut stmts = Vec::new();
+        for r in requests {
+            let d = RequestDoc::new(group_id, r);
+            let set = mongodb::bson::to_document(&d)
+                .map_err(|e| fatal(StoreError::Unavailable(format!("cannot encode a request: {e}"))))?;
+            stmts.push(stmt(doc! { "_id": &d.id }, doc! { "$set": set }, true));
+        }
+        self.update(GROUP_REQUESTS, stmts).await?;
+        Ok(Ok(Answer::Requests(requests.to_vec())))
+    }
+
+    pub async fn remove_join_request(&mut self, group_id: &str, user: &str) -> OpResult {
+        let removed: Option<RequestDoc> = self
+            .conn
+            .coll::<RequestDoc>(GROUP_REQUESTS)
+            .find_one_and_delete(doc! { "_id": ban_id(group_id, user) })
+            .session(&mut self.session)
+            .await
+            .map_err(|e| self.err("delete from group_requests", e))?;
+        Ok(Ok(Answer::Requests(removed.map(RequestDoc::into_request).into_iter().collect())))
+    }
+
     pub async fn dismiss_group(&mut self, d: &GroupDismiss, ver: u64) -> OpResult {
         let (mut group, conv) = match self.live_group(&d.group_id).await? {
             Ok(x) => x,
@@ -180,8 +213,18 @@ impl Tx<'_> {
     }
 }
 
+fn to_bson<T: serde::Serialize>(v: &T) -> AttemptResult<mongodb::bson::Bson> {
+    mongodb::bson::to_bson(v).map_err(|e| fatal(StoreError::Unavailable(format!("cannot encode a setting: {e}"))))
+}
+
 /// The users banned from a group (index `group`).
 pub(crate) async fn bans(c: &super::conn::Conn, group_id: &str) -> StoreResult<Vec<GroupBan>> {
     let docs: Vec<BanDoc> = super::reads::find_all(c, GROUP_BANS, doc! { "group_id": group_id }, None).await?;
     Ok(docs.into_iter().map(BanDoc::into_ban).collect())
+}
+
+/// A group's pending join requests (index `group`).
+pub(crate) async fn requests(c: &super::conn::Conn, group_id: &str) -> StoreResult<Vec<JoinRequest>> {
+    let docs: Vec<RequestDoc> = super::reads::find_all(c, GROUP_REQUESTS, doc! { "group_id": group_id }, None).await?;
+    Ok(docs.into_iter().map(RequestDoc::into_request).collect())
 }

@@ -29,8 +29,8 @@ use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition, Table
 
 use super::conn::{int_field, is_duplicate_key_reply, Conn};
 use super::docs::{
-    ban_id, i, BanDoc, ConvDoc, GroupDoc, MessageDoc, RowDoc, CONTACTS, CONVERSATIONS, DELETIONS, GROUPS, GROUP_BANS,
-    MEMBERS, MESSAGES, USERS, USER_CONVS,
+    ban_id, i, BanDoc, ConvDoc, GroupDoc, MessageDoc, RequestDoc, RowDoc, CONTACTS, CONVERSATIONS, DELETIONS, GROUPS,
+    GROUP_BANS, GROUP_REQUESTS, MEMBERS, MESSAGES, USERS, USER_CONVS,
 };
 use super::docs::{DELIVERIES, OUTBOX, WEBHOOK_META};
 use super::outbox::{DeliveryDoc, EventDoc};
@@ -44,8 +44,8 @@ use super::contacts::{contact_id, ContactDoc};
 use crate::store::embedded::outbox::{DELIVERIES as E_DELIVERIES, OUTBOX as E_OUTBOX, WEBHOOK_META as E_WEBHOOK_META};
 use crate::store::embedded::tables::{
     CONTACTS as E_CONTACTS, CONVS as E_CONVS, DELETIONS as E_DELETIONS, GROUPS as E_GROUPS, GROUP_BANS as E_GROUP_BANS,
-    MEMBERS as E_MEMBERS, MESSAGES as E_MESSAGES, META as E_META, RECALLS as E_RECALLS, USERS as E_USERS,
-    USER_CONVS as E_USER_CONVS,
+    GROUP_REQUESTS as E_GROUP_REQUESTS, MEMBERS as E_MEMBERS, MESSAGES as E_MESSAGES, META as E_META,
+    RECALLS as E_RECALLS, USERS as E_USERS, USER_CONVS as E_USER_CONVS,
 };
 
 /// Statements per `update` command.
@@ -262,6 +262,20 @@ pub async fn migrate_from_embedded(dir: &Path, opts: MongoOptions) -> anyhow::Re
             let mut d = bson_doc(&BanDoc::new(group_id, &ban))?;
             d.remove("_id");
             bulk.insert_missing(doc! { "_id": ban_id(group_id, &ban.user_id) }, d).await?;
+        }
+    }
+    bulk.finish(&mut report).await?;
+
+    // 3d. Pending join requests.
+    let mut bulk = Bulk::new(&conn, GROUP_REQUESTS);
+    if let Some(requests) = open_opt(&txn, E_GROUP_REQUESTS)? {
+        for item in requests.iter()? {
+            let (k, v) = item?;
+            let (group_id, _) = k.value();
+            let r: confab_actors::model::JoinRequest = json(v.value(), "join request")?;
+            let mut d = bson_doc(&RequestDoc::new(group_id, &r))?;
+            d.remove("_id");
+            bulk.insert_missing(doc! { "_id": ban_id(group_id, &r.user_id) }, d).await?;
         }
     }
     bulk.finish(&mut report).await?;

@@ -14,7 +14,7 @@ use serde::Deserialize;
 
 use super::docs::{
     ban_id, body_json, i, q, u, BanDoc, ConvDoc, DeletionDoc, GroupDoc, MemberDoc, MessageDoc, RowDoc, CONVERSATIONS,
-    DELETIONS, GROUPS, GROUP_BANS, MEMBERS, MESSAGES, USER_CONVS,
+    DELETIONS, GROUPS, GROUP_BANS, GROUP_REQUESTS, MEMBERS, MESSAGES, USER_CONVS,
 };
 use super::tx::{fatal, stmt, stmt_all, Answer, AttemptResult, Tx};
 
@@ -222,6 +222,15 @@ impl Tx<'_> {
                 .session(&mut self.session)
                 .await
                 .map_err(|e| self.err("delete from group_bans", e))?;
+        }
+        if !c.add.is_empty() {
+            let ids: Vec<String> = c.add.iter().map(|(u, _)| ban_id(&c.group_id, u)).collect();
+            self.conn
+                .coll::<Document>(GROUP_REQUESTS)
+                .delete_many(doc! { "_id": { "$in": ids } })
+                .session(&mut self.session)
+                .await
+                .map_err(|e| self.err("delete from group_requests", e))?;
         }
         let mut ban_stmts = Vec::new();
         for b in &c.ban {

@@ -192,6 +192,13 @@ fn change<'a>(op: &'a Op, answer: &'a Answer) -> Option<Change<'a>> {
         (Op::DismissGroup(_), Answer::Created(g, m)) => Change::Group { kind: GROUP_DISMISSED, group: g, message: m },
         (Op::ChangeContact(c), Answer::Contact(plan)) => Change::Contact(c, plan),
         (Op::MuteMembers(_), Answer::Created(g, m)) => Change::Group { kind: GROUP_MUTED, group: g, message: m },
+        (Op::PutJoinRequests { group_id, .. }, Answer::Requests(r)) => {
+            let ts = r.iter().map(|r| r.ts).max().unwrap_or(0);
+            Change::JoinRequests { group_id, change: "requested", requests: r, ts }
+        }
+        (Op::RemoveJoinRequest { group_id, .. }, Answer::Requests(r)) => {
+            Change::JoinRequests { group_id, change: "rejected", requests: r, ts: confab_actors::clock::now_ms() }
+        }
         _ => return None,
     })
 }

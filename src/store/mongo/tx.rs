@@ -32,6 +32,8 @@ pub(crate) enum Answer {
     /// The id of a pushed outbox event.
     EventId(u64),
     Contact(Box<ContactPlan>),
+    /// Join requests written (`PutJoinRequests`) or removed (`RemoveJoinRequest`: none or one).
+    Requests(Vec<confab_actors::model::JoinRequest>),
 }
 
 /// Why an attempt did not commit. Nothing of it is written in any case.

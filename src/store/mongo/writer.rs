@@ -315,6 +315,8 @@ async fn attempt_once(
                 Op::DismissGroup(c) => tx.dismiss_group(c, ver).await?,
                 Op::ChangeContact(c) => tx.change_contact(c, ver).await?,
                 Op::MuteMembers(c) => tx.mute_members(c, ver).await?,
+                Op::PutJoinRequests { group_id, requests } => tx.put_join_requests(group_id, requests).await?,
+                Op::RemoveJoinRequest { group_id, user } => tx.remove_join_request(group_id, user).await?,
                 Op::PushEvent(_) => Ok(Answer::EventId(0)),
             };
             answers[idx] = Some(answer);
