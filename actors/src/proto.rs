@@ -87,6 +87,8 @@ ops! {
     "group_requests" => GroupRequests(GroupReq),
     "group_approve" => GroupApprove(GroupUserReq),
     "group_reject" => GroupReject(GroupUserReq),
+    "group_notice_confirm" => GroupNoticeConfirm(GroupReq),
+    "group_notice_confirmations" => GroupNoticeConfirmations(GroupReq),
     "group_mute" => GroupMute(GroupMuteReq),
     "group_unmute" => GroupUnmute(GroupMembersReq),
     "group_mute_all" => GroupMuteAll(GroupMuteAllReq),
@@ -329,6 +331,8 @@ pub struct GroupUpdateReq {
     pub join_mode: Option<crate::model::JoinMode>,
     #[serde(default)]
     pub invite_mode: Option<crate::model::InviteMode>,
+    #[serde(default)]
+    pub notice_confirm: Option<bool>,
 }
 
 impl GroupUpdateReq {
@@ -341,6 +345,7 @@ impl GroupUpdateReq {
             ext: self.ext,
             join_mode: self.join_mode,
             invite_mode: self.invite_mode,
+            notice_confirm: self.notice_confirm,
         }
     }
 }

@@ -23,6 +23,7 @@
 //! | `contacts`      | `(owner, peer)`             | `Contact` JSON            | friends, requests, blocks             |
 //! | `group_bans`    | `(group_id, user)`          | `GroupBan` JSON           | users banned from a group             |
 //! | `group_requests` | `(group_id, user)`         | `JoinRequest` JSON        | pending applications and invitations  |
+//! | `notice_confirmations` | `(group_id, user)`   | `NoticeConfirmation` JSON | who confirmed the group's notice      |
 //! | `contacts_by_ver` | `(owner, ver)`            | `peer`                    | `contacts` sync by version            |
 //!
 //! With webhooks on, changes also write their event to the outbox tables of `outbox` in the same
@@ -77,8 +78,8 @@ use async_trait::async_trait;
 use confab_actors::error::StoreError;
 use confab_actors::metrics::Metrics;
 use confab_actors::model::{
-    Changes, Contact, Conversation, ConversationView, FlagsPatch, Group, GroupBan, JoinRequest, Member, Message, User,
-    UserConvState, UserPatch,
+    Changes, Contact, Conversation, ConversationView, FlagsPatch, Group, GroupBan, JoinRequest, Member, Message,
+    NoticeConfirmation, User, UserConvState, UserPatch,
 };
 use confab_actors::outbox::Change;
 use confab_actors::store::{
@@ -226,6 +227,7 @@ fn create_tables(txn: &WriteTransaction) -> StoreResult<()> {
     txn.open_table(tables::CONTACTS).map_err(unavailable)?;
     txn.open_table(tables::GROUP_BANS).map_err(unavailable)?;
     txn.open_table(tables::GROUP_REQUESTS).map_err(unavailable)?;
+    txn.open_table(tables::NOTICE_CONFIRMATIONS).map_err(unavailable)?;
     txn.open_table(tables::CONTACTS_BY_VER).map_err(unavailable)?;
     ops::index_replies(txn)?;
     Ok(())
@@ -416,6 +418,16 @@ impl Store for EmbeddedStore {
     async fn join_requests(&self, group_id: &str) -> StoreResult<Vec<JoinRequest>> {
         let group_id = group_id.to_owned();
         self.read(move |txn| groups::requests(txn, &group_id)).await
+    }
+
+    async fn confirm_notice(&self, group_id: &str, c: NoticeConfirmation) -> StoreResult<()> {
+        let group_id = group_id.to_owned();
+        self.write(move |txn| groups::confirm_notice(txn, &group_id, &c)).await
+    }
+
+    async fn notice_confirmations(&self, group_id: &str) -> StoreResult<Vec<NoticeConfirmation>> {
+        let group_id = group_id.to_owned();
+        self.read(move |txn| groups::notice_confirmations(txn, &group_id)).await
     }
 
     async fn dismiss_group(&self, d: GroupDismiss) -> StoreResult<(Group, Message)> {

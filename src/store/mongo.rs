@@ -50,8 +50,8 @@ use async_trait::async_trait;
 use confab_actors::error::StoreError;
 use confab_actors::metrics::Metrics;
 use confab_actors::model::{
-    Changes, Contact, Conversation, ConversationView, FlagsPatch, Group, GroupBan, JoinRequest, Member, Message, User,
-    UserConvState, UserPatch,
+    Changes, Contact, Conversation, ConversationView, FlagsPatch, Group, GroupBan, JoinRequest, Member, Message,
+    NoticeConfirmation, User, UserConvState, UserPatch,
 };
 use confab_actors::store::{
     Appended, ContactChange, ContactPlan, GroupDismiss, GroupUpdate, HistoryQuery, MemberChange, MuteChange, NewGroup,
@@ -395,6 +395,17 @@ impl Store for MongoStore {
     async fn join_requests(&self, group_id: &str) -> StoreResult<Vec<JoinRequest>> {
         let group_id = group_id.to_owned();
         self.read("join_requests", move |c| async move { groups::requests(&c, &group_id).await }).await
+    }
+
+    async fn confirm_notice(&self, group_id: &str, c: NoticeConfirmation) -> StoreResult<()> {
+        let group_id = group_id.to_owned();
+        self.read("confirm_notice", move |conn| async move { groups::confirm_notice(&conn, &group_id, &c).await }).await
+    }
+
+    async fn notice_confirmations(&self, group_id: &str) -> StoreResult<Vec<NoticeConfirmation>> {
+        let group_id = group_id.to_owned();
+        self.read("notice_confirmations", move |c| async move { groups::notice_confirmations(&c, &group_id).await })
+            .await
     }
 
     async fn dismiss_group(&self, d: GroupDismiss) -> StoreResult<(Group, Message)> {

@@ -795,6 +795,7 @@ pub async fn check_group_update_roles_dismiss(s: DynStore) {
         ext: Some(serde_json::json!({ "k": 1 })),
         join_mode: None,
         invite_mode: None,
+        notice_confirm: None,
     };
     let (g, m) = s
         .update_group(GroupUpdate { group_id: "g1".into(), patch, ts: TS + 1, system_body: system("group_updated") })

@@ -726,4 +726,44 @@ async fn joins_and_requests_over_the_http_api() {
     assert_eq!((s, v["error"]["code"].as_str()), (409, Some("owner_cannot_leave")), "{v}");
     let members = ok(&node, "GET", "/api/v1/groups/club/members", None).await;
     assert_eq!(members["members"].as_array().unwrap().len(), 3);
+    // The notice to confirm, on a member's behalf.
+    ok(&node, "PATCH", "/api/v1/groups/club", Some(json!({"notice": "rules", "notice_confirm": true}))).await;
+    let c = ok(&node, "POST", "/api/v1/groups/club/notice/confirmations", Some(json!({"user": "dave"}))).await;
+    assert_eq!(c["confirmation"]["user_id"], "dave");
+    let list = ok(&node, "GET", "/api/v1/groups/club/notice/confirmations", None).await;
+    assert_eq!(list["confirmations"][0]["user_id"], "dave");
+}
+
+/// A notice that asks members to confirm it: who confirmed, counted per notice (a new notice
+/// starts over); confirming a notice that asks for nothing is refused.
+#[tokio::test]
+async fn a_notice_members_must_confirm() {
+    let node = TestNode::start();
+    let [mut own, mut bob, mut carol] = node.connect_each(["own/phone", "bob/phone", "carol/phone"]).await;
+    own.expect_ok("group_create", json!({"group_id": "club", "name": "Club", "members": ["bob", "carol"]})).await;
+    own.expect_err("group_update", json!({"group_id": "club", "notice_confirm": true}), "invalid_request").await;
+    bob.expect_err("group_notice_confirm", json!({"group_id": "club"}), "conflict").await;
+    let u = own
+        .expect_ok("group_update", json!({"group_id": "club", "notice": "Read the rules", "notice_confirm": true}))
+        .await;
+    let first_ts = u["group"]["notice_ts"].as_i64().unwrap();
+    assert_eq!(u["group"]["notice_confirm"], true);
+    let c = bob.expect_ok("group_notice_confirm", json!({"group_id": "club"})).await;
+    assert_eq!(c["confirmation"]["notice_ts"], first_ts);
+    let list = own.expect_ok("group_notice_confirmations", json!({"group_id": "club"})).await;
+    assert_eq!((list["confirmations"].as_array().unwrap().len(), list["member_count"].as_u64()), (1, Some(3)));
+    assert_eq!(list["confirmations"][0]["user_id"], "bob");
+    carol.expect_err("group_notice_confirmations", json!({"group_id": "club"}), "forbidden").await;
+    let mut dave = node.connect("dave", "phone").await;
+    dave.expect_err("group_notice_confirm", json!({"group_id": "club"}), "not_member").await;
+
+    // A new notice: the old confirmations do not count.
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    own.expect_ok("group_update", json!({"group_id": "club", "notice": "New rules", "notice_confirm": true})).await;
+    let list = own.expect_ok("group_notice_confirmations", json!({"group_id": "club"})).await;
+    assert!(list["confirmations"].as_array().unwrap().is_empty());
+    assert!(list["notice_ts"].as_i64().unwrap() > first_ts);
+    carol.expect_ok("group_notice_confirm", json!({"group_id": "club"})).await;
+    let list = own.expect_ok("group_notice_confirmations", json!({"group_id": "club"})).await;
+    assert_eq!(list["confirmations"][0]["user_id"], "carol");
 }

@@ -32,6 +32,11 @@ impl From<(Group, Message)> for GroupChangeResult {
 }
 
 #[derive(Serialize)]
+pub(super) struct ConfirmResult {
+    confirmation: model::NoticeConfirmation,
+}
+
+#[derive(Serialize)]
 pub(super) struct RequestsResult {
     requests: Vec<model::JoinRequest>,
 }
@@ -175,6 +180,18 @@ impl Engine {
                         .map(|request| RequestResult { request }),
                 ),
             ),
+            Op::GroupNoticeConfirm(req) => enc(
+                &id,
+                ok(
+                    &id,
+                    self.group_notice_confirm(&caller, &req.group_id)
+                        .await
+                        .map(|confirmation| ConfirmResult { confirmation }),
+                ),
+            ),
+            Op::GroupNoticeConfirmations(req) => {
+                enc(&id, ok(&id, self.group_notice_confirmations(Some(&caller), &req.group_id).await))
+            }
             Op::GroupMute(req) => acked(self.group_op(&caller, GroupOp::Mute(req), origin.clone()).await, message),
             Op::GroupUnmute(req) => acked(self.group_op(&caller, GroupOp::Unmute(req), origin.clone()).await, message),
             Op::GroupMuteAll(req) => {

@@ -183,3 +183,68 @@ impl Engine {
         Ok(r)
     }
 }
+
+/// The reply to `group_notice_confirmations`.
+#[derive(Debug, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NoticeConfirmations {
+    /// The current notice's `notice_ts` (absent when the group has no notice).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notice_ts: Option<i64>,
+    pub notice_confirm: bool,
+    /// Who confirmed the current notice, by user.
+    pub confirmations: Vec<model::NoticeConfirmation>,
+    pub member_count: u64,
+}
+
+impl Engine {
+    /// A member confirms they read the group's current notice (when it asks for confirmation).
+    pub async fn group_notice_confirm(&self, caller: &Caller, group_id: &str) -> Result<model::NoticeConfirmation> {
+        let state = self.group_state(&caller.user, group_id).await?;
+        if state.role.is_none() {
+            return Err(Error::not_member());
+        }
+        let g = self.group_info_admin(group_id).await?;
+        let Some(notice_ts) = g.notice_ts.filter(|_| g.notice_confirm) else {
+            return Err(Error::new(ErrorCode::Conflict, "the group's notice asks for no confirmation"));
+        };
+        let c = model::NoticeConfirmation { user_id: caller.user.to_string(), notice_ts, ts: crate::clock::now_ms() };
+        self.core.store.confirm_notice(group_id, c.clone()).await?;
+        Ok(c)
+    }
+
+    /// Who confirmed the current notice: for the owner and admins (`caller` `None`: the HTTP API).
+    pub async fn group_notice_confirmations(
+        &self,
+        caller: Option<&Caller>,
+        group_id: &str,
+    ) -> Result<NoticeConfirmations> {
+        if let Some(caller) = caller {
+            let state = self.group_state(&caller.user, group_id).await?;
+            match state.role {
+                Some(r) if r.can_manage() => {}
+                Some(_) => return Err(Error::forbidden("only the owner or admins see who confirmed")),
+                None => return Err(Error::not_member()),
+            }
+        }
+        let g = self.group_info_admin(group_id).await?;
+        let mut confirmations: Vec<model::NoticeConfirmation> = match g.notice_ts {
+            Some(ts) => self
+                .core
+                .store
+                .notice_confirmations(group_id)
+                .await?
+                .into_iter()
+                .filter(|c| c.notice_ts == ts)
+                .collect(),
+            None => Vec::new(),
+        };
+        confirmations.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+        Ok(NoticeConfirmations {
+            notice_ts: g.notice_ts,
+            notice_confirm: g.notice_confirm,
+            confirmations,
+            member_count: g.member_count,
+        })
+    }
+}

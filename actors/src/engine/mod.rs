@@ -46,7 +46,7 @@ use crate::store::{HistoryQuery, NewGroup, Store};
 pub use crate::core::{Core, Limits};
 pub use contacts::{ContactLookup, ContactResult, ContactsResult};
 use groups::GroupOp;
-pub use joins::JoinResult;
+pub use joins::{JoinResult, NoticeConfirmations};
 pub use users::access_of;
 
 /// Who is asking.

@@ -56,6 +56,23 @@ pub struct Group {
     /// Who may invite (`group_invite`).
     #[serde(default)]
     pub invite_mode: InviteMode,
+    /// When the current notice was set (unix ms); confirmations name it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub notice_ts: Option<i64>,
+    /// Members are asked to confirm they read the current notice (`group_notice_confirm`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub notice_confirm: bool,
+}
+
+/// A member's confirmation that they read a group's notice.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NoticeConfirmation {
+    pub user_id: String,
+    /// The `notice_ts` of the notice confirmed.
+    pub notice_ts: i64,
+    /// When they confirmed, unix ms.
+    pub ts: i64,
 }
 
 /// How users join a group by themselves (`group_join`).
@@ -127,6 +144,8 @@ impl Group {
             mute_all: false,
             join_mode: JoinMode::Closed,
             invite_mode: InviteMode::Admins,
+            notice_ts: None,
+            notice_confirm: false,
         }
     }
 }
@@ -181,6 +200,9 @@ pub struct GroupPatch {
     pub join_mode: Option<JoinMode>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub invite_mode: Option<InviteMode>,
+    /// With a new `notice`: members are asked to confirm they read it (default false).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub notice_confirm: Option<bool>,
 }
 
 impl GroupPatch {
@@ -192,6 +214,7 @@ impl GroupPatch {
             && self.ext.is_none()
             && self.join_mode.is_none()
             && self.invite_mode.is_none()
+            && self.notice_confirm.is_none()
         {
             return Err(Error::invalid("give at least one of name, avatar, notice, ext, join_mode, invite_mode"));
         }
@@ -212,11 +235,14 @@ impl GroupPatch {
         if let Some(e) = &self.ext {
             validate_ext(e)?;
         }
+        if self.notice_confirm.is_some() && self.notice.as_ref().is_none_or(|n| n.is_empty()) {
+            return Err(Error::invalid("notice_confirm goes with a new notice"));
+        }
         Ok(())
     }
 
-    /// Applies the patch to a group's profile.
-    pub fn apply(&self, g: &mut Group) {
+    /// Applies the patch, made at `ts` (unix ms), to a group's profile.
+    pub fn apply(&self, g: &mut Group, ts: i64) {
         if let Some(n) = &self.name {
             g.name = n.clone();
         }
@@ -225,6 +251,8 @@ impl GroupPatch {
         }
         if let Some(n) = &self.notice {
             g.notice = if n.is_empty() { None } else { Some(n.clone()) };
+            g.notice_ts = g.notice.as_ref().map(|_| ts);
+            g.notice_confirm = g.notice.is_some() && self.notice_confirm.unwrap_or(false);
         }
         if let Some(e) = &self.ext {
             g.ext = Some(e.clone());
@@ -251,6 +279,7 @@ mod tests {
             ext: Some(serde_json::json!({"k": 1})),
             join_mode: None,
             invite_mode: None,
+            notice_confirm: None,
         };
         assert_eq!(
             serde_json::to_value(&patch).ok(),

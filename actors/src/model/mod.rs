@@ -18,8 +18,8 @@ pub use contact::{
     MAX_TAGS, MAX_TAG_CHARS,
 };
 pub use group::{
-    Group, GroupBan, GroupPatch, InviteMode, JoinMode, JoinRequest, Member, RequestKind, Role, MAX_MUTE_MS,
-    MAX_NOTICE_CHARS,
+    Group, GroupBan, GroupPatch, InviteMode, JoinMode, JoinRequest, Member, NoticeConfirmation, RequestKind, Role,
+    MAX_MUTE_MS, MAX_NOTICE_CHARS,
 };
 pub use ids::{
     conv_kind, direct_conv_id, group_conv_id, validate_cursor, validate_id, ConvKind, MAX_ID_LEN, MAX_PAGE,

@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use crate::error::StoreError;
 use crate::model::{
     Body, Changes, Contact, ContactOp, Conversation, ConversationView, FlagsPatch, Group, GroupBan, GroupPatch,
-    JoinRequest, Member, Message, ReplyRef, Role, User, UserConvState, UserPatch,
+    JoinRequest, Member, Message, NoticeConfirmation, ReplyRef, Role, User, UserConvState, UserPatch,
 };
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -263,6 +263,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// A group's pending requests, in no particular order.
     async fn join_requests(&self, group_id: &str) -> StoreResult<Vec<JoinRequest>>;
+
+    /// Records a member's confirmation of a group's notice (replacing their earlier one).
+    async fn confirm_notice(&self, group_id: &str, c: NoticeConfirmation) -> StoreResult<()>;
+
+    /// The confirmations recorded for a group, in no particular order (callers keep those of the
+    /// current notice).
+    async fn notice_confirmations(&self, group_id: &str) -> StoreResult<Vec<NoticeConfirmation>>;
 
     /// Dismisses a group: appends the system message, marks the group `dismissed`, removes every
     /// member and turns their conversation rows inactive, atomically. `NotFound` if the group

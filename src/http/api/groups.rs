@@ -4,7 +4,7 @@
 use actix_web::web;
 use serde::{Deserialize, Serialize};
 
-use confab_actors::engine::Caller;
+use confab_actors::engine::{Caller, NoticeConfirmations};
 use confab_actors::error::Error;
 use confab_actors::model::{Group, GroupBan, InviteMode, JoinMode, JoinRequest, Member, Message, Role};
 use confab_actors::proto::{GroupCreateReq, GroupMembersReq, GroupSetRoleReq, GroupUpdateReq};
@@ -28,6 +28,7 @@ resources! {
     "/groups/{id}/invitations" => post invite;
     "/groups/{id}/requests" => get requests;
     "/groups/{id}/requests/{user}" => post answer;
+    "/groups/{id}/notice/confirmations" => get confirmations, post confirm;
 }
 
 operation_errors! {
@@ -325,6 +326,34 @@ async fn answer(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResu
     }
 }
 
+/// Who confirmed the group's current notice.
+#[utoipa::path(get, path = "/groups/{id}/notice/confirmations",
+    params(path::Group),
+    responses((status = 200, description = "The confirmations of the current notice", body = NoticeConfirmations), ReadErrors))]
+async fn confirmations(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResult {
+    let path::Group { id } = s.path()?;
+    ok(&state.engine.group_notice_confirmations(None, &id).await?)
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmBody {
+    /// The member who confirms.
+    #[schema(value_type = Id)]
+    user: String,
+}
+
+/// A member confirms the group's current notice, on their behalf.
+#[utoipa::path(post, path = "/groups/{id}/notice/confirmations",
+    params(path::Group),
+    request_body = ConfirmBody,
+    responses((status = 200, description = "The confirmation", body = Object), LeaveErrors))]
+async fn confirm(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResult {
+    let path::Group { id } = s.path()?;
+    let r: ConfirmBody = s.json()?;
+    ok(&serde_json::json!({ "confirmation": state.engine.group_notice_confirm(&caller(&r.user)?, &id).await? }))
+}
+
 /// Who makes a membership change: `by` (with the group rules: owner or admin), else the owner.
 async fn manager(state: &AppState, group_id: &str, by: Option<String>) -> Result<Caller, Error> {
     match by {
@@ -402,6 +431,9 @@ pub struct UpdateBody {
     /// Who may invite: `admins`, `members` or `members_approved`.
     #[serde(default)]
     invite_mode: Option<InviteMode>,
+    /// With a new `notice`: members are asked to confirm they read it.
+    #[serde(default)]
+    notice_confirm: Option<bool>,
     /// Make the change as this user (owner or admin); the owner when absent.
     #[serde(default)]
     #[schema(value_type = Option<Id>)]
@@ -426,6 +458,7 @@ async fn update(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResu
         ext: r.ext,
         join_mode: r.join_mode,
         invite_mode: r.invite_mode,
+        notice_confirm: r.notice_confirm,
     };
     ok(&GroupUpdateRes::from(state.engine.group_update(&by, change).await?))
 }

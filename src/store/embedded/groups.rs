@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use confab_actors::error::{ErrorCode, StoreError};
 use confab_actors::model::{
-    group_conv_id, Body, Conversation, Group, GroupBan, JoinRequest, Member, Message, UserConvState,
+    group_conv_id, Body, Conversation, Group, GroupBan, JoinRequest, Member, Message, NoticeConfirmation, UserConvState,
 };
 use confab_actors::store::{
     group_conversation, live_group, GroupDismiss, GroupUpdate, MuteChange, RoleChange, StoreResult,
@@ -14,7 +14,7 @@ use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
 use super::tables::{
     decode, get_json, next_ver, put_json, unavailable, CONVS, GROUPS, GROUP_BANS, GROUP_REQUESTS, MEMBERS, MESSAGES,
-    META, USER_CONVS,
+    META, NOTICE_CONFIRMATIONS, USER_CONVS,
 };
 
 /// The group (not dismissed) and its conversation, or the domain error.
@@ -52,7 +52,7 @@ pub(super) fn update_group(txn: &WriteTransaction, u: GroupUpdate) -> StoreResul
     let (mut group, conv) = load(txn, &u.group_id)?;
     let mut meta = txn.open_table(META).map_err(unavailable)?;
     let ver = next_ver(&mut meta)?;
-    u.patch.apply(&mut group);
+    u.patch.apply(&mut group, u.ts);
     finish(txn, group, conv, u.system_body, u.ts, ver)
 }
 
@@ -138,6 +138,24 @@ pub(super) fn remove_request(txn: &WriteTransaction, group_id: &str, user: &str)
 
 pub(super) fn requests(txn: &ReadTransaction, group_id: &str) -> StoreResult<Vec<JoinRequest>> {
     let table = txn.open_table(GROUP_REQUESTS).map_err(unavailable)?;
+    let mut out = Vec::new();
+    for item in table.range((group_id, "")..).map_err(unavailable)? {
+        let (k, v) = item.map_err(unavailable)?;
+        if k.value().0 != group_id {
+            break;
+        }
+        out.push(decode(v.value())?);
+    }
+    Ok(out)
+}
+
+pub(super) fn confirm_notice(txn: &WriteTransaction, group_id: &str, c: &NoticeConfirmation) -> StoreResult<()> {
+    let mut table = txn.open_table(NOTICE_CONFIRMATIONS).map_err(unavailable)?;
+    put_json(&mut table, (group_id, c.user_id.as_str()), c)
+}
+
+pub(super) fn notice_confirmations(txn: &ReadTransaction, group_id: &str) -> StoreResult<Vec<NoticeConfirmation>> {
+    let table = txn.open_table(NOTICE_CONFIRMATIONS).map_err(unavailable)?;
     let mut out = Vec::new();
     for item in table.range((group_id, "")..).map_err(unavailable)? {
         let (k, v) = item.map_err(unavailable)?;

@@ -39,6 +39,9 @@ pub(crate) const REPLIES: TableDefinition<(&str, u64, u64), ()> = TableDefinitio
 pub(crate) const GROUP_BANS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("group_bans");
 /// `(group_id, user)` → `JoinRequest` (JSON): pending requests to join a group.
 pub(crate) const GROUP_REQUESTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("group_requests");
+/// `(group_id, user)` → `NoticeConfirmation` (JSON): who confirmed a group's notice.
+pub(crate) const NOTICE_CONFIRMATIONS: TableDefinition<(&str, &str), &[u8]> =
+    TableDefinition::new("notice_confirmations");
 /// `(owner, peer)` → `Contact` (JSON): the owner's row about the peer.
 pub(crate) const CONTACTS: TableDefinition<(&str, &str), &[u8]> = TableDefinition::new("contacts");
 /// `(owner, ver)` → `peer`: the owner's rows by the `ver` of their last change.

@@ -6,8 +6,8 @@
 
 use confab_actors::error::StoreError;
 use confab_actors::model::{
-    Body, ConvKind, Conversation, Group, GroupBan, InviteMode, JoinMode, JoinRequest, Member, Message, ReplyRef,
-    RequestKind, Role, UserConvState,
+    Body, ConvKind, Conversation, Group, GroupBan, InviteMode, JoinMode, JoinRequest, Member, Message,
+    NoticeConfirmation, ReplyRef, RequestKind, Role, UserConvState,
 };
 use confab_actors::store::StoreResult;
 use mongodb::bson::{doc, Document};
@@ -26,6 +26,7 @@ pub(crate) const USERS: &str = "users";
 pub(crate) const CONTACTS: &str = "contacts";
 pub(crate) const GROUP_BANS: &str = "group_bans";
 pub(crate) const GROUP_REQUESTS: &str = "group_requests";
+pub(crate) const NOTICE_CONFIRMATIONS: &str = "notice_confirmations";
 
 /// `_id` of the retired store-wide version counter in `meta` (see `conn::RETIRED_COUNTER`).
 pub(crate) const VER_ID: &str = "ver";
@@ -279,6 +280,10 @@ pub(crate) struct GroupDoc {
     pub join_mode: JoinMode,
     #[serde(default)]
     pub invite_mode: InviteMode,
+    #[serde(default)]
+    pub notice_ts: Option<i64>,
+    #[serde(default, deserialize_with = "flag")]
+    pub notice_confirm: bool,
 }
 
 impl GroupDoc {
@@ -302,6 +307,8 @@ impl GroupDoc {
             mute_all: g.mute_all,
             join_mode: g.join_mode,
             invite_mode: g.invite_mode,
+            notice_ts: g.notice_ts,
+            notice_confirm: g.notice_confirm,
         })
     }
 
@@ -321,6 +328,8 @@ impl GroupDoc {
         g.mute_all = self.mute_all;
         g.join_mode = self.join_mode;
         g.invite_mode = self.invite_mode;
+        g.notice_ts = self.notice_ts;
+        g.notice_confirm = self.notice_confirm;
         Ok(g)
     }
 }
@@ -384,6 +393,33 @@ impl RequestDoc {
 
     pub fn into_request(self) -> JoinRequest {
         JoinRequest { user_id: self.user, kind: self.kind, by: self.by, message: self.message, ts: self.ts }
+    }
+}
+
+/// `notice_confirmations`: a member's confirmation of a group's notice, `_id` `"<group>/<user>"`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct ConfirmationDoc {
+    #[serde(rename = "_id")]
+    pub id: String,
+    pub group_id: String,
+    pub user: String,
+    pub notice_ts: i64,
+    pub ts: i64,
+}
+
+impl ConfirmationDoc {
+    pub fn new(group_id: &str, c: &NoticeConfirmation) -> ConfirmationDoc {
+        ConfirmationDoc {
+            id: ban_id(group_id, &c.user_id),
+            group_id: group_id.to_owned(),
+            user: c.user_id.clone(),
+            notice_ts: c.notice_ts,
+            ts: c.ts,
+        }
+    }
+
+    pub fn into_confirmation(self) -> NoticeConfirmation {
+        NoticeConfirmation { user_id: self.user, notice_ts: self.notice_ts, ts: self.ts }
     }
 }
 
@@ -474,6 +510,8 @@ pub(crate) fn indexes() -> Vec<(&'static str, Vec<IndexModel>)> {
         (GROUP_BANS, vec![index(doc! { "group_id": 1 }, "group", false, None)]),
         // `_id` is `"<group>/<user>"`; a group's pending requests are listed by `group_id`.
         (GROUP_REQUESTS, vec![index(doc! { "group_id": 1 }, "group", false, None)]),
+        // `_id` is `"<group>/<user>"`.
+        (NOTICE_CONFIRMATIONS, vec![index(doc! { "group_id": 1 }, "group", false, None)]),
         // A user's changed rows, for the `contacts` sync (`_id` is `"<owner>/<peer>"`).
         (CONTACTS, vec![index(doc! { "owner": 1, "ver": 1 }, "owner_ver", false, None)]),
         // Webhooks: an endpoint's pending deliveries in event order; the log by event.

@@ -5,13 +5,13 @@
 use std::collections::HashMap;
 
 use confab_actors::error::{ErrorCode, StoreError};
-use confab_actors::model::{group_conv_id, Body, Group, GroupBan, JoinRequest, Member, Message};
+use confab_actors::model::{group_conv_id, Body, Group, GroupBan, JoinRequest, Member, Message, NoticeConfirmation};
 use confab_actors::store::{live_group, GroupDismiss, GroupUpdate, MuteChange, RoleChange, StoreResult};
 use mongodb::bson::{doc, Document};
 
 use super::docs::{
-    ban_id, i, BanDoc, ConvDoc, GroupDoc, MemberDoc, MessageDoc, RequestDoc, CONVERSATIONS, GROUPS, GROUP_BANS,
-    GROUP_REQUESTS, MEMBERS, MESSAGES, USER_CONVS,
+    ban_id, i, BanDoc, ConfirmationDoc, ConvDoc, GroupDoc, MemberDoc, MessageDoc, RequestDoc, CONVERSATIONS, GROUPS,
+    GROUP_BANS, GROUP_REQUESTS, MEMBERS, MESSAGES, NOTICE_CONFIRMATIONS, USER_CONVS,
 };
 use super::tx::{fatal, stmt, Answer, AttemptError, AttemptResult, Tx};
 
@@ -84,7 +84,7 @@ impl Tx<'_> {
             Ok(x) => x,
             Err(e) => return Ok(Err(e)),
         };
-        up.patch.apply(&mut group);
+        up.patch.apply(&mut group, up.ts);
         let stored = GroupDoc::from_group(&group).map_err(fatal)?;
         let mut set = doc! { "name": &stored.name };
         for (k, v) in [("avatar", &stored.avatar), ("notice", &stored.notice), ("ext", &stored.ext)] {
@@ -95,6 +95,8 @@ impl Tx<'_> {
         }
         set.insert("join_mode", to_bson(&stored.join_mode)?);
         set.insert("invite_mode", to_bson(&stored.invite_mode)?);
+        set.insert("notice_ts", stored.notice_ts.map_or(mongodb::bson::Bson::Null, mongodb::bson::Bson::Int64));
+        set.insert("notice_confirm", stored.notice_confirm);
         self.record(group, conv, &up.system_body, up.ts, ver, set).await
     }
 
@@ -227,4 +229,25 @@ pub(crate) async fn bans(c: &super::conn::Conn, group_id: &str) -> StoreResult<V
 pub(crate) async fn requests(c: &super::conn::Conn, group_id: &str) -> StoreResult<Vec<JoinRequest>> {
     let docs: Vec<RequestDoc> = super::reads::find_all(c, GROUP_REQUESTS, doc! { "group_id": group_id }, None).await?;
     Ok(docs.into_iter().map(RequestDoc::into_request).collect())
+}
+
+/// Records a confirmation (a single-document upsert: no version, outside the group-commit batch).
+pub(crate) async fn confirm_notice(c: &super::conn::Conn, group_id: &str, n: &NoticeConfirmation) -> StoreResult<()> {
+    let d = ConfirmationDoc::new(group_id, n);
+    let set = mongodb::bson::to_document(&d).map_err(|e| StoreError::Unavailable(format!("cannot encode: {e}")))?;
+    c.coll::<mongodb::bson::Document>(NOTICE_CONFIRMATIONS)
+        .update_one(doc! { "_id": &d.id }, doc! { "$set": set })
+        .upsert(true)
+        .await
+        .map_err(|e| c.fail("upsert into notice_confirmations", &e))?;
+    Ok(())
+}
+
+pub(crate) async fn notice_confirmations(
+    c: &super::conn::Conn,
+    group_id: &str,
+) -> StoreResult<Vec<NoticeConfirmation>> {
+    let docs: Vec<ConfirmationDoc> =
+        super::reads::find_all(c, NOTICE_CONFIRMATIONS, doc! { "group_id": group_id }, None).await?;
+    Ok(docs.into_iter().map(ConfirmationDoc::into_confirmation).collect())
 }

@@ -29,8 +29,8 @@ use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition, Table
 
 use super::conn::{int_field, is_duplicate_key_reply, Conn};
 use super::docs::{
-    ban_id, i, BanDoc, ConvDoc, GroupDoc, MessageDoc, RequestDoc, RowDoc, CONTACTS, CONVERSATIONS, DELETIONS, GROUPS,
-    GROUP_BANS, GROUP_REQUESTS, MEMBERS, MESSAGES, USERS, USER_CONVS,
+    ban_id, i, BanDoc, ConfirmationDoc, ConvDoc, GroupDoc, MessageDoc, RequestDoc, RowDoc, CONTACTS, CONVERSATIONS,
+    DELETIONS, GROUPS, GROUP_BANS, GROUP_REQUESTS, MEMBERS, MESSAGES, NOTICE_CONFIRMATIONS, USERS, USER_CONVS,
 };
 use super::docs::{DELIVERIES, OUTBOX, WEBHOOK_META};
 use super::outbox::{DeliveryDoc, EventDoc};
@@ -45,7 +45,7 @@ use crate::store::embedded::outbox::{DELIVERIES as E_DELIVERIES, OUTBOX as E_OUT
 use crate::store::embedded::tables::{
     CONTACTS as E_CONTACTS, CONVS as E_CONVS, DELETIONS as E_DELETIONS, GROUPS as E_GROUPS, GROUP_BANS as E_GROUP_BANS,
     GROUP_REQUESTS as E_GROUP_REQUESTS, MEMBERS as E_MEMBERS, MESSAGES as E_MESSAGES, META as E_META,
-    RECALLS as E_RECALLS, USERS as E_USERS, USER_CONVS as E_USER_CONVS,
+    NOTICE_CONFIRMATIONS as E_NOTICE_CONFIRMATIONS, RECALLS as E_RECALLS, USERS as E_USERS, USER_CONVS as E_USER_CONVS,
 };
 
 /// Statements per `update` command.
@@ -276,6 +276,20 @@ pub async fn migrate_from_embedded(dir: &Path, opts: MongoOptions) -> anyhow::Re
             let mut d = bson_doc(&RequestDoc::new(group_id, &r))?;
             d.remove("_id");
             bulk.insert_missing(doc! { "_id": ban_id(group_id, &r.user_id) }, d).await?;
+        }
+    }
+    bulk.finish(&mut report).await?;
+
+    // 3e. Notice confirmations.
+    let mut bulk = Bulk::new(&conn, NOTICE_CONFIRMATIONS);
+    if let Some(confirmations) = open_opt(&txn, E_NOTICE_CONFIRMATIONS)? {
+        for item in confirmations.iter()? {
+            let (k, v) = item?;
+            let (group_id, _) = k.value();
+            let c: confab_actors::model::NoticeConfirmation = json(v.value(), "notice confirmation")?;
+            let mut d = bson_doc(&ConfirmationDoc::new(group_id, &c))?;
+            d.remove("_id");
+            bulk.insert_missing(doc! { "_id": ban_id(group_id, &c.user_id) }, d).await?;
         }
     }
     bulk.finish(&mut report).await?;
