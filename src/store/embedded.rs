@@ -358,6 +358,11 @@ impl Store for EmbeddedStore {
         self.read(move |txn| reads::members(txn, &group_id)).await
     }
 
+    async fn groups_of(&self, user: &str) -> StoreResult<Vec<(String, Member)>> {
+        let user = user.to_owned();
+        self.read(move |txn| contacts::groups_of(txn, &user)).await
+    }
+
     async fn change_members(&self, c: MemberChange) -> StoreResult<Message> {
         let emit = self.outbox.load(Relaxed);
         let group_id = c.group_id.clone();

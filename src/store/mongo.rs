@@ -345,6 +345,11 @@ impl Store for MongoStore {
         self.read("members", move |c| async move { reads::members(&c, &group_id).await }).await
     }
 
+    async fn groups_of(&self, user: &str) -> StoreResult<Vec<(String, Member)>> {
+        let user = user.to_owned();
+        self.read("groups_of", move |c| async move { contacts::groups_of(&c, &user).await }).await
+    }
+
     async fn change_members(&self, c: MemberChange) -> StoreResult<Message> {
         match self.write(Op::ChangeMembers(c)).await? {
             Answer::Message(m) => Ok(m),

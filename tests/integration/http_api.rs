@@ -288,7 +288,6 @@ async fn query_strings_are_refused_unless_the_endpoint_takes_them() {
         ("GET", "/api/v1/groups/q?x=1".into(), None),
         ("PATCH", "/api/v1/groups/q?x=1".into(), Some(json!({"name": "Q2"}))),
         ("POST", "/api/v1/groups/q/dismiss?x=1".into(), None),
-        ("GET", "/api/v1/groups/q/members?x=1".into(), None),
         ("POST", "/api/v1/groups/q/members?x=1".into(), Some(json!({"members": ["carol"]}))),
         ("PUT", "/api/v1/groups/q/members/bob/role?x=1".into(), Some(json!({"role": "admin"}))),
         ("GET", "/api/v1/webhooks/events/1?x=1".into(), None),
@@ -303,6 +302,7 @@ async fn query_strings_are_refused_unless_the_endpoint_takes_them() {
         "/api/v1/users/alice/conversations?limit=5&offset=2".to_string(),
         format!("/api/v1/conversations/{ab}/messages?befor=3"),
         "/api/v1/webhooks/deliveries?status=failed".to_string(),
+        "/api/v1/groups/q/members?limit=5&offset=2".to_string(),
     ] {
         err(&node, "GET", &p, None, 400, "invalid_request").await;
     }
@@ -849,4 +849,104 @@ async fn system_messages_to_groups_are_idempotent() {
     bob.no_event_within(200).await;
     let other = json!({"from": null, "conv_id": "g_news", "client_msg_id": "sys-2", "body": {"type": "system", "event": "promo"}});
     assert_eq!(ok(&node, "POST", "/api/v1/messages", Some(other)).await["seq"], 3);
+}
+
+/// What a backend does in bulk or on a user's behalf: import users, ask who is online, list a
+/// user's groups, page through members, read, flag and delete for a user, send to many users.
+#[tokio::test]
+async fn bulk_and_on_behalf_operations() {
+    let node = node_with(&[]);
+    // Users in bulk: a result per user; a bad one does not stop the others.
+    let users =
+        json!({"users": [{"id": "alice", "nickname": "Alice"}, {"id": "b b"}, {"id": "bob", "nickname": "Bob"}]});
+    let r = ok(&node, "POST", "/api/v1/users/import", Some(users.clone())).await;
+    let got: Vec<(String, bool)> = r["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["id"].as_str().unwrap().to_owned(), x["ok"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(got, [("alice".to_owned(), true), ("b b".to_owned(), false), ("bob".to_owned(), true)]);
+    assert_eq!(r["results"][1]["error"], "invalid_request");
+    assert_eq!(ok(&node, "GET", "/api/v1/users/bob", None).await["user"]["nickname"], "Bob");
+    err(&node, "POST", "/api/v1/users/import", Some(json!({"users": []})), 400, "invalid_request").await;
+
+    // Who is online.
+    let [mut alice, mut bob] = node.connect_each(["alice/phone", "bob/tablet"]).await;
+    let r = ok(&node, "POST", "/api/v1/users/online", Some(json!({"ids": ["alice", "carol"]}))).await;
+    assert_eq!((r["users"][0]["online"].as_bool(), r["users"][1]["online"].as_bool()), (Some(true), Some(false)));
+    assert_eq!(r["users"][0]["devices"][0]["device"], "phone");
+    let many: Vec<String> = (0..101).map(|i| format!("u{i}")).collect();
+    err(&node, "POST", "/api/v1/users/online", Some(json!({"ids": many})), 400, "invalid_request").await;
+
+    // A user's groups; a group's members page by page.
+    create_group(&node, "g1", "G1", "alice", &["bob", "m1", "m2", "m3"]).await;
+    create_group(&node, "g2", "G2", "bob", &[]).await;
+    let r = ok(&node, "GET", "/api/v1/users/bob/groups", None).await;
+    let groups: Vec<(&str, &str)> = r["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["group_id"].as_str().unwrap(), g["role"].as_str().unwrap()))
+        .collect();
+    assert_eq!(groups, [("g1", "member"), ("g2", "owner")]);
+    let mut seen = Vec::new();
+    let mut path = "/api/v1/groups/g1/members?limit=2".to_owned();
+    loop {
+        let page = ok(&node, "GET", &path, None).await;
+        seen.extend(page["members"].as_array().unwrap().iter().map(|m| m["user_id"].as_str().unwrap().to_owned()));
+        match page["next_after"].as_str() {
+            Some(after) => path = format!("/api/v1/groups/g1/members?limit=2&after={after}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["alice", "bob", "m1", "m2", "m3"]);
+    err(&node, "GET", "/api/v1/groups/g1/members?after=bob", None, 400, "invalid_request").await;
+
+    // On bob's behalf: read, flags, delete-for-me.
+    let ab = direct_id("alice", "bob");
+    for i in 0..3 {
+        alice.send_msg(json!({"to": "bob"}), &format!("m{i}"), text("hi")).await;
+    }
+    ok(&node, "POST", &format!("/api/v1/users/bob/conversations/{ab}/read"), Some(json!({"seq": 2}))).await;
+    let list = ok(&node, "GET", "/api/v1/users/bob/conversations", None).await;
+    let item = list["conversations"].as_array().unwrap().iter().find(|c| c["conv_id"] == ab.as_str()).unwrap().clone();
+    assert_eq!((item["read_seq"].as_u64(), item["unread"].as_u64()), (Some(2), Some(1)));
+    let r =
+        ok(&node, "POST", &format!("/api/v1/users/bob/conversations/{ab}/flags"), Some(json!({"pinned": true}))).await;
+    assert_eq!(r["pinned"], true);
+    ok(&node, "POST", &format!("/api/v1/users/bob/conversations/{ab}/delete"), Some(json!({"seqs": [1]}))).await;
+    let h = bob.expect_ok("history", json!({"conv_id": ab})).await;
+    assert_eq!(seqs(&h["messages"]), [2, 3]);
+    err(
+        &node,
+        "POST",
+        &format!("/api/v1/users/carol/conversations/{ab}/read"),
+        Some(json!({"seq": 1})),
+        403,
+        "not_member",
+    )
+    .await;
+
+    // One message to many users: a result each; bob blocked alice; a retry stores nothing twice.
+    bob.expect_ok("block", json!({"user_id": "alice"})).await;
+    let batch =
+        json!({"from": "alice", "to": ["carol", "bob", "dave"], "client_msg_id": "promo-1", "body": text("news")});
+    let r = ok(&node, "POST", "/api/v1/messages/batch", Some(batch.clone())).await;
+    let res = r["results"].as_array().unwrap();
+    assert_eq!(
+        (res[0]["ok"].as_bool(), res[1]["error"].as_str(), res[2]["seq"].as_u64()),
+        (Some(true), Some("blocked"), Some(1))
+    );
+    let again = ok(&node, "POST", "/api/v1/messages/batch", Some(batch)).await;
+    assert_eq!(again["results"][0]["seq"], res[0]["seq"]);
+    assert_eq!(again["results"][2]["seq"], 1, "the retry returned the stored message");
+    // From the system, to users who blocked nobody in particular.
+    let sys = json!({"from": null, "to": ["bob", "carol"], "client_msg_id": "sys-1", "body": text("maintenance")});
+    let r = ok(&node, "POST", "/api/v1/messages/batch", Some(sys)).await;
+    assert!(r["results"].as_array().unwrap().iter().all(|x| x["ok"] == true), "{r}");
+    while bob.next_event("message").await["body"] != text("maintenance") {}
+    let long = json!({"from": "alice", "to": ["bob"], "client_msg_id": "x".repeat(48), "body": text("x")});
+    err(&node, "POST", "/api/v1/messages/batch", Some(long), 400, "invalid_request").await;
+    alice.close().await;
 }

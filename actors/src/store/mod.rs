@@ -232,6 +232,9 @@ pub trait Store: Send + Sync + 'static {
     /// Active members, in no particular order.
     async fn members(&self, group_id: &str) -> StoreResult<Vec<Member>>;
 
+    /// The groups `user` is an active member of, with their membership, in no particular order.
+    async fn groups_of(&self, user: &str) -> StoreResult<Vec<(String, Member)>>;
+
     /// Applies a membership change and appends its system message atomically. Added users get an
     /// active row whose read cursor sits just before the system message. Returns the system message.
     /// `NotFound` if the group does not exist.

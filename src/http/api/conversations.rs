@@ -1,11 +1,12 @@
-//! Conversations: a user's conversation list (with unread counts) and their total unread (a
+//! Conversations: a user's conversation list (with unread counts), their total unread, and
+//! read cursors, flags and delete-for-me on their behalf (a
 //! conversation's history is read with scope `messages`, in [`messages`](super::messages)).
 
 use actix_web::web;
 use serde::{Deserialize, Serialize};
 
 use confab_actors::engine::ConversationsResult;
-use confab_actors::proto::ConversationsReq;
+use confab_actors::proto::{ConversationsReq, DeleteReq, ReadReq, SetFlagsReq};
 
 use super::schema::{operation_errors, SafeInt};
 use super::{caller, de_safe_int, ok, path, resources, scope, ApiResult, Signed};
@@ -15,11 +16,78 @@ resources! {
     Conversations:
     "/users/{id}/conversations" => get list;
     "/users/{id}/unread" => get unread;
+    "/users/{id}/conversations/{conv_id}/read" => post read;
+    "/users/{id}/conversations/{conv_id}/flags" => post flags;
+    "/users/{id}/conversations/{conv_id}/delete" => post delete;
 }
 
 operation_errors! {
     ListErrors: InvalidRequest("a bad user id, since or limit, an unknown parameter"), Unavailable;
     UnreadErrors: InvalidRequest("a bad user id"), Unavailable;
+    OnBehalfErrors: InvalidRequest("a bad id, seq or field"), NotMember("the user has no row in the conversation"),
+        NotFound, Unavailable;
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReadBody {
+    /// Read up to this seq.
+    #[schema(value_type = SafeInt)]
+    seq: u64,
+}
+
+/// Marks the conversation read up to `seq` for the user, as `read` over WebSocket does (the
+/// user's devices and, one-to-one, the other participant get the `read` event).
+#[utoipa::path(post, path = "/users/{id}/conversations/{conv_id}/read",
+    params(path::UserConv),
+    request_body = ReadBody,
+    responses((status = 200, description = "The read cursor", body = Object), OnBehalfErrors))]
+async fn read(s: Signed<scope::Conversations>, state: web::Data<AppState>) -> ApiResult {
+    let path::UserConv { id, conv_id } = s.path()?;
+    let r: ReadBody = s.json()?;
+    ok(&state.engine.read(&caller(&id)?, ReadReq { conv_id, seq: r.seq }).await?)
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FlagsBody {
+    #[serde(default)]
+    pinned: Option<bool>,
+    #[serde(default)]
+    muted: Option<bool>,
+    #[serde(default)]
+    hidden: Option<bool>,
+}
+
+/// Sets the user's flags on the conversation (pin, mute, hide), as `set_flags`.
+#[utoipa::path(post, path = "/users/{id}/conversations/{conv_id}/flags",
+    params(path::UserConv),
+    request_body = FlagsBody,
+    responses((status = 200, description = "The conversation item", body = Object), OnBehalfErrors))]
+async fn flags(s: Signed<scope::Conversations>, state: web::Data<AppState>) -> ApiResult {
+    let path::UserConv { id, conv_id } = s.path()?;
+    let r: FlagsBody = s.json()?;
+    let req = SetFlagsReq { conv_id, pinned: r.pinned, muted: r.muted, hidden: r.hidden };
+    ok(&state.engine.set_flags(&caller(&id)?, req).await?)
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeleteBody {
+    /// The messages to hide for the user (1 to 100 seqs).
+    #[schema(value_type = Vec<SafeInt>)]
+    seqs: Vec<u64>,
+}
+
+/// Deletes messages for the user only (delete-for-me), as `delete`.
+#[utoipa::path(post, path = "/users/{id}/conversations/{conv_id}/delete",
+    params(path::UserConv),
+    request_body = DeleteBody,
+    responses((status = 200, description = "The seqs deleted", body = Object), OnBehalfErrors))]
+async fn delete(s: Signed<scope::Conversations>, state: web::Data<AppState>) -> ApiResult {
+    let path::UserConv { id, conv_id } = s.path()?;
+    let r: DeleteBody = s.json()?;
+    ok(&state.engine.delete(&caller(&id)?, DeleteReq { conv_id, seqs: r.seqs }).await?)
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

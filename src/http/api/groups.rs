@@ -128,15 +128,56 @@ async fn info(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResult
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct MembersRes {
     members: Vec<Member>,
+    /// With `limit`: the `after` of the next page, absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Id>)]
+    next_after: Option<String>,
 }
 
-/// A group's members: owner, admins, then members, each by id.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+struct MembersQuery {
+    /// Page by user id: members after this one (with `limit`).
+    #[serde(default)]
+    #[param(value_type = Option<Id>)]
+    after: Option<String>,
+    /// 1 to 100: a page of members by user id; absent: everyone, owner, admins, then members.
+    #[serde(default)]
+    #[param(minimum = 1, maximum = 100)]
+    limit: Option<usize>,
+}
+
+/// A group's members: everyone (owner, admins, then members, each by id), or with `limit` a
+/// page by user id (`next_after` is the cursor of the next page, absent on the last).
 #[utoipa::path(get, path = "/groups/{id}/members",
-    params(path::Group),
+    params(path::Group, MembersQuery),
     responses((status = 200, description = "The members", body = MembersRes), ReadErrors))]
-async fn members(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResult {
+async fn members(s: Signed<scope::Groups, MembersQuery>, state: web::Data<AppState>) -> ApiResult {
     let path::Group { id } = s.path()?;
-    ok(&MembersRes { members: state.engine.group_members_admin(&id).await? })
+    let mut members = state.engine.group_members_admin(&id).await?;
+    let Some(limit) = s.query.limit else {
+        if s.query.after.is_some() {
+            return Err(Error::invalid("after goes with limit").into());
+        }
+        return ok(&MembersRes { members, next_after: None });
+    };
+    if !(1..=confab_actors::model::MAX_PAGE).contains(&limit) {
+        return Err(Error::invalid(format!("limit must be 1 to {}", confab_actors::model::MAX_PAGE)).into());
+    }
+    if let Some(a) = &s.query.after {
+        confab_actors::model::validate_id("after", a)?;
+    }
+    members.sort_by(|a, b| a.user_id.cmp(&b.user_id));
+    let start = match &s.query.after {
+        Some(a) => members.partition_point(|m| m.user_id.as_str() <= a.as_str()),
+        None => 0,
+    };
+    let page: Vec<Member> = members.drain(start..).take(limit + 1).collect();
+    let more = page.len() > limit;
+    let page: Vec<Member> = page.into_iter().take(limit).collect();
+    let next_after = if more { page.last().map(|m| m.user_id.clone()) } else { None };
+    ok(&MembersRes { members: page, next_after })
 }
 
 /// What `POST /groups/{id}/moderation` does.

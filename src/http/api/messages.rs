@@ -17,11 +17,14 @@ use crate::http::AppState;
 resources! {
     Messages:
     "/messages" => post send;
+    "/messages/batch" => post batch;
     "/conversations/{conv_id}/messages" => get history;
     "/conversations/{conv_id}/messages/{seq}/recall" => post recall;
 }
 
 operation_errors! {
+    BatchErrors: InvalidRequest("no recipients or more than 1000, a client_msg_id over 47 characters, a bad body"),
+        InvalidBody, UserDisabled("from"), Unavailable;
     SendErrors: InvalidRequest, InvalidBody, NotMember, UserDisabled("from"),
         NotFound("the conversation, group or reply_to"), GroupDismissed,
         MessageRejected("by before_send; never for system messages"), Internal, Unavailable;
@@ -96,6 +99,102 @@ struct SystemBody {
     event: String,
     #[serde(default)]
     data: Value,
+}
+
+/// Most recipients of one batch.
+const MAX_BATCH: usize = 1000;
+/// Sends of a batch in flight at once.
+const BATCH_PARALLEL: usize = 32;
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BatchBody {
+    /// The sending user, or null for the system (required).
+    #[serde(deserialize_with = "required_nullable")]
+    #[schema(required = true, value_type = Option<Id>)]
+    from: Option<String>,
+    /// 1 to 1000 recipients: each gets the message in their one-to-one conversation with `from`.
+    #[schema(value_type = Vec<Id>, min_items = 1, max_items = 1000)]
+    to: Vec<String>,
+    /// At most 47 characters; each recipient's message is keyed `<client_msg_id>.<16 hex digits
+    /// of SHA-256 of the recipient>`, so a retried batch stores nothing twice.
+    #[schema(value_type = Id)]
+    client_msg_id: String,
+    #[schema(value_type = Object)]
+    body: Value,
+}
+
+#[serde_with::skip_serializing_none]
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct BatchItem {
+    to: String,
+    ok: bool,
+    conv_id: Option<String>,
+    seq: Option<u64>,
+    /// Why this recipient failed (an error code: `blocked`, `not_friends`, …), when it did.
+    error: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct BatchRes {
+    results: Vec<BatchItem>,
+}
+
+/// The key of a batch's message to `to`.
+fn batch_key(client_msg_id: &str, to: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let h = Sha256::digest(to.as_bytes());
+    let hex: String = h[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{client_msg_id}.{hex}")
+}
+
+/// Sends one message to many users, each in their one-to-one conversation with `from` (a user,
+/// with every rule a send of theirs has, or the system), up to 32 at a time; one result per
+/// recipient, in order. A failed recipient does not stop the others.
+#[utoipa::path(post, path = "/messages/batch",
+    request_body = BatchBody,
+    responses((status = 200, description = "A result per recipient, in order", body = BatchRes), BatchErrors))]
+async fn batch(s: Signed<scope::Messages>, state: web::Data<AppState>) -> ApiResult {
+    use futures_util::StreamExt;
+    let r: BatchBody = s.json()?;
+    if r.to.is_empty() || r.to.len() > MAX_BATCH {
+        return Err(Error::invalid(format!("to: 1 to {MAX_BATCH} user ids")).into());
+    }
+    if r.client_msg_id.chars().count() > 47 {
+        return Err(Error::invalid("client_msg_id: at most 47 characters in a batch").into());
+    }
+    model::validate_id("client_msg_id", &r.client_msg_id)?;
+    if let Some(from) = &r.from {
+        state.engine.check_access(from, None).await?;
+    }
+    let sender = match &r.from {
+        Some(from) => caller(from)?,
+        None => caller(&state.api.system_user)?,
+    };
+    let system = r.from.is_none();
+    let engine = state.engine.clone();
+    let results: Vec<BatchItem> = futures_util::stream::iter(r.to)
+        .map(|to| {
+            let (engine, sender) = (engine.clone(), sender.clone());
+            let v = json!({ "to": to, "client_msg_id": batch_key(&r.client_msg_id, &to), "body": r.body });
+            async move {
+                let sent = match serde_json::from_value::<SendReq>(v) {
+                    Err(e) => Err(Error::invalid(format!("invalid message: {e}"))),
+                    Ok(req) if system => engine.send_system_to_user(&sender, req).await,
+                    Ok(req) => engine.send(&sender, req, None).await,
+                };
+                match sent {
+                    Ok(m) => BatchItem { to, ok: true, conv_id: Some(m.conv_id), seq: Some(m.seq), error: None },
+                    Err(e) => {
+                        BatchItem { to, ok: false, conv_id: None, seq: None, error: Some(e.code.as_str().to_owned()) }
+                    }
+                }
+            }
+        })
+        .buffered(BATCH_PARALLEL)
+        .collect()
+        .await;
+    ok(&BatchRes { results })
 }
 
 /// Sends a message as a user or as the system; idempotent by `(from, client_msg_id)`.

@@ -81,6 +81,8 @@ path_params! {
     Conv { conv_id: ConvId "`d_…` or `g_<group id>`" }
     /// `{conv_id}` and `{seq}`: a message.
     Message { conv_id: ConvId "`d_…` or `g_<group id>`", seq: SafeInt "The message's seq" }
+    /// `{id}` and `{conv_id}`: a user and one of their conversations.
+    UserConv { id: Id "The user id", conv_id: ConvId "`d_…` or `g_<group id>`" }
     /// `{id}` and `{peer}`: a user and another user (contacts).
     Peer { id: Id "The user id", peer: Id "The other user" }
     /// `{id}`: a webhook event.

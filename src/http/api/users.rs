@@ -1,4 +1,5 @@
-//! Users: profiles, disable/enable, token revocation, mint access tokens, list online devices.
+//! Users: profiles (one or many), disable/enable, token revocation, mint access tokens, online
+//! devices (of one user or many), a user's groups.
 
 use actix_web::web;
 use serde::{Deserialize, Serialize};
@@ -13,13 +14,20 @@ use crate::http::AppState;
 resources! {
     Users:
     "/users" => post upsert;
+    // Before `/users/{id}`, which would take them for ids.
+    "/users/import" => post import;
+    "/users/online" => post online;
     "/users/{id}" => get get;
     "/users/{id}/disable" => post disable;
     "/users/{id}/enable" => post enable;
     "/users/{id}/tokens/revoke" => post revoke_tokens;
     "/users/{id}/tokens" => post mint_token;
     "/users/{id}/devices" => get devices;
+    "/users/{id}/groups" => get groups;
 }
+
+/// Most users one import may hold.
+const MAX_IMPORT: usize = 1000;
 
 operation_errors! {
     MintTokenErrors: InvalidRequest("a bad user or device id, a ttl_secs over auth.max_token_ttl_secs"), Internal,
@@ -28,6 +36,131 @@ operation_errors! {
     UpsertErrors: InvalidRequest("a bad id, nickname, avatar or ext"), Unavailable;
     GetErrors: InvalidRequest("a bad user id"), NotFound, Unavailable;
     AccessErrors: InvalidRequest("a bad user id"), Unavailable;
+    ImportErrors: InvalidRequest("no users or more than 1000"), Unavailable;
+    OnlineErrors: InvalidRequest("no ids, more than 100, or a bad id"), Unavailable;
+    GroupsErrors: InvalidRequest("a bad user id"), Unavailable;
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportBody {
+    /// 1 to 1000 users, each as `POST /users` takes it.
+    users: Vec<UpsertBody>,
+}
+
+#[serde_with::skip_serializing_none]
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ImportItem {
+    id: String,
+    ok: bool,
+    /// Why this user failed (an error code), when it did.
+    error: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ImportRes {
+    results: Vec<ImportItem>,
+}
+
+/// Creates or updates many users at once, one result per user in order (a failed user does not
+/// stop the others). Idempotent: importing the same users again changes nothing but `updated_at`.
+#[utoipa::path(post, path = "/users/import",
+    request_body = ImportBody,
+    responses((status = 200, description = "A result per user, in order", body = ImportRes), ImportErrors))]
+async fn import(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiResult {
+    let r: ImportBody = s.json()?;
+    if r.users.is_empty() || r.users.len() > MAX_IMPORT {
+        return Err(Error::invalid(format!("users: 1 to {MAX_IMPORT}")).into());
+    }
+    let mut results = Vec::with_capacity(r.users.len());
+    for u in r.users {
+        let id = u.id.clone();
+        let patch = UserPatch {
+            id: u.id,
+            nickname: u.nickname.map(|n| n.trim().to_string()),
+            avatar: u.avatar,
+            ext: u.ext,
+            ts: confab_actors::clock::now_ms(),
+        };
+        let error = state.engine.user_upsert(patch).await.err().map(|e| e.code.as_str().to_owned());
+        results.push(ImportItem { id, ok: error.is_none(), error });
+    }
+    ok(&ImportRes { results })
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OnlineBody {
+    /// 1 to 100 user ids.
+    #[schema(value_type = Vec<Id>, min_items = 1, max_items = 100)]
+    ids: Vec<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct OnlineItem {
+    user_id: String,
+    online: bool,
+    devices: Vec<Device>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct OnlineRes {
+    users: Vec<OnlineItem>,
+}
+
+/// Whether each user is connected, and on which devices (cluster-wide; see `/users/{id}/devices`).
+#[utoipa::path(post, path = "/users/online",
+    request_body = OnlineBody,
+    responses((status = 200, description = "Each user, in the order asked", body = OnlineRes), OnlineErrors))]
+async fn online(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiResult {
+    let r: OnlineBody = s.json()?;
+    if r.ids.is_empty() || r.ids.len() > confab_actors::model::MAX_PROFILE_LOOKUP {
+        return Err(Error::invalid("ids: 1 to 100 user ids").into());
+    }
+    let mut users = Vec::with_capacity(r.ids.len());
+    for id in r.ids {
+        let devices: Vec<Device> = state
+            .engine
+            .devices(&id)
+            .await?
+            .into_iter()
+            .map(|d| Device { device: d.device, conn_id: d.conn_id, node: (!d.node.is_empty()).then_some(d.node) })
+            .collect();
+        users.push(OnlineItem { user_id: id, online: !devices.is_empty(), devices });
+    }
+    ok(&OnlineRes { users })
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct UserGroup {
+    group_id: String,
+    role: confab_actors::model::Role,
+    joined_at: i64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct GroupsRes {
+    groups: Vec<UserGroup>,
+}
+
+/// The groups the user is a member of, by group id.
+#[utoipa::path(get, path = "/users/{id}/groups",
+    params(path::User),
+    responses((status = 200, description = "The user's groups", body = GroupsRes), GroupsErrors))]
+async fn groups(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiResult {
+    let path::User { id } = s.path()?;
+    validate_id("user", &id)?;
+    let mut groups: Vec<UserGroup> = state
+        .engine
+        .store()
+        .groups_of(&id)
+        .await
+        .map_err(Error::from)?
+        .into_iter()
+        .map(|(group_id, m)| UserGroup { group_id, role: m.role, joined_at: m.joined_at })
+        .collect();
+    groups.sort_by(|a, b| a.group_id.cmp(&b.group_id));
+    ok(&GroupsRes { groups })
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

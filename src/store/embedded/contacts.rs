@@ -71,3 +71,18 @@ pub(super) fn share_group(txn: &ReadTransaction, a: &str, b: &str) -> StoreResul
     }
     Ok(false)
 }
+
+/// `user`'s groups: their group conversations' rows, each checked against the group's members.
+pub(super) fn groups_of(txn: &ReadTransaction, user: &str) -> StoreResult<Vec<(String, confab_actors::model::Member)>> {
+    let rows = txn.open_table(USER_CONVS).map_err(unavailable)?;
+    let members = txn.open_table(MEMBERS).map_err(unavailable)?;
+    let mut out = Vec::new();
+    for item in rows.range((user, "g_")..(user, "g`")).map_err(unavailable)? {
+        let (k, _) = item.map_err(unavailable)?;
+        let group_id = &k.value().1[2..];
+        if let Some(m) = get_json(&members, (group_id, user))? {
+            out.push((group_id.to_owned(), m));
+        }
+    }
+    Ok(out)
+}

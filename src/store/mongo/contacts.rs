@@ -144,3 +144,9 @@ pub(crate) async fn share_group(c: &Conn, a: &str, b: &str) -> StoreResult<bool>
         reads::find_all(c, MEMBERS, doc! { "user": b, "group_id": { "$in": ids } }, None).await?;
     Ok(!shared.is_empty())
 }
+
+/// `user`'s groups (`members` by `{user}`).
+pub(crate) async fn groups_of(c: &Conn, user: &str) -> StoreResult<Vec<(String, confab_actors::model::Member)>> {
+    let docs: Vec<super::docs::MemberDoc> = reads::find_all(c, MEMBERS, doc! { "user": user }, None).await?;
+    Ok(docs.into_iter().map(|d| (d.group_id.clone(), d.into_member())).collect())
+}

@@ -505,7 +505,14 @@ pub(crate) fn indexes() -> Vec<(&'static str, Vec<IndexModel>)> {
             ],
         ),
         (DELETIONS, vec![index(doc! { "user": 1, "conv_id": 1, "seq": 1 }, "user_conv_seq", true, None)]),
-        (MEMBERS, vec![index(doc! { "group_id": 1, "user": 1 }, "group_user", true, None)]),
+        (
+            MEMBERS,
+            vec![
+                index(doc! { "group_id": 1, "user": 1 }, "group_user", true, None),
+                // A user's groups (`groups_of`, `share_group`).
+                index(doc! { "user": 1 }, "user", false, None),
+            ],
+        ),
         // `_id` is `"<group>/<user>"`; a group's bans are listed by `group_id`.
         (GROUP_BANS, vec![index(doc! { "group_id": 1 }, "group", false, None)]),
         // `_id` is `"<group>/<user>"`; a group's pending requests are listed by `group_id`.
