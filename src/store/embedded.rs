@@ -473,6 +473,16 @@ impl Store for EmbeddedStore {
         self.read(move |txn| users::user(txn, &id)).await
     }
 
+    async fn list_users(&self, prefix: &str, after: &str, limit: usize) -> StoreResult<Vec<User>> {
+        let (prefix, after) = (prefix.to_owned(), after.to_owned());
+        self.read(move |txn| users::list(txn, tables::USERS, &prefix, &after, limit)).await
+    }
+
+    async fn list_groups(&self, prefix: &str, after: &str, limit: usize) -> StoreResult<Vec<Group>> {
+        let (prefix, after) = (prefix.to_owned(), after.to_owned());
+        self.read(move |txn| users::list(txn, tables::GROUPS, &prefix, &after, limit)).await
+    }
+
     async fn users(&self, ids: &[String]) -> StoreResult<Vec<User>> {
         let ids = ids.to_vec();
         self.read(move |txn| users::users(txn, &ids)).await

@@ -451,6 +451,16 @@ impl Store for MongoStore {
         self.read("user", move |c| async move { users::user(&c, &id).await }).await
     }
 
+    async fn list_users(&self, prefix: &str, after: &str, limit: usize) -> StoreResult<Vec<User>> {
+        let (prefix, after) = (prefix.to_owned(), after.to_owned());
+        self.read("list_users", move |c| async move { users::list(&c, &prefix, &after, limit).await }).await
+    }
+
+    async fn list_groups(&self, prefix: &str, after: &str, limit: usize) -> StoreResult<Vec<Group>> {
+        let (prefix, after) = (prefix.to_owned(), after.to_owned());
+        self.read("list_groups", move |c| async move { groups::list(&c, &prefix, &after, limit).await }).await
+    }
+
     async fn users(&self, ids: &[String]) -> StoreResult<Vec<User>> {
         let ids = ids.to_vec();
         self.read("users", move |c| async move { users::users(&c, &ids).await }).await

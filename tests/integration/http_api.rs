@@ -870,6 +870,14 @@ async fn bulk_and_on_behalf_operations() {
     assert_eq!(r["results"][1]["error"], "invalid_request");
     assert_eq!(ok(&node, "GET", "/api/v1/users/bob", None).await["user"]["nickname"], "Bob");
     err(&node, "POST", "/api/v1/users/import", Some(json!({"users": []})), 400, "invalid_request").await;
+    // Listing users by id, a page at a time, and by prefix.
+    let page = ok(&node, "GET", "/api/v1/users?limit=1", None).await;
+    assert_eq!((page["users"][0]["id"].as_str(), page["next_after"].as_str()), (Some("alice"), Some("alice")));
+    let page = ok(&node, "GET", "/api/v1/users?limit=1&after=alice", None).await;
+    assert_eq!((page["users"][0]["id"].as_str(), page.get("next_after")), (Some("bob"), None));
+    let page = ok(&node, "GET", "/api/v1/users?prefix=bo", None).await;
+    assert_eq!(page["users"].as_array().unwrap().len(), 1);
+    err(&node, "GET", "/api/v1/users?prefix=a%20b", None, 400, "invalid_request").await;
 
     // Who is online.
     let [mut alice, mut bob] = node.connect_each(["alice/phone", "bob/tablet"]).await;
@@ -890,6 +898,10 @@ async fn bulk_and_on_behalf_operations() {
         .map(|g| (g["group_id"].as_str().unwrap(), g["role"].as_str().unwrap()))
         .collect();
     assert_eq!(groups, [("g1", "member"), ("g2", "owner")]);
+    let listed = ok(&node, "GET", "/api/v1/groups?prefix=g&limit=1", None).await;
+    assert_eq!((listed["groups"][0]["id"].as_str(), listed["next_after"].as_str()), (Some("g1"), Some("g1")));
+    let listed = ok(&node, "GET", "/api/v1/groups?prefix=g&after=g1", None).await;
+    assert_eq!(listed["groups"][0]["id"], "g2");
     let mut seen = Vec::new();
     let mut path = "/api/v1/groups/g1/members?limit=2".to_owned();
     loop {

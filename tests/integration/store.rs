@@ -774,6 +774,17 @@ pub async fn check_users(s: DynStore) {
     got.sort();
     assert_eq!(got, ["u1", "u2", "u3"]);
     assert!(s.users(&[]).await.unwrap().is_empty());
+
+    // Listing by id: a prefix, a page after an id.
+    let ids = |v: Vec<confab_actors::model::User>| v.into_iter().map(|u| u.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.list_users("", "", 10).await.unwrap()), ["u1", "u2", "u3"]);
+    assert_eq!(ids(s.list_users("", "u1", 1).await.unwrap()), ["u2"]);
+    assert_eq!(ids(s.list_users("u3", "", 10).await.unwrap()), ["u3"]);
+    assert!(s.list_users("v", "", 10).await.unwrap().is_empty());
+    s.create_group(new_group("ga", "u1", &[])).await.unwrap();
+    s.create_group(new_group("gb", "u1", &[])).await.unwrap();
+    let groups: Vec<String> = s.list_groups("g", "ga", 10).await.unwrap().into_iter().map(|g| g.id).collect();
+    assert_eq!(groups, ["gb"]);
 }
 
 pub async fn check_group_update_roles_dismiss(s: DynStore) {

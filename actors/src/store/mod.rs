@@ -13,7 +13,7 @@
 
 mod plan;
 
-pub use plan::{group_conversation, list_page, live_group, ContactPlan, GroupPlan, MemberDelta};
+pub use plan::{group_conversation, list_page, live_group, prefix_end, ContactPlan, GroupPlan, MemberDelta};
 
 use async_trait::async_trait;
 
@@ -287,6 +287,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// The user's record, or `None` (never created: enabled, no profile).
     async fn user(&self, id: &str) -> StoreResult<Option<User>>;
+
+    /// Users with a record whose id starts with `prefix`, after `after` (exclusive; `""` from the
+    /// start), ascending by id, at most `limit`.
+    async fn list_users(&self, prefix: &str, after: &str, limit: usize) -> StoreResult<Vec<User>>;
+
+    /// Groups (dismissed ones included) whose id starts with `prefix`, after `after`, ascending by
+    /// id, at most `limit`.
+    async fn list_groups(&self, prefix: &str, after: &str, limit: usize) -> StoreResult<Vec<Group>>;
 
     /// The records of the users given that have one, in no particular order. Callers bound `ids`.
     async fn users(&self, ids: &[String]) -> StoreResult<Vec<User>>;

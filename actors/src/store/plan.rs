@@ -478,3 +478,16 @@ impl ContactChange {
 fn refused(code: ErrorCode, message: &str) -> StoreError {
     StoreError::Refused(code, message.to_owned())
 }
+
+/// The first key after every key that starts with `prefix` (`None`: no bound), for a range scan
+/// of a prefix. Ids are ASCII, so bumping the last byte is enough.
+pub fn prefix_end(prefix: &str) -> Option<String> {
+    let mut bytes = prefix.as_bytes().to_vec();
+    while let Some(last) = bytes.pop() {
+        if last < 0x7f {
+            bytes.push(last + 1);
+            return String::from_utf8(bytes).ok();
+        }
+    }
+    None
+}

@@ -15,7 +15,7 @@ use crate::http::AppState;
 
 resources! {
     Groups:
-    "/groups" => post create;
+    "/groups" => post create, get list;
     "/groups/{id}" => get info, patch update;
     "/groups/{id}/dismiss" => post dismiss;
     "/groups/{id}/members" => get members, post add;
@@ -59,6 +59,29 @@ operation_errors! {
     SetRoleErrors: InvalidRequest("a bad id, the owner's own role"), Forbidden("by is not the owner"), NotMember("by"),
         NotFound("the group, or the user is not a member"), Conflict("the member already has the role"), GroupDismissed,
         Internal, Unavailable;
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct GroupsRes {
+    groups: Vec<Group>,
+    /// The `after` of the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_after: Option<String>,
+}
+
+/// Groups by id (dismissed ones included): all, or those whose id starts with `prefix`, a page at
+/// a time.
+#[utoipa::path(get, path = "/groups",
+    params(super::users::ListQuery),
+    responses((status = 200, description = "A page of groups", body = GroupsRes), ReadErrors))]
+async fn list(s: Signed<scope::Groups, super::users::ListQuery>, state: web::Data<AppState>) -> ApiResult {
+    let limit = s.query.check()?;
+    let mut groups =
+        state.engine.store().list_groups(&s.query.prefix, &s.query.after, limit + 1).await.map_err(Error::from)?;
+    let more = groups.len() > limit;
+    groups.truncate(limit);
+    let next_after = if more { groups.last().map(|g| g.id.clone()) } else { None };
+    ok(&GroupsRes { groups, next_after })
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

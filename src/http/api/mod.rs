@@ -16,7 +16,7 @@ mod messages;
 pub mod openapi;
 pub mod path;
 pub mod schema;
-mod users;
+pub(crate) mod users;
 mod webhooks;
 
 use std::marker::PhantomData;

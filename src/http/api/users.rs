@@ -13,7 +13,7 @@ use crate::http::AppState;
 
 resources! {
     Users:
-    "/users" => post upsert;
+    "/users" => post upsert, get list;
     // Before `/users/{id}`, which would take them for ids.
     "/users/import" => post import;
     "/users/online" => post online;
@@ -39,6 +39,64 @@ operation_errors! {
     ImportErrors: InvalidRequest("no users or more than 1000"), Unavailable;
     OnlineErrors: InvalidRequest("no ids, more than 100, or a bad id"), Unavailable;
     GroupsErrors: InvalidRequest("a bad user id"), Unavailable;
+    ListErrors: InvalidRequest("a bad prefix, after or limit, an unknown parameter"), Unavailable;
+}
+
+/// A page of a listing by id (users, groups).
+#[derive(Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(super) struct ListQuery {
+    /// Only ids starting with this (default: all).
+    #[serde(default)]
+    #[param(pattern = "^[A-Za-z0-9_.@:-]{0,64}$")]
+    pub prefix: String,
+    /// After this id: `next_after` of the previous page (default: from the start).
+    #[serde(default)]
+    #[param(pattern = "^[A-Za-z0-9_.@:-]{0,64}$")]
+    pub after: String,
+    /// 1 to 100 (default 50).
+    #[serde(default)]
+    #[param(minimum = 1, maximum = 100)]
+    pub limit: Option<usize>,
+}
+
+impl ListQuery {
+    /// Checks the parameters; the limit.
+    pub(super) fn check(&self) -> Result<usize, Error> {
+        for (name, v) in [("prefix", &self.prefix), ("after", &self.after)] {
+            if !v.is_empty() {
+                validate_id(name, v)?;
+            }
+        }
+        match self.limit {
+            None => Ok(50),
+            Some(n) if (1..=confab_actors::model::MAX_PAGE).contains(&n) => Ok(n),
+            Some(_) => Err(Error::invalid("limit must be 1 to 100")),
+        }
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct UsersRes {
+    users: Vec<User>,
+    /// The `after` of the next page; absent on the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_after: Option<String>,
+}
+
+/// Users with a record, by id: all, or those whose id starts with `prefix`, a page at a time.
+#[utoipa::path(get, path = "/users",
+    params(ListQuery),
+    responses((status = 200, description = "A page of users", body = UsersRes), ListErrors))]
+async fn list(s: Signed<scope::Users, ListQuery>, state: web::Data<AppState>) -> ApiResult {
+    let limit = s.query.check()?;
+    let mut users =
+        state.engine.store().list_users(&s.query.prefix, &s.query.after, limit + 1).await.map_err(Error::from)?;
+    let more = users.len() > limit;
+    users.truncate(limit);
+    let next_after = if more { users.last().map(|u| u.id.clone()) } else { None };
+    ok(&UsersRes { users, next_after })
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -44,3 +44,29 @@ pub(super) fn users(txn: &ReadTransaction, ids: &[String]) -> StoreResult<Vec<Us
     }
     Ok(out)
 }
+
+/// A page of a table keyed by id: ids starting with `prefix`, after `after`, ascending.
+pub(super) fn list<T: serde::de::DeserializeOwned>(
+    txn: &ReadTransaction,
+    table: redb::TableDefinition<&'static str, &'static [u8]>,
+    prefix: &str,
+    after: &str,
+    limit: usize,
+) -> StoreResult<Vec<T>> {
+    let t = txn.open_table(table).map_err(unavailable)?;
+    let end = confab_actors::store::prefix_end(prefix);
+    let mut out = Vec::new();
+    let start = if after >= prefix { after } else { prefix };
+    for item in t.range(start..).map_err(unavailable)? {
+        let (k, v) = item.map_err(unavailable)?;
+        let id = k.value();
+        if id == after {
+            continue;
+        }
+        if end.as_deref().is_some_and(|e| id >= e) || !id.starts_with(prefix) || out.len() >= limit {
+            break;
+        }
+        out.push(super::tables::decode(v.value())?);
+    }
+    Ok(out)
+}

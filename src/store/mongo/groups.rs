@@ -251,3 +251,10 @@ pub(crate) async fn notice_confirmations(
         super::reads::find_all(c, NOTICE_CONFIRMATIONS, doc! { "group_id": group_id }, None).await?;
     Ok(docs.into_iter().map(ConfirmationDoc::into_confirmation).collect())
 }
+
+/// A page of groups by id.
+pub(crate) async fn list(c: &super::conn::Conn, prefix: &str, after: &str, limit: usize) -> StoreResult<Vec<Group>> {
+    let filter = super::users::id_page(prefix, after);
+    let docs: Vec<GroupDoc> = super::reads::find_limit(c, GROUPS, filter, doc! { "_id": 1 }, limit).await?;
+    docs.into_iter().map(GroupDoc::into_group).collect()
+}

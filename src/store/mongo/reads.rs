@@ -36,6 +36,24 @@ pub(crate) async fn find_all<T: DeserializeOwned + Send + Sync>(
     find(c, coll, filter, None, sort, None).await
 }
 
+/// At most `limit` documents of `coll` that match `filter`, in `sort` order.
+pub(crate) async fn find_limit<T: DeserializeOwned + Send + Sync>(
+    c: &Conn,
+    coll: &str,
+    filter: Document,
+    sort: Document,
+    limit: usize,
+) -> StoreResult<Vec<T>> {
+    let found = c
+        .coll::<T>(coll)
+        .find(filter)
+        .sort(sort)
+        .limit(i64::try_from(limit).unwrap_or(i64::MAX))
+        .await
+        .map_err(|e| c.fail(&format!("find in {coll}"), &e))?;
+    collect(c, found).await
+}
+
 /// The documents of `coll` that match `filter`, in `sort` order if given, in `session`.
 pub(crate) async fn find_in<T: DeserializeOwned + Send + Sync>(
     c: &Conn,

@@ -144,3 +144,21 @@ pub(crate) async fn users(c: &Conn, ids: &[String]) -> StoreResult<Vec<User>> {
     let docs: Vec<UserDoc> = find_all(c, USERS, doc! { "_id": { "$in": ids } }, None).await?;
     docs.into_iter().map(UserDoc::into_user).collect()
 }
+
+/// The `_id` filter of a page: ids starting with `prefix`, after `after`.
+pub(crate) fn id_page(prefix: &str, after: &str) -> mongodb::bson::Document {
+    let mut range = doc! { "$gte": prefix };
+    if !after.is_empty() {
+        range.insert("$gt", after);
+    }
+    if let Some(end) = confab_actors::store::prefix_end(prefix) {
+        range.insert("$lt", end);
+    }
+    doc! { "_id": range }
+}
+
+pub(crate) async fn list(c: &Conn, prefix: &str, after: &str, limit: usize) -> StoreResult<Vec<User>> {
+    let docs: Vec<UserDoc> =
+        super::reads::find_limit(c, USERS, id_page(prefix, after), doc! { "_id": 1 }, limit).await?;
+    docs.into_iter().map(UserDoc::into_user).collect()
+}
