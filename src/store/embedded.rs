@@ -388,7 +388,7 @@ impl Store for EmbeddedStore {
 
     async fn bans(&self, group_id: &str) -> StoreResult<Vec<GroupBan>> {
         let group_id = group_id.to_owned();
-        self.read(move |txn| groups::bans(txn, &group_id)).await
+        self.read(move |txn| groups::of_group(txn, tables::GROUP_BANS, &group_id)).await
     }
 
     async fn put_join_requests(&self, group_id: &str, requests: Vec<JoinRequest>) -> StoreResult<()> {
@@ -422,7 +422,7 @@ impl Store for EmbeddedStore {
 
     async fn join_requests(&self, group_id: &str) -> StoreResult<Vec<JoinRequest>> {
         let group_id = group_id.to_owned();
-        self.read(move |txn| groups::requests(txn, &group_id)).await
+        self.read(move |txn| groups::of_group(txn, tables::GROUP_REQUESTS, &group_id)).await
     }
 
     async fn confirm_notice(&self, group_id: &str, c: NoticeConfirmation) -> StoreResult<()> {
@@ -432,7 +432,7 @@ impl Store for EmbeddedStore {
 
     async fn notice_confirmations(&self, group_id: &str) -> StoreResult<Vec<NoticeConfirmation>> {
         let group_id = group_id.to_owned();
-        self.read(move |txn| groups::notice_confirmations(txn, &group_id)).await
+        self.read(move |txn| groups::of_group(txn, tables::NOTICE_CONFIRMATIONS, &group_id)).await
     }
 
     async fn dismiss_group(&self, d: GroupDismiss) -> StoreResult<(Group, Message)> {

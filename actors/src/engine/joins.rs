@@ -32,6 +32,15 @@ impl Engine {
         self.call(&model::group_conv_id(group_id), Init::Load, AskGroupState(user.clone())).await
     }
 
+    /// Refuses a caller who is not the owner or an admin (`forbidden`, or `not_member`).
+    fn require_manager(state: &GroupState, refusal: &str) -> Result<()> {
+        match state.role {
+            Some(r) if r.can_manage() => Ok(()),
+            Some(_) => Err(Error::forbidden(refusal)),
+            None => Err(Error::not_member()),
+        }
+    }
+
     fn check_message(message: &str) -> Result<()> {
         if message.chars().count() > MAX_REQUEST_MESSAGE_CHARS {
             return Err(Error::invalid(format!("message: at most {MAX_REQUEST_MESSAGE_CHARS} characters")));
@@ -139,11 +148,7 @@ impl Engine {
     pub async fn group_requests(&self, caller: Option<&Caller>, group_id: &str) -> Result<Vec<JoinRequest>> {
         if let Some(caller) = caller {
             let state = self.group_state(&caller.user, group_id).await?;
-            match state.role {
-                Some(r) if r.can_manage() => {}
-                Some(_) => return Err(Error::forbidden("only the owner or admins see join requests")),
-                None => return Err(Error::not_member()),
-            }
+            Self::require_manager(&state, "only the owner or admins see join requests")?;
         } else {
             self.group_info_admin(group_id).await?;
         }
@@ -156,11 +161,7 @@ impl Engine {
     pub async fn group_approve(&self, caller: &Caller, group_id: &str, user: &str) -> Result<Message> {
         model::validate_id("user_id", user)?;
         let state = self.group_state(&caller.user, group_id).await?;
-        match state.role {
-            Some(r) if r.can_manage() => {}
-            Some(_) => return Err(Error::forbidden("only the owner or admins answer join requests")),
-            None => return Err(Error::not_member()),
-        }
+        Self::require_manager(&state, "only the owner or admins answer join requests")?;
         let pending = self.core.store.join_requests(group_id).await?;
         if !pending.iter().any(|r| r.user_id == user) {
             return Err(Error::new(ErrorCode::RequestNotPending, "no pending request of this user"));
@@ -172,11 +173,7 @@ impl Engine {
     pub async fn group_reject(&self, caller: &Caller, group_id: &str, user: &str) -> Result<JoinRequest> {
         model::validate_id("user_id", user)?;
         let state = self.group_state(&caller.user, group_id).await?;
-        match state.role {
-            Some(r) if r.can_manage() => {}
-            Some(_) => return Err(Error::forbidden("only the owner or admins answer join requests")),
-            None => return Err(Error::not_member()),
-        }
+        Self::require_manager(&state, "only the owner or admins answer join requests")?;
         let removed = self.core.store.remove_join_request(group_id, user).await?;
         let r = removed.ok_or_else(|| Error::new(ErrorCode::RequestNotPending, "no pending request of this user"))?;
         self.request_changed(caller, group_id, "rejected", &r, &state.managers);
@@ -221,11 +218,7 @@ impl Engine {
     ) -> Result<NoticeConfirmations> {
         if let Some(caller) = caller {
             let state = self.group_state(&caller.user, group_id).await?;
-            match state.role {
-                Some(r) if r.can_manage() => {}
-                Some(_) => return Err(Error::forbidden("only the owner or admins see who confirmed")),
-                None => return Err(Error::not_member()),
-            }
+            Self::require_manager(&state, "only the owner or admins see who confirmed")?;
         }
         let g = self.group_info_admin(group_id).await?;
         let mut confirmations: Vec<model::NoticeConfirmation> = match g.notice_ts {

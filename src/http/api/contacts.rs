@@ -8,8 +8,9 @@ use confab_actors::engine::{ContactLookup, ContactsResult};
 use confab_actors::error::Error;
 use confab_actors::model::{Contact, ContactOp};
 
-use super::schema::{operation_errors, Id, SafeInt};
-use super::{de_safe_int, ok, path, resources, scope, ApiResult, Signed};
+use super::conversations::ListQuery;
+use super::schema::{operation_errors, Id};
+use super::{ok, path, resources, scope, ApiResult, Signed};
 use crate::http::AppState;
 
 resources! {
@@ -30,20 +31,6 @@ operation_errors! {
         RequestNotPending("accept, reject, cancel: no such pending request"),
         Conflict("request: already friends"), Unavailable;
     ImportErrors: InvalidRequest("no friendships, more than 1000, or a malformed pair"), Unavailable;
-}
-
-#[derive(Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-struct ListQuery {
-    /// A cursor: `next_since` of the previous page (default 0).
-    #[serde(default, deserialize_with = "de_safe_int")]
-    #[param(value_type = Option<SafeInt>)]
-    since: u64,
-    /// 1 to 100 (default 50).
-    #[serde(default)]
-    #[param(minimum = 1, maximum = 100)]
-    limit: Option<usize>,
 }
 
 /// The user's contact rows changed after `since` (friends, pending requests both ways, blocks,

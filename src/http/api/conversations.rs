@@ -90,18 +90,19 @@ async fn delete(s: Signed<scope::Conversations>, state: web::Data<AppState>) -> 
     ok(&state.engine.delete(&caller(&id)?, DeleteReq { conv_id, seqs: r.seqs }).await?)
 }
 
+/// A page of a list synced by cursor (conversations, contacts).
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
-struct ListQuery {
+pub(super) struct ListQuery {
     /// A cursor: `next_since` of the previous page (default 0).
     #[serde(default, deserialize_with = "de_safe_int")]
     #[param(value_type = Option<SafeInt>)]
-    since: u64,
+    pub since: u64,
     /// 1 to 100 (default 50).
     #[serde(default)]
     #[param(minimum = 1, maximum = 100)]
-    limit: Option<usize>,
+    pub limit: Option<usize>,
 }
 
 /// A user's conversation list, with unread counts (as the WebSocket `conversations` op).

@@ -10,7 +10,7 @@
 
 pub mod auth;
 mod contacts;
-mod conversations;
+pub(crate) mod conversations;
 mod groups;
 mod messages;
 pub mod openapi;

@@ -5,12 +5,12 @@ use std::collections::HashMap;
 
 use confab_actors::error::{ErrorCode, StoreError};
 use confab_actors::model::{
-    group_conv_id, Body, Conversation, Group, GroupBan, JoinRequest, Member, Message, NoticeConfirmation, UserConvState,
+    group_conv_id, Body, Conversation, Group, JoinRequest, Member, Message, NoticeConfirmation, UserConvState,
 };
 use confab_actors::store::{
     group_conversation, live_group, GroupDismiss, GroupUpdate, MuteChange, RoleChange, StoreResult,
 };
-use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::tables::{
     decode, get_json, next_ver, put_json, unavailable, CONVS, GROUPS, GROUP_BANS, GROUP_REQUESTS, MEMBERS, MESSAGES,
@@ -101,10 +101,15 @@ pub(super) fn mute_members(txn: &WriteTransaction, c: MuteChange) -> StoreResult
     finish(txn, group, conv, c.system_body, c.ts, ver)
 }
 
-pub(super) fn bans(txn: &ReadTransaction, group_id: &str) -> StoreResult<Vec<GroupBan>> {
-    let bans = txn.open_table(GROUP_BANS).map_err(unavailable)?;
+/// The JSON values of a `(group_id, user)` table for one group (bans, requests, confirmations).
+pub(super) fn of_group<T: serde::de::DeserializeOwned>(
+    txn: &ReadTransaction,
+    table: TableDefinition<(&'static str, &'static str), &'static [u8]>,
+    group_id: &str,
+) -> StoreResult<Vec<T>> {
+    let table = txn.open_table(table).map_err(unavailable)?;
     let mut out = Vec::new();
-    for item in bans.range((group_id, "")..).map_err(unavailable)? {
+    for item in table.range((group_id, "")..).map_err(unavailable)? {
         let (k, v) = item.map_err(unavailable)?;
         if k.value().0 != group_id {
             break;
@@ -136,35 +141,9 @@ pub(super) fn remove_request(txn: &WriteTransaction, group_id: &str, user: &str)
     Ok(removed)
 }
 
-pub(super) fn requests(txn: &ReadTransaction, group_id: &str) -> StoreResult<Vec<JoinRequest>> {
-    let table = txn.open_table(GROUP_REQUESTS).map_err(unavailable)?;
-    let mut out = Vec::new();
-    for item in table.range((group_id, "")..).map_err(unavailable)? {
-        let (k, v) = item.map_err(unavailable)?;
-        if k.value().0 != group_id {
-            break;
-        }
-        out.push(decode(v.value())?);
-    }
-    Ok(out)
-}
-
 pub(super) fn confirm_notice(txn: &WriteTransaction, group_id: &str, c: &NoticeConfirmation) -> StoreResult<()> {
     let mut table = txn.open_table(NOTICE_CONFIRMATIONS).map_err(unavailable)?;
     put_json(&mut table, (group_id, c.user_id.as_str()), c)
-}
-
-pub(super) fn notice_confirmations(txn: &ReadTransaction, group_id: &str) -> StoreResult<Vec<NoticeConfirmation>> {
-    let table = txn.open_table(NOTICE_CONFIRMATIONS).map_err(unavailable)?;
-    let mut out = Vec::new();
-    for item in table.range((group_id, "")..).map_err(unavailable)? {
-        let (k, v) = item.map_err(unavailable)?;
-        if k.value().0 != group_id {
-            break;
-        }
-        out.push(decode(v.value())?);
-    }
-    Ok(out)
 }
 
 pub(super) fn dismiss_group(txn: &WriteTransaction, d: GroupDismiss) -> StoreResult<(Group, Message)> {

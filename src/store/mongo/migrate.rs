@@ -22,7 +22,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use confab_actors::metrics::Metrics;
-use confab_actors::model::{Conversation, Group, Member, Message, User, UserConvState};
+use confab_actors::model::{
+    Conversation, Group, GroupBan, JoinRequest, Member, Message, NoticeConfirmation, User, UserConvState,
+};
 use confab_actors::outbox::{Delivery, OutboxEvent};
 use mongodb::bson::{doc, Document};
 use redb::{ReadOnlyTable, ReadTransaction, ReadableTable, TableDefinition, TableError, TableHandle};
@@ -164,6 +166,33 @@ fn json<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &str) -> anyhow::Res
 }
 
 /// A table, or `None` if the store was created by a version that did not have it yet.
+/// Copies a `(group_id, user)` → JSON table of the embedded store into `coll`, one document per
+/// row (`doc` gives its `_id` and body), inserted where missing.
+async fn copy_group_rows<T: serde::de::DeserializeOwned>(
+    conn: &Conn,
+    txn: &ReadTransaction,
+    report: &mut MigrationReport,
+    coll: &'static str,
+    table: TableDefinition<'_, (&'static str, &'static str), &'static [u8]>,
+    what: &str,
+    doc: impl Fn(&str, &T) -> (String, anyhow::Result<Document>),
+) -> anyhow::Result<()> {
+    let mut bulk = Bulk::new(conn, coll);
+    if let Some(rows) = open_opt(txn, table)? {
+        for item in rows.iter()? {
+            let (k, v) = item?;
+            let (group_id, _) = k.value();
+            let row: T = json(v.value(), what)?;
+            let (id, body) = doc(group_id, &row);
+            let mut body = body?;
+            body.remove("_id");
+            bulk.insert_missing(doc! { "_id": id }, body).await?;
+        }
+    }
+    bulk.finish(report).await?;
+    Ok(())
+}
+
 fn open_opt<K: redb::Key + 'static, V: redb::Value + 'static>(
     txn: &ReadTransaction,
     def: TableDefinition<K, V>,
@@ -252,47 +281,33 @@ pub async fn migrate_from_embedded(dir: &Path, opts: MongoOptions) -> anyhow::Re
     bulk.finish(&mut report).await?;
 
     // 3c. Group bans, before the members (a banned user must not be added back on MongoDB by a
-    //     node that runs while the migration does).
-    let mut bulk = Bulk::new(&conn, GROUP_BANS);
-    if let Some(bans) = open_opt(&txn, E_GROUP_BANS)? {
-        for item in bans.iter()? {
-            let (k, v) = item?;
-            let (group_id, _) = k.value();
-            let ban: confab_actors::model::GroupBan = json(v.value(), "group ban")?;
-            let mut d = bson_doc(&BanDoc::new(group_id, &ban))?;
-            d.remove("_id");
-            bulk.insert_missing(doc! { "_id": ban_id(group_id, &ban.user_id) }, d).await?;
-        }
-    }
-    bulk.finish(&mut report).await?;
-
-    // 3d. Pending join requests.
-    let mut bulk = Bulk::new(&conn, GROUP_REQUESTS);
-    if let Some(requests) = open_opt(&txn, E_GROUP_REQUESTS)? {
-        for item in requests.iter()? {
-            let (k, v) = item?;
-            let (group_id, _) = k.value();
-            let r: confab_actors::model::JoinRequest = json(v.value(), "join request")?;
-            let mut d = bson_doc(&RequestDoc::new(group_id, &r))?;
-            d.remove("_id");
-            bulk.insert_missing(doc! { "_id": ban_id(group_id, &r.user_id) }, d).await?;
-        }
-    }
-    bulk.finish(&mut report).await?;
-
-    // 3e. Notice confirmations.
-    let mut bulk = Bulk::new(&conn, NOTICE_CONFIRMATIONS);
-    if let Some(confirmations) = open_opt(&txn, E_NOTICE_CONFIRMATIONS)? {
-        for item in confirmations.iter()? {
-            let (k, v) = item?;
-            let (group_id, _) = k.value();
-            let c: confab_actors::model::NoticeConfirmation = json(v.value(), "notice confirmation")?;
-            let mut d = bson_doc(&ConfirmationDoc::new(group_id, &c))?;
-            d.remove("_id");
-            bulk.insert_missing(doc! { "_id": ban_id(group_id, &c.user_id) }, d).await?;
-        }
-    }
-    bulk.finish(&mut report).await?;
+    //     node that runs while the migration does), pending join requests, notice confirmations:
+    //     each `(group, user)` row becomes the document `"<group>/<user>"`, inserted where missing.
+    copy_group_rows(&conn, &txn, &mut report, GROUP_BANS, E_GROUP_BANS, "group ban", |g, b: &GroupBan| {
+        (ban_id(g, &b.user_id), bson_doc(&BanDoc::new(g, b)))
+    })
+    .await?;
+    copy_group_rows(
+        &conn,
+        &txn,
+        &mut report,
+        GROUP_REQUESTS,
+        E_GROUP_REQUESTS,
+        "join request",
+        |g, r: &JoinRequest| (ban_id(g, &r.user_id), bson_doc(&RequestDoc::new(g, r))),
+    )
+    .await?;
+    let what = "notice confirmation";
+    copy_group_rows(
+        &conn,
+        &txn,
+        &mut report,
+        NOTICE_CONFIRMATIONS,
+        E_NOTICE_CONFIRMATIONS,
+        what,
+        |g, c: &NoticeConfirmation| (ban_id(g, &c.user_id), bson_doc(&ConfirmationDoc::new(g, c))),
+    )
+    .await?;
 
     // 4. Messages (with their recall versions), before the conversations that count them.
     let mut recalls: HashMap<(String, u64), u64> = HashMap::new();
