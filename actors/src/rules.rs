@@ -243,14 +243,15 @@ pub fn check_mute_until(until: i64, now: i64) -> Result<()> {
     Ok(())
 }
 
-/// Refuses a group message from a muted member.
-pub fn check_not_muted(member: Option<&crate::model::Member>, mute_all: bool, now: i64) -> Result<()> {
-    match member {
-        Some(m) if m.is_muted(mute_all, now) => Err(match m.muted_until.filter(|&t| t > now) {
-            Some(t) => Error::new(ErrorCode::Muted, format!("you are muted in this group until {t}")),
-            None => Error::new(ErrorCode::Muted, "only the owner and admins may send in this group now"),
-        }),
-        _ => Ok(()),
+/// Refuses a group message from a member with role `role` muted until `muted_until` (or by
+/// `mute_all`, which spares the owner and admins), at `now`.
+pub fn check_not_muted(role: Role, muted_until: Option<i64>, mute_all: bool, now: i64) -> Result<()> {
+    match muted_until.filter(|&t| t > now) {
+        Some(t) => Err(Error::new(ErrorCode::Muted, format!("you are muted in this group until {t}"))),
+        None if mute_all && !role.can_manage() => {
+            Err(Error::new(ErrorCode::Muted, "only the owner and admins may send in this group now"))
+        }
+        None => Ok(()),
     }
 }
 
@@ -280,12 +281,20 @@ pub fn check_recall(m: &Message, by: &str, manager: bool, window: Duration, now:
     Ok(())
 }
 
-/// The system events that change a group's membership or roles.
+/// The system events that change a group's membership, roles or mutes.
 pub fn changes_membership(m: &Message) -> bool {
     matches!(&m.body, Body::System { event, .. } if matches!(event.as_str(),
         "members_added" | "members_removed" | "member_left" | "member_joined" | "roles_changed" | "group_dismissed"
         | "members_muted" | "members_unmuted" | "group_muted" | "group_unmuted" | "members_banned"
         | "members_unbanned"))
+}
+
+/// Whether other nodes' actors of the group must reload what they cache after `m`: a membership,
+/// role or mute change, or a profile update that changed `join_mode` or `invite_mode`.
+pub fn reloads_group(m: &Message) -> bool {
+    changes_membership(m)
+        || matches!(&m.body, Body::System { event, data } if event == "group_updated"
+            && (data.get("join_mode").is_some() || data.get("invite_mode").is_some()))
 }
 
 // ---- the system messages that record group changes ----

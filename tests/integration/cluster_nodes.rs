@@ -775,5 +775,18 @@ async fn a_mute_and_a_ban_made_on_one_node_hold_on_every_node() {
         assert!(Instant::now() < deadline, "bob's node never learnt of the ban: {r}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // A settings change reaches the other node's actor too: carol joins there once it is free.
+    let mut carol = cluster.connect(1, "carol", "phone").await;
+    carol.expect_err("group_join", json!({"group_id": "club"}), "forbidden").await;
+    own.expect_ok("group_update", json!({"group_id": "club", "join_mode": "free"})).await;
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let r = carol.request("group_join", json!({"group_id": "club"})).await;
+        if r.get("error").is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "carol's node never learnt the group is free: {r}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     cluster.stop().await;
 }

@@ -962,3 +962,35 @@ async fn bulk_and_on_behalf_operations() {
     err(&node, "POST", "/api/v1/messages/batch", Some(long), 400, "invalid_request").await;
     alice.close().await;
 }
+
+/// A disabled user's changes made on their behalf are refused like their own requests
+/// (`user_disabled`), and change nothing.
+#[tokio::test]
+async fn changes_on_behalf_of_a_disabled_user_are_refused() {
+    let node = node_with(&[]);
+    ok(
+        &node,
+        "POST",
+        "/api/v1/groups",
+        Some(json!({"id": "club", "name": "Club", "owner": "own", "members": ["dis"]})),
+    )
+    .await;
+    ok(&node, "PATCH", "/api/v1/groups/club", Some(json!({"join_mode": "free"}))).await;
+    ok(&node, "POST", "/api/v1/users/dis/disable", None).await;
+    let conv = "g_club";
+    for (method, path, body) in [
+        ("POST", "/api/v1/users/dis/contacts/bob".to_owned(), json!({"action": "request"})),
+        ("POST", "/api/v1/groups/club/leave".to_owned(), json!({"user": "dis"})),
+        ("POST", "/api/v1/groups/club/invitations".to_owned(), json!({"by": "dis", "members": ["x"]})),
+        ("POST", "/api/v1/groups/club/notice/confirmations".to_owned(), json!({"user": "dis"})),
+        ("POST", format!("/api/v1/users/dis/conversations/{conv}/read"), json!({"seq": 1})),
+        ("POST", format!("/api/v1/users/dis/conversations/{conv}/flags"), json!({"pinned": true})),
+        ("POST", format!("/api/v1/users/dis/conversations/{conv}/delete"), json!({"seqs": [1]})),
+    ] {
+        err(&node, method, &path, Some(body), 403, "user_disabled").await;
+    }
+    ok(&node, "POST", "/api/v1/users/dis2/disable", None).await;
+    err(&node, "POST", "/api/v1/groups/club/join", Some(json!({"user": "dis2"})), 403, "user_disabled").await;
+    assert_eq!(ok(&node, "GET", "/api/v1/groups/club", None).await["group"]["member_count"], 2);
+    assert_eq!(ok(&node, "GET", "/api/v1/users/bob/contacts/dis", None).await["contact"], Value::Null);
+}

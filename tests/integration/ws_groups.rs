@@ -767,3 +767,33 @@ async fn a_notice_members_must_confirm() {
     let list = own.expect_ok("group_notice_confirmations", json!({"group_id": "club"})).await;
     assert_eq!(list["confirmations"][0]["user_id"], "carol");
 }
+
+/// Outsiders and former members are refused every moderation and request op (`not_member`),
+/// and change nothing.
+#[tokio::test]
+async fn moderation_and_requests_refuse_outsiders_and_former_members() {
+    let node = TestNode::start();
+    let [mut own, mut bob, mut zed] = node.connect_each(["own/phone", "bob/phone", "zed/phone"]).await;
+    own.expect_ok("group_create", json!({"group_id": "club", "name": "Club", "members": ["bob", "carol"]})).await;
+    own.expect_ok("group_remove", json!({"group_id": "club", "members": ["bob"]})).await;
+    let until = crate::http_api::now() as i64 * 1000 + 60_000;
+    for c in [&mut bob, &mut zed] {
+        let g = json!({"group_id": "club", "members": ["carol"]});
+        c.expect_err("group_mute", json!({"group_id": "club", "members": ["carol"], "until": until}), "not_member")
+            .await;
+        c.expect_err("group_unmute", g.clone(), "not_member").await;
+        c.expect_err("group_mute_all", json!({"group_id": "club", "on": true}), "not_member").await;
+        c.expect_err("group_ban", g.clone(), "not_member").await;
+        c.expect_err("group_unban", g.clone(), "not_member").await;
+        c.expect_err("group_bans", json!({"group_id": "club"}), "not_member").await;
+        c.expect_err("group_invite", g, "not_member").await;
+        c.expect_err("group_requests", json!({"group_id": "club"}), "not_member").await;
+        c.expect_err("group_approve", json!({"group_id": "club", "user_id": "carol"}), "not_member").await;
+        c.expect_err("group_reject", json!({"group_id": "club", "user_id": "carol"}), "not_member").await;
+        c.expect_err("group_notice_confirmations", json!({"group_id": "club"}), "not_member").await;
+        c.expect_err("group_mute", json!({"group_id": "club", "members": [], "until": until}), "invalid_request").await;
+    }
+    let info = own.expect_ok("group_info", json!({"group_id": "club"})).await;
+    assert_eq!((info["group"]["member_count"].as_u64(), info["group"].get("mute_all")), (Some(2), None));
+    assert!(own.expect_ok("group_bans", json!({"group_id": "club"})).await["bans"].as_array().unwrap().is_empty());
+}

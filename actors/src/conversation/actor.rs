@@ -58,18 +58,18 @@ impl ConversationActor {
         self.invite_mode = g.invite_mode;
     }
 
-    /// Sets the cached mutes from members (and the group's `mute_all`) as loaded.
-    pub(super) fn set_mutes(&mut self, members: &[Member], mute_all: bool) {
+    /// Sets the cached mutes from members as loaded (`mute_all` comes with the group: `set_group`).
+    pub(super) fn set_mutes(&mut self, members: &[Member]) {
         self.muted =
             members.iter().filter_map(|m| m.muted_until.map(|t| (Arc::<str>::from(m.user_id.as_str()), t))).collect();
-        self.mute_all = mute_all;
     }
 
-    /// Refuses a group message from a muted member.
+    /// Refuses a group message from a muted member (nothing to look at in most groups).
     pub(super) fn check_not_muted(&self, sender: &str, role: Role) -> Result<()> {
-        let member =
-            Member { user_id: String::new(), role, joined_at: 0, muted_until: self.muted.get(sender).copied() };
-        rules::check_not_muted(Some(&member), self.mute_all, now_ms())
+        if !self.mute_all && self.muted.is_empty() {
+            return Ok(());
+        }
+        rules::check_not_muted(role, self.muted.get(sender).copied(), self.mute_all, now_ms())
     }
 
     pub(super) fn check_ready(&self) -> Result<()> {
@@ -131,7 +131,7 @@ impl ConversationActor {
                 if let Some(g) = &group {
                     act.set_group(g);
                 }
-                act.set_mutes(&muted, act.mute_all);
+                act.set_mutes(&muted);
                 act.relation = relation;
                 act.state = State::Ready;
             }

@@ -29,7 +29,7 @@ impl ConversationActor {
         // only after the message was submitted: the message goes to the new membership.
         let members =
             if self.members_seq > members_seq && self.members_seq < seq { self.members.clone() } else { members };
-        let membership_changed = rules::changes_membership(&message);
+        let membership_changed = rules::reloads_group(&message);
         if membership_changed {
             if let Some(cluster) = self.core.cluster() {
                 cluster.broadcast(PeerCommand::MembershipChanged { conv_id: self.conv_id.to_string(), seq });

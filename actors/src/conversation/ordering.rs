@@ -41,7 +41,7 @@ impl ConversationActor {
                     }
                 }
                 Pending::Fetched(m) => {
-                    let reload = rules::changes_membership(&m);
+                    let reload = rules::reloads_group(&m);
                     let frames = vec![proto::encode_event("message", &m)];
                     self.enqueue_local(head, frames, self.members.clone());
                     if reload {
@@ -147,11 +147,13 @@ impl ConversationActor {
                         act.set_members(HashMap::new());
                         act.state = State::Failed(dismissed());
                     } else {
-                        let mute_all = group.as_ref().is_some_and(|g| g.mute_all);
+                        if let Some(g) = &group {
+                            act.set_group(g);
+                        }
                         act.set_members(
                             members.iter().map(|m| (Arc::<str>::from(m.user_id.as_str()), m.role)).collect(),
                         );
-                        act.set_mutes(&members, mute_all);
+                        act.set_mutes(&members);
                     }
                 }
                 Err(e) => {

@@ -231,12 +231,9 @@ impl Engine {
     pub async fn group_bans(&self, caller: Option<&Caller>, group_id: &str) -> Result<Vec<model::GroupBan>> {
         model::validate_id("group_id", group_id)?;
         if let Some(caller) = caller {
-            let member = self.core.store.members(group_id).await?.into_iter().find(|m| *m.user_id == *caller.user);
-            match member {
-                Some(m) if m.role.can_manage() => {}
-                Some(_) => return Err(Error::forbidden("only the owner or admins see the ban list")),
-                None => return Err(Error::not_member()),
-            }
+            // The group's actor knows the caller's role: no read of the whole membership.
+            let state = self.group_state(&caller.user, group_id).await?;
+            Self::require_manager(&state, "only the owner or admins see the ban list")?;
         } else {
             self.group_info_admin(group_id).await?;
         }

@@ -27,13 +27,13 @@ struct RequestEvent<'a> {
 }
 
 impl Engine {
-    async fn group_state(&self, user: &Arc<str>, group_id: &str) -> Result<GroupState> {
+    pub(super) async fn group_state(&self, user: &Arc<str>, group_id: &str) -> Result<GroupState> {
         model::validate_id("group_id", group_id)?;
         self.call(&model::group_conv_id(group_id), Init::Load, AskGroupState(user.clone())).await
     }
 
     /// Refuses a caller who is not the owner or an admin (`forbidden`, or `not_member`).
-    fn require_manager(state: &GroupState, refusal: &str) -> Result<()> {
+    pub(super) fn require_manager(state: &GroupState, refusal: &str) -> Result<()> {
         match state.role {
             Some(r) if r.can_manage() => Ok(()),
             Some(_) => Err(Error::forbidden(refusal)),

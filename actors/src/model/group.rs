@@ -163,14 +163,6 @@ pub struct Member {
     pub muted_until: Option<i64>,
 }
 
-impl Member {
-    /// Whether the member may not send at `now` (muted themselves, or everyone is and they do not
-    /// manage the group).
-    pub fn is_muted(&self, mute_all: bool, now: i64) -> bool {
-        self.muted_until.is_some_and(|t| t > now) || (mute_all && !self.role.can_manage())
-    }
-}
-
 /// A user banned from a group: not a member, and not to be added or to rejoin until unbanned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

@@ -10,7 +10,7 @@ use confab_actors::model::{Contact, ContactOp};
 
 use super::conversations::ListQuery;
 use super::schema::{operation_errors, Id};
-use super::{ok, path, resources, scope, ApiResult, Signed};
+use super::{acting, in_order, ok, path, resources, scope, ApiResult, Signed};
 use crate::http::AppState;
 
 resources! {
@@ -22,6 +22,8 @@ resources! {
 
 /// Most friendships one import may hold.
 pub const MAX_IMPORT: usize = 1000;
+/// Pairs of an import written at once.
+const IMPORT_PARALLEL: usize = 32;
 
 operation_errors! {
     ListErrors: InvalidRequest("a bad user id, since or limit, an unknown parameter"), Unavailable;
@@ -29,7 +31,7 @@ operation_errors! {
     ChangeErrors: InvalidRequest("a bad user id, the same user twice, an unknown action, a field too long"),
         Blocked("request: the other user blocked this one"), NotFriends("delete, update: not friends"),
         RequestNotPending("accept, reject, cancel: no such pending request"),
-        Conflict("request: already friends"), Unavailable;
+        Conflict("request: already friends"), UserDisabled("the user"), Unavailable;
     ImportErrors: InvalidRequest("no friendships, more than 1000, or a malformed pair"), Unavailable;
 }
 
@@ -98,6 +100,7 @@ pub struct ContactRes {
 async fn change(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiResult {
     let path::Peer { id, peer } = s.path()?;
     let b: ChangeBody = s.json()?;
+    acting(&state, &id).await?;
     let op = match b.action {
         Action::Request => ContactOp::Request { message: b.message.unwrap_or_default() },
         Action::Accept => ContactOp::Accept,
@@ -136,8 +139,8 @@ pub struct ImportRes {
     results: Vec<ImportItem>,
 }
 
-/// Makes pairs of users friends at once, without requests, one result per pair (a failed pair
-/// does not stop the others). Each pair is one transaction with its `contact` events and
+/// Makes pairs of users friends at once, without requests, one result per pair in order (a
+/// failed pair does not stop the others), 32 at a time. Each pair is one transaction with its `contact` events and
 /// `contact.changed` webhook, like `befriend`.
 #[utoipa::path(post, path = "/contacts/import",
     request_body = ImportBody,
@@ -147,11 +150,14 @@ async fn import(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiResul
     if b.friendships.is_empty() || b.friendships.len() > MAX_IMPORT {
         return Err(Error::invalid(format!("friendships: 1 to {MAX_IMPORT} pairs")).into());
     }
-    let mut results = Vec::with_capacity(b.friendships.len());
-    for (user_id, peer) in b.friendships {
-        let r = state.engine.change_contact(&user_id, &peer, ContactOp::Befriend, None).await;
-        let error = r.err().map(|e| e.code.as_str().to_owned());
-        results.push(ImportItem { user_id, peer, ok: error.is_none(), error });
-    }
+    let results = in_order(b.friendships, IMPORT_PARALLEL, |(user_id, peer)| {
+        let engine = state.engine.clone();
+        async move {
+            let r = engine.change_contact(&user_id, &peer, ContactOp::Befriend, None).await;
+            let error = r.err().map(|e| e.code.as_str().to_owned());
+            ImportItem { user_id, peer, ok: error.is_none(), error }
+        }
+    })
+    .await;
     ok(&ImportRes { results })
 }

@@ -9,7 +9,7 @@ use confab_actors::engine::ConversationsResult;
 use confab_actors::proto::{ConversationsReq, DeleteReq, ReadReq, SetFlagsReq};
 
 use super::schema::{operation_errors, SafeInt};
-use super::{caller, de_safe_int, ok, path, resources, scope, ApiResult, Signed};
+use super::{acting, caller, de_safe_int, ok, path, resources, scope, ApiResult, Signed};
 use crate::http::AppState;
 
 resources! {
@@ -25,7 +25,7 @@ operation_errors! {
     ListErrors: InvalidRequest("a bad user id, since or limit, an unknown parameter"), Unavailable;
     UnreadErrors: InvalidRequest("a bad user id"), Unavailable;
     OnBehalfErrors: InvalidRequest("a bad id, seq or field"), NotMember("the user has no row in the conversation"),
-        NotFound, Unavailable;
+        UserDisabled("the user"), NotFound, Unavailable;
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -45,7 +45,7 @@ pub struct ReadBody {
 async fn read(s: Signed<scope::Conversations>, state: web::Data<AppState>) -> ApiResult {
     let path::UserConv { id, conv_id } = s.path()?;
     let r: ReadBody = s.json()?;
-    ok(&state.engine.read(&caller(&id)?, ReadReq { conv_id, seq: r.seq }).await?)
+    ok(&state.engine.read(&acting(&state, &id).await?, ReadReq { conv_id, seq: r.seq }).await?)
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -68,7 +68,7 @@ async fn flags(s: Signed<scope::Conversations>, state: web::Data<AppState>) -> A
     let path::UserConv { id, conv_id } = s.path()?;
     let r: FlagsBody = s.json()?;
     let req = SetFlagsReq { conv_id, pinned: r.pinned, muted: r.muted, hidden: r.hidden };
-    ok(&state.engine.set_flags(&caller(&id)?, req).await?)
+    ok(&state.engine.set_flags(&acting(&state, &id).await?, req).await?)
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -87,7 +87,7 @@ pub struct DeleteBody {
 async fn delete(s: Signed<scope::Conversations>, state: web::Data<AppState>) -> ApiResult {
     let path::UserConv { id, conv_id } = s.path()?;
     let r: DeleteBody = s.json()?;
-    ok(&state.engine.delete(&caller(&id)?, DeleteReq { conv_id, seqs: r.seqs }).await?)
+    ok(&state.engine.delete(&acting(&state, &id).await?, DeleteReq { conv_id, seqs: r.seqs }).await?)
 }
 
 /// A page of a list synced by cursor (conversations, contacts).

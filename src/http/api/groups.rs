@@ -10,7 +10,7 @@ use confab_actors::model::{Group, GroupBan, InviteMode, JoinMode, JoinRequest, M
 use confab_actors::proto::{GroupCreateReq, GroupMembersReq, GroupSetRoleReq, GroupUpdateReq};
 
 use super::schema::{operation_errors, Id, SafeInt};
-use super::{caller, ok, path, resources, scope, ApiResult, Signed};
+use super::{acting, caller, ok, path, resources, scope, ApiResult, Signed};
 use crate::http::AppState;
 
 resources! {
@@ -33,12 +33,12 @@ resources! {
 
 operation_errors! {
     JoinErrors: InvalidRequest("a bad id, a message over 200 characters"), Forbidden("the group is not open to joins"),
-        Conflict("already a member"), Banned, NotFound, GroupDismissed, Internal, Unavailable;
-    LeaveErrors: InvalidRequest("a bad id"), NotMember, OwnerCannotLeave, NotFound, GroupDismissed, Internal,
+        Conflict("already a member"), Banned, UserDisabled("the user"), NotFound, GroupDismissed, Internal, Unavailable;
+    LeaveErrors: InvalidRequest("a bad id"), NotMember, OwnerCannotLeave, UserDisabled("the user"), NotFound, GroupDismissed, Internal,
         Unavailable;
     InviteErrors: InvalidRequest("bad ids, 0 or over 1000 users"), Forbidden("by may not invite to this group"),
-        NotMember("by"), Conflict("every user given is already a member"), Banned, NotFound, GroupDismissed, Internal,
-        Unavailable;
+        NotMember("by"), Conflict("every user given is already a member"), Banned, UserDisabled("by"), NotFound,
+        GroupDismissed, Internal, Unavailable;
     AnswerErrors: InvalidRequest("a bad id or action"), Forbidden("by is not the owner or an admin"), NotMember("by"),
         RequestNotPending, Banned, NotFound, GroupDismissed, Internal, Unavailable;
     ModerateErrors: InvalidRequest("a bad id, an unknown action, no members, until not in the next year"),
@@ -296,7 +296,7 @@ pub struct JoinBody {
 async fn join(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResult {
     let path::Group { id } = s.path()?;
     let r: JoinBody = s.json()?;
-    ok(&state.engine.group_join(&caller(&r.user)?, &id, r.message).await?)
+    ok(&state.engine.group_join(&acting(&state, &r.user).await?, &id, r.message).await?)
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -315,7 +315,7 @@ pub struct LeaveBody {
 async fn leave(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResult {
     let path::Group { id } = s.path()?;
     let r: LeaveBody = s.json()?;
-    ok(&GroupChangeRes { message: state.engine.group_leave(&caller(&r.user)?, &id).await? })
+    ok(&GroupChangeRes { message: state.engine.group_leave(&acting(&state, &r.user).await?, &id).await? })
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -341,7 +341,7 @@ pub struct InviteBody {
 async fn invite(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResult {
     let path::Group { id } = s.path()?;
     let r: InviteBody = s.json()?;
-    ok(&state.engine.group_invite(&caller(&r.by)?, &id, r.members, r.message).await?)
+    ok(&state.engine.group_invite(&acting(&state, &r.by).await?, &id, r.members, r.message).await?)
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -415,7 +415,9 @@ pub struct ConfirmBody {
 async fn confirm(s: Signed<scope::Groups>, state: web::Data<AppState>) -> ApiResult {
     let path::Group { id } = s.path()?;
     let r: ConfirmBody = s.json()?;
-    ok(&serde_json::json!({ "confirmation": state.engine.group_notice_confirm(&caller(&r.user)?, &id).await? }))
+    ok(
+        &serde_json::json!({ "confirmation": state.engine.group_notice_confirm(&acting(&state, &r.user).await?, &id).await? }),
+    )
 }
 
 /// Who makes a membership change: `by` (with the group rules: owner or admin), else the owner.

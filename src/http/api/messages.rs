@@ -11,7 +11,7 @@ use confab_actors::model::{self, ConvKind, Message};
 use confab_actors::proto::{HistoryReq, SendReq, SeqReq};
 
 use super::schema::{operation_errors, ConvId, Id, SafeInt};
-use super::{caller, de_safe_int_opt, ok, path, resources, scope, ApiResult, Signed};
+use super::{caller, de_safe_int_opt, in_order, ok, path, resources, scope, ApiResult, Signed};
 use crate::http::AppState;
 
 resources! {
@@ -155,7 +155,6 @@ fn batch_key(client_msg_id: &str, to: &str) -> String {
     request_body = BatchBody,
     responses((status = 200, description = "A result per recipient, in order", body = BatchRes), BatchErrors))]
 async fn batch(s: Signed<scope::Messages>, state: web::Data<AppState>) -> ApiResult {
-    use futures_util::StreamExt;
     let r: BatchBody = s.json()?;
     if r.to.is_empty() || r.to.len() > MAX_BATCH {
         return Err(Error::invalid(format!("to: 1 to {MAX_BATCH} user ids")).into());
@@ -173,27 +172,24 @@ async fn batch(s: Signed<scope::Messages>, state: web::Data<AppState>) -> ApiRes
     };
     let system = r.from.is_none();
     let engine = state.engine.clone();
-    let results: Vec<BatchItem> = futures_util::stream::iter(r.to)
-        .map(|to| {
-            let (engine, sender) = (engine.clone(), sender.clone());
-            let v = json!({ "to": to, "client_msg_id": batch_key(&r.client_msg_id, &to), "body": r.body });
-            async move {
-                let sent = match serde_json::from_value::<SendReq>(v) {
-                    Err(e) => Err(Error::invalid(format!("invalid message: {e}"))),
-                    Ok(req) if system => engine.send_system_to_user(&sender, req).await,
-                    Ok(req) => engine.send(&sender, req, None).await,
-                };
-                match sent {
-                    Ok(m) => BatchItem { to, ok: true, conv_id: Some(m.conv_id), seq: Some(m.seq), error: None },
-                    Err(e) => {
-                        BatchItem { to, ok: false, conv_id: None, seq: None, error: Some(e.code.as_str().to_owned()) }
-                    }
+    let results = in_order(r.to, BATCH_PARALLEL, |to| {
+        let (engine, sender) = (engine.clone(), sender.clone());
+        let v = json!({ "to": to, "client_msg_id": batch_key(&r.client_msg_id, &to), "body": r.body });
+        async move {
+            let sent = match serde_json::from_value::<SendReq>(v) {
+                Err(e) => Err(Error::invalid(format!("invalid message: {e}"))),
+                Ok(req) if system => engine.send_system_to_user(&sender, req).await,
+                Ok(req) => engine.send(&sender, req, None).await,
+            };
+            match sent {
+                Ok(m) => BatchItem { to, ok: true, conv_id: Some(m.conv_id), seq: Some(m.seq), error: None },
+                Err(e) => {
+                    BatchItem { to, ok: false, conv_id: None, seq: None, error: Some(e.code.as_str().to_owned()) }
                 }
             }
-        })
-        .buffered(BATCH_PARALLEL)
-        .collect()
-        .await;
+        }
+    })
+    .await;
     ok(&BatchRes { results })
 }
 

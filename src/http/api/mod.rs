@@ -283,6 +283,25 @@ pub fn caller(user: &str) -> Result<Caller, Error> {
     Ok(Caller { user: Arc::from(user), device: Arc::from("api"), conn_id: None })
 }
 
+/// [`caller`] for a change the API makes as `user` (not a read): refused with `user_disabled`
+/// when the user was disabled, as their own requests would be.
+pub async fn acting(state: &AppState, user: &str) -> Result<Caller, Error> {
+    let c = caller(user)?;
+    state.engine.check_access(user, None).await?;
+    Ok(c)
+}
+
+/// Runs `f` over `items` with at most `parallel` in flight, answering in the items' order (the
+/// bulk endpoints: their writes share the store's group commits instead of waiting one by one).
+pub async fn in_order<T, R, F, Fut>(items: Vec<T>, parallel: usize, f: F) -> Vec<R>
+where
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = R>,
+{
+    use futures_util::StreamExt;
+    futures_util::stream::iter(items).map(f).buffered(parallel).collect().await
+}
+
 /// Every route under `/api/v1`; anything else there is `not_found` (after the signature check).
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/api-docs/openapi.json", web::get().to(openapi::serve));

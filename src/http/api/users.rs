@@ -8,7 +8,7 @@ use confab_actors::error::Error;
 use confab_actors::model::{validate_id, User, UserPatch};
 
 use super::schema::{operation_errors, Id};
-use super::{ok, path, resources, scope, ApiResult, Signed};
+use super::{in_order, ok, path, resources, scope, ApiResult, Signed};
 use crate::http::AppState;
 
 resources! {
@@ -28,6 +28,10 @@ resources! {
 
 /// Most users one import may hold.
 const MAX_IMPORT: usize = 1000;
+/// Users of an import written at once.
+const IMPORT_PARALLEL: usize = 32;
+/// Users whose devices are looked up at once.
+const ONLINE_PARALLEL: usize = 16;
 
 operation_errors! {
     MintTokenErrors: InvalidRequest("a bad user or device id, a ttl_secs over auth.max_token_ttl_secs"), Internal,
@@ -130,19 +134,15 @@ async fn import(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiResul
     if r.users.is_empty() || r.users.len() > MAX_IMPORT {
         return Err(Error::invalid(format!("users: 1 to {MAX_IMPORT}")).into());
     }
-    let mut results = Vec::with_capacity(r.users.len());
-    for u in r.users {
-        let id = u.id.clone();
-        let patch = UserPatch {
-            id: u.id,
-            nickname: u.nickname.map(|n| n.trim().to_string()),
-            avatar: u.avatar,
-            ext: u.ext,
-            ts: confab_actors::clock::now_ms(),
-        };
-        let error = state.engine.user_upsert(patch).await.err().map(|e| e.code.as_str().to_owned());
-        results.push(ImportItem { id, ok: error.is_none(), error });
-    }
+    let results = in_order(r.users, IMPORT_PARALLEL, |u| {
+        let engine = state.engine.clone();
+        async move {
+            let id = u.id.clone();
+            let error = engine.user_upsert(u.patch()).await.err().map(|e| e.code.as_str().to_owned());
+            ImportItem { id, ok: error.is_none(), error }
+        }
+    })
+    .await;
     ok(&ImportRes { results })
 }
 
@@ -175,17 +175,16 @@ async fn online(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiResul
     if r.ids.is_empty() || r.ids.len() > confab_actors::model::MAX_PROFILE_LOOKUP {
         return Err(Error::invalid("ids: 1 to 100 user ids").into());
     }
-    let mut users = Vec::with_capacity(r.ids.len());
-    for id in r.ids {
-        let devices: Vec<Device> = state
-            .engine
-            .devices(&id)
-            .await?
-            .into_iter()
-            .map(|d| Device { device: d.device, conn_id: d.conn_id, node: (!d.node.is_empty()).then_some(d.node) })
-            .collect();
-        users.push(OnlineItem { user_id: id, online: !devices.is_empty(), devices });
-    }
+    let users = in_order(r.ids, ONLINE_PARALLEL, |id| {
+        let engine = state.engine.clone();
+        async move {
+            let devices: Vec<Device> = engine.devices(&id).await?.into_iter().map(Device::from).collect();
+            Ok::<_, Error>(OnlineItem { user_id: id, online: !devices.is_empty(), devices })
+        }
+    })
+    .await
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()?;
     ok(&OnlineRes { users })
 }
 
@@ -272,6 +271,12 @@ pub struct Device {
     node: Option<String>,
 }
 
+impl From<confab_actors::cluster::RemoteDevice> for Device {
+    fn from(d: confab_actors::cluster::RemoteDevice) -> Self {
+        Device { device: d.device, conn_id: d.conn_id, node: (!d.node.is_empty()).then_some(d.node) }
+    }
+}
+
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct DevicesRes {
     user_id: String,
@@ -285,11 +290,7 @@ pub struct DevicesRes {
     responses((status = 200, description = "The connected devices", body = DevicesRes), DevicesErrors))]
 async fn devices(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiResult {
     let path::User { id: user } = s.path()?;
-    let devices = state.engine.devices(&user).await?;
-    let devices = devices
-        .into_iter()
-        .map(|d| Device { device: d.device, conn_id: d.conn_id, node: (!d.node.is_empty()).then_some(d.node) })
-        .collect();
+    let devices = state.engine.devices(&user).await?.into_iter().map(Device::from).collect();
     ok(&DevicesRes { user_id: user, devices })
 }
 
@@ -311,20 +312,26 @@ pub struct UpsertBody {
     ext: Option<serde_json::Value>,
 }
 
+impl UpsertBody {
+    /// The change it asks for, made now.
+    fn patch(self) -> UserPatch {
+        UserPatch {
+            id: self.id,
+            nickname: self.nickname.map(|n| n.trim().to_string()),
+            avatar: self.avatar,
+            ext: self.ext,
+            ts: confab_actors::clock::now_ms(),
+        }
+    }
+}
+
 /// Creates a user's record or updates its profile; absent fields are kept.
 #[utoipa::path(post, path = "/users",
     request_body = UpsertBody,
     responses((status = 200, description = "The user", body = UserRes), UpsertErrors))]
 async fn upsert(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiResult {
     let r: UpsertBody = s.json()?;
-    let patch = UserPatch {
-        id: r.id,
-        nickname: r.nickname.map(|n| n.trim().to_string()),
-        avatar: r.avatar,
-        ext: r.ext,
-        ts: confab_actors::clock::now_ms(),
-    };
-    ok(&UserRes { user: state.engine.user_upsert(patch).await? })
+    ok(&UserRes { user: state.engine.user_upsert(r.patch()).await? })
 }
 
 /// A user's record (`not_found` when the user was never created explicitly).
