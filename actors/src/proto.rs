@@ -68,6 +68,7 @@ ops! {
     "read_count" => ReadCount(SeqReq),
     "recall" => Recall(SeqReq),
     "delete" => Delete(DeleteReq),
+    "clear" => Clear(ConvReq),
     "changes" => Changes(ChangesReq),
     "set_flags" => SetFlags(SetFlagsReq),
     "group_create" => GroupCreate(GroupCreateReq),
@@ -436,6 +437,8 @@ pub struct ConversationItem {
     pub muted: bool,
     pub hidden: bool,
     pub active: bool,
+    /// The user cleared the conversation up to this `seq` (0: never): drop what is at or before it.
+    pub cleared_seq: u64,
     /// Pass the largest `cursor` seen as `since` to get only what changed.
     pub cursor: u64,
 }
@@ -458,6 +461,7 @@ impl From<ConversationView> for ConversationItem {
             muted: v.state.muted,
             hidden,
             active: v.state.active,
+            cleared_seq: v.state.cleared_seq,
             cursor,
         }
     }

@@ -328,6 +328,11 @@ impl Store for EmbeddedStore {
         self.write(move |txn| ops::delete_for_user(txn, &user, &conv_id, &seqs)).await
     }
 
+    async fn clear_for_user(&self, user: &str, conv_id: &str) -> StoreResult<UserConvState> {
+        let (user, conv_id) = (user.to_owned(), conv_id.to_owned());
+        self.write(move |txn| ops::clear_for_user(txn, &user, &conv_id)).await
+    }
+
     async fn changes(&self, user: &str, conv_id: &str, since: u64) -> StoreResult<Changes> {
         let (user, conv_id) = (user.to_owned(), conv_id.to_owned());
         self.read(move |txn| reads::changes(txn, &user, &conv_id, since)).await

@@ -310,6 +310,13 @@ impl Store for MongoStore {
         }
     }
 
+    async fn clear_for_user(&self, user: &str, conv_id: &str) -> StoreResult<UserConvState> {
+        match self.write(Op::Clear { user: user.to_owned(), conv_id: conv_id.to_owned() }).await? {
+            Answer::State(s) => Ok(s),
+            _ => Err(unexpected()),
+        }
+    }
+
     async fn delete_for_user(&self, user: &str, conv_id: &str, seqs: &[u64]) -> StoreResult<UserConvState> {
         let op = Op::Delete { user: user.to_owned(), conv_id: conv_id.to_owned(), seqs: seqs.to_vec() };
         match self.write(op).await? {

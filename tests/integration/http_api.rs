@@ -930,6 +930,11 @@ async fn bulk_and_on_behalf_operations() {
     ok(&node, "POST", &format!("/api/v1/users/bob/conversations/{ab}/delete"), Some(json!({"seqs": [1]}))).await;
     let h = bob.expect_ok("history", json!({"conv_id": ab})).await;
     assert_eq!(seqs(&h["messages"]), [2, 3]);
+    let r = ok(&node, "POST", &format!("/api/v1/users/bob/conversations/{ab}/clear"), None).await;
+    assert_eq!((r["cleared_seq"].as_u64(), r["unread"].as_u64()), (Some(3), Some(0)));
+    while bob.next_event("conversation").await["cleared_seq"] != 3 {}
+    assert_eq!(bob.expect_ok("history", json!({"conv_id": ab})).await["messages"], json!([]));
+    err(&node, "POST", &format!("/api/v1/users/carol/conversations/{ab}/clear"), None, 403, "not_member").await;
     err(
         &node,
         "POST",
@@ -986,6 +991,7 @@ async fn changes_on_behalf_of_a_disabled_user_are_refused() {
         ("POST", format!("/api/v1/users/dis/conversations/{conv}/read"), json!({"seq": 1})),
         ("POST", format!("/api/v1/users/dis/conversations/{conv}/flags"), json!({"pinned": true})),
         ("POST", format!("/api/v1/users/dis/conversations/{conv}/delete"), json!({"seqs": [1]})),
+        ("POST", format!("/api/v1/users/dis/conversations/{conv}/clear"), json!({})),
     ] {
         err(&node, method, &path, Some(body), 403, "user_disabled").await;
     }

@@ -341,6 +341,36 @@ pub async fn check_delete_for_user_and_changes(s: DynStore) {
     assert!(st3.ver > st2.ver);
 }
 
+/// Clearing a conversation for one user: up to its last message now, for them only; it reads
+/// everything, moves only forward, and keeps the last message out of their list item.
+pub async fn check_clear_for_user(s: DynStore) {
+    let conv = direct_conv_id("alice", "bob");
+    for i in 1..=3 {
+        send(&s, direct("alice", "bob", None, &format!("m{i}"))).await;
+    }
+    let before = s.user_conv("bob", &conv).await.expect("user_conv").expect("row");
+    let st = s.clear_for_user("bob", &conv).await.expect("clear");
+    assert_eq!((st.cleared_seq, st.read_seq), (3, 3));
+    assert!(st.ver > before.ver, "clearing bumps the row ver");
+    assert_eq!(s.user_conv("bob", &conv).await.expect("user_conv"), Some(st.clone()));
+    let view = s.conversation_view("bob", &conv).await.expect("view").expect("a view");
+    assert_eq!((view.conv.last_seq, view.last_message.is_none()), (3, true));
+    assert_eq!(view.unread(), 0);
+    let alice = s.conversation_view("alice", &conv).await.expect("view").expect("a view");
+    assert_eq!((alice.state.cleared_seq, alice.last_message.map(|m| m.seq)), (0, Some(3)), "only bob's row");
+    let listed = s.list_conversations("bob", 0, 10).await.expect("list");
+    assert_eq!((listed.len(), listed[0].last_message.is_none()), (1, true));
+
+    // Later messages show; a second clear moves up to them; nobody's row is needed for a stranger.
+    send(&s, direct("alice", "bob", None, "m4")).await;
+    let view = s.conversation_view("bob", &conv).await.expect("view").expect("a view");
+    assert_eq!((view.last_message.as_ref().map(|m| m.seq), view.unread()), (Some(4), 1));
+    let st2 = s.clear_for_user("bob", &conv).await.expect("clear");
+    assert_eq!((st2.cleared_seq, st2.read_seq), (4, 4));
+    assert!(st2.ver > st.ver);
+    assert!(matches!(s.clear_for_user("carol", &conv).await, Err(StoreError::NotFound(_))));
+}
+
 /// Recall replaces the body, bumps message and conversation ver, and shows up in `changes`.
 pub async fn check_recall_and_changes(s: DynStore) {
     let conv = direct_conv_id("alice", "bob");
@@ -1393,6 +1423,7 @@ macro_rules! checks {
             check_not_found,
             check_history_paging,
             check_delete_for_user_and_changes,
+            check_clear_for_user,
             check_recall_and_changes,
             check_recall_scrubs_quotes,
             check_former_members_see_up_to_their_leaving,

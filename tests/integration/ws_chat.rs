@@ -480,6 +480,38 @@ async fn delete_for_me_hides_only_for_that_user() {
 }
 
 #[tokio::test]
+async fn clear_empties_the_history_for_that_user_only() {
+    let (node, [mut alice, mut bob, mut bob2], ab) = alice_wrote_to_bob(4).await;
+    let item = bob.expect_ok("clear", json!({"conv_id": ab})).await;
+    assert_eq!((item["cleared_seq"].as_u64(), item["unread"].as_u64()), (Some(4), Some(0)));
+    assert_eq!(item["last_message"], Value::Null);
+    let ev = bob2.next_event("conversation").await;
+    assert_eq!((ev["conv_id"].as_str(), ev["cleared_seq"].as_u64()), (Some(ab.as_str()), Some(4)));
+    alice.no_event_within(50).await;
+    for q in [json!({"conv_id": ab}), json!({"conv_id": ab, "before": 3}), json!({"conv_id": ab, "after": 0})] {
+        let h = bob2.expect_ok("history", q).await;
+        assert_eq!((h["messages"].clone(), h["has_more"].clone()), (json!([]), json!(false)));
+    }
+    assert_eq!(seqs(&alice.expect_ok("history", json!({"conv_id": ab})).await["messages"]), vec![1, 2, 3, 4]);
+
+    // What comes after shows as usual, and paging stops at the clearing.
+    alice.send_msg(json!({"to": "bob"}), "c5", text("five")).await;
+    alice.send_msg(json!({"to": "bob"}), "c6", text("six")).await;
+    let h = bob.expect_ok("history", json!({"conv_id": ab, "limit": 1})).await;
+    assert_eq!((seqs(&h["messages"]), h["has_more"].clone()), (vec![6], json!(true)));
+    let h = bob.expect_ok("history", json!({"conv_id": ab, "before": 6})).await;
+    assert_eq!((seqs(&h["messages"]), h["has_more"].clone()), (vec![5], json!(false)));
+    let item = bob.expect_ok("conversation", json!({"conv_id": ab})).await;
+    assert_eq!((item["unread"].as_u64(), item["last_message"]["seq"].as_u64()), (Some(2), Some(6)));
+
+    let mut carol = node.connect("carol", "phone").await;
+    carol.expect_err("clear", json!({"conv_id": ab}), "not_member").await;
+    carol.expect_err("clear", json!({"conv_id": "d_nobody"}), "invalid_request").await;
+    bob.expect_err("clear", json!({"conv_id": ab, "seq": 1}), "invalid_request").await;
+    assert_eq!(bob.expect_ok("conversation", json!({"conv_id": ab})).await["cleared_seq"], 4);
+}
+
+#[tokio::test]
 async fn reply_to_stores_a_quote() {
     let node = TestNode::start();
     let [mut alice, mut bob] = node.connect_each(["alice/phone", "bob/phone"]).await;

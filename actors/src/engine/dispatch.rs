@@ -122,6 +122,7 @@ impl Engine {
             Op::ReadCount(req) => enc(&id, ok(&id, self.read_count(&caller, req).await)),
             Op::Recall(req) => enc(&id, ok(&id, self.recall(&caller, req).await.map(message))),
             Op::Delete(req) => enc(&id, ok(&id, self.delete(&caller, req).await)),
+            Op::Clear(req) => enc(&id, ok(&id, self.clear(&caller, req).await)),
             Op::Changes(req) => enc(&id, ok(&id, self.changes(&caller, req).await)),
             Op::SetFlags(req) => enc(&id, ok(&id, self.set_flags(&caller, req).await)),
             Op::GroupCreate(req) => {

@@ -41,8 +41,7 @@ impl Engine {
     pub async fn history(&self, caller: &Caller, req: proto::HistoryReq) -> Result<HistoryResult> {
         page(req.limit)?;
         let state = self.row(&caller.user, &req.conv_id).await?;
-        let former = (!state.active).then_some(&state);
-        self.history_of(Some(&caller.user), req, former).await
+        self.history_of(Some(&caller.user), req, Some(&state)).await
     }
 
     /// History as an administrator sees it (the HTTP integration API without `as_user`): no
@@ -56,14 +55,16 @@ impl Engine {
         self.history_of(None, req, None).await
     }
 
-    /// History as `viewer` sees it (`None`: an administrator); `former`: the viewer's row when
-    /// they are no longer a member, which caps what they see.
+    /// History as `viewer` sees it (`None`: an administrator); `row`: the viewer's row. A former
+    /// member's view ends where they left; a cleared conversation's starts after `cleared_seq`.
     pub(super) async fn history_of(
         &self,
         viewer: Option<&str>,
         req: proto::HistoryReq,
-        former: Option<&UserConvState>,
+        row: Option<&UserConvState>,
     ) -> Result<HistoryResult> {
+        let former = row.filter(|r| !r.active);
+        let floor = row.map_or(0, |r| r.cleared_seq);
         let limit = page(req.limit)?;
         for (name, v) in [("before", req.before), ("after", req.after)] {
             if let Some(v) = v {
@@ -82,10 +83,11 @@ impl Engine {
             (None, None, None) => HistoryQuery::Latest { limit },
             (None, None, Some(cap)) => HistoryQuery::Before { seq: cap + 1, limit },
             (Some(seq), None, cap) => HistoryQuery::Before { seq: cap.map_or(seq, |c| seq.min(c + 1)), limit },
-            (None, Some(seq), _) => HistoryQuery::After { seq, limit },
+            (None, Some(seq), _) => HistoryQuery::After { seq: seq.max(floor), limit },
             (Some(_), Some(_), _) => return Err(Error::invalid("give at most one of before and after")),
         };
         let mut messages = self.core.store.history(&req.conv_id, viewer, q).await?;
+        messages.retain(|m| m.seq > floor);
         let last_seq = match cap {
             Some(cap) => {
                 messages.retain(|m| m.seq <= cap);
@@ -95,8 +97,10 @@ impl Engine {
         };
         let has_more = match q {
             HistoryQuery::After { seq, .. } => messages.last().map(|m| m.seq).unwrap_or(seq) < last_seq,
-            HistoryQuery::Before { seq, .. } => messages.first().map(|m| m.seq).unwrap_or(seq.min(last_seq + 1)) > 1,
-            HistoryQuery::Latest { .. } => messages.first().map(|m| m.seq > 1).unwrap_or(false),
+            HistoryQuery::Before { seq, .. } => {
+                messages.first().map(|m| m.seq).unwrap_or(seq.min(last_seq + 1)) > floor + 1
+            }
+            HistoryQuery::Latest { .. } => messages.first().map(|m| m.seq > floor + 1).unwrap_or(false),
         };
         Ok(HistoryResult { messages, last_seq, has_more })
     }
@@ -222,6 +226,20 @@ impl Engine {
             self.core.notify_user(&caller.user, &frame, caller.conn_id);
         }
         Ok(serde_json::json!({ "deleted": seqs.len() }))
+    }
+
+    /// Clears the conversation for the caller (all their devices): what they may see of it now is
+    /// gone from their history and counts as read; the item's `cleared_seq` says up to where. The
+    /// other participants are not affected. The caller's other devices get a `conversation`
+    /// event with the item.
+    pub async fn clear(&self, caller: &Caller, req: proto::ConvReq) -> Result<ConversationItem> {
+        let state = self.row(&caller.user, &req.conv_id).await?;
+        self.settle_hidden(&caller.user, &req.conv_id, &state).await?;
+        self.core.store.clear_for_user(&caller.user, &req.conv_id).await?;
+        let item = self.conversation(caller, &req.conv_id).await?;
+        let frame = proto::encode_event("conversation", &item);
+        self.core.notify_user(&caller.user, &frame, caller.conn_id);
+        Ok(item)
     }
 
     /// Recalls and the caller's deletions since a version. A former member hears only of what

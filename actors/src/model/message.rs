@@ -104,6 +104,10 @@ pub struct UserConvState {
     /// up to their read cursor, see [`UserConvState::visible_upto`]).
     #[serde(default)]
     pub left_seq: u64,
+    /// The user cleared the conversation up to this `seq` (`clear`): their history, list item and
+    /// gap fill start after it. 0 = never cleared. Only ever moves forward.
+    #[serde(default)]
+    pub cleared_seq: u64,
 }
 
 impl UserConvState {
@@ -128,6 +132,17 @@ impl UserConvState {
         self.hidden = false;
         self.ver = ver;
         true
+    }
+
+    /// Clears the conversation for this user up to what they may see of it now (`last_seq` the
+    /// conversation's last message): history before it is gone for them, and it counts as read.
+    /// Returns the new `cleared_seq`.
+    pub fn clear(&mut self, last_seq: u64, ver: u64) -> u64 {
+        let upto = self.visible_upto(last_seq);
+        self.cleared_seq = self.cleared_seq.max(upto);
+        self.read_seq = self.read_seq.max(upto);
+        self.ver = ver;
+        self.cleared_seq
     }
 
     /// The highest `seq` this user may see of a conversation whose last message is `last_seq`:

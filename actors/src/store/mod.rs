@@ -214,6 +214,11 @@ pub trait Store: Send + Sync + 'static {
     /// user's row `ver` and returns the new state. `NotFound` if the user has no row.
     async fn delete_for_user(&self, user: &str, conv_id: &str, seqs: &[u64]) -> StoreResult<UserConvState>;
 
+    /// Clears the conversation for one user up to its last message they may see
+    /// ([`UserConvState::clear`]): bumps the row's `ver` and returns the new state. `NotFound` if
+    /// the user has no row.
+    async fn clear_for_user(&self, user: &str, conv_id: &str) -> StoreResult<UserConvState>;
+
     /// Recalls in the conversation and the user's own deletions with a `ver` after `since`.
     async fn changes(&self, user: &str, conv_id: &str, since: u64) -> StoreResult<Changes>;
 

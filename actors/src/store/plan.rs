@@ -217,9 +217,9 @@ impl ConversationView {
     }
 
     /// The `seq` of the message to load as `last_message`: the last one the user may see; none
-    /// while there is none.
+    /// while there is none (or the user cleared everything up to it).
     pub fn last_message_seq(&self) -> Option<u64> {
-        Some(self.conv.last_seq).filter(|&seq| seq > 0)
+        Some(self.conv.last_seq).filter(|&seq| seq > self.state.cleared_seq)
     }
 }
 

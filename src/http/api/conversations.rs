@@ -1,12 +1,12 @@
 //! Conversations: a user's conversation list (with unread counts), their total unread, and
-//! read cursors, flags and delete-for-me on their behalf (a
+//! read cursors, flags, delete-for-me and clearing on their behalf (a
 //! conversation's history is read with scope `messages`, in [`messages`](super::messages)).
 
 use actix_web::web;
 use serde::{Deserialize, Serialize};
 
 use confab_actors::engine::ConversationsResult;
-use confab_actors::proto::{ConversationsReq, DeleteReq, ReadReq, SetFlagsReq};
+use confab_actors::proto::{ConvReq, ConversationsReq, DeleteReq, ReadReq, SetFlagsReq};
 
 use super::schema::{operation_errors, SafeInt};
 use super::{acting, caller, de_safe_int, ok, path, resources, scope, ApiResult, Signed};
@@ -19,6 +19,7 @@ resources! {
     "/users/{id}/conversations/{conv_id}/read" => post read;
     "/users/{id}/conversations/{conv_id}/flags" => post flags;
     "/users/{id}/conversations/{conv_id}/delete" => post delete;
+    "/users/{id}/conversations/{conv_id}/clear" => post clear;
 }
 
 operation_errors! {
@@ -88,6 +89,16 @@ async fn delete(s: Signed<scope::Conversations>, state: web::Data<AppState>) -> 
     let path::UserConv { id, conv_id } = s.path()?;
     let r: DeleteBody = s.json()?;
     ok(&state.engine.delete(&acting(&state, &id).await?, DeleteReq { conv_id, seqs: r.seqs }).await?)
+}
+
+/// Clears the conversation for the user, as `clear`: everything they may see of it now leaves
+/// their history and counts as read (the item's `cleared_seq`); nobody else is affected.
+#[utoipa::path(post, path = "/users/{id}/conversations/{conv_id}/clear",
+    params(path::UserConv),
+    responses((status = 200, description = "The conversation item", body = Object), OnBehalfErrors))]
+async fn clear(s: Signed<scope::Conversations>, state: web::Data<AppState>) -> ApiResult {
+    let path::UserConv { id, conv_id } = s.path()?;
+    ok(&state.engine.clear(&acting(&state, &id).await?, ConvReq { conv_id }).await?)
 }
 
 /// A page of a list synced by cursor (conversations, contacts).

@@ -345,6 +345,19 @@ pub(super) fn delete_for_user(
     Ok(state)
 }
 
+pub(super) fn clear_for_user(txn: &WriteTransaction, user: &str, conv_id: &str) -> StoreResult<UserConvState> {
+    let mut rows = txn.open_table(USER_CONVS).map_err(unavailable)?;
+    let mut state = row_or_not_found(&rows, user, conv_id)?;
+    let convs = txn.open_table(CONVS).map_err(unavailable)?;
+    let conv: Option<Conversation> = get_json(&convs, conv_id)?;
+    let last_seq = conv.map_or(0, |c| c.last_seq);
+    let mut meta = txn.open_table(META).map_err(unavailable)?;
+    let ver = next_ver(&mut meta)?;
+    state.clear(last_seq, ver);
+    put_json(&mut rows, (user, conv_id), &state)?;
+    Ok(state)
+}
+
 pub(super) fn create_group(txn: &WriteTransaction, g: NewGroup) -> StoreResult<(Group, Message)> {
     let mut groups = txn.open_table(GROUPS).map_err(unavailable)?;
     let mut convs = txn.open_table(CONVS).map_err(unavailable)?;

@@ -23,6 +23,7 @@ pub(crate) enum Op {
     MarkRead { user: String, conv_id: String, seq: u64 },
     SetFlags { user: String, conv_id: String, patch: FlagsPatch },
     Delete { user: String, conv_id: String, seqs: Vec<u64> },
+    Clear { user: String, conv_id: String },
     CreateGroup(NewGroup),
     ChangeMembers(MemberChange),
     UpdateGroup(GroupUpdate),

@@ -210,6 +210,9 @@ pub(crate) struct RowDoc {
     /// `UserConvState::left_seq`); absent on rows that never left or left before it was kept.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub left_seq: i64,
+    /// What the user cleared (see `UserConvState::cleared_seq`); absent when never cleared.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cleared_seq: i64,
 }
 
 fn is_zero(v: &i64) -> bool {
@@ -228,6 +231,7 @@ impl RowDoc {
             active: s.active,
             ver: i(s.ver)?,
             left_seq: i(s.left_seq)?,
+            cleared_seq: i(s.cleared_seq)?,
         })
     }
 
@@ -240,6 +244,7 @@ impl RowDoc {
             active: self.active,
             ver: u(self.ver)?,
             left_seq: u(self.left_seq)?,
+            cleared_seq: u(self.cleared_seq)?,
         })
     }
 

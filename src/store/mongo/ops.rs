@@ -137,6 +137,25 @@ impl Tx<'_> {
         Ok(Ok(Answer::State(state)))
     }
 
+    pub async fn clear_for_user(&mut self, user: &str, conv_id: &str, ver: u64) -> OpResult {
+        let Some(row) = self.row(user, conv_id).await? else {
+            return not_found(format!("{user} has no row in {conv_id}"));
+        };
+        let last_seq = match self.find_one::<ConvDoc>(CONVERSATIONS, doc! { "_id": conv_id }).await? {
+            Some(conv) => u(conv.last_seq).map_err(fatal)?,
+            None => 0,
+        };
+        let mut state = row.state().map_err(fatal)?;
+        state.clear(last_seq, ver);
+        let set = doc! {
+            "cleared_seq": i(state.cleared_seq).map_err(fatal)?,
+            "read_seq": i(state.read_seq).map_err(fatal)?,
+            "ver": i(ver).map_err(fatal)?,
+        };
+        self.set_row(user, conv_id, set).await?;
+        Ok(Ok(Answer::State(state)))
+    }
+
     pub async fn create_group(&mut self, g: &NewGroup, ver: u64) -> OpResult {
         let conv_id = group_conv_id(&g.id);
         if self.find_one::<GroupDoc>(GROUPS, doc! { "_id": &g.id }).await?.is_some() {

@@ -308,6 +308,7 @@ async fn attempt_once(
                 Op::MarkRead { user, conv_id, seq } => tx.mark_read(user, conv_id, *seq, ver).await?,
                 Op::SetFlags { user, conv_id, patch } => tx.set_flags(user, conv_id, patch, ver).await?,
                 Op::Delete { user, conv_id, seqs } => tx.delete_for_user(user, conv_id, seqs, ver).await?,
+                Op::Clear { user, conv_id } => tx.clear_for_user(user, conv_id, ver).await?,
                 Op::CreateGroup(g) => tx.create_group(g, ver).await?,
                 Op::ChangeMembers(c) => tx.change_members(c, ver).await?,
                 Op::UpdateGroup(c) => tx.update_group(c, ver).await?,
