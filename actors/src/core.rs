@@ -134,7 +134,7 @@ impl Core {
     /// revoked). Other nodes are told through the cluster; a node cut off from it re-checks its
     /// sessions' access when it is back (see [`Engine::recheck_access`]).
     pub fn close_user(&self, user: &str, r: Revocation) {
-        self.registry.revoke(user, r);
+        self.registry.revoke(user, &r);
         if let Some(cluster) = self.cluster() {
             cluster.broadcast(PeerCommand::CloseUser { user: user.to_owned(), revocation: r });
         }

@@ -148,12 +148,14 @@ impl SessionHandle {
 }
 
 /// Who loses access, for [`Registry::revoke`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Revocation {
     /// The user was disabled: every session closes.
     Disabled,
     /// The user's tokens issued before this time (unix ms) were revoked; `None`: every session's.
     TokensBefore(Option<u64>),
+    /// One device's tokens issued before this time (unix ms) were revoked.
+    Device { device: String, before_ms: u64 },
 }
 
 /// One shard of the registry: sessions by user, and the shard's access epoch.
@@ -279,7 +281,7 @@ impl Registry {
     /// Asks the sessions of `user` that lost access to close (see [`KickSignal::revoke`]), and
     /// moves the shard's access epoch; returns how many were asked. Their next requests are
     /// refused at once (the session checks its signal before each one).
-    pub fn revoke(&self, user: &str, r: Revocation) -> usize {
+    pub fn revoke(&self, user: &str, r: &Revocation) -> usize {
         let mut shard = self.shards[shard_of(user)].write().unwrap_or_else(|p| p.into_inner());
         shard.epoch += 1;
         let Some(list) = shard.users.get(user) else { return 0 };
@@ -287,10 +289,11 @@ impl Registry {
         for h in list {
             let lost = match r {
                 Revocation::Disabled | Revocation::TokensBefore(None) => true,
-                Revocation::TokensBefore(Some(before)) => h.kick.issued_ms() < before,
+                Revocation::TokensBefore(Some(before)) => h.kick.issued_ms() < *before,
+                Revocation::Device { device, before_ms } => *h.device == **device && h.kick.issued_ms() < *before_ms,
             };
             if lost {
-                h.kick.revoke(r == Revocation::Disabled);
+                h.kick.revoke(*r == Revocation::Disabled);
                 n += 1;
             }
         }
@@ -449,7 +452,7 @@ mod tests {
         let user: Arc<str> = Arc::from("alice");
         let epoch = r.access_epoch(&user);
         // Applied between the check and the registration: the epoch tells.
-        r.revoke(&user, Revocation::Disabled);
+        r.revoke(&user, &Revocation::Disabled);
         let (first, moved) = r.register(&user, handle(1, 100), epoch);
         assert!(first && moved);
         // Applied after the registration: the session is asked to close.
@@ -457,8 +460,11 @@ mod tests {
         let h2 = handle(2, 100);
         let kick = h2.kick.clone();
         assert_eq!(r.register(&user, h2, epoch), (false, false));
-        assert_eq!(r.revoke(&user, Revocation::TokensBefore(Some(50))), 0, "tokens issued after the bound stay");
-        assert_eq!(r.revoke(&user, Revocation::TokensBefore(Some(101))), 2);
+        assert_eq!(r.revoke(&user, &Revocation::TokensBefore(Some(50))), 0, "tokens issued after the bound stay");
+        let other = Revocation::Device { device: "tablet".into(), before_ms: 1000 };
+        assert_eq!(r.revoke(&user, &other), 0, "another device's sessions stay");
+        assert_eq!(r.revoke(&user, &Revocation::Device { device: "d".into(), before_ms: 101 }), 2);
+        assert_eq!(r.revoke(&user, &Revocation::TokensBefore(Some(101))), 2);
         assert_eq!(kick.revoked_reason(), Some("token_revoked"));
     }
 }

@@ -110,6 +110,11 @@ pub enum Broadcast {
         #[serde(default)]
         disabled: bool,
         tokens_before_ms: Option<u64>,
+        /// Only this device's sessions (with `tokens_before_ms`). A node older than the field
+        /// reads the event as the revocation of every token before the bound: it closes more
+        /// sessions than asked, never fewer.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
     },
     /// A conversation's membership changed: drop what is cached about it.
     MembershipChanged {
@@ -522,13 +527,22 @@ mod tests {
         );
         assert!(wire.ends_with(b"\x01\x00\x00\x00\x02\x00\x00\x00{}"), "one frame of 2 bytes, last");
 
-        let ev = Broadcast::CloseUser { user: "bob".into(), disabled: true, tokens_before_ms: None };
+        let ev = Broadcast::CloseUser { user: "bob".into(), disabled: true, tokens_before_ms: None, device: None };
         let wire = encode_broadcast("node-b", &ev);
         assert!(wire.ends_with(br#"{"type":"close_user","user":"bob","disabled":true}"#));
         assert_eq!(decode(&wire), Some(Incoming::Broadcast { from: "node-b".into(), event: ev }));
-        let ev = Broadcast::CloseUser { user: "bob".into(), disabled: false, tokens_before_ms: Some(7) };
+        let ev = Broadcast::CloseUser { user: "bob".into(), disabled: false, tokens_before_ms: Some(7), device: None };
         let wire = encode_broadcast("node-b", &ev);
         assert!(wire.ends_with(br#"{"type":"close_user","user":"bob","disabled":false,"tokens_before_ms":7}"#));
+        assert_eq!(decode(&wire), Some(Incoming::Broadcast { from: "node-b".into(), event: ev }));
+        let ev = Broadcast::CloseUser {
+            user: "bob".into(),
+            disabled: false,
+            tokens_before_ms: Some(7),
+            device: Some("phone".into()),
+        };
+        let wire = encode_broadcast("node-b", &ev);
+        assert!(wire.ends_with(br#""tokens_before_ms":7,"device":"phone"}"#));
         assert_eq!(decode(&wire), Some(Incoming::Broadcast { from: "node-b".into(), event: ev }));
         // An older node's revocation (no bound) still decodes, as "every token".
         let old = br#"{"type":"close_user","user":"bob"}"#;
@@ -536,7 +550,7 @@ mod tests {
         let json_at = wire.len() - br#"{"type":"unknown"}"#.len();
         wire.truncate(json_at);
         wire.extend_from_slice(old);
-        let want = Broadcast::CloseUser { user: "bob".into(), disabled: false, tokens_before_ms: None };
+        let want = Broadcast::CloseUser { user: "bob".into(), disabled: false, tokens_before_ms: None, device: None };
         assert_eq!(decode(&wire), Some(Incoming::Broadcast { from: "node-b".into(), event: want }));
     }
 

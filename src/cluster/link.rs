@@ -44,11 +44,12 @@ impl seam::Cluster for Link {
     fn broadcast(&self, c: PeerCommand) {
         let event = match c {
             PeerCommand::CloseUser { user, revocation } => {
-                let (disabled, tokens_before_ms) = match revocation {
-                    Revocation::Disabled => (true, None),
-                    Revocation::TokensBefore(before) => (false, before),
+                let (disabled, tokens_before_ms, device) = match revocation {
+                    Revocation::Disabled => (true, None, None),
+                    Revocation::TokensBefore(before) => (false, before, None),
+                    Revocation::Device { device, before_ms } => (false, Some(before_ms), Some(device)),
                 };
-                Broadcast::CloseUser { user, disabled, tokens_before_ms }
+                Broadcast::CloseUser { user, disabled, tokens_before_ms, device }
             }
             PeerCommand::MembershipChanged { conv_id, seq } => Broadcast::MembershipChanged { conv_id, seq },
             PeerCommand::ContactsChanged { conv_id } => Broadcast::ContactsChanged { conv_id },
@@ -87,9 +88,12 @@ pub fn dispatch(engine: &Engine, incoming: Incoming) {
             membership_changed: b.membership_changed,
         }),
         Incoming::Broadcast { event, from } => match event {
-            Broadcast::CloseUser { user, disabled, tokens_before_ms } => {
-                let revocation =
-                    if disabled { Revocation::Disabled } else { Revocation::TokensBefore(tokens_before_ms) };
+            Broadcast::CloseUser { user, disabled, tokens_before_ms, device } => {
+                let revocation = match (disabled, device, tokens_before_ms) {
+                    (true, _, _) => Revocation::Disabled,
+                    (false, Some(device), Some(before_ms)) => Revocation::Device { device, before_ms },
+                    (false, _, before) => Revocation::TokensBefore(before),
+                };
                 engine.peer_command(PeerCommand::CloseUser { user, revocation })
             }
             Broadcast::MembershipChanged { conv_id, seq } => {

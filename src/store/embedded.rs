@@ -229,6 +229,7 @@ fn create_tables(txn: &WriteTransaction) -> StoreResult<()> {
     txn.open_table(tables::GROUP_REQUESTS).map_err(unavailable)?;
     txn.open_table(tables::NOTICE_CONFIRMATIONS).map_err(unavailable)?;
     txn.open_table(tables::CONTACTS_BY_VER).map_err(unavailable)?;
+    txn.open_table(tables::DEVICE_REVOCATIONS).map_err(unavailable)?;
     ops::index_replies(txn)?;
     Ok(())
 }
@@ -501,5 +502,15 @@ impl Store for EmbeddedStore {
     async fn revoke_tokens(&self, id: &str, before_ms: u64, ts: i64) -> StoreResult<User> {
         let id = id.to_owned();
         self.write(move |txn| users::revoke_tokens(txn, &id, before_ms, ts)).await
+    }
+
+    async fn revoke_device(&self, user: &str, device: &str, before_ms: u64) -> StoreResult<u64> {
+        let (user, device) = (user.to_owned(), device.to_owned());
+        self.write(move |txn| users::revoke_device(txn, &user, &device, before_ms)).await
+    }
+
+    async fn device_revocations(&self, users: &[String]) -> StoreResult<Vec<(String, String, u64)>> {
+        let users = users.to_vec();
+        self.read(move |txn| users::device_revocations(txn, &users)).await
     }
 }

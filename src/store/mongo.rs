@@ -482,4 +482,15 @@ impl Store for MongoStore {
         let id = id.to_owned();
         self.read("revoke_tokens", move |c| async move { users::revoke_tokens(&c, &id, before_ms, ts).await }).await
     }
+
+    async fn revoke_device(&self, user: &str, device: &str, before_ms: u64) -> StoreResult<u64> {
+        let (user, device) = (user.to_owned(), device.to_owned());
+        self.read("revoke_device", move |c| async move { users::revoke_device(&c, &user, &device, before_ms).await })
+            .await
+    }
+
+    async fn device_revocations(&self, users: &[String]) -> StoreResult<Vec<(String, String, u64)>> {
+        let users = users.to_vec();
+        self.read("device_revocations", move |c| async move { users::device_revocations(&c, &users).await }).await
+    }
 }

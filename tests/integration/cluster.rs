@@ -644,7 +644,7 @@ async fn a_security_broadcast_redis_refused_is_sent_again() {
     proxy.cut();
     eventually(Duration::from_secs(5), "node a seeing Redis down", || async { !a.redis_up() }).await;
     let user = fresh("mallory");
-    let event = Broadcast::CloseUser { user: user.clone(), disabled: true, tokens_before_ms: None };
+    let event = Broadcast::CloseUser { user: user.clone(), disabled: true, tokens_before_ms: None, device: None };
     a.announce(event.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
     proxy.restore();

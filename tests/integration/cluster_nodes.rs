@@ -566,6 +566,12 @@ async fn signed_requests_and_access_changes_hold_across_nodes() {
         assert!(Instant::now() < deadline, "devices across nodes: {seen:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // One device forced offline from the other node: only that device's session closes.
+    let [mut far_pad] = cluster.connect_each([(1, "mallory/pad")]).await;
+    ok_at(cluster.addr(0), "POST", "/api/v1/users/mallory/devices/pad/revoke", None).await;
+    assert_eq!(far_pad.wait_closed(Duration::from_secs(5)).await, Some(1008), "the other node kept the device");
+    far.expect_ok("ping", serde_json::json!({})).await;
+    near.expect_ok("ping", serde_json::json!({})).await;
     ok_at(cluster.addr(0), "POST", "/api/v1/users/mallory/disable", None).await;
     assert_eq!(near.wait_closed(Duration::from_secs(5)).await, Some(1008));
     assert_eq!(far.wait_closed(Duration::from_secs(5)).await, Some(1008), "the other node kept the session");

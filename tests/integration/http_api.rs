@@ -740,6 +740,25 @@ async fn disabled_users_and_revoked_tokens_are_shut_out() {
     let mut c = Client::try_connect(node.addr, Auth::Bearer(fresh["token"].as_str().unwrap()), None).await.unwrap();
     c.user = "alice".into();
     c.expect_ok("ping", json!({})).await;
+
+    // One device forced offline: its sessions close and its tokens so far are refused; the
+    // user's other devices stay, and a token minted for it afterwards works.
+    let mut tablet = node.connect("alice", "tablet").await;
+    let old_tablet = token("alice", "tablet");
+    let r = ok(&node, "POST", "/api/v1/users/alice/devices/tablet/revoke", None).await;
+    assert_eq!((r["user_id"].as_str(), r["device"].as_str()), (Some("alice"), Some("tablet")));
+    assert!(r["revoked_before_ms"].as_u64().unwrap() > 0);
+    assert_eq!(tablet.wait_closed(crate::common::TIMEOUT).await, Some(1008));
+    c.expect_ok("ping", json!({})).await;
+    let refused = Client::try_connect(node.addr, Auth::Bearer(&old_tablet), None).await.err().expect("refused");
+    assert_eq!((refused.status, refused.body["error"]["code"].as_str()), (401, Some("token_revoked")));
+    let phone_token = token("alice", "phone");
+    Client::try_connect(node.addr, Auth::Bearer(&phone_token), None).await.expect("another device's token works");
+    let fresh = ok(&node, "POST", "/api/v1/users/alice/tokens", Some(json!({"device": "tablet"}))).await;
+    let mut t = Client::try_connect(node.addr, Auth::Bearer(fresh["token"].as_str().unwrap()), None).await.unwrap();
+    t.user = "alice".into();
+    t.expect_ok("ping", json!({})).await;
+    err(&node, "POST", "/api/v1/users/alice/devices/bad%20id/revoke", None, 400, "invalid_request").await;
     // Bob was never touched.
     bob.expect_ok("ping", json!({})).await;
 }

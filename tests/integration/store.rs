@@ -793,6 +793,15 @@ pub async fn check_users(s: DynStore) {
     assert_eq!((r.tokens_valid_after_ms, r.tokens_valid_after, r.revoked_before_ms()), (1_000_500, 1000, 1_000_500));
     let r = s.revoke_tokens("u1", 900_000, TS + 8).await.unwrap();
     assert_eq!((r.tokens_valid_after_ms, r.tokens_valid_after), (1_000_500, 1000));
+    // A device's revocation only moves forward too, and is listed by user.
+    assert_eq!(s.revoke_device("u1", "phone", 2_000).await.unwrap(), 2_000);
+    assert_eq!(s.revoke_device("u1", "phone", 1_000).await.unwrap(), 2_000);
+    assert_eq!(s.revoke_device("u1", "pad.2", 3_000).await.unwrap(), 3_000);
+    assert_eq!(s.revoke_device("u10", "phone", 5_000).await.unwrap(), 5_000);
+    let mut listed = s.device_revocations(&["u1".into(), "u2".into()]).await.unwrap();
+    listed.sort();
+    assert_eq!(listed, [("u1".into(), "pad.2".into(), 3_000), ("u1".into(), "phone".into(), 2_000)]);
+    assert!(s.device_revocations(&["u2".into()]).await.unwrap().is_empty());
     let r = s.revoke_tokens("u3", 50_000, TS).await.unwrap();
     assert_eq!((r.tokens_valid_after, r.tokens_valid_after_ms, r.disabled), (50, 50_000, false));
     let u1 = s.user("u1").await.unwrap().unwrap();

@@ -659,6 +659,7 @@ async fn migrate_carries_users_and_the_webhook_outbox() {
         embedded.upsert_user(profile).await.expect("alice");
         embedded.set_user_disabled("carol", true, TS + 1).await.expect("disable carol");
         embedded.revoke_tokens("bob", 1_700_000_500_000, TS + 2).await.expect("revoke bob");
+        embedded.revoke_device("bob", "pad.1", 1_700_000_600_000).await.expect("revoke bob's pad");
         embedded.create_group(crate::store::new_group("club", "alice", &["bob"])).await.expect("group");
         let mut ban = crate::store::change("club", &[], &["bob"], TS + 3);
         ban.ban = vec![confab_actors::model::GroupBan { user_id: "bob".into(), by: "alice".into(), ts: TS + 3 }];
@@ -696,6 +697,7 @@ async fn migrate_carries_users_and_the_webhook_outbox() {
         UserPatch { id: "carol".into(), nickname: Some("Carol (cluster)".into()), avatar: None, ext: None, ts: TS };
     store.upsert_user(cluster_carol).await.expect("carol");
     store.revoke_tokens("bob", 1_700_000_100_000, TS).await.expect("revoke bob");
+    store.revoke_device("bob", "pad.1", 1_700_000_900_000).await.expect("a later bound on MongoDB");
 
     let report = confab::store::mongo::migrate_from_embedded(dir.path(), options(&uri, &db)).await.expect("migrate");
     eprintln!("{report}");
@@ -707,6 +709,8 @@ async fn migrate_carries_users_and_the_webhook_outbox() {
     assert_eq!(line("webhook_meta"), Some((1, 0)), "the cursor; not the lease");
     assert_eq!(line("contacts"), Some((3, 0)), "alice's and bob's rows, carol's block");
     assert_eq!(line("group_bans"), Some((1, 0)));
+    let devices = store.device_revocations(&["bob".into()]).await.expect("devices");
+    assert_eq!(devices, [("bob".into(), "pad.1".into(), 1_700_000_900_000)], "the later bound stays");
     assert_eq!(store.bans("club").await.expect("bans")[0].user_id, "bob");
     let alice_bob = store.contact("alice", "bob").await.expect("contact").expect("migrated");
     assert!(alice_bob.friend && alice_bob.friend_since == Some(TS + 3));

@@ -31,7 +31,7 @@ impl Engine {
     pub fn peer_command(&self, c: PeerCommand) {
         match c {
             PeerCommand::CloseUser { user, revocation } => {
-                self.core.registry.revoke(&user, revocation);
+                self.core.registry.revoke(&user, &revocation);
             }
             PeerCommand::MembershipChanged { conv_id, seq } => {
                 if let Some(addr) = self.directory.peek(&conv_id) {

@@ -38,11 +38,32 @@ impl Engine {
         }
     }
 
-    /// Refuses a user who was disabled, or a token issued (`issued_ms`, unix ms) before the
-    /// user's tokens were revoked. Users without a record pass.
-    pub async fn check_access(&self, user: &str, issued_ms: Option<u64>) -> Result<()> {
-        let u = self.core.store.user(user).await?;
-        access_of(u.as_ref(), issued_ms)
+    /// Refuses a user who was disabled, or a token (`(device, issued_ms)`, unix ms) issued before
+    /// the user's tokens, or that device's, were revoked. Users without a record pass.
+    pub async fn check_access(&self, user: &str, token: Option<(&str, u64)>) -> Result<()> {
+        let Some((device, issued_ms)) = token else {
+            return access_of(self.core.store.user(user).await?.as_ref(), None);
+        };
+        let users = [user.to_owned()];
+        let (u, devices) =
+            futures_util::future::join(self.core.store.user(user), self.core.store.device_revocations(&users)).await;
+        access_of(u?.as_ref(), Some(issued_ms))?;
+        let bound = devices?.into_iter().filter(|(_, d, _)| d == device).map(|(_, _, b)| b).max().unwrap_or(0);
+        if issued_ms < bound {
+            return Err(Error::new(ErrorCode::TokenRevoked, "this device's tokens were revoked; get a new one"));
+        }
+        Ok(())
+    }
+
+    /// The bound a token minted now for `user`'s `device` must be issued at or after: the later
+    /// of the user's and the device's revocations (0: none).
+    pub async fn revoked_before(&self, user: &str, device: &str) -> Result<u64> {
+        let users = [user.to_owned()];
+        let (u, devices) =
+            futures_util::future::join(self.core.store.user(user), self.core.store.device_revocations(&users)).await;
+        let user_bound = u?.map_or(0, |u| u.revoked_before_ms());
+        let device_bound = devices?.into_iter().filter(|(_, d, _)| d == device).map(|(_, _, b)| b).max().unwrap_or(0);
+        Ok(user_bound.max(device_bound))
     }
 
     /// Re-reads the access of every user with a session on this node and closes the sessions
@@ -65,7 +86,15 @@ impl Engine {
                                 before => Revocation::TokensBefore(Some(before)),
                             }
                         };
-                        closed += self.core.registry.revoke(&u.id, r);
+                        closed += self.core.registry.revoke(&u.id, &r);
+                    }
+                    match self.core.store.device_revocations(&ids).await {
+                        Ok(devices) => {
+                            for (user, device, before_ms) in devices {
+                                closed += self.core.registry.revoke(&user, &Revocation::Device { device, before_ms });
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, users = ids.len(), "could not re-check devices' access"),
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, users = ids.len(), "could not re-check users' access"),
@@ -132,6 +161,19 @@ impl Engine {
         let u = self.core.store.revoke_tokens(user, before, now).await?;
         self.core.close_user(user, Revocation::TokensBefore(Some(u.revoked_before_ms())));
         Ok(u)
+    }
+
+    /// Forces one of a user's devices offline: revokes the tokens issued to that device so far
+    /// (as [`Engine::user_revoke_tokens`] does for all of them) and closes its sessions on every
+    /// node (1008 `token_revoked`). The user's other devices stay connected. Returns the bound.
+    pub async fn user_revoke_device(&self, user: &str, device: &str) -> Result<u64> {
+        model::validate_id("user", user)?;
+        model::validate_id("device", device)?;
+        let now = crate::clock::now_ms();
+        let before = u64::try_from(now).unwrap_or(0) + 1;
+        let before_ms = self.core.store.revoke_device(user, device, before).await?;
+        self.core.close_user(user, Revocation::Device { device: device.to_owned(), before_ms });
+        Ok(before_ms)
     }
 }
 

@@ -328,4 +328,11 @@ pub trait Store: Send + Sync + 'static {
     /// Refuses every token issued before `before_ms` (unix ms; [`User::revoke_tokens`]), creating
     /// the record if needed. Never moves the bound back. Returns the record.
     async fn revoke_tokens(&self, id: &str, before_ms: u64, ts: i64) -> StoreResult<User>;
+
+    /// Revokes the tokens of one of a user's devices issued before `before_ms` (unix ms); the
+    /// bound only moves forward. Returns the device's bound now.
+    async fn revoke_device(&self, user: &str, device: &str, before_ms: u64) -> StoreResult<u64>;
+
+    /// The devices of `users` whose tokens were revoked one by one: `(user, device, before_ms)`.
+    async fn device_revocations(&self, users: &[String]) -> StoreResult<Vec<(String, String, u64)>>;
 }

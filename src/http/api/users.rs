@@ -23,6 +23,7 @@ resources! {
     "/users/{id}/tokens/revoke" => post revoke_tokens;
     "/users/{id}/tokens" => post mint_token;
     "/users/{id}/devices" => get devices;
+    "/users/{id}/devices/{device}/revoke" => post revoke_device;
     "/users/{id}/groups" => get groups;
 }
 
@@ -37,6 +38,7 @@ operation_errors! {
     MintTokenErrors: InvalidRequest("a bad user or device id, a ttl_secs over auth.max_token_ttl_secs"), Internal,
         Unavailable("the user's record could not be read");
     DevicesErrors: InvalidRequest("a bad user id");
+    RevokeDeviceErrors: InvalidRequest("a bad user or device id"), Unavailable;
     UpsertErrors: InvalidRequest("a bad id, nickname, avatar or ext"), Unavailable;
     GetErrors: InvalidRequest("a bad user id"), NotFound, Unavailable;
     AccessErrors: InvalidRequest("a bad user id"), Unavailable;
@@ -256,7 +258,7 @@ async fn mint_token(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiR
     let ttl = r.ttl_secs.unwrap_or(state.api.token_ttl_secs);
     // Issued no earlier than the user's last revocation: a token minted right after one (even in
     // the same millisecond, or on a node whose clock is behind) must not count as revoked.
-    let revoked = state.engine.store().user(&user).await.map_err(Error::from)?.map_or(0, |u| u.revoked_before_ms());
+    let revoked = state.engine.revoked_before(&user, &r.device).await?;
     let (token, claims) = state.tokens.mint(&user, &r.device, ttl, revoked)?;
     ok(&TokenRes { token, expires_at: claims.exp })
 }
@@ -292,6 +294,27 @@ async fn devices(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiResu
     let path::User { id: user } = s.path()?;
     let devices = state.engine.devices(&user).await?.into_iter().map(Device::from).collect();
     ok(&DevicesRes { user_id: user, devices })
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct RevokeDeviceRes {
+    user_id: String,
+    device: String,
+    /// Tokens of the device issued before this time (unix ms) are refused.
+    #[schema(value_type = super::schema::SafeInt)]
+    revoked_before_ms: u64,
+}
+
+/// Forces one device offline: revokes the tokens issued to it so far and closes its sessions on
+/// every node (1008 `token_revoked`). The user's other devices stay connected; a token minted for
+/// the device afterwards works.
+#[utoipa::path(post, path = "/users/{id}/devices/{device}/revoke",
+    params(path::UserDevice),
+    responses((status = 200, description = "The device's revocation", body = RevokeDeviceRes), RevokeDeviceErrors))]
+async fn revoke_device(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiResult {
+    let path::UserDevice { id, device } = s.path()?;
+    let revoked_before_ms = state.engine.user_revoke_device(&id, &device).await?;
+    ok(&RevokeDeviceRes { user_id: id, device, revoked_before_ms })
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -60,13 +60,16 @@ pub async fn upgrade(
     // time the connection is let in and the session checks again until the store answers.
     let epoch = engine.registry().access_epoch(&claims.sub);
     let issued_ms = claims.issued_ms();
-    let verified =
-        match tokio::time::timeout(state.access_check_timeout, engine.check_access(&claims.sub, Some(issued_ms))).await
-        {
-            Ok(Ok(())) => true,
-            Ok(Err(e)) if e.code != ErrorCode::Unavailable => return Ok(error_response(&e)),
-            Ok(Err(_)) | Err(_) => false,
-        };
+    let verified = match tokio::time::timeout(
+        state.access_check_timeout,
+        engine.check_access(&claims.sub, Some((&claims.dev, issued_ms))),
+    )
+    .await
+    {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) if e.code != ErrorCode::Unavailable => return Ok(error_response(&e)),
+        Ok(Err(_)) | Err(_) => false,
+    };
     // Frames are refused from their header (close 1009) when they, or a fragmented message,
     // exceed the limit: nothing larger is ever buffered (see `frame_guard`).
     let limit = state.session.max_frame_bytes;

@@ -304,8 +304,8 @@ impl WsSession {
             }
         };
         let engine = self.engine.clone();
-        let user = self.caller.user.clone();
-        let checked = async move { engine.check_access(&user, Some(info.issued_ms)).await.map(|()| info) };
+        let (user, device) = (self.caller.user.clone(), self.caller.device.clone());
+        let checked = async move { engine.check_access(&user, Some((&device, info.issued_ms))).await.map(|()| info) };
         ctx.spawn(checked.into_actor(self).map(move |res, act, ctx| {
             slot.free();
             match res {
@@ -326,9 +326,9 @@ impl WsSession {
     /// the session does runs until the answer is in.
     fn recheck(&mut self, ctx: &mut Context<Self>, hold: bool) {
         let engine = self.engine.clone();
-        let user = self.caller.user.clone();
+        let (user, device) = (self.caller.user.clone(), self.caller.device.clone());
         let issued = self.kick.issued_ms();
-        let fut = async move { engine.check_access(&user, Some(issued)).await };
+        let fut = async move { engine.check_access(&user, Some((&device, issued))).await };
         let fut = fut.into_actor(self).map(|res, act, ctx| match res {
             Ok(()) => act.auth.verified = true,
             Err(e) if e.code == ErrorCode::UserDisabled || e.code == ErrorCode::TokenRevoked => {

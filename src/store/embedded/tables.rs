@@ -49,6 +49,8 @@ pub(crate) const CONTACTS_BY_VER: TableDefinition<(&str, u64), &str> = TableDefi
 
 /// `user_id` → `User` (JSON).
 pub(crate) const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+/// `(user, device)` → tokens of that device issued before this time (unix ms) are revoked.
+pub(crate) const DEVICE_REVOCATIONS: TableDefinition<(&str, &str), u64> = TableDefinition::new("device_revocations");
 
 /// The key of the version counter in [`META`].
 pub(super) const VER_KEY: &str = "ver";

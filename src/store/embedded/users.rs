@@ -3,9 +3,9 @@
 
 use confab_actors::model::{User, UserPatch};
 use confab_actors::store::StoreResult;
-use redb::{ReadTransaction, WriteTransaction};
+use redb::{ReadTransaction, ReadableTable, WriteTransaction};
 
-use super::tables::{get_json, put_json, unavailable, USERS};
+use super::tables::{get_json, put_json, unavailable, DEVICE_REVOCATIONS, USERS};
 
 fn put(txn: &WriteTransaction, id: &str, ts: i64, change: impl FnOnce(&mut User)) -> StoreResult<User> {
     let mut users = txn.open_table(USERS).map_err(unavailable)?;
@@ -27,6 +27,30 @@ pub(super) fn set_disabled(txn: &WriteTransaction, id: &str, disabled: bool, ts:
 
 pub(super) fn revoke_tokens(txn: &WriteTransaction, id: &str, before_ms: u64, ts: i64) -> StoreResult<User> {
     put(txn, id, ts, |u| u.revoke_tokens(before_ms))
+}
+
+pub(super) fn revoke_device(txn: &WriteTransaction, user: &str, device: &str, before_ms: u64) -> StoreResult<u64> {
+    let mut table = txn.open_table(DEVICE_REVOCATIONS).map_err(unavailable)?;
+    let old = table.get((user, device)).map_err(unavailable)?.map_or(0, |v| v.value());
+    let bound = old.max(before_ms);
+    table.insert((user, device), bound).map_err(unavailable)?;
+    Ok(bound)
+}
+
+pub(super) fn device_revocations(txn: &ReadTransaction, users: &[String]) -> StoreResult<Vec<(String, String, u64)>> {
+    let table = txn.open_table(DEVICE_REVOCATIONS).map_err(unavailable)?;
+    let mut out = Vec::new();
+    for user in users {
+        for item in table.range((user.as_str(), "")..).map_err(unavailable)? {
+            let (k, v) = item.map_err(unavailable)?;
+            let (u, device) = k.value();
+            if u != user {
+                break;
+            }
+            out.push((u.to_owned(), device.to_owned(), v.value()));
+        }
+    }
+    Ok(out)
 }
 
 pub(super) fn user(txn: &ReadTransaction, id: &str) -> StoreResult<Option<User>> {

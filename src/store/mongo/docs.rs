@@ -23,6 +23,7 @@ pub(crate) const GROUPS: &str = "groups";
 pub(crate) const MEMBERS: &str = "members";
 pub(crate) const META: &str = "meta";
 pub(crate) const USERS: &str = "users";
+pub(crate) const DEVICE_REVOCATIONS: &str = "device_revocations";
 pub(crate) const CONTACTS: &str = "contacts";
 pub(crate) const GROUP_BANS: &str = "group_bans";
 pub(crate) const GROUP_REQUESTS: &str = "group_requests";
@@ -524,6 +525,8 @@ pub(crate) fn indexes() -> Vec<(&'static str, Vec<IndexModel>)> {
         (GROUP_REQUESTS, vec![index(doc! { "group_id": 1 }, "group", false, None)]),
         // `_id` is `"<group>/<user>"`.
         (NOTICE_CONFIRMATIONS, vec![index(doc! { "group_id": 1 }, "group", false, None)]),
+        // `_id` is `"<user>/<device>"`; a user's revoked devices are read by `user`.
+        (DEVICE_REVOCATIONS, vec![index(doc! { "user": 1 }, "user", false, None)]),
         // A user's changed rows, for the `contacts` sync (`_id` is `"<owner>/<peer>"`).
         (CONTACTS, vec![index(doc! { "owner": 1, "ver": 1 }, "owner_ver", false, None)]),
         // Webhooks: an endpoint's pending deliveries in event order; the log by event.

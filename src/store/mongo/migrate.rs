@@ -34,7 +34,7 @@ use super::docs::{
     ban_id, i, BanDoc, ConfirmationDoc, ConvDoc, GroupDoc, MessageDoc, RequestDoc, RowDoc, CONTACTS, CONVERSATIONS,
     DELETIONS, GROUPS, GROUP_BANS, GROUP_REQUESTS, MEMBERS, MESSAGES, NOTICE_CONFIRMATIONS, USERS, USER_CONVS,
 };
-use super::docs::{DELIVERIES, OUTBOX, WEBHOOK_META};
+use super::docs::{DELIVERIES, DEVICE_REVOCATIONS, OUTBOX, WEBHOOK_META};
 use super::outbox::{DeliveryDoc, EventDoc};
 use super::tx::{stmt, UpdateReply};
 use super::users::UserDoc;
@@ -45,9 +45,10 @@ use super::MongoOptions;
 use super::contacts::{contact_id, ContactDoc};
 use crate::store::embedded::outbox::{DELIVERIES as E_DELIVERIES, OUTBOX as E_OUTBOX, WEBHOOK_META as E_WEBHOOK_META};
 use crate::store::embedded::tables::{
-    CONTACTS as E_CONTACTS, CONVS as E_CONVS, DELETIONS as E_DELETIONS, GROUPS as E_GROUPS, GROUP_BANS as E_GROUP_BANS,
-    GROUP_REQUESTS as E_GROUP_REQUESTS, MEMBERS as E_MEMBERS, MESSAGES as E_MESSAGES, META as E_META,
-    NOTICE_CONFIRMATIONS as E_NOTICE_CONFIRMATIONS, RECALLS as E_RECALLS, USERS as E_USERS, USER_CONVS as E_USER_CONVS,
+    CONTACTS as E_CONTACTS, CONVS as E_CONVS, DELETIONS as E_DELETIONS, DEVICE_REVOCATIONS as E_DEVICE_REVOCATIONS,
+    GROUPS as E_GROUPS, GROUP_BANS as E_GROUP_BANS, GROUP_REQUESTS as E_GROUP_REQUESTS, MEMBERS as E_MEMBERS,
+    MESSAGES as E_MESSAGES, META as E_META, NOTICE_CONFIRMATIONS as E_NOTICE_CONFIRMATIONS, RECALLS as E_RECALLS,
+    USERS as E_USERS, USER_CONVS as E_USER_CONVS,
 };
 
 /// Statements per `update` command.
@@ -262,6 +263,20 @@ pub async fn migrate_from_embedded(dir: &Path, opts: MongoOptions) -> anyhow::Re
             }
             update.insert("$setOnInsert", d);
             bulk.push(doc! { "_id": &user.id }, update).await?;
+        }
+    }
+    bulk.finish(&mut report).await?;
+    // Devices' revocations the same way: the bound only moves forward.
+    let mut bulk = Bulk::new(&conn, DEVICE_REVOCATIONS);
+    if let Some(revocations) = open_opt(&txn, E_DEVICE_REVOCATIONS)? {
+        for item in revocations.iter()? {
+            let (k, v) = item?;
+            let (user, device) = k.value();
+            let update = doc! {
+                "$set": { "user": user, "device": device },
+                "$max": { "before_ms": i(v.value())? },
+            };
+            bulk.push(doc! { "_id": format!("{user}/{device}") }, update).await?;
         }
     }
     bulk.finish(&mut report).await?;

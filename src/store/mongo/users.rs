@@ -11,7 +11,7 @@ use mongodb::options::ReturnDocument;
 use serde::{Deserialize, Serialize};
 
 use super::conn::{is_duplicate_key, Conn};
-use super::docs::{i, u, USERS};
+use super::docs::{i, u, DEVICE_REVOCATIONS, USERS};
 use super::reads::{find_all, find_one};
 
 /// `users`: a user's record. `ext` is stored as JSON text (app-defined keys may hold `$` or `.`).
@@ -130,6 +130,36 @@ pub(crate) async fn revoke_tokens(c: &Conn, id: &str, before_ms: u64, ts: i64) -
         "tokens_valid_after": i(bound.tokens_valid_after)?,
     };
     upsert(c, id, ts, Document::new(), Some(max)).await
+}
+
+/// `device_revocations`: tokens of one device issued before `before_ms` are revoked.
+#[derive(Debug, Deserialize)]
+struct DeviceRevocationDoc {
+    user: String,
+    device: String,
+    before_ms: i64,
+}
+
+pub(crate) async fn revoke_device(c: &Conn, user: &str, device: &str, before_ms: u64) -> StoreResult<u64> {
+    // One atomic upsert; `$max` keeps the bound from moving back.
+    let d = c
+        .coll::<DeviceRevocationDoc>(DEVICE_REVOCATIONS)
+        .find_one_and_update(
+            doc! { "_id": format!("{user}/{device}") },
+            doc! { "$set": { "user": user, "device": device }, "$max": { "before_ms": i(before_ms)? } },
+        )
+        .upsert(true)
+        .return_document(ReturnDocument::After)
+        .await
+        .map_err(|e| c.fail("revoking a device", &e))?
+        .ok_or_else(|| StoreError::Unavailable(format!("the revocation of {user}/{device} was not stored")))?;
+    u(d.before_ms)
+}
+
+pub(crate) async fn device_revocations(c: &Conn, users: &[String]) -> StoreResult<Vec<(String, String, u64)>> {
+    let found: Vec<DeviceRevocationDoc> =
+        find_all(c, DEVICE_REVOCATIONS, doc! { "user": { "$in": users } }, None).await?;
+    found.into_iter().map(|d| Ok((d.user, d.device, u(d.before_ms)?))).collect()
 }
 
 pub(crate) async fn user(c: &Conn, id: &str) -> StoreResult<Option<User>> {
