@@ -460,6 +460,25 @@ pub trait BeforeSend: Send + Sync + 'static {
     async fn check(&self, c: &SendCheck) -> Result<Verdict>;
 }
 
+/// What `before_group_create` and `before_member_join` are asked about (the JSON names the hook).
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "hook", rename_all = "snake_case")]
+pub enum GateCheck {
+    /// A client creates a group with these members (the owner not among them).
+    BeforeGroupCreate { group_id: String, name: String, owner: String, members: Vec<String> },
+    /// `by` adds or invites `users` (`how`: `add`, `invite`), admits one (`approve`), or joins
+    /// (`join`, `users` is `[by]`).
+    BeforeMemberJoin { group_id: String, users: Vec<String>, how: &'static str, by: String },
+}
+
+/// A synchronous yes/no check of a client's request (`before_group_create`,
+/// `before_member_join`). `Ok(Some(reason))` refuses it (`request_rejected`); failures are
+/// resolved by the implementation (fail-open or fail-closed).
+#[async_trait]
+pub trait Gate: Send + Sync + 'static {
+    async fn check(&self, c: &GateCheck) -> Result<Option<String>>;
+}
+
 /// The webhook hooks the [`Engine`](crate::engine::Engine) calls, set once at start-up.
 #[derive(Clone, Default)]
 pub struct Hooks {
@@ -467,4 +486,8 @@ pub struct Hooks {
     pub outbox: Option<std::sync::Arc<dyn Outbox>>,
     /// Set when `webhooks.before_send` is configured.
     pub before_send: Option<std::sync::Arc<dyn BeforeSend>>,
+    /// Set when `webhooks.before_group_create` is configured.
+    pub before_group_create: Option<std::sync::Arc<dyn Gate>>,
+    /// Set when `webhooks.before_member_join` is configured.
+    pub before_member_join: Option<std::sync::Arc<dyn Gate>>,
 }

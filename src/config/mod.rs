@@ -20,7 +20,7 @@ pub use api::{Api, ApiKey, API_SCOPES};
 pub use cluster::{is_node_id_char, Cluster};
 pub use server::{networks, Auth, Chat, Groups, Limits, Log, Server, Session};
 pub use storage::{MongoDb, Storage};
-pub use webhooks::{BeforeSendConfig, WebhookEndpoint, Webhooks};
+pub use webhooks::{HookConfig, WebhookEndpoint, Webhooks};
 
 /// The defaults, compiled in so the binary runs from any directory.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");

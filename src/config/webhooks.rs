@@ -28,7 +28,11 @@ pub struct Webhooks {
     pub retention_hours: f64,
     /// How often the dispatcher holding the lease removes what is past the retention.
     pub trim_interval_ms: u64,
-    pub before_send: BeforeSendConfig,
+    pub before_send: HookConfig,
+    /// Asked before a client creates a group.
+    pub before_group_create: HookConfig,
+    /// Asked before a client adds, invites, admits or joins members of a group.
+    pub before_member_join: HookConfig,
 }
 
 /// One webhook endpoint.
@@ -46,14 +50,15 @@ pub struct WebhookEndpoint {
     pub secret: String,
 }
 
-/// `[webhooks.before_send]`: the synchronous check of client messages.
+/// `[webhooks.before_send]`, `[webhooks.before_group_create]`, `[webhooks.before_member_join]`:
+/// a synchronous check of what a client asks for.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BeforeSendConfig {
+pub struct HookConfig {
     /// Empty: no check.
     pub url: String,
     pub timeout_ms: u64,
-    /// When the check cannot be made (timeout, error): true accepts the message, false refuses it.
+    /// When the check cannot be made (timeout, error): true accepts the request, false refuses it.
     pub fail_open: bool,
     pub key_id: String,
     pub secret: String,
@@ -99,14 +104,19 @@ impl Webhooks {
             )));
         }
         range("webhooks.trim_interval_ms", self.trim_interval_ms, 100, 86_400_000)?;
-        let b = &self.before_send;
-        if !b.url.is_empty() {
-            check_http_url("webhooks.before_send.url", &b.url)?;
-            range("webhooks.before_send.timeout_ms", b.timeout_ms, 10, 60_000)?;
-            if b.key_id.is_empty() || b.secret.len() < 16 {
-                return Err(ConfigError(
-                    "webhooks.before_send: key_id must be set and secret at least 16 bytes".into(),
-                ));
+        for (name, b) in [
+            ("before_send", &self.before_send),
+            ("before_group_create", &self.before_group_create),
+            ("before_member_join", &self.before_member_join),
+        ] {
+            if !b.url.is_empty() {
+                check_http_url(&format!("webhooks.{name}.url"), &b.url)?;
+                range(&format!("webhooks.{name}.timeout_ms"), b.timeout_ms, 10, 60_000)?;
+                if b.key_id.is_empty() || b.secret.len() < 16 {
+                    return Err(ConfigError(format!(
+                        "webhooks.{name}: key_id must be set and secret at least 16 bytes"
+                    )));
+                }
             }
         }
         Ok(())

@@ -215,7 +215,8 @@ struct Done {
 }
 
 /// Sets webhooks up on a node: with endpoints, turns the store's outbox on and starts the
-/// dispatcher; with `before_send`, installs the check. Does nothing when neither is configured.
+/// dispatcher; with `before_send`, `before_group_create` or `before_member_join`, installs the
+/// check. Does nothing when none is configured.
 pub fn install(cfg: &Config, engine: &confab_actors::engine::Engine, outbox: Arc<dyn Outbox>) -> anyhow::Result<()> {
     let before_send = before_send::HttpBeforeSend::from_config(&cfg.webhooks.before_send)?;
     let mut hooks = confab_actors::outbox::Hooks::default();
@@ -228,7 +229,11 @@ pub fn install(cfg: &Config, engine: &confab_actors::engine::Engine, outbox: Arc
     if let Some(b) = before_send {
         hooks.before_send = Some(Arc::new(b));
     }
-    if hooks.outbox.is_some() || hooks.before_send.is_some() {
+    let gate = |name, c| before_send::HttpGate::from_config(name, c).map(|g| g.map(|g| Arc::new(g) as Arc<_>));
+    hooks.before_group_create = gate("before_group_create", &cfg.webhooks.before_group_create)?;
+    hooks.before_member_join = gate("before_member_join", &cfg.webhooks.before_member_join)?;
+    let any_gate = hooks.before_group_create.is_some() || hooks.before_member_join.is_some();
+    if hooks.outbox.is_some() || hooks.before_send.is_some() || any_gate {
         engine.set_hooks(hooks);
     }
     Ok(())

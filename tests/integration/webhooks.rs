@@ -154,6 +154,16 @@ async fn handle(
         if !valid || !s.nonces.insert(nonce) {
             s.bad_signatures += 1;
             Then::Answer(401, "{}".into())
+        } else if path == "/gate" {
+            s.checks.push(event.clone());
+            let names = [&event["name"], &event["users"]].map(|v| v.to_string());
+            if names.iter().any(|n| n.contains("forbidden") || n.contains("mallory")) {
+                Then::Answer(200, json!({"action": "reject", "reason": "not in this app"}).to_string())
+            } else if names.iter().any(|n| n.contains("slow")) {
+                Then::Sleep(1500, json!({"action": "accept"}).to_string())
+            } else {
+                Then::Answer(200, json!({"action": "accept"}).to_string())
+            }
         } else if path == "/check" {
             s.checks.push(event.clone());
             match event["body"]["text"].as_str().unwrap_or("") {
@@ -603,6 +613,71 @@ async fn before_send_fails_closed_when_configured() {
     let stored: Vec<&str> =
         h["messages"].as_array().unwrap().iter().map(|m| m["body"]["text"].as_str().unwrap()).collect();
     assert_eq!(stored, ["fine"]);
+}
+
+fn gate_env<'a>(url: &'a str, fail_open: &'a str) -> Vec<(&'a str, &'a str)> {
+    let mut env = Vec::new();
+    for hook in ["BEFORE_GROUP_CREATE", "BEFORE_MEMBER_JOIN"] {
+        let key = |k: &str| &*Box::leak(format!("CONFAB__WEBHOOKS__{hook}__{k}").into_boxed_str());
+        env.extend([
+            (key("URL"), url),
+            (key("TIMEOUT_MS"), "300"),
+            (key("FAIL_OPEN"), fail_open),
+            (key("KEY_ID"), "hook"),
+            (key("SECRET"), HOOK_SECRET),
+        ]);
+    }
+    env
+}
+
+/// `before_group_create` and `before_member_join` are asked about clients' requests: a refusal
+/// is `request_rejected` and changes nothing; the HTTP API's changes are not asked about.
+#[tokio::test]
+async fn group_checks_refuse_creations_and_new_members() {
+    let r = Receiver::start().await;
+    let (url, keys) = (r.url("/gate"), api_keys());
+    let mut env = gate_env(&url, "false");
+    env.push(("CONFAB__API__KEYS", keys.as_str()));
+    let node = TestNode::with(&env);
+    let [mut alice, mut bob] = node.connect_each(["alice/phone", "bob/phone"]).await;
+    let e = alice
+        .expect_err(
+            "group_create",
+            json!({"group_id": "g1", "name": "forbidden", "members": ["bob"]}),
+            "request_rejected",
+        )
+        .await;
+    assert_eq!(e["message"], "not in this app");
+    alice.expect_err("group_info", json!({"group_id": "g1"}), "not_found").await;
+    alice.expect_ok("group_create", json!({"group_id": "g2", "name": "Fine", "members": ["bob"]})).await;
+    let asked = r.get(|s| s.checks.last().cloned().unwrap());
+    assert_eq!(
+        asked,
+        json!({"hook": "before_group_create", "group_id": "g2", "name": "Fine", "owner": "alice", "members": ["bob"]})
+    );
+    alice.expect_err("group_add", json!({"group_id": "g2", "members": ["mallory"]}), "request_rejected").await;
+    alice.expect_ok("group_add", json!({"group_id": "g2", "members": ["carol"]})).await;
+    let asked = r.get(|s| s.checks.last().cloned().unwrap());
+    assert_eq!(
+        asked,
+        json!({"hook": "before_member_join", "group_id": "g2", "users": ["carol"], "how": "add", "by": "alice"})
+    );
+    // A check that cannot be made in time refuses (fail_open = false).
+    alice.expect_err("group_add", json!({"group_id": "g2", "members": ["slow"]}), "request_rejected").await;
+    alice.expect_ok("group_update", json!({"group_id": "g2", "join_mode": "free"})).await;
+    let mut mallory = node.connect("mallory", "phone").await;
+    mallory.expect_err("group_join", json!({"group_id": "g2"}), "request_rejected").await;
+    let members = bob.expect_ok("group_members", json!({"group_id": "g2"})).await;
+    let ids: Vec<&str> =
+        members["members"].as_array().unwrap().iter().map(|m| m["user_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["alice", "bob", "carol"], "nothing refused was added");
+    // The backend's own changes are not asked about.
+    let n = r.get(|s| s.checks.len());
+    let (st, v) =
+        api(node.addr, ADMIN, "POST", "/api/v1/groups/g2/members", Some(json!({"members": ["mallory"]}))).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(r.get(|s| s.checks.len()), n);
+    assert_eq!(r.get(|s| s.bad_signatures), 0);
 }
 
 /// A node stopped with SIGTERM records its users' `user.offline` before it exits: delivered then,

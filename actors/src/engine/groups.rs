@@ -2,6 +2,7 @@
 //! what members (and former members) may read of a group.
 
 use super::*;
+use crate::outbox::GateCheck;
 
 /// A group change request, as the transports hand it over.
 pub(super) enum GroupOp {
@@ -46,6 +47,17 @@ impl Engine {
             let n = u32::try_from(members.len()).unwrap_or(u32::MAX);
             limits.group_creates.check(&caller.user, 1)?;
             limits.group_adds.check(&caller.user, n)?;
+        }
+        if caller.conn_id.is_some() {
+            if let Some(gate) = self.core.hooks.get().and_then(|h| h.before_group_create.clone()) {
+                let check = GateCheck::BeforeGroupCreate {
+                    group_id: id.clone(),
+                    name: name.clone(),
+                    owner: caller.user.to_string(),
+                    members: members.clone(),
+                };
+                gate_verdict(gate.check(&check).await?)?;
+            }
         }
         let body = crate::rules::group_created(&caller.user, &name, &members);
         let new = NewGroup {
@@ -98,6 +110,7 @@ impl Engine {
         origin: Option<Origin>,
     ) -> Result<Message> {
         model::validate_id("group_id", group_id)?;
+        self.ask_member_join(caller, group_id, &op).await?;
         let conv_id = model::group_conv_id(group_id);
         let leaving = matches!(op, MembershipOp::Leave | MembershipOp::Dismiss);
         let m = self.call(&conv_id, Init::Load, Membership { by: caller.user.clone(), op, origin }).await?;
@@ -108,6 +121,25 @@ impl Engine {
             }
         }
         Ok(m)
+    }
+
+    /// Asks `before_member_join`, when configured, about a client's request that adds members
+    /// (the HTTP API's own changes are not asked about: the backend made them).
+    async fn ask_member_join(&self, caller: &Caller, group_id: &str, op: &MembershipOp) -> Result<()> {
+        if caller.conn_id.is_none() {
+            return Ok(());
+        }
+        let Some(gate) = self.core.hooks.get().and_then(|h| h.before_member_join.clone()) else { return Ok(()) };
+        let (users, how) = match op {
+            MembershipOp::Add(users) => (users.clone(), "add"),
+            MembershipOp::Invite(users) => (users.clone(), "invite"),
+            MembershipOp::Approve(user) => (vec![user.clone()], "approve"),
+            MembershipOp::Join => (vec![caller.user.to_string()], "join"),
+            _ => return Ok(()),
+        };
+        let check =
+            GateCheck::BeforeMemberJoin { group_id: group_id.to_owned(), users, how, by: caller.user.to_string() };
+        gate_verdict(gate.check(&check).await?)
     }
 
     pub(super) fn check_users(users: &[String]) -> Result<()> {
@@ -298,6 +330,14 @@ impl Engine {
         let mut members = self.core.store.members(group_id).await?;
         members.sort_by(|a, b| role_rank(a.role).cmp(&role_rank(b.role)).then_with(|| a.user_id.cmp(&b.user_id)));
         Ok(members)
+    }
+}
+
+/// A check's refusal as the error the client gets.
+fn gate_verdict(refused: Option<String>) -> Result<()> {
+    match refused {
+        None => Ok(()),
+        Some(reason) => Err(Error::new(ErrorCode::RequestRejected, reason)),
     }
 }
 
