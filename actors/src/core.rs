@@ -66,6 +66,8 @@ pub struct Core {
     pub cluster: std::sync::OnceLock<Arc<dyn crate::cluster::Cluster>>,
     /// Presence events on their way to the outbox, written one at a time in order.
     pub(crate) presence: std::sync::Mutex<PresenceQueue>,
+    /// Users recorded active today (see [`Engine::note_active`](crate::engine::Engine::note_active)).
+    pub(crate) activity: std::sync::Mutex<crate::engine::Activity>,
     /// Rate limits per user, for requests over WebSocket (see [`crate::limits`]).
     pub user_limits: crate::limits::UserLimits,
     /// The node's tracing span (`node{node=<cluster.node_id>}`), set once at start-up: the
@@ -93,6 +95,7 @@ impl Core {
             hooks: Default::default(),
             cluster: Default::default(),
             presence: Default::default(),
+            activity: Default::default(),
             user_limits: crate::limits::UserLimits::new(&limits.rates),
             limits,
             node_span: Default::default(),

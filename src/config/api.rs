@@ -30,7 +30,7 @@ pub struct ApiKey {
 }
 
 /// The API scopes a key may hold. `admin` grants every other one.
-pub const API_SCOPES: &[&str] = &["users", "messages", "conversations", "groups", "webhooks", "admin"];
+pub const API_SCOPES: &[&str] = &["users", "messages", "conversations", "groups", "webhooks", "stats", "admin"];
 
 /// `api.keys` is a list of tables in a file, or a JSON array in one environment variable
 /// (`CONFAB__API__KEYS='[{"id":"…","secret":"…","scopes":["admin"]}]'`).

@@ -84,7 +84,7 @@ use confab_actors::model::{
 use confab_actors::outbox::Change;
 use confab_actors::store::{
     Appended, ContactChange, ContactPlan, GroupDismiss, GroupUpdate, HistoryQuery, MemberChange, MuteChange, NewGroup,
-    NewMessage, Recalled, RoleChange, Store, StoreResult,
+    NewMessage, Recalled, RoleChange, Stats, Store, StoreResult,
 };
 use redb::{ReadTransaction, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
@@ -230,6 +230,8 @@ fn create_tables(txn: &WriteTransaction) -> StoreResult<()> {
     txn.open_table(tables::NOTICE_CONFIRMATIONS).map_err(unavailable)?;
     txn.open_table(tables::CONTACTS_BY_VER).map_err(unavailable)?;
     txn.open_table(tables::DEVICE_REVOCATIONS).map_err(unavailable)?;
+    txn.open_table(tables::MESSAGE_DAYS).map_err(unavailable)?;
+    txn.open_table(tables::ACTIVE_USERS).map_err(unavailable)?;
     ops::index_replies(txn)?;
     Ok(())
 }
@@ -502,6 +504,15 @@ impl Store for EmbeddedStore {
     async fn revoke_tokens(&self, id: &str, before_ms: u64, ts: i64) -> StoreResult<User> {
         let id = id.to_owned();
         self.write(move |txn| users::revoke_tokens(txn, &id, before_ms, ts)).await
+    }
+
+    async fn record_active(&self, day: u32, users: &[String]) -> StoreResult<()> {
+        let users = users.to_vec();
+        self.write(move |txn| users::record_active(txn, day, &users)).await
+    }
+
+    async fn stats(&self, first_day: u32, last_day: u32) -> StoreResult<Stats> {
+        self.read(move |txn| users::stats(txn, first_day, last_day)).await
     }
 
     async fn revoke_device(&self, user: &str, device: &str, before_ms: u64) -> StoreResult<u64> {

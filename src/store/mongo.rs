@@ -55,7 +55,7 @@ use confab_actors::model::{
 };
 use confab_actors::store::{
     Appended, ContactChange, ContactPlan, GroupDismiss, GroupUpdate, HistoryQuery, MemberChange, MuteChange, NewGroup,
-    NewMessage, Recalled, RoleChange, Store, StoreResult,
+    NewMessage, Recalled, RoleChange, Stats, Store, StoreResult,
 };
 use tokio::sync::{mpsc, oneshot};
 
@@ -481,6 +481,15 @@ impl Store for MongoStore {
     async fn revoke_tokens(&self, id: &str, before_ms: u64, ts: i64) -> StoreResult<User> {
         let id = id.to_owned();
         self.read("revoke_tokens", move |c| async move { users::revoke_tokens(&c, &id, before_ms, ts).await }).await
+    }
+
+    async fn record_active(&self, day: u32, users: &[String]) -> StoreResult<()> {
+        let users = users.to_vec();
+        self.read("record_active", move |c| async move { users::record_active(&c, day, &users).await }).await
+    }
+
+    async fn stats(&self, first_day: u32, last_day: u32) -> StoreResult<Stats> {
+        self.read("stats", move |c| async move { users::stats(&c, first_day, last_day).await }).await
     }
 
     async fn revoke_device(&self, user: &str, device: &str, before_ms: u64) -> StoreResult<u64> {

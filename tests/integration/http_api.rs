@@ -218,6 +218,7 @@ async fn refusals_have_their_codes() {
     refused(users("POST", "/api/v1/messages", Some(send)), &node, 403, "scope_missing").await;
     refused(users("GET", "/api/v1/groups/team", None), &node, 403, "scope_missing").await;
     refused(users("GET", "/api/v1/users/alice/unread", None), &node, 403, "scope_missing").await;
+    refused(users("GET", "/api/v1/stats", None), &node, 403, "scope_missing").await;
     // Unknown resources and methods, after a valid signature.
     err(&node, "GET", "/api/v1/nothing/here", None, 404, "not_found").await;
     err(&node, "DELETE", "/api/v1/messages", None, 404, "not_found").await;
@@ -1018,4 +1019,40 @@ async fn changes_on_behalf_of_a_disabled_user_are_refused() {
     err(&node, "POST", "/api/v1/groups/club/join", Some(json!({"user": "dis2"})), 403, "user_disabled").await;
     assert_eq!(ok(&node, "GET", "/api/v1/groups/club", None).await["group"]["member_count"], 2);
     assert_eq!(ok(&node, "GET", "/api/v1/users/bob/contacts/dis", None).await["contact"], Value::Null);
+}
+
+/// Statistics: users with a record, live groups, and today's messages and active users; the
+/// days asked for are checked.
+#[tokio::test]
+async fn stats_count_users_groups_messages_and_active_users() {
+    let node = node_with(&[]);
+    let before = ok(&node, "GET", "/api/v1/stats?days=1", None).await;
+    assert_eq!(before["days"].as_array().unwrap().len(), 1);
+    assert_eq!((before["users"].as_u64(), before["groups"].as_u64()), (Some(0), Some(0)));
+    ok(&node, "POST", "/api/v1/users", Some(json!({"id": "alice", "nickname": "Alice"}))).await;
+    create_group(&node, "g1", "G1", "alice", &["bob"]).await;
+    let [mut alice, mut bob] = node.connect_each(["alice/phone", "bob/phone"]).await;
+    let _tablet = node.connect("alice", "tablet").await;
+    alice.send_msg(json!({"to": "bob"}), "s1", text("one")).await;
+    alice.send_msg(json!({"to": "bob"}), "s1", text("one")).await;
+    bob.send_msg(json!({"conv_id": "g_g1"}), "s2", text("two")).await;
+    // Active users are written by a task as they connect: wait for them.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let st = loop {
+        let st = ok(&node, "GET", "/api/v1/stats", None).await;
+        if st["days"][6]["active_users"] == 2 || std::time::Instant::now() > deadline {
+            break st;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let days = st["days"].as_array().unwrap();
+    assert_eq!(days.len(), 7, "{st}");
+    let today = &days[6];
+    assert_eq!((today["messages"].as_u64(), today["active_users"].as_u64()), (Some(2), Some(2)), "{st}");
+    assert!(days[..6].iter().all(|d| d["messages"] == 0), "{st}");
+    assert!(today["date"].as_str().unwrap() > days[5]["date"].as_str().unwrap());
+    assert_eq!((st["users"].as_u64(), st["groups"].as_u64(), st["online_here"].as_u64()), (Some(1), Some(1), Some(2)));
+    for bad in ["days=0", "days=91", "days=x", "day=1"] {
+        err(&node, "GET", &format!("/api/v1/stats?{bad}"), None, 400, "invalid_request").await;
+    }
 }

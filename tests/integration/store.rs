@@ -371,6 +371,47 @@ pub async fn check_clear_for_user(s: DynStore) {
     assert!(matches!(s.clear_for_user("carol", &conv).await, Err(StoreError::NotFound(_))));
 }
 
+/// Statistics: users with a record, live groups, and per day the messages stored (a re-send
+/// counted once, group-change notices not at all) and the users recorded active.
+pub async fn check_stats(s: DynStore) {
+    use confab_actors::store::{day_of, DayStats, GroupDismiss, Stats};
+    let day = day_of(TS);
+    let empty = |day| DayStats { day, messages: 0, active_users: 0 };
+    assert_eq!(s.stats(day, day).await.unwrap(), Stats { users: 0, groups: 0, days: vec![empty(day)] });
+    for cmid in ["a", "b"] {
+        send(&s, direct("alice", "bob", Some(cmid), "hi")).await;
+    }
+    assert!(s.append(direct("alice", "bob", Some("a"), "hi")).await.unwrap().duplicate);
+    let mut tomorrow = direct("bob", "alice", None, "later");
+    tomorrow.ts = TS + 86_400_000;
+    send(&s, tomorrow).await;
+    for g in ["g1", "g2"] {
+        s.create_group(new_group(g, "alice", &["bob"])).await.unwrap();
+    }
+    send(&s, to_group("g1", "bob", "in the group")).await;
+    s.dismiss_group(GroupDismiss { group_id: "g2".into(), ts: TS, system_body: system("group_dismissed") })
+        .await
+        .unwrap();
+    for u in ["u1", "u2"] {
+        let p = confab_actors::model::UserPatch { id: u.into(), nickname: None, avatar: None, ext: None, ts: TS };
+        s.upsert_user(p).await.unwrap();
+    }
+    s.record_active(day, &["alice".into(), "bob".into()]).await.unwrap();
+    s.record_active(day, &["alice".into(), "carol".into()]).await.unwrap();
+    s.record_active(day + 1, &["bob".into()]).await.unwrap();
+    let st = s.stats(day - 1, day + 1).await.unwrap();
+    let want = Stats {
+        users: 2,
+        groups: 1,
+        days: vec![
+            empty(day - 1),
+            DayStats { day, messages: 3, active_users: 3 },
+            DayStats { day: day + 1, messages: 1, active_users: 1 },
+        ],
+    };
+    assert_eq!(st, want);
+}
+
 /// Recall replaces the body, bumps message and conversation ver, and shows up in `changes`.
 pub async fn check_recall_and_changes(s: DynStore) {
     let conv = direct_conv_id("alice", "bob");
@@ -1433,6 +1474,7 @@ macro_rules! checks {
             check_history_paging,
             check_delete_for_user_and_changes,
             check_clear_for_user,
+            check_stats,
             check_recall_and_changes,
             check_recall_scrubs_quotes,
             check_former_members_see_up_to_their_leaving,

@@ -660,6 +660,9 @@ async fn migrate_carries_users_and_the_webhook_outbox() {
         embedded.set_user_disabled("carol", true, TS + 1).await.expect("disable carol");
         embedded.revoke_tokens("bob", 1_700_000_500_000, TS + 2).await.expect("revoke bob");
         embedded.revoke_device("bob", "pad.1", 1_700_000_600_000).await.expect("revoke bob's pad");
+        let day = confab_actors::store::day_of(TS);
+        embedded.record_active(day, &["alice".into(), "bob".into()]).await.expect("active");
+        embedded.append(crate::store::direct("alice", "bob", Some("m1"), "hi")).await.expect("a message");
         embedded.create_group(crate::store::new_group("club", "alice", &["bob"])).await.expect("group");
         let mut ban = crate::store::change("club", &[], &["bob"], TS + 3);
         ban.ban = vec![confab_actors::model::GroupBan { user_id: "bob".into(), by: "alice".into(), ts: TS + 3 }];
@@ -709,6 +712,9 @@ async fn migrate_carries_users_and_the_webhook_outbox() {
     assert_eq!(line("webhook_meta"), Some((1, 0)), "the cursor; not the lease");
     assert_eq!(line("contacts"), Some((3, 0)), "alice's and bob's rows, carol's block");
     assert_eq!(line("group_bans"), Some((1, 0)));
+    let day = confab_actors::store::day_of(TS);
+    let stats = store.stats(day, day).await.expect("stats");
+    assert_eq!((stats.days[0].messages, stats.days[0].active_users), (1, 2), "the day's counts came along");
     let devices = store.device_revocations(&["bob".into()]).await.expect("devices");
     assert_eq!(devices, [("bob".into(), "pad.1".into(), 1_700_000_900_000)], "the later bound stays");
     assert_eq!(store.bans("club").await.expect("bans")[0].user_id, "bob");

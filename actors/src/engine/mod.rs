@@ -19,6 +19,9 @@ mod peer;
 mod presence;
 mod reads;
 mod send;
+mod stats;
+pub(crate) use stats::Activity;
+pub use stats::MAX_STATS_DAYS;
 mod users;
 
 use std::hash::{BuildHasher, Hasher};

@@ -7,6 +7,7 @@ impl Engine {
     /// node that is `user.online` when it is the first; in a cluster the transport decides, for
     /// the whole cluster.
     pub fn session_opened(&self, user: &Arc<str>, device: &Arc<str>, conn_id: u64, first_here: bool) {
+        self.note_active(user);
         match self.core.cluster() {
             Some(cluster) => cluster.session_opened(user, device, conn_id, first_here),
             None if first_here => self.presence(user, true),

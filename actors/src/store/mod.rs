@@ -53,6 +53,34 @@ pub struct Appended {
     pub duplicate: bool,
 }
 
+/// Days since the Unix epoch (UTC) of a time in unix milliseconds: the key of the daily counts.
+pub fn day_of(ts_ms: i64) -> u32 {
+    u32::try_from(ts_ms.div_euclid(86_400_000)).unwrap_or(0)
+}
+
+/// What [`Store::stats`] counts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    /// Users with a record (created by the HTTP API or an import).
+    pub users: u64,
+    /// Groups not dismissed.
+    pub groups: u64,
+    /// Per day asked for, oldest first.
+    pub days: Vec<DayStats>,
+}
+
+/// One day's counts (see [`Stats`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DayStats {
+    /// Days since the Unix epoch (UTC).
+    pub day: u32,
+    /// Messages stored that day (sent by users or as system messages; not the notices of group
+    /// changes), by their `ts`.
+    pub messages: u64,
+    /// Users recorded active that day ([`Store::record_active`]).
+    pub active_users: u64,
+}
+
 /// The result of a recall.
 #[derive(Debug, Clone)]
 pub struct Recalled {
@@ -331,6 +359,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// Revokes the tokens of one of a user's devices issued before `before_ms` (unix ms); the
     /// bound only moves forward. Returns the device's bound now.
+    /// Records that `users` were active on `day` (see [`day_of`]); idempotent.
+    async fn record_active(&self, day: u32, users: &[String]) -> StoreResult<()>;
+
+    /// The counts of [`Stats`], with one [`DayStats`] per day of `first_day..=last_day`.
+    async fn stats(&self, first_day: u32, last_day: u32) -> StoreResult<Stats>;
+
     async fn revoke_device(&self, user: &str, device: &str, before_ms: u64) -> StoreResult<u64>;
 
     /// The devices of `users` whose tokens were revoked one by one: `(user, device, before_ms)`.

@@ -29,6 +29,8 @@ pub enum Scope {
     Groups,
     /// The webhook delivery log and replays.
     Webhooks,
+    /// Statistics.
+    Stats,
     /// Any valid key (unknown resources under `/api/v1`).
     Any,
 }
@@ -41,6 +43,7 @@ impl Scope {
             Scope::Conversations => "conversations",
             Scope::Groups => "groups",
             Scope::Webhooks => "webhooks",
+            Scope::Stats => "stats",
             Scope::Any => "any",
         }
     }

@@ -16,6 +16,7 @@ mod messages;
 pub mod openapi;
 pub mod path;
 pub mod schema;
+mod stats;
 pub(crate) mod users;
 mod webhooks;
 
@@ -115,7 +116,7 @@ pub mod scope {
             }
         )*};
     }
-    scopes!(Users, Messages, Conversations, Groups, Webhooks, Any);
+    scopes!(Users, Messages, Conversations, Groups, Webhooks, Stats, Any);
 }
 
 /// No query parameters: an endpoint that takes none refuses any (`invalid_request`), so a
@@ -313,6 +314,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .configure(conversations::routes)
             .configure(groups::routes)
             .configure(webhooks::routes)
+            .configure(stats::routes)
             .default_service(web::to(unknown)),
     );
 }

@@ -16,7 +16,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::schema::{CommonErrors, ConvId, ErrorBody, ErrorDetail, Id, SafeInt, SIGNATURE};
-use super::{contacts, conversations, groups, messages, users, webhooks};
+use super::{contacts, conversations, groups, messages, stats, users, webhooks};
 #[cfg(test)]
 use super::{
     schema::{codes_named, COMMON_ERRORS},
@@ -51,6 +51,7 @@ impl Modify for Security {
         (path = "/api/v1", api = conversations::Api),
         (path = "/api/v1", api = groups::Api),
         (path = "/api/v1", api = webhooks::Api),
+        (path = "/api/v1", api = stats::Api),
     ),
     components(schemas(ErrorBody, ErrorDetail, Id, ConvId, SafeInt)),
     modifiers(&Security, &CommonErrors),
@@ -60,6 +61,7 @@ impl Modify for Security {
         (name = "conversations", description = "Conversation lists and unread counts"),
         (name = "groups", description = "Groups and their members"),
         (name = "webhooks", description = "The webhook delivery log and replays (docs/webhooks.md)"),
+        (name = "stats", description = "Counts for operators: users, groups, messages and active users per day"),
     )
 )]
 pub struct ApiDoc;
@@ -94,6 +96,33 @@ mod tests {
 
     fn spec() -> Value {
         serde_json::from_str(&super::json()).expect("the description is JSON")
+    }
+
+    /// docs/http-api.md's table of scopes lists exactly the operations each scope grants.
+    #[test]
+    fn the_scope_table_lists_every_operation() {
+        let doc = include_str!("../../../docs/http-api.md");
+        let mut documented: Vec<(String, String)> = Vec::new();
+        for line in doc.lines().skip_while(|l| *l != "| scope | grants |").skip(2) {
+            let Some(row) = line.strip_prefix("| `") else { break };
+            let (scope, grants) = row.split_once("` | ").expect("| `scope` | grants |");
+            if scope == "admin" {
+                continue;
+            }
+            for op in grants.split('`').skip(1).step_by(2) {
+                documented.push((
+                    scope.to_owned(),
+                    format!("{} /api/v1{}", &op[..op.find(' ').unwrap()], &op[op.find(' ').unwrap() + 1..]),
+                ));
+            }
+        }
+        let mut code: Vec<(String, String)> = operations(&spec())
+            .into_iter()
+            .map(|(op, v)| (v["tags"][0].as_str().expect("a tag").to_owned(), op))
+            .collect();
+        documented.sort();
+        code.sort();
+        assert_eq!(documented, code, "docs/http-api.md's scope table differs from the routes");
     }
 
     /// Every operation under `/api/v1`, as `("GET /api/v1/…", operation)`.

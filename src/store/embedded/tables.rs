@@ -49,6 +49,10 @@ pub(crate) const CONTACTS_BY_VER: TableDefinition<(&str, u64), &str> = TableDefi
 
 /// `user_id` → `User` (JSON).
 pub(crate) const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+/// Day (since the Unix epoch, UTC) → messages stored with a `ts` on that day.
+pub(crate) const MESSAGE_DAYS: TableDefinition<u32, u64> = TableDefinition::new("message_days");
+/// `(day, user)`: the user was active that day.
+pub(crate) const ACTIVE_USERS: TableDefinition<(u32, &str), ()> = TableDefinition::new("active_users");
 /// `(user, device)` → tokens of that device issued before this time (unix ms) are revoked.
 pub(crate) const DEVICE_REVOCATIONS: TableDefinition<(&str, &str), u64> = TableDefinition::new("device_revocations");
 

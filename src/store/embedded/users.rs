@@ -1,11 +1,13 @@
 //! Users: one JSON record per user in `users`, written through the writer thread like every
 //! other change, read in a snapshot.
 
-use confab_actors::model::{User, UserPatch};
-use confab_actors::store::StoreResult;
-use redb::{ReadTransaction, ReadableTable, WriteTransaction};
+use confab_actors::model::{Group, User, UserPatch};
+use confab_actors::store::{DayStats, Stats, StoreResult};
+use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
-use super::tables::{get_json, put_json, unavailable, DEVICE_REVOCATIONS, USERS};
+use super::tables::{
+    decode, get_json, put_json, unavailable, ACTIVE_USERS, DEVICE_REVOCATIONS, GROUPS, MESSAGE_DAYS, USERS,
+};
 
 fn put(txn: &WriteTransaction, id: &str, ts: i64, change: impl FnOnce(&mut User)) -> StoreResult<User> {
     let mut users = txn.open_table(USERS).map_err(unavailable)?;
@@ -93,4 +95,40 @@ pub(super) fn list<T: serde::de::DeserializeOwned>(
         out.push(super::tables::decode(v.value())?);
     }
     Ok(out)
+}
+
+pub(super) fn record_active(txn: &WriteTransaction, day: u32, users: &[String]) -> StoreResult<()> {
+    let mut table = txn.open_table(ACTIVE_USERS).map_err(unavailable)?;
+    for user in users {
+        table.insert((day, user.as_str()), ()).map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+/// Users and live groups are counted by reading their tables (an operator's occasional request;
+/// groups are decoded to leave the dismissed out); the daily counts are kept as they happen.
+pub(super) fn stats(txn: &ReadTransaction, first_day: u32, last_day: u32) -> StoreResult<Stats> {
+    let users = txn.open_table(USERS).map_err(unavailable)?.len().map_err(unavailable)?;
+    let mut groups = 0;
+    for item in txn.open_table(GROUPS).map_err(unavailable)?.iter().map_err(unavailable)? {
+        let (_, v) = item.map_err(unavailable)?;
+        let g: Group = decode(v.value())?;
+        groups += u64::from(!g.dismissed);
+    }
+    let messages = txn.open_table(MESSAGE_DAYS).map_err(unavailable)?;
+    let active = txn.open_table(ACTIVE_USERS).map_err(unavailable)?;
+    let mut days = Vec::new();
+    for day in first_day..=last_day {
+        let n = messages.get(day).map_err(unavailable)?.map_or(0, |v| v.value());
+        let mut active_users = 0;
+        for item in active.range((day, "")..).map_err(unavailable)? {
+            let (k, _) = item.map_err(unavailable)?;
+            if k.value().0 != day {
+                break;
+            }
+            active_users += 1;
+        }
+        days.push(DayStats { day, messages: n, active_users });
+    }
+    Ok(Stats { users, groups, days })
 }

@@ -24,6 +24,11 @@ pub(crate) const MEMBERS: &str = "members";
 pub(crate) const META: &str = "meta";
 pub(crate) const USERS: &str = "users";
 pub(crate) const DEVICE_REVOCATIONS: &str = "device_revocations";
+/// Daily counts: `{_id: "messages/<day>/<node clock id>", kind, day, n}`, one document per node and
+/// day so that nodes never write the same one.
+pub(crate) const DAILY: &str = "daily_counts";
+/// `{_id: "<day>/<user>", day}`: the user was active that day.
+pub(crate) const ACTIVE_USERS: &str = "active_users";
 pub(crate) const CONTACTS: &str = "contacts";
 pub(crate) const GROUP_BANS: &str = "group_bans";
 pub(crate) const GROUP_REQUESTS: &str = "group_requests";
@@ -525,6 +530,8 @@ pub(crate) fn indexes() -> Vec<(&'static str, Vec<IndexModel>)> {
         (GROUP_REQUESTS, vec![index(doc! { "group_id": 1 }, "group", false, None)]),
         // `_id` is `"<group>/<user>"`.
         (NOTICE_CONFIRMATIONS, vec![index(doc! { "group_id": 1 }, "group", false, None)]),
+        (DAILY, vec![index(doc! { "kind": 1, "day": 1 }, "kind_day", false, None)]),
+        (ACTIVE_USERS, vec![index(doc! { "day": 1 }, "day", false, None)]),
         // `_id` is `"<user>/<device>"`; a user's revoked devices are read by `user`.
         (DEVICE_REVOCATIONS, vec![index(doc! { "user": 1 }, "user", false, None)]),
         // A user's changed rows, for the `contacts` sync (`_id` is `"<owner>/<peer>"`).

@@ -34,7 +34,7 @@ use super::docs::{
     ban_id, i, BanDoc, ConfirmationDoc, ConvDoc, GroupDoc, MessageDoc, RequestDoc, RowDoc, CONTACTS, CONVERSATIONS,
     DELETIONS, GROUPS, GROUP_BANS, GROUP_REQUESTS, MEMBERS, MESSAGES, NOTICE_CONFIRMATIONS, USERS, USER_CONVS,
 };
-use super::docs::{DELIVERIES, DEVICE_REVOCATIONS, OUTBOX, WEBHOOK_META};
+use super::docs::{ACTIVE_USERS, DAILY, DELIVERIES, DEVICE_REVOCATIONS, OUTBOX, WEBHOOK_META};
 use super::outbox::{DeliveryDoc, EventDoc};
 use super::tx::{stmt, UpdateReply};
 use super::users::UserDoc;
@@ -45,10 +45,11 @@ use super::MongoOptions;
 use super::contacts::{contact_id, ContactDoc};
 use crate::store::embedded::outbox::{DELIVERIES as E_DELIVERIES, OUTBOX as E_OUTBOX, WEBHOOK_META as E_WEBHOOK_META};
 use crate::store::embedded::tables::{
-    CONTACTS as E_CONTACTS, CONVS as E_CONVS, DELETIONS as E_DELETIONS, DEVICE_REVOCATIONS as E_DEVICE_REVOCATIONS,
-    GROUPS as E_GROUPS, GROUP_BANS as E_GROUP_BANS, GROUP_REQUESTS as E_GROUP_REQUESTS, MEMBERS as E_MEMBERS,
-    MESSAGES as E_MESSAGES, META as E_META, NOTICE_CONFIRMATIONS as E_NOTICE_CONFIRMATIONS, RECALLS as E_RECALLS,
-    USERS as E_USERS, USER_CONVS as E_USER_CONVS,
+    ACTIVE_USERS as E_ACTIVE_USERS, CONTACTS as E_CONTACTS, CONVS as E_CONVS, DELETIONS as E_DELETIONS,
+    DEVICE_REVOCATIONS as E_DEVICE_REVOCATIONS, GROUPS as E_GROUPS, GROUP_BANS as E_GROUP_BANS,
+    GROUP_REQUESTS as E_GROUP_REQUESTS, MEMBERS as E_MEMBERS, MESSAGES as E_MESSAGES, MESSAGE_DAYS as E_MESSAGE_DAYS,
+    META as E_META, NOTICE_CONFIRMATIONS as E_NOTICE_CONFIRMATIONS, RECALLS as E_RECALLS, USERS as E_USERS,
+    USER_CONVS as E_USER_CONVS,
 };
 
 /// Statements per `update` command.
@@ -371,6 +372,29 @@ pub async fn migrate_from_embedded(dir: &Path, opts: MongoOptions) -> anyhow::Re
         row.remove("user");
         row.remove("conv_id");
         bulk.insert_missing(doc! { "user": user, "conv_id": conv_id }, row).await?;
+    }
+    bulk.finish(&mut report).await?;
+
+    // 6b. Statistics: the embedded store's daily message counts become one document per day
+    //     (`messages/<day>/migrated`, set, not added: a second run writes the same), and the days'
+    //     active users are inserted where missing.
+    let mut bulk = Bulk::new(&conn, DAILY);
+    if let Some(days) = open_opt(&txn, E_MESSAGE_DAYS)? {
+        for item in days.iter()? {
+            let (k, v) = item?;
+            let day = i64::from(k.value());
+            let set = doc! { "kind": "messages", "day": day, "n": i(v.value())? };
+            bulk.push(doc! { "_id": format!("messages/{day}/migrated") }, doc! { "$set": set }).await?;
+        }
+    }
+    bulk.finish(&mut report).await?;
+    let mut bulk = Bulk::new(&conn, ACTIVE_USERS);
+    if let Some(active) = open_opt(&txn, E_ACTIVE_USERS)? {
+        for item in active.iter()? {
+            let (k, _) = item?;
+            let (day, user) = k.value();
+            bulk.insert_missing(doc! { "_id": format!("{day}/{user}") }, doc! { "day": i64::from(day) }).await?;
+        }
     }
     bulk.finish(&mut report).await?;
 

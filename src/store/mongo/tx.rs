@@ -141,6 +141,33 @@ impl<'a> Tx<'a> {
     /// out, so everything this transaction writes) and renews its lease (see `clock`); returns
     /// it. A node that was evicted finds no document: the attempt ends and runs again once it
     /// registered again.
+    /// Adds the messages this batch stored to the node's daily counts (in the batch's
+    /// transaction: a count never misses or repeats a commit).
+    pub async fn count_messages(&mut self, answers: &[Option<Result<Answer, StoreError>>]) -> AttemptResult<()> {
+        let mut per_day: std::collections::BTreeMap<u32, i64> = Default::default();
+        for a in answers.iter().flatten() {
+            if let Ok(Answer::Appended(a)) = a {
+                if !a.duplicate {
+                    *per_day.entry(confab_actors::store::day_of(a.message.ts)).or_default() += 1;
+                }
+            }
+        }
+        for (day, n) in per_day {
+            let id = format!("messages/{day}/{}", self.conn.clock.id());
+            self.conn
+                .coll::<Document>(super::docs::DAILY)
+                .update_one(
+                    doc! { "_id": id },
+                    doc! { "$inc": { "n": n }, "$set": { "kind": "messages", "day": i64::from(day) } },
+                )
+                .upsert(true)
+                .session(&mut self.session)
+                .await
+                .map_err(|e| self.err("counting messages", e))?;
+        }
+        Ok(())
+    }
+
     pub async fn publish_closed(&mut self) -> AttemptResult<u64> {
         let closed = self.conn.clock.last();
         let filter = doc! { "_id": self.conn.clock.id() };

@@ -5,13 +5,13 @@
 
 use confab_actors::error::StoreError;
 use confab_actors::model::{User, UserPatch};
-use confab_actors::store::StoreResult;
+use confab_actors::store::{DayStats, Stats, StoreResult};
 use mongodb::bson::{doc, Document};
 use mongodb::options::ReturnDocument;
 use serde::{Deserialize, Serialize};
 
 use super::conn::{is_duplicate_key, Conn};
-use super::docs::{i, u, DEVICE_REVOCATIONS, USERS};
+use super::docs::{i, u, ACTIVE_USERS, DAILY, DEVICE_REVOCATIONS, GROUPS, USERS};
 use super::reads::{find_all, find_one};
 
 /// `users`: a user's record. `ext` is stored as JSON text (app-defined keys may hold `$` or `.`).
@@ -191,4 +191,52 @@ pub(crate) async fn list(c: &Conn, prefix: &str, after: &str, limit: usize) -> S
     let docs: Vec<UserDoc> =
         super::reads::find_limit(c, USERS, id_page(prefix, after), doc! { "_id": 1 }, limit).await?;
     docs.into_iter().map(UserDoc::into_user).collect()
+}
+
+pub(crate) async fn record_active(c: &Conn, day: u32, users: &[String]) -> StoreResult<()> {
+    if users.is_empty() {
+        return Ok(());
+    }
+    let docs: Vec<Document> =
+        users.iter().map(|u| doc! { "_id": format!("{day}/{u}"), "day": i64::from(day) }).collect();
+    // Unordered: a user already recorded (a duplicate key) does not stop the others.
+    match c.coll::<Document>(ACTIVE_USERS).insert_many(docs).ordered(false).await {
+        Ok(_) => Ok(()),
+        Err(e) if only_duplicates(&e) => Ok(()),
+        Err(e) => Err(c.fail("recording active users", &e)),
+    }
+}
+
+/// Whether a bulk insert failed only on keys that exist already.
+fn only_duplicates(e: &mongodb::error::Error) -> bool {
+    match &*e.kind {
+        mongodb::error::ErrorKind::InsertMany(f) => {
+            f.write_concern_error.is_none()
+                && f.write_errors.as_ref().is_some_and(|w| w.iter().all(|w| w.code == super::conn::DUPLICATE_KEY))
+        }
+        _ => is_duplicate_key(e),
+    }
+}
+
+#[derive(Deserialize)]
+struct DailyDoc {
+    day: i64,
+    n: i64,
+}
+
+pub(crate) async fn stats(c: &Conn, first_day: u32, last_day: u32) -> StoreResult<Stats> {
+    let count = |coll: &'static str, filter: Document| async move {
+        c.coll::<Document>(coll).count_documents(filter).await.map_err(|e| c.fail("counting", &e))
+    };
+    let users = count(USERS, doc! {}).await?;
+    let groups = count(GROUPS, doc! { "dismissed": { "$ne": true } }).await?;
+    let range = doc! { "$gte": i64::from(first_day), "$lte": i64::from(last_day) };
+    let daily: Vec<DailyDoc> = find_all(c, DAILY, doc! { "kind": "messages", "day": range }, None).await?;
+    let mut days = Vec::new();
+    for day in first_day..=last_day {
+        let messages = daily.iter().filter(|d| d.day == i64::from(day)).map(|d| d.n.max(0).unsigned_abs()).sum();
+        let active_users = count(ACTIVE_USERS, doc! { "day": i64::from(day) }).await?;
+        days.push(DayStats { day, messages, active_users });
+    }
+    Ok(Stats { users, groups, days })
 }

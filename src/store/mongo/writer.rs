@@ -323,6 +323,7 @@ async fn attempt_once(
             answers[idx] = Some(answer);
         }
         tx.flush(&pending, ops, &vers, &mut answers).await?;
+        tx.count_messages(&answers).await?;
         // Webhooks: the batch's events, in the same transaction (nothing when they are off).
         super::outbox::record(&mut tx, ops, &mut answers).await?;
         // Last: this node promises never to commit at or below what the batch used.
