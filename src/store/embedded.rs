@@ -61,6 +61,7 @@
 mod contacts;
 mod groups;
 mod health;
+mod names;
 mod ops;
 pub(crate) mod outbox;
 mod reads;
@@ -232,7 +233,10 @@ fn create_tables(txn: &WriteTransaction) -> StoreResult<()> {
     txn.open_table(tables::DEVICE_REVOCATIONS).map_err(unavailable)?;
     txn.open_table(tables::MESSAGE_DAYS).map_err(unavailable)?;
     txn.open_table(tables::ACTIVE_USERS).map_err(unavailable)?;
+    txn.open_table(tables::USER_NAMES).map_err(unavailable)?;
+    txn.open_table(tables::GROUP_NAMES).map_err(unavailable)?;
     ops::index_replies(txn)?;
+    names::index_names(txn)?;
     Ok(())
 }
 
@@ -504,6 +508,19 @@ impl Store for EmbeddedStore {
     async fn revoke_tokens(&self, id: &str, before_ms: u64, ts: i64) -> StoreResult<User> {
         let id = id.to_owned();
         self.write(move |txn| users::revoke_tokens(txn, &id, before_ms, ts)).await
+    }
+
+    async fn search_users(&self, key: &str, limit: usize) -> StoreResult<Vec<User>> {
+        let key = key.to_owned();
+        self.read(move |txn| names::search(txn, tables::USER_NAMES, tables::USERS, &key, limit, |_: &User| true)).await
+    }
+
+    async fn search_groups(&self, key: &str, limit: usize) -> StoreResult<Vec<Group>> {
+        let key = key.to_owned();
+        self.read(move |txn| {
+            names::search(txn, tables::GROUP_NAMES, tables::GROUPS, &key, limit, |g: &Group| !g.dismissed)
+        })
+        .await
     }
 
     async fn record_active(&self, day: u32, users: &[String]) -> StoreResult<()> {

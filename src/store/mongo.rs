@@ -468,6 +468,16 @@ impl Store for MongoStore {
         self.read("list_groups", move |c| async move { groups::list(&c, &prefix, &after, limit).await }).await
     }
 
+    async fn search_users(&self, key: &str, limit: usize) -> StoreResult<Vec<User>> {
+        let key = key.to_owned();
+        self.read("search_users", move |c| async move { users::search_users(&c, &key, limit).await }).await
+    }
+
+    async fn search_groups(&self, key: &str, limit: usize) -> StoreResult<Vec<Group>> {
+        let key = key.to_owned();
+        self.read("search_groups", move |c| async move { users::search_groups(&c, &key, limit).await }).await
+    }
+
     async fn users(&self, ids: &[String]) -> StoreResult<Vec<User>> {
         let ids = ids.to_vec();
         self.read("users", move |c| async move { users::users(&c, &ids).await }).await

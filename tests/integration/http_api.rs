@@ -1056,3 +1056,24 @@ async fn stats_count_users_groups_messages_and_active_users() {
         err(&node, "GET", &format!("/api/v1/stats?{bad}"), None, 400, "invalid_request").await;
     }
 }
+
+/// `GET /users?q=` and `GET /groups?q=` search by name prefix, ignoring case; `q` with `prefix` or
+/// `after`, or a bad `q`, is refused.
+#[tokio::test]
+async fn users_and_groups_are_searched_by_name() {
+    let node = node_with(&[]);
+    for (id, nick) in [("u1", "Alice"), ("u2", "alicia"), ("u3", "Bob")] {
+        ok(&node, "POST", "/api/v1/users", Some(json!({"id": id, "nickname": nick}))).await;
+    }
+    create_group(&node, "g1", "Rust Club", "u1", &[]).await;
+    create_group(&node, "g2", "Go", "u1", &[]).await;
+    let r = ok(&node, "GET", "/api/v1/users?q=ALI&limit=10", None).await;
+    let ids: Vec<&str> = r["users"].as_array().unwrap().iter().map(|u| u["id"].as_str().unwrap()).collect();
+    assert_eq!((ids, r.get("next_after")), (vec!["u1", "u2"], None));
+    let r = ok(&node, "GET", "/api/v1/groups?q=rust", None).await;
+    assert_eq!(r["groups"].as_array().unwrap().len(), 1);
+    assert_eq!(r["groups"][0]["id"], "g1");
+    for bad in ["q=a&prefix=u", "q=a&after=u1", &format!("q={}", "x".repeat(65)), "q=%20%20"] {
+        err(&node, "GET", &format!("/api/v1/users?{bad}"), None, 400, "invalid_request").await;
+    }
+}

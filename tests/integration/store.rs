@@ -412,6 +412,41 @@ pub async fn check_stats(s: DynStore) {
     assert_eq!(st, want);
 }
 
+/// Search by name prefix, ignoring case: a renamed user or group is found by its new name only,
+/// dismissed groups not at all.
+pub async fn check_name_search(s: DynStore) {
+    use confab_actors::model::{GroupPatch, UserPatch};
+    use confab_actors::store::{GroupDismiss, GroupUpdate};
+    let nick =
+        |id: &str, n: &str| UserPatch { id: id.into(), nickname: Some(n.into()), avatar: None, ext: None, ts: TS };
+    for (id, n) in [("u1", "Alice"), ("u2", "alicia"), ("u3", "Bob"), ("u4", "张三"), ("u5", "张四"), ("u0", "ALIBI")]
+    {
+        s.upsert_user(nick(id, n)).await.unwrap();
+    }
+    s.upsert_user(UserPatch { id: "u6".into(), nickname: None, avatar: None, ext: None, ts: TS }).await.unwrap();
+    let ids = |users: Vec<confab_actors::model::User>| users.into_iter().map(|u| u.id).collect::<Vec<_>>();
+    assert_eq!(ids(s.search_users("ali", 10).await.unwrap()), ["u0", "u1", "u2"], "by key, then id");
+    assert_eq!(ids(s.search_users("ali", 2).await.unwrap()), ["u0", "u1"]);
+    assert_eq!(ids(s.search_users("张", 10).await.unwrap()), ["u4", "u5"]);
+    s.upsert_user(nick("u1", "Zed")).await.unwrap();
+    assert_eq!(ids(s.search_users("alic", 10).await.unwrap()), ["u2"], "the old name is gone");
+    assert_eq!(ids(s.search_users("z", 10).await.unwrap()), ["u1"]);
+    assert!(s.search_users("q", 10).await.unwrap().is_empty());
+
+    for (id, name) in [("g1", "Rust Club"), ("g2", "rust lovers"), ("g3", "Go")] {
+        let mut g = new_group(id, "u1", &[]);
+        g.name = name.into();
+        s.create_group(g).await.unwrap();
+    }
+    let gids = |groups: Vec<confab_actors::model::Group>| groups.into_iter().map(|g| g.id).collect::<Vec<_>>();
+    assert_eq!(gids(s.search_groups("rust", 10).await.unwrap()), ["g1", "g2"]);
+    let patch = GroupPatch { name: Some("Gophers".into()), ..GroupPatch::default() };
+    s.update_group(GroupUpdate { group_id: "g2".into(), patch, ts: TS, system_body: system("x") }).await.unwrap();
+    s.dismiss_group(GroupDismiss { group_id: "g3".into(), ts: TS, system_body: system("y") }).await.unwrap();
+    assert_eq!(gids(s.search_groups("rust", 10).await.unwrap()), ["g1"]);
+    assert_eq!(gids(s.search_groups("go", 10).await.unwrap()), ["g2"], "dismissed groups are left out");
+}
+
 /// Recall replaces the body, bumps message and conversation ver, and shows up in `changes`.
 pub async fn check_recall_and_changes(s: DynStore) {
     let conv = direct_conv_id("alice", "bob");
@@ -1475,6 +1510,7 @@ macro_rules! checks {
             check_delete_for_user_and_changes,
             check_clear_for_user,
             check_stats,
+            check_name_search,
             check_recall_and_changes,
             check_recall_scrubs_quotes,
             check_former_members_see_up_to_their_leaving,

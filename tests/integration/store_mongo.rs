@@ -803,3 +803,20 @@ async fn migrate_refuses_webhook_events_that_collide() {
     assert_eq!(store.event_deliveries(2).await.expect("deliveries").len(), 1);
     assert!(store.push_event(online(101)).await.expect("push on MongoDB") > 2);
 }
+
+/// Users and groups written before name keys existed get theirs when a node starts, once: search
+/// finds them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_written_before_the_keys_are_found_after_a_start() {
+    let Some(uri) = test_uri() else { return };
+    let db = fresh_db();
+    let raw = mongodb::Client::with_uri_str(&uri).await.expect("client").database(&db);
+    let users = raw.collection::<mongodb::bson::Document>("users");
+    users
+        .insert_one(mongodb::bson::doc! { "_id": "old", "nickname": "Legacy Lee", "ext": "{}", "created_at": TS, "updated_at": TS })
+        .await
+        .expect("an old user");
+    let store = open(&uri, &db, Arc::new(Metrics::default())).await;
+    let found = store.search_users("legacy", 10).await.expect("search");
+    assert_eq!(found.iter().map(|u| u.id.as_str()).collect::<Vec<_>>(), ["old"]);
+}

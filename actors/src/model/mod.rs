@@ -26,4 +26,7 @@ pub use ids::{
     MAX_SAFE_INT,
 };
 pub use message::{Changes, Conversation, ConversationView, FlagsPatch, Message, ReplyRef, UserConvState};
-pub use user::{validate_ext, Profile, User, UserPatch, MAX_EXT_BYTES, MAX_NICKNAME_CHARS, MAX_PROFILE_LOOKUP};
+pub use user::{
+    name_key, name_prefix_end, search_key, validate_ext, Profile, User, UserPatch, MAX_EXT_BYTES, MAX_NICKNAME_CHARS,
+    MAX_PROFILE_LOOKUP,
+};

@@ -155,3 +155,56 @@ pub fn validate_ext(ext: &serde_json::Value) -> Result<()> {
     }
     Ok(())
 }
+
+/// The search key of a user's nickname or a group's name: trimmed and lowercased (Unicode), so a
+/// search is case-insensitive. Searches match keys by prefix.
+pub fn name_key(name: &str) -> String {
+    name.trim().to_lowercase()
+}
+
+/// The least string above every string that starts with `prefix` (by code point, which is the
+/// order of UTF-8 bytes): the exclusive end of a prefix range. `None`: no bound.
+pub fn name_prefix_end(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        let next = match last as u32 + 1 {
+            0xD800 => Some('\u{E000}'),
+            n => char::from_u32(n),
+        };
+        if let Some(c) = next {
+            chars.push(c);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
+
+/// Checks a search query (`q`): 1 to 64 characters once trimmed; returns its key.
+pub fn search_key(q: &str) -> Result<String> {
+    let key = name_key(q);
+    if key.is_empty() || key.chars().count() > MAX_NICKNAME_CHARS {
+        return Err(Error::invalid(format!("q must be 1 to {MAX_NICKNAME_CHARS} characters")));
+    }
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ranges_hold_exactly_the_names_that_start_with_the_prefix() {
+        assert_eq!(name_key("  Alice "), "alice");
+        assert_eq!(name_key("ÉLODIE"), "élodie");
+        assert_eq!(name_prefix_end("ab").as_deref(), Some("ac"));
+        assert_eq!(name_prefix_end("张").as_deref(), Some("弡"));
+        assert_eq!(name_prefix_end("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(name_prefix_end("\u{D7FF}").as_deref(), Some("\u{E000}"));
+        assert_eq!(name_prefix_end(""), None);
+        for name in ["张三", "张", "张三丰"] {
+            assert!(name >= "张" && name < name_prefix_end("张").unwrap().as_str());
+        }
+        assert!(search_key("  ").is_err());
+        assert_eq!(search_key("Al").unwrap(), "al");
+    }
+}

@@ -329,6 +329,14 @@ pub trait Store: Send + Sync + 'static {
     /// id, at most `limit`.
     async fn list_groups(&self, prefix: &str, after: &str, limit: usize) -> StoreResult<Vec<Group>>;
 
+    /// Users whose nickname's [`name_key`](crate::model::name_key) starts with `key` (a name
+    /// key), by that key then id, at most `limit`.
+    async fn search_users(&self, key: &str, limit: usize) -> StoreResult<Vec<User>>;
+
+    /// Groups not dismissed whose name's key starts with `key`, by that key then id, at most
+    /// `limit`.
+    async fn search_groups(&self, key: &str, limit: usize) -> StoreResult<Vec<Group>>;
+
     /// The records of the users given that have one, in no particular order. Callers bound `ids`.
     async fn users(&self, ids: &[String]) -> StoreResult<Vec<User>>;
 

@@ -70,12 +70,16 @@ pub struct GroupsRes {
 }
 
 /// Groups by id (dismissed ones included): all, or those whose id starts with `prefix`, a page at
-/// a time.
+/// a time; or, with `q`, the groups not dismissed whose name starts with it (ignoring case).
 #[utoipa::path(get, path = "/groups",
     params(super::users::ListQuery),
     responses((status = 200, description = "A page of groups", body = GroupsRes), ReadErrors))]
 async fn list(s: Signed<scope::Groups, super::users::ListQuery>, state: web::Data<AppState>) -> ApiResult {
     let limit = s.query.check()?;
+    if let Some(key) = s.query.search()? {
+        let groups = state.engine.store().search_groups(&key, limit).await.map_err(Error::from)?;
+        return ok(&GroupsRes { groups, next_after: None });
+    }
     let mut groups =
         state.engine.store().list_groups(&s.query.prefix, &s.query.after, limit + 1).await.map_err(Error::from)?;
     let more = groups.len() > limit;

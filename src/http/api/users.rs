@@ -45,7 +45,8 @@ operation_errors! {
     ImportErrors: InvalidRequest("no users or more than 1000"), Unavailable;
     OnlineErrors: InvalidRequest("no ids, more than 100, or a bad id"), Unavailable;
     GroupsErrors: InvalidRequest("a bad user id"), Unavailable;
-    ListErrors: InvalidRequest("a bad prefix, after or limit, an unknown parameter"), Unavailable;
+    ListErrors: InvalidRequest("a bad prefix, after, limit or q, q with prefix or after, an unknown parameter"),
+        Unavailable;
 }
 
 /// A page of a listing by id (users, groups).
@@ -65,9 +66,26 @@ pub(super) struct ListQuery {
     #[serde(default)]
     #[param(minimum = 1, maximum = 100)]
     pub limit: Option<usize>,
+    /// Search instead: those whose nickname (users) or name (groups) starts with this, ignoring
+    /// case (1 to 64 characters), by name; `prefix` and `after` must then be empty, and there is
+    /// no next page (ask with a longer `q`).
+    #[serde(default)]
+    #[param(min_length = 1, max_length = 64)]
+    pub q: String,
 }
 
 impl ListQuery {
+    /// The search key when `q` is given (see [`ListQuery::q`]).
+    pub(super) fn search(&self) -> Result<Option<String>, Error> {
+        if self.q.is_empty() {
+            return Ok(None);
+        }
+        if !self.prefix.is_empty() || !self.after.is_empty() {
+            return Err(Error::invalid("give q, or prefix and after, not both"));
+        }
+        confab_actors::model::search_key(&self.q).map(Some)
+    }
+
     /// Checks the parameters; the limit.
     pub(super) fn check(&self) -> Result<usize, Error> {
         for (name, v) in [("prefix", &self.prefix), ("after", &self.after)] {
@@ -91,12 +109,17 @@ pub struct UsersRes {
     next_after: Option<String>,
 }
 
-/// Users with a record, by id: all, or those whose id starts with `prefix`, a page at a time.
+/// Users with a record, by id: all, or those whose id starts with `prefix`, a page at a time; or,
+/// with `q`, those whose nickname starts with it (ignoring case), by nickname.
 #[utoipa::path(get, path = "/users",
     params(ListQuery),
     responses((status = 200, description = "A page of users", body = UsersRes), ListErrors))]
 async fn list(s: Signed<scope::Users, ListQuery>, state: web::Data<AppState>) -> ApiResult {
     let limit = s.query.check()?;
+    if let Some(key) = s.query.search()? {
+        let users = state.engine.store().search_users(&key, limit).await.map_err(Error::from)?;
+        return ok(&UsersRes { users, next_after: None });
+    }
     let mut users =
         state.engine.store().list_users(&s.query.prefix, &s.query.after, limit + 1).await.map_err(Error::from)?;
     let more = users.len() > limit;

@@ -13,8 +13,8 @@ use confab_actors::store::{
 use redb::{ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::tables::{
-    decode, get_json, next_ver, put_json, unavailable, CONVS, GROUPS, GROUP_BANS, GROUP_REQUESTS, MEMBERS, MESSAGES,
-    META, NOTICE_CONFIRMATIONS, USER_CONVS,
+    decode, get_json, next_ver, put_json, unavailable, CONVS, GROUPS, GROUP_BANS, GROUP_NAMES, GROUP_REQUESTS, MEMBERS,
+    MESSAGES, META, NOTICE_CONFIRMATIONS, USER_CONVS,
 };
 
 /// The group (not dismissed) and its conversation, or the domain error.
@@ -44,7 +44,11 @@ fn finish(
     let mut convs = txn.open_table(CONVS).map_err(unavailable)?;
     put_json(&mut convs, conv.conv_id.as_str(), &conv)?;
     let mut groups = txn.open_table(GROUPS).map_err(unavailable)?;
+    let old: Option<Group> = get_json(&groups, group.id.as_str())?;
     put_json(&mut groups, group.id.as_str(), &group)?;
+    drop(groups);
+    let old_name = old.map(|g| g.name);
+    super::names::reindex(txn, GROUP_NAMES, &group.id, old_name.as_deref(), Some(&group.name))?;
     Ok((group, message))
 }
 

@@ -19,8 +19,8 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::tables::{
     current_ver, decode, get_json, next_ver, not_found, put_json, unavailable, CONVS, CONV_USERS, DEDUPE, DELETIONS,
-    GROUPS, GROUP_BANS, GROUP_REQUESTS, MEMBERS, MESSAGES, MESSAGE_DAYS, META, RECALLS, REPLIES, REPLIES_INDEXED_KEY,
-    USER_CONVS, VER_KEY,
+    GROUPS, GROUP_BANS, GROUP_NAMES, GROUP_REQUESTS, MEMBERS, MESSAGES, MESSAGE_DAYS, META, RECALLS, REPLIES,
+    REPLIES_INDEXED_KEY, USER_CONVS, VER_KEY,
 };
 
 type JsonTable<'t, K> = Table<'t, K, &'static [u8]>;
@@ -391,6 +391,7 @@ pub(super) fn create_group(txn: &WriteTransaction, g: NewGroup) -> StoreResult<(
     put_json(&mut groups, g.id.as_str(), &plan.group)?;
     put_json(&mut messages, (conv_id.as_str(), 1u64), &plan.message)?;
     put_json(&mut convs, conv_id.as_str(), &plan.conv)?;
+    super::names::reindex(txn, GROUP_NAMES, &g.id, None, Some(&plan.group.name))?;
     Ok((plan.group, plan.message))
 }
 

@@ -49,6 +49,10 @@ pub(crate) const CONTACTS_BY_VER: TableDefinition<(&str, u64), &str> = TableDefi
 
 /// `user_id` → `User` (JSON).
 pub(crate) const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+/// `(nickname key, user id)` of every user with a nickname (see `names.rs`).
+pub(crate) const USER_NAMES: TableDefinition<(&str, &str), ()> = TableDefinition::new("user_names");
+/// `(name key, group id)` of every group.
+pub(crate) const GROUP_NAMES: TableDefinition<(&str, &str), ()> = TableDefinition::new("group_names");
 /// Day (since the Unix epoch, UTC) → messages stored with a `ts` on that day.
 pub(crate) const MESSAGE_DAYS: TableDefinition<u32, u64> = TableDefinition::new("message_days");
 /// `(day, user)`: the user was active that day.

@@ -6,15 +6,17 @@ use confab_actors::store::{DayStats, Stats, StoreResult};
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use super::tables::{
-    decode, get_json, put_json, unavailable, ACTIVE_USERS, DEVICE_REVOCATIONS, GROUPS, MESSAGE_DAYS, USERS,
+    decode, get_json, put_json, unavailable, ACTIVE_USERS, DEVICE_REVOCATIONS, GROUPS, MESSAGE_DAYS, USERS, USER_NAMES,
 };
 
 fn put(txn: &WriteTransaction, id: &str, ts: i64, change: impl FnOnce(&mut User)) -> StoreResult<User> {
     let mut users = txn.open_table(USERS).map_err(unavailable)?;
     let mut user: User = get_json(&users, id)?.unwrap_or_else(|| User::new(id, ts));
+    let old_name = user.nickname.clone();
     change(&mut user);
     user.updated_at = ts;
     put_json(&mut users, id, &user)?;
+    super::names::reindex(txn, USER_NAMES, id, old_name.as_deref(), user.nickname.as_deref())?;
     Ok(user)
 }
 

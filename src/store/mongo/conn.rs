@@ -196,7 +196,7 @@ impl Conn {
                 .map_err(|e| self.fail(&format!("creating the indexes of {name}"), &e))?;
         }
         // Collections used inside transactions must exist beforehand on older servers.
-        for name in [docs::CONVERSATIONS, docs::GROUPS, META, docs::OUTBOX] {
+        for name in [docs::CONVERSATIONS, docs::GROUPS, META, docs::OUTBOX, docs::DAILY] {
             if let Err(e) = self.db.create_collection(name).await {
                 // It exists already (NamespaceExists, 48): created earlier or by another node.
                 if !matches!(*e.kind, ErrorKind::Command(ref c) if c.code == 48) {
@@ -212,6 +212,7 @@ impl Conn {
             .upsert(true)
             .await
             .map_err(|e| self.fail("retiring the version counter", &e))?;
+        super::users::backfill_name_keys(self).await?;
         self.ready.store(true, Relaxed);
         Ok(())
     }

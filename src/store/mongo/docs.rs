@@ -276,6 +276,10 @@ pub(crate) struct GroupDoc {
     #[serde(rename = "_id")]
     pub id: String,
     pub name: String,
+    /// The name's search key and the id, `"<name_key>\0<id>"` (`sort_key`): one field in key
+    /// then id order. Absent on documents written before it existed until the start-up backfill.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name_key: String,
     pub owner: String,
     pub created_at: i64,
     pub member_count: i64,
@@ -308,6 +312,7 @@ impl GroupDoc {
         Ok(GroupDoc {
             id: g.id.clone(),
             name: g.name.clone(),
+            name_key: sort_key(&g.name, &g.id),
             owner: g.owner.clone(),
             created_at: g.created_at,
             member_count: i(g.member_count)?,
@@ -462,6 +467,12 @@ impl MemberDoc {
     }
 }
 
+/// A name's search key followed by the record's id: sorting by it sorts by name, then id, and a
+/// prefix of the name key is a prefix of it.
+pub(crate) fn sort_key(name: &str, id: &str) -> String {
+    format!("{}\0{id}", confab_actors::model::name_key(name))
+}
+
 fn index(keys: Document, name: &str, unique: bool, partial: Option<Document>) -> IndexModel {
     let options = IndexOptions::builder()
         .name(name.to_owned())
@@ -531,6 +542,9 @@ pub(crate) fn indexes() -> Vec<(&'static str, Vec<IndexModel>)> {
         // `_id` is `"<group>/<user>"`.
         (NOTICE_CONFIRMATIONS, vec![index(doc! { "group_id": 1 }, "group", false, None)]),
         (DAILY, vec![index(doc! { "kind": 1, "day": 1 }, "kind_day", false, None)]),
+        // Search by name prefix.
+        (USERS, vec![index(doc! { "nickname_key": 1 }, "nickname_key", false, None)]),
+        (GROUPS, vec![index(doc! { "name_key": 1 }, "name_key", false, None)]),
         (ACTIVE_USERS, vec![index(doc! { "day": 1 }, "day", false, None)]),
         // `_id` is `"<user>/<device>"`; a user's revoked devices are read by `user`.
         (DEVICE_REVOCATIONS, vec![index(doc! { "user": 1 }, "user", false, None)]),

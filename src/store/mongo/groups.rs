@@ -86,7 +86,7 @@ impl Tx<'_> {
         };
         up.patch.apply(&mut group, up.ts);
         let stored = GroupDoc::from_group(&group).map_err(fatal)?;
-        let mut set = doc! { "name": &stored.name };
+        let mut set = doc! { "name": &stored.name, "name_key": &stored.name_key };
         for (k, v) in [("avatar", &stored.avatar), ("notice", &stored.notice), ("ext", &stored.ext)] {
             match v {
                 Some(v) => set.insert(k, v),

@@ -4,14 +4,14 @@
 //! majority like every other read.
 
 use confab_actors::error::StoreError;
-use confab_actors::model::{User, UserPatch};
+use confab_actors::model::{name_prefix_end, Group, User, UserPatch};
 use confab_actors::store::{DayStats, Stats, StoreResult};
 use mongodb::bson::{doc, Document};
 use mongodb::options::ReturnDocument;
 use serde::{Deserialize, Serialize};
 
 use super::conn::{is_duplicate_key, Conn};
-use super::docs::{i, u, ACTIVE_USERS, DAILY, DEVICE_REVOCATIONS, GROUPS, USERS};
+use super::docs::{i, sort_key, u, ACTIVE_USERS, DAILY, DEVICE_REVOCATIONS, GROUPS, USERS};
 use super::reads::{find_all, find_one};
 
 /// `users`: a user's record. `ext` is stored as JSON text (app-defined keys may hold `$` or `.`).
@@ -21,6 +21,9 @@ pub(crate) struct UserDoc {
     #[serde(rename = "_id")]
     pub id: String,
     pub nickname: Option<String>,
+    /// The nickname's search key and the id (`docs::sort_key`).
+    #[serde(default)]
+    pub nickname_key: Option<String>,
     pub avatar: Option<String>,
     #[serde(default)]
     #[serialize_always]
@@ -43,6 +46,7 @@ impl UserDoc {
         Ok(UserDoc {
             id: user.id.clone(),
             nickname: user.nickname.clone(),
+            nickname_key: user.nickname.as_deref().map(|n| sort_key(n, &user.id)),
             avatar: user.avatar.clone(),
             ext: Some(
                 serde_json::to_string(&user.ext)
@@ -106,6 +110,7 @@ pub(crate) async fn upsert_user(c: &Conn, p: UserPatch) -> StoreResult<User> {
     let mut set = Document::new();
     if let Some(n) = &p.nickname {
         set.insert("nickname", n);
+        set.insert("nickname_key", sort_key(n, &p.id));
     }
     if let Some(a) = &p.avatar {
         set.insert("avatar", a);
@@ -191,6 +196,58 @@ pub(crate) async fn list(c: &Conn, prefix: &str, after: &str, limit: usize) -> S
     let docs: Vec<UserDoc> =
         super::reads::find_limit(c, USERS, id_page(prefix, after), doc! { "_id": 1 }, limit).await?;
     docs.into_iter().map(UserDoc::into_user).collect()
+}
+
+/// A prefix range of a name key.
+fn key_range(key: &str) -> Document {
+    match name_prefix_end(key) {
+        Some(end) => doc! { "$gte": key, "$lt": end },
+        None => doc! { "$gte": key },
+    }
+}
+
+pub(crate) async fn search_users(c: &Conn, key: &str, limit: usize) -> StoreResult<Vec<User>> {
+    let filter = doc! { "nickname_key": key_range(key) };
+    let docs: Vec<UserDoc> = super::reads::find_limit(c, USERS, filter, doc! { "nickname_key": 1 }, limit).await?;
+    docs.into_iter().map(UserDoc::into_user).collect()
+}
+
+pub(crate) async fn search_groups(c: &Conn, key: &str, limit: usize) -> StoreResult<Vec<Group>> {
+    let filter = doc! { "name_key": key_range(key), "dismissed": { "$ne": true } };
+    let docs: Vec<super::docs::GroupDoc> =
+        super::reads::find_limit(c, GROUPS, filter, doc! { "name_key": 1 }, limit).await?;
+    docs.into_iter().map(super::docs::GroupDoc::into_group).collect()
+}
+
+/// Gives the users and groups written before name keys existed theirs (once per database: a
+/// `meta` document records it). Reads the documents without a key, a page at a time.
+pub(crate) async fn backfill_name_keys(c: &Conn) -> StoreResult<()> {
+    const DONE: &str = "name_keys";
+    let meta = c.coll::<Document>(super::docs::META);
+    if meta.find_one(doc! { "_id": DONE }).await.map_err(|e| c.fail("reading meta", &e))?.is_some() {
+        return Ok(());
+    }
+    let mut n = 0u64;
+    for (coll, field, key_field) in [(USERS, "nickname", "nickname_key"), (GROUPS, "name", "name_key")] {
+        let filter = doc! { field: { "$type": "string" }, key_field: { "$exists": false } };
+        let docs: Vec<Document> = find_all(c, coll, filter, None).await?;
+        for d in docs {
+            let (Ok(id), Ok(name)) = (d.get_str("_id"), d.get_str(field)) else { continue };
+            c.coll::<Document>(coll)
+                .update_one(doc! { "_id": id, field: name }, doc! { "$set": { key_field: sort_key(name, id) } })
+                .await
+                .map_err(|e| c.fail("adding a name key", &e))?;
+            n += 1;
+        }
+    }
+    meta.update_one(doc! { "_id": DONE }, doc! { "$set": { "value": 1_i64 } })
+        .upsert(true)
+        .await
+        .map_err(|e| c.fail("recording the name keys", &e))?;
+    if n > 0 {
+        tracing::info!(records = n, "added name keys to the users and groups stored before this version");
+    }
+    Ok(())
 }
 
 pub(crate) async fn record_active(c: &Conn, day: u32, users: &[String]) -> StoreResult<()> {
