@@ -70,7 +70,7 @@ pub(super) struct ListQuery {
     /// case (1 to 64 characters), by name; `prefix` and `after` must then be empty, and there is
     /// no next page (ask with a longer `q`).
     #[serde(default)]
-    #[param(min_length = 1, max_length = 64)]
+    #[param(pattern = "^.{1,64}$")]
     pub q: String,
 }
 
