@@ -74,6 +74,9 @@ pub async fn serve(
     crate::webhooks::install(&cfg, &engine, outbox.clone())?;
     let cluster = start_cluster(&cfg, &engine)?;
     let api = crate::http::api::ApiState::from_config(&cfg);
+    // Broadcasts: sent by the node holding the lease `broadcasts`, at their paced rate.
+    let owner = format!("{}.{}", cfg.cluster.node_id, confab_actors::engine::random_id());
+    actix::spawn(engine.clone().run_broadcasts(outbox.clone(), owner, cfg.api.system_user.clone()));
     let _ = api.outbox.set(outbox);
     let engine_at_exit = engine.clone();
     let socket_metrics = engine.metrics().clone();

@@ -17,6 +17,8 @@ pub struct Api {
     pub max_body_bytes: usize,
     /// Most `(key, nonce)` pairs remembered for replay protection on this node.
     pub nonce_cache_size: usize,
+    /// The fastest a broadcast may send, in messages per second (and its default rate).
+    pub broadcast_max_rate: u32,
 }
 
 /// One API credential.
@@ -57,6 +59,7 @@ impl Api {
         }
         range("api.max_body_bytes", self.max_body_bytes, 1024, 64 << 20)?;
         range("api.nonce_cache_size", self.nonce_cache_size, 100, 10_000_000)?;
+        range("api.broadcast_max_rate", self.broadcast_max_rate, 1, 10_000)?;
         Ok(())
     }
 }

@@ -58,6 +58,7 @@
 //! Reads run on `tokio::task::spawn_blocking` in a redb `ReadTransaction` (an MVCC snapshot of the
 //! last commit) of the database open at that moment, and never wait for the writer.
 
+mod broadcasts;
 mod contacts;
 mod groups;
 mod health;
@@ -79,8 +80,8 @@ use async_trait::async_trait;
 use confab_actors::error::StoreError;
 use confab_actors::metrics::Metrics;
 use confab_actors::model::{
-    Changes, Contact, Conversation, ConversationView, FlagsPatch, Group, GroupBan, JoinRequest, Member, Message,
-    NoticeConfirmation, User, UserConvState, UserPatch,
+    Broadcast, Changes, Contact, Conversation, ConversationView, FlagsPatch, Group, GroupBan, JoinRequest, Member,
+    Message, NoticeConfirmation, User, UserConvState, UserPatch,
 };
 use confab_actors::outbox::Change;
 use confab_actors::store::{
@@ -234,6 +235,7 @@ fn create_tables(txn: &WriteTransaction) -> StoreResult<()> {
     txn.open_table(tables::MESSAGE_DAYS).map_err(unavailable)?;
     txn.open_table(tables::ACTIVE_USERS).map_err(unavailable)?;
     txn.open_table(tables::USER_NAMES).map_err(unavailable)?;
+    txn.open_table(tables::BROADCASTS).map_err(unavailable)?;
     txn.open_table(tables::GROUP_NAMES).map_err(unavailable)?;
     ops::index_replies(txn)?;
     names::index_names(txn)?;
@@ -521,6 +523,30 @@ impl Store for EmbeddedStore {
             names::search(txn, tables::GROUP_NAMES, tables::GROUPS, &key, limit, |g: &Group| !g.dismissed)
         })
         .await
+    }
+
+    async fn create_broadcast(&self, b: &Broadcast) -> StoreResult<Broadcast> {
+        let b = b.clone();
+        self.write(move |txn| broadcasts::create(txn, &b)).await
+    }
+
+    async fn broadcast(&self, id: &str) -> StoreResult<Option<Broadcast>> {
+        let id = id.to_owned();
+        self.read(move |txn| broadcasts::get(txn, &id)).await
+    }
+
+    async fn save_broadcast(&self, b: &Broadcast) -> StoreResult<bool> {
+        let b = b.clone();
+        self.write(move |txn| broadcasts::save(txn, &b)).await
+    }
+
+    async fn cancel_broadcast(&self, id: &str, ts: i64) -> StoreResult<Option<Broadcast>> {
+        let id = id.to_owned();
+        self.write(move |txn| broadcasts::cancel(txn, &id, ts)).await
+    }
+
+    async fn running_broadcasts(&self) -> StoreResult<Vec<Broadcast>> {
+        self.read(broadcasts::running).await
     }
 
     async fn record_active(&self, day: u32, users: &[String]) -> StoreResult<()> {

@@ -26,6 +26,7 @@
 
 mod append;
 mod batch;
+mod broadcasts;
 mod clock;
 mod conn;
 mod contacts;
@@ -50,8 +51,8 @@ use async_trait::async_trait;
 use confab_actors::error::StoreError;
 use confab_actors::metrics::Metrics;
 use confab_actors::model::{
-    Changes, Contact, Conversation, ConversationView, FlagsPatch, Group, GroupBan, JoinRequest, Member, Message,
-    NoticeConfirmation, User, UserConvState, UserPatch,
+    Broadcast, Changes, Contact, Conversation, ConversationView, FlagsPatch, Group, GroupBan, JoinRequest, Member,
+    Message, NoticeConfirmation, User, UserConvState, UserPatch,
 };
 use confab_actors::store::{
     Appended, ContactChange, ContactPlan, GroupDismiss, GroupUpdate, HistoryQuery, MemberChange, MuteChange, NewGroup,
@@ -491,6 +492,30 @@ impl Store for MongoStore {
     async fn revoke_tokens(&self, id: &str, before_ms: u64, ts: i64) -> StoreResult<User> {
         let id = id.to_owned();
         self.read("revoke_tokens", move |c| async move { users::revoke_tokens(&c, &id, before_ms, ts).await }).await
+    }
+
+    async fn create_broadcast(&self, b: &Broadcast) -> StoreResult<Broadcast> {
+        let b = b.clone();
+        self.read("create_broadcast", move |c| async move { broadcasts::create(&c, &b).await }).await
+    }
+
+    async fn broadcast(&self, id: &str) -> StoreResult<Option<Broadcast>> {
+        let id = id.to_owned();
+        self.read("broadcast", move |c| async move { broadcasts::get(&c, &id).await }).await
+    }
+
+    async fn save_broadcast(&self, b: &Broadcast) -> StoreResult<bool> {
+        let b = b.clone();
+        self.read("save_broadcast", move |c| async move { broadcasts::save(&c, &b).await }).await
+    }
+
+    async fn cancel_broadcast(&self, id: &str, ts: i64) -> StoreResult<Option<Broadcast>> {
+        let id = id.to_owned();
+        self.read("cancel_broadcast", move |c| async move { broadcasts::cancel(&c, &id, ts).await }).await
+    }
+
+    async fn running_broadcasts(&self) -> StoreResult<Vec<Broadcast>> {
+        self.read("running_broadcasts", |c| async move { broadcasts::running(&c).await }).await
     }
 
     async fn record_active(&self, day: u32, users: &[String]) -> StoreResult<()> {

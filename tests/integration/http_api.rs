@@ -1077,3 +1077,131 @@ async fn users_and_groups_are_searched_by_name() {
         err(&node, "GET", &format!("/api/v1/users?{bad}"), None, 400, "invalid_request").await;
     }
 }
+
+/// Waits until broadcast `id` at `addr` is no longer running; returns it.
+async fn broadcast_finished(addr: SocketAddr, id: &str, secs: u64) -> Value {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let b = ok_at(addr, "GET", &format!("/api/v1/broadcasts/{id}"), None).await["broadcast"].clone();
+        if b["state"] != "running" {
+            return b;
+        }
+        assert!(std::time::Instant::now() < deadline, "broadcast {id} still running: {b}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// A broadcast reaches every user of its segment once, from the system or from a user (whose
+/// rules apply: a block is a failure with its code); creating it again is idempotent; bad
+/// requests are refused; a cancel stops it and the rate holds.
+#[tokio::test]
+async fn broadcasts_reach_each_user_of_the_segment_once() {
+    let node = node_with(&[("CONFAB__API__BROADCAST_MAX_RATE", "100")]);
+    let users: Vec<Value> = (0..25).map(|i| json!({"id": format!("b{i:02}")})).collect();
+    ok(&node, "POST", "/api/v1/users/import", Some(json!({"users": users}))).await;
+    ok(&node, "POST", "/api/v1/users", Some(json!({"id": "other"}))).await;
+    let mut b03 = node.connect("b03", "phone").await;
+    let req = json!({"id": "promo", "body": text("sale"), "segment": {"kind": "prefix", "prefix": "b"}, "rate": 100});
+    let r = ok(&node, "POST", "/api/v1/broadcasts", Some(req.clone())).await;
+    assert_eq!((r["broadcast"]["state"].as_str(), r["broadcast"]["sent"].as_u64()), (Some("running"), Some(0)));
+    assert_eq!(ok(&node, "POST", "/api/v1/broadcasts", Some(req.clone())).await["broadcast"]["id"], "promo");
+    let mut different = req.clone();
+    different["body"] = text("other");
+    err(&node, "POST", "/api/v1/broadcasts", Some(different), 409, "conflict").await;
+    let b = broadcast_finished(node.addr, "promo", 20).await;
+    assert_eq!(
+        (b["state"].as_str(), b["sent"].as_u64(), b["failed"].as_u64()),
+        (Some("done"), Some(25), Some(0)),
+        "{b}"
+    );
+    assert_eq!(b["cursor"], "b24");
+    let m = b03.next_event("message").await;
+    assert_eq!((m["body"].clone(), m["sender"].as_str()), (text("sale"), Some("system")));
+    b03.no_event_within(200).await;
+    let h = ok(&node, "GET", &format!("/api/v1/conversations/{}/messages", direct_id("system", "b24")), None).await;
+    assert_eq!(h["messages"].as_array().unwrap().len(), 1);
+    let outside = format!("/api/v1/conversations/{}/messages", direct_id("system", "other"));
+    err(&node, "GET", &outside, None, 404, "not_found").await;
+
+    // From a user: a recipient who blocked them is a failure with the code.
+    let mut b05 = node.connect("b05", "phone").await;
+    b05.expect_ok("block", json!({"user_id": "b01"})).await;
+    let req = json!({"id": "hello", "from": "b01", "body": text("hi"), "segment": {"kind": "users", "users": ["b05", "b02", "b02"]}});
+    ok(&node, "POST", "/api/v1/broadcasts", Some(req)).await;
+    let b = broadcast_finished(node.addr, "hello", 20).await;
+    assert_eq!((b["sent"].as_u64(), b["failed"].as_u64()), (Some(1), Some(1)), "{b}");
+    assert_eq!(b["errors"], json!([{"user_id": "b05", "error": "blocked"}]));
+
+    // Cancelled: nothing after the step it is in; the rate held meanwhile.
+    let req = json!({"id": "slow", "body": text("slow"), "segment": {"kind": "all"}, "rate": 2});
+    ok(&node, "POST", "/api/v1/broadcasts", Some(req)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let c = ok(&node, "POST", "/api/v1/broadcasts/slow/cancel", None).await["broadcast"].clone();
+    assert_eq!(c["state"], "cancelled");
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let after = ok(&node, "GET", "/api/v1/broadcasts/slow", None).await["broadcast"].clone();
+    let sent = after["sent"].as_u64().unwrap();
+    assert!((1..=4).contains(&sent), "2 a second for about 1.5 s of sending (the runner looks every second): {after}");
+    assert_eq!(after["state"], "cancelled");
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    assert_eq!(ok(&node, "GET", "/api/v1/broadcasts/slow", None).await["broadcast"]["sent"].as_u64(), Some(sent));
+
+    for bad in [
+        json!({"id": "x", "body": text("a"), "segment": {"kind": "all"}, "rate": 0}),
+        json!({"id": "x", "body": text("a"), "segment": {"kind": "all"}, "rate": 101}),
+        json!({"id": "x".repeat(41), "body": text("a"), "segment": {"kind": "all"}}),
+        json!({"id": "x", "body": text("a"), "segment": {"kind": "users", "users": []}}),
+        json!({"id": "x", "body": text("a"), "segment": {"kind": "everyone"}}),
+        json!({"id": "x", "body": text("a"), "segment": {"kind": "prefix", "prefix": "bad prefix"}}),
+    ] {
+        err(&node, "POST", "/api/v1/broadcasts", Some(bad), 400, "invalid_request").await;
+    }
+    err(
+        &node,
+        "POST",
+        "/api/v1/broadcasts",
+        Some(json!({"id": "x", "body": {"type": "text", "text": ""}, "segment": {"kind": "all"}})),
+        400,
+        "invalid_body",
+    )
+    .await;
+    err(&node, "GET", "/api/v1/broadcasts/nope", None, 404, "not_found").await;
+    err(&node, "POST", "/api/v1/broadcasts/nope/cancel", None, 404, "not_found").await;
+}
+
+/// A node killed (-9) in the middle of a broadcast resumes it when it starts again: every user
+/// of the segment ends with the message exactly once.
+#[tokio::test]
+async fn a_broadcast_resumes_after_kill_9_and_sends_nothing_twice() {
+    use crate::common::BinaryNode;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    let keys = keys();
+    let env = [("CONFAB__API__KEYS", keys.as_str())];
+    let node = BinaryNode::start(&dir, &env).await;
+    let users: Vec<Value> = (0..40).map(|i| json!({"id": format!("k{i:02}")})).collect();
+    ok_at(node.addr, "POST", "/api/v1/users/import", Some(json!({"users": users}))).await;
+    let req = json!({"id": "resume", "body": text("once"), "segment": {"kind": "all"}, "rate": 20});
+    ok_at(node.addr, "POST", "/api/v1/broadcasts", Some(req)).await;
+    // Until it has sent some, not all.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let b = ok_at(node.addr, "GET", "/api/v1/broadcasts/resume", None).await["broadcast"].clone();
+        if b["sent"].as_u64().unwrap() >= 5 {
+            assert_eq!(b["state"], "running", "{b}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the broadcast did not start: {b}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    node.kill_9().await;
+    let node = BinaryNode::start(&dir, &env).await;
+    let b = broadcast_finished(node.addr, "resume", 30).await;
+    assert_eq!(b["state"], "done", "{b}");
+    for i in 0..40 {
+        let path = format!("/api/v1/conversations/{}/messages", direct_id("system", &format!("k{i:02}")));
+        let h = ok_at(node.addr, "GET", &path, None).await;
+        assert_eq!(h["messages"].as_array().unwrap().len(), 1, "k{i:02}: {h}");
+    }
+    node.stop().await;
+}

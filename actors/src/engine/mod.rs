@@ -11,6 +11,7 @@
 //! [`presence`] (online and offline), [`peer`] (what other nodes send) and [`dispatch`] (the
 //! WebSocket ops). The state they share is [`crate::core::Core`].
 
+mod broadcasts;
 mod contacts;
 mod dispatch;
 mod groups;
@@ -20,6 +21,7 @@ mod presence;
 mod reads;
 mod send;
 mod stats;
+pub use broadcasts::NewBroadcast;
 pub(crate) use stats::Activity;
 pub use stats::MAX_STATS_DAYS;
 mod users;

@@ -6,6 +6,7 @@
 //! their own request types.
 
 mod body;
+mod broadcast;
 mod contact;
 mod group;
 mod ids;
@@ -13,6 +14,9 @@ mod message;
 mod user;
 
 pub use body::{Body, BODY_TYPES, MAX_CUSTOM_BYTES, MAX_NAME_LEN, MAX_URL_LEN, QUOTE_CHARS};
+pub use broadcast::{
+    Broadcast, BroadcastError, BroadcastState, Segment, MAX_BROADCAST_ERRORS, MAX_BROADCAST_ID, MAX_SEGMENT_USERS,
+};
 pub use contact::{
     validate_pair, Contact, ContactOp, FriendRequest, RequestDirection, MAX_REMARK_CHARS, MAX_REQUEST_MESSAGE_CHARS,
     MAX_TAGS, MAX_TAG_CHARS,

@@ -19,8 +19,8 @@ use async_trait::async_trait;
 
 use crate::error::StoreError;
 use crate::model::{
-    Body, Changes, Contact, ContactOp, Conversation, ConversationView, FlagsPatch, Group, GroupBan, GroupPatch,
-    JoinRequest, Member, Message, NoticeConfirmation, ReplyRef, Role, User, UserConvState, UserPatch,
+    Body, Broadcast, Changes, Contact, ContactOp, Conversation, ConversationView, FlagsPatch, Group, GroupBan,
+    GroupPatch, JoinRequest, Member, Message, NoticeConfirmation, ReplyRef, Role, User, UserConvState, UserPatch,
 };
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -365,14 +365,31 @@ pub trait Store: Send + Sync + 'static {
     /// the record if needed. Never moves the bound back. Returns the record.
     async fn revoke_tokens(&self, id: &str, before_ms: u64, ts: i64) -> StoreResult<User>;
 
-    /// Revokes the tokens of one of a user's devices issued before `before_ms` (unix ms); the
-    /// bound only moves forward. Returns the device's bound now.
+    // ---- broadcasts ----
+
+    /// Stores a new broadcast; when one with its id exists, changes nothing and returns that one.
+    async fn create_broadcast(&self, b: &Broadcast) -> StoreResult<Broadcast>;
+
+    async fn broadcast(&self, id: &str) -> StoreResult<Option<Broadcast>>;
+
+    /// Saves a running broadcast's progress (or its end). Changes nothing and returns false when
+    /// the stored one is no longer running (it was cancelled).
+    async fn save_broadcast(&self, b: &Broadcast) -> StoreResult<bool>;
+
+    /// Cancels a running broadcast; returns it as stored now (`None`: no such broadcast).
+    async fn cancel_broadcast(&self, id: &str, ts: i64) -> StoreResult<Option<Broadcast>>;
+
+    /// The running broadcasts, oldest first.
+    async fn running_broadcasts(&self) -> StoreResult<Vec<Broadcast>>;
+
     /// Records that `users` were active on `day` (see [`day_of`]); idempotent.
     async fn record_active(&self, day: u32, users: &[String]) -> StoreResult<()>;
 
     /// The counts of [`Stats`], with one [`DayStats`] per day of `first_day..=last_day`.
     async fn stats(&self, first_day: u32, last_day: u32) -> StoreResult<Stats>;
 
+    /// Revokes the tokens of one of a user's devices issued before `before_ms` (unix ms); the
+    /// bound only moves forward. Returns the device's bound now.
     async fn revoke_device(&self, user: &str, device: &str, before_ms: u64) -> StoreResult<u64>;
 
     /// The devices of `users` whose tokens were revoked one by one: `(user, device, before_ms)`.

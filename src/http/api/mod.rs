@@ -9,6 +9,7 @@
 //! Errors map through the one error table.
 
 pub mod auth;
+mod broadcasts;
 mod contacts;
 pub(crate) mod conversations;
 mod groups;
@@ -46,6 +47,7 @@ pub struct ApiState {
     pub system_user: String,
     pub max_body_bytes: usize,
     pub token_ttl_secs: u64,
+    pub broadcast_max_rate: u32,
     /// The store's webhook outbox (delivery log and replay), set at start-up.
     pub outbox: std::sync::OnceLock<Arc<dyn confab_actors::outbox::Outbox>>,
 }
@@ -57,6 +59,7 @@ impl ApiState {
             system_user: cfg.api.system_user.clone(),
             max_body_bytes: cfg.api.max_body_bytes,
             token_ttl_secs: cfg.auth.token_ttl_secs,
+            broadcast_max_rate: cfg.api.broadcast_max_rate,
             outbox: std::sync::OnceLock::new(),
         }
     }
@@ -315,6 +318,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .configure(groups::routes)
             .configure(webhooks::routes)
             .configure(stats::routes)
+            .configure(broadcasts::routes)
             .default_service(web::to(unknown)),
     );
 }

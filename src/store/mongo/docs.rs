@@ -24,6 +24,7 @@ pub(crate) const MEMBERS: &str = "members";
 pub(crate) const META: &str = "meta";
 pub(crate) const USERS: &str = "users";
 pub(crate) const DEVICE_REVOCATIONS: &str = "device_revocations";
+pub(crate) const BROADCASTS: &str = "broadcasts";
 /// Daily counts: `{_id: "messages/<day>/<node clock id>", kind, day, n}`, one document per node and
 /// day so that nodes never write the same one.
 pub(crate) const DAILY: &str = "daily_counts";
@@ -542,6 +543,7 @@ pub(crate) fn indexes() -> Vec<(&'static str, Vec<IndexModel>)> {
         // `_id` is `"<group>/<user>"`.
         (NOTICE_CONFIRMATIONS, vec![index(doc! { "group_id": 1 }, "group", false, None)]),
         (DAILY, vec![index(doc! { "kind": 1, "day": 1 }, "kind_day", false, None)]),
+        (BROADCASTS, vec![index(doc! { "state": 1, "created_at": 1 }, "state_created", false, None)]),
         // Search by name prefix.
         (USERS, vec![index(doc! { "nickname_key": 1 }, "nickname_key", false, None)]),
         (GROUPS, vec![index(doc! { "name_key": 1 }, "name_key", false, None)]),
