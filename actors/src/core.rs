@@ -67,12 +67,25 @@ pub struct Core {
     /// Presence events on their way to the outbox, written one at a time in order.
     pub(crate) presence: std::sync::Mutex<PresenceQueue>,
     /// Users recorded active today (see [`Engine::note_active`](crate::engine::Engine::note_active)).
-    pub(crate) activity: std::sync::Mutex<crate::engine::Activity>,
+    pub(crate) activity: std::sync::Mutex<Activity>,
     /// Rate limits per user, for requests over WebSocket (see [`crate::limits`]).
     pub user_limits: crate::limits::UserLimits,
     /// The node's tracing span (`node{node=<cluster.node_id>}`), set once at start-up: the
     /// parent of every session, request and conversation span, so each log line names its node.
     node_span: std::sync::OnceLock<tracing::Span>,
+}
+
+/// Users this node recorded active today, and those on their way to the store (see
+/// [`Engine::note_active`](crate::engine::Engine::note_active)).
+#[derive(Default)]
+pub(crate) struct Activity {
+    pub(crate) day: u32,
+    /// Recorded (or queued) today: a user is written once a day per node, however often they
+    /// connect.
+    pub(crate) seen: std::collections::HashSet<Arc<str>>,
+    pub(crate) queue: Vec<(u32, Arc<str>)>,
+    /// A task is writing the queue.
+    pub(crate) draining: bool,
 }
 
 /// See [`Engine::presence`](crate::engine::Engine::presence).

@@ -59,6 +59,8 @@ pub struct RateConfig {
     pub group_creates_per_user: Rate,
     /// Users put into groups per user (the members of a group it creates, and those it adds).
     pub group_adds_per_user: Rate,
+    /// Friend requests and group join applications per user (what lands in someone else's list).
+    pub asks_per_user: Rate,
     /// WebSocket connections opened per client IP address.
     pub connections_per_ip: Rate,
     /// WebSocket connections open at once per client IP address; 0: no limit.
@@ -73,6 +75,7 @@ impl RateConfig {
         sends_per_user: Rate::OFF,
         group_creates_per_user: Rate::OFF,
         group_adds_per_user: Rate::OFF,
+        asks_per_user: Rate::OFF,
         connections_per_ip: Rate::OFF,
         max_connections_per_ip: 0,
     };
@@ -87,6 +90,7 @@ impl Default for RateConfig {
             sends_per_user: Rate::per_sec(50, 200),
             group_creates_per_user: Rate::per_hour(60, 20),
             group_adds_per_user: Rate::per_hour(20_000, 10_000),
+            asks_per_user: Rate::per_hour(100, 30),
             connections_per_ip: Rate::per_sec(20, 200),
             max_connections_per_ip: 1000,
         }
@@ -182,6 +186,7 @@ pub struct UserLimits {
     pub sends: Keyed<Arc<str>>,
     pub group_creates: Keyed<Arc<str>>,
     pub group_adds: Keyed<Arc<str>>,
+    pub asks: Keyed<Arc<str>>,
 }
 
 impl UserLimits {
@@ -190,6 +195,7 @@ impl UserLimits {
             sends: Keyed::new(cfg.sends_per_user, "messages sent by this user"),
             group_creates: Keyed::new(cfg.group_creates_per_user, "groups created by this user"),
             group_adds: Keyed::new(cfg.group_adds_per_user, "users put into groups by this user"),
+            asks: Keyed::new(cfg.asks_per_user, "friend requests and join applications of this user"),
         }
     }
 }

@@ -58,6 +58,8 @@ pub struct Limits {
     pub group_creates_per_user_burst: u32,
     pub group_adds_per_user_per_hour: u32,
     pub group_adds_per_user_burst: u32,
+    pub asks_per_user_per_hour: u32,
+    pub asks_per_user_burst: u32,
     pub connections_per_ip_per_sec: u32,
     pub connections_per_ip_burst: u32,
     pub max_connections_per_ip: usize,
@@ -183,6 +185,7 @@ impl Config {
             sends_per_user: Rate::per_sec(l.sends_per_user_per_sec, l.sends_per_user_burst),
             group_creates_per_user: Rate::per_hour(l.group_creates_per_user_per_hour, l.group_creates_per_user_burst),
             group_adds_per_user: Rate::per_hour(l.group_adds_per_user_per_hour, l.group_adds_per_user_burst),
+            asks_per_user: Rate::per_hour(l.asks_per_user_per_hour, l.asks_per_user_burst),
             connections_per_ip: Rate::per_sec(l.connections_per_ip_per_sec, l.connections_per_ip_burst),
             max_connections_per_ip: l.max_connections_per_ip,
         }

@@ -586,6 +586,30 @@ async fn rate_limits_refuse_floods_and_store_nothing() {
     assert!(node.metric("confab_rate_limited_total").await >= 6.0);
 }
 
+/// Friend requests and join applications are limited per user (a spammer's reach); answering
+/// is not, and the HTTP API is not limited per user.
+#[tokio::test]
+async fn friend_requests_and_join_applications_are_limited() {
+    let node = crate::http_api::node_with(&[
+        ("CONFAB__LIMITS__ASKS_PER_USER_PER_HOUR", "1"),
+        ("CONFAB__LIMITS__ASKS_PER_USER_BURST", "3"),
+    ]);
+    let [mut spam, mut bob] = node.connect_each(["spam/phone", "bob/phone"]).await;
+    for peer in ["p1", "p2", "bob"] {
+        spam.expect_ok("friend_request", json!({"user_id": peer, "message": "hi"})).await;
+    }
+    let e = spam.expect_err("friend_request", json!({"user_id": "p4"}), "rate_limited").await;
+    assert!(e["message"].as_str().unwrap().contains("friend requests"), "{e}");
+    assert_eq!(crate::http_api::ok(&node, "GET", "/api/v1/users/p4/contacts/spam", None).await["contact"], Value::Null);
+    bob.expect_ok("friend_accept", json!({"user_id": "spam"})).await;
+    crate::http_api::ok(&node, "POST", "/api/v1/groups", Some(json!({"id": "club", "name": "Club", "owner": "bob"})))
+        .await;
+    crate::http_api::ok(&node, "PATCH", "/api/v1/groups/club", Some(json!({"join_mode": "approval"}))).await;
+    spam.expect_err("group_join", json!({"group_id": "club", "message": "let me in"}), "rate_limited").await;
+    let body = json!({"action": "request", "message": "via the backend"});
+    crate::http_api::ok(&node, "POST", "/api/v1/users/spam/contacts/p5", Some(body)).await;
+}
+
 /// Connections per client address: how many are open at once and how fast they are opened.
 #[tokio::test]
 async fn connections_per_address_are_limited() {

@@ -101,7 +101,8 @@ async fn two_nodes_transactions_share_no_document() {
                 let (coll, filter) = d.split_once(' ').unwrap();
                 let keys: &[&str] = match coll {
                     "user_convs" => &["\"user\"", "\"conv_id\""],
-                    "conversations" | "nodes" | "outbox" => &["\"_id\""],
+                    // `daily_counts`: the node's own document of the day (`messages/<day>/<node>`).
+                    "conversations" | "nodes" | "outbox" | "daily_counts" => &["\"_id\""],
                     // An insert goes where its document's shard key (`conv_id`) says.
                     "messages" => &[],
                     other => panic!("{name}: a send wrote {other}: {d}"),

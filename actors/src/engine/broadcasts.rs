@@ -104,13 +104,22 @@ impl Engine {
     /// `system_user`, each with a key derived from the broadcast and the recipient, so a step
     /// sent again (after a restart, or by another node) stores nothing twice.
     pub async fn run_broadcasts(self, outbox: Arc<dyn Outbox>, owner: String, system_user: String) {
+        // A store that is down is logged when it goes and when it is back, not every second.
+        let mut failing = false;
         loop {
             tokio::time::sleep(IDLE).await;
             // A read while there is nothing to send; the lease is taken only for work.
             let running = match self.core.store.running_broadcasts().await {
-                Ok(r) => r,
+                Ok(r) => {
+                    if std::mem::take(&mut failing) {
+                        tracing::info!("broadcasts: the store answers again");
+                    }
+                    r
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "broadcasts: could not read the running ones");
+                    if !std::mem::replace(&mut failing, true) {
+                        tracing::warn!(error = %e, "broadcasts: could not read the running ones; trying every second");
+                    }
                     continue;
                 }
             };

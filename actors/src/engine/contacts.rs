@@ -48,6 +48,9 @@ impl Engine {
     pub async fn change_contact(&self, user: &str, peer: &str, op: ContactOp, conn: Option<u64>) -> Result<Contact> {
         model::validate_pair(user, peer)?;
         op.validate()?;
+        if conn.is_some() && matches!(op, ContactOp::Request { .. }) {
+            self.core.user_limits.asks.check(&Arc::from(user), 1)?;
+        }
         let change = ContactChange { user: user.to_owned(), peer: peer.to_owned(), op, ts: crate::clock::now_ms() };
         let plan = self.core.store.change_contact(change.clone()).await?;
         if plan.changed {

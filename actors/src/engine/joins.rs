@@ -85,6 +85,9 @@ impl Engine {
                 Ok(JoinResult { message: Some(m), requests: Vec::new() })
             }
             JoinMode::Approval => {
+                if caller.conn_id.is_some() {
+                    self.core.user_limits.asks.check(&caller.user, 1)?;
+                }
                 let r = JoinRequest {
                     user_id: caller.user.to_string(),
                     kind: RequestKind::Application,

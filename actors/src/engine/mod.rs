@@ -22,7 +22,6 @@ mod reads;
 mod send;
 mod stats;
 pub use broadcasts::NewBroadcast;
-pub(crate) use stats::Activity;
 pub use stats::MAX_STATS_DAYS;
 mod users;
 

@@ -1,8 +1,6 @@
 //! Statistics: which users were active on which day (recorded as they connect), and the counts
 //! an operator asks for (`GET /api/v1/stats`).
 
-use std::collections::HashSet;
-
 use super::*;
 use crate::store::{day_of, Stats};
 
@@ -12,18 +10,6 @@ pub const MAX_STATS_DAYS: u32 = 90;
 const ACTIVE_QUEUE: usize = 65_536;
 /// Users recorded in one store write.
 const ACTIVE_BATCH: usize = 500;
-
-/// Users this node recorded active today, and those on their way to the store.
-#[derive(Default)]
-pub(crate) struct Activity {
-    day: u32,
-    /// Recorded (or queued) today: a user is written once a day per node, however often they
-    /// connect.
-    seen: HashSet<Arc<str>>,
-    queue: Vec<(u32, Arc<str>)>,
-    /// A task is writing the queue.
-    draining: bool,
-}
 
 impl Engine {
     /// Records `user` active today (the first time this node sees them today). Never waits and

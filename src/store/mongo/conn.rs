@@ -212,7 +212,7 @@ impl Conn {
             .upsert(true)
             .await
             .map_err(|e| self.fail("retiring the version counter", &e))?;
-        super::users::backfill_name_keys(self).await?;
+        self.backfill_name_keys().await?;
         self.ready.store(true, Relaxed);
         Ok(())
     }
@@ -267,4 +267,48 @@ pub(crate) fn is_transient(e: &MongoError) -> bool {
 
 pub(crate) fn is_unknown_commit(e: &MongoError) -> bool {
     e.contains_label(mongodb::error::UNKNOWN_TRANSACTION_COMMIT_RESULT)
+}
+
+impl Conn {
+    /// Gives the users and groups written before name keys existed theirs (once per database: a
+    /// `meta` document records it).
+    async fn backfill_name_keys(&self) -> StoreResult<()> {
+        const DONE: &str = "name_keys";
+        let meta = self.coll::<Document>(META);
+        if meta.find_one(doc! { "_id": DONE }).await.map_err(|e| self.fail("reading meta", &e))?.is_some() {
+            return Ok(());
+        }
+        let mut n = 0u64;
+        for (coll, field, key_field) in [(docs::USERS, "nickname", "nickname_key"), (docs::GROUPS, "name", "name_key")]
+        {
+            let filter = doc! { field: { "$type": "string" }, key_field: { "$exists": false } };
+            let mut cursor =
+                self.coll::<Document>(coll).find(filter).await.map_err(|e| self.fail("reading names", &e))?;
+            let mut found: Vec<(String, String)> = Vec::new();
+            while cursor.advance().await.map_err(|e| self.fail("reading names", &e))? {
+                let d: Document = cursor.deserialize_current().map_err(|e| self.fail("reading names", &e))?;
+                if let (Ok(id), Ok(name)) = (d.get_str("_id"), d.get_str(field)) {
+                    found.push((id.to_owned(), name.to_owned()));
+                }
+            }
+            for (id, name) in found {
+                self.coll::<Document>(coll)
+                    .update_one(
+                        doc! { "_id": &id, field: &name },
+                        doc! { "$set": { key_field: docs::sort_key(&name, &id) } },
+                    )
+                    .await
+                    .map_err(|e| self.fail("adding a name key", &e))?;
+                n += 1;
+            }
+        }
+        meta.update_one(doc! { "_id": DONE }, doc! { "$set": { "value": 1_i64 } })
+            .upsert(true)
+            .await
+            .map_err(|e| self.fail("recording the name keys", &e))?;
+        if n > 0 {
+            tracing::info!(records = n, "added name keys to the users and groups stored before this version");
+        }
+        Ok(())
+    }
 }

@@ -219,37 +219,6 @@ pub(crate) async fn search_groups(c: &Conn, key: &str, limit: usize) -> StoreRes
     docs.into_iter().map(super::docs::GroupDoc::into_group).collect()
 }
 
-/// Gives the users and groups written before name keys existed theirs (once per database: a
-/// `meta` document records it). Reads the documents without a key, a page at a time.
-pub(crate) async fn backfill_name_keys(c: &Conn) -> StoreResult<()> {
-    const DONE: &str = "name_keys";
-    let meta = c.coll::<Document>(super::docs::META);
-    if meta.find_one(doc! { "_id": DONE }).await.map_err(|e| c.fail("reading meta", &e))?.is_some() {
-        return Ok(());
-    }
-    let mut n = 0u64;
-    for (coll, field, key_field) in [(USERS, "nickname", "nickname_key"), (GROUPS, "name", "name_key")] {
-        let filter = doc! { field: { "$type": "string" }, key_field: { "$exists": false } };
-        let docs: Vec<Document> = find_all(c, coll, filter, None).await?;
-        for d in docs {
-            let (Ok(id), Ok(name)) = (d.get_str("_id"), d.get_str(field)) else { continue };
-            c.coll::<Document>(coll)
-                .update_one(doc! { "_id": id, field: name }, doc! { "$set": { key_field: sort_key(name, id) } })
-                .await
-                .map_err(|e| c.fail("adding a name key", &e))?;
-            n += 1;
-        }
-    }
-    meta.update_one(doc! { "_id": DONE }, doc! { "$set": { "value": 1_i64 } })
-        .upsert(true)
-        .await
-        .map_err(|e| c.fail("recording the name keys", &e))?;
-    if n > 0 {
-        tracing::info!(records = n, "added name keys to the users and groups stored before this version");
-    }
-    Ok(())
-}
-
 pub(crate) async fn record_active(c: &Conn, day: u32, users: &[String]) -> StoreResult<()> {
     if users.is_empty() {
         return Ok(());
