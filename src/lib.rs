@@ -14,6 +14,7 @@
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod files;
 pub mod http;
 pub mod runtime;
 pub mod server;

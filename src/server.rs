@@ -90,6 +90,7 @@ pub async fn serve(
         access_check_timeout: std::time::Duration::from_millis(cfg.auth.access_check_timeout_ms),
         ready_timeout: std::time::Duration::from_millis(cfg.server.ready_timeout_ms),
         api,
+        files: files_state(&cfg)?,
     });
     let cluster_data = cluster.clone().map(web::Data::new);
     let workers = if cfg.server.workers == 0 { cores() } else { cfg.server.workers };
@@ -254,4 +255,23 @@ impl Drop for RunningNode {
             self.shutdown();
         }
     }
+}
+
+/// The file endpoints' storage and settings (`[files]`); the directory is made if missing.
+fn files_state(cfg: &Config) -> anyhow::Result<Option<Arc<crate::http::files::FilesState>>> {
+    use confab_actors::model::FileKind;
+    let f = &cfg.files;
+    let dir = f.dir(&cfg.storage);
+    let blobs =
+        crate::files::LocalBlobs::new(dir.clone()).map_err(|e| anyhow::anyhow!("files.path {}: {e}", dir.display()))?;
+    Ok(Some(Arc::new(crate::http::files::FilesState {
+        blobs,
+        links: crate::files::Links::new(&cfg.auth.secret, f.link_ttl_secs),
+        max_bytes: [
+            (FileKind::Image, f.max_image_bytes),
+            (FileKind::Audio, f.max_audio_bytes),
+            (FileKind::Video, f.max_video_bytes),
+            (FileKind::File, f.max_file_bytes),
+        ],
+    })))
 }

@@ -79,6 +79,10 @@ error_codes! {
     RequestNotPending = "request_not_pending", 409, "Accept, reject or cancel of a friend request that is not pending (never sent, already answered or withdrawn: a stale or duplicated answer). Nothing changed.";
     Muted = "muted", 403, "The sender is muted in this group: until the time the message gives (`group_mute`), or everyone but the owner and admins is (`group_mute_all`). Nothing was stored.";
     Banned = "banned", 403, "The user is banned from this group (`group_ban`): they cannot be added or rejoin until unbanned. Nothing changed.";
+    FileTooLarge = "file_too_large", 413, "An upload is larger than its kind allows (`files.max_image_bytes`, `max_audio_bytes`, `max_video_bytes`, `max_file_bytes`). Nothing was stored.";
+    FileTypeRefused = "file_type_refused", 415, "An upload's content (its first bytes, whatever its name) is an executable, or not of the kind it was uploaded as (an image that is not an image), or an image of more than 100 megapixels. Nothing was stored.";
+    LinkInvalid = "link_invalid", 403, "A file download link whose signature does not match (altered, or made for another file). Ask for a new link (`GET /files/{id}/link`).";
+    LinkExpired = "link_expired", 403, "A file download link past its `expires` (links last `files.link_ttl_secs`). Ask for a new one.";
     RateLimited = "rate_limited", 429, "A rate limit was reached (`limits.*`: requests or messages per connection, messages, group creations or users added per user, connections per IP address); nothing was done. The message says which limit and when a retry may pass.";
     Internal = "internal", 500, "An unexpected server error.";
 }

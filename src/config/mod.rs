@@ -19,7 +19,7 @@ use serde::Deserialize;
 pub use api::{Api, ApiKey, API_SCOPES};
 pub use cluster::{is_node_id_char, Cluster};
 pub use server::{networks, Auth, Chat, Groups, Limits, Log, Server, Session};
-pub use storage::{MongoDb, Storage};
+pub use storage::{Files, MongoDb, Storage};
 pub use webhooks::{HookConfig, WebhookEndpoint, Webhooks};
 
 /// The defaults, compiled in so the binary runs from any directory.
@@ -40,6 +40,7 @@ pub struct Config {
     pub log: Log,
     pub cluster: Cluster,
     pub webhooks: Webhooks,
+    pub files: Files,
 }
 
 /// Checks that setting `name` is an http:// or https:// URL.
@@ -171,6 +172,7 @@ impl Config {
         self.storage.validate()?;
         self.api.validate()?;
         self.webhooks.validate()?;
+        self.files.validate()?;
         self.storage.mongodb.validate()?;
         self.validate_cluster()?;
         Ok(())

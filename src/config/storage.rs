@@ -15,6 +15,43 @@ pub struct Storage {
     pub mongodb: MongoDb,
 }
 
+/// `[files]`: uploaded files (docs/protocol.md, "Files").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Files {
+    /// Where file bytes are kept; empty: `<storage.path>/files`.
+    pub path: PathBuf,
+    pub max_image_bytes: u64,
+    pub max_audio_bytes: u64,
+    pub max_video_bytes: u64,
+    pub max_file_bytes: u64,
+    /// How long a download link works.
+    pub link_ttl_secs: u64,
+}
+
+impl Files {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        for (name, v) in [
+            ("files.max_image_bytes", self.max_image_bytes),
+            ("files.max_audio_bytes", self.max_audio_bytes),
+            ("files.max_video_bytes", self.max_video_bytes),
+            ("files.max_file_bytes", self.max_file_bytes),
+        ] {
+            range(name, v, 1, 1 << 40)?;
+        }
+        range("files.link_ttl_secs", self.link_ttl_secs, 10, 7 * 86_400)
+    }
+
+    /// The directory of file bytes.
+    pub fn dir(&self, storage: &Storage) -> PathBuf {
+        if self.path.as_os_str().is_empty() {
+            storage.path.join("files")
+        } else {
+            self.path.clone()
+        }
+    }
+}
+
 /// `[storage.mongodb]`: used when `storage.backend = "mongodb"` (and by `confab migrate`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod conn;
+pub mod files;
 pub mod health;
 pub mod ws;
 
@@ -31,6 +32,8 @@ pub struct AppState {
     pub ready_timeout: std::time::Duration,
     /// The signed HTTP integration API (`/api/v1`).
     pub api: crate::http::api::ApiState,
+    /// Uploaded files (`None` when their directory could not be made).
+    pub files: Option<std::sync::Arc<files::FilesState>>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -38,6 +41,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/readyz", web::get().to(health::readyz))
         .route("/metrics", web::get().to(health::metrics))
         .route("/ws", web::get().to(ws::upgrade))
+        .configure(files::routes)
         .configure(api::routes);
 }
 

@@ -80,8 +80,8 @@ use async_trait::async_trait;
 use confab_actors::error::StoreError;
 use confab_actors::metrics::Metrics;
 use confab_actors::model::{
-    Broadcast, Changes, Contact, Conversation, ConversationView, FlagsPatch, Group, GroupBan, JoinRequest, Member,
-    Message, NoticeConfirmation, User, UserConvState, UserPatch,
+    Broadcast, Changes, Contact, Conversation, ConversationView, FileMeta, FlagsPatch, Group, GroupBan, JoinRequest,
+    Member, Message, NoticeConfirmation, User, UserConvState, UserPatch,
 };
 use confab_actors::outbox::Change;
 use confab_actors::store::{
@@ -236,6 +236,7 @@ fn create_tables(txn: &WriteTransaction) -> StoreResult<()> {
     txn.open_table(tables::ACTIVE_USERS).map_err(unavailable)?;
     txn.open_table(tables::USER_NAMES).map_err(unavailable)?;
     txn.open_table(tables::BROADCASTS).map_err(unavailable)?;
+    txn.open_table(tables::FILES).map_err(unavailable)?;
     txn.open_table(tables::GROUP_NAMES).map_err(unavailable)?;
     ops::index_replies(txn)?;
     names::index_names(txn)?;
@@ -523,6 +524,20 @@ impl Store for EmbeddedStore {
             names::search(txn, tables::GROUP_NAMES, tables::GROUPS, &key, limit, |g: &Group| !g.dismissed)
         })
         .await
+    }
+
+    async fn put_file(&self, f: &FileMeta) -> StoreResult<()> {
+        let f = f.clone();
+        self.write(move |txn| {
+            let mut files = txn.open_table(tables::FILES).map_err(unavailable)?;
+            tables::put_json(&mut files, f.id.as_str(), &f)
+        })
+        .await
+    }
+
+    async fn file(&self, id: &str) -> StoreResult<Option<FileMeta>> {
+        let id = id.to_owned();
+        self.read(move |txn| tables::get_json(&txn.open_table(tables::FILES).map_err(unavailable)?, id.as_str())).await
     }
 
     async fn create_broadcast(&self, b: &Broadcast) -> StoreResult<Broadcast> {

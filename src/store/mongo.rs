@@ -51,8 +51,8 @@ use async_trait::async_trait;
 use confab_actors::error::StoreError;
 use confab_actors::metrics::Metrics;
 use confab_actors::model::{
-    Broadcast, Changes, Contact, Conversation, ConversationView, FlagsPatch, Group, GroupBan, JoinRequest, Member,
-    Message, NoticeConfirmation, User, UserConvState, UserPatch,
+    Broadcast, Changes, Contact, Conversation, ConversationView, FileMeta, FlagsPatch, Group, GroupBan, JoinRequest,
+    Member, Message, NoticeConfirmation, User, UserConvState, UserPatch,
 };
 use confab_actors::store::{
     Appended, ContactChange, ContactPlan, GroupDismiss, GroupUpdate, HistoryQuery, MemberChange, MuteChange, NewGroup,
@@ -492,6 +492,16 @@ impl Store for MongoStore {
     async fn revoke_tokens(&self, id: &str, before_ms: u64, ts: i64) -> StoreResult<User> {
         let id = id.to_owned();
         self.read("revoke_tokens", move |c| async move { users::revoke_tokens(&c, &id, before_ms, ts).await }).await
+    }
+
+    async fn put_file(&self, f: &FileMeta) -> StoreResult<()> {
+        let f = f.clone();
+        self.read("put_file", move |c| async move { broadcasts::put_file(&c, &f).await }).await
+    }
+
+    async fn file(&self, id: &str) -> StoreResult<Option<FileMeta>> {
+        let id = id.to_owned();
+        self.read("file", move |c| async move { broadcasts::file(&c, &id).await }).await
     }
 
     async fn create_broadcast(&self, b: &Broadcast) -> StoreResult<Broadcast> {

@@ -6,6 +6,7 @@ mod cluster;
 mod cluster_nodes;
 mod common;
 mod disk_full;
+mod files;
 mod hardening;
 mod http_api;
 mod layers;

@@ -14,6 +14,7 @@
 mod broadcasts;
 mod contacts;
 mod dispatch;
+mod files;
 mod groups;
 mod joins;
 mod peer;

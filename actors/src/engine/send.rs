@@ -17,18 +17,24 @@ impl Engine {
             None => Ok(()),
         };
         let hook = self.core.hooks.get().and_then(|h| h.before_send.clone());
-        // Without a `before_send` hook the actor is asked right here (keeps a connection's order).
+        let names_file = req.body.as_ref().is_ok_and(|b| b.file_id().is_some());
+        // Without a `before_send` hook or a file to look up, the actor is asked right here
+        // (keeps a connection's order).
         let (prepared, checked) = match (limited, hook) {
             (Err(e), _) => (Some(Err(e)), None),
-            (Ok(()), None) => (Some(self.prepare_send(caller, req, origin)), None),
-            (Ok(()), Some(hook)) => (None, Some((hook, caller.clone(), req, origin))),
+            (Ok(()), None) if !names_file => (Some(self.prepare_send(caller, req, origin)), None),
+            (Ok(()), hook) => (None, Some((hook, caller.clone(), req, origin))),
         };
         let engine = self.clone();
         async move {
             let prepared = match (prepared, checked) {
                 (Some(p), _) => p,
                 (None, Some((hook, caller, req, origin))) => {
-                    let req = engine.before_send(&*hook, &caller, req).await?;
+                    let req = engine.resolve_file(req).await?;
+                    let req = match hook {
+                        Some(hook) => engine.before_send(&*hook, &caller, req).await?,
+                        None => req,
+                    };
                     engine.prepare_send(&caller, req, origin)
                 }
                 (None, None) => Err(Error::internal("no send path")),
@@ -53,6 +59,7 @@ impl Engine {
         if req.conv_id.is_some() || req.to.is_none() {
             return Err(Error::invalid("a system message to a user names the user (to), not a conversation"));
         }
+        let req = self.resolve_file(req).await?;
         let (conv_id, init, submit, addr, first) = self.prepare_send(system, req, None)?;
         match first.await {
             // The actor stopped (idle) between lookup and send: retry on a fresh one.

@@ -26,30 +26,43 @@ pub enum Body {
     Text {
         text: String,
     },
+    /// With `file_id` (an upload of kind `image`), the server fills `url`, `size`, `width`
+    /// and `height`; without it, `url` is required (hosted elsewhere).
     Image {
+        #[serde(default)]
         url: String,
         width: Option<u32>,
         height: Option<u32>,
         size: Option<u64>,
+        file_id: Option<String>,
     },
     Audio {
+        #[serde(default)]
         url: String,
         duration_ms: u64,
         size: Option<u64>,
+        file_id: Option<String>,
     },
     Video {
+        #[serde(default)]
         url: String,
         duration_ms: u64,
         width: Option<u32>,
         height: Option<u32>,
         size: Option<u64>,
         thumbnail_url: Option<String>,
+        file_id: Option<String>,
     },
+    /// With `file_id`, the server fills `url`, `size`, `mime` and (unless given) `name`.
     File {
+        #[serde(default)]
         url: String,
+        #[serde(default)]
         name: String,
+        #[serde(default)]
         size: u64,
         mime: Option<String>,
+        file_id: Option<String>,
     },
     Code {
         code: String,
@@ -125,8 +138,22 @@ impl Body {
         }
     }
 
+    /// The uploaded file a media body names, if any.
+    pub fn file_id(&self) -> Option<&str> {
+        match self {
+            Body::Image { file_id, .. }
+            | Body::Audio { file_id, .. }
+            | Body::Video { file_id, .. }
+            | Body::File { file_id, .. } => file_id.as_deref(),
+            _ => None,
+        }
+    }
+
     /// Validates a body a client wants to send. `system` and `recalled` are server-only.
     pub fn validate_client(&self, max_text_chars: usize) -> Result<()> {
+        if let Some(id) = self.file_id() {
+            super::validate_id("file_id", id).map_err(|e| Error::body(e.message))?;
+        }
         match self {
             Body::Text { text } => check_text("text", text, max_text_chars),
             Body::Image { url, .. } => check_url("url", url),

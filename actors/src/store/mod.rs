@@ -19,8 +19,9 @@ use async_trait::async_trait;
 
 use crate::error::StoreError;
 use crate::model::{
-    Body, Broadcast, Changes, Contact, ContactOp, Conversation, ConversationView, FlagsPatch, Group, GroupBan,
-    GroupPatch, JoinRequest, Member, Message, NoticeConfirmation, ReplyRef, Role, User, UserConvState, UserPatch,
+    Body, Broadcast, Changes, Contact, ContactOp, Conversation, ConversationView, FileMeta, FlagsPatch, Group,
+    GroupBan, GroupPatch, JoinRequest, Member, Message, NoticeConfirmation, ReplyRef, Role, User, UserConvState,
+    UserPatch,
 };
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -364,6 +365,13 @@ pub trait Store: Send + Sync + 'static {
     /// Refuses every token issued before `before_ms` (unix ms; [`User::revoke_tokens`]), creating
     /// the record if needed. Never moves the bound back. Returns the record.
     async fn revoke_tokens(&self, id: &str, before_ms: u64, ts: i64) -> StoreResult<User>;
+
+    // ---- files ----
+
+    /// Stores an uploaded file's record (its id is new).
+    async fn put_file(&self, f: &FileMeta) -> StoreResult<()>;
+
+    async fn file(&self, id: &str) -> StoreResult<Option<FileMeta>>;
 
     // ---- broadcasts ----
 

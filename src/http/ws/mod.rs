@@ -20,7 +20,7 @@ use super::{error_response, AppState};
 
 /// The token from `Authorization: Bearer …` (the scheme in any case, RFC 9110), or `?token=`
 /// for browsers.
-fn token(req: &HttpRequest) -> Option<String> {
+pub(crate) fn token(req: &HttpRequest) -> Option<String> {
     if let Some(h) = req.headers().get("authorization").and_then(|v| v.to_str().ok()) {
         let (scheme, token) = h.trim_start().split_once(' ')?;
         return scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string());

@@ -49,6 +49,8 @@ pub(crate) const CONTACTS_BY_VER: TableDefinition<(&str, u64), &str> = TableDefi
 
 /// `user_id` → `User` (JSON).
 pub(crate) const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+/// File id → `FileMeta` JSON.
+pub(crate) const FILES: TableDefinition<&str, &[u8]> = TableDefinition::new("files");
 /// Broadcast id → `Broadcast` JSON.
 pub(crate) const BROADCASTS: TableDefinition<&str, &[u8]> = TableDefinition::new("broadcasts");
 /// `(nickname key, user id)` of every user with a nickname (see `names.rs`).

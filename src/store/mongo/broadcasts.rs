@@ -1,3 +1,5 @@
+//! `broadcasts` and `files`.
+//!
 //! `broadcasts`: `{_id, state, created_at, data}`, `data` the broadcast as JSON text (it holds a
 //! message body, whose app-defined keys may hold `$` or `.`). Single-document writes with write
 //! concern majority, outside the writer.
@@ -85,4 +87,29 @@ pub(crate) async fn running(c: &Conn) -> StoreResult<Vec<Broadcast>> {
     let docs: Vec<BroadcastDoc> =
         find_all(c, BROADCASTS, doc! { "state": "running" }, Some(doc! { "created_at": 1, "_id": 1 })).await?;
     docs.into_iter().map(from_doc).collect()
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct FileDoc {
+    #[serde(rename = "_id")]
+    id: String,
+    owner: String,
+    data: String,
+}
+
+/// Stores a file's record (an upsert by id: a retried write stores the same).
+pub(crate) async fn put_file(c: &Conn, f: &confab_actors::model::FileMeta) -> StoreResult<()> {
+    let data = serde_json::to_string(f).map_err(|e| StoreError::Unavailable(format!("cannot encode a file: {e}")))?;
+    c.coll::<Document>(super::docs::FILES)
+        .update_one(doc! { "_id": &f.id }, doc! { "$set": { "owner": &f.owner, "data": data } })
+        .upsert(true)
+        .await
+        .map_err(|e| c.fail("storing a file", &e))?;
+    Ok(())
+}
+
+pub(crate) async fn file(c: &Conn, id: &str) -> StoreResult<Option<confab_actors::model::FileMeta>> {
+    let d: Option<FileDoc> = find_one(c, super::docs::FILES, doc! { "_id": id }).await?;
+    d.map(|d| serde_json::from_str(&d.data).map_err(|e| StoreError::Unavailable(format!("corrupt file {}: {e}", d.id))))
+        .transpose()
 }

@@ -25,6 +25,8 @@ pub(crate) const META: &str = "meta";
 pub(crate) const USERS: &str = "users";
 pub(crate) const DEVICE_REVOCATIONS: &str = "device_revocations";
 pub(crate) const BROADCASTS: &str = "broadcasts";
+/// `{_id, owner, data}`: an uploaded file's record, `data` the `FileMeta` as JSON text.
+pub(crate) const FILES: &str = "files";
 /// Daily counts: `{_id: "messages/<day>/<node clock id>", kind, day, n}`, one document per node and
 /// day so that nodes never write the same one.
 pub(crate) const DAILY: &str = "daily_counts";

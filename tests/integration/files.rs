@@ -1,0 +1,158 @@
+//! Files: upload with the access token (content sniffed, limits per kind), messages naming an
+//! upload, signed expiring links for the uploader and for readers of such a message, ranges, and
+//! the refusals (too big, wrong type, an executable, no token, not a reader, a tampered or
+//! expired link).
+
+use serde_json::{json, Value};
+
+use crate::common::{direct_id, token, TestNode};
+
+/// A PNG header of `w`×`h` (enough for the sniffer and the dimensions), then `extra` bytes.
+fn png(w: u32, h: u32, extra: usize) -> Vec<u8> {
+    let mut v = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR".to_vec();
+    v.extend_from_slice(&w.to_be_bytes());
+    v.extend_from_slice(&h.to_be_bytes());
+    v.extend_from_slice(&[8, 6, 0, 0, 0]);
+    v.extend((0..extra).map(|i| (i % 251) as u8));
+    v
+}
+
+async fn upload(node: &TestNode, user: &str, query: &str, body: Vec<u8>) -> (u16, Value) {
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/files?{query}", node.addr))
+        .bearer_auth(token(user, "phone"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+async fn get(node: &TestNode, user: Option<&str>, path: &str, range: Option<&str>) -> reqwest::Response {
+    let mut rb = reqwest::Client::new().get(format!("http://{}{path}", node.addr));
+    if let Some(u) = user {
+        rb = rb.bearer_auth(token(u, "phone"));
+    }
+    if let Some(r) = range {
+        rb = rb.header("Range", r);
+    }
+    rb.send().await.unwrap()
+}
+
+async fn code(r: reqwest::Response) -> (u16, String) {
+    let status = r.status().as_u16();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    (status, v["error"]["code"].as_str().unwrap_or("").to_owned())
+}
+
+#[tokio::test]
+async fn an_image_is_uploaded_sent_and_read_by_the_conversation_only() {
+    let node = TestNode::with(&[("CONFAB__FILES__MAX_IMAGE_BYTES", "100000")]);
+    let content = png(640, 480, 5000);
+    let (st, up) = upload(&node, "alice", "kind=image&name=cat.png", content.clone()).await;
+    assert_eq!(st, 200, "{up}");
+    let file = &up["file"];
+    assert_eq!((file["mime"].as_str(), file["size"].as_u64()), (Some("image/png"), Some(content.len() as u64)));
+    assert_eq!(
+        (file["width"].as_u64(), file["height"].as_u64(), file["owner"].as_str()),
+        (Some(640), Some(480), Some("alice"))
+    );
+    let id = file["id"].as_str().unwrap().to_owned();
+
+    // The uploader's link works, whole and by range.
+    let r = get(&node, None, up["url"].as_str().unwrap(), None).await;
+    assert_eq!(r.status().as_u16(), 200);
+    assert_eq!(r.headers()["content-type"], "image/png");
+    assert!(r.headers()["content-disposition"].to_str().unwrap().starts_with("inline; filename*=UTF-8''cat.png"));
+    assert_eq!(r.bytes().await.unwrap().to_vec(), content);
+    let r = get(&node, None, up["url"].as_str().unwrap(), Some("bytes=10-19")).await;
+    assert_eq!(r.status().as_u16(), 206);
+    assert_eq!(r.headers()["content-range"].to_str().unwrap(), format!("bytes 10-19/{}", content.len()));
+    assert_eq!(r.bytes().await.unwrap().to_vec(), content[10..20].to_vec());
+    let r = get(&node, None, up["url"].as_str().unwrap(), Some(&format!("bytes={}-", content.len()))).await;
+    assert_eq!(r.status().as_u16(), 416);
+
+    // Sent in a message by its id: the server fills the body in.
+    let [mut alice, mut bob] = node.connect_each(["alice/phone", "bob/phone"]).await;
+    let m = alice.send_msg(json!({"to": "bob"}), "img1", json!({"type": "image", "file_id": id})).await;
+    let body = &m["body"];
+    assert_eq!(body["url"], format!("/files/{id}"));
+    assert_eq!((body["width"].as_u64(), body["size"].as_u64()), (Some(640), Some(content.len() as u64)));
+    assert_eq!(bob.next_event("message").await["body"], *body);
+    let ab = direct_id("alice", "bob");
+    let seq = m["seq"].as_u64().unwrap();
+
+    // Bob reads it through the message; Carol, who is not in the conversation, cannot.
+    let link_path = format!("/files/{id}/link?conv_id={ab}&seq={seq}");
+    let link: Value = get(&node, Some("bob"), &link_path, None).await.json().await.unwrap();
+    let url = link["url"].as_str().unwrap();
+    assert_eq!(get(&node, None, url, None).await.bytes().await.unwrap().to_vec(), content);
+    assert_eq!(code(get(&node, Some("carol"), &link_path, None).await).await, (403, "not_member".into()));
+    assert_eq!(code(get(&node, Some("bob"), &format!("/files/{id}/link"), None).await).await.1, "invalid_request");
+    assert_eq!(code(get(&node, None, &link_path, None).await).await, (401, "unauthorized".into()));
+    // A message that does not name the file gives nothing.
+    alice.send_msg(json!({"to": "bob"}), "t1", json!({"type": "text", "text": "hi"})).await;
+    let other = format!("/files/{id}/link?conv_id={ab}&seq={}", seq + 1);
+    assert_eq!(code(get(&node, Some("bob"), &other, None).await).await, (404, "not_found".into()));
+
+    // Tampered and expired links.
+    let tampered = url.replace("sig=", "sig=0");
+    assert_eq!(code(get(&node, None, &tampered, None).await).await, (403, "link_invalid".into()));
+    let expires: u64 = url.split("expires=").nth(1).unwrap().split('&').next().unwrap().parse().unwrap();
+    let longer = url.replace(&format!("expires={expires}"), &format!("expires={}", expires + 3600));
+    assert_eq!(code(get(&node, None, &longer, None).await).await, (403, "link_invalid".into()));
+
+    // A recalled message no longer gives access.
+    alice.expect_ok("recall", json!({"conv_id": ab, "seq": seq})).await;
+    assert_eq!(code(get(&node, Some("bob"), &link_path, None).await).await, (404, "not_found".into()));
+}
+
+#[tokio::test]
+async fn uploads_are_refused_by_size_type_and_content() {
+    let node = TestNode::with(&[("CONFAB__FILES__MAX_IMAGE_BYTES", "1000"), ("CONFAB__FILES__LINK_TTL_SECS", "10")]);
+    let (st, v) = upload(&node, "alice", "kind=image", png(10, 10, 2000)).await;
+    assert_eq!((st, v["error"]["code"].as_str()), (413, Some("file_too_large")), "{v}");
+    let (st, v) = upload(&node, "alice", "kind=image&name=photo.jpg", b"MZ\x90\x00\x03\x00\x00\x00".to_vec()).await;
+    assert_eq!((st, v["error"]["code"].as_str()), (415, Some("file_type_refused")), "an .exe named .jpg: {v}");
+    let (st, v) = upload(&node, "alice", "kind=file&name=run.sh", b"#!/bin/sh\necho hi\n".to_vec()).await;
+    assert_eq!((st, v["error"]["code"].as_str()), (415, Some("file_type_refused")), "{v}");
+    let (st, v) = upload(&node, "alice", "kind=image", b"%PDF-1.7\n".to_vec()).await;
+    assert_eq!((st, v["error"]["code"].as_str()), (415, Some("file_type_refused")), "a PDF is not an image: {v}");
+    let (st, v) = upload(&node, "alice", "kind=image", png(20_000, 20_000, 10)).await;
+    assert_eq!((st, v["error"]["code"].as_str()), (415, Some("file_type_refused")), "400 megapixels: {v}");
+    for bad in ["kind=movie", "", "kind=file&name=a/b"] {
+        let (st, v) = upload(&node, "alice", bad, b"hello".to_vec()).await;
+        assert_eq!((st, v["error"]["code"].as_str()), (400, Some("invalid_request")), "{bad}: {v}");
+    }
+    let (st, v) = upload(&node, "alice", "kind=file", Vec::new()).await;
+    assert_eq!((st, v["error"]["code"].as_str()), (400, Some("invalid_request")), "empty: {v}");
+    let r =
+        reqwest::Client::new().post(format!("http://{}/files?kind=file", node.addr)).body("x").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let (st, pdf) =
+        upload(&node, "alice", "kind=file&name=report%20%C3%A9t%C3%A9.pdf", b"%PDF-1.7\n%...".to_vec()).await;
+    assert_eq!(st, 200, "{pdf}");
+    assert_eq!(pdf["file"]["mime"], "application/pdf");
+    let r = get(&node, None, pdf["url"].as_str().unwrap(), None).await;
+    assert_eq!(
+        r.headers()["content-disposition"].to_str().unwrap(),
+        "attachment; filename*=UTF-8''report%20%C3%A9t%C3%A9.pdf"
+    );
+    // A file sent as an image is refused; a missing file too.
+    let mut alice = node.connect("alice", "phone").await;
+    let id = pdf["file"]["id"].as_str().unwrap();
+    let send = |body: Value| json!({"to": "bob", "client_msg_id": "x1", "body": body});
+    alice.expect_err("send", send(json!({"type": "image", "file_id": id})), "invalid_body").await;
+    alice
+        .expect_err(
+            "send",
+            send(json!({"type": "file", "file_id": "0123456789abcdef0123456789abcdef"})),
+            "invalid_body",
+        )
+        .await;
+    let m = alice.send_msg(json!({"to": "bob"}), "f1", json!({"type": "file", "file_id": id})).await;
+    assert_eq!(
+        (m["body"]["name"].as_str(), m["body"]["mime"].as_str()),
+        (Some("report été.pdf"), Some("application/pdf"))
+    );
+}
