@@ -262,8 +262,24 @@ fn files_state(cfg: &Config) -> anyhow::Result<Option<Arc<crate::http::files::Fi
     use confab_actors::model::FileKind;
     let f = &cfg.files;
     let dir = f.dir(&cfg.storage);
-    let blobs =
-        crate::files::LocalBlobs::new(dir.clone()).map_err(|e| anyhow::anyhow!("files.path {}: {e}", dir.display()))?;
+    let bad_dir = |e: std::io::Error| anyhow::anyhow!("files.path {}: {e}", dir.display());
+    let blobs = if f.backend == "s3" {
+        let s = &f.s3;
+        let mut b = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(&s.bucket)
+            .with_region(&s.region)
+            .with_virtual_hosted_style_request(s.virtual_hosted_style);
+        if !s.access_key_id.is_empty() {
+            b = b.with_access_key_id(&s.access_key_id).with_secret_access_key(&s.secret_access_key);
+        }
+        if !s.endpoint.is_empty() {
+            b = b.with_endpoint(&s.endpoint).with_allow_http(s.endpoint.starts_with("http://"));
+        }
+        let store = b.build().map_err(|e| anyhow::anyhow!("files.s3: {e}"))?;
+        crate::files::Blobs::s3(Arc::new(store), &s.prefix, dir.clone()).map_err(bad_dir)?
+    } else {
+        crate::files::Blobs::Local(crate::files::LocalBlobs::new(dir.clone()).map_err(bad_dir)?)
+    };
     Ok(Some(Arc::new(crate::http::files::FilesState {
         blobs,
         links: crate::files::Links::new(&cfg.auth.secret, f.link_ttl_secs),

@@ -19,7 +19,10 @@ pub struct Storage {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Files {
-    /// Where file bytes are kept; empty: `<storage.path>/files`.
+    /// `local` (the directory `path`) or `s3` (`[files.s3]`).
+    pub backend: String,
+    /// Where file bytes are kept (`local`), or staged while uploading (`s3`); empty:
+    /// `<storage.path>/files`.
     pub path: PathBuf,
     pub max_image_bytes: u64,
     pub max_audio_bytes: u64,
@@ -27,6 +30,28 @@ pub struct Files {
     pub max_file_bytes: u64,
     /// How long a download link works.
     pub link_ttl_secs: u64,
+    pub s3: S3,
+}
+
+/// Empty (AWS), or an http(s) URL.
+fn valid_endpoint(e: &str) -> bool {
+    e.is_empty() || e.starts_with("http://") || e.starts_with("https://")
+}
+
+/// `[files.s3]`: S3-compatible object storage (AWS S3, MinIO, Aliyun OSS, Tencent COS, …).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3 {
+    /// Empty: AWS for `region`; else the service's URL (`https://oss-cn-hangzhou.aliyuncs.com`).
+    pub endpoint: String,
+    pub bucket: String,
+    pub region: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    /// Keys are `<prefix>/<file id>`.
+    pub prefix: String,
+    /// `https://bucket.endpoint/key` rather than `https://endpoint/bucket/key` (OSS and COS need it).
+    pub virtual_hosted_style: bool,
 }
 
 impl Files {
@@ -39,7 +64,16 @@ impl Files {
         ] {
             range(name, v, 1, 1 << 40)?;
         }
-        range("files.link_ttl_secs", self.link_ttl_secs, 10, 7 * 86_400)
+        range("files.link_ttl_secs", self.link_ttl_secs, 10, 7 * 86_400)?;
+        match self.backend.as_str() {
+            "local" => Ok(()),
+            "s3" if self.s3.bucket.is_empty() => Err(ConfigError("files.s3.bucket must be set".into())),
+            "s3" if !valid_endpoint(&self.s3.endpoint) => {
+                Err(ConfigError(format!("files.s3.endpoint = {:?} must be an http(s) URL", self.s3.endpoint)))
+            }
+            "s3" => Ok(()),
+            other => Err(ConfigError(format!("files.backend = {other:?} must be \"local\" or \"s3\""))),
+        }
     }
 
     /// The directory of file bytes.

@@ -1,10 +1,18 @@
-//! Files users upload (images, voice notes, videos, any file): their bytes on local disk next to
-//! the store, their records in the store ([`FileMeta`]), what they are (from their content:
-//! [`sniff`]), and the signed, expiring links they are downloaded with.
+//! Files users upload (images, voice notes, videos, any file): their bytes ([`Blobs`]: on local
+//! disk next to the store, or in S3-compatible object storage), their records in the store
+//! (`FileMeta`), what they are (from their content: [`sniff`]), and the signed, expiring links
+//! they are downloaded with.
 
 pub mod sniff;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use object_store::ObjectStore;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -42,6 +50,113 @@ impl LocalBlobs {
         tokio::task::spawn_blocking(move || std::fs::File::open(dir)?.sync_all())
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?
+    }
+}
+
+/// Where file bytes are kept. Uploads are staged in a local temporary directory first (whatever
+/// the backend), then moved into place whole: a file either exists complete or not at all.
+pub enum Blobs {
+    Local(LocalBlobs),
+    /// S3-compatible object storage; `staging` holds uploads until they are complete.
+    S3 {
+        store: Arc<dyn ObjectStore>,
+        prefix: String,
+        staging: LocalBlobs,
+    },
+}
+
+/// Bytes of an upload sent to object storage per part.
+const PART_BYTES: usize = 8 << 20;
+
+impl Blobs {
+    /// Object storage through `object_store` (tested against an S3 API server).
+    pub fn s3(store: Arc<dyn ObjectStore>, prefix: &str, staging: PathBuf) -> std::io::Result<Blobs> {
+        Ok(Blobs::S3 { store, prefix: prefix.trim_matches('/').to_owned(), staging: LocalBlobs::new(staging)? })
+    }
+
+    pub fn temp_path(&self, id: &str) -> PathBuf {
+        match self {
+            Blobs::Local(l) => l.temp_path(id),
+            Blobs::S3 { staging, .. } => staging.temp_path(id),
+        }
+    }
+
+    fn key(prefix: &str, id: &str) -> object_store::path::Path {
+        if prefix.is_empty() {
+            object_store::path::Path::from(id)
+        } else {
+            object_store::path::Path::from(format!("{prefix}/{id}"))
+        }
+    }
+
+    /// Moves a complete, synced temporary file into place: renamed and its directory synced on
+    /// disk; uploaded (in parts when large) and the temporary file removed for object storage.
+    /// Once this returns, the file survives a crash of the node.
+    pub async fn commit(&self, temp: &Path, id: &str) -> std::io::Result<()> {
+        match self {
+            Blobs::Local(l) => l.commit(temp, id).await,
+            Blobs::S3 { store, prefix, .. } => {
+                let key = Self::key(prefix, id);
+                let mut file = tokio::fs::File::open(temp).await?;
+                let size = file.metadata().await?.len();
+                if size <= PART_BYTES as u64 {
+                    let mut buf = Vec::with_capacity(size as usize);
+                    file.read_to_end(&mut buf).await?;
+                    store.put(&key, Bytes::from(buf).into()).await.map_err(std::io::Error::other)?;
+                } else {
+                    let upload = store.put_multipart(&key).await.map_err(std::io::Error::other)?;
+                    let mut w = object_store::WriteMultipart::new_with_chunk_size(upload, PART_BYTES);
+                    let mut buf = vec![0u8; PART_BYTES];
+                    loop {
+                        let n = file.read(&mut buf).await?;
+                        if n == 0 {
+                            break;
+                        }
+                        w.wait_for_capacity(4).await.map_err(std::io::Error::other)?;
+                        w.write(&buf[..n]);
+                    }
+                    w.finish().await.map_err(std::io::Error::other)?;
+                }
+                tokio::fs::remove_file(temp).await
+            }
+        }
+    }
+
+    /// `len` bytes of file `id` from `start`, as a stream. `NotFound` when it is gone.
+    pub async fn read(
+        &self,
+        id: &str,
+        start: u64,
+        len: u64,
+    ) -> std::io::Result<BoxStream<'static, std::io::Result<Bytes>>> {
+        match self {
+            Blobs::Local(l) => {
+                let mut file = tokio::fs::File::open(l.path(id)).await?;
+                file.seek(std::io::SeekFrom::Start(start)).await?;
+                let chunks = futures_util::stream::unfold(
+                    (file.take(len), vec![0u8; 64 * 1024]),
+                    |(mut f, mut buf)| async move {
+                        match f.read(&mut buf).await {
+                            Ok(0) => None,
+                            Ok(n) => Some((Ok(Bytes::copy_from_slice(&buf[..n])), (f, buf))),
+                            Err(e) => Some((Err(e), (f, buf))),
+                        }
+                    },
+                );
+                Ok(chunks.boxed())
+            }
+            Blobs::S3 { store, prefix, .. } => {
+                let opts = object_store::GetOptions {
+                    range: Some(object_store::GetRange::Bounded(start..start + len)),
+                    ..Default::default()
+                };
+                let got = store.get_opts(&Self::key(prefix, id), opts).await.map_err(|e| match e {
+                    object_store::Error::NotFound { .. } => std::io::Error::new(std::io::ErrorKind::NotFound, e),
+                    e => std::io::Error::other(e),
+                })?;
+                Ok(got.into_stream().map(|r| r.map_err(std::io::Error::other)).boxed())
+            }
+        }
     }
 }
 
@@ -108,8 +223,11 @@ pub fn byte_range(header: Option<&str>, size: u64) -> Result<Option<(u64, u64)>,
         }
         (false, _) => {
             let start: u64 = a.parse().map_err(|_| Unsatisfiable)?;
-            let end =
-                if b.is_empty() { size.saturating_sub(1) } else { b.parse::<u64>().map_err(|_| Unsatisfiable)?.min(size - 1) };
+            let end = if b.is_empty() {
+                size.saturating_sub(1)
+            } else {
+                b.parse::<u64>().map_err(|_| Unsatisfiable)?.min(size - 1)
+            };
             (start, end)
         }
         (true, true) => return Err(Unsatisfiable),

@@ -9,13 +9,13 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use confab_actors::error::{Error, ErrorCode};
 use confab_actors::model::{FileKind, FileMeta};
 
 use super::{error_response, AppState};
-use crate::files::{byte_range, sniff, Links, LocalBlobs};
+use crate::files::{byte_range, sniff, Blobs, Links};
 
 /// Bytes of an upload kept in memory to tell what it is (an image's header may follow up to
 /// 64 KiB of metadata).
@@ -25,7 +25,7 @@ const MAX_PIXELS: u64 = 100_000_000;
 
 /// What the file endpoints share (set once at start-up).
 pub struct FilesState {
-    pub blobs: LocalBlobs,
+    pub blobs: Blobs,
     pub links: Links,
     /// Largest upload per kind, in bytes.
     pub max_bytes: [(FileKind, u64); 4],
@@ -98,7 +98,8 @@ async fn upload_inner(req: &HttpRequest, mut body: web::Payload, state: &AppStat
     if declared.is_some_and(|n| n > max) {
         return Err(too_large(kind, max));
     }
-    let id = confab_actors::engine::random_id();
+    // 128 bits: the id is what lets a user send the file in a message.
+    let id = format!("{}{}", confab_actors::engine::random_id(), confab_actors::engine::random_id());
     let temp = fs.blobs.temp_path(&id);
     let result = async {
         let mut file = tokio::fs::File::create(&temp).await.map_err(io)?;
@@ -237,10 +238,6 @@ async fn content_inner(req: &HttpRequest, id: String, state: &AppState) -> Resul
         .into_inner();
     fs.links.check(&id, q.expires, &q.sig, now_secs())?;
     let meta = state.engine.store().file(&id).await?.ok_or_else(|| Error::not_found("no such file"))?;
-    let mut file = tokio::fs::File::open(fs.blobs.path(&id)).await.map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::not_found("the file's content is gone"),
-        _ => io(e),
-    })?;
     let range_header = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok());
     let mut resp = match byte_range(range_header, meta.size) {
         Ok(None) => HttpResponse::Ok(),
@@ -256,8 +253,11 @@ async fn content_inner(req: &HttpRequest, id: String, state: &AppState) -> Resul
         }
     };
     let (start, end) = byte_range(range_header, meta.size).ok().flatten().unwrap_or((0, meta.size - 1));
-    file.seek(std::io::SeekFrom::Start(start)).await.map_err(io)?;
     let len = end - start + 1;
+    let stream = fs.blobs.read(&id, start, len).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::not_found("the file's content is gone"),
+        _ => io(e),
+    })?;
     let disposition = if meta.kind == FileKind::File { "attachment" } else { "inline" };
     let name = meta.name.as_deref().unwrap_or("file");
     resp.content_type(meta.mime.as_str())
@@ -267,13 +267,6 @@ async fn content_inner(req: &HttpRequest, id: String, state: &AppState) -> Resul
         .insert_header(("x-content-type-options", "nosniff"))
         .insert_header((header::CACHE_CONTROL, "private, max-age=3600"))
         .no_chunking(len);
-    let stream = futures_util::stream::unfold((file.take(len), vec![0u8; 64 * 1024]), |(mut f, mut buf)| async move {
-        match f.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => Some((Ok::<_, std::io::Error>(web::Bytes::copy_from_slice(&buf[..n])), (f, buf))),
-            Err(e) => Some((Err(e), (f, buf))),
-        }
-    });
     Ok(resp.streaming(stream))
 }
 

@@ -796,3 +796,42 @@ async fn a_mute_and_a_ban_made_on_one_node_hold_on_every_node() {
     }
     cluster.stop().await;
 }
+
+/// Files on S3: uploaded through one node, a message naming it sent there, and the link asked
+/// for and the file downloaded through the other.
+#[tokio::test]
+async fn a_file_uploaded_on_one_node_is_served_by_another_from_s3() {
+    let Some((mongo, _)) = services() else { return };
+    let Some(s3) = crate::files::s3_env().await else { return };
+    let extra: Vec<(&str, &str)> = s3.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let cluster = Cluster::start_with(2, &mongo, &extra).await;
+    let pdf = b"%PDF-1.7\nshared between nodes".to_vec();
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/files?kind=file&name=a.pdf", cluster.addr(0)))
+        .bearer_auth(crate::common::token("alice", "phone"))
+        .body(pdf.clone())
+        .send()
+        .await
+        .unwrap();
+    let up: serde_json::Value = r.json().await.unwrap();
+    let id = up["file"]["id"].as_str().expect("uploaded").to_owned();
+    let [mut alice, mut bob] = cluster.connect_each([(0, "alice/phone"), (1, "bob/phone")]).await;
+    let m = alice
+        .send_msg(serde_json::json!({"to": "bob"}), "f1", serde_json::json!({"type": "file", "file_id": id}))
+        .await;
+    bob.next_event("message").await;
+    let conv = crate::common::direct_id("alice", "bob");
+    let link: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{}/files/{id}/link?conv_id={conv}&seq={}", cluster.addr(1), m["seq"]))
+        .bearer_auth(crate::common::token("bob", "phone"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = link["url"].as_str().expect("a link");
+    let got = reqwest::get(format!("http://{}{url}", cluster.addr(1))).await.unwrap().bytes().await.unwrap();
+    assert_eq!(got.to_vec(), pdf);
+    cluster.stop().await;
+}

@@ -5,7 +5,40 @@
 
 use serde_json::{json, Value};
 
-use crate::common::{direct_id, token, TestNode};
+use crate::common::{direct_id, service, token, TestNode};
+
+/// The settings of a node keeping files in a fresh bucket of the S3 API server the test command
+/// started (moto), or `None` (skipped) without one.
+pub(crate) async fn s3_env() -> Option<Vec<(String, String)>> {
+    let url = service("CONFAB_TEST_S3_URL")?;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let bucket = format!("confab-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+    let r = reqwest::Client::new().put(format!("{url}/{bucket}")).send().await.expect("the S3 server answers");
+    assert!(r.status().is_success(), "creating bucket {bucket}: {}", r.status());
+    Some(
+        [
+            ("CONFAB__FILES__BACKEND", "s3"),
+            ("CONFAB__FILES__S3__ENDPOINT", url.as_str()),
+            ("CONFAB__FILES__S3__BUCKET", bucket.as_str()),
+            ("CONFAB__FILES__S3__ACCESS_KEY_ID", "test"),
+            ("CONFAB__FILES__S3__SECRET_ACCESS_KEY", "test"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    )
+}
+
+/// A node with `extra` and, for `s3`, the S3 settings (`None`: skipped).
+async fn node(s3: bool, extra: &[(&str, &str)]) -> Option<TestNode> {
+    let mut env: Vec<(String, String)> = extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    if s3 {
+        env.extend(s3_env().await?);
+    }
+    let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    Some(TestNode::with(&refs))
+}
 
 /// A PNG header of `w`×`h` (enough for the sniffer and the dimensions), then `extra` bytes.
 fn png(w: u32, h: u32, extra: usize) -> Vec<u8> {
@@ -47,7 +80,16 @@ async fn code(r: reqwest::Response) -> (u16, String) {
 
 #[tokio::test]
 async fn an_image_is_uploaded_sent_and_read_by_the_conversation_only() {
-    let node = TestNode::with(&[("CONFAB__FILES__MAX_IMAGE_BYTES", "100000")]);
+    image_round_trip(false).await;
+}
+
+#[tokio::test]
+async fn an_image_is_uploaded_sent_and_read_by_the_conversation_only_on_s3() {
+    image_round_trip(true).await;
+}
+
+async fn image_round_trip(s3: bool) {
+    let Some(node) = node(s3, &[("CONFAB__FILES__MAX_IMAGE_BYTES", "100000")]).await else { return };
     let content = png(640, 480, 5000);
     let (st, up) = upload(&node, "alice", "kind=image&name=cat.png", content.clone()).await;
     assert_eq!(st, 200, "{up}");
@@ -109,7 +151,17 @@ async fn an_image_is_uploaded_sent_and_read_by_the_conversation_only() {
 
 #[tokio::test]
 async fn uploads_are_refused_by_size_type_and_content() {
-    let node = TestNode::with(&[("CONFAB__FILES__MAX_IMAGE_BYTES", "1000"), ("CONFAB__FILES__LINK_TTL_SECS", "10")]);
+    refusals(false).await;
+}
+
+#[tokio::test]
+async fn uploads_are_refused_by_size_type_and_content_on_s3() {
+    refusals(true).await;
+}
+
+async fn refusals(s3: bool) {
+    let limits = [("CONFAB__FILES__MAX_IMAGE_BYTES", "1000"), ("CONFAB__FILES__LINK_TTL_SECS", "10")];
+    let Some(node) = node(s3, &limits).await else { return };
     let (st, v) = upload(&node, "alice", "kind=image", png(10, 10, 2000)).await;
     assert_eq!((st, v["error"]["code"].as_str()), (413, Some("file_too_large")), "{v}");
     let (st, v) = upload(&node, "alice", "kind=image&name=photo.jpg", b"MZ\x90\x00\x03\x00\x00\x00".to_vec()).await;
@@ -155,4 +207,20 @@ async fn uploads_are_refused_by_size_type_and_content() {
         (m["body"]["name"].as_str(), m["body"]["mime"].as_str()),
         (Some("report été.pdf"), Some("application/pdf"))
     );
+}
+
+/// A large file goes to object storage in parts and comes back whole and by range.
+#[tokio::test]
+async fn a_large_file_is_stored_in_parts_on_s3() {
+    let Some(node) = node(true, &[]).await else { return };
+    let content: Vec<u8> = (0..(20u32 << 20)).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let (st, up) = upload(&node, "alice", "kind=file&name=big.bin", content.clone()).await;
+    assert_eq!(st, 200, "{up}");
+    assert_eq!(up["file"]["size"].as_u64(), Some(content.len() as u64));
+    let url = up["url"].as_str().unwrap();
+    let got = get(&node, None, url, None).await.bytes().await.unwrap();
+    assert!(got.len() == content.len() && got[..] == content[..], "the whole file back");
+    let r = get(&node, None, url, Some("bytes=9000000-9000099")).await;
+    assert_eq!(r.status().as_u16(), 206);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), content[9_000_000..9_000_100].to_vec());
 }
