@@ -283,6 +283,8 @@ fn files_state(cfg: &Config) -> anyhow::Result<Option<Arc<crate::http::files::Fi
     Ok(Some(Arc::new(crate::http::files::FilesState {
         blobs,
         links: crate::files::Links::new(&cfg.auth.secret, f.link_ttl_secs),
+        upload_ttl_secs: f.upload_ttl_secs,
+        busy: Default::default(),
         max_bytes: [
             (FileKind::Image, f.max_image_bytes),
             (FileKind::Audio, f.max_audio_bytes),

@@ -30,6 +30,8 @@ pub struct Files {
     pub max_file_bytes: u64,
     /// How long a download link works.
     pub link_ttl_secs: u64,
+    /// How long an unfinished resumable upload is kept.
+    pub upload_ttl_secs: u64,
     pub s3: S3,
 }
 
@@ -65,6 +67,7 @@ impl Files {
             range(name, v, 1, 1 << 40)?;
         }
         range("files.link_ttl_secs", self.link_ttl_secs, 10, 7 * 86_400)?;
+        range("files.upload_ttl_secs", self.upload_ttl_secs, 60, 30 * 86_400)?;
         match self.backend.as_str() {
             "local" => Ok(()),
             "s3" if self.s3.bucket.is_empty() => Err(ConfigError("files.s3.bucket must be set".into())),

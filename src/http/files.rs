@@ -7,7 +7,7 @@ use std::sync::Arc;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
@@ -29,6 +29,10 @@ pub struct FilesState {
     pub links: Links,
     /// Largest upload per kind, in bytes.
     pub max_bytes: [(FileKind, u64); 4],
+    /// How long an unfinished resumable upload is kept.
+    pub upload_ttl_secs: u64,
+    /// Resumable uploads a request is writing to (one request at a time per upload).
+    pub busy: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl FilesState {
@@ -39,6 +43,10 @@ impl FilesState {
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/files", web::post().to(upload))
+        .route("/files/uploads", web::post().to(create_upload))
+        .route("/files/uploads/{id}", web::get().to(upload_status))
+        .route("/files/uploads/{id}", web::patch().to(append_upload))
+        .route("/files/uploads/{id}", web::delete().to(abandon_upload))
         .route("/files/{id}/link", web::get().to(link))
         .route("/files/{id}/content", web::get().to(content));
 }
@@ -80,18 +88,8 @@ async fn upload(req: HttpRequest, body: web::Payload, state: web::Data<AppState>
 async fn upload_inner(req: &HttpRequest, mut body: web::Payload, state: &AppState) -> Result<HttpResponse, Error> {
     let owner = caller(req, state).await?;
     let fs = files(state)?;
-    let q = web::Query::<UploadQuery>::from_query(req.query_string())
-        .map_err(|e| Error::invalid(format!("query: {e}")))?
-        .into_inner();
-    let kind = FileKind::parse(&q.kind).ok_or_else(|| Error::invalid("kind must be image, audio, video or file"))?;
-    if let Some(n) = &q.name {
-        if n.trim().is_empty()
-            || n.chars().count() > confab_actors::model::MAX_NAME_LEN
-            || n.contains(['/', '\\', '\0'])
-        {
-            return Err(Error::invalid("name: 1 to 256 characters, no / \\ or NUL"));
-        }
-    }
+    let q: UploadQuery = query(req)?;
+    let (kind, name) = q.check()?;
     let max = fs.max(kind);
     // A declared length over the limit is refused before a byte is read.
     let declared = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
@@ -99,7 +97,7 @@ async fn upload_inner(req: &HttpRequest, mut body: web::Payload, state: &AppStat
         return Err(too_large(kind, max));
     }
     // 128 bits: the id is what lets a user send the file in a message.
-    let id = format!("{}{}", confab_actors::engine::random_id(), confab_actors::engine::random_id());
+    let id = new_id();
     let temp = fs.blobs.temp_path(&id);
     let result = async {
         let mut file = tokio::fs::File::create(&temp).await.map_err(io)?;
@@ -116,47 +114,10 @@ async fn upload_inner(req: &HttpRequest, mut body: web::Payload, state: &AppStat
             hash.update(&chunk);
             file.write_all(&chunk).await.map_err(io)?;
         }
-        if size == 0 {
-            return Err(Error::invalid("the upload is empty"));
-        }
-        let mime = sniff::mime(&head)
-            .ok_or_else(|| Error::new(ErrorCode::FileTypeRefused, "executables are refused, whatever their name"))?;
-        if !kind.accepts(mime) {
-            return Err(Error::new(
-                ErrorCode::FileTypeRefused,
-                format!("the content is {mime}, not an {}", kind.as_str()),
-            ));
-        }
-        let (mut width, mut height) = (None, None);
-        if kind == FileKind::Image {
-            if let Some((w, h)) = sniff::dimensions(mime, &head) {
-                if u64::from(w) * u64::from(h) > MAX_PIXELS {
-                    return Err(Error::new(
-                        ErrorCode::FileTypeRefused,
-                        format!("{w}×{h} pixels is too large an image"),
-                    ));
-                }
-                (width, height) = (Some(w), Some(h));
-            }
-        }
         file.sync_all().await.map_err(io)?;
         drop(file);
-        fs.blobs.commit(&temp, &id).await.map_err(io)?;
-        let sha256 = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
-        let meta = FileMeta {
-            id: id.clone(),
-            owner,
-            kind,
-            mime: mime.to_owned(),
-            size,
-            name: q.name.map(|n| n.trim().to_owned()),
-            width,
-            height,
-            sha256,
-            created_at: confab_actors::clock::now_ms(),
-        };
-        state.engine.store().put_file(&meta).await?;
-        Ok(meta)
+        let sha256 = hex(&hash.finalize());
+        finish(state, fs, Received { temp: &temp, id: &id, owner, kind, name, size, head, sha256 }).await
     }
     .await;
     let meta = match result {
@@ -166,8 +127,95 @@ async fn upload_inner(req: &HttpRequest, mut body: web::Payload, state: &AppStat
             return Err(e);
         }
     };
+    answer(fs, meta)
+}
+
+/// A complete upload, synced in its temporary file.
+struct Received<'a> {
+    temp: &'a std::path::Path,
+    id: &'a str,
+    owner: String,
+    kind: FileKind,
+    name: Option<String>,
+    size: u64,
+    /// Its first bytes (at most [`HEAD_BYTES`]).
+    head: Vec<u8>,
+    sha256: String,
+}
+
+/// Tells what a complete upload is, refuses what it must, moves it into place and records it.
+async fn finish(state: &AppState, fs: &FilesState, r: Received<'_>) -> Result<FileMeta, Error> {
+    if r.size == 0 {
+        return Err(Error::invalid("the upload is empty"));
+    }
+    let mime = sniff::mime(&r.head)
+        .ok_or_else(|| Error::new(ErrorCode::FileTypeRefused, "executables are refused, whatever their name"))?;
+    if !r.kind.accepts(mime) {
+        return Err(Error::new(
+            ErrorCode::FileTypeRefused,
+            format!("the content is {mime}, not an {}", r.kind.as_str()),
+        ));
+    }
+    let (mut width, mut height) = (None, None);
+    if r.kind == FileKind::Image {
+        if let Some((w, h)) = sniff::dimensions(mime, &r.head) {
+            if u64::from(w) * u64::from(h) > MAX_PIXELS {
+                return Err(Error::new(ErrorCode::FileTypeRefused, format!("{w}×{h} pixels is too large an image")));
+            }
+            (width, height) = (Some(w), Some(h));
+        }
+    }
+    fs.blobs.commit(r.temp, r.id).await.map_err(io)?;
+    let meta = FileMeta {
+        id: r.id.to_owned(),
+        owner: r.owner,
+        kind: r.kind,
+        mime: mime.to_owned(),
+        size: r.size,
+        name: r.name,
+        width,
+        height,
+        sha256: r.sha256,
+        created_at: confab_actors::clock::now_ms(),
+    };
+    state.engine.store().put_file(&meta).await?;
+    Ok(meta)
+}
+
+/// The answer to a completed upload: the record and a link for the uploader.
+fn answer(fs: &FilesState, meta: FileMeta) -> Result<HttpResponse, Error> {
     let (url, expires_at) = fs.links.sign(&meta.id, now_secs());
     Ok(HttpResponse::Ok().json(serde_json::json!({ "file": meta, "url": url, "expires_at": expires_at })))
+}
+
+fn new_id() -> String {
+    format!("{}{}", confab_actors::engine::random_id(), confab_actors::engine::random_id())
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn query<T: serde::de::DeserializeOwned>(req: &HttpRequest) -> Result<T, Error> {
+    web::Query::<T>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .map_err(|e| Error::invalid(format!("query: {e}")))
+}
+
+impl UploadQuery {
+    fn check(self) -> Result<(FileKind, Option<String>), Error> {
+        let kind =
+            FileKind::parse(&self.kind).ok_or_else(|| Error::invalid("kind must be image, audio, video or file"))?;
+        if let Some(n) = &self.name {
+            if n.trim().is_empty()
+                || n.chars().count() > confab_actors::model::MAX_NAME_LEN
+                || n.contains(['/', '\\', '\0'])
+            {
+                return Err(Error::invalid("name: 1 to 256 characters, no / \\ or NUL"));
+            }
+        }
+        Ok((kind, self.name.map(|n| n.trim().to_owned())))
+    }
 }
 
 fn too_large(kind: FileKind, max: u64) -> Error {
@@ -278,4 +326,217 @@ fn encode(name: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+// ---- Resumable uploads ----
+
+/// A resumable upload's settings, kept beside its temporary file (`<id>.json`); its offset is
+/// the temporary file's length.
+#[derive(Serialize, Deserialize)]
+struct Pending {
+    owner: String,
+    kind: FileKind,
+    name: Option<String>,
+    size: u64,
+    /// Unix seconds.
+    created_at: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateQuery {
+    kind: String,
+    #[serde(default)]
+    name: Option<String>,
+    size: u64,
+}
+
+fn respond(r: Result<HttpResponse, Error>) -> HttpResponse {
+    r.unwrap_or_else(|e| error_response(&e))
+}
+
+fn sidecar(fs: &FilesState, id: &str) -> std::path::PathBuf {
+    fs.blobs.temp_path(id).with_extension("json")
+}
+
+/// `POST /files/uploads?kind=video&name=trip.mp4&size=N`: starts a resumable upload of `N` bytes.
+async fn create_upload(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    respond(
+        async {
+            let owner = caller(&req, &state).await?;
+            let fs = files(&state)?;
+            let q: CreateQuery = query(&req)?;
+            let (kind, name) = UploadQuery { kind: q.kind, name: q.name }.check()?;
+            let max = fs.max(kind);
+            if q.size > max {
+                return Err(too_large(kind, max));
+            }
+            if q.size == 0 {
+                return Err(Error::invalid("size must be positive"));
+            }
+            sweep(fs).await;
+            let id = new_id();
+            let pending = Pending { owner, kind, name, size: q.size, created_at: now_secs() };
+            tokio::fs::File::create(fs.blobs.temp_path(&id)).await.map_err(io)?;
+            let json = serde_json::to_vec(&pending).map_err(|e| Error::internal(e.to_string()))?;
+            tokio::fs::write(sidecar(fs, &id), json).await.map_err(io)?;
+            Ok(HttpResponse::Created().json(serde_json::json!({ "upload_id": id, "offset": 0, "size": q.size })))
+        }
+        .await,
+    )
+}
+
+/// Removes the resumable uploads older than `files.upload_ttl_secs` (best effort).
+async fn sweep(fs: &FilesState) {
+    let Some(dir) = fs.blobs.temp_path("x").parent().map(std::path::Path::to_path_buf) else { return };
+    let Ok(mut entries) = tokio::fs::read_dir(&dir).await else { return };
+    let horizon = now_secs().saturating_sub(fs.upload_ttl_secs);
+    while let Ok(Some(e)) = entries.next_entry().await {
+        let path = e.path();
+        if path.extension().is_none_or(|x| x != "json") {
+            continue;
+        }
+        let Ok(bytes) = tokio::fs::read(&path).await else { continue };
+        if serde_json::from_slice::<Pending>(&bytes).is_ok_and(|p| p.created_at < horizon) {
+            let _ = tokio::fs::remove_file(path.with_extension("part")).await;
+            let _ = tokio::fs::remove_file(&path).await;
+        }
+    }
+}
+
+/// The caller's pending upload `id` and its offset (`not_found` for anyone else's).
+async fn pending(req: &HttpRequest, state: &AppState, id: &str) -> Result<(Pending, u64), Error> {
+    let user = caller(req, state).await?;
+    let fs = files(state)?;
+    confab_actors::model::validate_id("upload_id", id)?;
+    let gone = || Error::not_found("no such upload (finished, abandoned or expired)");
+    let bytes = tokio::fs::read(sidecar(fs, id)).await.map_err(|_| gone())?;
+    let p: Pending = serde_json::from_slice(&bytes).map_err(|_| gone())?;
+    if p.owner != user {
+        return Err(gone());
+    }
+    let offset = tokio::fs::metadata(fs.blobs.temp_path(id)).await.map_err(|_| gone())?.len();
+    Ok((p, offset))
+}
+
+/// `GET /files/uploads/{id}`: where to resume.
+async fn upload_status(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
+    let id = path.into_inner();
+    respond(pending(&req, &state, &id).await.map(|(p, offset)| {
+        HttpResponse::Ok().json(serde_json::json!({ "upload_id": id, "offset": offset, "size": p.size }))
+    }))
+}
+
+/// `DELETE /files/uploads/{id}`: abandons an upload.
+async fn abandon_upload(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
+    let id = path.into_inner();
+    respond(
+        async {
+            pending(&req, &state, &id).await?;
+            let fs = files(&state)?;
+            let _ = tokio::fs::remove_file(fs.blobs.temp_path(&id)).await;
+            let _ = tokio::fs::remove_file(sidecar(fs, &id)).await;
+            Ok(HttpResponse::Ok().json(serde_json::json!({ "upload_id": id, "abandoned": true })))
+        }
+        .await,
+    )
+}
+
+/// Frees an upload for the next request when the one writing it ends, however it ends.
+struct Writing<'a> {
+    fs: &'a FilesState,
+    id: String,
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.fs.busy.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.id);
+    }
+}
+
+/// `PATCH /files/uploads/{id}` with `Upload-Offset: K` and the next bytes as the body: appends
+/// them if `K` is where the upload is (`conflict` otherwise: ask `GET` where to resume), synced
+/// before the answer. The last bytes complete it: the answer is then the file, as `POST /files`.
+async fn append_upload(
+    req: HttpRequest,
+    path: web::Path<String>,
+    mut body: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let id = path.into_inner();
+    respond(
+        async {
+            let (p, offset) = pending(&req, &state, &id).await?;
+            let fs = files(&state)?;
+            let at: u64 = req
+                .headers()
+                .get("upload-offset")
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .ok_or_else(|| Error::invalid("the Upload-Offset header is required"))?;
+            if !fs.busy.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone()) {
+                return Err(Error::new(ErrorCode::Conflict, "another request is writing this upload"));
+            }
+            let _writing = Writing { fs, id: id.clone() };
+            if at != offset {
+                return Err(Error::new(ErrorCode::Conflict, format!("the upload is at offset {offset}, not {at}")));
+            }
+            let temp = fs.blobs.temp_path(&id);
+            let mut file = tokio::fs::OpenOptions::new().append(true).open(&temp).await.map_err(io)?;
+            let mut size = offset;
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| Error::invalid(format!("the upload broke off: {e}")))?;
+                size += chunk.len() as u64;
+                if size > p.size {
+                    // Nothing of this request is kept: the upload stays where it was.
+                    file.set_len(offset).await.map_err(io)?;
+                    return Err(Error::invalid(format!("more than the {} bytes the upload declared", p.size)));
+                }
+                file.write_all(&chunk).await.map_err(io)?;
+            }
+            file.sync_all().await.map_err(io)?;
+            drop(file);
+            if size < p.size {
+                return Ok(
+                    HttpResponse::Ok().json(serde_json::json!({ "upload_id": id, "offset": size, "size": p.size }))
+                );
+            }
+            // Complete: tell what it is from its first bytes, hash it, store it.
+            let (head, sha256) = {
+                let temp = temp.clone();
+                tokio::task::spawn_blocking(move || head_and_hash(&temp))
+                    .await
+                    .map_err(|e| Error::internal(e.to_string()))?
+                    .map_err(io)?
+            };
+            let r = Received { temp: &temp, id: &id, owner: p.owner, kind: p.kind, name: p.name, size, head, sha256 };
+            let result = finish(&state, fs, r).await;
+            let _ = tokio::fs::remove_file(sidecar(fs, &id)).await;
+            match result {
+                Ok(meta) => answer(fs, meta),
+                Err(e) => {
+                    let _ = tokio::fs::remove_file(&temp).await;
+                    Err(e)
+                }
+            }
+        }
+        .await,
+    )
+}
+
+/// A file's first [`HEAD_BYTES`] and its SHA-256 (hex).
+fn head_and_hash(path: &std::path::Path) -> std::io::Result<(Vec<u8>, String)> {
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let (mut head, mut hash, mut buf) = (Vec::new(), Sha256::new(), vec![0u8; 1 << 20]);
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        if head.len() < HEAD_BYTES {
+            head.extend_from_slice(&buf[..n.min(HEAD_BYTES - head.len())]);
+        }
+        hash.update(&buf[..n]);
+    }
+    Ok((head, hex(&hash.finalize())))
 }

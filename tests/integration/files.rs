@@ -224,3 +224,68 @@ async fn a_large_file_is_stored_in_parts_on_s3() {
     assert_eq!(r.status().as_u16(), 206);
     assert_eq!(r.bytes().await.unwrap().to_vec(), content[9_000_000..9_000_100].to_vec());
 }
+
+async fn call(
+    node: &TestNode,
+    user: &str,
+    method: &str,
+    path: &str,
+    offset: Option<u64>,
+    body: Vec<u8>,
+) -> (u16, Value) {
+    let mut rb = reqwest::Client::new()
+        .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), format!("http://{}{path}", node.addr))
+        .bearer_auth(token(user, "phone"))
+        .body(body);
+    if let Some(o) = offset {
+        rb = rb.header("Upload-Offset", o.to_string());
+    }
+    let r = rb.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// A resumable upload: parts at the offsets the server confirms, a wrong offset or too many bytes
+/// refused without changing anything, the last part completing the file.
+#[tokio::test]
+async fn a_video_is_uploaded_in_parts_and_resumed() {
+    resumable(false).await;
+}
+
+#[tokio::test]
+async fn a_video_is_uploaded_in_parts_and_resumed_on_s3() {
+    resumable(true).await;
+}
+
+async fn resumable(s3: bool) {
+    let Some(node) = node(s3, &[("CONFAB__FILES__MAX_VIDEO_BYTES", "1000000")]).await else { return };
+    let mut video = b"\0\0\0\x18ftypmp42\0\0\0\0mp42isom".to_vec();
+    video.extend((0..300_000u32).map(|i| (i % 253) as u8));
+    let n = video.len() as u64;
+    let (st, c) =
+        call(&node, "alice", "POST", &format!("/files/uploads?kind=video&name=trip.mp4&size={n}"), None, vec![]).await;
+    assert_eq!((st, c["offset"].as_u64()), (201, Some(0)), "{c}");
+    let up = format!("/files/uploads/{}", c["upload_id"].as_str().unwrap());
+    let (st, r) = call(&node, "alice", "PATCH", &up, Some(0), video[..100_000].to_vec()).await;
+    assert_eq!((st, r["offset"].as_u64()), (200, Some(100_000)), "{r}");
+    // The connection dropped; the client asks where to resume, and a stale offset is refused.
+    let (st, r) = call(&node, "alice", "PATCH", &up, Some(0), video[..10].to_vec()).await;
+    assert_eq!((st, r["error"]["code"].as_str()), (409, Some("conflict")), "{r}");
+    assert_eq!(call(&node, "alice", "GET", &up, None, vec![]).await.1["offset"], 100_000);
+    assert_eq!(call(&node, "bob", "GET", &up, None, vec![]).await.0, 404, "another user's upload");
+    let (st, r) = call(&node, "alice", "PATCH", &up, Some(100_000), vec![0; n as usize]).await;
+    assert_eq!((st, r["error"]["code"].as_str()), (400, Some("invalid_request")), "more than declared: {r}");
+    assert_eq!(call(&node, "alice", "GET", &up, None, vec![]).await.1["offset"], 100_000, "nothing kept");
+    let (st, done) = call(&node, "alice", "PATCH", &up, Some(100_000), video[100_000..].to_vec()).await;
+    assert_eq!(st, 200, "{done}");
+    assert_eq!((done["file"]["mime"].as_str(), done["file"]["size"].as_u64()), (Some("video/mp4"), Some(n)));
+    let got = get(&node, None, done["url"].as_str().unwrap(), None).await.bytes().await.unwrap();
+    assert!(got[..] == video[..], "the file is whole");
+    assert_eq!(call(&node, "alice", "GET", &up, None, vec![]).await.0, 404, "finished");
+    let (st, r) = call(&node, "alice", "POST", "/files/uploads?kind=video&size=2000000", None, vec![]).await;
+    assert_eq!((st, r["error"]["code"].as_str()), (413, Some("file_too_large")), "{r}");
+    // An executable completed in parts is refused like a whole one.
+    let (_, c) = call(&node, "alice", "POST", "/files/uploads?kind=file&size=4", None, vec![]).await;
+    let up = format!("/files/uploads/{}", c["upload_id"].as_str().unwrap());
+    let (st, r) = call(&node, "alice", "PATCH", &up, Some(0), b"\x7fELF".to_vec()).await;
+    assert_eq!((st, r["error"]["code"].as_str()), (415, Some("file_type_refused")), "{r}");
+}
