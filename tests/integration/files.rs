@@ -33,6 +33,7 @@ pub(crate) async fn s3_env() -> Option<Vec<(String, String)>> {
 /// A node with `extra` and, for `s3`, the S3 settings (`None`: skipped).
 async fn node(s3: bool, extra: &[(&str, &str)]) -> Option<TestNode> {
     let mut env: Vec<(String, String)> = extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    env.push(("CONFAB__API__KEYS".into(), crate::http_api::keys()));
     if s3 {
         env.extend(s3_env().await?);
     }
@@ -143,6 +144,24 @@ async fn image_round_trip(s3: bool) {
     let expires: u64 = url.split("expires=").nth(1).unwrap().split('&').next().unwrap().parse().unwrap();
     let longer = url.replace(&format!("expires={expires}"), &format!("expires={}", expires + 3600));
     assert_eq!(code(get(&node, None, &longer, None).await).await, (403, "link_invalid".into()));
+
+    // The backend fetches any file, and uploads as a user with a token it mints for them.
+    let f = crate::http_api::ok(&node, "GET", &format!("/api/v1/files/{id}"), None).await;
+    assert_eq!(f["file"]["owner"], "alice");
+    assert_eq!(get(&node, None, f["url"].as_str().unwrap(), None).await.bytes().await.unwrap().to_vec(), content);
+    let minted =
+        crate::http_api::ok(&node, "POST", "/api/v1/users/dave/tokens", Some(json!({"device": "backend"}))).await;
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/files?kind=file&name=notes.txt", node.addr))
+        .bearer_auth(minted["token"].as_str().unwrap())
+        .body("plain notes")
+        .send()
+        .await
+        .unwrap();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!((v["file"]["owner"].as_str(), v["file"]["mime"].as_str()), (Some("dave"), Some("text/plain")), "{v}");
+    let missing = "/api/v1/files/0123456789abcdef0123456789abcdef";
+    crate::http_api::err(&node, "GET", missing, None, 404, "not_found").await;
 
     // A recalled message no longer gives access.
     alice.expect_ok("recall", json!({"conv_id": ab, "seq": seq})).await;

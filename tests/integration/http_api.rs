@@ -131,7 +131,14 @@ async fn create_group(node: &TestNode, id: &str, name: &str, owner: &str, member
 }
 
 /// A signed request with the admin key that must fail with `code` and `status`.
-async fn err(node: &TestNode, method: &'static str, path: &str, body: Option<Value>, status: u16, code: &str) -> Value {
+pub(crate) async fn err(
+    node: &TestNode,
+    method: &'static str,
+    path: &str,
+    body: Option<Value>,
+    status: u16,
+    code: &str,
+) -> Value {
     refused(Req::new(method, path, body), node, status, code).await
 }
 

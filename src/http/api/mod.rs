@@ -12,6 +12,7 @@ pub mod auth;
 mod broadcasts;
 mod contacts;
 pub(crate) mod conversations;
+mod files;
 mod groups;
 mod messages;
 pub mod openapi;
@@ -319,6 +320,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .configure(webhooks::routes)
             .configure(stats::routes)
             .configure(broadcasts::routes)
+            .configure(files::routes)
             .default_service(web::to(unknown)),
     );
 }

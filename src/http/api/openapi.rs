@@ -16,7 +16,7 @@ use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::schema::{CommonErrors, ConvId, ErrorBody, ErrorDetail, Id, SafeInt, SIGNATURE};
-use super::{broadcasts, contacts, conversations, groups, messages, stats, users, webhooks};
+use super::{broadcasts, contacts, conversations, files, groups, messages, stats, users, webhooks};
 #[cfg(test)]
 use super::{
     schema::{codes_named, COMMON_ERRORS},
@@ -53,6 +53,7 @@ impl Modify for Security {
         (path = "/api/v1", api = webhooks::Api),
         (path = "/api/v1", api = stats::Api),
         (path = "/api/v1", api = broadcasts::Api),
+        (path = "/api/v1", api = files::Api),
     ),
     components(schemas(ErrorBody, ErrorDetail, Id, ConvId, SafeInt)),
     modifiers(&Security, &CommonErrors),

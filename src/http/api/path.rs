@@ -75,6 +75,8 @@ path_params! {
     User { id: Id "The user id" }
     /// `{id}`: a group.
     Group { id: Id "The group id" }
+    /// `{id}`: a file.
+    File { id: Id "The file id" }
     /// `{id}`: a broadcast.
     Broadcast { id: Id "The broadcast id" }
     /// `{id}` and `{device}`: a user and one of their devices.
