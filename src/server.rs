@@ -284,6 +284,7 @@ fn files_state(cfg: &Config) -> anyhow::Result<Option<Arc<crate::http::files::Fi
         blobs,
         links: crate::files::Links::new(&cfg.auth.secret, f.link_ttl_secs),
         upload_ttl_secs: f.upload_ttl_secs,
+        thumbnails: tokio::sync::Semaphore::new(2),
         busy: Default::default(),
         max_bytes: [
             (FileKind::Image, f.max_image_bytes),

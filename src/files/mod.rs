@@ -4,6 +4,7 @@
 //! they are downloaded with.
 
 pub mod sniff;
+pub mod thumb;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use confab_actors::error::{Error, ErrorCode};
-use confab_actors::model::{FileKind, FileMeta};
+use confab_actors::model::{FileKind, FileMeta, Thumbnail};
 
 use super::{error_response, AppState};
 use crate::files::{byte_range, sniff, Blobs, Links};
@@ -20,8 +20,8 @@ use crate::files::{byte_range, sniff, Blobs, Links};
 /// Bytes of an upload kept in memory to tell what it is (an image's header may follow up to
 /// 64 KiB of metadata).
 const HEAD_BYTES: usize = 256 * 1024;
-/// Largest image the server records dimensions of (a "decompression bomb" beyond): 100 megapixels.
-const MAX_PIXELS: u64 = 100_000_000;
+/// Largest image accepted (a "decompression bomb" beyond): 64 megapixels, from its header.
+const MAX_PIXELS: u64 = 64_000_000;
 
 /// What the file endpoints share (set once at start-up).
 pub struct FilesState {
@@ -31,6 +31,8 @@ pub struct FilesState {
     pub max_bytes: [(FileKind, u64); 4],
     /// How long an unfinished resumable upload is kept.
     pub upload_ttl_secs: u64,
+    /// Thumbnails being made at once (bounded CPU and memory).
+    pub thumbnails: tokio::sync::Semaphore,
     /// Resumable uploads a request is writing to (one request at a time per upload).
     pub busy: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -165,6 +167,8 @@ async fn finish(state: &AppState, fs: &FilesState, r: Received<'_>) -> Result<Fi
             (width, height) = (Some(w), Some(h));
         }
     }
+    let thumbnail =
+        if r.kind == FileKind::Image && sniff_thumb(mime) { thumbnail(fs, r.temp, r.id).await? } else { None };
     fs.blobs.commit(r.temp, r.id).await.map_err(io)?;
     let meta = FileMeta {
         id: r.id.to_owned(),
@@ -176,16 +180,61 @@ async fn finish(state: &AppState, fs: &FilesState, r: Received<'_>) -> Result<Fi
         width,
         height,
         sha256: r.sha256,
+        thumbnail,
         created_at: confab_actors::clock::now_ms(),
     };
     state.engine.store().put_file(&meta).await?;
     Ok(meta)
 }
 
-/// The answer to a completed upload: the record and a link for the uploader.
+fn sniff_thumb(mime: &str) -> bool {
+    crate::files::thumb::supported(mime)
+}
+
+/// Makes and stores the thumbnail of the image in `temp` (as the blob `<id>.thumb`), a few at a
+/// time on blocking threads. An image its decoder cannot read within the limits is refused.
+async fn thumbnail(fs: &FilesState, temp: &std::path::Path, id: &str) -> Result<Option<Thumbnail>, Error> {
+    let _permit = fs.thumbnails.acquire().await.map_err(|_| Error::internal("no thumbnail permits"))?;
+    let path = temp.to_path_buf();
+    let made = tokio::task::spawn_blocking(move || crate::files::thumb::make(&path))
+        .await
+        .map_err(|e| Error::internal(e.to_string()))?;
+    let (jpeg, width, height) = made.map_err(|why| {
+        Error::new(ErrorCode::FileTypeRefused, format!("the image cannot be decoded within the limits: {why}"))
+    })?;
+    let thumb_id = format!("{id}.thumb");
+    let thumb_temp = fs.blobs.temp_path(&thumb_id);
+    let size = jpeg.len() as u64;
+    let write = async {
+        let mut f = tokio::fs::File::create(&thumb_temp).await?;
+        f.write_all(&jpeg).await?;
+        f.sync_all().await?;
+        drop(f);
+        fs.blobs.commit(&thumb_temp, &thumb_id).await
+    };
+    if let Err(e) = write.await {
+        let _ = tokio::fs::remove_file(&thumb_temp).await;
+        return Err(io(e));
+    }
+    Ok(Some(Thumbnail { width, height, size }))
+}
+
+/// Signed links to a file and, if it has one, its thumbnail.
+fn links(fs: &FilesState, meta: &FileMeta) -> serde_json::Value {
+    let now = now_secs();
+    let (url, expires_at) = fs.links.sign(&meta.id, now);
+    let mut v = serde_json::json!({ "url": url, "expires_at": expires_at });
+    if meta.thumbnail.is_some() {
+        v["thumbnail_url"] = fs.links.sign(&format!("{}.thumb", meta.id), now).0.into();
+    }
+    v
+}
+
+/// The answer to a completed upload: the record and links for the uploader.
 fn answer(fs: &FilesState, meta: FileMeta) -> Result<HttpResponse, Error> {
-    let (url, expires_at) = fs.links.sign(&meta.id, now_secs());
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "file": meta, "url": url, "expires_at": expires_at })))
+    let mut v = links(fs, &meta);
+    v["file"] = serde_json::to_value(&meta).map_err(|e| Error::internal(e.to_string()))?;
+    Ok(HttpResponse::Ok().json(v))
 }
 
 fn new_id() -> String {
@@ -254,8 +303,7 @@ async fn link(req: HttpRequest, path: web::Path<String>, state: web::Data<AppSta
             _ => return Err(Error::invalid("give conv_id and seq together")),
         };
         state.engine.file_access(&user, &meta, at).await?;
-        let (url, expires_at) = fs.links.sign(&id, now_secs());
-        Ok::<_, Error>(serde_json::json!({ "url": url, "expires_at": expires_at }))
+        Ok::<_, Error>(links(fs, &meta))
     }
     .await;
     match r {
@@ -285,7 +333,19 @@ async fn content_inner(req: &HttpRequest, id: String, state: &AppState) -> Resul
         .map_err(|_| Error::new(ErrorCode::LinkInvalid, "a download link has expires and sig"))?
         .into_inner();
     fs.links.check(&id, q.expires, &q.sig, now_secs())?;
-    let meta = state.engine.store().file(&id).await?.ok_or_else(|| Error::not_found("no such file"))?;
+    // `<id>.thumb`: the thumbnail of image `<id>`.
+    let (base, thumb) = match id.strip_suffix(".thumb") {
+        Some(base) => (base, true),
+        None => (id.as_str(), false),
+    };
+    let mut meta = state.engine.store().file(base).await?.ok_or_else(|| Error::not_found("no such file"))?;
+    if thumb {
+        let t = meta.thumbnail.clone().ok_or_else(|| Error::not_found("this file has no thumbnail"))?;
+        meta.mime = "image/jpeg".into();
+        meta.size = t.size;
+        meta.sha256.push_str("-thumb");
+        meta.name = Some(format!("{}.jpg", meta.name.as_deref().unwrap_or("thumbnail")));
+    }
     let range_header = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok());
     let mut resp = match byte_range(range_header, meta.size) {
         Ok(None) => HttpResponse::Ok(),

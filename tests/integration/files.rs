@@ -51,6 +51,14 @@ fn png(w: u32, h: u32, extra: usize) -> Vec<u8> {
     v
 }
 
+/// A real PNG of `w`×`h` (a gradient), as a phone would send.
+fn real_png(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]));
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
 async fn upload(node: &TestNode, user: &str, query: &str, body: Vec<u8>) -> (u16, Value) {
     let r = reqwest::Client::new()
         .post(format!("http://{}/files?{query}", node.addr))
@@ -91,7 +99,7 @@ async fn an_image_is_uploaded_sent_and_read_by_the_conversation_only_on_s3() {
 
 async fn image_round_trip(s3: bool) {
     let Some(node) = node(s3, &[("CONFAB__FILES__MAX_IMAGE_BYTES", "100000")]).await else { return };
-    let content = png(640, 480, 5000);
+    let content = real_png(640, 480);
     let (st, up) = upload(&node, "alice", "kind=image&name=cat.png", content.clone()).await;
     assert_eq!(st, 200, "{up}");
     let file = &up["file"];
@@ -101,6 +109,12 @@ async fn image_round_trip(s3: bool) {
         (Some(640), Some(480), Some("alice"))
     );
     let id = file["id"].as_str().unwrap().to_owned();
+    // Its thumbnail: a JPEG fitting 320×320, the same shape.
+    assert_eq!((file["thumbnail"]["width"].as_u64(), file["thumbnail"]["height"].as_u64()), (Some(320), Some(240)));
+    let r = get(&node, None, up["thumbnail_url"].as_str().unwrap(), None).await;
+    assert_eq!((r.status().as_u16(), r.headers()["content-type"].to_str().unwrap()), (200, "image/jpeg"));
+    let thumb = image::load_from_memory(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!((thumb.width(), thumb.height()), (320, 240));
 
     // The uploader's link works, whole and by range.
     let r = get(&node, None, up["url"].as_str().unwrap(), None).await;
@@ -191,6 +205,8 @@ async fn refusals(s3: bool) {
     assert_eq!((st, v["error"]["code"].as_str()), (415, Some("file_type_refused")), "a PDF is not an image: {v}");
     let (st, v) = upload(&node, "alice", "kind=image", png(20_000, 20_000, 10)).await;
     assert_eq!((st, v["error"]["code"].as_str()), (415, Some("file_type_refused")), "400 megapixels: {v}");
+    let (st, v) = upload(&node, "alice", "kind=image", png(30, 30, 200)).await;
+    assert_eq!((st, v["error"]["code"].as_str()), (415, Some("file_type_refused")), "a PNG header, then noise: {v}");
     for bad in ["kind=movie", "", "kind=file&name=a/b"] {
         let (st, v) = upload(&node, "alice", bad, b"hello".to_vec()).await;
         assert_eq!((st, v["error"]["code"].as_str()), (400, Some("invalid_request")), "{bad}: {v}");

@@ -65,6 +65,18 @@ pub struct FileMeta {
     pub height: Option<u32>,
     /// Hex SHA-256 of the content (the download's `ETag`).
     pub sha256: String,
+    /// Images the server could decode: a JPEG thumbnail fitting 320×320.
+    #[serde(default)]
+    pub thumbnail: Option<Thumbnail>,
     /// Unix ms.
     pub created_at: i64,
+}
+
+/// An image's thumbnail (downloaded as `<file id>.thumb`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct Thumbnail {
+    pub width: u32,
+    pub height: u32,
+    pub size: u64,
 }

@@ -22,7 +22,7 @@ pub use contact::{
     validate_pair, Contact, ContactOp, FriendRequest, RequestDirection, MAX_REMARK_CHARS, MAX_REQUEST_MESSAGE_CHARS,
     MAX_TAGS, MAX_TAG_CHARS,
 };
-pub use file::{FileKind, FileMeta};
+pub use file::{FileKind, FileMeta, Thumbnail};
 pub use group::{
     Group, GroupBan, GroupPatch, InviteMode, JoinMode, JoinRequest, Member, NoticeConfirmation, RequestKind, Role,
     MAX_MUTE_MS, MAX_NOTICE_CHARS,

@@ -26,6 +26,9 @@ pub struct FileRes {
     file: FileMeta,
     /// A signed download link (`/files/{id}/content?expires=…&sig=…`, relative to this server).
     url: String,
+    /// The thumbnail's link, for images that have one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thumbnail_url: Option<String>,
     /// Unix seconds.
     #[schema(value_type = SafeInt)]
     expires_at: u64,
@@ -43,5 +46,6 @@ async fn get(s: Signed<scope::Messages>, state: web::Data<AppState>) -> ApiResul
         state.engine.store().file(&id).await.map_err(Error::from)?.ok_or_else(|| Error::not_found("no such file"))?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let (url, expires_at) = fs.links.sign(&id, now);
-    ok(&FileRes { file, url, expires_at })
+    let thumbnail_url = file.thumbnail.as_ref().map(|_| fs.links.sign(&format!("{id}.thumb"), now).0);
+    ok(&FileRes { file, url, thumbnail_url, expires_at })
 }
