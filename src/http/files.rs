@@ -45,7 +45,7 @@ impl FilesState {
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/files", web::post().to(upload))
-        .route("/files/uploads", web::post().to(create_upload))
+        .route("/files/uploads/{id}", web::put().to(create_upload))
         .route("/files/uploads/{id}", web::get().to(upload_status))
         .route("/files/uploads/{id}", web::patch().to(append_upload))
         .route("/files/uploads/{id}", web::delete().to(abandon_upload))
@@ -419,12 +419,20 @@ fn sidecar(fs: &FilesState, id: &str) -> std::path::PathBuf {
     fs.blobs.temp_path(id).with_extension("json")
 }
 
-/// `POST /files/uploads?kind=video&name=trip.mp4&size=N`: starts a resumable upload of `N` bytes.
-async fn create_upload(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+/// `PUT /files/uploads/{id}?kind=video&name=trip.mp4&size=N`: starts a resumable upload of `N`
+/// bytes under an id the client chose (so a balancer can send every request of the upload to the
+/// node that stages it, by its path). Again with the same settings: where it is (idempotent).
+async fn create_upload(req: HttpRequest, path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
+    let id = path.into_inner();
     respond(
         async {
             let owner = caller(&req, &state).await?;
             let fs = files(&state)?;
+            if id.len() < 16 || confab_actors::model::validate_id("upload_id", &id).is_err() {
+                return Err(Error::invalid(
+                    "the upload id: 16 to 64 of A-Z a-z 0-9 _ . @ : - (a random one, such as a UUID)",
+                ));
+            }
             let q: CreateQuery = query(&req)?;
             let (kind, name) = UploadQuery { kind: q.kind, name: q.name }.check()?;
             let max = fs.max(kind);
@@ -435,7 +443,16 @@ async fn create_upload(req: HttpRequest, state: web::Data<AppState>) -> HttpResp
                 return Err(Error::invalid("size must be positive"));
             }
             sweep(fs).await;
-            let id = new_id();
+            if let Ok(bytes) = tokio::fs::read(sidecar(fs, &id)).await {
+                let p: Pending = serde_json::from_slice(&bytes).map_err(|e| Error::internal(e.to_string()))?;
+                if (&p.owner, p.kind, &p.name, p.size) != (&owner, kind, &name, q.size) {
+                    return Err(Error::new(ErrorCode::Conflict, "an upload with this id exists with other settings"));
+                }
+                let offset = tokio::fs::metadata(fs.blobs.temp_path(&id)).await.map_err(io)?.len();
+                return Ok(
+                    HttpResponse::Ok().json(serde_json::json!({ "upload_id": id, "offset": offset, "size": p.size }))
+                );
+            }
             let pending = Pending { owner, kind, name, size: q.size, created_at: now_secs() };
             tokio::fs::File::create(fs.blobs.temp_path(&id)).await.map_err(io)?;
             let json = serde_json::to_vec(&pending).map_err(|e| Error::internal(e.to_string()))?;

@@ -232,7 +232,6 @@ fn create_tables(txn: &WriteTransaction) -> StoreResult<()> {
     txn.open_table(tables::NOTICE_CONFIRMATIONS).map_err(unavailable)?;
     txn.open_table(tables::CONTACTS_BY_VER).map_err(unavailable)?;
     txn.open_table(tables::DEVICE_REVOCATIONS).map_err(unavailable)?;
-    txn.open_table(tables::MESSAGE_DAYS).map_err(unavailable)?;
     txn.open_table(tables::ACTIVE_USERS).map_err(unavailable)?;
     txn.open_table(tables::USER_NAMES).map_err(unavailable)?;
     txn.open_table(tables::BROADCASTS).map_err(unavailable)?;

@@ -741,6 +741,13 @@ fn the_compose_file_describes_a_three_node_cluster() {
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert!(cfg.cluster.enabled);
         assert_eq!(cfg.storage.backend, "mongodb");
+        assert_eq!(
+            (cfg.files.backend.as_str(), cfg.files.s3.bucket.as_str()),
+            ("s3", "confab-files"),
+            "{name}: files on MinIO"
+        );
+        let deps = s["depends_on"].as_object().unwrap();
+        assert_eq!(deps["minio-init"]["condition"], "service_completed_successfully", "{name}");
         assert_eq!(cfg.cluster.node_id, env["CONFAB__CLUSTER__NODE_ID"].as_str().unwrap());
     }
     assert_eq!(ids.len(), 3, "node ids are unique");

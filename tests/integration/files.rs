@@ -296,10 +296,10 @@ async fn resumable(s3: bool) {
     let mut video = b"\0\0\0\x18ftypmp42\0\0\0\0mp42isom".to_vec();
     video.extend((0..300_000u32).map(|i| (i % 253) as u8));
     let n = video.len() as u64;
-    let (st, c) =
-        call(&node, "alice", "POST", &format!("/files/uploads?kind=video&name=trip.mp4&size={n}"), None, vec![]).await;
+    let up = format!("/files/uploads/trip-{}-0123456789", if s3 { "s3" } else { "disk" });
+    let create = format!("{up}?kind=video&name=trip.mp4&size={n}");
+    let (st, c) = call(&node, "alice", "PUT", &create, None, vec![]).await;
     assert_eq!((st, c["offset"].as_u64()), (201, Some(0)), "{c}");
-    let up = format!("/files/uploads/{}", c["upload_id"].as_str().unwrap());
     let (st, r) = call(&node, "alice", "PATCH", &up, Some(0), video[..100_000].to_vec()).await;
     assert_eq!((st, r["offset"].as_u64()), (200, Some(100_000)), "{r}");
     // The connection dropped; the client asks where to resume, and a stale offset is refused.
@@ -307,6 +307,14 @@ async fn resumable(s3: bool) {
     assert_eq!((st, r["error"]["code"].as_str()), (409, Some("conflict")), "{r}");
     assert_eq!(call(&node, "alice", "GET", &up, None, vec![]).await.1["offset"], 100_000);
     assert_eq!(call(&node, "bob", "GET", &up, None, vec![]).await.0, 404, "another user's upload");
+    // Creating it again is idempotent (where it is); other settings, or another user, conflict.
+    let (st, again) = call(&node, "alice", "PUT", &create, None, vec![]).await;
+    assert_eq!((st, again["offset"].as_u64()), (200, Some(100_000)), "{again}");
+    let other = format!("{up}?kind=video&name=trip.mp4&size={}", n + 1);
+    assert_eq!(call(&node, "alice", "PUT", &other, None, vec![]).await.0, 409);
+    assert_eq!(call(&node, "bob", "PUT", &create, None, vec![]).await.0, 409);
+    let short = "/files/uploads/abc?kind=video&size=10";
+    assert_eq!(call(&node, "alice", "PUT", short, None, vec![]).await.1["error"]["code"], "invalid_request");
     let (st, r) = call(&node, "alice", "PATCH", &up, Some(100_000), vec![0; n as usize]).await;
     assert_eq!((st, r["error"]["code"].as_str()), (400, Some("invalid_request")), "more than declared: {r}");
     assert_eq!(call(&node, "alice", "GET", &up, None, vec![]).await.1["offset"], 100_000, "nothing kept");
@@ -316,11 +324,12 @@ async fn resumable(s3: bool) {
     let got = get(&node, None, done["url"].as_str().unwrap(), None).await.bytes().await.unwrap();
     assert!(got[..] == video[..], "the file is whole");
     assert_eq!(call(&node, "alice", "GET", &up, None, vec![]).await.0, 404, "finished");
-    let (st, r) = call(&node, "alice", "POST", "/files/uploads?kind=video&size=2000000", None, vec![]).await;
+    let big = "/files/uploads/too-big-0123456789ab?kind=video&size=2000000";
+    let (st, r) = call(&node, "alice", "PUT", big, None, vec![]).await;
     assert_eq!((st, r["error"]["code"].as_str()), (413, Some("file_too_large")), "{r}");
     // An executable completed in parts is refused like a whole one.
-    let (_, c) = call(&node, "alice", "POST", "/files/uploads?kind=file&size=4", None, vec![]).await;
-    let up = format!("/files/uploads/{}", c["upload_id"].as_str().unwrap());
-    let (st, r) = call(&node, "alice", "PATCH", &up, Some(0), b"\x7fELF".to_vec()).await;
+    let up = "/files/uploads/elf-0123456789abcdef";
+    assert_eq!(call(&node, "alice", "PUT", &format!("{up}?kind=file&size=4"), None, vec![]).await.0, 201);
+    let (st, r) = call(&node, "alice", "PATCH", up, Some(0), b"\x7fELF".to_vec()).await;
     assert_eq!((st, r["error"]["code"].as_str()), (415, Some("file_type_refused")), "{r}");
 }

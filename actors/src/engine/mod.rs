@@ -172,6 +172,19 @@ impl Engine {
     }
 }
 
+/// Runs a background task on the main thread's runtime when there is one (a session's worker
+/// thread stops with the server, before the task would finish), else on the current one.
+pub(super) fn spawn_on_main(task: impl std::future::Future<Output = ()> + Send + 'static) {
+    match actix::System::try_current() {
+        Some(system) => {
+            system.arbiter().spawn(task);
+        }
+        None => {
+            tokio::spawn(task);
+        }
+    }
+}
+
 /// A random 16-hex-digit id (from the standard library's randomly seeded hasher).
 pub fn random_id() -> String {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();

@@ -64,16 +64,7 @@ impl Engine {
                 }
             }
         };
-        // On the main thread's runtime when there is one: a session's worker thread stops with
-        // the server, before the events of its last sessions would be written.
-        match actix::System::try_current() {
-            Some(system) => {
-                system.arbiter().spawn(drain);
-            }
-            None => {
-                tokio::spawn(drain);
-            }
-        }
+        spawn_on_main(drain);
     }
 
     /// Waits (at most `within`) until every presence event queued so far was written (or failed).

@@ -60,14 +60,7 @@ impl Engine {
                 }
             }
         };
-        match actix::System::try_current() {
-            Some(system) => {
-                system.arbiter().spawn(drain);
-            }
-            None => {
-                tokio::spawn(drain);
-            }
-        }
+        super::spawn_on_main(drain);
     }
 
     /// The counts of the last `days` days (today included, UTC), 1 to [`MAX_STATS_DAYS`].

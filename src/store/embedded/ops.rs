@@ -19,8 +19,8 @@ use redb::{ReadableTable, Table, WriteTransaction};
 
 use super::tables::{
     current_ver, decode, get_json, next_ver, not_found, put_json, unavailable, CONVS, CONV_USERS, DEDUPE, DELETIONS,
-    GROUPS, GROUP_BANS, GROUP_NAMES, GROUP_REQUESTS, MEMBERS, MESSAGES, MESSAGE_DAYS, META, RECALLS, REPLIES,
-    REPLIES_INDEXED_KEY, USER_CONVS, VER_KEY,
+    GROUPS, GROUP_BANS, GROUP_NAMES, GROUP_REQUESTS, MEMBERS, MESSAGES, META, RECALLS, REPLIES, REPLIES_INDEXED_KEY,
+    USER_CONVS, VER_KEY,
 };
 
 type JsonTable<'t, K> = Table<'t, K, &'static [u8]>;
@@ -65,7 +65,6 @@ pub(super) struct Appender<'t> {
     conv_users: Table<'t, (&'static str, &'static str), ()>,
     replies: Table<'t, (&'static str, u64, u64), ()>,
     meta: Table<'t, &'static str, u64>,
-    message_days: Table<'t, u32, u64>,
     /// Messages stored in this run, by day.
     per_day: std::collections::BTreeMap<u32, u64>,
     /// The last version handed out.
@@ -88,7 +87,6 @@ impl<'t> Appender<'t> {
             conv_users: txn.open_table(CONV_USERS).map_err(unavailable)?,
             replies: txn.open_table(REPLIES).map_err(unavailable)?,
             meta,
-            message_days: txn.open_table(MESSAGE_DAYS).map_err(unavailable)?,
             per_day: Default::default(),
             ver,
             conv_cache: HashMap::new(),
@@ -110,8 +108,9 @@ impl<'t> Appender<'t> {
         }
         self.meta.insert(VER_KEY, self.ver).map_err(unavailable)?;
         for (&day, &n) in &self.per_day {
-            let before = self.message_days.get(day).map_err(unavailable)?.map_or(0, |v| v.value());
-            self.message_days.insert(day, before + n).map_err(unavailable)?;
+            let key = super::tables::message_day_key(day);
+            let before = self.meta.get(key.as_str()).map_err(unavailable)?.map_or(0, |v| v.value());
+            self.meta.insert(key.as_str(), before + n).map_err(unavailable)?;
         }
         Ok(())
     }

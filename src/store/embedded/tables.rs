@@ -57,8 +57,12 @@ pub(crate) const BROADCASTS: TableDefinition<&str, &[u8]> = TableDefinition::new
 pub(crate) const USER_NAMES: TableDefinition<(&str, &str), ()> = TableDefinition::new("user_names");
 /// `(name key, group id)` of every group.
 pub(crate) const GROUP_NAMES: TableDefinition<(&str, &str), ()> = TableDefinition::new("group_names");
-/// Day (since the Unix epoch, UTC) → messages stored with a `ts` on that day.
-pub(crate) const MESSAGE_DAYS: TableDefinition<u32, u64> = TableDefinition::new("message_days");
+/// The `meta` key of the count of messages stored with a `ts` on `day` (days since the Unix
+/// epoch, UTC). In `meta`, which every append writes already: counting adds no table to a commit.
+pub(crate) fn message_day_key(day: u32) -> String {
+    format!("{MESSAGE_DAY_PREFIX}{day:010}")
+}
+pub(crate) const MESSAGE_DAY_PREFIX: &str = "messages_day:";
 /// `(day, user)`: the user was active that day.
 pub(crate) const ACTIVE_USERS: TableDefinition<(u32, &str), ()> = TableDefinition::new("active_users");
 /// `(user, device)` → tokens of that device issued before this time (unix ms) are revoked.

@@ -6,7 +6,8 @@ use confab_actors::store::{DayStats, Stats, StoreResult};
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata, WriteTransaction};
 
 use super::tables::{
-    decode, get_json, put_json, unavailable, ACTIVE_USERS, DEVICE_REVOCATIONS, GROUPS, MESSAGE_DAYS, USERS, USER_NAMES,
+    decode, get_json, message_day_key, put_json, unavailable, ACTIVE_USERS, DEVICE_REVOCATIONS, GROUPS, META, USERS,
+    USER_NAMES,
 };
 
 fn put(txn: &WriteTransaction, id: &str, ts: i64, change: impl FnOnce(&mut User)) -> StoreResult<User> {
@@ -117,11 +118,11 @@ pub(super) fn stats(txn: &ReadTransaction, first_day: u32, last_day: u32) -> Sto
         let g: Group = decode(v.value())?;
         groups += u64::from(!g.dismissed);
     }
-    let messages = txn.open_table(MESSAGE_DAYS).map_err(unavailable)?;
+    let messages = txn.open_table(META).map_err(unavailable)?;
     let active = txn.open_table(ACTIVE_USERS).map_err(unavailable)?;
     let mut days = Vec::new();
     for day in first_day..=last_day {
-        let n = messages.get(day).map_err(unavailable)?.map_or(0, |v| v.value());
+        let n = messages.get(message_day_key(day).as_str()).map_err(unavailable)?.map_or(0, |v| v.value());
         let mut active_users = 0;
         for item in active.range((day, "")..).map_err(unavailable)? {
             let (k, _) = item.map_err(unavailable)?;

@@ -47,7 +47,7 @@ use crate::store::embedded::outbox::{DELIVERIES as E_DELIVERIES, OUTBOX as E_OUT
 use crate::store::embedded::tables::{
     ACTIVE_USERS as E_ACTIVE_USERS, CONTACTS as E_CONTACTS, CONVS as E_CONVS, DELETIONS as E_DELETIONS,
     DEVICE_REVOCATIONS as E_DEVICE_REVOCATIONS, GROUPS as E_GROUPS, GROUP_BANS as E_GROUP_BANS,
-    GROUP_REQUESTS as E_GROUP_REQUESTS, MEMBERS as E_MEMBERS, MESSAGES as E_MESSAGES, MESSAGE_DAYS as E_MESSAGE_DAYS,
+    GROUP_REQUESTS as E_GROUP_REQUESTS, MEMBERS as E_MEMBERS, MESSAGES as E_MESSAGES, MESSAGE_DAY_PREFIX,
     META as E_META, NOTICE_CONFIRMATIONS as E_NOTICE_CONFIRMATIONS, RECALLS as E_RECALLS, USERS as E_USERS,
     USER_CONVS as E_USER_CONVS,
 };
@@ -379,10 +379,12 @@ pub async fn migrate_from_embedded(dir: &Path, opts: MongoOptions) -> anyhow::Re
     //     (`messages/<day>/migrated`, set, not added: a second run writes the same), and the days'
     //     active users are inserted where missing.
     let mut bulk = Bulk::new(&conn, DAILY);
-    if let Some(days) = open_opt(&txn, E_MESSAGE_DAYS)? {
-        for item in days.iter()? {
+    if let Some(meta) = open_opt(&txn, E_META)? {
+        for item in meta.range(MESSAGE_DAY_PREFIX..)? {
             let (k, v) = item?;
-            let day = i64::from(k.value());
+            let Some(day) = k.value().strip_prefix(MESSAGE_DAY_PREFIX).and_then(|d| d.parse::<i64>().ok()) else {
+                break;
+            };
             let set = doc! { "kind": "messages", "day": day, "n": i(v.value())? };
             bulk.push(doc! { "_id": format!("messages/{day}/migrated") }, doc! { "$set": set }).await?;
         }
