@@ -347,12 +347,12 @@ async fn content_inner(req: &HttpRequest, id: String, state: &AppState) -> Resul
         meta.name = Some(format!("{}.jpg", meta.name.as_deref().unwrap_or("thumbnail")));
     }
     let range_header = req.headers().get(header::RANGE).and_then(|v| v.to_str().ok());
-    let mut resp = match byte_range(range_header, meta.size) {
-        Ok(None) => HttpResponse::Ok(),
+    let (mut resp, start, end) = match byte_range(range_header, meta.size) {
+        Ok(None) => (HttpResponse::Ok(), 0, meta.size - 1),
         Ok(Some((start, end))) => {
             let mut r = HttpResponse::PartialContent();
             r.insert_header((header::CONTENT_RANGE, format!("bytes {start}-{end}/{}", meta.size)));
-            r
+            (r, start, end)
         }
         Err(_) => {
             return Ok(HttpResponse::RangeNotSatisfiable()
@@ -360,7 +360,6 @@ async fn content_inner(req: &HttpRequest, id: String, state: &AppState) -> Resul
                 .finish());
         }
     };
-    let (start, end) = byte_range(range_header, meta.size).ok().flatten().unwrap_or((0, meta.size - 1));
     let len = end - start + 1;
     let stream = fs.blobs.read(&id, start, len).await.map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::not_found("the file's content is gone"),

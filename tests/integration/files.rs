@@ -180,6 +180,19 @@ async fn image_round_trip(s3: bool) {
     // A recalled message no longer gives access.
     alice.expect_ok("recall", json!({"conv_id": ab, "seq": seq})).await;
     assert_eq!(code(get(&node, Some("bob"), &link_path, None).await).await, (404, "not_found".into()));
+
+    // A former member keeps what was sent before they left, not what came after.
+    alice.expect_ok("group_create", json!({"group_id": "pics", "name": "Pics", "members": ["bob"]})).await;
+    let before = alice.send_msg(json!({"conv_id": "g_pics"}), "g1", json!({"type": "image", "file_id": id})).await;
+    alice.expect_ok("group_remove", json!({"group_id": "pics", "members": ["bob"]})).await;
+    let after = alice.send_msg(json!({"conv_id": "g_pics"}), "g2", json!({"type": "image", "file_id": id})).await;
+    let at = |m: &Value| format!("/files/{id}/link?conv_id=g_pics&seq={}", m["seq"]);
+    assert_eq!(get(&node, Some("bob"), &at(&before), None).await.status().as_u16(), 200);
+    assert_eq!(code(get(&node, Some("bob"), &at(&after), None).await).await, (404, "not_found".into()));
+    // A disabled user can neither upload nor ask for links.
+    crate::http_api::ok(&node, "POST", "/api/v1/users/bob/disable", None).await;
+    assert_eq!(upload(&node, "bob", "kind=file", b"notes".to_vec()).await.1["error"]["code"], "user_disabled");
+    assert_eq!(code(get(&node, Some("bob"), &at(&before), None).await).await, (403, "user_disabled".into()));
 }
 
 #[tokio::test]

@@ -1173,6 +1173,9 @@ async fn broadcasts_reach_each_user_of_the_segment_once() {
     )
     .await;
     err(&node, "GET", "/api/v1/broadcasts/nope", None, 404, "not_found").await;
+    ok(&node, "POST", "/api/v1/users/b09/disable", None).await;
+    let from_disabled = json!({"id": "dis", "from": "b09", "body": text("a"), "segment": {"kind": "all"}});
+    err(&node, "POST", "/api/v1/broadcasts", Some(from_disabled), 403, "user_disabled").await;
     err(&node, "POST", "/api/v1/broadcasts/nope/cancel", None, 404, "not_found").await;
 }
 

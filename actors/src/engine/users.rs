@@ -44,11 +44,8 @@ impl Engine {
         let Some((device, issued_ms)) = token else {
             return access_of(self.core.store.user(user).await?.as_ref(), None);
         };
-        let users = [user.to_owned()];
-        let (u, devices) =
-            futures_util::future::join(self.core.store.user(user), self.core.store.device_revocations(&users)).await;
-        access_of(u?.as_ref(), Some(issued_ms))?;
-        let bound = devices?.into_iter().filter(|(_, d, _)| d == device).map(|(_, _, b)| b).max().unwrap_or(0);
+        let (u, bound) = self.user_and_device(user, device).await?;
+        access_of(u.as_ref(), Some(issued_ms))?;
         if issued_ms < bound {
             return Err(Error::new(ErrorCode::TokenRevoked, "this device's tokens were revoked; get a new one"));
         }
@@ -58,12 +55,17 @@ impl Engine {
     /// The bound a token minted now for `user`'s `device` must be issued at or after: the later
     /// of the user's and the device's revocations (0: none).
     pub async fn revoked_before(&self, user: &str, device: &str) -> Result<u64> {
+        let (u, device_bound) = self.user_and_device(user, device).await?;
+        Ok(u.map_or(0, |u| u.revoked_before_ms()).max(device_bound))
+    }
+
+    /// The user's record and their `device`'s revocation bound (0: none), read at once.
+    async fn user_and_device(&self, user: &str, device: &str) -> Result<(Option<model::User>, u64)> {
         let users = [user.to_owned()];
         let (u, devices) =
             futures_util::future::join(self.core.store.user(user), self.core.store.device_revocations(&users)).await;
-        let user_bound = u?.map_or(0, |u| u.revoked_before_ms());
-        let device_bound = devices?.into_iter().filter(|(_, d, _)| d == device).map(|(_, _, b)| b).max().unwrap_or(0);
-        Ok(user_bound.max(device_bound))
+        let bound = devices?.into_iter().filter(|(_, d, _)| d == device).map(|(_, _, b)| b).max().unwrap_or(0);
+        Ok((u?, bound))
     }
 
     /// Re-reads the access of every user with a session on this node and closes the sessions
