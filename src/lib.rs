@@ -16,6 +16,7 @@ pub mod cluster;
 pub mod config;
 pub mod files;
 pub mod http;
+pub mod push;
 pub mod runtime;
 pub mod server;
 pub mod store;

@@ -72,6 +72,7 @@ pub async fn serve(
     let engine = Engine::new(store, registry.clone(), metrics, cfg.limits(), directory);
     engine.core().set_node(&cfg.cluster.node_id);
     crate::webhooks::install(&cfg, &engine, outbox.clone())?;
+    let push = crate::push::install(&cfg, &engine, outbox.clone())?;
     let cluster = start_cluster(&cfg, &engine)?;
     let api = crate::http::api::ApiState::from_config(&cfg);
     // Broadcasts: sent by the node holding the lease `broadcasts`, at their paced rate.
@@ -91,6 +92,10 @@ pub async fn serve(
         ready_timeout: std::time::Duration::from_millis(cfg.server.ready_timeout_ms),
         api,
         files: files_state(&cfg)?,
+        more_metrics: push
+            .into_iter()
+            .map(|p| Box::new(move || p.render()) as Box<dyn Fn() -> String + Send + Sync>)
+            .collect(),
     });
     let cluster_data = cluster.clone().map(web::Data::new);
     let workers = if cfg.server.workers == 0 { cores() } else { cfg.server.workers };

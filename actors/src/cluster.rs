@@ -90,4 +90,17 @@ pub trait Cluster: Send + Sync + 'static {
 
     /// Every connected device of `user` on a live node. `Err` when the cluster cannot tell now.
     async fn devices(&self, user: &str) -> Result<Vec<RemoteDevice>, String>;
+
+    /// The devices connected on a live node, for each of `users` that has one (one round trip
+    /// for all of them where the transport can). `Err` when the cluster cannot tell now.
+    async fn devices_of(&self, users: &[String]) -> Result<Vec<(String, Vec<String>)>, String> {
+        let mut out = Vec::new();
+        for u in users {
+            let list = self.devices(u).await?;
+            if !list.is_empty() {
+                out.push((u.clone(), list.into_iter().map(|d| d.device).collect()));
+            }
+        }
+        Ok(out)
+    }
 }

@@ -70,6 +70,9 @@ pub struct Core {
     pub(crate) activity: std::sync::Mutex<Activity>,
     /// Rate limits per user, for requests over WebSocket (see [`crate::limits`]).
     pub user_limits: crate::limits::UserLimits,
+    /// The push providers this node sends through (`fcm`, `apns`, relay names), set once at
+    /// start-up when push is configured: registrations must name one of them.
+    pub push_providers: std::sync::OnceLock<Vec<String>>,
     /// The node's tracing span (`node{node=<cluster.node_id>}`), set once at start-up: the
     /// parent of every session, request and conversation span, so each log line names its node.
     node_span: std::sync::OnceLock<tracing::Span>,
@@ -111,6 +114,7 @@ impl Core {
             activity: Default::default(),
             user_limits: crate::limits::UserLimits::new(&limits.rates),
             limits,
+            push_providers: Default::default(),
             node_span: Default::default(),
         }
     }

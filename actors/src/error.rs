@@ -84,6 +84,7 @@ error_codes! {
     LinkInvalid = "link_invalid", 403, "A file download link whose signature does not match (altered, or made for another file). Ask for a new link (`GET /files/{id}/link`).";
     LinkExpired = "link_expired", 403, "A file download link past its `expires` (links last `files.link_ttl_secs`). Ask for a new one.";
     RateLimited = "rate_limited", 429, "A rate limit was reached (`limits.*`: requests or messages per connection, messages, group creations or users added per user, connections per IP address); nothing was done. The message says which limit and when a retry may pass.";
+    PushProviderUnknown = "push_provider_unknown", 400, "A push registration names a provider this node does not send through (`push.fcm`, `push.apns`, or a name of `push.relay.providers`, configured). Nothing was stored.";
     Internal = "internal", 500, "An unexpected server error.";
 }
 

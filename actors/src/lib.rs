@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod model;
 pub mod outbox;
 pub mod proto;
+pub mod push;
 pub mod registry;
 pub mod rules;
 pub mod store;

@@ -37,7 +37,7 @@ impl Histogram {
         self.sum_micros.fetch_add(d.as_micros() as u64, Relaxed);
     }
 
-    fn render(&self, out: &mut String, name: &str, help: &str) {
+    pub fn render(&self, out: &mut String, name: &str, help: &str) {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         let mut cumulative = 0;
         for (b, n) in self.bounds.iter().zip(&self.buckets) {

@@ -106,6 +106,8 @@ ops! {
     "unblock" => Unblock(UserReq),
     "contact" => Contact(UserReq),
     "contacts" => Contacts(ConversationsReq),
+    "push_register" => PushRegister(PushRegisterReq),
+    "push_unregister" => PushUnregister(Empty),
 }
 
 /// Parses one text frame.
@@ -390,6 +392,15 @@ pub struct GroupSetRoleReq {
 pub struct UsersGetReq {
     /// 1 to 100 user ids.
     pub ids: Vec<String>,
+}
+
+/// The session's device registers its push token.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PushRegisterReq {
+    /// `fcm`, `apns`, or a provider the relay takes (`huawei`, `xiaomi`, ...).
+    pub provider: String,
+    pub token: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -255,6 +255,15 @@ pub fn check_not_muted(role: Role, muted_until: Option<i64>, mute_all: bool, now
     }
 }
 
+/// Only a group's owner and admins mention everyone (`mention_all`); in a one-to-one
+/// conversation it is everyone there, and allowed.
+pub fn check_mention_all(group: bool, role: Role) -> Result<()> {
+    if group && !role.can_manage() {
+        return Err(Error::new(ErrorCode::Forbidden, "only the owner and admins may mention everyone"));
+    }
+    Ok(())
+}
+
 /// Only the owner dismisses a group.
 pub fn check_dismiss(role: Role) -> Result<()> {
     if role != Role::Owner {
@@ -497,7 +506,7 @@ mod tests {
 
     #[test]
     fn recalls() {
-        let m = message(Body::Text { text: "x".into() });
+        let m = message(Body::text("x"));
         let w = Duration::from_secs(120);
         assert!(check_recall(&m, "alice", false, w, 1_000 + 120_000).is_ok());
         assert_eq!(

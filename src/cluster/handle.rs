@@ -267,6 +267,14 @@ impl Cluster {
         self.run(presence::devices(inner, user)).await
     }
 
+    /// The devices of each of `users` connected on a live node (users without one left out).
+    /// Two round trips whatever the number of users: their presence hashes in one pipeline, then
+    /// the liveness keys of the nodes they name.
+    pub async fn devices_of(&self, users: Vec<String>) -> Result<Vec<(String, Vec<String>)>, ClusterError> {
+        let inner = self.inner().clone();
+        self.run(presence::devices_of(inner, users)).await
+    }
+
     /// Answers whether Redis answers now (a PING through the pool, bounded by the timeout).
     pub async fn ping(&self) -> Result<(), ClusterError> {
         let inner = self.inner().clone();

@@ -32,6 +32,10 @@ impl seam::Cluster for Link {
         Ok(list.into_iter().map(|(node, conn_id, device)| seam::RemoteDevice { node, conn_id, device }).collect())
     }
 
+    async fn devices_of(&self, users: &[String]) -> Result<Vec<(String, Vec<String>)>, String> {
+        self.cluster.devices_of(users.to_vec()).await.map_err(|e| e.to_string())
+    }
+
     fn node_id(&self) -> &str {
         self.cluster.node_id()
     }

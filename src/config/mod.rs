@@ -7,6 +7,7 @@
 
 mod api;
 mod cluster;
+mod push;
 mod server;
 mod storage;
 mod webhooks;
@@ -18,6 +19,7 @@ use serde::Deserialize;
 
 pub use api::{Api, ApiKey, API_SCOPES};
 pub use cluster::{is_node_id_char, Cluster};
+pub use push::{Apns, Fcm, Push, Relay};
 pub use server::{networks, Auth, Chat, Groups, Limits, Log, Server, Session};
 pub use storage::{Files, MongoDb, Storage};
 pub use webhooks::{HookConfig, WebhookEndpoint, Webhooks};
@@ -41,6 +43,7 @@ pub struct Config {
     pub cluster: Cluster,
     pub webhooks: Webhooks,
     pub files: Files,
+    pub push: Push,
 }
 
 /// Checks that setting `name` is an http:// or https:// URL.
@@ -173,6 +176,7 @@ impl Config {
         self.api.validate()?;
         self.webhooks.validate()?;
         self.files.validate()?;
+        self.push.validate()?;
         self.storage.mongodb.validate()?;
         self.validate_cluster()?;
         Ok(())

@@ -123,6 +123,20 @@ impl Blobs {
         }
     }
 
+    /// Removes file `id`'s bytes; nothing to remove is no error.
+    pub async fn delete(&self, id: &str) -> std::io::Result<()> {
+        match self {
+            Blobs::Local(l) => match tokio::fs::remove_file(l.path(id)).await {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
+            Blobs::S3 { store, prefix, .. } => match store.delete(&Self::key(prefix, id)).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(e) => Err(std::io::Error::other(e)),
+            },
+        }
+    }
+
     /// `len` bytes of file `id` from `start`, as a stream. `NotFound` when it is gone.
     pub async fn read(
         &self,

@@ -36,6 +36,9 @@ pub async fn readyz(state: web::Data<AppState>, cluster: Option<web::Data<Cluste
 
 pub async fn metrics(state: web::Data<AppState>, cluster: Option<web::Data<Cluster>>) -> HttpResponse {
     let mut text = state.engine.metrics().render();
+    for more in &state.more_metrics {
+        text.push_str(&more());
+    }
     if let Some(c) = cluster {
         text.push_str(&c.metrics().render());
     }

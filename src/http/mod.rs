@@ -34,6 +34,9 @@ pub struct AppState {
     pub api: crate::http::api::ApiState,
     /// Uploaded files (`None` when their directory could not be made).
     pub files: Option<std::sync::Arc<files::FilesState>>,
+    /// More metrics `/metrics` renders after the node's (the pusher's, when push is on): each
+    /// gives its Prometheus text.
+    pub more_metrics: Vec<Box<dyn Fn() -> String + Send + Sync>>,
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {

@@ -65,6 +65,7 @@ mod health;
 mod names;
 mod ops;
 pub(crate) mod outbox;
+mod push;
 mod reads;
 pub(crate) mod tables;
 mod users;
@@ -84,6 +85,7 @@ use confab_actors::model::{
     Member, Message, NoticeConfirmation, User, UserConvState, UserPatch,
 };
 use confab_actors::outbox::Change;
+use confab_actors::push::{Finish, Planned, PushJob, PushRegistration};
 use confab_actors::store::{
     Appended, ContactChange, ContactPlan, GroupDismiss, GroupUpdate, HistoryQuery, MemberChange, MuteChange, NewGroup,
     NewMessage, Recalled, RoleChange, Stats, Store, StoreResult,
@@ -237,6 +239,7 @@ fn create_tables(txn: &WriteTransaction) -> StoreResult<()> {
     txn.open_table(tables::BROADCASTS).map_err(unavailable)?;
     txn.open_table(tables::FILES).map_err(unavailable)?;
     txn.open_table(tables::GROUP_NAMES).map_err(unavailable)?;
+    push::create_tables(txn)?;
     ops::index_replies(txn)?;
     names::index_names(txn)?;
     Ok(())
@@ -539,6 +542,16 @@ impl Store for EmbeddedStore {
         self.read(move |txn| tables::get_json(&txn.open_table(tables::FILES).map_err(unavailable)?, id.as_str())).await
     }
 
+    async fn delete_file(&self, id: &str) -> StoreResult<bool> {
+        let id = id.to_owned();
+        self.write(move |txn| {
+            let mut files = txn.open_table(tables::FILES).map_err(unavailable)?;
+            let removed = files.remove(id.as_str()).map_err(unavailable)?.is_some();
+            Ok(removed)
+        })
+        .await
+    }
+
     async fn create_broadcast(&self, b: &Broadcast) -> StoreResult<Broadcast> {
         let b = b.clone();
         self.write(move |txn| broadcasts::create(txn, &b)).await
@@ -580,5 +593,34 @@ impl Store for EmbeddedStore {
     async fn device_revocations(&self, users: &[String]) -> StoreResult<Vec<(String, String, u64)>> {
         let users = users.to_vec();
         self.read(move |txn| users::device_revocations(txn, &users)).await
+    }
+
+    async fn set_push_token(&self, r: &PushRegistration) -> StoreResult<()> {
+        let r = r.clone();
+        self.write(move |txn| push::set_token(txn, &r)).await
+    }
+
+    async fn remove_push_token(&self, user: &str, device: &str, token: Option<&str>) -> StoreResult<bool> {
+        let (user, device, token) = (user.to_owned(), device.to_owned(), token.map(str::to_owned));
+        self.write(move |txn| push::remove_token(txn, &user, &device, token.as_deref())).await
+    }
+
+    async fn push_tokens(&self, users: &[String]) -> StoreResult<Vec<PushRegistration>> {
+        let users = users.to_vec();
+        self.read(move |txn| push::tokens(txn, &users)).await
+    }
+
+    async fn plan_pushes(&self, planned: &[Planned], cursor: u64) -> StoreResult<()> {
+        let planned = planned.to_vec();
+        self.write(move |txn| push::plan(txn, &planned, cursor)).await
+    }
+
+    async fn due_pushes(&self, now: i64, limit: usize) -> StoreResult<Vec<PushJob>> {
+        self.read(move |txn| push::due(txn, now, limit)).await
+    }
+
+    async fn finish_push(&self, job: &PushJob, f: Finish) -> StoreResult<bool> {
+        let job = job.clone();
+        self.write(move |txn| push::finish(txn, &job, f)).await
     }
 }

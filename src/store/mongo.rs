@@ -36,6 +36,7 @@ mod migrate;
 mod nodes;
 mod ops;
 mod outbox;
+mod push;
 mod reads;
 mod tx;
 mod users;
@@ -54,6 +55,7 @@ use confab_actors::model::{
     Broadcast, Changes, Contact, Conversation, ConversationView, FileMeta, FlagsPatch, Group, GroupBan, JoinRequest,
     Member, Message, NoticeConfirmation, User, UserConvState, UserPatch,
 };
+use confab_actors::push::{Finish, Planned, PushJob, PushRegistration};
 use confab_actors::store::{
     Appended, ContactChange, ContactPlan, GroupDismiss, GroupUpdate, HistoryQuery, MemberChange, MuteChange, NewGroup,
     NewMessage, Recalled, RoleChange, Stats, Store, StoreResult,
@@ -504,6 +506,11 @@ impl Store for MongoStore {
         self.read("file", move |c| async move { broadcasts::file(&c, &id).await }).await
     }
 
+    async fn delete_file(&self, id: &str) -> StoreResult<bool> {
+        let id = id.to_owned();
+        self.read("delete_file", move |c| async move { broadcasts::delete_file(&c, &id).await }).await
+    }
+
     async fn create_broadcast(&self, b: &Broadcast) -> StoreResult<Broadcast> {
         let b = b.clone();
         self.read("create_broadcast", move |c| async move { broadcasts::create(&c, &b).await }).await
@@ -546,5 +553,37 @@ impl Store for MongoStore {
     async fn device_revocations(&self, users: &[String]) -> StoreResult<Vec<(String, String, u64)>> {
         let users = users.to_vec();
         self.read("device_revocations", move |c| async move { users::device_revocations(&c, &users).await }).await
+    }
+
+    async fn set_push_token(&self, r: &PushRegistration) -> StoreResult<()> {
+        let r = r.clone();
+        self.read("set_push_token", move |c| async move { push::set_token(&c, &r).await }).await
+    }
+
+    async fn remove_push_token(&self, user: &str, device: &str, token: Option<&str>) -> StoreResult<bool> {
+        let (user, device, token) = (user.to_owned(), device.to_owned(), token.map(str::to_owned));
+        self.read("remove_push_token", move |c| async move {
+            push::remove_token(&c, &user, &device, token.as_deref()).await
+        })
+        .await
+    }
+
+    async fn push_tokens(&self, users: &[String]) -> StoreResult<Vec<PushRegistration>> {
+        let users = users.to_vec();
+        self.read("push_tokens", move |c| async move { push::tokens(&c, &users).await }).await
+    }
+
+    async fn plan_pushes(&self, planned: &[Planned], cursor: u64) -> StoreResult<()> {
+        let planned = planned.to_vec();
+        self.read("plan_pushes", move |c| async move { push::plan(&c, &planned, cursor).await }).await
+    }
+
+    async fn due_pushes(&self, now: i64, limit: usize) -> StoreResult<Vec<PushJob>> {
+        self.read("due_pushes", move |c| async move { push::due(&c, now, limit).await }).await
+    }
+
+    async fn finish_push(&self, job: &PushJob, f: Finish) -> StoreResult<bool> {
+        let job = job.clone();
+        self.read("finish_push", move |c| async move { push::finish(&c, &job, f).await }).await
     }
 }

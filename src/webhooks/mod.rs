@@ -99,6 +99,9 @@ pub struct Settings {
     pub retention: Duration,
     /// How often a retention pass starts.
     pub trim_interval: Duration,
+    /// Other readers of the outbox whose cursors hold events back from the retention (the
+    /// pusher's, `~push`).
+    pub other_cursors: Vec<String>,
 }
 
 impl Settings {
@@ -116,6 +119,7 @@ impl Settings {
             owner: cfg.cluster.node_id.clone(),
             retention: Duration::from_secs_f64(w.retention_hours * 3600.0),
             trim_interval: Duration::from_millis(w.trim_interval_ms),
+            other_cursors: if cfg.push.enabled() { vec![confab_actors::push::CURSOR.to_owned()] } else { Vec::new() },
         }
     }
 
@@ -159,7 +163,8 @@ impl Trimmer {
         }
         let started = Instant::now();
         let retention = i64::try_from(s.retention.as_millis()).unwrap_or(i64::MAX);
-        let endpoints: Vec<String> = s.endpoints.iter().map(|e| e.name.clone()).collect();
+        let endpoints: Vec<String> =
+            s.endpoints.iter().map(|e| e.name.clone()).chain(s.other_cursors.iter().cloned()).collect();
         loop {
             let t = Trim {
                 before_ts: now_ms().saturating_sub(retention),
@@ -214,16 +219,19 @@ struct Done {
     delivery: Delivery,
 }
 
-/// Sets webhooks up on a node: with endpoints, turns the store's outbox on and starts the
-/// dispatcher; with `before_send`, `before_group_create` or `before_member_join`, installs the
+/// Sets webhooks up on a node: with endpoints (or with push, which plans from the outbox), turns
+/// the store's outbox on and starts the dispatcher (with no endpoints it only runs the
+/// retention); with `before_send`, `before_group_create` or `before_member_join`, installs the
 /// check. Does nothing when none is configured.
 pub fn install(cfg: &Config, engine: &confab_actors::engine::Engine, outbox: Arc<dyn Outbox>) -> anyhow::Result<()> {
     let before_send = before_send::HttpBeforeSend::from_config(&cfg.webhooks.before_send)?;
     let mut hooks = confab_actors::outbox::Hooks::default();
-    if !cfg.webhooks.endpoints.is_empty() {
+    if !cfg.webhooks.endpoints.is_empty() || cfg.push.enabled() {
         outbox.enable();
         let span = tracing::info_span!(parent: &engine.core().span(), "webhooks");
         spawn(Settings::from_config(cfg), outbox.clone(), span)?;
+    }
+    if !cfg.webhooks.endpoints.is_empty() {
         hooks.outbox = Some(outbox);
     }
     if let Some(b) = before_send {

@@ -835,3 +835,73 @@ async fn a_file_uploaded_on_one_node_is_served_by_another_from_s3() {
     assert_eq!(got.to_vec(), pdf);
     cluster.stop().await;
 }
+
+/// The sum of a counter over the running nodes (the pusher runs on one of them).
+async fn counter_sum(c: &Cluster, name: &str) -> f64 {
+    let mut sum = 0.0;
+    for n in c.nodes.iter().flatten() {
+        sum += crate::push::counter(n.addr, name).await;
+    }
+    sum
+}
+
+async fn wait_counter_sum(c: &Cluster, name: &str, at_least: f64) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = counter_sum(c, name).await;
+        if v >= at_least {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} stayed at {v}, below {at_least}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Push across two nodes: a device connected to the other node gets no notification, a read
+/// on another device of another node before the push cancels it, an unread message is pushed
+/// once, and when a node dies the other takes the pusher over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_decisions_hold_across_nodes_and_the_pusher_fails_over() {
+    let Some((mongo, _)) = services() else { return };
+    let relay = crate::push_receivers::FakeRelay::start_default().await;
+    let mut env = relay.env("huawei");
+    for (k, v) in [
+        ("CONFAB__PUSH__DELAY_MS", "1500"),
+        ("CONFAB__PUSH__POLL_INTERVAL_MS", "50"),
+        ("CONFAB__PUSH__LEASE_TTL_MS", "1000"),
+    ] {
+        env.push((k.into(), v.into()));
+    }
+    let extra: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let mut cluster = Cluster::start_with(2, &mongo, &extra).await;
+    let conv = crate::common::direct_id("alice", "bob");
+    let [mut alice, mut phone] = cluster.connect_each([(0, "alice/phone"), (1, "bob/phone")]).await;
+    phone.expect_ok("push_register", json!({"provider": "huawei", "token": "hw-bob"})).await;
+    // Connected on node 1: no notification, whichever node pushes.
+    alice.send_msg(json!({"to": "bob"}), "p1", text("here?")).await;
+    phone.next_event("message").await;
+    wait_counter_sum(&cluster, "confab_push_skipped_total{reason=\"online\"}", 1.0).await;
+    phone.close().await;
+    // Read on the web (node 0) before the push went out: none.
+    let mut web = cluster.connect(0, "bob", "web").await;
+    let m = alice.send_msg(json!({"to": "bob"}), "p2", text("read me")).await;
+    web.next_event("message").await;
+    web.expect_ok("read", json!({"conv_id": conv, "seq": m["seq"]})).await;
+    wait_counter_sum(&cluster, "confab_push_skipped_total{reason=\"read\"}", 1.0).await;
+    web.close().await;
+    // Nobody connected: pushed, once.
+    alice.send_msg(json!({"to": "bob"}), "p3", text("unread")).await;
+    relay.wait_for("the notification", 15, |r| !r.is_empty()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(relay.received().len(), 1, "{:?}", relay.received());
+    assert_eq!(relay.received()[0]["notification"]["body"], "unread");
+    // Node 0 dies; node 1 pushes (taking the lease over if node 0 held it).
+    alice.close().await;
+    cluster.kill_9(0).await;
+    let mut alice = cluster.connect(1, "alice", "phone").await;
+    alice.send_msg(json!({"to": "bob"}), "p4", text("after the failover")).await;
+    let got = relay.wait_for("the notification after the failover", 20, |r| r.len() >= 2).await;
+    assert_eq!(got[1]["notification"]["body"], "after the failover");
+    assert_eq!(relay.rejected(), 0);
+    cluster.stop().await;
+}

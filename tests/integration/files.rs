@@ -193,6 +193,24 @@ async fn image_round_trip(s3: bool) {
     crate::http_api::ok(&node, "POST", "/api/v1/users/bob/disable", None).await;
     assert_eq!(upload(&node, "bob", "kind=file", b"notes".to_vec()).await.1["error"]["code"], "user_disabled");
     assert_eq!(code(get(&node, Some("bob"), &at(&before), None).await).await, (403, "user_disabled".into()));
+
+    // An operator deletes the file: its links, its thumbnail and the messages naming it give
+    // nothing any more, on either backend; a second delete finds nothing.
+    let f = crate::http_api::ok(&node, "GET", &format!("/api/v1/files/{id}"), None).await;
+    let (url, thumb) = (f["url"].as_str().unwrap().to_owned(), f["thumbnail_url"].as_str().unwrap().to_owned());
+    assert_eq!(get(&node, None, &thumb, None).await.status().as_u16(), 200);
+    let d = crate::http_api::ok(&node, "DELETE", &format!("/api/v1/files/{id}"), None).await;
+    assert_eq!(d["deleted"], true);
+    assert_eq!(code(get(&node, None, &url, None).await).await, (404, "not_found".into()));
+    assert_eq!(code(get(&node, None, &thumb, None).await).await, (404, "not_found".into()));
+    assert_eq!(
+        code(get(&node, Some("alice"), &format!("/files/{id}/link"), None).await).await,
+        (404, "not_found".into())
+    );
+    crate::http_api::err(&node, "DELETE", &format!("/api/v1/files/{id}"), None, 404, "not_found").await;
+    let mut data = json!({"conv_id": "g_pics", "client_msg_id": "g3"});
+    data["body"] = json!({"type": "image", "file_id": id});
+    alice.expect_err("send", data, "invalid_body").await;
 }
 
 #[tokio::test]

@@ -13,6 +13,8 @@ mod layers;
 mod mongo_versions;
 mod observability;
 mod properties;
+mod push;
+mod push_receivers;
 mod store;
 mod store_mongo;
 mod webhooks;

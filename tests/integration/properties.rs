@@ -522,7 +522,7 @@ async fn send(
         _ => None,
     };
     m.counter += 1;
-    let body = Body::Text { text: format!("message {}", m.counter) };
+    let body = Body::text(format!("message {}", m.counter));
     let new = NewMessage {
         conv_id: conv_id.clone(),
         direct_members: direct_members.clone(),

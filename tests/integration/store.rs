@@ -20,7 +20,7 @@ pub type DynStore = Arc<dyn Store>;
 pub(crate) const TS: i64 = 1_700_000_000_000;
 
 fn text(s: &str) -> Body {
-    Body::Text { text: s.to_owned() }
+    Body::text(s)
 }
 
 fn system(event: &str) -> Body {
@@ -82,7 +82,7 @@ fn seqs(msgs: &[Message]) -> Vec<u64> {
 
 fn body_text(m: &Message) -> &str {
     match &m.body {
-        Body::Text { text } => text,
+        Body::Text { text, .. } => text,
         other => panic!("expected a text body, got {other:?}"),
     }
 }
@@ -1499,6 +1499,87 @@ pub async fn check_share_group(s: DynStore) {
     assert!(!s.share_group("a", "b").await.unwrap(), "b left");
 }
 
+/// Push registrations: one token per device, a token on one device, a conditional removal;
+/// push jobs: a burst folds into one job, planning again adds nothing, the due order, a finish
+/// that lost the race to a newer message leaves the job pending.
+pub async fn check_push_tokens_and_jobs(s: DynStore) {
+    use confab_actors::push::{Finish, JobState, Planned, PushRegistration};
+    let reg = |user: &str, device: &str, token: &str| PushRegistration {
+        user: user.into(),
+        device: device.into(),
+        provider: "fcm".into(),
+        token: token.into(),
+        updated_at: 1,
+    };
+    s.set_push_token(&reg("pa", "phone", "t1")).await.unwrap();
+    s.set_push_token(&reg("pa", "tablet", "t2")).await.unwrap();
+    s.set_push_token(&reg("pb", "phone", "t3")).await.unwrap();
+    // A new token replaces the device's old one.
+    s.set_push_token(&reg("pa", "phone", "t1b")).await.unwrap();
+    let tokens = |v: Vec<PushRegistration>| {
+        v.into_iter().map(|r| format!("{}/{}={}", r.user, r.device, r.token)).collect::<Vec<_>>()
+    };
+    assert_eq!(tokens(s.push_tokens(&["pa".into()]).await.unwrap()), ["pa/phone=t1b", "pa/tablet=t2"]);
+    // The phone changed hands: its token moves to the new user's device.
+    s.set_push_token(&reg("pc", "phone", "t3")).await.unwrap();
+    assert!(s.push_tokens(&["pb".into()]).await.unwrap().is_empty());
+    assert_eq!(tokens(s.push_tokens(&["pc".into(), "pa".into()]).await.unwrap()).len(), 3);
+    // Removal only while the token is the one named.
+    assert!(!s.remove_push_token("pa", "tablet", Some("stale")).await.unwrap());
+    assert!(s.remove_push_token("pa", "tablet", Some("t2")).await.unwrap());
+    assert!(!s.remove_push_token("pa", "tablet", None).await.unwrap());
+    assert!(s.remove_push_token("pa", "phone", None).await.unwrap());
+    // The token is free again for another device.
+    s.set_push_token(&reg("pd", "web", "t1b")).await.unwrap();
+    assert_eq!(tokens(s.push_tokens(&["pd".into()]).await.unwrap()), ["pd/web=t1b"]);
+
+    let planned = |user: &str, conv: &str, seq: u64, event: u64, due_at: i64| Planned {
+        user: user.into(),
+        device: "phone".into(),
+        conv_id: conv.into(),
+        seq,
+        sender: "x".into(),
+        mention: seq == 2,
+        event,
+        ts: 100,
+        due_at,
+    };
+    let burst = [planned("pa", "d_1", 1, 1, 500), planned("pa", "d_1", 2, 2, 600), planned("pb", "d_2", 1, 3, 400)];
+    s.plan_pushes(&burst, 3).await.unwrap();
+    // Planned again (a crash before the cursor moved): nothing changes.
+    s.plan_pushes(&burst, 3).await.unwrap();
+    assert!(s.due_pushes(0, 10).await.unwrap().is_empty(), "nothing is due before its time");
+    let due = s.due_pushes(1000, 10).await.unwrap();
+    assert_eq!(
+        due.iter().map(|j| (j.user.as_str(), j.seq, j.count, j.due_at)).collect::<Vec<_>>(),
+        [("pb", 1, 1, 400), ("pa", 2, 2, 500)]
+    );
+    assert!(due[1].mention);
+    assert_eq!(s.due_pushes(1000, 1).await.unwrap().len(), 1, "the limit holds");
+    // A finish after a newer message was folded in leaves the job pending.
+    let read = due[1].clone();
+    s.plan_pushes(&[planned("pa", "d_1", 3, 4, 700)], 4).await.unwrap();
+    assert!(!s.finish_push(&read, Finish::Done).await.unwrap());
+    let again = s.due_pushes(1000, 10).await.unwrap();
+    let pa = again.iter().find(|j| j.user == "pa").unwrap().clone();
+    assert_eq!((pa.seq, pa.count, pa.state), (3, 3, JobState::Pending));
+    // A retry moves it later; done takes it out.
+    assert!(s.finish_push(&pa, Finish::Retry { next_at: 5000, attempts: 1 }).await.unwrap());
+    assert_eq!(s.due_pushes(1000, 10).await.unwrap().len(), 1);
+    let pa = s.due_pushes(5000, 10).await.unwrap().into_iter().find(|j| j.user == "pa").unwrap();
+    assert_eq!(pa.attempts, 1);
+    assert!(s.finish_push(&pa, Finish::Done).await.unwrap());
+    assert!(!s.finish_push(&pa, Finish::Done).await.unwrap(), "finished once");
+    let pb = s.due_pushes(5000, 10).await.unwrap();
+    assert_eq!(pb.len(), 1);
+    assert!(s.finish_push(&pb[0], Finish::Done).await.unwrap());
+    assert!(s.due_pushes(i64::MAX, 10).await.unwrap().is_empty());
+    // A done job starts again from the next message, due at its own time.
+    s.plan_pushes(&[planned("pa", "d_1", 4, 5, 9000)], 5).await.unwrap();
+    let next = s.due_pushes(i64::MAX, 10).await.unwrap();
+    assert_eq!(next.iter().map(|j| (j.seq, j.count, j.due_at)).collect::<Vec<_>>(), [(4, 1, 9000)]);
+}
+
 macro_rules! checks {
     ($apply:ident) => {
         $apply!(
@@ -1527,6 +1608,7 @@ macro_rules! checks {
             check_share_group,
             check_mutes_and_bans,
             check_join_requests,
+            check_push_tokens_and_jobs,
         );
     };
 }

@@ -300,6 +300,9 @@ impl ConversationActor {
             if self.kind == ConvKind::Group {
                 self.check_not_muted(sender, role)?;
             }
+            if msg.body.mentions_all() {
+                rules::check_mention_all(self.kind == ConvKind::Group, role)?;
+            }
             match self.check_relation(sender) {
                 DirectVerdict::Allow => {}
                 DirectVerdict::Refuse(e) => return Err(e),

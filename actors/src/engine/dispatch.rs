@@ -231,6 +231,24 @@ impl Engine {
             }
             Op::Contact(req) => enc(&id, ok(&id, self.contact(&caller.user, &req.user_id).await)),
             Op::Contacts(req) => enc(&id, ok(&id, self.contacts(&caller.user, req.since, req.limit).await)),
+            Op::PushRegister(req) => enc(
+                &id,
+                ok(
+                    &id,
+                    self.push_register(&caller.user, &caller.device, &req.provider, &req.token)
+                        .await
+                        .map(|registration| serde_json::json!({ "registration": registration })),
+                ),
+            ),
+            Op::PushUnregister(_) => enc(
+                &id,
+                ok(
+                    &id,
+                    self.push_unregister(&caller.user, &caller.device)
+                        .await
+                        .map(|removed| serde_json::json!({ "removed": removed })),
+                ),
+            ),
             // The session answers `refresh` itself (it changes the connection's token).
             Op::Refresh(_) => enc(&id, Err(Error::invalid("refresh is answered by the WebSocket session"))),
         }

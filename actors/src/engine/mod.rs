@@ -19,6 +19,7 @@ mod groups;
 mod joins;
 mod peer;
 mod presence;
+mod push;
 mod reads;
 mod send;
 mod stats;

@@ -10,6 +10,8 @@ pub const MAX_URL_LEN: usize = 2048;
 pub const MAX_NAME_LEN: usize = 256;
 /// Largest encoded `custom` payload.
 pub const MAX_CUSTOM_BYTES: usize = 16 * 1024;
+/// Most users one message may mention.
+pub const MAX_MENTIONS: usize = 100;
 /// Characters kept in a reply's quote.
 pub const QUOTE_CHARS: usize = 80;
 
@@ -23,8 +25,12 @@ pub const BODY_TYPES: &[&str] =
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Body {
+    /// `mentions` names users the message is addressed to (@), `mention_all` everyone (only a
+    /// group's owner and admins may send it): they are notified even in a muted conversation.
     Text {
         text: String,
+        mentions: Option<Vec<String>>,
+        mention_all: Option<bool>,
     },
     /// With `file_id` (an upload of kind `image`), the server fills `url`, `size`, `width`
     /// and `height`; without it, `url` is required (hosted elsewhere).
@@ -122,6 +128,26 @@ fn check_text(field: &str, s: &str, max_chars: usize) -> Result<()> {
 }
 
 impl Body {
+    /// A plain text body (no mentions).
+    pub fn text(text: impl Into<String>) -> Body {
+        Body::Text { text: text.into(), mentions: None, mention_all: None }
+    }
+
+    /// Whether the message mentions `user`: by name, or everyone.
+    pub fn mentions(&self, user: &str) -> bool {
+        match self {
+            Body::Text { mentions, mention_all, .. } => {
+                *mention_all == Some(true) || mentions.as_ref().is_some_and(|m| m.iter().any(|u| u == user))
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the message mentions everyone (`mention_all`).
+    pub fn mentions_all(&self) -> bool {
+        matches!(self, Body::Text { mention_all: Some(true), .. })
+    }
+
     /// The wire name of this body's type.
     pub fn type_name(&self) -> &'static str {
         match self {
@@ -155,7 +181,17 @@ impl Body {
             super::validate_id("file_id", id).map_err(|e| Error::body(e.message))?;
         }
         match self {
-            Body::Text { text } => check_text("text", text, max_text_chars),
+            Body::Text { text, mentions, .. } => {
+                check_text("text", text, max_text_chars)?;
+                let Some(ids) = mentions else { return Ok(()) };
+                if ids.len() > MAX_MENTIONS {
+                    return Err(Error::body(format!("mentions must name at most {MAX_MENTIONS} users")));
+                }
+                for id in ids {
+                    super::validate_id("mentions", id).map_err(|e| Error::body(e.message))?;
+                }
+                Ok(())
+            }
             Body::Image { url, .. } => check_url("url", url),
             Body::Audio { url, duration_ms, .. } => {
                 check_url("url", url)?;
@@ -206,7 +242,7 @@ impl Body {
     /// A short plain-text rendering for quotes and conversation lists.
     pub fn summary(&self) -> String {
         let s = match self {
-            Body::Text { text } => text.clone(),
+            Body::Text { text, .. } => text.clone(),
             Body::Code { code, .. } => code.clone(),
             Body::Image { .. } => "[image]".into(),
             Body::Audio { .. } => "[audio]".into(),

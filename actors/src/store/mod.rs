@@ -23,6 +23,7 @@ use crate::model::{
     GroupBan, GroupPatch, JoinRequest, Member, Message, NoticeConfirmation, ReplyRef, Role, User, UserConvState,
     UserPatch,
 };
+use crate::push::{Finish, Planned, PushJob, PushRegistration};
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
@@ -373,6 +374,9 @@ pub trait Store: Send + Sync + 'static {
 
     async fn file(&self, id: &str) -> StoreResult<Option<FileMeta>>;
 
+    /// Removes a file's record; true when there was one.
+    async fn delete_file(&self, id: &str) -> StoreResult<bool>;
+
     // ---- broadcasts ----
 
     /// Stores a new broadcast; when one with its id exists, changes nothing and returns that one.
@@ -402,4 +406,28 @@ pub trait Store: Send + Sync + 'static {
 
     /// The devices of `users` whose tokens were revoked one by one: `(user, device, before_ms)`.
     async fn device_revocations(&self, users: &[String]) -> StoreResult<Vec<(String, String, u64)>>;
+
+    /// Registers `r` as its device's push token, replacing the device's previous one. The same
+    /// provider token registered to another user or device is removed: a token belongs to one
+    /// device (a phone that changed hands).
+    async fn set_push_token(&self, r: &PushRegistration) -> StoreResult<()>;
+
+    /// Removes a device's push registration; with `token`, only while it is still that token (a
+    /// provider's "invalid" answer never removes a newer one). Returns whether one was removed.
+    async fn remove_push_token(&self, user: &str, device: &str, token: Option<&str>) -> StoreResult<bool>;
+
+    /// The push registrations of these users.
+    async fn push_tokens(&self, users: &[String]) -> StoreResult<Vec<PushRegistration>>;
+
+    /// Folds planned messages into their devices' push jobs ([`crate::push::merge`]) and moves
+    /// the outbox cursor [`crate::push::CURSOR`] to `cursor` (never backwards). Planning the same
+    /// events again changes nothing.
+    async fn plan_pushes(&self, planned: &[Planned], cursor: u64) -> StoreResult<()>;
+
+    /// Pending push jobs due at `now`, earliest first, at most `limit`.
+    async fn due_pushes(&self, now: i64, limit: usize) -> StoreResult<Vec<PushJob>>;
+
+    /// Finishes a push job read at `job.rev` ([`crate::push::finish`]); false when a message was
+    /// added to it since (it stays pending).
+    async fn finish_push(&self, job: &PushJob, f: Finish) -> StoreResult<bool>;
 }

@@ -163,7 +163,7 @@ fn bin_msg(o: &mut Vec<u8>, m: &Message) -> R<()> {
     for s in [&m.sender, &m.client_msg_id].into_iter().flatten() {
         put_s(o, s);
     }
-    let Body::Text { text } = &m.body;
+    let Body::Text { text, .. } = &m.body;
     put_u(o, 0);
     put_s(o, text);
     put_u(o, ((m.ts << 1) ^ (m.ts >> 63)) as u64);
@@ -179,7 +179,7 @@ fn bin_unmsg(conv_id: &str, seq: u64, b: &[u8]) -> R<Message> {
     if r.u()? != 0 {
         return Err("unknown body type".into());
     }
-    let body = Body::Text { text: r.s()?.to_owned() };
+    let body = Body::text(r.s()?);
     let z = r.u()?;
     let (ts, ver) = ((z >> 1) as i64 ^ -((z & 1) as i64), r.u()?);
     Ok(Message { conv_id: conv_id.to_owned(), seq, sender, client_msg_id, body, reply_to: None, ts, ver })
@@ -321,7 +321,7 @@ fn append_batch(ops: &mut impl Ops, batch: Vec<NewMsg>) -> R<Vec<Message>> {
             seq,
             sender: Some(m.sender.clone()),
             client_msg_id: Some(m.cmid.clone()),
-            body: Body::Text { text: m.text },
+            body: Body::text(m.text),
             reply_to: None,
             ts: m.ts,
             ver,
@@ -822,7 +822,7 @@ impl Design for LogOnly {
         for m in batch {
             let seq = self.last_seq.entry(m.conv_id.clone()).or_insert(0);
             (*seq, self.ver) = (*seq + 1, self.ver + 1);
-            let (sender, client_msg_id, body) = (Some(m.sender), Some(m.cmid), Body::Text { text: m.text });
+            let (sender, client_msg_id, body) = (Some(m.sender), Some(m.cmid), Body::text(m.text));
             let (seq, ts, ver) = (*seq, m.ts, self.ver);
             let message = Message { conv_id: m.conv_id, seq, sender, client_msg_id, body, reply_to: None, ts, ver };
             log_record(&mut self.buf, &message)?;

@@ -281,3 +281,54 @@ pub(crate) async fn devices(inner: Arc<Inner>, user: String) -> Result<Vec<(Stri
     entries.sort();
     Ok(entries)
 }
+
+/// See [`Cluster::devices_of`](crate::cluster::Cluster::devices_of).
+pub(crate) async fn devices_of(
+    inner: Arc<Inner>,
+    users: Vec<String>,
+) -> Result<Vec<(String, Vec<String>)>, ClusterError> {
+    if users.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut pipe = redis::pipe();
+    for u in &users {
+        pipe.hgetall(presence_key(u));
+    }
+    let replies: Vec<Value> = inner.redis.pipe(&pipe).await?;
+    // (user, node, device) of every entry.
+    let mut entries: Vec<(usize, String, String)> = Vec::new();
+    for (idx, v) in replies.into_iter().enumerate() {
+        let h: HashMap<String, String> = redis::from_redis_value(v).map_err(|e| ClusterError::Redis(e.to_string()))?;
+        for (f, device) in h {
+            if let Some((node, _conn)) = f.rsplit_once('/') {
+                entries.push((idx, node.to_owned(), device));
+            }
+        }
+    }
+    let mut nodes: Vec<String> = entries.iter().map(|(_, n, _)| n.clone()).collect();
+    nodes.sort_unstable();
+    nodes.dedup();
+    if nodes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut c = redis::cmd("MGET");
+    for n in &nodes {
+        c.arg(alive_key(n));
+    }
+    let alive: Vec<Option<String>> = inner.redis.cmd(&c).await?;
+    let live: HashSet<&str> = nodes.iter().zip(alive).filter(|(_, a)| a.is_some()).map(|(n, _)| n.as_str()).collect();
+    let mut by_user: std::collections::BTreeMap<usize, Vec<String>> = std::collections::BTreeMap::new();
+    for (idx, node, device) in entries {
+        if live.contains(node.as_str()) {
+            by_user.entry(idx).or_default().push(device);
+        }
+    }
+    Ok(by_user
+        .into_iter()
+        .filter_map(|(idx, mut d)| {
+            d.sort_unstable();
+            d.dedup();
+            Some((users.get(idx)?.clone(), d))
+        })
+        .collect())
+}

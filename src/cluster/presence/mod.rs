@@ -94,7 +94,7 @@ use super::{ClusterError, Incoming, Inner};
 
 pub use keys::{alive_key, node_conns_key, presence_key, NODES_KEY, VERSION_KEY};
 pub(crate) use liveness::heartbeat;
-pub(crate) use locate::{devices, locate, locate_cached, LocateCache};
+pub(crate) use locate::{devices, devices_of, locate, locate_cached, LocateCache};
 pub(crate) use writer::{writer, Op, WRITE_QUEUE};
 
 /// Where a chunk of users is connected: node id -> the users with at least one connection there.

@@ -14,11 +14,41 @@ use crate::http::AppState;
 
 resources! {
     Messages:
-    "/files/{id}" => get get;
+    "/files/{id}" => get get, delete delete;
 }
 
 operation_errors! {
     GetErrors: InvalidRequest("a bad file id"), NotFound, Unavailable;
+    DeleteErrors: InvalidRequest("a bad file id"), NotFound, Unavailable;
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct DeletedRes {
+    id: String,
+    deleted: bool,
+}
+
+/// Deletes a file: its record first (from then on every link, and every message naming it,
+/// answers `not_found`), then its bytes and thumbnail. Messages keep their bodies; a client shows
+/// the file as gone.
+#[utoipa::path(delete, path = "/files/{id}",
+    params(path::File),
+    responses((status = 200, description = "Deleted", body = DeletedRes), DeleteErrors))]
+async fn delete(s: Signed<scope::Messages>, state: web::Data<AppState>) -> ApiResult {
+    let path::File { id } = s.path()?;
+    let fs =
+        state.files.as_ref().ok_or_else(|| Error::new(ErrorCode::Unavailable, "file storage is not configured"))?;
+    if !state.engine.store().delete_file(&id).await.map_err(Error::from)? {
+        return Err(Error::not_found("no such file").into());
+    }
+    for blob in [id.clone(), format!("{id}.thumb")] {
+        // The record is gone, so nothing serves these bytes any more; a failure leaves them to
+        // the operator (logged).
+        if let Err(e) = fs.blobs.delete(&blob).await {
+            tracing::warn!(file = %blob, error = %e, "a deleted file's bytes could not be removed");
+        }
+    }
+    ok(&DeletedRes { id, deleted: true })
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

@@ -24,6 +24,8 @@ resources! {
     "/users/{id}/tokens" => post mint_token;
     "/users/{id}/devices" => get devices;
     "/users/{id}/devices/{device}/revoke" => post revoke_device;
+    "/users/{id}/devices/{device}/push" => put push_register, delete push_unregister;
+    "/users/{id}/push" => get push_registrations;
     "/users/{id}/groups" => get groups;
 }
 
@@ -39,6 +41,9 @@ operation_errors! {
         Unavailable("the user's record could not be read");
     DevicesErrors: InvalidRequest("a bad user id");
     RevokeDeviceErrors: InvalidRequest("a bad user or device id"), Unavailable;
+    PushRegisterErrors: InvalidRequest("a bad user or device id, a token that is empty, over 4096 bytes or not printable ASCII"),
+        PushProviderUnknown, Unavailable;
+    PushErrors: InvalidRequest("a bad user or device id"), Unavailable;
     UpsertErrors: InvalidRequest("a bad id, nickname, avatar or ext"), Unavailable;
     GetErrors: InvalidRequest("a bad user id"), NotFound, Unavailable;
     AccessErrors: InvalidRequest("a bad user id"), Unavailable;
@@ -338,6 +343,66 @@ async fn revoke_device(s: Signed<scope::Users>, state: web::Data<AppState>) -> A
     let path::UserDevice { id, device } = s.path()?;
     let revoked_before_ms = state.engine.user_revoke_device(&id, &device).await?;
     ok(&RevokeDeviceRes { user_id: id, device, revoked_before_ms })
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PushRegisterBody {
+    /// `fcm`, `apns`, or a provider name of `push.relay.providers` (`huawei`, `xiaomi`, ...).
+    provider: String,
+    /// The provider's token for the device.
+    token: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PushRegistrationRes {
+    registration: confab_actors::push::PushRegistration,
+}
+
+/// Registers a device's push token (as the app would over WebSocket with `push_register`),
+/// replacing the device's previous one; the same token registered to another device moves here.
+#[utoipa::path(put, path = "/users/{id}/devices/{device}/push",
+    params(path::UserDevice),
+    request_body = PushRegisterBody,
+    responses((status = 200, description = "The registration", body = PushRegistrationRes), PushRegisterErrors))]
+async fn push_register(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiResult {
+    let path::UserDevice { id, device } = s.path()?;
+    let b: PushRegisterBody = s.json()?;
+    let registration = state.engine.push_register(&id, &device, &b.provider, &b.token).await?;
+    ok(&PushRegistrationRes { registration })
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PushRemovedRes {
+    /// Whether the device had a registration.
+    removed: bool,
+}
+
+/// Removes a device's push registration: it gets no more notifications.
+#[utoipa::path(delete, path = "/users/{id}/devices/{device}/push",
+    params(path::UserDevice),
+    responses((status = 200, description = "Whether there was one", body = PushRemovedRes), PushErrors))]
+async fn push_unregister(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiResult {
+    let path::UserDevice { id, device } = s.path()?;
+    let removed = state.engine.push_unregister(&id, &device).await?;
+    ok(&PushRemovedRes { removed })
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct PushRegistrationsRes {
+    user_id: String,
+    /// One per device, by device.
+    registrations: Vec<confab_actors::push::PushRegistration>,
+}
+
+/// A user's push registrations (a token the provider called invalid is gone).
+#[utoipa::path(get, path = "/users/{id}/push",
+    params(path::User),
+    responses((status = 200, description = "The registrations", body = PushRegistrationsRes), PushErrors))]
+async fn push_registrations(s: Signed<scope::Users>, state: web::Data<AppState>) -> ApiResult {
+    let path::User { id } = s.path()?;
+    let registrations = state.engine.push_registrations(&id).await?;
+    ok(&PushRegistrationsRes { user_id: id, registrations })
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

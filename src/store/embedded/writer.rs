@@ -323,7 +323,7 @@ mod tests {
             direct_members: Some((pair.0.to_owned(), pair.1.to_owned())),
             sender: Some(sender.to_owned()),
             client_msg_id: Some(cmid.to_owned()),
-            body: Body::Text { text: cmid.to_owned() },
+            body: Body::text(cmid),
             reply_to: None,
             ts: 1,
         }

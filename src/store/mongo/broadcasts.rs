@@ -113,3 +113,12 @@ pub(crate) async fn file(c: &Conn, id: &str) -> StoreResult<Option<confab_actors
     d.map(|d| serde_json::from_str(&d.data).map_err(|e| StoreError::Unavailable(format!("corrupt file {}: {e}", d.id))))
         .transpose()
 }
+
+pub(crate) async fn delete_file(c: &Conn, id: &str) -> StoreResult<bool> {
+    let r = c
+        .coll::<Document>(super::docs::FILES)
+        .delete_one(doc! { "_id": id })
+        .await
+        .map_err(|e| c.fail("removing a file", &e))?;
+    Ok(r.deleted_count > 0)
+}

@@ -25,6 +25,9 @@ pub(crate) const META: &str = "meta";
 pub(crate) const USERS: &str = "users";
 pub(crate) const DEVICE_REVOCATIONS: &str = "device_revocations";
 pub(crate) const BROADCASTS: &str = "broadcasts";
+/// Push registrations and the push job queue (`push.rs`).
+pub(crate) const PUSH_TOKENS: &str = "push_tokens";
+pub(crate) const PUSH_JOBS: &str = "push_jobs";
 /// `{_id, owner, data}`: an uploaded file's record, `data` the `FileMeta` as JSON text.
 pub(crate) const FILES: &str = "files";
 /// Daily counts: `{_id: "messages/<day>/<node clock id>", kind, day, n}`, one document per node and
@@ -552,6 +555,16 @@ pub(crate) fn indexes() -> Vec<(&'static str, Vec<IndexModel>)> {
         (ACTIVE_USERS, vec![index(doc! { "day": 1 }, "day", false, None)]),
         // `_id` is `"<user>/<device>"`; a user's revoked devices are read by `user`.
         (DEVICE_REVOCATIONS, vec![index(doc! { "user": 1 }, "user", false, None)]),
+        // A token belongs to one device; a user's registrations.
+        (
+            PUSH_TOKENS,
+            vec![
+                index(doc! { "provider": 1, "token": 1 }, "provider_token", true, None),
+                index(doc! { "user": 1 }, "user", false, None),
+            ],
+        ),
+        // The due jobs, earliest first.
+        (PUSH_JOBS, vec![index(doc! { "state": 1, "due_at": 1 }, "state_due", false, None)]),
         // A user's changed rows, for the `contacts` sync (`_id` is `"<owner>/<peer>"`).
         (CONTACTS, vec![index(doc! { "owner": 1, "ver": 1 }, "owner_ver", false, None)]),
         // Webhooks: an endpoint's pending deliveries in event order; the log by event.

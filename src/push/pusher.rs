@@ -1,0 +1,515 @@
+//! The pusher: one node of a cluster (the holder of the store lease `push`) turns stored
+//! messages into notifications for the devices that are not connected, and sends them.
+//!
+//! **Planning.** The pusher reads the outbox's `message.sent` events after its cursor
+//! ([`push::CURSOR`], kept beside the webhook endpoints' cursors, so the outbox retention keeps
+//! every event it has not planned yet). For each message it finds the recipients (a group's
+//! members, cached until the outbox says the membership changed; a one-to-one conversation's
+//! other user), their registrations (one read for the whole batch) and which of their devices are
+//! connected anywhere (one Redis round trip), and folds the message into a job per device that
+//! is not connected ([`push::merge`]): one job per user, device and conversation, so a burst is one
+//! notification. The jobs and the cursor move together; planning an event again adds nothing.
+//!
+//! **Sending.** A job is due `push.delay_ms` after its first message. Then the pusher looks
+//! again, at that moment: the device connected meanwhile, the user read the conversation on
+//! another device, muted it, left it, or the message was recalled: not sent
+//! ([`push::skip_reason`]). Otherwise it builds the notification (the sender's nickname and
+//! avatar and the group's name from caches that expire after `push.profile_cache_secs`; the badge
+//! is the user's total unread) and sends it through the registration's provider. A token the
+//! provider calls invalid is removed (if it is still the device's), a failure worth retrying is
+//! tried again with back-off up to `push.max_attempts`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use confab_actors::engine::Engine;
+use confab_actors::model::{self, Body, ConvKind, Message};
+use confab_actors::outbox::{Outbox, OutboxEvent};
+use confab_actors::push::{self, Finish, Planned, PushJob, PushRegistration};
+use confab_actors::store::Store;
+use tokio::sync::mpsc;
+
+use super::metrics::PushMetrics;
+use super::providers::Providers;
+use super::{Notification, Outcome, Target};
+use crate::config::Config;
+
+/// The store lease the active pusher holds.
+pub const LEASE: &str = "push";
+/// Outbox events read per planning step.
+const BATCH: usize = 500;
+/// Most cached recipient lists, profiles and group names each (cleared whole when full).
+const CACHE_MAX: usize = 50_000;
+
+/// The pusher's settings (`[push]`).
+#[derive(Clone)]
+pub struct Settings {
+    pub delay_ms: i64,
+    pub mentions_override_mute: bool,
+    pub show_preview: bool,
+    pub max_attempts: u32,
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    pub max_in_flight: usize,
+    pub poll: Duration,
+    pub lease_ttl: Duration,
+    pub profile_ttl: Duration,
+    pub owner: String,
+}
+
+impl Settings {
+    pub fn from_config(cfg: &Config) -> Settings {
+        let p = &cfg.push;
+        Settings {
+            delay_ms: i64::try_from(p.delay_ms).unwrap_or(i64::MAX),
+            mentions_override_mute: p.mentions_override_mute,
+            show_preview: p.show_preview,
+            max_attempts: p.max_attempts,
+            backoff_initial: Duration::from_millis(p.backoff_initial_ms),
+            backoff_max: Duration::from_millis(p.backoff_max_ms),
+            max_in_flight: p.max_in_flight,
+            poll: Duration::from_millis(p.poll_interval_ms),
+            lease_ttl: Duration::from_millis(p.lease_ttl_ms),
+            profile_ttl: Duration::from_secs(p.profile_cache_secs),
+            owner: cfg.cluster.node_id.clone(),
+        }
+    }
+
+    /// The wait before attempt `failed + 1`: doubling from `backoff_initial`, capped.
+    fn backoff(&self, failed: u32) -> Duration {
+        self.backoff_initial.saturating_mul(1u32 << failed.saturating_sub(1).min(20)).min(self.backoff_max)
+    }
+}
+
+/// A value cached until `at + ttl`.
+struct Cached<T> {
+    at: Instant,
+    value: T,
+}
+
+/// A user's nickname and avatar.
+type Profile = (Option<String>, Option<String>);
+
+/// What the pusher caches: nothing here is read from the store per message.
+#[derive(Default)]
+struct Caches {
+    /// Conversation id -> everyone who receives its messages (a group's members, a pair).
+    recipients: HashMap<String, Arc<Vec<String>>>,
+    /// User id -> (nickname, avatar).
+    profiles: HashMap<String, Cached<Profile>>,
+    /// Group id -> name.
+    group_names: HashMap<String, Cached<String>>,
+}
+
+fn bounded<K, V>(map: &mut HashMap<K, V>) {
+    if map.len() >= CACHE_MAX {
+        map.clear();
+    }
+}
+
+/// Shared by the loop and the sending tasks.
+struct Ctx {
+    engine: Engine,
+    store: Arc<dyn Store>,
+    providers: Providers,
+    settings: Settings,
+    metrics: Arc<PushMetrics>,
+    caches: Mutex<Caches>,
+}
+
+/// A finished job, reported to the loop.
+struct Done {
+    job: PushJob,
+    finish: Finish,
+}
+
+/// Starts the pusher on the current (actix) runtime, in `span`. It runs until the runtime stops.
+pub fn spawn(
+    settings: Settings,
+    engine: Engine,
+    outbox: Arc<dyn Outbox>,
+    providers: Providers,
+    metrics: Arc<PushMetrics>,
+    span: tracing::Span,
+) {
+    let ctx = Arc::new(Ctx {
+        store: engine.core().store.clone(),
+        engine,
+        providers,
+        settings,
+        metrics,
+        caches: Mutex::new(Caches::default()),
+    });
+    actix::spawn(tracing::Instrument::instrument(run(ctx, outbox), span));
+}
+
+async fn run(ctx: Arc<Ctx>, outbox: Arc<dyn Outbox>) {
+    let s = ctx.settings.clone();
+    let (done_tx, mut done_rx) = mpsc::channel::<Done>(s.max_in_flight + 1);
+    let mut ticker = tokio::time::interval(s.poll);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut leader = false;
+    let mut next_lease = Instant::now();
+    let mut cursor: Option<u64> = None;
+    // Job keys being sent (not read again until they finish).
+    let mut in_flight: HashSet<String> = HashSet::new();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            Some(d) = done_rx.recv() => {
+                let mut finished = vec![d];
+                while let Ok(d) = done_rx.try_recv() {
+                    finished.push(d);
+                }
+                for d in finished {
+                    in_flight.remove(&d.job.key());
+                    // If this cannot be stored the job stays as it was and is sent again.
+                    if let Err(e) = ctx.store.finish_push(&d.job, d.finish).await {
+                        tracing::warn!(error = %e, "could not store a push job's outcome");
+                    }
+                }
+            }
+        }
+        if Instant::now() >= next_lease {
+            next_lease = Instant::now() + s.poll;
+            let ttl = i64::try_from(s.lease_ttl.as_millis()).unwrap_or(i64::MAX);
+            match outbox.lease(LEASE, &s.owner, confab_actors::clock::now_ms(), ttl).await {
+                Ok(held) => {
+                    if held && !leader {
+                        tracing::info!(owner = %s.owner, "pusher active on this node");
+                        cursor = None;
+                        ctx.caches.lock().unwrap_or_else(|p| p.into_inner()).recipients.clear();
+                    }
+                    leader = held;
+                    if held {
+                        next_lease = Instant::now() + s.lease_ttl / 3;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "push lease: store unavailable");
+                    leader = false;
+                }
+            }
+        }
+        if !leader {
+            continue;
+        }
+        if let Err(e) = plan(&ctx, &*outbox, &mut cursor).await {
+            tracing::warn!(error = %e, "push planning: store unavailable");
+            cursor = None;
+        }
+        if in_flight.len() < s.max_in_flight {
+            let now = confab_actors::clock::now_ms();
+            match ctx.store.due_pushes(now, s.max_in_flight * 2).await {
+                Ok(due) => {
+                    for job in due {
+                        if in_flight.len() >= s.max_in_flight {
+                            break;
+                        }
+                        if !in_flight.insert(job.key()) {
+                            continue;
+                        }
+                        let (ctx, done) = (ctx.clone(), done_tx.clone());
+                        actix::spawn(async move {
+                            let finish = deliver(&ctx, &job).await;
+                            let _ = done.send(Done { job, finish }).await;
+                        });
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "push sending: store unavailable"),
+            }
+        }
+    }
+}
+
+/// One planning step: the events after the cursor, folded into jobs.
+async fn plan(ctx: &Ctx, outbox: &dyn Outbox, cursor: &mut Option<u64>) -> confab_actors::store::StoreResult<()> {
+    let after = match *cursor {
+        Some(c) => c,
+        None => outbox.cursor(push::CURSOR).await?,
+    };
+    *cursor = Some(after);
+    let events = outbox.events_after(after, BATCH).await?;
+    let Some(last) = events.last().map(|e| e.id) else { return Ok(()) };
+    // (event, message, recipients) in event order.
+    let mut messages: Vec<(u64, Message, Arc<Vec<String>>)> = Vec::new();
+    for e in &events {
+        if let Some(conv) = membership_changed(e) {
+            ctx.caches.lock().unwrap_or_else(|p| p.into_inner()).recipients.remove(conv);
+            continue;
+        }
+        if e.kind != confab_actors::outbox::MESSAGE_SENT {
+            continue;
+        }
+        let Some(m) = e.data.get("message").and_then(|m| serde_json::from_value::<Message>(m.clone()).ok()) else {
+            continue;
+        };
+        if m.sender.is_none() || matches!(m.body, Body::System { .. } | Body::Recalled { .. }) {
+            continue;
+        }
+        let recipients = recipients(ctx, &m.conv_id).await?;
+        messages.push((e.id, m, recipients));
+    }
+    let mut users: Vec<String> = messages
+        .iter()
+        .flat_map(|(_, m, r)| r.iter().filter(move |u| Some(u.as_str()) != m.sender.as_deref()))
+        .cloned()
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .collect();
+    users.sort_unstable();
+    let mut regs: HashMap<String, Vec<PushRegistration>> = HashMap::new();
+    for chunk in users.chunks(1000) {
+        for r in ctx.store.push_tokens(chunk).await? {
+            regs.entry(r.user.clone()).or_default().push(r);
+        }
+    }
+    let with_tokens: Vec<String> = regs.keys().cloned().collect();
+    let connected = ctx.engine.connected_devices(&with_tokens).await;
+    let mut planned = Vec::new();
+    for (event, m, recipients) in &messages {
+        let sender = m.sender.clone().unwrap_or_default();
+        for user in recipients.iter().filter(|u| **u != sender) {
+            for r in regs.get(user).into_iter().flatten() {
+                if connected.get(user).is_some_and(|d| d.contains(&r.device)) {
+                    ctx.metrics.skipped("online");
+                    continue;
+                }
+                planned.push(Planned {
+                    user: user.clone(),
+                    device: r.device.clone(),
+                    conv_id: m.conv_id.clone(),
+                    seq: m.seq,
+                    sender: sender.clone(),
+                    mention: m.body.mentions(user),
+                    event: *event,
+                    ts: m.ts,
+                    due_at: m.ts.saturating_add(ctx.settings.delay_ms),
+                });
+            }
+        }
+    }
+    ctx.store.plan_pushes(&planned, last).await?;
+    ctx.metrics.planned(planned.len() as u64);
+    *cursor = Some(last);
+    Ok(())
+}
+
+/// The conversation whose recipients an event changes (membership, dismissal), if any.
+fn membership_changed(e: &OutboxEvent) -> Option<&str> {
+    use confab_actors::outbox::{GROUP_CREATED, GROUP_DISMISSED, GROUP_MEMBERS_CHANGED};
+    [GROUP_CREATED, GROUP_MEMBERS_CHANGED, GROUP_DISMISSED].contains(&e.kind.as_str()).then_some(())?;
+    e.conv_id.as_deref()
+}
+
+/// Everyone who receives the messages of `conv_id` (cached until its membership changes).
+async fn recipients(ctx: &Ctx, conv_id: &str) -> confab_actors::store::StoreResult<Arc<Vec<String>>> {
+    if let Some(r) = ctx.caches.lock().unwrap_or_else(|p| p.into_inner()).recipients.get(conv_id) {
+        return Ok(r.clone());
+    }
+    let list: Vec<String> = match model::conv_kind(conv_id) {
+        Ok(ConvKind::Group) => {
+            let group = conv_id.strip_prefix("g_").unwrap_or(conv_id);
+            ctx.store.members(group).await?.into_iter().map(|m| m.user_id).collect()
+        }
+        Ok(ConvKind::Direct) => ctx.store.conversation(conv_id).await?.map(|c| c.members).unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    let list = Arc::new(list);
+    let mut c = ctx.caches.lock().unwrap_or_else(|p| p.into_inner());
+    bounded(&mut c.recipients);
+    c.recipients.insert(conv_id.to_owned(), list.clone());
+    Ok(list)
+}
+
+/// A user's nickname and avatar, from the cache or (once per `push.profile_cache_secs`) the store.
+async fn profile(ctx: &Ctx, user: &str) -> Profile {
+    let ttl = ctx.settings.profile_ttl;
+    if let Some(c) = ctx.caches.lock().unwrap_or_else(|p| p.into_inner()).profiles.get(user) {
+        if c.at.elapsed() < ttl {
+            return c.value.clone();
+        }
+    }
+    let value = match ctx.store.user(user).await {
+        Ok(Some(u)) => (u.nickname, u.avatar),
+        Ok(None) => (None, None),
+        // Not cached: the next notification asks again.
+        Err(_) => return (None, None),
+    };
+    let mut c = ctx.caches.lock().unwrap_or_else(|p| p.into_inner());
+    bounded(&mut c.profiles);
+    c.profiles.insert(user.to_owned(), Cached { at: Instant::now(), value: value.clone() });
+    value
+}
+
+/// A group's name, cached like profiles.
+async fn group_name(ctx: &Ctx, group: &str) -> String {
+    let ttl = ctx.settings.profile_ttl;
+    if let Some(c) = ctx.caches.lock().unwrap_or_else(|p| p.into_inner()).group_names.get(group) {
+        if c.at.elapsed() < ttl {
+            return c.value.clone();
+        }
+    }
+    let name = match ctx.store.group(group).await {
+        Ok(Some(g)) => g.name,
+        Ok(None) => group.to_owned(),
+        Err(_) => return group.to_owned(),
+    };
+    let mut c = ctx.caches.lock().unwrap_or_else(|p| p.into_inner());
+    bounded(&mut c.group_names);
+    c.group_names.insert(group.to_owned(), Cached { at: Instant::now(), value: name.clone() });
+    name
+}
+
+/// At most 64 bytes (APNs' limit), the same for every notification of a conversation.
+pub fn collapse_key(conv_id: &str) -> String {
+    if conv_id.len() <= 64 {
+        return conv_id.to_owned();
+    }
+    // FNV-1a 64 of the id, after as much of it as fits.
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in conv_id.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    let mut cut = 47;
+    while !conv_id.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}~{h:016x}", &conv_id[..cut])
+}
+
+/// Decides, builds and sends one due job; returns how it finishes.
+async fn deliver(ctx: &Ctx, job: &PushJob) -> Finish {
+    match try_deliver(ctx, job).await {
+        Ok(f) => f,
+        Err(e) => {
+            // The store could not answer: try again after the back-off, as a failed attempt.
+            tracing::warn!(error = %e, user = %job.user, "push: store unavailable");
+            retry_or_give_up(ctx, job, "store", None)
+        }
+    }
+}
+
+fn retry_or_give_up(ctx: &Ctx, job: &PushJob, reason: &'static str, after: Option<Duration>) -> Finish {
+    ctx.metrics.failed(reason);
+    let failed = job.attempts + 1;
+    if failed >= ctx.settings.max_attempts {
+        ctx.metrics.gave_up();
+        tracing::warn!(user = %job.user, device = %job.device, conv = %job.conv_id, reason, "push given up");
+        return Finish::Done;
+    }
+    let wait = after.unwrap_or_else(|| ctx.settings.backoff(failed)).max(ctx.settings.backoff_initial);
+    let next_at = confab_actors::clock::now_ms().saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
+    Finish::Retry { next_at, attempts: failed }
+}
+
+async fn try_deliver(ctx: &Ctx, job: &PushJob) -> confab_actors::store::StoreResult<Finish> {
+    let skip = |reason: &'static str| {
+        ctx.metrics.skipped(reason);
+        Ok(Finish::Done)
+    };
+    let regs = ctx.store.push_tokens(std::slice::from_ref(&job.user)).await?;
+    let Some(reg) = regs.into_iter().find(|r| r.device == job.device) else { return skip("no_token") };
+    if !ctx.providers.accepts(&reg.provider) {
+        return skip("unconfigured");
+    }
+    let state = ctx.store.user_conv(&job.user, &job.conv_id).await?;
+    let connected = ctx
+        .engine
+        .connected_devices(std::slice::from_ref(&job.user))
+        .await
+        .get(&job.user)
+        .is_some_and(|d| d.contains(&job.device));
+    if let Some(reason) = push::skip_reason(job, state.as_ref(), connected, ctx.settings.mentions_override_mute) {
+        return skip(reason);
+    }
+    let Some(message) = ctx.store.message(&job.conv_id, job.seq).await? else { return skip("not_found") };
+    if message.is_recalled() {
+        return skip("recalled");
+    }
+    let (badge, _) = match ctx.engine.unread_total(&job.user).await {
+        Ok(t) => t,
+        Err(e) => return Err(confab_actors::error::StoreError::Unavailable(e.message)),
+    };
+    let n = notification(ctx, job, &message, badge).await;
+    let target = Target { provider: reg.provider.clone(), token: reg.token.clone() };
+    let started = Instant::now();
+    let outcome = ctx.providers.send(&target, &n).await;
+    ctx.metrics.call(started.elapsed());
+    Ok(match outcome {
+        Outcome::Sent => {
+            ctx.metrics.sent(&reg.provider);
+            let age = confab_actors::clock::now_ms().saturating_sub(job.first_ts);
+            ctx.metrics.latency(Duration::from_millis(u64::try_from(age).unwrap_or(0)));
+            Finish::Done
+        }
+        Outcome::InvalidToken(detail) => {
+            ctx.metrics.failed("invalid_token");
+            tracing::info!(user = %job.user, device = %job.device, provider = %reg.provider, %detail, "push token invalid; registration removed");
+            // Only while it is still that token: a newer registration stays.
+            ctx.store.remove_push_token(&job.user, &job.device, Some(&reg.token)).await?;
+            Finish::Done
+        }
+        Outcome::Retry { reason, detail, after } => {
+            tracing::debug!(user = %job.user, provider = %reg.provider, reason, %detail, "push failed; will retry");
+            retry_or_give_up(ctx, job, reason, after)
+        }
+        Outcome::Failed { reason, detail } => {
+            ctx.metrics.failed(reason);
+            tracing::warn!(user = %job.user, device = %job.device, provider = %reg.provider, reason, %detail, "push refused");
+            Finish::Done
+        }
+    })
+}
+
+/// The notification of `job`, whose newest message is `m`.
+async fn notification(ctx: &Ctx, job: &PushJob, m: &Message, badge: u64) -> Notification {
+    let (nickname, avatar) = profile(ctx, &job.sender).await;
+    let who = nickname.unwrap_or_else(|| job.sender.clone());
+    let group = m.conv_id.strip_prefix("g_").filter(|_| matches!(model::conv_kind(&m.conv_id), Ok(ConvKind::Group)));
+    let title = match group {
+        Some(g) => group_name(ctx, g).await,
+        None => who.clone(),
+    };
+    let text = if ctx.settings.show_preview { m.body.summary() } else { "New message".to_owned() };
+    let text = match (group, ctx.settings.show_preview) {
+        (Some(_), true) => format!("{who}: {text}"),
+        _ => text,
+    };
+    let text = match (job.mention, job.count) {
+        (true, _) => format!("[@] {text}"),
+        (false, n) if n > 1 => format!("[{n}] {text}"),
+        _ => text,
+    };
+    Notification {
+        user: job.user.clone(),
+        device: job.device.clone(),
+        title,
+        body: text,
+        image: avatar,
+        badge,
+        conv_id: job.conv_id.clone(),
+        seq: job.seq,
+        sender: job.sender.clone(),
+        count: job.count.max(1),
+        collapse_key: collapse_key(&job.conv_id),
+        mention: job.mention,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn collapse_keys_fit_apns() {
+        assert_eq!(collapse_key("d_0123"), "d_0123");
+        let long = format!("g_{}", "é".repeat(40));
+        let k = collapse_key(&long);
+        assert!(k.len() <= 64, "{k}");
+        assert_eq!(k, collapse_key(&long));
+        assert_ne!(k, collapse_key(&format!("g_{}x", "é".repeat(40))));
+    }
+}
