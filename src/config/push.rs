@@ -11,6 +11,9 @@ pub struct Push {
     /// Wait after a message before its notification goes out: a message read on another device
     /// meanwhile is not pushed, and a burst in one conversation becomes one notification.
     pub delay_ms: u64,
+    /// Messages older than this when they are planned are not pushed (push turned on over an old
+    /// outbox, or a long outage of the pusher), seconds.
+    pub max_age_secs: u64,
     /// A muted conversation still pushes a message that mentions the user (or everyone).
     pub mentions_override_mute: bool,
     /// false: notifications say "New message" and nothing of the content.
@@ -90,6 +93,7 @@ impl Push {
     /// Checks `[push]`, naming the setting at fault.
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         range("push.delay_ms", self.delay_ms, 0, 600_000)?;
+        range("push.max_age_secs", self.max_age_secs, 60, 30 * 86_400)?;
         range("push.max_attempts", self.max_attempts, 1, 100)?;
         range("push.backoff_initial_ms", self.backoff_initial_ms, 10, 3_600_000)?;
         range("push.backoff_max_ms", self.backoff_max_ms, self.backoff_initial_ms, 86_400_000)?;
@@ -124,5 +128,58 @@ impl Push {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::tests::{assert_refused, env};
+    use crate::config::*;
+
+    #[test]
+    fn push_is_off_until_a_provider_is_configured() {
+        let c = Config::load_with_env(None, env(&[])).expect("valid");
+        assert!(!c.push.enabled());
+        assert_eq!(c.push.delay_ms, 1000);
+        assert!(c.push.relay.providers.contains(&"huawei".to_owned()));
+        let relay = [
+            ("CONFAB__PUSH__RELAY__URL", "https://push.example.com/relay"),
+            ("CONFAB__PUSH__RELAY__KEY_ID", "k"),
+            ("CONFAB__PUSH__RELAY__SECRET", "0123456789abcdef"),
+            ("CONFAB__PUSH__RELAY__PROVIDERS", "huawei, vivo"),
+        ];
+        let c = Config::load_with_env(None, env(&relay)).expect("valid");
+        assert!(c.push.enabled());
+        assert_eq!(c.push.relay.providers, ["huawei", "vivo"]);
+    }
+
+    #[test]
+    fn push_settings_are_checked() {
+        assert_refused(&[("CONFAB__PUSH__DELAY_MS", "600001")], "push.delay_ms");
+        assert_refused(&[("CONFAB__PUSH__MAX_ATTEMPTS", "0")], "push.max_attempts");
+        assert_refused(&[("CONFAB__PUSH__FCM__PROJECT_ID", "p")], "push.fcm.service_account_file");
+        assert_refused(
+            &[
+                ("CONFAB__PUSH__FCM__PROJECT_ID", "p"),
+                ("CONFAB__PUSH__FCM__SERVICE_ACCOUNT_FILE", "f"),
+                ("CONFAB__PUSH__FCM__ENDPOINT", "ftp://x"),
+            ],
+            "push.fcm.endpoint",
+        );
+        assert_refused(&[("CONFAB__PUSH__APNS__TEAM_ID", "T")], "push.apns");
+        let relay = |providers: &'static str| {
+            [
+                ("CONFAB__PUSH__RELAY__URL", "https://push.example.com/relay"),
+                ("CONFAB__PUSH__RELAY__KEY_ID", "k"),
+                ("CONFAB__PUSH__RELAY__SECRET", "0123456789abcdef"),
+                ("CONFAB__PUSH__RELAY__PROVIDERS", providers),
+            ]
+        };
+        assert_refused(&relay("fcm"), "push.relay.providers");
+        assert_refused(&relay("bad name"), "push.relay.providers");
+        assert_refused(
+            &[("CONFAB__PUSH__RELAY__URL", "https://x"), ("CONFAB__PUSH__RELAY__KEY_ID", "k")],
+            "push.relay",
+        );
     }
 }

@@ -28,6 +28,7 @@ use confab_actors::model::{self, Body, ConvKind, Message};
 use confab_actors::outbox::{Outbox, OutboxEvent};
 use confab_actors::push::{self, Finish, Planned, PushJob, PushRegistration};
 use confab_actors::store::Store;
+use futures_util::FutureExt as _;
 use tokio::sync::mpsc;
 
 use super::metrics::PushMetrics;
@@ -39,6 +40,12 @@ use crate::config::Config;
 pub const LEASE: &str = "push";
 /// Outbox events read per planning step.
 const BATCH: usize = 500;
+/// Recipients one planning step takes in at most (a step always takes a whole event).
+const PLAN_RECIPIENTS: usize = 5000;
+/// Jobs written per store call.
+const PLAN_WRITE: usize = 500;
+/// Longest the pusher plans in one round before it sends what is due.
+const PLAN_BUDGET: Duration = Duration::from_millis(250);
 /// Most cached recipient lists, profiles and group names each (cleared whole when full).
 const CACHE_MAX: usize = 50_000;
 
@@ -46,6 +53,7 @@ const CACHE_MAX: usize = 50_000;
 #[derive(Clone)]
 pub struct Settings {
     pub delay_ms: i64,
+    pub max_age_ms: i64,
     pub mentions_override_mute: bool,
     pub show_preview: bool,
     pub max_attempts: u32,
@@ -63,6 +71,7 @@ impl Settings {
         let p = &cfg.push;
         Settings {
             delay_ms: i64::try_from(p.delay_ms).unwrap_or(i64::MAX),
+            max_age_ms: i64::try_from(p.max_age_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
             mentions_override_mute: p.mentions_override_mute,
             show_preview: p.show_preview,
             max_attempts: p.max_attempts,
@@ -152,25 +161,35 @@ async fn run(ctx: Arc<Ctx>, outbox: Arc<dyn Outbox>) {
     let mut leader = false;
     let mut next_lease = Instant::now();
     let mut cursor: Option<u64> = None;
-    // Job keys being sent (not read again until they finish).
+    // Job keys being sent, or sent with their outcome not stored yet (not read again until it is).
     let mut in_flight: HashSet<String> = HashSet::new();
+    // Outcomes the store refused: stored again before anything else is sent.
+    let mut unstored: Vec<Done> = Vec::new();
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
             Some(d) = done_rx.recv() => {
-                let mut finished = vec![d];
+                unstored.push(d);
                 while let Ok(d) = done_rx.try_recv() {
-                    finished.push(d);
-                }
-                for d in finished {
-                    in_flight.remove(&d.job.key());
-                    // If this cannot be stored the job stays as it was and is sent again.
-                    if let Err(e) = ctx.store.finish_push(&d.job, d.finish).await {
-                        tracing::warn!(error = %e, "could not store a push job's outcome");
-                    }
+                    unstored.push(d);
                 }
             }
         }
+        // The planning cursor as stored: done jobs planned before it are forgotten.
+        let forget_upto = cursor.unwrap_or(0);
+        let mut failed = Vec::new();
+        for d in unstored.drain(..) {
+            match ctx.store.finish_push(&d.job, d.finish, forget_upto).await {
+                Ok(_) => {
+                    in_flight.remove(&d.job.key());
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not store a push job's outcome; trying again");
+                    failed.push(d);
+                }
+            }
+        }
+        unstored = failed;
         if Instant::now() >= next_lease {
             next_lease = Instant::now() + s.poll;
             let ttl = i64::try_from(s.lease_ttl.as_millis()).unwrap_or(i64::MAX);
@@ -192,12 +211,21 @@ async fn run(ctx: Arc<Ctx>, outbox: Arc<dyn Outbox>) {
                 }
             }
         }
-        if !leader {
+        if !leader || !unstored.is_empty() {
             continue;
         }
-        if let Err(e) = plan(&ctx, &*outbox, &mut cursor).await {
-            tracing::warn!(error = %e, "push planning: store unavailable");
-            cursor = None;
+        // Plan until caught up with the outbox, for at most PLAN_BUDGET per round.
+        let started = Instant::now();
+        loop {
+            match plan(&ctx, &*outbox, &mut cursor).await {
+                Ok(true) if started.elapsed() < PLAN_BUDGET => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "push planning: store unavailable");
+                    cursor = None;
+                    break;
+                }
+            }
         }
         if in_flight.len() < s.max_in_flight {
             let now = confab_actors::clock::now_ms();
@@ -212,7 +240,14 @@ async fn run(ctx: Arc<Ctx>, outbox: Arc<dyn Outbox>) {
                         }
                         let (ctx, done) = (ctx.clone(), done_tx.clone());
                         actix::spawn(async move {
-                            let finish = deliver(&ctx, &job).await;
+                            // A panic in there must not keep the job's slot forever.
+                            let finish = match std::panic::AssertUnwindSafe(deliver(&ctx, &job)).catch_unwind().await {
+                                Ok(f) => f,
+                                Err(_) => {
+                                    tracing::error!(user = %job.user, conv = %job.conv_id, "push: sending panicked");
+                                    retry_or_give_up(&ctx, &job, "internal", None)
+                                }
+                            };
                             let _ = done.send(Done { job, finish }).await;
                         });
                     }
@@ -223,18 +258,27 @@ async fn run(ctx: Arc<Ctx>, outbox: Arc<dyn Outbox>) {
     }
 }
 
-/// One planning step: the events after the cursor, folded into jobs.
-async fn plan(ctx: &Ctx, outbox: &dyn Outbox, cursor: &mut Option<u64>) -> confab_actors::store::StoreResult<()> {
+/// One planning step: events after the cursor, folded into jobs, at most [`PLAN_RECIPIENTS`]
+/// recipients' worth (but always one whole event). Returns whether there may be more.
+async fn plan(ctx: &Ctx, outbox: &dyn Outbox, cursor: &mut Option<u64>) -> confab_actors::store::StoreResult<bool> {
     let after = match *cursor {
         Some(c) => c,
         None => outbox.cursor(push::CURSOR).await?,
     };
     *cursor = Some(after);
     let events = outbox.events_after(after, BATCH).await?;
-    let Some(last) = events.last().map(|e| e.id) else { return Ok(()) };
-    // (event, message, recipients) in event order.
+    let mut more = events.len() == BATCH;
+    let oldest = confab_actors::clock::now_ms().saturating_sub(ctx.settings.max_age_ms);
+    // (event, message, recipients) in event order, and the last event taken.
     let mut messages: Vec<(u64, Message, Arc<Vec<String>>)> = Vec::new();
+    let mut taken = 0usize;
+    let mut last = after;
     for e in &events {
+        if taken >= PLAN_RECIPIENTS {
+            more = true;
+            break;
+        }
+        last = e.id;
         if let Some(conv) = membership_changed(e) {
             ctx.caches.lock().unwrap_or_else(|p| p.into_inner()).recipients.remove(conv);
             continue;
@@ -248,8 +292,17 @@ async fn plan(ctx: &Ctx, outbox: &dyn Outbox, cursor: &mut Option<u64>) -> confa
         if m.sender.is_none() || matches!(m.body, Body::System { .. } | Body::Recalled { .. }) {
             continue;
         }
+        if m.ts < oldest {
+            // Too old to be news (push turned on over an old outbox, or a long outage).
+            ctx.metrics.skipped("stale");
+            continue;
+        }
         let recipients = recipients(ctx, &m.conv_id).await?;
+        taken += recipients.len();
         messages.push((e.id, m, recipients));
+    }
+    if last == after {
+        return Ok(false);
     }
     let mut users: Vec<String> = messages
         .iter()
@@ -267,7 +320,9 @@ async fn plan(ctx: &Ctx, outbox: &dyn Outbox, cursor: &mut Option<u64>) -> confa
     }
     let with_tokens: Vec<String> = regs.keys().cloned().collect();
     let connected = ctx.engine.connected_devices(&with_tokens).await;
-    let mut planned = Vec::new();
+    // One entry per device and conversation: the step's messages folded together.
+    let mut planned: HashMap<String, Planned> = HashMap::new();
+    let mut queued = 0u64;
     for (event, m, recipients) in &messages {
         let sender = m.sender.clone().unwrap_or_default();
         for user in recipients.iter().filter(|u| **u != sender) {
@@ -276,24 +331,41 @@ async fn plan(ctx: &Ctx, outbox: &dyn Outbox, cursor: &mut Option<u64>) -> confa
                     ctx.metrics.skipped("online");
                     continue;
                 }
-                planned.push(Planned {
+                queued += 1;
+                let p = Planned {
                     user: user.clone(),
                     device: r.device.clone(),
                     conv_id: m.conv_id.clone(),
                     seq: m.seq,
                     sender: sender.clone(),
-                    mention: m.body.mentions(user),
+                    count: 1,
+                    mention_seq: if m.body.mentions(user) { m.seq } else { 0 },
                     event: *event,
                     ts: m.ts,
                     due_at: m.ts.saturating_add(ctx.settings.delay_ms),
-                });
+                };
+                match planned.entry(push::job_key(user, &r.device, &m.conv_id)) {
+                    std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().absorb(p),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(p);
+                    }
+                }
             }
         }
     }
-    ctx.store.plan_pushes(&planned, last).await?;
-    ctx.metrics.planned(planned.len() as u64);
+    // In bounded writes; only the last moves the cursor (planning a part again adds nothing).
+    let planned: Vec<Planned> = planned.into_values().collect();
+    let mut chunks = planned.chunks(PLAN_WRITE).peekable();
+    if chunks.peek().is_none() {
+        ctx.store.plan_pushes(&[], last).await?;
+    }
+    while let Some(chunk) = chunks.next() {
+        let to = if chunks.peek().is_some() { after } else { last };
+        ctx.store.plan_pushes(chunk, to).await?;
+    }
+    ctx.metrics.planned(queued);
     *cursor = Some(last);
-    Ok(())
+    Ok(more)
 }
 
 /// The conversation whose recipients an event changes (membership, dismissal), if any.
@@ -392,13 +464,18 @@ async fn deliver(ctx: &Ctx, job: &PushJob) -> Finish {
     }
 }
 
+/// Finished: messages folded in meanwhile get a window of their own.
+fn done(ctx: &Ctx) -> Finish {
+    Finish::Done { requeue_at: confab_actors::clock::now_ms().saturating_add(ctx.settings.delay_ms) }
+}
+
 fn retry_or_give_up(ctx: &Ctx, job: &PushJob, reason: &'static str, after: Option<Duration>) -> Finish {
     ctx.metrics.failed(reason);
     let failed = job.attempts + 1;
     if failed >= ctx.settings.max_attempts {
         ctx.metrics.gave_up();
         tracing::warn!(user = %job.user, device = %job.device, conv = %job.conv_id, reason, "push given up");
-        return Finish::Done;
+        return done(ctx);
     }
     let wait = after.unwrap_or_else(|| ctx.settings.backoff(failed)).max(ctx.settings.backoff_initial);
     let next_at = confab_actors::clock::now_ms().saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
@@ -408,7 +485,7 @@ fn retry_or_give_up(ctx: &Ctx, job: &PushJob, reason: &'static str, after: Optio
 async fn try_deliver(ctx: &Ctx, job: &PushJob) -> confab_actors::store::StoreResult<Finish> {
     let skip = |reason: &'static str| {
         ctx.metrics.skipped(reason);
-        Ok(Finish::Done)
+        Ok(done(ctx))
     };
     let regs = ctx.store.push_tokens(std::slice::from_ref(&job.user)).await?;
     let Some(reg) = regs.into_iter().find(|r| r.device == job.device) else { return skip("no_token") };
@@ -425,10 +502,8 @@ async fn try_deliver(ctx: &Ctx, job: &PushJob) -> confab_actors::store::StoreRes
     if let Some(reason) = push::skip_reason(job, state.as_ref(), connected, ctx.settings.mentions_override_mute) {
         return skip(reason);
     }
-    let Some(message) = ctx.store.message(&job.conv_id, job.seq).await? else { return skip("not_found") };
-    if message.is_recalled() {
-        return skip("recalled");
-    }
+    let read_seq = state.as_ref().map_or(0, |s| s.read_seq.max(s.cleared_seq));
+    let Some(message) = newest_to_show(ctx, job, read_seq).await? else { return skip("recalled") };
     let (badge, _) = match ctx.engine.unread_total(&job.user).await {
         Ok(t) => t,
         Err(e) => return Err(confab_actors::error::StoreError::Unavailable(e.message)),
@@ -443,14 +518,14 @@ async fn try_deliver(ctx: &Ctx, job: &PushJob) -> confab_actors::store::StoreRes
             ctx.metrics.sent(&reg.provider);
             let age = confab_actors::clock::now_ms().saturating_sub(job.first_ts);
             ctx.metrics.latency(Duration::from_millis(u64::try_from(age).unwrap_or(0)));
-            Finish::Done
+            done(ctx)
         }
         Outcome::InvalidToken(detail) => {
             ctx.metrics.failed("invalid_token");
             tracing::info!(user = %job.user, device = %job.device, provider = %reg.provider, %detail, "push token invalid; registration removed");
             // Only while it is still that token: a newer registration stays.
             ctx.store.remove_push_token(&job.user, &job.device, Some(&reg.token)).await?;
-            Finish::Done
+            done(ctx)
         }
         Outcome::Retry { reason, detail, after } => {
             tracing::debug!(user = %job.user, provider = %reg.provider, reason, %detail, "push failed; will retry");
@@ -459,15 +534,37 @@ async fn try_deliver(ctx: &Ctx, job: &PushJob) -> confab_actors::store::StoreRes
         Outcome::Failed { reason, detail } => {
             ctx.metrics.failed(reason);
             tracing::warn!(user = %job.user, device = %job.device, provider = %reg.provider, reason, %detail, "push refused");
-            Finish::Done
+            done(ctx)
         }
     })
 }
 
+/// The message a notification for `job` shows: its newest, or, when that was recalled, the
+/// newest of the others it stands for that the user has not read and that still stands.
+/// `None` when none does.
+async fn newest_to_show(ctx: &Ctx, job: &PushJob, read_seq: u64) -> confab_actors::store::StoreResult<Option<Message>> {
+    let shows = |m: &Message| {
+        !m.is_recalled()
+            && m.seq > read_seq
+            && m.sender.as_deref().is_some_and(|s| s != job.user)
+            && !matches!(m.body, Body::System { .. })
+    };
+    match ctx.store.message(&job.conv_id, job.seq).await? {
+        Some(m) if shows(&m) => return Ok(Some(m)),
+        _ if job.count <= 1 => return Ok(None),
+        _ => {}
+    }
+    let limit = usize::try_from(job.count).unwrap_or(usize::MAX).min(50);
+    let q = confab_actors::store::HistoryQuery::Before { seq: job.seq, limit };
+    let earlier = ctx.store.history(&job.conv_id, Some(&job.user), q).await?;
+    Ok(earlier.into_iter().rev().find(|m| shows(m)))
+}
+
 /// The notification of `job`, whose newest message is `m`.
 async fn notification(ctx: &Ctx, job: &PushJob, m: &Message, badge: u64) -> Notification {
-    let (nickname, avatar) = profile(ctx, &job.sender).await;
-    let who = nickname.unwrap_or_else(|| job.sender.clone());
+    let sender = m.sender.clone().unwrap_or_default();
+    let (nickname, avatar) = profile(ctx, &sender).await;
+    let who = nickname.unwrap_or_else(|| sender.clone());
     let group = m.conv_id.strip_prefix("g_").filter(|_| matches!(model::conv_kind(&m.conv_id), Ok(ConvKind::Group)));
     let title = match group {
         Some(g) => group_name(ctx, g).await,
@@ -478,7 +575,9 @@ async fn notification(ctx: &Ctx, job: &PushJob, m: &Message, badge: u64) -> Noti
         (Some(_), true) => format!("{who}: {text}"),
         _ => text,
     };
-    let text = match (job.mention, job.count) {
+    // Shown instead of a recalled newer one: how many of the rest still stand is not known.
+    let count = if m.seq == job.seq { job.count.max(1) } else { 1 };
+    let text = match (job.mentioned(), count) {
         (true, _) => format!("[@] {text}"),
         (false, n) if n > 1 => format!("[{n}] {text}"),
         _ => text,
@@ -491,11 +590,11 @@ async fn notification(ctx: &Ctx, job: &PushJob, m: &Message, badge: u64) -> Noti
         image: avatar,
         badge,
         conv_id: job.conv_id.clone(),
-        seq: job.seq,
-        sender: job.sender.clone(),
-        count: job.count.max(1),
+        seq: m.seq,
+        sender,
+        count,
         collapse_key: collapse_key(&job.conv_id),
-        mention: job.mention,
+        mention: job.mentioned(),
     }
 }
 

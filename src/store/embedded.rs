@@ -65,7 +65,7 @@ mod health;
 mod names;
 mod ops;
 pub(crate) mod outbox;
-mod push;
+pub(crate) mod push;
 mod reads;
 pub(crate) mod tables;
 mod users;
@@ -619,8 +619,8 @@ impl Store for EmbeddedStore {
         self.read(move |txn| push::due(txn, now, limit)).await
     }
 
-    async fn finish_push(&self, job: &PushJob, f: Finish) -> StoreResult<bool> {
+    async fn finish_push(&self, job: &PushJob, f: Finish, forget_upto: u64) -> StoreResult<bool> {
         let job = job.clone();
-        self.write(move |txn| push::finish(txn, &job, f)).await
+        self.write(move |txn| push::finish(txn, &job, f, forget_upto)).await
     }
 }

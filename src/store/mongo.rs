@@ -582,8 +582,8 @@ impl Store for MongoStore {
         self.read("due_pushes", move |c| async move { push::due(&c, now, limit).await }).await
     }
 
-    async fn finish_push(&self, job: &PushJob, f: Finish) -> StoreResult<bool> {
+    async fn finish_push(&self, job: &PushJob, f: Finish, forget_upto: u64) -> StoreResult<bool> {
         let job = job.clone();
-        self.read("finish_push", move |c| async move { push::finish(&c, &job, f).await }).await
+        self.read("finish_push", move |c| async move { push::finish(&c, &job, f, forget_upto).await }).await
     }
 }

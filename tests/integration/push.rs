@@ -225,6 +225,13 @@ async fn muted_groups_push_only_mentions_and_recalled_messages_are_not_pushed() 
     alice.expect_ok("recall", json!({"conv_id": m["conv_id"], "seq": m["seq"]})).await;
     wait_counter(node.addr, "confab_push_skipped_total{reason=\"recalled\"}", 1.0).await;
     assert_eq!(relay.received().len(), before);
+    // The newest of a burst recalled: the notification shows the one before it.
+    alice.send_msg(json!({"to": "carol"}), "r2", text("first")).await;
+    let m = alice.send_msg(json!({"to": "carol"}), "r3", text("second, recalled")).await;
+    alice.expect_ok("recall", json!({"conv_id": m["conv_id"], "seq": m["seq"]})).await;
+    let got = relay.wait_for("the burst's notification", 10, |r| r.len() > before).await;
+    let n = &got[before]["notification"];
+    assert_eq!((n["body"].as_str(), n["seq"].as_u64()), (Some("first"), Some(m["seq"].as_u64().unwrap() - 1)), "{n}");
     assert_eq!(relay.rejected(), 0);
 }
 

@@ -1503,7 +1503,7 @@ pub async fn check_share_group(s: DynStore) {
 /// push jobs: a burst folds into one job, planning again adds nothing, the due order, a finish
 /// that lost the race to a newer message leaves the job pending.
 pub async fn check_push_tokens_and_jobs(s: DynStore) {
-    use confab_actors::push::{Finish, JobState, Planned, PushRegistration};
+    use confab_actors::push::{Finish, Planned, PushRegistration};
     let reg = |user: &str, device: &str, token: &str| PushRegistration {
         user: user.into(),
         device: device.into(),
@@ -1539,11 +1539,13 @@ pub async fn check_push_tokens_and_jobs(s: DynStore) {
         conv_id: conv.into(),
         seq,
         sender: "x".into(),
-        mention: seq == 2,
+        count: 1,
+        mention_seq: if seq == 2 { 2 } else { 0 },
         event,
         ts: 100,
         due_at,
     };
+    let done = Finish::Done { requeue_at: 8000 };
     let burst = [planned("pa", "d_1", 1, 1, 500), planned("pa", "d_1", 2, 2, 600), planned("pb", "d_2", 1, 3, 400)];
     s.plan_pushes(&burst, 3).await.unwrap();
     // Planned again (a crash before the cursor moved): nothing changes.
@@ -1554,30 +1556,36 @@ pub async fn check_push_tokens_and_jobs(s: DynStore) {
         due.iter().map(|j| (j.user.as_str(), j.seq, j.count, j.due_at)).collect::<Vec<_>>(),
         [("pb", 1, 1, 400), ("pa", 2, 2, 500)]
     );
-    assert!(due[1].mention);
+    assert_eq!(due[1].mention_seq, 2);
     assert_eq!(s.due_pushes(1000, 1).await.unwrap().len(), 1, "the limit holds");
-    // A finish after a newer message was folded in leaves the job pending.
+    // Sent while a newer message was folded in: that one stays, due in a window of its own.
     let read = due[1].clone();
     s.plan_pushes(&[planned("pa", "d_1", 3, 4, 700)], 4).await.unwrap();
-    assert!(!s.finish_push(&read, Finish::Done).await.unwrap());
-    let again = s.due_pushes(1000, 10).await.unwrap();
-    let pa = again.iter().find(|j| j.user == "pa").unwrap().clone();
-    assert_eq!((pa.seq, pa.count, pa.state), (3, 3, JobState::Pending));
-    // A retry moves it later; done takes it out.
-    assert!(s.finish_push(&pa, Finish::Retry { next_at: 5000, attempts: 1 }).await.unwrap());
-    assert_eq!(s.due_pushes(1000, 10).await.unwrap().len(), 1);
-    let pa = s.due_pushes(5000, 10).await.unwrap().into_iter().find(|j| j.user == "pa").unwrap();
+    assert!(s.finish_push(&read, done, 0).await.unwrap());
+    assert_eq!(s.due_pushes(1000, 10).await.unwrap().len(), 1, "only pb is due now");
+    let pa = s.due_pushes(8000, 10).await.unwrap().into_iter().find(|j| j.user == "pa").unwrap();
+    assert_eq!((pa.seq, pa.count, pa.mention_seq, pa.due_at), (3, 1, 0, 8000));
+    // A retry moves it later; done (its event after the cursor given) keeps it as done.
+    assert!(s.finish_push(&pa, Finish::Retry { next_at: 9000, attempts: 1 }, 0).await.unwrap());
+    assert!(s.due_pushes(8000, 10).await.unwrap().iter().all(|j| j.user != "pa"));
+    let pa = s.due_pushes(9000, 10).await.unwrap().into_iter().find(|j| j.user == "pa").unwrap();
     assert_eq!(pa.attempts, 1);
-    assert!(s.finish_push(&pa, Finish::Done).await.unwrap());
-    assert!(!s.finish_push(&pa, Finish::Done).await.unwrap(), "finished once");
-    let pb = s.due_pushes(5000, 10).await.unwrap();
-    assert_eq!(pb.len(), 1);
-    assert!(s.finish_push(&pb[0], Finish::Done).await.unwrap());
+    assert!(s.finish_push(&pa, done, 0).await.unwrap());
+    assert!(!s.finish_push(&pa, done, 0).await.unwrap(), "finished once");
+    // Replayed after that: still nothing (the done job remembers its last event).
+    s.plan_pushes(&[planned("pa", "d_1", 3, 4, 700)], 4).await.unwrap();
+    let pb = s.due_pushes(9000, 10).await.unwrap();
+    assert_eq!(pb.iter().map(|j| j.user.as_str()).collect::<Vec<_>>(), ["pb"]);
+    // Done with its event behind the cursor: forgotten.
+    assert!(s.finish_push(&pb[0], done, 4).await.unwrap());
     assert!(s.due_pushes(i64::MAX, 10).await.unwrap().is_empty());
-    // A done job starts again from the next message, due at its own time.
-    s.plan_pushes(&[planned("pa", "d_1", 4, 5, 9000)], 5).await.unwrap();
+    // A done or forgotten job starts again from the next message, due at its own time.
+    s.plan_pushes(&[planned("pa", "d_1", 4, 5, 9500), planned("pb", "d_2", 2, 6, 9600)], 6).await.unwrap();
     let next = s.due_pushes(i64::MAX, 10).await.unwrap();
-    assert_eq!(next.iter().map(|j| (j.seq, j.count, j.due_at)).collect::<Vec<_>>(), [(4, 1, 9000)]);
+    assert_eq!(
+        next.iter().map(|j| (j.user.as_str(), j.seq, j.count, j.due_at)).collect::<Vec<_>>(),
+        [("pa", 4, 1, 9500), ("pb", 2, 1, 9600)]
+    );
 }
 
 macro_rules! checks {

@@ -660,6 +660,15 @@ async fn migrate_carries_users_and_the_webhook_outbox() {
         embedded.set_user_disabled("carol", true, TS + 1).await.expect("disable carol");
         embedded.revoke_tokens("bob", 1_700_000_500_000, TS + 2).await.expect("revoke bob");
         embedded.revoke_device("bob", "pad.1", 1_700_000_600_000).await.expect("revoke bob's pad");
+        let reg = |user: &str, device: &str, token: &str| confab_actors::push::PushRegistration {
+            user: user.into(),
+            device: device.into(),
+            provider: "fcm".into(),
+            token: token.into(),
+            updated_at: TS,
+        };
+        embedded.set_push_token(&reg("alice", "phone", "tok-a")).await.expect("alice's token");
+        embedded.set_push_token(&reg("bob", "phone", "tok-b")).await.expect("bob's token");
         let day = confab_actors::store::day_of(TS);
         embedded.record_active(day, &["alice".into(), "bob".into()]).await.expect("active");
         embedded.append(crate::store::direct("alice", "bob", Some("m1"), "hi")).await.expect("a message");
@@ -701,6 +710,15 @@ async fn migrate_carries_users_and_the_webhook_outbox() {
     store.upsert_user(cluster_carol).await.expect("carol");
     store.revoke_tokens("bob", 1_700_000_100_000, TS).await.expect("revoke bob");
     store.revoke_device("bob", "pad.1", 1_700_000_900_000).await.expect("a later bound on MongoDB");
+    // Bob's phone registered another token on MongoDB since: it stays.
+    let newer = confab_actors::push::PushRegistration {
+        user: "bob".into(),
+        device: "phone".into(),
+        provider: "fcm".into(),
+        token: "tok-b2".into(),
+        updated_at: TS + 1,
+    };
+    store.set_push_token(&newer).await.expect("bob's newer token");
 
     let report = confab::store::mongo::migrate_from_embedded(dir.path(), options(&uri, &db)).await.expect("migrate");
     eprintln!("{report}");
@@ -712,6 +730,15 @@ async fn migrate_carries_users_and_the_webhook_outbox() {
     assert_eq!(line("webhook_meta"), Some((1, 0)), "the cursor; not the lease");
     assert_eq!(line("contacts"), Some((3, 0)), "alice's and bob's rows, carol's block");
     assert_eq!(line("group_bans"), Some((1, 0)));
+    assert_eq!(line("push_tokens"), Some((1, 1)), "alice's copied, bob's newer one kept");
+    let tokens: Vec<String> = store
+        .push_tokens(&["alice".into(), "bob".into()])
+        .await
+        .expect("tokens")
+        .into_iter()
+        .map(|r| r.token)
+        .collect();
+    assert_eq!(tokens, ["tok-a", "tok-b2"]);
     let day = confab_actors::store::day_of(TS);
     let stats = store.stats(day, day).await.expect("stats");
     assert_eq!((stats.days[0].messages, stats.days[0].active_users), (1, 2), "the day's counts came along");

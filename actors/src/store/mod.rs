@@ -427,7 +427,8 @@ pub trait Store: Send + Sync + 'static {
     /// Pending push jobs due at `now`, earliest first, at most `limit`.
     async fn due_pushes(&self, now: i64, limit: usize) -> StoreResult<Vec<PushJob>>;
 
-    /// Finishes a push job read at `job.rev` ([`crate::push::finish`]); false when a message was
-    /// added to it since (it stays pending).
-    async fn finish_push(&self, job: &PushJob, f: Finish) -> StoreResult<bool>;
+    /// Finishes the push job the sender read as `job` ([`crate::push::finish`]; `forget_upto`:
+    /// the planning cursor as stored, done jobs planned before it are removed). False when
+    /// there was nothing to finish (it is not pending).
+    async fn finish_push(&self, job: &PushJob, f: Finish, forget_upto: u64) -> StoreResult<bool>;
 }

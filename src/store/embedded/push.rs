@@ -7,7 +7,7 @@
 //! | `push_jobs` | `user\0device\0conv` | `PushJob` JSON |
 //! | `push_due` | (due_at, job key) | `()`, pending jobs only |
 
-use confab_actors::push::{self, Finish, JobState, Planned, PushJob, PushRegistration};
+use confab_actors::push::{self, Finish, Finished, JobState, Planned, PushJob, PushRegistration};
 use confab_actors::store::StoreResult;
 use redb::{ReadTransaction, ReadableTable, Table, TableDefinition, WriteTransaction};
 
@@ -134,16 +134,21 @@ pub(super) fn due(txn: &ReadTransaction, now: i64, limit: usize) -> StoreResult<
     Ok(out)
 }
 
-pub(super) fn finish(txn: &WriteTransaction, read: &PushJob, f: Finish) -> StoreResult<bool> {
+pub(super) fn finish(txn: &WriteTransaction, read: &PushJob, f: Finish, forget_upto: u64) -> StoreResult<bool> {
     let mut jobs = txn.open_table(PUSH_JOBS).map_err(unavailable)?;
     let mut due = txn.open_table(PUSH_DUE).map_err(unavailable)?;
     let key = read.key();
     let Some(current) = get_json::<&str, PushJob>(&jobs, key.as_str())? else { return Ok(false) };
-    match push::finish(&current, read.rev, f) {
-        Some(next) => {
+    match push::finish(&current, read, f, forget_upto) {
+        Finished::Write(next) => {
             put_job(&mut jobs, &mut due, Some(&current), &next)?;
             Ok(true)
         }
-        None => Ok(false),
+        Finished::Delete => {
+            due.remove((current.due_at, key.as_str())).map_err(unavailable)?;
+            jobs.remove(key.as_str()).map_err(unavailable)?;
+            Ok(true)
+        }
+        Finished::Unchanged => Ok(false),
     }
 }

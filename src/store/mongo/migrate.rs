@@ -34,7 +34,7 @@ use super::docs::{
     ban_id, i, BanDoc, ConfirmationDoc, ConvDoc, GroupDoc, MessageDoc, RequestDoc, RowDoc, CONTACTS, CONVERSATIONS,
     DELETIONS, GROUPS, GROUP_BANS, GROUP_REQUESTS, MEMBERS, MESSAGES, NOTICE_CONFIRMATIONS, USERS, USER_CONVS,
 };
-use super::docs::{ACTIVE_USERS, DAILY, DELIVERIES, DEVICE_REVOCATIONS, OUTBOX, WEBHOOK_META};
+use super::docs::{ACTIVE_USERS, DAILY, DELIVERIES, DEVICE_REVOCATIONS, OUTBOX, PUSH_TOKENS, WEBHOOK_META};
 use super::outbox::{DeliveryDoc, EventDoc};
 use super::tx::{stmt, UpdateReply};
 use super::users::UserDoc;
@@ -278,6 +278,22 @@ pub async fn migrate_from_embedded(dir: &Path, opts: MongoOptions) -> anyhow::Re
                 "$max": { "before_ms": i(v.value())? },
             };
             bulk.push(doc! { "_id": format!("{user}/{device}") }, update).await?;
+        }
+    }
+    bulk.finish(&mut report).await?;
+    // Push registrations, where the device has none on MongoDB (a token registered there to
+    // another device since is refused by the unique index, and counted). The push jobs are not
+    // copied: notifications not sent yet are given up.
+    let mut bulk = Bulk::new(&conn, PUSH_TOKENS);
+    if let Some(tokens) = open_opt(&txn, crate::store::embedded::push::PUSH_TOKENS)? {
+        for item in tokens.iter()? {
+            let (_, v) = item?;
+            let r: confab_actors::push::PushRegistration = json(v.value(), "push registration")?;
+            let d = doc! {
+                "user": &r.user, "device": &r.device, "provider": &r.provider, "token": &r.token,
+                "updated_at": r.updated_at,
+            };
+            bulk.insert_missing(doc! { "_id": format!("{}/{}", r.user, r.device) }, d).await?;
         }
     }
     bulk.finish(&mut report).await?;

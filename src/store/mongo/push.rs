@@ -7,7 +7,7 @@
 //!   sender (and a planner of another node taking over) never overwrite each other's change.
 
 use confab_actors::error::StoreError;
-use confab_actors::push::{self, Finish, JobState, Planned, PushJob, PushRegistration};
+use confab_actors::push::{self, Finish, Finished, JobState, Planned, PushJob, PushRegistration};
 use confab_actors::store::StoreResult;
 use mongodb::bson::{doc, Document};
 use serde::{Deserialize, Serialize};
@@ -98,7 +98,7 @@ struct JobDoc {
     seq: i64,
     sender: String,
     count: i64,
-    mention: bool,
+    mention_seq: i64,
     state: String,
     due_at: i64,
     attempts: i64,
@@ -116,7 +116,7 @@ fn to_doc(j: &PushJob) -> StoreResult<JobDoc> {
         seq: i(j.seq)?,
         sender: j.sender.clone(),
         count: i64::from(j.count),
-        mention: j.mention,
+        mention_seq: i(j.mention_seq)?,
         state: match j.state {
             JobState::Pending => "pending".into(),
             JobState::Done => "done".into(),
@@ -142,7 +142,7 @@ fn from_doc(d: JobDoc) -> StoreResult<PushJob> {
         device: d.device,
         conv_id: d.conv_id,
         sender: d.sender,
-        mention: d.mention,
+        mention_seq: u(d.mention_seq)?,
         due_at: d.due_at,
         first_ts: d.first_ts,
     })
@@ -203,17 +203,32 @@ pub(crate) async fn due(c: &Conn, now: i64, limit: usize) -> StoreResult<Vec<Pus
         c,
         PUSH_JOBS,
         doc! { "state": "pending", "due_at": { "$lte": now } },
-        doc! { "due_at": 1, "_id": 1 },
+        // The index's order (jobs due at the same millisecond in any order).
+        doc! { "due_at": 1 },
         limit,
     )
     .await?;
     found.into_iter().map(from_doc).collect()
 }
 
-pub(crate) async fn finish(c: &Conn, read: &PushJob, f: Finish) -> StoreResult<bool> {
-    let Some(current) = job(c, &read.key()).await? else { return Ok(false) };
-    match push::finish(&current, read.rev, f) {
-        Some(next) => swap(c, Some(&current), &next).await,
-        None => Ok(false),
+pub(crate) async fn finish(c: &Conn, read: &PushJob, f: Finish, forget_upto: u64) -> StoreResult<bool> {
+    for _ in 0..CAS_ROUNDS {
+        let Some(current) = job(c, &read.key()).await? else { return Ok(false) };
+        let done = match push::finish(&current, read, f, forget_upto) {
+            Finished::Write(next) => swap(c, Some(&current), &next).await?,
+            Finished::Delete => {
+                let r = c
+                    .coll::<Document>(PUSH_JOBS)
+                    .delete_one(doc! { "_id": current.key(), "rev": i(current.rev)? })
+                    .await
+                    .map_err(|e| c.fail("removing a push job", &e))?;
+                r.deleted_count > 0
+            }
+            Finished::Unchanged => return Ok(false),
+        };
+        if done {
+            return Ok(true);
+        }
     }
+    Err(StoreError::Unavailable(format!("push job {:?} kept changing; finishing again", read.key())))
 }
