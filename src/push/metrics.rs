@@ -16,6 +16,7 @@ const DELIVERY_BOUNDS: &[f64] = &[0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 30
 pub struct PushMetrics {
     planned: AtomicU64,
     gave_up: AtomicU64,
+    profile_reads: AtomicU64,
     sent: Mutex<BTreeMap<String, u64>>,
     skipped: Mutex<BTreeMap<&'static str, u64>>,
     failed: Mutex<BTreeMap<&'static str, u64>>,
@@ -28,6 +29,7 @@ impl Default for PushMetrics {
         PushMetrics {
             planned: AtomicU64::new(0),
             gave_up: AtomicU64::new(0),
+            profile_reads: AtomicU64::new(0),
             sent: Mutex::default(),
             skipped: Mutex::default(),
             failed: Mutex::default(),
@@ -44,6 +46,11 @@ impl PushMetrics {
 
     pub fn gave_up(&self) {
         self.gave_up.fetch_add(1, Relaxed);
+    }
+
+    /// A sender's profile or a group's name read from the store (the caches missed).
+    pub fn profile_read(&self) {
+        self.profile_reads.fetch_add(1, Relaxed);
     }
 
     pub fn sent(&self, provider: &str) {
@@ -112,6 +119,11 @@ impl PushMetrics {
             out,
             "# HELP confab_push_given_up_total Notifications dropped after push.max_attempts failed attempts.\n# TYPE confab_push_given_up_total counter\nconfab_push_given_up_total {}",
             self.gave_up.load(Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP confab_push_profile_reads_total Senders' profiles and groups' names read from the store for notifications (cache misses).\n# TYPE confab_push_profile_reads_total counter\nconfab_push_profile_reads_total {}",
+            self.profile_reads.load(Relaxed)
         );
         self.latency.render(
             &mut out,

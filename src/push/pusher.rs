@@ -403,6 +403,7 @@ async fn profile(ctx: &Ctx, user: &str) -> Profile {
             return c.value.clone();
         }
     }
+    ctx.metrics.profile_read();
     let value = match ctx.store.user(user).await {
         Ok(Some(u)) => (u.nickname, u.avatar),
         Ok(None) => (None, None),
@@ -423,6 +424,7 @@ async fn group_name(ctx: &Ctx, group: &str) -> String {
             return c.value.clone();
         }
     }
+    ctx.metrics.profile_read();
     let name = match ctx.store.group(group).await {
         Ok(Some(g)) => g.name,
         Ok(None) => group.to_owned(),

@@ -325,6 +325,11 @@ impl Store for EmbeddedStore {
         self.read(move |txn| reads::list_conversations(txn, &user, since, limit)).await
     }
 
+    async fn unread(&self, user: &str) -> StoreResult<(u64, u64)> {
+        let user = user.to_owned();
+        self.read(move |txn| reads::unread(txn, &user)).await
+    }
+
     async fn mark_read(&self, user: &str, conv_id: &str, seq: u64) -> StoreResult<Option<UserConvState>> {
         let (user, conv_id) = (user.to_owned(), conv_id.to_owned());
         self.write(move |txn| ops::mark_read(txn, &user, &conv_id, seq)).await

@@ -290,6 +290,11 @@ impl Store for MongoStore {
             .await
     }
 
+    async fn unread(&self, user: &str) -> StoreResult<(u64, u64)> {
+        let user = user.to_owned();
+        self.read("unread", move |c| async move { reads::unread(&c, &user).await }).await
+    }
+
     async fn list_conversations(&self, user: &str, since: u64, limit: usize) -> StoreResult<Vec<ConversationView>> {
         let user = user.to_owned();
         self.read(

@@ -895,13 +895,39 @@ async fn push_decisions_hold_across_nodes_and_the_pusher_fails_over() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(relay.received().len(), 1, "{:?}", relay.received());
     assert_eq!(relay.received()[0]["notification"]["body"], "unread");
+    // Muted on node 1: only a mention goes out.
+    let mut web = cluster.connect(1, "bob", "web").await;
+    web.expect_ok("set_flags", json!({"conv_id": conv, "muted": true})).await;
+    web.close().await;
+    alice.send_msg(json!({"to": "bob"}), "p5", text("quiet")).await;
+    wait_counter_sum(&cluster, "confab_push_skipped_total{reason=\"muted\"}", 1.0).await;
+    let mention = json!({"type": "text", "text": "@bob look", "mentions": ["bob"]});
+    alice.send_msg(json!({"to": "bob"}), "p6", mention).await;
+    let got = relay.wait_for("the mention", 15, |r| r.len() >= 2).await;
+    assert_eq!(got[1]["notification"]["body"], "[@] @bob look");
+    // The vendor says the token is gone: every node sees the registration removed.
+    relay.set_invalid("hw-bob");
+    let mention = json!({"type": "text", "text": "@bob again", "mentions": ["bob"]});
+    alice.send_msg(json!({"to": "bob"}), "p7", mention).await;
+    wait_counter_sum(&cluster, "confab_push_failed_total{reason=\"invalid_token\"}", 1.0).await;
+    for i in 0..2 {
+        let list = ok_at(cluster.addr(i), "GET", "/api/v1/users/bob/push", None).await;
+        assert_eq!(list["registrations"], json!([]), "node {i}: {list}");
+    }
+    // A new token (over the HTTP API, on node 1), unmuted.
+    let reg = json!({"provider": "huawei", "token": "hw-bob-2"});
+    ok_at(cluster.addr(1), "PUT", "/api/v1/users/bob/devices/phone/push", Some(reg)).await;
+    let mut web = cluster.connect(1, "bob", "web").await;
+    web.expect_ok("set_flags", json!({"conv_id": conv, "muted": false})).await;
+    web.close().await;
     // Node 0 dies; node 1 pushes (taking the lease over if node 0 held it).
     alice.close().await;
     cluster.kill_9(0).await;
     let mut alice = cluster.connect(1, "alice", "phone").await;
     alice.send_msg(json!({"to": "bob"}), "p4", text("after the failover")).await;
-    let got = relay.wait_for("the notification after the failover", 20, |r| r.len() >= 2).await;
-    assert_eq!(got[1]["notification"]["body"], "after the failover");
+    let got = relay.wait_for("the notification after the failover", 20, |r| r.len() >= 3).await;
+    assert_eq!(got[2]["notification"]["body"], "after the failover");
+    assert_eq!(got[2]["token"], "hw-bob-2");
     assert_eq!(relay.rejected(), 0);
     cluster.stop().await;
 }

@@ -96,6 +96,7 @@ async fn an_offline_device_gets_one_fcm_notification_per_burst_with_profile_and_
     fcm.wait_for("a second notification", 10, |r| r.len() == 2).await;
     assert_eq!(fcm.received()[1]["message"]["notification"]["body"], "again");
     assert_eq!(fcm.token_requests(), 1, "the OAuth token is cached");
+    assert_eq!(counter(node.addr, "confab_push_profile_reads_total").await, 1.0, "alice's profile was read once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,6 +140,18 @@ async fn registrations_are_checked_and_one_per_device() {
     assert_eq!(bob.expect_ok("push_unregister", json!({})).await["removed"], false);
     let r = ok(&node, "DELETE", "/api/v1/users/carol/devices/phone/push", None).await;
     assert_eq!(r["removed"], true);
+    // A device forced offline, or a disabled user, gets no notifications either.
+    for (user, device) in [("bob", "phone"), ("bob", "tablet"), ("carol", "phone")] {
+        let path = format!("/api/v1/users/{user}/devices/{device}/push");
+        ok(&node, "PUT", &path, Some(json!({"provider": "fcm", "token": format!("{user}-{device}")}))).await;
+    }
+    ok(&node, "POST", "/api/v1/users/bob/devices/phone/revoke", None).await;
+    let list = ok(&node, "GET", "/api/v1/users/bob/push", None).await;
+    let devices: Vec<&str> =
+        list["registrations"].as_array().unwrap().iter().map(|r| r["device"].as_str().unwrap()).collect();
+    assert_eq!(devices, ["tablet"], "{list}");
+    ok(&node, "POST", "/api/v1/users/carol/disable", None).await;
+    assert_eq!(ok(&node, "GET", "/api/v1/users/carol/push", None).await["registrations"], json!([]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,6 +246,8 @@ async fn muted_groups_push_only_mentions_and_recalled_messages_are_not_pushed() 
     let n = &got[before]["notification"];
     assert_eq!((n["body"].as_str(), n["seq"].as_u64()), (Some("first"), Some(m["seq"].as_u64().unwrap() - 1)), "{n}");
     assert_eq!(relay.rejected(), 0);
+    // Alice's profile and the group's name were each read once for all these notifications.
+    assert_eq!(counter(node.addr, "confab_push_profile_reads_total").await, 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -120,24 +120,11 @@ impl Engine {
         })
     }
 
-    /// The user's total unread count: the sum over all their conversations (paging through the
-    /// whole list), and how many conversations have unread messages.
+    /// The user's total unread count: the sum over all their conversations (one read of their
+    /// rows and conversations, no messages), and how many conversations have unread messages.
     pub async fn unread_total(&self, user: &str) -> Result<(u64, u64)> {
         model::validate_id("user", user)?;
-        let (mut total, mut conversations, mut since) = (0u64, 0u64, 0u64);
-        loop {
-            let views = self.core.store.list_conversations(user, since, model::MAX_PAGE).await?;
-            for v in &views {
-                let n = v.unread();
-                total += n;
-                conversations += u64::from(n > 0);
-            }
-            let next = views.iter().map(|v| v.cursor()).max().unwrap_or(since);
-            if views.len() < model::MAX_PAGE || next <= since {
-                return Ok((total, conversations));
-            }
-            since = next;
-        }
+        Ok(self.core.store.unread(user).await?)
     }
 
     pub async fn conversation(&self, caller: &Caller, conv_id: &str) -> Result<ConversationItem> {

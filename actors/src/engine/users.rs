@@ -149,6 +149,7 @@ impl Engine {
         let u = self.core.store.set_user_disabled(user, disabled, crate::clock::now_ms()).await?;
         if disabled {
             self.core.close_user(user, Revocation::Disabled);
+            self.forget_push_tokens(user, None).await;
         }
         Ok(u)
     }
@@ -162,6 +163,7 @@ impl Engine {
         let before = u64::try_from(now).unwrap_or(0) + 1;
         let u = self.core.store.revoke_tokens(user, before, now).await?;
         self.core.close_user(user, Revocation::TokensBefore(Some(u.revoked_before_ms())));
+        self.forget_push_tokens(user, None).await;
         Ok(u)
     }
 
@@ -175,7 +177,26 @@ impl Engine {
         let before = u64::try_from(now).unwrap_or(0) + 1;
         let before_ms = self.core.store.revoke_device(user, device, before).await?;
         self.core.close_user(user, Revocation::Device { device: device.to_owned(), before_ms });
+        self.forget_push_tokens(user, Some(device)).await;
         Ok(before_ms)
+    }
+
+    /// Removes the push registrations of `user`'s `device` (all of the user's without one): a
+    /// device that lost access gets no notifications either (their text is the conversation's).
+    /// A store that cannot do it now is logged; the revocation itself stands.
+    async fn forget_push_tokens(&self, user: &str, device: Option<&str>) {
+        let regs = match self.core.store.push_tokens(&[user.to_owned()]).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(user, error = %e, "could not remove the push registrations of a revoked user or device");
+                return;
+            }
+        };
+        for r in regs.into_iter().filter(|r| device.is_none_or(|d| d == r.device)) {
+            if let Err(e) = self.core.store.remove_push_token(&r.user, &r.device, Some(&r.token)).await {
+                tracing::warn!(user, device = %r.device, error = %e, "could not remove a revoked device's push registration");
+            }
+        }
     }
 }
 

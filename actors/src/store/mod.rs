@@ -232,6 +232,10 @@ pub trait Store: Send + Sync + 'static {
     /// most `limit`. Includes hidden and inactive rows (clients filter).
     async fn list_conversations(&self, user: &str, since: u64, limit: usize) -> StoreResult<Vec<ConversationView>>;
 
+    /// The user's total unread count over all their conversations, and how many have unread
+    /// messages ([`ConversationView::unread`]): their rows and conversations, no messages.
+    async fn unread(&self, user: &str) -> StoreResult<(u64, u64)>;
+
     /// Moves the user's read cursor forward to `min(seq, last_seq)`. Returns the new state, or
     /// `None` when the cursor was already there or beyond (nothing written). `NotFound` if the user
     /// has no row in the conversation.

@@ -133,6 +133,29 @@ pub(super) fn list_conversations(
     Ok(page)
 }
 
+pub(super) fn unread(txn: &ReadTransaction, user: &str) -> StoreResult<(u64, u64)> {
+    let rows = txn.open_table(USER_CONVS).map_err(unavailable)?;
+    let convs = txn.open_table(CONVS).map_err(unavailable)?;
+    let (mut total, mut conversations) = (0u64, 0u64);
+    for item in rows.range((user, "")..).map_err(unavailable)? {
+        let (k, v) = item.map_err(unavailable)?;
+        let (row_user, conv_id) = k.value();
+        if row_user != user {
+            break;
+        }
+        let state: UserConvState = decode(v.value())?;
+        if !state.active {
+            continue;
+        }
+        if let Some(conv) = get_json::<_, Conversation>(&convs, conv_id)? {
+            let n = ConversationView { conv, state, last_message: None }.unread();
+            total += n;
+            conversations += u64::from(n > 0);
+        }
+    }
+    Ok((total, conversations))
+}
+
 pub(super) fn changes(txn: &ReadTransaction, user: &str, conv_id: &str, since: u64) -> StoreResult<Changes> {
     let mut out = Changes { recalled: Vec::new(), deleted: Vec::new(), ver: since };
     if since < u64::MAX {

@@ -221,6 +221,28 @@ async fn changed_conversations(
     Ok((found, newest))
 }
 
+/// See [`Store::unread`](confab_actors::store::Store::unread): the user's active rows, then their
+/// conversations' `last_seq`.
+pub(crate) async fn unread(c: &Conn, user: &str) -> StoreResult<(u64, u64)> {
+    let rows: Vec<RowDoc> =
+        find(c, USER_CONVS, doc! { "user": user, "active": { "$in": [true, 1] } }, None, None, None).await?;
+    if rows.is_empty() {
+        return Ok((0, 0));
+    }
+    let ids: Vec<&str> = rows.iter().map(|r| r.conv_id.as_str()).collect();
+    let convs: Vec<ConvDoc> = find(c, CONVERSATIONS, doc! { "_id": { "$in": &ids } }, None, None, None).await?;
+    let mut convs: HashMap<String, Conversation> =
+        convs.into_iter().map(|d| d.into_conv().map(|cv| (cv.conv_id.clone(), cv))).collect::<StoreResult<_>>()?;
+    let (mut total, mut conversations) = (0u64, 0u64);
+    for row in &rows {
+        let Some(conv) = convs.remove(&row.conv_id) else { continue };
+        let n = ConversationView { conv, state: row.state()?, last_message: None }.unread();
+        total += n;
+        conversations += u64::from(n > 0);
+    }
+    Ok((total, conversations))
+}
+
 /// Reads all of the user's rows (index `user_conv`), then only the conversations that changed
 /// after `since` or whose row did, picks the page ([`list_page`]) and loads the last messages of
 /// the page in one query.
