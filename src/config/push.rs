@@ -93,7 +93,7 @@ impl Push {
     /// Checks `[push]`, naming the setting at fault.
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         range("push.delay_ms", self.delay_ms, 0, 600_000)?;
-        range("push.max_age_secs", self.max_age_secs, 60, 30 * 86_400)?;
+        range("push.max_age_secs", self.max_age_secs, 1, 30 * 86_400)?;
         range("push.max_attempts", self.max_attempts, 1, 100)?;
         range("push.backoff_initial_ms", self.backoff_initial_ms, 10, 3_600_000)?;
         range("push.backoff_max_ms", self.backoff_max_ms, self.backoff_initial_ms, 86_400_000)?;

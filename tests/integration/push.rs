@@ -301,3 +301,50 @@ async fn notifications_queued_before_a_kill_9_go_out_after_the_restart_once() {
     assert_eq!(got[1]["notification"]["body"], "queued");
     node.stop().await;
 }
+
+/// Push turned on over an outbox that webhooks filled while it was off: messages older than
+/// `push.max_age_secs` are not pushed, newer ones are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_older_than_max_age_are_not_pushed_when_push_is_turned_on() {
+    let relay = FakeRelay::start_default().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("node");
+    let hooks =
+        json!([{"name": "w", "url": "http://127.0.0.1:9/hook", "key_id": "k", "secret": "0123456789abcdef0123"}]);
+    let hooks = hooks.to_string();
+    let mut push_env = relay.env("huawei");
+    for (k, v) in [
+        ("CONFAB__PUSH__DELAY_MS", "100"),
+        ("CONFAB__PUSH__POLL_INTERVAL_MS", "50"),
+        ("CONFAB__PUSH__MAX_AGE_SECS", "2"),
+        ("CONFAB__CLUSTER__NODE_ID", "push-age"),
+        ("CONFAB__WEBHOOKS__ENDPOINTS", hooks.as_str()),
+    ] {
+        push_env.push((k.into(), v.into()));
+    }
+    let with_push: Vec<(&str, &str)> = push_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let without_push = [("CONFAB__CLUSTER__NODE_ID", "push-age"), ("CONFAB__WEBHOOKS__ENDPOINTS", hooks.as_str())];
+    // Bob's phone registers while push is on.
+    let node = BinaryNode::start(&dir, &with_push).await;
+    let mut bob = node.connect("bob", "phone").await;
+    bob.expect_ok("push_register", json!({"provider": "huawei", "token": "hw-bob"})).await;
+    bob.close().await;
+    node.stop().await;
+    // Push off (webhooks on): the message's event waits in the outbox.
+    let node = BinaryNode::start(&dir, &without_push).await;
+    let mut alice = node.connect("alice", "phone").await;
+    alice.send_msg(json!({"to": "bob"}), "a1", text("old news")).await;
+    alice.close().await;
+    node.stop().await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Push on again: too old to push; a new message is pushed.
+    let node = BinaryNode::start(&dir, &with_push).await;
+    wait_counter(node.addr, "confab_push_skipped_total{reason=\"stale\"}", 1.0).await;
+    let mut alice = node.connect("alice", "phone").await;
+    alice.send_msg(json!({"to": "bob"}), "a2", text("fresh")).await;
+    let got = relay.wait_for("the fresh notification", 10, |r| !r.is_empty()).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0]["notification"]["body"], "fresh");
+    alice.close().await;
+    node.stop().await;
+}
