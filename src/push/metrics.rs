@@ -59,7 +59,11 @@ impl PushMetrics {
     }
 
     pub fn skipped(&self, reason: &'static str) {
-        *self.skipped.lock().unwrap_or_else(|p| p.into_inner()).entry(reason).or_default() += 1;
+        self.skipped_n(reason, 1);
+    }
+
+    pub fn skipped_n(&self, reason: &'static str, n: u64) {
+        *self.skipped.lock().unwrap_or_else(|p| p.into_inner()).entry(reason).or_default() += n;
     }
 
     pub fn failed(&self, reason: &'static str) {

@@ -44,6 +44,8 @@ const BATCH: usize = 500;
 const PLAN_RECIPIENTS: usize = 5000;
 /// Jobs written per store call.
 const PLAN_WRITE: usize = 500;
+/// How often a stored cursor moves when planning finds nothing to plan.
+const CURSOR_EVERY: Duration = Duration::from_secs(1);
 /// Longest the pusher plans in one round before it sends what is due.
 const PLAN_BUDGET: Duration = Duration::from_millis(250);
 /// Most cached recipient lists, profiles and group names each (cleared whole when full).
@@ -109,6 +111,9 @@ struct Caches {
     profiles: HashMap<String, Cached<Profile>>,
     /// Group id -> name.
     group_names: HashMap<String, Cached<String>>,
+    /// User id -> their registrations (empty: none), as of `regs_version` of the store.
+    regs: HashMap<String, Arc<Vec<PushRegistration>>>,
+    regs_version: Option<u64>,
 }
 
 fn bounded<K, V>(map: &mut HashMap<K, V>) {
@@ -160,7 +165,7 @@ async fn run(ctx: Arc<Ctx>, outbox: Arc<dyn Outbox>) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut leader = false;
     let mut next_lease = Instant::now();
-    let mut cursor: Option<u64> = None;
+    let mut planning = PlanState::default();
     // Job keys being sent, or sent with their outcome not stored yet (not read again until it is).
     let mut in_flight: HashSet<String> = HashSet::new();
     // Outcomes the store refused: stored again before anything else is sent.
@@ -176,7 +181,7 @@ async fn run(ctx: Arc<Ctx>, outbox: Arc<dyn Outbox>) {
             }
         }
         // The planning cursor as stored: done jobs planned before it are forgotten.
-        let forget_upto = cursor.unwrap_or(0);
+        let forget_upto = planning.stored;
         let mut failed = Vec::new();
         for d in unstored.drain(..) {
             match ctx.store.finish_push(&d.job, d.finish, forget_upto).await {
@@ -197,7 +202,7 @@ async fn run(ctx: Arc<Ctx>, outbox: Arc<dyn Outbox>) {
                 Ok(held) => {
                     if held && !leader {
                         tracing::info!(owner = %s.owner, "pusher active on this node");
-                        cursor = None;
+                        planning = PlanState::default();
                         ctx.caches.lock().unwrap_or_else(|p| p.into_inner()).recipients.clear();
                     }
                     leader = held;
@@ -217,12 +222,12 @@ async fn run(ctx: Arc<Ctx>, outbox: Arc<dyn Outbox>) {
         // Plan until caught up with the outbox, for at most PLAN_BUDGET per round.
         let started = Instant::now();
         loop {
-            match plan(&ctx, &*outbox, &mut cursor).await {
+            match plan(&ctx, &*outbox, &mut planning).await {
                 Ok(true) if started.elapsed() < PLAN_BUDGET => continue,
                 Ok(_) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "push planning: store unavailable");
-                    cursor = None;
+                    planning.cursor = None;
                     break;
                 }
             }
@@ -258,35 +263,54 @@ async fn run(ctx: Arc<Ctx>, outbox: Arc<dyn Outbox>) {
     }
 }
 
+/// Where planning stands: the cursor in memory, and the one stored (moved with the jobs, or at
+/// most every [`CURSOR_EVERY`] when a step planned none).
+#[derive(Default)]
+struct PlanState {
+    /// `None` until read from the store (at the start, after an error, on taking the lease).
+    cursor: Option<u64>,
+    stored: u64,
+    stored_at: Option<Instant>,
+}
+
 /// One planning step: events after the cursor, folded into jobs, at most [`PLAN_RECIPIENTS`]
-/// recipients' worth (but always one whole event). Returns whether there may be more.
-async fn plan(ctx: &Ctx, outbox: &dyn Outbox, cursor: &mut Option<u64>) -> confab_actors::store::StoreResult<bool> {
-    let after = match *cursor {
+/// recipients' worth (each conversation's counted once; but always one whole event). Returns
+/// whether there may be more.
+async fn plan(ctx: &Ctx, outbox: &dyn Outbox, st: &mut PlanState) -> confab_actors::store::StoreResult<bool> {
+    let after = match st.cursor {
         Some(c) => c,
-        None => outbox.cursor(push::CURSOR).await?,
+        None => {
+            let c = outbox.cursor(push::CURSOR).await?;
+            st.stored = c;
+            st.stored_at = Some(Instant::now());
+            c
+        }
     };
-    *cursor = Some(after);
+    st.cursor = Some(after);
     let events = outbox.events_after(after, BATCH).await?;
     let mut more = events.len() == BATCH;
     let oldest = confab_actors::clock::now_ms().saturating_sub(ctx.settings.max_age_ms);
-    // (event, message, recipients) in event order, and the last event taken.
-    let mut messages: Vec<(u64, Message, Arc<Vec<String>>)> = Vec::new();
+    // (event, message) in event order, the recipients of their conversations, the last event taken.
+    let mut messages: Vec<(u64, Message)> = Vec::new();
+    let mut convs: HashMap<String, Arc<Vec<String>>> = HashMap::new();
     let mut taken = 0usize;
     let mut last = after;
-    for e in &events {
+    for mut e in events {
         if taken >= PLAN_RECIPIENTS {
             more = true;
             break;
         }
         last = e.id;
-        if let Some(conv) = membership_changed(e) {
+        if let Some(conv) = membership_changed(&e) {
             ctx.caches.lock().unwrap_or_else(|p| p.into_inner()).recipients.remove(conv);
+            // Later messages of the step see the new membership.
+            convs.remove(conv);
             continue;
         }
         if e.kind != confab_actors::outbox::MESSAGE_SENT {
             continue;
         }
-        let Some(m) = e.data.get("message").and_then(|m| serde_json::from_value::<Message>(m.clone()).ok()) else {
+        let Some(m) = e.data.get_mut("message").and_then(|m| serde_json::from_value::<Message>(m.take()).ok()) else {
             continue;
         };
         if m.sender.is_none() || matches!(m.body, Body::System { .. } | Body::Recalled { .. }) {
@@ -297,75 +321,135 @@ async fn plan(ctx: &Ctx, outbox: &dyn Outbox, cursor: &mut Option<u64>) -> confa
             ctx.metrics.skipped("stale");
             continue;
         }
-        let recipients = recipients(ctx, &m.conv_id).await?;
-        taken += recipients.len();
-        messages.push((e.id, m, recipients));
+        if !convs.contains_key(&m.conv_id) {
+            let r = recipients(ctx, &m.conv_id).await?;
+            taken += r.len();
+            convs.insert(m.conv_id.clone(), r);
+        }
+        messages.push((e.id, m));
     }
     if last == after {
         return Ok(false);
     }
-    let mut users: Vec<String> = messages
-        .iter()
-        .flat_map(|(_, m, r)| r.iter().filter(move |u| Some(u.as_str()) != m.sender.as_deref()))
-        .cloned()
-        .collect::<HashSet<_>>()
-        .into_iter()
-        .collect();
+    // Registrations of everyone concerned (one query per 1,000 users), and which of their
+    // devices are connected (one round trip).
+    let mut users: Vec<&str> =
+        convs.values().flat_map(|r| r.iter().map(String::as_str)).collect::<HashSet<_>>().into_iter().collect();
     users.sort_unstable();
-    let mut regs: HashMap<String, Vec<PushRegistration>> = HashMap::new();
-    for chunk in users.chunks(1000) {
-        for r in ctx.store.push_tokens(chunk).await? {
-            regs.entry(r.user.clone()).or_default().push(r);
-        }
-    }
-    let with_tokens: Vec<String> = regs.keys().cloned().collect();
-    let connected = ctx.engine.connected_devices(&with_tokens).await;
-    // One entry per device and conversation: the step's messages folded together.
-    let mut planned: HashMap<String, Planned> = HashMap::new();
-    let mut queued = 0u64;
-    for (event, m, recipients) in &messages {
-        let sender = m.sender.clone().unwrap_or_default();
-        for user in recipients.iter().filter(|u| **u != sender) {
-            for r in regs.get(user).into_iter().flatten() {
+    let regs = registrations(ctx, &users).await?;
+    let with_tokens: Vec<String> = regs.iter().filter(|(_, r)| !r.is_empty()).map(|(u, _)| u.clone()).collect();
+    let connected =
+        if with_tokens.is_empty() { HashMap::new() } else { ctx.engine.connected_devices(&with_tokens).await };
+    // Per conversation, the devices that may get a notification: registered, not connected.
+    let mut targets: HashMap<&str, Vec<&PushRegistration>> = HashMap::new();
+    let mut online = 0u64;
+    for (conv, recipients) in &convs {
+        let list = targets.entry(conv.as_str()).or_default();
+        for user in recipients.iter() {
+            for r in regs.get(user).into_iter().flat_map(|l| l.iter()) {
                 if connected.get(user).is_some_and(|d| d.contains(&r.device)) {
-                    ctx.metrics.skipped("online");
-                    continue;
-                }
-                queued += 1;
-                let p = Planned {
-                    user: user.clone(),
-                    device: r.device.clone(),
-                    conv_id: m.conv_id.clone(),
-                    seq: m.seq,
-                    sender: sender.clone(),
-                    count: 1,
-                    mention_seq: if m.body.mentions(user) { m.seq } else { 0 },
-                    event: *event,
-                    ts: m.ts,
-                    due_at: m.ts.saturating_add(ctx.settings.delay_ms),
-                };
-                match planned.entry(push::job_key(user, &r.device, &m.conv_id)) {
-                    std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().absorb(p),
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        v.insert(p);
-                    }
+                    online += 1;
+                } else {
+                    list.push(r);
                 }
             }
         }
     }
-    // In bounded writes; only the last moves the cursor (planning a part again adds nothing).
-    let planned: Vec<Planned> = planned.into_values().collect();
-    let mut chunks = planned.chunks(PLAN_WRITE).peekable();
-    if chunks.peek().is_none() {
-        ctx.store.plan_pushes(&[], last).await?;
+    // One entry per device and conversation: the step's messages folded together.
+    let mut planned: HashMap<String, Planned> = HashMap::new();
+    let mut queued = 0u64;
+    for (event, m) in &messages {
+        let sender = m.sender.as_deref().unwrap_or_default();
+        for r in targets.get(m.conv_id.as_str()).into_iter().flatten().filter(|r| r.user != sender) {
+            queued += 1;
+            let p = Planned {
+                user: r.user.clone(),
+                device: r.device.clone(),
+                conv_id: m.conv_id.clone(),
+                seq: m.seq,
+                sender: sender.to_owned(),
+                count: 1,
+                mention_seq: if m.body.mentions(&r.user) { m.seq } else { 0 },
+                event: *event,
+                ts: m.ts,
+                due_at: m.ts.saturating_add(ctx.settings.delay_ms),
+            };
+            match planned.entry(push::job_key(&r.user, &r.device, &m.conv_id)) {
+                std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().absorb(p),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(p);
+                }
+            }
+        }
     }
+    if online > 0 {
+        ctx.metrics.skipped_n("online", online);
+    }
+    // In bounded writes; only the last moves the stored cursor (planning a part again adds
+    // nothing). A step that planned nothing moves it at most every CURSOR_EVERY: planning those
+    // events again after a crash finds nothing to plan either.
+    let planned: Vec<Planned> = planned.into_values().collect();
+    let cursor_due = st.stored_at.is_none_or(|t| t.elapsed() >= CURSOR_EVERY);
+    if planned.is_empty() && cursor_due {
+        ctx.store.plan_pushes(&[], last).await?;
+        st.stored = last;
+        st.stored_at = Some(Instant::now());
+    }
+    let mut chunks = planned.chunks(PLAN_WRITE).peekable();
     while let Some(chunk) = chunks.next() {
         let to = if chunks.peek().is_some() { after } else { last };
         ctx.store.plan_pushes(chunk, to).await?;
+        if to == last {
+            st.stored = last;
+            st.stored_at = Some(Instant::now());
+        }
     }
     ctx.metrics.planned(queued);
-    *cursor = Some(last);
+    st.cursor = Some(last);
     Ok(more)
+}
+
+/// The registrations of `users` (absent or empty: none): from the cache while the store's
+/// registrations version has not moved, else read again (one query per 1,000 users).
+async fn registrations(
+    ctx: &Ctx,
+    users: &[&str],
+) -> confab_actors::store::StoreResult<HashMap<String, Arc<Vec<PushRegistration>>>> {
+    let version = ctx.store.push_tokens_version().await?;
+    let mut out = HashMap::with_capacity(users.len());
+    let mut missing: Vec<String> = Vec::new();
+    {
+        let mut c = ctx.caches.lock().unwrap_or_else(|p| p.into_inner());
+        if c.regs_version != Some(version) {
+            c.regs.clear();
+            c.regs_version = Some(version);
+        }
+        for u in users {
+            match c.regs.get(*u) {
+                Some(r) => {
+                    out.insert((*u).to_owned(), r.clone());
+                }
+                None => missing.push((*u).to_owned()),
+            }
+        }
+    }
+    for chunk in missing.chunks(1000) {
+        let mut found: HashMap<String, Vec<PushRegistration>> = chunk.iter().map(|u| (u.clone(), Vec::new())).collect();
+        for r in ctx.store.push_tokens(chunk).await? {
+            found.entry(r.user.clone()).or_default().push(r);
+        }
+        let mut c = ctx.caches.lock().unwrap_or_else(|p| p.into_inner());
+        for (u, list) in found {
+            let list = Arc::new(list);
+            // Only under the version read before the query: a change since clears it anyway.
+            if c.regs_version == Some(version) {
+                bounded(&mut c.regs);
+                c.regs.insert(u.clone(), list.clone());
+            }
+            out.insert(u, list);
+        }
+    }
+    Ok(out)
 }
 
 /// The conversation whose recipients an event changes (membership, dismissal), if any.

@@ -615,6 +615,10 @@ impl Store for EmbeddedStore {
         self.read(move |txn| push::tokens(txn, &users)).await
     }
 
+    async fn push_tokens_version(&self) -> StoreResult<u64> {
+        self.read(push::version).await
+    }
+
     async fn plan_pushes(&self, planned: &[Planned], cursor: u64) -> StoreResult<()> {
         let planned = planned.to_vec();
         self.write(move |txn| push::plan(txn, &planned, cursor)).await

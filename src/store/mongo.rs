@@ -578,6 +578,10 @@ impl Store for MongoStore {
         self.read("push_tokens", move |c| async move { push::tokens(&c, &users).await }).await
     }
 
+    async fn push_tokens_version(&self) -> StoreResult<u64> {
+        self.read("push_tokens_version", move |c| async move { push::version(&c).await }).await
+    }
+
     async fn plan_pushes(&self, planned: &[Planned], cursor: u64) -> StoreResult<()> {
         let planned = planned.to_vec();
         self.read("plan_pushes", move |c| async move { push::plan(&c, &planned, cursor).await }).await

@@ -1511,7 +1511,12 @@ pub async fn check_push_tokens_and_jobs(s: DynStore) {
         token: token.into(),
         updated_at: 1,
     };
+    let v0 = s.push_tokens_version().await.unwrap();
     s.set_push_token(&reg("pa", "phone", "t1")).await.unwrap();
+    let v1 = s.push_tokens_version().await.unwrap();
+    assert_ne!(v0, v1, "a registration moves the version");
+    assert!(!s.remove_push_token("pa", "phone", Some("other")).await.unwrap());
+    assert_eq!(s.push_tokens_version().await.unwrap(), v1, "nothing removed, nothing moved");
     s.set_push_token(&reg("pa", "tablet", "t2")).await.unwrap();
     s.set_push_token(&reg("pb", "phone", "t3")).await.unwrap();
     // A new token replaces the device's old one.
@@ -1528,7 +1533,9 @@ pub async fn check_push_tokens_and_jobs(s: DynStore) {
     assert!(!s.remove_push_token("pa", "tablet", Some("stale")).await.unwrap());
     assert!(s.remove_push_token("pa", "tablet", Some("t2")).await.unwrap());
     assert!(!s.remove_push_token("pa", "tablet", None).await.unwrap());
+    let v2 = s.push_tokens_version().await.unwrap();
     assert!(s.remove_push_token("pa", "phone", None).await.unwrap());
+    assert_ne!(s.push_tokens_version().await.unwrap(), v2, "a removal moves the version");
     // The token is free again for another device.
     s.set_push_token(&reg("pd", "web", "t1b")).await.unwrap();
     assert_eq!(tokens(s.push_tokens(&["pd".into()]).await.unwrap()), ["pd/web=t1b"]);

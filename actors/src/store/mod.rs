@@ -423,6 +423,10 @@ pub trait Store: Send + Sync + 'static {
     /// The push registrations of these users.
     async fn push_tokens(&self, users: &[String]) -> StoreResult<Vec<PushRegistration>>;
 
+    /// A number that changes with every change of push registrations (after the change is
+    /// visible): while it stays the same, registrations read before are still current.
+    async fn push_tokens_version(&self) -> StoreResult<u64>;
+
     /// Folds planned messages into their devices' push jobs ([`crate::push::merge`]) and moves
     /// the outbox cursor [`crate::push::CURSOR`] to `cursor` (never backwards). Planning the same
     /// events again changes nothing.

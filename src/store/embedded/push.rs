@@ -41,7 +41,23 @@ fn remove_device(
     Ok(old)
 }
 
+/// The `meta` key of the registrations' version.
+const VERSION_KEY: &str = "push_tokens_ver";
+
+fn bump(txn: &WriteTransaction) -> StoreResult<()> {
+    let mut meta = txn.open_table(super::tables::META).map_err(unavailable)?;
+    let v = meta.get(VERSION_KEY).map_err(unavailable)?.map_or(0, |g| g.value());
+    meta.insert(VERSION_KEY, v + 1).map_err(unavailable)?;
+    Ok(())
+}
+
+pub(super) fn version(txn: &ReadTransaction) -> StoreResult<u64> {
+    let meta = txn.open_table(super::tables::META).map_err(unavailable)?;
+    Ok(meta.get(VERSION_KEY).map_err(unavailable)?.map_or(0, |g| g.value()))
+}
+
 pub(super) fn set_token(txn: &WriteTransaction, r: &PushRegistration) -> StoreResult<()> {
+    bump(txn)?;
     let mut tokens = txn.open_table(PUSH_TOKENS).map_err(unavailable)?;
     let mut owners = txn.open_table(PUSH_TOKEN_OWNERS).map_err(unavailable)?;
     remove_device(&mut tokens, &mut owners, &r.user, &r.device)?;
@@ -66,6 +82,7 @@ pub(super) fn remove_token(txn: &WriteTransaction, user: &str, device: &str, tok
     match current {
         Some(r) if token.is_none_or(|t| t == r.token) => {
             remove_device(&mut tokens, &mut owners, user, device)?;
+            bump(txn)?;
             Ok(true)
         }
         _ => Ok(false),

@@ -13,7 +13,7 @@ use mongodb::bson::{doc, Document};
 use serde::{Deserialize, Serialize};
 
 use super::conn::{is_duplicate_key, Conn};
-use super::docs::{i, u, PUSH_JOBS, PUSH_TOKENS};
+use super::docs::{i, u, PUSH_JOBS, PUSH_TOKENS, WEBHOOK_META};
 use super::reads::{find_all, find_limit, find_one};
 
 /// Compare-and-set rounds before a job write gives up (another writer kept changing it).
@@ -46,6 +46,29 @@ fn token_id(user: &str, device: &str) -> String {
     format!("{user}/{device}")
 }
 
+/// `webhook_meta` `{_id: "push_tokens_ver", value}`: `$inc`-ed after every change of
+/// registrations.
+const VERSION_ID: &str = "push_tokens_ver";
+
+async fn bump(c: &Conn) -> StoreResult<()> {
+    c.coll::<Document>(WEBHOOK_META)
+        .update_one(doc! { "_id": VERSION_ID }, doc! { "$inc": { "value": 1i64 } })
+        .upsert(true)
+        .await
+        .map_err(|e| c.fail("moving the push registrations' version", &e))?;
+    Ok(())
+}
+
+pub(crate) async fn version(c: &Conn) -> StoreResult<u64> {
+    #[derive(Deserialize)]
+    struct V {
+        #[serde(default)]
+        value: i64,
+    }
+    let d: Option<V> = find_one(c, WEBHOOK_META, doc! { "_id": VERSION_ID }).await?;
+    Ok(d.map_or(0, |d| u64::try_from(d.value).unwrap_or(0)))
+}
+
 pub(crate) async fn set_token(c: &Conn, r: &PushRegistration) -> StoreResult<()> {
     let id = token_id(&r.user, &r.device);
     let d = TokenDoc {
@@ -63,7 +86,9 @@ pub(crate) async fn set_token(c: &Conn, r: &PushRegistration) -> StoreResult<()>
             .await
             .map_err(|e| c.fail("moving a push token", &e))?;
         match coll.replace_one(doc! { "_id": &id }, &d).upsert(true).await {
-            Ok(_) => return Ok(()),
+            // A change not followed by its version (a failure here) is one a planner may miss
+            // until the next change: the caller retries on the error.
+            Ok(_) => return bump(c).await,
             // Registered to another device between the two commands: take it again.
             Err(e) if is_duplicate_key(&e) => continue,
             Err(e) => return Err(c.fail("storing a push token", &e)),
@@ -79,6 +104,9 @@ pub(crate) async fn remove_token(c: &Conn, user: &str, device: &str, token: Opti
     }
     let r =
         c.coll::<Document>(PUSH_TOKENS).delete_one(filter).await.map_err(|e| c.fail("removing a push token", &e))?;
+    if r.deleted_count > 0 {
+        bump(c).await?;
+    }
     Ok(r.deleted_count > 0)
 }
 
