@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use confab::push::providers::jwt;
 use ring::rand::SecureRandom;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
 /// The FCM project of the fakes and their settings.
@@ -145,12 +145,7 @@ macro_rules! accessors {
 // ---------------------------------------------------------------------------------------------
 // HTTP/1.1, just enough for reqwest's requests.
 
-struct Http1Request {
-    method: String,
-    path: String,
-    headers: HashMap<String, String>,
-    body: Vec<u8>,
-}
+use crate::common::Http1Request;
 
 struct Http1Answer {
     status: u16,
@@ -177,37 +172,8 @@ async fn serve_http1(handler: Handler) -> SocketAddr {
 
 async fn serve_http1_conn(mut stream: TcpStream, handler: Handler) {
     let mut buf: Vec<u8> = Vec::new();
-    loop {
-        let head_end = loop {
-            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break p;
-            }
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-        let mut lines = head.split("\r\n");
-        let request_line = lines.next().unwrap_or("").to_string();
-        let headers: HashMap<String, String> = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        let len: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-        while buf.len() < head_end + 4 + len {
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        }
-        let body = buf[head_end + 4..head_end + 4 + len].to_vec();
-        buf.drain(..head_end + 4 + len);
-        let mut parts = request_line.split(' ');
-        let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
-        let a = handler(Http1Request { method, path, headers, body });
+    while let Some(req) = crate::common::read_http1(&mut stream, &mut buf).await {
+        let a = handler(req);
         let mut resp = format!(
             "HTTP/1.1 {} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
             a.status,

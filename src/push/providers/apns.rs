@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use serde_json::{json, Value};
 
-use super::{by_status, describe, jwt, now_secs, read_answer, transport};
+use super::{by_status, describe, jwt, now_secs};
 use crate::push::{Notification, Outcome};
 
 /// How long a provider token is reused.
@@ -92,13 +92,7 @@ impl Apns {
             .json(&payload(n))
             .send()
             .await;
-        let outcome = match sent {
-            Ok(resp) => match read_answer(resp).await {
-                Ok((status, after, body)) => classify(status, after, &body),
-                Err(e) => transport(&e),
-            },
-            Err(e) => transport(&e),
-        };
+        let outcome = super::outcome_of(sent, classify).await;
         if outcome.reason() == "auth" {
             let mut cached = self.token.lock().unwrap_or_else(|e| e.into_inner());
             if cached.as_ref().is_some_and(|(t, _)| *t == jwt) {

@@ -15,7 +15,7 @@ use anyhow::Context;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{by_status, describe, jwt, now_secs, read_answer, transport};
+use super::{by_status, describe, jwt, now_secs, read_answer};
 use crate::push::{Notification, Outcome};
 
 /// The OAuth2 scope of the messaging API.
@@ -93,13 +93,7 @@ impl Fcm {
             Err(outcome) => return outcome,
         };
         let sent = self.client.post(&self.send_url).bearer_auth(&access).json(&message(token, n)).send().await;
-        let outcome = match sent {
-            Ok(resp) => match read_answer(resp).await {
-                Ok((status, after, body)) => classify(status, after, &body),
-                Err(e) => transport(&e),
-            },
-            Err(e) => transport(&e),
-        };
+        let outcome = super::outcome_of(sent, classify).await;
         if outcome.reason() == "auth" {
             let mut cached = self.token.lock().await;
             if cached.as_ref().is_some_and(|c| c.value == access) {

@@ -112,6 +112,21 @@ fn now_secs() -> u64 {
 
 /// The outcome of a call that got no answer: `timeout` when the limit passed, `connect`
 /// otherwise (refused, reset, DNS, TLS, a broken body), both worth retrying.
+/// The outcome of a provider call: its answer classified by `classify` (status, `Retry-After`,
+/// body), or the transport failure.
+async fn outcome_of(
+    sent: Result<reqwest::Response, reqwest::Error>,
+    classify: fn(u16, Option<Duration>, &[u8]) -> Outcome,
+) -> Outcome {
+    match sent {
+        Ok(resp) => match read_answer(resp).await {
+            Ok((status, after, body)) => classify(status, after, &body),
+            Err(e) => transport(&e),
+        },
+        Err(e) => transport(&e),
+    }
+}
+
 fn transport(e: &reqwest::Error) -> Outcome {
     let reason = if e.is_timeout() { "timeout" } else { "connect" };
     Outcome::Retry { reason, detail: error_chain(e), after: None }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::json;
 
-use super::{by_status, describe, read_answer, transport};
+use super::{by_status, describe};
 use crate::push::{Notification, Outcome, Target};
 
 pub(super) struct Relay {
@@ -49,13 +49,7 @@ impl Relay {
         for (name, value) in crate::webhooks::signed_headers(&self.key_id, &self.secret, &self.url, body.as_bytes()) {
             req = req.header(name, value);
         }
-        match req.body(body).send().await {
-            Ok(resp) => match read_answer(resp).await {
-                Ok((status, after, body)) => classify(status, after, &body),
-                Err(e) => transport(&e),
-            },
-            Err(e) => transport(&e),
-        }
+        super::outcome_of(req.body(body).send().await, classify).await
     }
 }
 

@@ -103,17 +103,11 @@ pub(super) fn conversation_view(
     Ok(Some(view))
 }
 
-/// Scans all of the user's rows (a prefix range on `(user, _)`), picks the page
-/// ([`list_page`]) and loads the last message of the page's conversations only.
-pub(super) fn list_conversations(
-    txn: &ReadTransaction,
-    user: &str,
-    since: u64,
-    limit: usize,
-) -> StoreResult<Vec<ConversationView>> {
+/// Every row of `user` with its conversation (a prefix range on `(user, _)`).
+fn rows_of(txn: &ReadTransaction, user: &str) -> StoreResult<Vec<(Conversation, UserConvState)>> {
     let rows = txn.open_table(USER_CONVS).map_err(unavailable)?;
     let convs = txn.open_table(CONVS).map_err(unavailable)?;
-    let mut found: Vec<(Conversation, UserConvState)> = Vec::new();
+    let mut found = Vec::new();
     for item in rows.range((user, "")..).map_err(unavailable)? {
         let (k, v) = item.map_err(unavailable)?;
         let (row_user, conv_id) = k.value();
@@ -125,7 +119,18 @@ pub(super) fn list_conversations(
             found.push((conv, state));
         }
     }
-    let mut page = list_page(found, since, u64::MAX, limit);
+    Ok(found)
+}
+
+/// Scans all of the user's rows, picks the page ([`list_page`]) and loads the last message of
+/// the page's conversations only.
+pub(super) fn list_conversations(
+    txn: &ReadTransaction,
+    user: &str,
+    since: u64,
+    limit: usize,
+) -> StoreResult<Vec<ConversationView>> {
+    let mut page = list_page(rows_of(txn, user)?, since, u64::MAX, limit);
     let messages = txn.open_table(MESSAGES).map_err(unavailable)?;
     for view in &mut page {
         load_last_message(&messages, view)?;
@@ -134,24 +139,11 @@ pub(super) fn list_conversations(
 }
 
 pub(super) fn unread(txn: &ReadTransaction, user: &str) -> StoreResult<(u64, u64)> {
-    let rows = txn.open_table(USER_CONVS).map_err(unavailable)?;
-    let convs = txn.open_table(CONVS).map_err(unavailable)?;
     let (mut total, mut conversations) = (0u64, 0u64);
-    for item in rows.range((user, "")..).map_err(unavailable)? {
-        let (k, v) = item.map_err(unavailable)?;
-        let (row_user, conv_id) = k.value();
-        if row_user != user {
-            break;
-        }
-        let state: UserConvState = decode(v.value())?;
-        if !state.active {
-            continue;
-        }
-        if let Some(conv) = get_json::<_, Conversation>(&convs, conv_id)? {
-            let n = ConversationView { conv, state, last_message: None }.unread();
-            total += n;
-            conversations += u64::from(n > 0);
-        }
+    for (conv, state) in rows_of(txn, user)? {
+        let n = ConversationView { conv, state, last_message: None }.unread();
+        total += n;
+        conversations += u64::from(n > 0);
     }
     Ok((total, conversations))
 }
