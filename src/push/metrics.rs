@@ -106,7 +106,7 @@ impl PushMetrics {
         labelled(
             &mut out,
             "confab_push_skipped_total",
-            "Notifications not sent, by reason (online, read, muted, not_member, recalled, no_token, unconfigured, not_found).",
+            "Notifications not sent, by reason (online, read, muted, not_member, recalled, no_token, revoked, unconfigured, stale).",
             "reason",
             skipped,
         );

@@ -44,6 +44,8 @@ const BATCH: usize = 500;
 const PLAN_RECIPIENTS: usize = 5000;
 /// Jobs written per store call.
 const PLAN_WRITE: usize = 500;
+/// Longest registrations are taken from the cache without reading them again.
+const REGS_MAX_AGE: Duration = Duration::from_secs(60);
 /// How often a stored cursor moves when planning finds nothing to plan.
 const CURSOR_EVERY: Duration = Duration::from_secs(1);
 /// Longest the pusher plans in one round before it sends what is due.
@@ -114,6 +116,9 @@ struct Caches {
     /// User id -> their registrations (empty: none), as of `regs_version` of the store.
     regs: HashMap<String, Arc<Vec<PushRegistration>>>,
     regs_version: Option<u64>,
+    /// When `regs` was started: it is dropped after [`REGS_MAX_AGE`] whatever the version (a
+    /// version that failed to move after a change on MongoDB is not missed for longer).
+    regs_since: Option<Instant>,
 }
 
 fn bounded<K, V>(map: &mut HashMap<K, V>) {
@@ -290,8 +295,9 @@ async fn plan(ctx: &Ctx, outbox: &dyn Outbox, st: &mut PlanState) -> confab_acto
     let events = outbox.events_after(after, BATCH).await?;
     let mut more = events.len() == BATCH;
     let oldest = confab_actors::clock::now_ms().saturating_sub(ctx.settings.max_age_ms);
-    // (event, message) in event order, the recipients of their conversations, the last event taken.
-    let mut messages: Vec<(u64, Message)> = Vec::new();
+    // (event, message, its recipients) in event order; the recipients of each conversation as of
+    // the step's latest membership event (a message keeps those of its time); the last event.
+    let mut messages: Vec<(u64, Message, Arc<Vec<String>>)> = Vec::new();
     let mut convs: HashMap<String, Arc<Vec<String>>> = HashMap::new();
     let mut taken = 0usize;
     let mut last = after;
@@ -321,30 +327,39 @@ async fn plan(ctx: &Ctx, outbox: &dyn Outbox, st: &mut PlanState) -> confab_acto
             ctx.metrics.skipped("stale");
             continue;
         }
-        if !convs.contains_key(&m.conv_id) {
-            let r = recipients(ctx, &m.conv_id).await?;
-            taken += r.len();
-            convs.insert(m.conv_id.clone(), r);
-        }
-        messages.push((e.id, m));
+        let r = match convs.get(&m.conv_id) {
+            Some(r) => r.clone(),
+            None => {
+                let r = recipients(ctx, &m.conv_id).await?;
+                taken += r.len();
+                convs.insert(m.conv_id.clone(), r.clone());
+                r
+            }
+        };
+        messages.push((e.id, m, r));
     }
     if last == after {
         return Ok(false);
     }
     // Registrations of everyone concerned (one query per 1,000 users), and which of their
     // devices are connected (one round trip).
+    // Each distinct recipient list once (a conversation has one per membership in the step).
+    let mut lists: HashMap<usize, &Arc<Vec<String>>> = HashMap::new();
+    for (_, _, r) in &messages {
+        lists.entry(Arc::as_ptr(r) as usize).or_insert(r);
+    }
     let mut users: Vec<&str> =
-        convs.values().flat_map(|r| r.iter().map(String::as_str)).collect::<HashSet<_>>().into_iter().collect();
+        lists.values().flat_map(|r| r.iter().map(String::as_str)).collect::<HashSet<_>>().into_iter().collect();
     users.sort_unstable();
     let regs = registrations(ctx, &users).await?;
     let with_tokens: Vec<String> = regs.iter().filter(|(_, r)| !r.is_empty()).map(|(u, _)| u.clone()).collect();
     let connected =
         if with_tokens.is_empty() { HashMap::new() } else { ctx.engine.connected_devices(&with_tokens).await };
-    // Per conversation, the devices that may get a notification: registered, not connected.
-    let mut targets: HashMap<&str, Vec<&PushRegistration>> = HashMap::new();
+    // Per recipient list, the devices that may get a notification: registered, not connected.
+    let mut targets: HashMap<usize, Vec<&PushRegistration>> = HashMap::new();
     let mut online = 0u64;
-    for (conv, recipients) in &convs {
-        let list = targets.entry(conv.as_str()).or_default();
+    for (key, recipients) in &lists {
+        let list = targets.entry(*key).or_default();
         for user in recipients.iter() {
             for r in regs.get(user).into_iter().flat_map(|l| l.iter()) {
                 if connected.get(user).is_some_and(|d| d.contains(&r.device)) {
@@ -358,9 +373,10 @@ async fn plan(ctx: &Ctx, outbox: &dyn Outbox, st: &mut PlanState) -> confab_acto
     // One entry per device and conversation: the step's messages folded together.
     let mut planned: HashMap<String, Planned> = HashMap::new();
     let mut queued = 0u64;
-    for (event, m) in &messages {
+    for (event, m, recipients) in &messages {
         let sender = m.sender.as_deref().unwrap_or_default();
-        for r in targets.get(m.conv_id.as_str()).into_iter().flatten().filter(|r| r.user != sender) {
+        let key = Arc::as_ptr(recipients) as usize;
+        for r in targets.get(&key).into_iter().flatten().filter(|r| r.user != sender) {
             queued += 1;
             let p = Planned {
                 user: r.user.clone(),
@@ -420,9 +436,10 @@ async fn registrations(
     let mut missing: Vec<String> = Vec::new();
     {
         let mut c = ctx.caches.lock().unwrap_or_else(|p| p.into_inner());
-        if c.regs_version != Some(version) {
+        if c.regs_version != Some(version) || c.regs_since.is_none_or(|t| t.elapsed() >= REGS_MAX_AGE) {
             c.regs.clear();
             c.regs_version = Some(version);
+            c.regs_since = Some(Instant::now());
         }
         for u in users {
             match c.regs.get(*u) {
@@ -578,6 +595,13 @@ async fn try_deliver(ctx: &Ctx, job: &PushJob) -> confab_actors::store::StoreRes
     if !ctx.providers.accepts(&reg.provider) {
         return skip("unconfigured");
     }
+    // A disabled user, or a registration older than the device's (or the user's) token
+    // revocation, gets nothing (the revocation removes it too; this holds if that failed).
+    match ctx.engine.push_allowed(&job.user, &job.device, reg.updated_at).await {
+        Ok(true) => {}
+        Ok(false) => return skip("revoked"),
+        Err(e) => return Err(confab_actors::error::StoreError::Unavailable(e.message)),
+    }
     let state = ctx.store.user_conv(&job.user, &job.conv_id).await?;
     let connected = ctx
         .engine
@@ -640,8 +664,8 @@ async fn newest_to_show(ctx: &Ctx, job: &PushJob, read_seq: u64) -> confab_actor
         _ if job.count <= 1 => return Ok(None),
         _ => {}
     }
-    let limit = usize::try_from(job.count).unwrap_or(usize::MAX).min(50);
-    let q = confab_actors::store::HistoryQuery::Before { seq: job.seq, limit };
+    // Not only the job's own messages: system messages and others' may sit between them.
+    let q = confab_actors::store::HistoryQuery::Before { seq: job.seq, limit: 50 };
     let earlier = ctx.store.history(&job.conv_id, Some(&job.user), q).await?;
     Ok(earlier.into_iter().rev().find(|m| shows(m)))
 }

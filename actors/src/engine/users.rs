@@ -59,6 +59,18 @@ impl Engine {
         Ok(u.map_or(0, |u| u.revoked_before_ms()).max(device_bound))
     }
 
+    /// Whether `user`'s `device` may get a notification through a registration made at
+    /// `registered_at` (ms): the user is not disabled, and the registration is not older than a
+    /// revocation of the user's tokens or the device's.
+    pub async fn push_allowed(&self, user: &str, device: &str, registered_at: i64) -> Result<bool> {
+        let (u, device_bound) = self.user_and_device(user, device).await?;
+        if u.as_ref().is_some_and(|u| u.disabled) {
+            return Ok(false);
+        }
+        let bound = u.map_or(0, |u| u.revoked_before_ms()).max(device_bound);
+        Ok(u64::try_from(registered_at).unwrap_or(0) >= bound)
+    }
+
     /// The user's record and their `device`'s revocation bound (0: none), read at once.
     async fn user_and_device(&self, user: &str, device: &str) -> Result<(Option<model::User>, u64)> {
         let users = [user.to_owned()];
