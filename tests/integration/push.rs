@@ -348,3 +348,12 @@ async fn messages_older_than_max_age_are_not_pushed_when_push_is_turned_on() {
     alice.close().await;
     node.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_provider_registrations_are_refused() {
+    let node = TestNode::start();
+    let mut bob = node.connect("bob", "phone").await;
+    let e = bob.expect_err("push_register", json!({"provider": "fcm", "token": "t"}), "push_provider_unknown").await;
+    assert!(e["message"].as_str().unwrap().contains("not configured"), "{e}");
+    assert_eq!(bob.expect_ok("push_unregister", json!({})).await["removed"], false);
+}
