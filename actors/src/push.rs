@@ -68,8 +68,8 @@ pub struct PushJob {
     pub due_at: i64,
     /// Failed attempts since it was last sent.
     pub attempts: u32,
-    /// Changes with every write: the sender finishes a job only if no message was added since it
-    /// read it.
+    /// Changes with every write: finishing a job compares it with the one the sender read, to
+    /// keep the messages added since ([`finish`]); stores write jobs by compare-and-set on it.
     pub rev: u64,
     /// The outbox event of the newest message in it: planning that event again adds nothing.
     pub last_event: u64,

@@ -5,15 +5,16 @@
 //! ([`push::CURSOR`], kept beside the webhook endpoints' cursors, so the outbox retention keeps
 //! every event it has not planned yet). For each message it finds the recipients (a group's
 //! members, cached until the outbox says the membership changed; a one-to-one conversation's
-//! other user), their registrations (one read for the whole batch) and which of their devices are
-//! connected anywhere (one Redis round trip), and folds the message into a job per device that
-//! is not connected ([`push::merge`]): one job per user, device and conversation, so a burst is one
-//! notification. The jobs and the cursor move together; planning an event again adds nothing.
+//! other user), their registrations (cached while the store's registrations version stays the
+//! same) and which of their devices are connected anywhere (one Redis round trip for the step),
+//! and folds the message into a job per device that is not connected ([`push::merge`]): one job
+//! per user, device and conversation, so a burst is one notification. The cursor is stored with
+//! the step's last job write; planning an event again adds nothing.
 //!
 //! **Sending.** A job is due `push.delay_ms` after its first message. Then the pusher looks
 //! again, at that moment: the device connected meanwhile, the user read the conversation on
-//! another device, muted it, left it, or the message was recalled: not sent
-//! ([`push::skip_reason`]). Otherwise it builds the notification (the sender's nickname and
+//! another device, muted it, left it, the device's access was revoked, or the message was
+//! recalled: not sent ([`push::skip_reason`]). Otherwise it builds the notification (the sender's nickname and
 //! avatar and the group's name from caches that expire after `push.profile_cache_secs`; the badge
 //! is the user's total unread) and sends it through the registration's provider. A token the
 //! provider calls invalid is removed (if it is still the device's), a failure worth retrying is
