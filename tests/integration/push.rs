@@ -152,6 +152,13 @@ async fn registrations_are_checked_and_one_per_device() {
     assert_eq!(devices, ["tablet"], "{list}");
     ok(&node, "POST", "/api/v1/users/carol/disable", None).await;
     assert_eq!(ok(&node, "GET", "/api/v1/users/carol/push", None).await["registrations"], json!([]));
+    // ...and cannot register again while disabled.
+    let (status, e) =
+        Req::new("PUT", "/api/v1/users/carol/devices/phone/push", Some(json!({"provider": "fcm", "token": "c2"})))
+            .send(node.addr)
+            .await;
+    assert_eq!((status, e["error"]["code"].as_str()), (403, Some("user_disabled")), "{e}");
+    assert_eq!(ok(&node, "GET", "/api/v1/users/carol/push", None).await["registrations"], json!([]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

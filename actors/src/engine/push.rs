@@ -31,6 +31,10 @@ impl Engine {
             ));
         }
         validate_token(token)?;
+        // A disabled user registers nothing (their devices cannot connect either).
+        if self.core.store.user(user).await?.is_some_and(|u| u.disabled) {
+            return Err(Error::new(ErrorCode::UserDisabled, "this user is disabled"));
+        }
         let r = PushRegistration {
             user: user.to_owned(),
             device: device.to_owned(),

@@ -42,7 +42,7 @@ operation_errors! {
     DevicesErrors: InvalidRequest("a bad user id");
     RevokeDeviceErrors: InvalidRequest("a bad user or device id"), Unavailable;
     PushRegisterErrors: InvalidRequest("a bad user or device id, a token that is empty, over 4096 bytes or not printable ASCII"),
-        PushProviderUnknown, Unavailable;
+        PushProviderUnknown, UserDisabled, Unavailable;
     PushErrors: InvalidRequest("a bad user or device id"), Unavailable;
     UpsertErrors: InvalidRequest("a bad id, nickname, avatar or ext"), Unavailable;
     GetErrors: InvalidRequest("a bad user id"), NotFound, Unavailable;
